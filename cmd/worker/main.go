@@ -1,0 +1,74 @@
+// Command worker runs Natter's built-in handlers (echo, ping, chat) as a
+// separate, stateless process on a NATS server or cluster.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/chat"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/worker"
+)
+
+func main() {
+	var (
+		url      string
+		prefix   string
+		queue    string
+		drainFor time.Duration
+		logLevel slog.Level
+	)
+	flag.StringVar(&url, "nats", nats.DefaultURL, "NATS server URLs, comma-separated")
+	flag.StringVar(&prefix, "prefix", envelope.DefaultPrefix, "NATS subject prefix")
+	flag.StringVar(&queue, "queue", worker.DefaultQueue, "NATS queue group")
+	flag.DurationVar(&drainFor, "drain-timeout", 10*time.Second, "bound on draining in-flight messages at shutdown")
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, url, prefix, queue, drainFor); err != nil {
+		log.Error("worker stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, url, prefix, queue string, drainFor time.Duration) error {
+	ns, err := envelope.NewNamespace(prefix)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(url, nats.Name("natter-worker"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("worker: connect NATS: %w", err)
+	}
+	defer nc.Close()
+	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: queue, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := chat.Register(w); err != nil {
+		return err
+	}
+	if err := w.Flush(ctx); err != nil {
+		return err
+	}
+	log.Info("worker ready", "nats", nc.ConnectedUrl(), "queue", queue)
+	<-ctx.Done()
+	log.Info("worker draining")
+	dctx, cancel := context.WithTimeout(context.Background(), drainFor)
+	defer cancel()
+	err = w.Drain(dctx)
+	_ = nc.Drain()
+	return err
+}

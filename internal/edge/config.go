@@ -1,0 +1,138 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// ErrInvalidConfig wraps every configuration error of this package.
+var ErrInvalidConfig = errors.New("edge: invalid config")
+
+// Config configures an Edge. Zero fields take the defaults given.
+type Config struct {
+	// NATS is the connection the edge publishes and subscribes on. Required.
+	// The edge does not close or drain it; its owner does.
+	NATS *nats.Conn
+	// Namespace is the subject namespace. Default envelope.DefaultNamespace.
+	Namespace envelope.Namespace
+	// EdgeID identifies this edge in NATS headers. Default: a random NUID.
+	EdgeID string
+	// Path is the WebSocket upgrade path. Default "/ws".
+	Path string
+	// MaxMessageSize bounds one inbound frame, in bytes; larger frames close
+	// the connection with 1009. Default 64 KiB, range 256 B..16 MiB.
+	MaxMessageSize int
+	// MaxOutboundSize bounds one envelope published toward clients, in
+	// bytes; larger ones are dropped. Default 1 MiB.
+	MaxOutboundSize int
+	// WriteQueueBytes bounds the bytes queued for one connection; a client
+	// that lets more pile up is closed with 4001. Default 1 MiB, min 4 KiB.
+	WriteQueueBytes int
+	// WriteTimeout bounds one write to a socket. Default 10s.
+	WriteTimeout time.Duration
+	// PingInterval is how long a connection may be silent before the edge
+	// pings it. Default 25s.
+	PingInterval time.Duration
+	// PongTimeout is how long after a ping the edge waits for any frame
+	// before it closes the peer as dead. Default 20s.
+	PongTimeout time.Duration
+	// IdleTimeout closes connections that sent no message (pongs do not
+	// count) for this long, with 4002. Default 0: off.
+	IdleTimeout time.Duration
+	// RPCTimeout is the deadline of a request without meta.timeoutMs.
+	// Default rpc.DefaultTimeout.
+	RPCTimeout time.Duration
+	// RPCMaxTimeout clamps meta.timeoutMs. Default rpc.MaxTimeout.
+	RPCMaxTimeout time.Duration
+	// MaxInflightRPC bounds requests in flight per connection; more get
+	// RESOURCE_EXHAUSTED. Default 64.
+	MaxInflightRPC int
+	// MaxRoomsPerConn bounds the rooms one connection is in; more get
+	// RESOURCE_EXHAUSTED. Default 128.
+	MaxRoomsPerConn int
+	// ReadBufferSize is each connection's read buffer, in bytes. Default 2048.
+	ReadBufferSize int
+	// Compression offers permessage-deflate (without context takeover).
+	// Default off.
+	Compression bool
+	// DevMode allows the insecure ?user=<id> query parameter. Only
+	// single-binary mode turns it on; never expose a dev-mode edge.
+	DevMode bool
+	// UserParam is the dev-mode query parameter carrying a user id.
+	// Default "user".
+	UserParam string
+	// ShutdownSpread spreads the close frames of Shutdown over this window,
+	// so clients do not reconnect all at once. Default 1s.
+	ShutdownSpread time.Duration
+	// Logger receives connection-level events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.NATS == nil {
+		return fmt.Errorf("%w: NATS is required", ErrInvalidConfig)
+	}
+	if c.Namespace == (envelope.Namespace{}) {
+		c.Namespace = envelope.DefaultNamespace
+	}
+	if c.EdgeID == "" {
+		c.EdgeID = nuid.Next()
+	}
+	if err := envelope.ValidateID(c.EdgeID); err != nil {
+		return fmt.Errorf("%w: EdgeID: %v", ErrInvalidConfig, err)
+	}
+	if c.Path == "" {
+		c.Path = "/ws"
+	}
+	if !strings.HasPrefix(c.Path, "/") {
+		return fmt.Errorf("%w: Path %q must start with /", ErrInvalidConfig, c.Path)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt(&c.MaxMessageSize, envelope.DefaultMaxSize)
+	defInt(&c.MaxOutboundSize, 1<<20)
+	defInt(&c.WriteQueueBytes, 1<<20)
+	defInt(&c.MaxInflightRPC, 64)
+	defInt(&c.MaxRoomsPerConn, 128)
+	defInt(&c.ReadBufferSize, 2048)
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.PingInterval, 25*time.Second)
+	def(&c.PongTimeout, 20*time.Second)
+	def(&c.RPCTimeout, rpc.DefaultTimeout)
+	def(&c.RPCMaxTimeout, rpc.MaxTimeout)
+	def(&c.ShutdownSpread, time.Second)
+	if c.UserParam == "" {
+		c.UserParam = "user"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.MaxMessageSize < 256 || c.MaxMessageSize > 16<<20:
+		return fmt.Errorf("%w: MaxMessageSize %d out of 256..16MiB", ErrInvalidConfig, c.MaxMessageSize)
+	case c.WriteQueueBytes < 4096:
+		return fmt.Errorf("%w: WriteQueueBytes %d below 4KiB", ErrInvalidConfig, c.WriteQueueBytes)
+	case c.MaxInflightRPC < 1, c.MaxRoomsPerConn < 1, c.ReadBufferSize < 512, c.MaxOutboundSize < 256:
+		return fmt.Errorf("%w: limits must be positive (read buffer >= 512)", ErrInvalidConfig)
+	case c.WriteTimeout < 0, c.PingInterval < 0, c.PongTimeout < 0, c.IdleTimeout < 0, c.ShutdownSpread < 0:
+		return fmt.Errorf("%w: durations must not be negative", ErrInvalidConfig)
+	}
+	return nil
+}

@@ -1,0 +1,230 @@
+package edge
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+)
+
+// frameOverhead is charged per queued frame on top of its bytes, so that a
+// flood of tiny frames still hits the write-queue bound.
+const frameOverhead = 64
+
+// conn is one WebSocket connection.
+//
+// Its write queue is the only way bytes reach the socket: frames are shared
+// between connections and never modified, the queue is bounded in bytes,
+// and one writer goroutine exists only while there is something to write.
+type conn struct {
+	e      *Edge
+	socket *gws.Conn
+	id     string
+	user   string
+	ctx    context.Context // ends when the connection closes
+	cancel context.CancelFunc
+
+	lastRead atomic.Int64 // unix nanos of the last frame of any kind
+	lastData atomic.Int64 // unix nanos of the last data frame
+	inflight atomic.Int32 // RPCs in flight
+
+	sub *nats.Subscription // <prefix>.*.conn.<id>
+
+	wmu         sync.Mutex
+	queue       [][]byte
+	pending     int // bytes in queue plus frameOverhead per frame
+	writing     bool
+	pingDue     bool
+	closing     bool
+	closeCode   envelope.CloseCode
+	closeReason string
+	dropped     atomic.Bool // the close discards queued frames
+
+	roomsMu sync.Mutex
+	rooms   map[string]struct{} // guarded by hub.mu for writes, roomsMu for reads
+}
+
+func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{e: e, socket: socket, id: id, user: user, ctx: ctx, cancel: cancel}
+	now := time.Now().UnixNano()
+	c.lastRead.Store(now)
+	c.lastData.Store(now)
+	return c
+}
+
+// register subscribes the connection's subjects and makes it visible. The
+// subscriptions go out before any message of the client's can, so a reply
+// addressed to the connection always finds it.
+func (c *conn) register() error {
+	subj, err := c.e.ns.ConnAny(c.id)
+	if err != nil {
+		return err
+	}
+	c.sub, err = c.e.nc.Subscribe(subj.String(), c.onNATS)
+	if err != nil {
+		return err
+	}
+	if c.user != "" {
+		if err := c.e.hub.addUser(c); err != nil {
+			_ = c.sub.Unsubscribe()
+			return err
+		}
+	}
+	c.e.conns.add(c)
+	c.e.stats.connections.Add(1)
+	c.e.stats.accepted.Add(1)
+	return nil
+}
+
+// unregister undoes register and leaves every room. Called once, from OnClose.
+func (c *conn) unregister() {
+	c.cancel()
+	_ = c.sub.Unsubscribe()
+	c.e.hub.leaveAll(c)
+	if c.user != "" {
+		c.e.hub.removeUser(c)
+	}
+	c.e.conns.remove(c)
+	c.e.stats.connections.Add(-1)
+	c.wmu.Lock()
+	c.closing = true
+	c.queue = nil
+	c.pending = 0
+	c.wmu.Unlock()
+}
+
+// send queues one encoded frame. It never blocks: a connection whose queue
+// would pass Config.WriteQueueBytes is closed as a slow consumer instead.
+func (c *conn) send(frame []byte) {
+	c.wmu.Lock()
+	if c.closing {
+		c.wmu.Unlock()
+		return
+	}
+	n := len(frame) + frameOverhead
+	if c.pending+n > c.e.cfg.WriteQueueBytes {
+		c.wmu.Unlock()
+		c.e.stats.slow.Add(1)
+		c.e.cfg.Logger.Debug("edge: slow consumer", "conn", c.id, "pending", c.pending)
+		c.closeWith(envelope.CloseSlowConsumer, "slow consumer", true)
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.pending += n
+	c.startWriterLocked()
+	c.wmu.Unlock()
+}
+
+// ping asks the writer to send a ping frame.
+func (c *conn) ping() {
+	c.wmu.Lock()
+	if !c.closing {
+		c.pingDue = true
+		c.startWriterLocked()
+	}
+	c.wmu.Unlock()
+}
+
+// closeWith closes the connection with code. With drop, frames still queued
+// are discarded (slow or dead peers); otherwise they are written first. It
+// is idempotent: the first code wins.
+func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closing {
+		return
+	}
+	c.closing = true
+	c.closeCode = code
+	c.closeReason = reason
+	if drop {
+		c.dropped.Store(true)
+		c.queue = nil
+		c.pending = 0
+	}
+	c.startWriterLocked()
+	// Whatever the writer does, the socket is gone after one write timeout.
+	time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, func() { _ = c.socket.NetConn().Close() })
+}
+
+func (c *conn) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.e.wg.Add(1)
+	go c.writeLoop()
+}
+
+// writeLoop drains the queue and exits when it is empty. Frames are written
+// in order; a close goes out after the frames queued before it, unless the
+// close dropped them.
+func (c *conn) writeLoop() {
+	defer c.e.wg.Done()
+	var batch [][]byte
+	for {
+		c.wmu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		var ping bool
+		if len(batch) == 0 { // a ping or close waits for the frames before it
+			ping, c.pingDue = c.pingDue, false
+		}
+		closing, code, reason := c.closing, c.closeCode, c.closeReason
+		if len(batch) == 0 && !ping && !closing {
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		c.wmu.Unlock()
+
+		_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+		written := 0
+		for i, f := range batch {
+			if c.dropped.Load() {
+				break
+			}
+			if err := c.socket.WriteMessage(gws.OpcodeText, f); err != nil {
+				c.abandon()
+				return
+			}
+			batch[i] = nil
+			written += len(f) + frameOverhead
+			c.e.stats.framesOut.Add(1)
+		}
+		clear(batch)
+		if len(batch) > 0 {
+			c.wmu.Lock()
+			c.pending = max(c.pending-written, 0)
+			c.wmu.Unlock()
+			continue // look again: more frames, a ping or the close may be due
+		}
+		if ping {
+			if err := c.socket.WritePing(nil); err != nil {
+				c.abandon()
+				return
+			}
+		}
+		if closing {
+			_ = c.socket.WriteClose(uint16(code), []byte(reason))
+			c.abandon()
+			return
+		}
+	}
+}
+
+// abandon ends the writer for good after a failed write or a close.
+func (c *conn) abandon() {
+	c.wmu.Lock()
+	c.closing = true
+	c.queue = nil
+	c.pending = 0
+	c.writing = true // no writer will start again
+	c.wmu.Unlock()
+	_ = c.socket.NetConn().Close()
+}

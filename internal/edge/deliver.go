@@ -1,0 +1,130 @@
+package edge
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// outbound checks an envelope published toward clients and returns the
+// frame to send, encoded once for every local recipient. Room deliveries get
+// meta.room. Invalid envelopes are dropped and counted.
+func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
+	var env envelope.Envelope
+	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.MaxOutboundSize); err != nil {
+		e.stats.dropped.Add(1)
+		e.cfg.Logger.Debug("edge: dropped invalid outbound envelope", "subject", msg.Subject, "err", err)
+		return nil, nil, false
+	}
+	frame := msg.Data
+	if room != "" && env.Meta.Room != room {
+		env.Meta.Room = room
+		var err error
+		if frame, err = envelope.Encode(&env); err != nil {
+			e.stats.dropped.Add(1)
+			return nil, nil, false
+		}
+	}
+	var exclude []string
+	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
+		exclude = strings.Split(x, ",")
+	}
+	return frame, exclude, true
+}
+
+// deliverGroup fans a room or user message out to the local members.
+func (e *Edge) deliverGroup(g *group, msg *nats.Msg) {
+	room := ""
+	if g.room {
+		room = g.id
+	}
+	frame, exclude, ok := e.outbound(msg, room)
+	if !ok {
+		return
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for c := range g.members {
+		if exclude == nil || !slices.Contains(exclude, c.id) {
+			c.send(frame)
+		}
+	}
+}
+
+// deliverAll fans a message out to every local connection.
+func (e *Edge) deliverAll(msg *nats.Msg) {
+	frame, exclude, ok := e.outbound(msg, "")
+	if !ok {
+		return
+	}
+	e.conns.each(func(c *conn) {
+		if exclude == nil || !slices.Contains(exclude, c.id) {
+			c.send(frame)
+		}
+	})
+}
+
+// onNATS handles the connection's own subjects: out.conn deliveries and
+// ctl.conn control messages.
+func (c *conn) onNATS(msg *nats.Msg) {
+	kind, _ := c.e.ns.Parse(msg.Subject)
+	switch kind {
+	case envelope.KindConn:
+		if frame, _, ok := c.e.outbound(msg, ""); ok {
+			c.send(frame)
+		}
+	case envelope.KindCtl:
+		c.control(msg)
+	}
+}
+
+// control acts on a join, leave or close from a worker or service. These
+// need no grant: the server side decides.
+func (c *conn) control(msg *nats.Msg) {
+	var ctl envelope.Control
+	err := json.Unmarshal(msg.Data, &ctl)
+	if err == nil {
+		switch ctl.Op {
+		case envelope.OpJoin, envelope.OpLeave:
+			if err = envelope.ValidateID(ctl.Room); err != nil {
+				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: err.Error()}
+			} else if ctl.Op == envelope.OpJoin {
+				err = c.e.hub.join(c, ctl.Room, "")
+			} else {
+				c.e.hub.leave(c, ctl.Room, "")
+			}
+		case envelope.OpClose:
+			code := ctl.Code
+			if code == 0 {
+				code = envelope.CloseServer
+			}
+			if code < 4000 || code > 4999 {
+				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "close code must be 4000-4999"}
+				break
+			}
+			reason := ctl.Reason
+			if len(reason) > 120 {
+				reason = reason[:120]
+			}
+			c.closeWith(code, reason, false)
+		default:
+			err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "unknown op " + ctl.Op}
+		}
+	} else {
+		err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "control body must be JSON"}
+	}
+	if msg.Reply == "" {
+		return
+	}
+	rep := envelope.ControlReply{OK: err == nil}
+	if err != nil {
+		rep.Error = rpc.FromError(err).Payload()
+	}
+	b, _ := json.Marshal(rep)
+	_ = msg.Respond(b)
+}

@@ -1,0 +1,326 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natter/natter/pkg/envelope"
+)
+
+// Edge holds WebSocket connections and bridges them to NATS. It is an
+// http.Handler for its upgrade path. Create it with New, stop it with
+// Shutdown.
+//
+// Lock order: hub.mu, then group.mu, then conn.wmu. No lock is held across
+// a NATS round trip or a socket write.
+type Edge struct {
+	cfg      Config
+	nc       *nats.Conn
+	ns       envelope.Namespace
+	upgrader *gws.Upgrader
+	hub      *hub
+	conns    registry
+	allSub   *nats.Subscription
+	stats    counters
+
+	closing  atomic.Bool
+	wg       sync.WaitGroup // read loops, writers, RPCs and the ticker
+	stopTick chan struct{}
+	stopOnce sync.Once
+}
+
+// New builds an edge and subscribes it to the everyone subject. It accepts
+// connections as soon as it is served.
+func New(cfg Config) (*Edge, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	e := &Edge{
+		cfg:      cfg,
+		nc:       cfg.NATS,
+		ns:       cfg.Namespace,
+		stopTick: make(chan struct{}),
+	}
+	e.conns.init()
+	e.hub = newHub(e)
+	e.upgrader = gws.NewUpgrader(&handler{e: e}, &gws.ServerOption{
+		ReadMaxPayloadSize: cfg.MaxMessageSize,
+		ReadBufferSize:     cfg.ReadBufferSize,
+		CheckUtf8Enabled:   true,
+		Recovery:           gws.Recovery,
+		Logger:             gwsLogger{cfg.Logger},
+		NewSession:         func() gws.SessionStorage { return new(slot) },
+		PermessageDeflate: gws.PermessageDeflate{
+			Enabled:               cfg.Compression,
+			ServerContextTakeover: false,
+			ClientContextTakeover: false,
+		},
+	})
+	sub, err := e.nc.Subscribe(e.ns.All().String(), e.deliverAll)
+	if err != nil {
+		return nil, fmt.Errorf("edge: subscribe all: %w", err)
+	}
+	e.allSub = sub
+	e.wg.Add(1)
+	go e.tick()
+	return e, nil
+}
+
+// ID returns the edge id carried in the Natter-Edge header.
+func (e *Edge) ID() string { return e.cfg.EdgeID }
+
+// Path returns the WebSocket upgrade path.
+func (e *Edge) Path() string { return e.cfg.Path }
+
+// ServeHTTP upgrades a request to a WebSocket connection.
+func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if e.closing.Load() {
+		http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	var user string
+	if e.cfg.DevMode {
+		// INSECURE: dev mode only. Anyone can claim any user id.
+		user = r.URL.Query().Get(e.cfg.UserParam)
+		if user != "" {
+			if err := envelope.ValidateID(user); err != nil {
+				http.Error(w, "invalid user id", http.StatusBadRequest)
+				return
+			}
+		}
+	}
+	socket, err := e.upgrader.Upgrade(w, r)
+	if err != nil {
+		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	c := newConn(e, socket, nuid.Next(), user)
+	socket.Session().Store(sessionKey, c)
+	if err := c.register(); err != nil {
+		e.cfg.Logger.Warn("edge: register connection", "err", err)
+		_ = socket.WriteClose(uint16(envelope.CloseInternal), []byte("internal error"))
+		return
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		socket.ReadLoop()
+	}()
+}
+
+// Shutdown stops accepting connections, closes every socket with 4000
+// (reconnect) spread over Config.ShutdownSpread, and waits for them to go,
+// or for ctx. It leaves the NATS connection to its owner. It is idempotent.
+func (e *Edge) Shutdown(ctx context.Context) error {
+	e.closing.Store(true)
+	all := e.conns.snapshot()
+	var step time.Duration
+	if len(all) > 1 {
+		step = e.cfg.ShutdownSpread / time.Duration(len(all))
+	}
+	for i, c := range all {
+		if i > 0 && step > 0 {
+			select {
+			case <-time.After(step):
+			case <-ctx.Done():
+			}
+		}
+		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
+	}
+	done := make(chan struct{})
+	go func() {
+		for e.conns.len() > 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		e.stopOnce.Do(func() { close(e.stopTick) })
+		_ = e.allSub.Unsubscribe()
+		e.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, c := range e.conns.snapshot() {
+			_ = c.socket.NetConn().Close()
+		}
+		return ctx.Err()
+	}
+}
+
+// tick pings silent connections and closes dead and idle ones. One
+// goroutine per edge scans all connections, instead of a timer per socket.
+func (e *Edge) tick() {
+	defer e.wg.Done()
+	period := min(e.cfg.PingInterval, e.cfg.PongTimeout) / 2
+	if e.cfg.IdleTimeout > 0 {
+		period = min(period, e.cfg.IdleTimeout/2)
+	}
+	period = max(period, 50*time.Millisecond)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stopTick:
+			return
+		case now := <-t.C:
+			n := now.UnixNano()
+			e.conns.each(func(c *conn) {
+				silent := time.Duration(n - c.lastRead.Load())
+				switch {
+				case silent > e.cfg.PingInterval+e.cfg.PongTimeout:
+					e.cfg.Logger.Debug("edge: dead peer", "conn", c.id)
+					c.closeWith(envelope.CloseIdle, "no pong", true)
+				case e.cfg.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.IdleTimeout:
+					c.closeWith(envelope.CloseIdle, "idle timeout", false)
+				case silent > e.cfg.PingInterval:
+					c.ping()
+				}
+			})
+		}
+	}
+}
+
+// Stats is a snapshot of the edge's counters.
+type Stats struct {
+	Connections        int64 // open now
+	Accepted           int64 // since start
+	FramesIn           int64 // client frames read
+	FramesOut          int64 // frames written to sockets
+	Published          int64 // client messages published to NATS
+	OutboundDropped    int64 // invalid envelopes from NATS that were dropped
+	SlowConsumerCloses int64 // connections closed with 4001
+	RPCs               int64 // requests forwarded
+}
+
+type counters struct {
+	connections, accepted, framesIn, framesOut, published, dropped, slow, rpcs atomic.Int64
+}
+
+// Stats returns the current counters.
+func (e *Edge) Stats() Stats {
+	s := &e.stats
+	return Stats{
+		Connections: s.connections.Load(), Accepted: s.accepted.Load(),
+		FramesIn: s.framesIn.Load(), FramesOut: s.framesOut.Load(),
+		Published: s.published.Load(), OutboundDropped: s.dropped.Load(),
+		SlowConsumerCloses: s.slow.Load(), RPCs: s.rpcs.Load(),
+	}
+}
+
+// registry is the edge's set of connections, sharded to keep the handshake
+// path off one lock.
+type registry struct {
+	seed   maphash.Seed
+	shards [64]struct {
+		mu sync.Mutex
+		m  map[string]*conn
+	}
+}
+
+func (r *registry) init() {
+	r.seed = maphash.MakeSeed()
+	for i := range r.shards {
+		r.shards[i].m = make(map[string]*conn)
+	}
+}
+
+func (r *registry) shard(id string) int {
+	return int(maphash.String(r.seed, id) % uint64(len(r.shards)))
+}
+
+func (r *registry) add(c *conn) {
+	s := &r.shards[r.shard(c.id)]
+	s.mu.Lock()
+	s.m[c.id] = c
+	s.mu.Unlock()
+}
+
+func (r *registry) remove(c *conn) {
+	s := &r.shards[r.shard(c.id)]
+	s.mu.Lock()
+	delete(s.m, c.id)
+	s.mu.Unlock()
+}
+
+func (r *registry) each(f func(*conn)) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for _, c := range s.m {
+			f(c)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (r *registry) snapshot() []*conn {
+	var out []*conn
+	r.each(func(c *conn) { out = append(out, c) })
+	return out
+}
+
+func (r *registry) len() int {
+	n := 0
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+type gwsLogger struct{ l *slog.Logger }
+
+func (g gwsLogger) Error(v ...any) { g.l.Error("gws", "err", fmt.Sprint(v...)) }
+
+// slot is a one-value gws.SessionStorage: the edge only stores its conn
+// there, and gws's default map costs memory on every connection.
+type slot struct {
+	mu sync.Mutex
+	v  any
+}
+
+func (s *slot) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.v == nil {
+		return 0
+	}
+	return 1
+}
+
+func (s *slot) Load(string) (any, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.v, s.v != nil
+}
+
+func (s *slot) Delete(string) {
+	s.mu.Lock()
+	s.v = nil
+	s.mu.Unlock()
+}
+
+func (s *slot) Store(_ string, v any) {
+	s.mu.Lock()
+	s.v = v
+	s.mu.Unlock()
+}
+
+func (s *slot) Range(f func(string, any) bool) {
+	if v, ok := s.Load(""); ok {
+		f(sessionKey, v)
+	}
+}

@@ -1,0 +1,188 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/lxzan/gws"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// handler receives gws events. The connection is the socket's session value.
+type handler struct{ e *Edge }
+
+func (h *handler) conn(socket *gws.Conn) *conn {
+	v, _ := socket.Session().Load(sessionKey)
+	c, _ := v.(*conn)
+	return c
+}
+
+const sessionKey = "c"
+
+func (h *handler) OnOpen(socket *gws.Conn) {}
+
+func (h *handler) OnClose(socket *gws.Conn, err error) {
+	if c := h.conn(socket); c != nil {
+		c.unregister()
+	}
+}
+
+func (h *handler) OnPing(socket *gws.Conn, payload []byte) {
+	if c := h.conn(socket); c != nil {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	_ = socket.WritePong(payload)
+}
+
+func (h *handler) OnPong(socket *gws.Conn, payload []byte) {
+	if c := h.conn(socket); c != nil {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+}
+
+func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
+	defer msg.Close()
+	c := h.conn(socket)
+	if c == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	c.lastRead.Store(now)
+	c.lastData.Store(now)
+	c.e.stats.framesIn.Add(1)
+	if msg.Opcode != gws.OpcodeText {
+		c.sendError("", envelope.CodeInvalidArgument, "binary frames are not supported; send JSON text frames")
+		return
+	}
+	c.handle(msg.Bytes())
+}
+
+// handle acts on one client frame. data is only valid during the call.
+func (c *conn) handle(data []byte) {
+	var env envelope.Envelope
+	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxMessageSize); err != nil {
+		c.sendError(env.Meta.CorrelationID, envelope.CodeOf(err), err.Error())
+		return
+	}
+	cid := env.Meta.CorrelationID
+	switch env.Type {
+	case envelope.TypeJoin, envelope.TypeLeave:
+		var p envelope.RoomPayload
+		if err := json.Unmarshal(env.Payload, &p); err != nil || envelope.ValidateID(p.Room) != nil {
+			c.sendError(cid, envelope.CodeInvalidArgument, "payload must be {\"room\": id}, id 1-128 characters of [A-Za-z0-9_-]")
+			return
+		}
+		var err error
+		if env.Type == envelope.TypeJoin {
+			err = c.e.hub.join(c, p.Room, cid)
+		} else {
+			c.e.hub.leave(c, p.Room, cid)
+		}
+		if err != nil {
+			re := rpc.FromError(err)
+			c.sendError(cid, re.Code, re.Message)
+		}
+	case envelope.TypeHeartbeat:
+		c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeHeartbeatAck, Meta: envelope.Meta{CorrelationID: cid, Timestamp: time.Now().UnixMilli()}})
+	default:
+		if envelope.IsSystemType(env.Type) {
+			c.sendError(cid, envelope.CodeNotFound, "unknown system type "+env.Type)
+			return
+		}
+		c.forward(&env, data)
+	}
+}
+
+// forward publishes an application message to <prefix>.in.<type>, with the
+// connection's identity in headers, or makes the NATS request of an RPC.
+func (c *conn) forward(env *envelope.Envelope, data []byte) {
+	cid := env.Meta.CorrelationID
+	subj, err := c.e.ns.In(env.Type)
+	if err != nil {
+		c.sendError(cid, envelope.CodeInvalidArgument, err.Error())
+		return
+	}
+	hdr := nats.Header{
+		envelope.HeaderConn: []string{c.id},
+		envelope.HeaderEdge: []string{c.e.cfg.EdgeID},
+	}
+	if c.user != "" {
+		hdr[envelope.HeaderUser] = []string{c.user}
+	}
+	if cid == "" {
+		// nats.go copies data into its buffer before PublishMsg returns.
+		if err := c.e.nc.PublishMsg(&nats.Msg{Subject: subj.String(), Header: hdr, Data: data}); err != nil {
+			c.sendError("", envelope.CodeUnavailable, "message bus unavailable")
+			return
+		}
+		c.e.stats.published.Add(1)
+		return
+	}
+	if c.inflight.Add(1) > int32(c.e.cfg.MaxInflightRPC) {
+		c.inflight.Add(-1)
+		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
+		return
+	}
+	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: append([]byte(nil), data...)}
+	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
+	c.e.stats.rpcs.Add(1)
+	c.e.wg.Add(1)
+	go func() {
+		defer c.e.wg.Done()
+		defer c.inflight.Add(-1)
+		ctx, cancel := context.WithTimeout(c.ctx, timeout)
+		defer cancel()
+		reply, err := c.e.nc.RequestMsgWithContext(ctx, msg)
+		if c.ctx.Err() != nil {
+			return // the connection is gone
+		}
+		if err != nil {
+			re := rpc.FromError(err)
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+				re = &rpc.Error{Code: envelope.CodeDeadlineExceeded, Message: "no reply within " + timeout.String()}
+			}
+			c.sendError(cid, re.Code, re.Message)
+			return
+		}
+		c.sendReply(cid, reply.Data)
+	}()
+}
+
+// sendReply relays a worker's reply, making sure it carries the client's
+// correlation id.
+func (c *conn) sendReply(cid string, data []byte) {
+	var env envelope.Envelope
+	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxOutboundSize); err != nil {
+		c.e.stats.dropped.Add(1)
+		c.sendError(cid, envelope.CodeInternal, "invalid reply from worker")
+		return
+	}
+	if env.Meta.CorrelationID == cid {
+		c.send(data)
+		return
+	}
+	env.Meta.CorrelationID = cid
+	c.sendEnvelope(&env)
+}
+
+func (c *conn) sendEnvelope(env *envelope.Envelope) {
+	b, err := envelope.Encode(env)
+	if err != nil {
+		c.e.cfg.Logger.Error("edge: encode", "type", env.Type, "err", err)
+		return
+	}
+	c.send(b)
+}
+
+func (c *conn) sendError(cid string, code envelope.Code, message string) {
+	c.send(envelope.ErrorFrame(cid, code, message))
+}
+
+func (c *conn) sendErrorPayload(cid string, p *envelope.ErrorPayload) {
+	c.send(envelope.EncodeError(cid, p))
+}

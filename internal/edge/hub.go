@@ -1,0 +1,167 @@
+package edge
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// hub tracks the rooms and users with local connections. Each has exactly
+// one NATS subscription while it has at least one local member, and a
+// message on it is fanned out locally: interest-based routing.
+type hub struct {
+	e     *Edge
+	mu    sync.Mutex // guards rooms, users and every conn.rooms
+	rooms map[string]*group
+	users map[string]*group
+}
+
+// group is the local members of one room or user.
+type group struct {
+	id      string
+	room    bool
+	sub     *nats.Subscription
+	ready   chan struct{} // closed once the server has the subscription
+	mu      sync.RWMutex
+	members map[*conn]struct{}
+}
+
+func newHub(e *Edge) *hub {
+	return &hub{e: e, rooms: make(map[string]*group), users: make(map[string]*group)}
+}
+
+// join adds c to room and acknowledges with $joined once the subscription is
+// in place, so publishes made after the ack reach c.
+func (h *hub) join(c *conn, room, cid string) error {
+	h.mu.Lock()
+	if _, ok := c.rooms[room]; !ok && len(c.rooms) >= h.e.cfg.MaxRoomsPerConn {
+		h.mu.Unlock()
+		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
+	}
+	g, err := h.addLocked(h.rooms, room, true, c)
+	if err == nil {
+		c.roomsMu.Lock()
+		if c.rooms == nil {
+			c.rooms = make(map[string]struct{})
+		}
+		c.rooms[room] = struct{}{}
+		c.roomsMu.Unlock()
+	}
+	h.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	h.waitReady(g)
+	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
+	return nil
+}
+
+// leave removes c from room and acknowledges with $left. Leaving a room one
+// is not in is not an error.
+func (h *hub) leave(c *conn, room, cid string) {
+	h.mu.Lock()
+	if _, ok := c.rooms[room]; ok {
+		c.roomsMu.Lock()
+		delete(c.rooms, room)
+		c.roomsMu.Unlock()
+		h.removeLocked(h.rooms, room, c)
+	}
+	h.mu.Unlock()
+	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeLeft, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
+}
+
+// leaveAll removes c from every room, on close.
+func (h *hub) leaveAll(c *conn) {
+	h.mu.Lock()
+	for room := range c.rooms {
+		h.removeLocked(h.rooms, room, c)
+	}
+	c.roomsMu.Lock()
+	c.rooms = nil
+	c.roomsMu.Unlock()
+	h.mu.Unlock()
+}
+
+func (h *hub) addUser(c *conn) error {
+	h.mu.Lock()
+	_, err := h.addLocked(h.users, c.user, false, c)
+	h.mu.Unlock()
+	return err
+}
+
+func (h *hub) removeUser(c *conn) {
+	h.mu.Lock()
+	h.removeLocked(h.users, c.user, c)
+	h.mu.Unlock()
+}
+
+// addLocked adds c to the group id of m, subscribing when it is the first
+// local member. The flush that confirms the subscription runs outside the
+// lock; waitReady waits for it.
+func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn) (*group, error) {
+	g := m[id]
+	if g == nil {
+		var subj envelope.Subject
+		var err error
+		if room {
+			subj, err = h.e.ns.Room(id)
+		} else {
+			subj, err = h.e.ns.User(id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		g = &group{id: id, room: room, members: make(map[*conn]struct{}), ready: make(chan struct{})}
+		g.sub, err = h.e.nc.Subscribe(subj.String(), func(msg *nats.Msg) { h.e.deliverGroup(g, msg) })
+		if err != nil {
+			return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
+		}
+		m[id] = g
+		h.e.wg.Add(1)
+		go func() {
+			defer h.e.wg.Done()
+			// Confirms the SUB reached the server. A failure only means the
+			// first publishes may miss; the subscription stays.
+			_ = h.e.nc.FlushTimeout(5 * time.Second)
+			close(g.ready)
+		}()
+	}
+	g.mu.Lock()
+	g.members[c] = struct{}{}
+	g.mu.Unlock()
+	return g, nil
+}
+
+func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
+	g := m[id]
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	delete(g.members, c)
+	empty := len(g.members) == 0
+	g.mu.Unlock()
+	if empty {
+		delete(m, id)
+		_ = g.sub.Unsubscribe()
+	}
+}
+
+func (h *hub) waitReady(g *group) {
+	select {
+	case <-g.ready:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func roomPayload(room string) []byte {
+	p := make([]byte, 0, len(room)+10)
+	p = append(p, `{"room":"`...)
+	p = append(p, room...) // ids are [A-Za-z0-9_-]: nothing to escape
+	return append(p, `"}`...)
+}

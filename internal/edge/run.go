@@ -1,0 +1,165 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/chat"
+	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// RunConfig is what cmd/edge gives Run: the edge's own Config (without a
+// NATS connection) plus the process around it.
+type RunConfig struct {
+	Edge Config
+	// Listen is the HTTP address for WebSocket upgrades. Default ":8080".
+	Listen string
+	// NATSURL lists NATS servers, comma-separated. Empty means single-binary
+	// mode: an embedded nats-server, the built-in handlers in-process, and
+	// dev mode.
+	NATSURL string
+	// NATSListen is the embedded server's client address. Default
+	// "127.0.0.1:4222".
+	NATSListen string
+	// DataDir is the embedded server's JetStream directory. Default
+	// "./natter-data".
+	DataDir string
+	// ShutdownTimeout bounds the whole shutdown. Default 10s.
+	ShutdownTimeout time.Duration
+	// Ready, when set, is called with the bound HTTP and NATS addresses once
+	// the edge accepts connections.
+	Ready func(httpAddr, natsURL string)
+}
+
+// Run runs an edge until ctx ends, then shuts down in order: stop accepting,
+// close sockets with 4000 (spread), drain the built-in worker, drain NATS,
+// stop the embedded server.
+func Run(ctx context.Context, rc RunConfig) error {
+	log := rc.Edge.Logger
+	if log == nil {
+		log = slog.Default()
+		rc.Edge.Logger = log
+	}
+	if rc.Listen == "" {
+		rc.Listen = ":8080"
+	}
+	if rc.DataDir == "" {
+		rc.DataDir = "natter-data"
+	}
+	if rc.ShutdownTimeout <= 0 {
+		rc.ShutdownTimeout = 10 * time.Second
+	}
+
+	single := rc.NATSURL == ""
+	var embedded *natsd.Server
+	var nc *nats.Conn
+	var err error
+	opts := []nats.Option{
+		nats.Name("natter-edge"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectBufSize(8 << 20),
+	}
+	if single {
+		embedded, err = natsd.Start(natsd.Config{Addr: rc.NATSListen, StoreDir: rc.DataDir, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer embedded.Shutdown()
+		nc, err = nats.Connect(embedded.ClientURL(), append(opts, nats.InProcessServer(embedded.NATS()))...)
+		rc.Edge.DevMode = true
+		log.Warn("single-binary dev mode: the ?" + userParam(rc.Edge) + "= query parameter sets the user id without authentication; do not expose this edge")
+	} else {
+		rc.Edge.DevMode = false
+		nc, err = nats.Connect(rc.NATSURL, opts...)
+	}
+	if err != nil {
+		return fmt.Errorf("edge: connect NATS: %w", err)
+	}
+	defer nc.Close()
+	rc.Edge.NATS = nc
+
+	var w *worker.Worker
+	if single {
+		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.Namespace, Logger: log}); err != nil {
+			return err
+		}
+		if err = chat.Register(w); err != nil {
+			return err
+		}
+	}
+
+	e, err := New(rc.Edge)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(e.Path(), e)
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())
+	})
+	ln, err := net.Listen("tcp", rc.Listen)
+	if err != nil {
+		return fmt.Errorf("edge: listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	natsURL := nc.ConnectedUrl()
+	if embedded != nil {
+		natsURL = embedded.ClientURL()
+	}
+	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single)
+	if rc.Ready != nil {
+		rc.Ready(ln.Addr().String(), natsURL)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		log.Error("edge: http server stopped", "err", err)
+	}
+	log.Info("edge shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), rc.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	errs = append(errs, srv.Shutdown(sctx)) // stops accepting; WebSockets are hijacked, so the edge closes them
+	errs = append(errs, e.Shutdown(sctx))
+	if w != nil {
+		errs = append(errs, w.Drain(sctx))
+	}
+	errs = append(errs, drain(sctx, nc))
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// drain drains nc and waits for it to close, or for ctx.
+func drain(ctx context.Context, nc *nats.Conn) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		return err
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func userParam(c Config) string {
+	if c.UserParam == "" {
+		return "user"
+	}
+	return c.UserParam
+}

@@ -1,0 +1,33 @@
+package envelope
+
+// Control is the JSON body of a message on <prefix>.ctl.conn.<id>. Any
+// service may send one; the edge that holds the connection acts on it and,
+// when the message has a reply subject, answers with a ControlReply.
+//
+//	{"op":"join","room":"general"}
+//	{"op":"leave","room":"general"}
+//	{"op":"close","code":4003,"reason":"bye"}
+type Control struct {
+	Op     string    `json:"op"`
+	Room   string    `json:"room,omitempty"`
+	Code   CloseCode `json:"code,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// Control operations.
+const (
+	OpJoin  = "join"
+	OpLeave = "leave"
+	OpClose = "close"
+)
+
+// ControlReply answers a Control request.
+type ControlReply struct {
+	OK    bool          `json:"ok"`
+	Error *ErrorPayload `json:"error,omitempty"`
+}
+
+// RoomPayload is the payload of $join, $leave, $joined and $left.
+type RoomPayload struct {
+	Room string `json:"room"`
+}

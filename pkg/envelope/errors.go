@@ -1,0 +1,128 @@
+package envelope
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// Code is a gRPC-style error code carried in ERROR and RPC_ERROR frames.
+type Code string
+
+// The error codes. Their meaning follows gRPC's status codes.
+const (
+	CodeInvalidArgument    Code = "INVALID_ARGUMENT"
+	CodeUnauthenticated    Code = "UNAUTHENTICATED"
+	CodePermissionDenied   Code = "PERMISSION_DENIED"
+	CodeNotFound           Code = "NOT_FOUND"
+	CodeAlreadyExists      Code = "ALREADY_EXISTS"
+	CodeResourceExhausted  Code = "RESOURCE_EXHAUSTED"
+	CodeFailedPrecondition Code = "FAILED_PRECONDITION"
+	CodeAborted            Code = "ABORTED"
+	CodeCanceled           Code = "CANCELLED"
+	CodeUnavailable        Code = "UNAVAILABLE"
+	CodeDeadlineExceeded   Code = "DEADLINE_EXCEEDED"
+	CodeUnimplemented      Code = "UNIMPLEMENTED"
+	CodeInternal           Code = "INTERNAL"
+)
+
+// The error frame types.
+const (
+	TypeError    = "ERROR"
+	TypeRPCError = "RPC_ERROR"
+)
+
+// System message types the edge handles itself.
+const (
+	TypeJoin         = "$join"
+	TypeJoined       = "$joined"
+	TypeLeave        = "$leave"
+	TypeLeft         = "$left"
+	TypeHeartbeat    = "__heartbeat"
+	TypeHeartbeatAck = "__heartbeat_ack"
+)
+
+// ErrorPayload is the payload of ERROR and RPC_ERROR frames.
+type ErrorPayload struct {
+	Code         Code            `json:"code"`
+	Message      string          `json:"message"`
+	Details      json.RawMessage `json:"details,omitempty"`
+	RetryAfterMs int64           `json:"retryAfterMs,omitempty"`
+}
+
+// Error returns the error payload as "CODE: message".
+func (p *ErrorPayload) Error() string { return string(p.Code) + ": " + p.Message }
+
+// ErrorFrame encodes an error frame. It is an RPC_ERROR carrying
+// correlationID when that is set, an ERROR otherwise.
+func ErrorFrame(correlationID string, code Code, message string) []byte {
+	return EncodeError(correlationID, &ErrorPayload{Code: code, Message: message})
+}
+
+// EncodeError encodes p as an ERROR, or an RPC_ERROR when correlationID is set.
+func EncodeError(correlationID string, p *ErrorPayload) []byte {
+	e := Envelope{Type: TypeError}
+	if correlationID != "" {
+		e.Type = TypeRPCError
+		e.Meta.CorrelationID = correlationID
+	}
+	e.Payload, _ = json.Marshal(p)
+	b, _ := Encode(&e)
+	return b
+}
+
+// CodeOf maps a decoding or subject error to its wire code.
+func CodeOf(err error) Code {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrTooLarge):
+		return CodeResourceExhausted
+	default:
+		return CodeInvalidArgument
+	}
+}
+
+// CloseCode is a WebSocket close code the edge sends. The project documents
+// them; 4000-4099 mean "reconnect", 4100-4199 mean "do not reconnect".
+type CloseCode uint16
+
+// Close codes. Standard codes the edge uses: 1007 invalid UTF-8 in a text
+// frame, 1009 frame over the size limit, 1002 broken WebSocket protocol.
+const (
+	CloseNormal       CloseCode = 1000
+	CloseProtocol     CloseCode = 1002
+	CloseInvalidUTF8  CloseCode = 1007
+	CloseTooLarge     CloseCode = 1009
+	CloseShutdown     CloseCode = 4000 // the edge is going away: reconnect, to another edge
+	CloseSlowConsumer CloseCode = 4001 // the client did not read fast enough: reconnect
+	CloseIdle         CloseCode = 4002 // no message within the inactivity timeout: reconnect when needed
+	CloseServer       CloseCode = 4003 // closed by the server (natter.ctl close): reconnect
+	CloseInternal     CloseCode = 4004 // internal error: reconnect with backoff
+	CloseUnauthorized CloseCode = 4100 // authentication failed or expired: do not reconnect as is
+	CloseForbidden    CloseCode = 4101 // not allowed: do not reconnect
+	CloseKicked       CloseCode = 4102 // closed by the server for good: do not reconnect
+)
+
+// Reconnect reports whether a client should reconnect after code.
+func (c CloseCode) Reconnect() bool {
+	switch {
+	case c >= 4000 && c < 4100:
+		return true
+	case c >= 4100 && c < 4200:
+		return false
+	case c == 1000 || c == 1002 || c == 1003 || c == 1007 || c == 1008 || c == 1009:
+		return false
+	}
+	return true // 1001, 1006, 1011, 1012, 1013 and anything unknown
+}
+
+// NATS headers set by the edge on natter.in messages. Clients cannot set
+// NATS headers, so these cannot be forged from a socket.
+const (
+	HeaderConn = "Natter-Conn"
+	HeaderUser = "Natter-User"
+	HeaderEdge = "Natter-Edge"
+	// HeaderExclude on a room, user or all publish names connection ids,
+	// comma-separated, that must not receive it.
+	HeaderExclude = "Natter-Exclude"
+)

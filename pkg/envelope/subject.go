@@ -1,0 +1,220 @@
+package envelope
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Limits on what may become part of a NATS subject.
+const (
+	// MaxTypeLen bounds a message type, in bytes.
+	MaxTypeLen = 128
+	// MaxIDLen bounds a room, user or connection id, in bytes.
+	MaxIDLen = 128
+	// DefaultPrefix is the first token of every Natter subject.
+	DefaultPrefix = "natter"
+)
+
+// Subject errors.
+var (
+	ErrInvalidID     = errors.New("envelope: invalid id")
+	ErrInvalidPrefix = errors.New("envelope: invalid subject prefix")
+)
+
+// Subject is a NATS subject built by this package. Every token of it passed
+// the checks below, so it never holds '*', '>', whitespace or an empty token
+// that came from outside.
+type Subject string
+
+// String returns the subject as NATS wants it.
+func (s Subject) String() string { return string(s) }
+
+// isTokenByte reports whether c may appear in a subject token built from
+// outside input: [A-Za-z0-9_-].
+func isTokenByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+func validToken(s string, max int) bool {
+	if s == "" || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateID checks a room, user or connection id: 1 to MaxIDLen bytes of
+// [A-Za-z0-9_-]. It is the rule for every id that becomes a subject token.
+func ValidateID(id string) error {
+	if !validToken(id, MaxIDLen) {
+		return fmt.Errorf("%w: %q must be 1-%d characters of [A-Za-z0-9_-]", ErrInvalidID, clip(id), MaxIDLen)
+	}
+	return nil
+}
+
+// IsSystemType reports whether t is a system type, handled by the edge
+// itself and never published to NATS: it starts with "$" or "__".
+func IsSystemType(t string) bool {
+	return strings.HasPrefix(t, "$") || strings.HasPrefix(t, "__")
+}
+
+// ValidateType checks a message type. An application type is one or more
+// dot-separated tokens of [A-Za-z0-9_-]; a system type is "$" followed by
+// [A-Za-z0-9_:.-], or an application-shaped type starting with "__". Either
+// is at most MaxTypeLen bytes.
+func ValidateType(t string) error {
+	if t == "" {
+		return ErrMissingType
+	}
+	if len(t) > MaxTypeLen {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidType, MaxTypeLen)
+	}
+	if t[0] == '$' {
+		if len(t) == 1 {
+			return fmt.Errorf("%w: %q", ErrInvalidType, t)
+		}
+		for i := 1; i < len(t); i++ {
+			if c := t[i]; !isTokenByte(c) && c != ':' && c != '.' {
+				return fmt.Errorf("%w: %q", ErrInvalidType, clip(t))
+			}
+		}
+		return nil
+	}
+	start := 0
+	for i := 0; i <= len(t); i++ {
+		if i == len(t) || t[i] == '.' {
+			if i == start {
+				return fmt.Errorf("%w: %q has an empty token", ErrInvalidType, clip(t))
+			}
+			start = i + 1
+			continue
+		}
+		if !isTokenByte(t[i]) {
+			return fmt.Errorf("%w: %q must be dot-separated tokens of [A-Za-z0-9_-]", ErrInvalidType, clip(t))
+		}
+	}
+	return nil
+}
+
+// Namespace builds the subjects of one Natter deployment. The zero value is
+// not usable; use NewNamespace or DefaultNamespace.
+type Namespace struct {
+	prefix string
+}
+
+// DefaultNamespace is the namespace with prefix "natter".
+var DefaultNamespace = Namespace{prefix: DefaultPrefix}
+
+// NewNamespace returns the namespace for prefix, which must be one or more
+// dot-separated tokens of [A-Za-z0-9_-].
+func NewNamespace(prefix string) (Namespace, error) {
+	if prefix == "" || strings.HasPrefix(prefix, "$") || strings.HasPrefix(prefix, "_") {
+		return Namespace{}, fmt.Errorf("%w: %q", ErrInvalidPrefix, prefix)
+	}
+	if err := ValidateType(prefix); err != nil {
+		return Namespace{}, fmt.Errorf("%w: %q", ErrInvalidPrefix, prefix)
+	}
+	return Namespace{prefix: prefix}, nil
+}
+
+// Prefix returns the namespace's first token(s).
+func (n Namespace) Prefix() string { return n.prefix }
+
+// In is the subject a client message of type t is published on:
+// <prefix>.in.<type>. System types never become subjects.
+func (n Namespace) In(t string) (Subject, error) {
+	if n.prefix == "" {
+		return "", ErrInvalidPrefix
+	}
+	if err := ValidateType(t); err != nil {
+		return "", err
+	}
+	if IsSystemType(t) {
+		return "", fmt.Errorf("%w: system type %q has no subject", ErrInvalidType, t)
+	}
+	return Subject(n.prefix + ".in." + t), nil
+}
+
+// Conn is <prefix>.out.conn.<id>: deliveries to one connection.
+func (n Namespace) Conn(id string) (Subject, error) { return n.idSubject(".out.conn.", id) }
+
+// User is <prefix>.out.user.<id>: deliveries to every connection of a user.
+func (n Namespace) User(id string) (Subject, error) { return n.idSubject(".out.user.", id) }
+
+// Room is <prefix>.out.room.<id>: deliveries to every member of a room.
+func (n Namespace) Room(id string) (Subject, error) { return n.idSubject(".out.room.", id) }
+
+// All is <prefix>.out.all: deliveries to every connection.
+func (n Namespace) All() Subject { return Subject(n.prefix + ".out.all") }
+
+// Ctl is <prefix>.ctl.conn.<id>: join, leave and close for one connection.
+func (n Namespace) Ctl(id string) (Subject, error) { return n.idSubject(".ctl.conn.", id) }
+
+// ConnAny is <prefix>.*.conn.<id>: one subscription that covers both the
+// out and ctl subjects of a connection.
+func (n Namespace) ConnAny(id string) (Subject, error) { return n.idSubject(".*.conn.", id) }
+
+// Event is <prefix>.evt.<name>: lifecycle events.
+func (n Namespace) Event(name string) (Subject, error) { return n.idSubject(".evt.", name) }
+
+// InAll is <prefix>.in.>: every client message (for taps and tests).
+func (n Namespace) InAll() Subject { return Subject(n.prefix + ".in.>") }
+
+// RoomAll is <prefix>.out.room.*: every room delivery.
+func (n Namespace) RoomAll() Subject { return Subject(n.prefix + ".out.room.*") }
+
+func (n Namespace) idSubject(mid, id string) (Subject, error) {
+	if n.prefix == "" {
+		return "", ErrInvalidPrefix
+	}
+	if err := ValidateID(id); err != nil {
+		return "", err
+	}
+	return Subject(n.prefix + mid + id), nil
+}
+
+// Kind tells what an out subject addresses.
+type Kind uint8
+
+// The kinds of out and ctl subjects.
+const (
+	KindUnknown Kind = iota
+	KindConn
+	KindUser
+	KindRoom
+	KindAll
+	KindCtl
+)
+
+// Parse splits an out or ctl subject of this namespace into its kind and id.
+func (n Namespace) Parse(subject string) (Kind, string) {
+	rest, ok := strings.CutPrefix(subject, n.prefix+".")
+	if !ok {
+		return KindUnknown, ""
+	}
+	switch {
+	case rest == "out.all":
+		return KindAll, ""
+	case strings.HasPrefix(rest, "out.conn."):
+		return KindConn, rest[len("out.conn."):]
+	case strings.HasPrefix(rest, "out.user."):
+		return KindUser, rest[len("out.user."):]
+	case strings.HasPrefix(rest, "out.room."):
+		return KindRoom, rest[len("out.room."):]
+	case strings.HasPrefix(rest, "ctl.conn."):
+		return KindCtl, rest[len("ctl.conn."):]
+	}
+	return KindUnknown, ""
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}

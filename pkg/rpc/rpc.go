@@ -1,0 +1,154 @@
+// Package rpc is Natter's request/response contract over NATS: the error
+// model shared by edges, workers and services, deadline clamping, and Call
+// for Go services that want to call a worker the way a browser does.
+//
+// Everything here is safe for concurrent use.
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+)
+
+// Deadline defaults. A client's meta.timeoutMs is clamped to
+// [MinTimeout, the server's maximum]; no timeoutMs means the server default.
+const (
+	DefaultTimeout = 10 * time.Second
+	MaxTimeout     = 60 * time.Second
+	MinTimeout     = 10 * time.Millisecond
+)
+
+// Error is an RPC failure with a wire code. It is what RPC_ERROR frames carry.
+type Error struct {
+	Code       envelope.Code
+	Message    string
+	Details    json.RawMessage
+	RetryAfter time.Duration
+}
+
+// Error returns "rpc: CODE: message".
+func (e *Error) Error() string { return "rpc: " + string(e.Code) + ": " + e.Message }
+
+// Is makes errors.Is match any *Error with the same code, so callers can
+// test against the sentinels below.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Payload returns the wire form of e.
+func (e *Error) Payload() *envelope.ErrorPayload {
+	return &envelope.ErrorPayload{Code: e.Code, Message: e.Message, Details: e.Details, RetryAfterMs: e.RetryAfter.Milliseconds()}
+}
+
+// Sentinels, one per code the mesh itself produces. Match with errors.Is.
+var (
+	ErrUnavailable       = &Error{Code: envelope.CodeUnavailable, Message: "no responders"}
+	ErrDeadlineExceeded  = &Error{Code: envelope.CodeDeadlineExceeded, Message: "deadline exceeded"}
+	ErrInvalidArgument   = &Error{Code: envelope.CodeInvalidArgument, Message: "invalid argument"}
+	ErrNotFound          = &Error{Code: envelope.CodeNotFound, Message: "not found"}
+	ErrPermissionDenied  = &Error{Code: envelope.CodePermissionDenied, Message: "permission denied"}
+	ErrResourceExhausted = &Error{Code: envelope.CodeResourceExhausted, Message: "resource exhausted"}
+	ErrCanceled          = &Error{Code: envelope.CodeCanceled, Message: "cancelled"}
+	ErrInternal          = &Error{Code: envelope.CodeInternal, Message: "internal error"}
+)
+
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code envelope.Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// FromError maps any error to an *Error: an *Error stays as it is, NATS and
+// context errors get their codes, and anything else is INTERNAL with a
+// generic message, so that internals never leak to a client.
+func FromError(err error) *Error {
+	var re *Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		return re
+	case errors.Is(err, nats.ErrNoResponders):
+		return ErrUnavailable
+	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return ErrDeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		return ErrCanceled
+	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrDisconnected):
+		return &Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
+	}
+	return ErrInternal
+}
+
+// ClampTimeout turns a requested timeout in milliseconds into the deadline
+// the server grants: def when none was asked, at most limit, at least
+// MinTimeout.
+func ClampTimeout(requestedMs int64, def, limit time.Duration) time.Duration {
+	if requestedMs <= 0 {
+		return min(def, limit)
+	}
+	d := time.Duration(requestedMs) * time.Millisecond
+	return min(max(d, MinTimeout), limit)
+}
+
+// Call sends payload as a request of type typ to the workers, as a client
+// would, and decodes the reply's payload into out (unless out is nil). An
+// RPC_ERROR reply is returned as *Error; no worker listening is
+// ErrUnavailable at once, and ctx's deadline (DefaultTimeout when it has
+// none) gives ErrDeadlineExceeded.
+func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string, payload, out any) error {
+	subj, err := ns.In(typ)
+	if err != nil {
+		return err
+	}
+	env, err := envelope.New(typ, payload)
+	if err != nil {
+		return err
+	}
+	env.Meta.CorrelationID = nats.NewInbox()[len(nats.InboxPrefix):]
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
+	dl, _ := ctx.Deadline()
+	env.Meta.TimeoutMs = max(time.Until(dl).Milliseconds(), 1)
+	data, err := envelope.Encode(env)
+	if err != nil {
+		return err
+	}
+	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj.String(), Data: data})
+	if err != nil {
+		return FromError(err)
+	}
+	return DecodeReply(reply.Data, out)
+}
+
+// DecodeReply decodes a worker's reply envelope: an RPC_ERROR becomes an
+// *Error, anything else has its payload decoded into out (unless out is nil).
+func DecodeReply(data []byte, out any) error {
+	env, err := envelope.Decode(data, 0)
+	if err != nil {
+		return fmt.Errorf("rpc: bad reply: %w", err)
+	}
+	if env.Type == envelope.TypeRPCError || env.Type == envelope.TypeError {
+		var p envelope.ErrorPayload
+		if err := json.Unmarshal(env.Payload, &p); err != nil || p.Code == "" {
+			return &Error{Code: envelope.CodeInternal, Message: "malformed error reply"}
+		}
+		return &Error{Code: p.Code, Message: p.Message, Details: p.Details, RetryAfter: time.Duration(p.RetryAfterMs) * time.Millisecond}
+	}
+	if out != nil && len(env.Payload) > 0 {
+		if err := json.Unmarshal(env.Payload, out); err != nil {
+			return fmt.Errorf("rpc: decode reply payload: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,132 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// Publisher reaches clients from any Go service: it publishes envelopes to
+// connections, users, rooms or everyone, and joins, removes or closes
+// connections. It is safe for concurrent use.
+type Publisher struct {
+	nc *nats.Conn
+	ns envelope.Namespace
+}
+
+// NewPublisher returns a Publisher on nc for namespace ns.
+func NewPublisher(nc *nats.Conn, ns envelope.Namespace) *Publisher {
+	return &Publisher{nc: nc, ns: ns}
+}
+
+// ToConn delivers env to one connection.
+func (p *Publisher) ToConn(conn string, env *envelope.Envelope) error {
+	subj, err := p.ns.Conn(conn)
+	if err != nil {
+		return err
+	}
+	return p.publish(subj, env, nil)
+}
+
+// ToUser delivers env to every connection of user, except the connections
+// named in exclude.
+func (p *Publisher) ToUser(user string, env *envelope.Envelope, exclude ...string) error {
+	subj, err := p.ns.User(user)
+	if err != nil {
+		return err
+	}
+	return p.publish(subj, env, exclude)
+}
+
+// ToRoom delivers env to every member of room, except the connections named
+// in exclude (typically the sender).
+func (p *Publisher) ToRoom(room string, env *envelope.Envelope, exclude ...string) error {
+	subj, err := p.ns.Room(room)
+	if err != nil {
+		return err
+	}
+	return p.publish(subj, env, exclude)
+}
+
+// ToAll delivers env to every connection on every edge, except exclude.
+func (p *Publisher) ToAll(env *envelope.Envelope, exclude ...string) error {
+	return p.publish(p.ns.All(), env, exclude)
+}
+
+func (p *Publisher) publish(subj envelope.Subject, env *envelope.Envelope, exclude []string) error {
+	data, err := envelope.Encode(env)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: subj.String(), Data: data}
+	if len(exclude) > 0 {
+		for _, id := range exclude {
+			if err := envelope.ValidateID(id); err != nil {
+				return err
+			}
+		}
+		msg.Header = nats.Header{envelope.HeaderExclude: []string{strings.Join(exclude, ",")}}
+	}
+	return p.nc.PublishMsg(msg)
+}
+
+// Join adds conn to room and returns once the edge holding conn has
+// subscribed, so a room publish made after Join returns reaches it. A
+// connection that no edge holds gives rpc.ErrNotFound.
+func (p *Publisher) Join(ctx context.Context, conn, room string) error {
+	if err := envelope.ValidateID(room); err != nil {
+		return err
+	}
+	return p.control(ctx, conn, envelope.Control{Op: envelope.OpJoin, Room: room})
+}
+
+// Leave removes conn from room.
+func (p *Publisher) Leave(ctx context.Context, conn, room string) error {
+	if err := envelope.ValidateID(room); err != nil {
+		return err
+	}
+	return p.control(ctx, conn, envelope.Control{Op: envelope.OpLeave, Room: room})
+}
+
+// Close closes conn with code (envelope.CloseServer when zero) and reason.
+func (p *Publisher) Close(ctx context.Context, conn string, code envelope.CloseCode, reason string) error {
+	return p.control(ctx, conn, envelope.Control{Op: envelope.OpClose, Code: code, Reason: reason})
+}
+
+func (p *Publisher) control(ctx context.Context, conn string, c envelope.Control) error {
+	subj, err := p.ns.Ctl(conn)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(c)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rpc.DefaultTimeout)
+		defer cancel()
+	}
+	msg, err := p.nc.RequestWithContext(ctx, subj.String(), body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return &rpc.Error{Code: envelope.CodeNotFound, Message: fmt.Sprintf("connection %s not found", conn)}
+		}
+		return rpc.FromError(err)
+	}
+	var rep envelope.ControlReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		return fmt.Errorf("worker: bad control reply: %w", err)
+	}
+	if !rep.OK {
+		if rep.Error == nil {
+			return rpc.ErrInternal
+		}
+		return &rpc.Error{Code: rep.Error.Code, Message: rep.Error.Message}
+	}
+	return nil
+}

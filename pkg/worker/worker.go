@@ -1,0 +1,278 @@
+// Package worker is Natter's Go SDK for stateless workers: register a
+// handler per message type, in a NATS queue group, and reply, publish to
+// connections, users and rooms, or join and remove connections.
+//
+// A Worker is safe for concurrent use. Handlers run on their own goroutines,
+// at most Config.MaxConcurrent at once; Drain stops intake and waits for the
+// handlers in flight.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// ErrInvalidConfig wraps every configuration error of this package.
+var ErrInvalidConfig = errors.New("worker: invalid config")
+
+// DefaultQueue is the queue group workers join unless configured otherwise.
+const DefaultQueue = "natter-workers"
+
+// Config configures a Worker.
+type Config struct {
+	// Namespace is the subject namespace. Default envelope.DefaultNamespace.
+	Namespace envelope.Namespace
+	// Queue is the NATS queue group. Default DefaultQueue.
+	Queue string
+	// MaxConcurrent bounds handler calls in flight. Default 256, range 1..65536.
+	MaxConcurrent int
+	// MaxTimeout bounds the deadline a client may ask with meta.timeoutMs.
+	// Default rpc.MaxTimeout.
+	MaxTimeout time.Duration
+	// Logger receives handler panics and failures. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler handles one message. For a request (the client set
+// meta.correlationId) a returned error becomes the RPC_ERROR reply, with the
+// code of an *rpc.Error or INTERNAL; a nil error with no Reply sends an
+// empty acknowledgement, so every request gets exactly one reply.
+type Handler func(ctx context.Context, m *Message) error
+
+// Worker dispatches NATS messages to handlers.
+type Worker struct {
+	nc   *nats.Conn
+	cfg  Config
+	pub  *Publisher
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	ctx  context.Context
+	stop context.CancelFunc
+
+	mu   sync.Mutex
+	subs []*nats.Subscription
+}
+
+// New returns a Worker on nc. It subscribes to nothing until Handle.
+func New(nc *nats.Conn, cfg Config) (*Worker, error) {
+	if nc == nil {
+		return nil, fmt.Errorf("%w: nil NATS connection", ErrInvalidConfig)
+	}
+	if cfg.Namespace == (envelope.Namespace{}) {
+		cfg.Namespace = envelope.DefaultNamespace
+	}
+	if cfg.Queue == "" {
+		cfg.Queue = DefaultQueue
+	}
+	if cfg.MaxConcurrent == 0 {
+		cfg.MaxConcurrent = 256
+	}
+	if cfg.MaxConcurrent < 1 || cfg.MaxConcurrent > 65536 {
+		return nil, fmt.Errorf("%w: MaxConcurrent %d out of 1..65536", ErrInvalidConfig, cfg.MaxConcurrent)
+	}
+	if cfg.MaxTimeout <= 0 {
+		cfg.MaxTimeout = rpc.MaxTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Worker{
+		nc:   nc,
+		cfg:  cfg,
+		pub:  NewPublisher(nc, cfg.Namespace),
+		sem:  make(chan struct{}, cfg.MaxConcurrent),
+		ctx:  ctx,
+		stop: stop,
+	}, nil
+}
+
+// Publisher returns the worker's publisher, for use outside handlers.
+func (w *Worker) Publisher() *Publisher { return w.pub }
+
+// Handle registers h for messages of type typ, in the worker's queue group:
+// each message goes to one worker of the group.
+func (w *Worker) Handle(typ string, h Handler) error {
+	subj, err := w.cfg.Namespace.In(typ)
+	if err != nil {
+		return err
+	}
+	sub, err := w.nc.QueueSubscribe(subj.String(), w.cfg.Queue, func(msg *nats.Msg) { w.dispatch(h, msg) })
+	if err != nil {
+		return fmt.Errorf("worker: subscribe %s: %w", subj, err)
+	}
+	w.mu.Lock()
+	w.subs = append(w.subs, sub)
+	w.mu.Unlock()
+	return nil
+}
+
+// Flush waits until the server has processed the subscriptions made so far.
+func (w *Worker) Flush(ctx context.Context) error { return w.nc.FlushWithContext(ctx) }
+
+// Drain stops taking messages, lets the ones already received finish, and
+// waits for every handler, or for ctx.
+func (w *Worker) Drain(ctx context.Context) error {
+	w.mu.Lock()
+	subs := w.subs
+	w.subs = nil
+	w.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Drain()
+	}
+	for _, s := range subs {
+		for s.IsValid() && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		w.stop()
+		return nil
+	case <-ctx.Done():
+		w.stop()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
+	m := &Message{
+		Conn: msg.Header.Get(envelope.HeaderConn),
+		User: msg.Header.Get(envelope.HeaderUser),
+		Edge: msg.Header.Get(envelope.HeaderEdge),
+		msg:  msg,
+		pub:  w.pub,
+	}
+	env, err := envelope.Decode(msg.Data, 1<<20)
+	if err != nil {
+		w.cfg.Logger.Warn("worker: undecodable message", "subject", msg.Subject, "err", err)
+		if msg.Reply != "" {
+			_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
+		}
+		return
+	}
+	m.Envelope = env
+	select {
+	case w.sem <- struct{}{}:
+	case <-w.ctx.Done():
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.sem }()
+		ctx := w.ctx
+		var cancel context.CancelFunc
+		if m.IsRequest() {
+			ctx, cancel = context.WithTimeout(ctx, rpc.ClampTimeout(env.Meta.TimeoutMs, rpc.DefaultTimeout, w.cfg.MaxTimeout))
+			defer cancel()
+		}
+		err := w.call(ctx, h, m)
+		if !m.IsRequest() {
+			if err != nil {
+				w.cfg.Logger.Debug("worker: handler failed", "type", env.Type, "err", err)
+			}
+			return
+		}
+		if err != nil {
+			_ = m.ReplyError(err)
+			return
+		}
+		_ = m.reply(&envelope.Envelope{Type: env.Type})
+	}()
+}
+
+// call runs h, turning a panic into an INTERNAL error.
+func (w *Worker) call(ctx context.Context, h Handler, m *Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.cfg.Logger.Error("worker: handler panic", "type", m.Envelope.Type, "panic", p)
+			err = rpc.ErrInternal
+		}
+	}()
+	return h(ctx, m)
+}
+
+// Message is one client message as a handler sees it.
+type Message struct {
+	// Envelope is the client's envelope, as it sent it.
+	Envelope *envelope.Envelope
+	// Conn, User and Edge identify the sender. The edge set them in NATS
+	// headers; a client cannot forge them. User is empty for anonymous
+	// connections; all three are empty for messages from plain NATS clients.
+	Conn, User, Edge string
+
+	msg     *nats.Msg
+	pub     *Publisher
+	replied atomic.Bool
+}
+
+// IsRequest reports whether the sender waits for exactly one reply.
+func (m *Message) IsRequest() bool {
+	return m.msg.Reply != "" && m.Envelope.Meta.CorrelationID != ""
+}
+
+// Bind decodes the payload into v.
+func (m *Message) Bind(v any) error {
+	if len(m.Envelope.Payload) == 0 {
+		return rpc.Errorf(envelope.CodeInvalidArgument, "payload is required")
+	}
+	if err := json.Unmarshal(m.Envelope.Payload, v); err != nil {
+		return rpc.Errorf(envelope.CodeInvalidArgument, "payload: %v", err)
+	}
+	return nil
+}
+
+// Publisher returns the publisher, to reach other connections, users and rooms.
+func (m *Message) Publisher() *Publisher { return m.pub }
+
+// Reply answers a request with an envelope of type typ carrying payload.
+// Only the first reply counts; later ones, and replies to messages that are
+// not requests, return an error.
+func (m *Message) Reply(typ string, payload any) error {
+	env, err := envelope.New(typ, payload)
+	if err != nil {
+		return err
+	}
+	return m.reply(env)
+}
+
+// ReplyError answers a request with RPC_ERROR carrying err's code.
+func (m *Message) ReplyError(err error) error {
+	re := rpc.FromError(err)
+	data := envelope.EncodeError(m.Envelope.Meta.CorrelationID, re.Payload())
+	return m.respond(data)
+}
+
+func (m *Message) reply(env *envelope.Envelope) error {
+	env.Meta.CorrelationID = m.Envelope.Meta.CorrelationID
+	data, err := envelope.Encode(env)
+	if err != nil {
+		return err
+	}
+	return m.respond(data)
+}
+
+func (m *Message) respond(data []byte) error {
+	if !m.IsRequest() {
+		return errors.New("worker: message is not a request")
+	}
+	if !m.replied.CompareAndSwap(false, true) {
+		return errors.New("worker: already replied")
+	}
+	return m.msg.Respond(data)
+}
