@@ -1,0 +1,299 @@
+package edge_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/internal/wstest"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/worker"
+)
+
+const wait = 5 * time.Second
+
+// mesh is one embedded NATS server, one edge in dev mode and the built-in
+// handlers in-process.
+type mesh struct {
+	nats *nats.Conn // a plain NATS client, as any service would have
+	edge *testenv.Edge
+}
+
+func newMesh(t *testing.T, cfg edge.Config) *mesh {
+	t.Helper()
+	srv := testenv.NATS(t)
+	cfg.NATS = testenv.Connect(t, srv.ClientURL())
+	cfg.DevMode = true
+	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
+	return &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
+}
+
+func (m *mesh) dial(t *testing.T, user string) *wstest.Client {
+	t.Helper()
+	if user == "" {
+		return wstest.Dial(t, m.edge.URL)
+	}
+	return wstest.Dial(t, m.edge.URL+"?user="+user)
+}
+
+func join(t *testing.T, c *wstest.Client, room string) {
+	t.Helper()
+	got := c.Request(t, envelope.TypeJoin, envelope.RoomPayload{Room: room}, wait)
+	if got.Type != envelope.TypeJoined || got.Meta.Room != room {
+		t.Fatalf("join %s: got %s %s", room, got.Type, got.Payload)
+	}
+}
+
+func TestEchoRPC(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "alice")
+	got := c.Request(t, "echo", map[string]string{"hello": "world"}, wait)
+	if got.Type != "echo" || string(got.Payload) != `{"hello":"world"}` {
+		t.Fatalf("echo reply: %s %s", got.Type, got.Payload)
+	}
+}
+
+func TestRPCNoResponderAndTimeout(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "")
+
+	t.Run("no responder", func(t *testing.T) {
+		start := time.Now()
+		got := c.Request(t, "nobody.listens", nil, wait)
+		assertRPCError(t, got, envelope.CodeUnavailable)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("UNAVAILABLE took %s; want it at once", d)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		// A worker that takes the request and never answers.
+		w, err := worker.New(m.nats, worker.Config{Queue: "slow"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		block := make(chan struct{})
+		defer close(block)
+		if err := w.Handle("slow.op", func(_ context.Context, _ *worker.Message) error { <-block; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		_ = m.nats.Flush()
+		c.Send(t, "slow.op", envelope.Meta{CorrelationID: "t1", TimeoutMs: 200}, nil)
+		got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "t1" })
+		assertRPCError(t, got, envelope.CodeDeadlineExceeded)
+		if !c.Quiet(300 * time.Millisecond) {
+			t.Fatal("a second reply arrived after the timeout")
+		}
+	})
+}
+
+func assertRPCError(t *testing.T, got *envelope.Envelope, code envelope.Code) {
+	t.Helper()
+	if got.Type != envelope.TypeRPCError {
+		t.Fatalf("want RPC_ERROR %s, got %s %s", code, got.Type, got.Payload)
+	}
+	var p envelope.ErrorPayload
+	if err := json.Unmarshal(got.Payload, &p); err != nil || p.Code != code {
+		t.Fatalf("want code %s, got %s (%v)", code, got.Payload, err)
+	}
+}
+
+func TestPlainNATSPublish(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	a1, a2 := m.dial(t, "alice"), m.dial(t, "alice")
+	b := m.dial(t, "bob")
+	join(t, a1, "general")
+	join(t, b, "general")
+
+	pub := func(subj, body string) {
+		t.Helper()
+		if err := m.nats.Publish(subj, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("room", func(t *testing.T) {
+		pub("natter.out.room.general", `{"type":"news","payload":{"n":1}}`)
+		for _, c := range []*wstest.Client{a1, b} {
+			got := c.AwaitType(t, "news", wait)
+			if got.Meta.Room != "general" || string(got.Payload) != `{"n":1}` {
+				t.Fatalf("room delivery: %+v %s", got.Meta, got.Payload)
+			}
+		}
+		if !a2.Quiet(200 * time.Millisecond) {
+			t.Fatal("a non-member got a room message")
+		}
+	})
+	t.Run("user on two connections", func(t *testing.T) {
+		pub("natter.out.user.alice", `{"type":"dm","payload":"hi"}`)
+		a1.AwaitType(t, "dm", wait)
+		a2.AwaitType(t, "dm", wait)
+		if !b.Quiet(200 * time.Millisecond) {
+			t.Fatal("bob got alice's message")
+		}
+	})
+	t.Run("one connection", func(t *testing.T) {
+		// The connection id is what workers see in the Natter-Conn header.
+		sub, err := m.nats.SubscribeSync("natter.in.whoami")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = m.nats.Flush()
+		a2.Send(t, "whoami", envelope.Meta{}, nil)
+		msg, err := sub.NextMsg(wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := msg.Header.Get(envelope.HeaderConn)
+		if msg.Header.Get(envelope.HeaderUser) != "alice" || id == "" {
+			t.Fatalf("identity headers: %v", msg.Header)
+		}
+		pub("natter.out.conn."+id, `{"type":"only-you"}`)
+		a2.AwaitType(t, "only-you", wait)
+		if !a1.Quiet(200 * time.Millisecond) {
+			t.Fatal("the other connection got a per-connection message")
+		}
+	})
+	t.Run("invalid envelope dropped", func(t *testing.T) {
+		before := m.edge.Stats().OutboundDropped
+		pub("natter.out.room.general", `{"type":"a.*"}`)
+		pub("natter.out.room.general", `not json`)
+		testenv.Eventually(t, wait, "drops counted", func() bool { return m.edge.Stats().OutboundDropped == before+2 })
+		if !b.Quiet(100 * time.Millisecond) {
+			t.Fatal("an invalid envelope reached a client")
+		}
+	})
+}
+
+func TestChatExcludesSender(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
+	join(t, alice, "lobby")
+	if got := bob.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+		t.Fatalf("chat.join reply: %s %s", got.Type, got.Payload)
+	}
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hi bob"}, wait); got.Type != "chat.sent" {
+		t.Fatalf("chat.send reply: %s %s", got.Type, got.Payload)
+	}
+	got := bob.AwaitType(t, "chat.message", wait)
+	var msg struct{ Room, Text, User string }
+	_ = json.Unmarshal(got.Payload, &msg)
+	if msg.Text != "hi bob" || msg.User != "alice" || msg.Room != "lobby" {
+		t.Fatalf("chat.message: %s", got.Payload)
+	}
+	if !alice.Quiet(300 * time.Millisecond) {
+		t.Fatal("the sender got its own message")
+	}
+}
+
+func TestTwoEdgesOneRoom(t *testing.T) {
+	srv := testenv.NATS(t)
+	e1 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL())})
+	e2 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL())})
+	c1, c2 := wstest.Dial(t, e1.URL), wstest.Dial(t, e2.URL)
+	join(t, c1, "r")
+	join(t, c2, "r")
+	pub := worker.NewPublisher(testenv.Connect(t, srv.ClientURL()), envelope.DefaultNamespace)
+	env, _ := envelope.New("hello", map[string]int{"x": 1})
+	if err := pub.ToRoom("r", env); err != nil {
+		t.Fatal(err)
+	}
+	c1.AwaitType(t, "hello", wait)
+	c2.AwaitType(t, "hello", wait)
+}
+
+func TestSlowReaderClosedFastReadersServed(t *testing.T) {
+	m := newMesh(t, edge.Config{WriteQueueBytes: 256 << 10, WriteTimeout: 20 * time.Second})
+	slow := wstest.DialRaw(t, m.edge.URL, 64<<10)
+	if err := slow.WriteText([]byte(`{"type":"$join","payload":{"room":"firehose"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	fast := []*wstest.Client{m.dial(t, ""), m.dial(t, "")}
+	for _, c := range fast {
+		join(t, c, "firehose")
+	}
+	testenv.Eventually(t, wait, "three connections", func() bool { return m.edge.Stats().Connections == 3 })
+	// The slow client's $join is in once its ack went out; it never reads it.
+	testenv.Eventually(t, wait, "slow client joined", func() bool { return m.edge.Stats().FramesOut >= 3 })
+
+	payload := `{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`
+	// 12 MB: far more than the slow socket's kernel buffers (4 MB at most
+	// here) plus its 256 KiB queue, paced so that readers that do read keep up.
+	const n = 3000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < n; i++ {
+			_ = m.nats.Publish("natter.out.room.firehose", []byte(payload))
+			if i%20 == 19 {
+				_ = m.nats.Flush()
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		_ = m.nats.Flush()
+	}()
+	for i, c := range fast {
+		for k := 0; k < n; k++ {
+			if got := c.AwaitType(t, "tick", wait); got == nil {
+				t.Fatalf("fast reader %d stalled at %d", i, k)
+			}
+		}
+	}
+	<-done
+	testenv.Eventually(t, wait, "slow consumer closed", func() bool { return m.edge.Stats().SlowConsumerCloses == 1 })
+	// Reading now lets the stalled write finish; the close frame follows it.
+	code, _, err := slow.ReadUntilClose(wait)
+	if code != uint16(envelope.CloseSlowConsumer) {
+		t.Fatalf("slow reader close code %d (err %v), want %d", code, err, envelope.CloseSlowConsumer)
+	}
+}
+
+func TestHeartbeatAndSystemTypes(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "")
+	if got := c.Request(t, envelope.TypeHeartbeat, nil, wait); got.Type != envelope.TypeHeartbeatAck {
+		t.Fatalf("heartbeat: %s", got.Type)
+	}
+	got := c.Request(t, envelope.TypeLeave, envelope.RoomPayload{Room: "nowhere"}, wait)
+	if got.Type != envelope.TypeLeft {
+		t.Fatalf("leave: %s", got.Type)
+	}
+}
+
+func TestControlSubject(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "carol")
+	sub, _ := m.nats.SubscribeSync("natter.in.hello")
+	_ = m.nats.Flush()
+	c.Send(t, "hello", envelope.Meta{}, nil)
+	msg, err := sub.NextMsg(wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := msg.Header.Get(envelope.HeaderConn)
+	pub := worker.NewPublisher(m.nats, envelope.DefaultNamespace)
+	ctx := t.Context()
+	if err := pub.Join(ctx, id, "vip"); err != nil {
+		t.Fatal(err)
+	}
+	c.AwaitType(t, envelope.TypeJoined, wait)
+	env, _ := envelope.New("vip.news", nil)
+	_ = pub.ToRoom("vip", env)
+	c.AwaitType(t, "vip.news", wait)
+	if err := pub.Leave(ctx, id, "vip"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Join(ctx, "nosuchconn", "vip"); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Fatalf("join unknown conn: %v", err)
+	}
+	if err := pub.Close(ctx, id, envelope.CloseKicked, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.WaitClose(t, wait); code != uint16(envelope.CloseKicked) {
+		t.Fatalf("close code %d", code)
+	}
+}

@@ -1,0 +1,286 @@
+// Package testenv starts the real parts Natter's tests run against: an
+// embedded nats-server on a random loopback port, NATS connections, edges
+// served over loopback HTTP, and the cmd binaries built once per test run.
+// Everything started is stopped by t.Cleanup.
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/chat"
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// Logger returns a logger that writes to the test log at warn and above.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tlogWriter struct{ t testing.TB }
+
+func (w tlogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// NATS starts an embedded nats-server with JetStream on a random loopback
+// port and a temporary store.
+func NATS(t testing.TB) *natsd.Server {
+	t.Helper()
+	s, err := natsd.Start(natsd.Config{Addr: "127.0.0.1:0", StoreDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Connect opens a NATS connection to url.
+func Connect(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Edge is an edge served over loopback.
+type Edge struct {
+	*edge.Edge
+	Addr string // host:port
+	URL  string // ws://host:port/ws
+}
+
+// StartEdge serves an edge on a random loopback port. cfg.NATS is required.
+// Cleanup shuts it down and checks nothing it started is left running.
+func StartEdge(t testing.TB, cfg edge.Config) *Edge {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = Logger(t)
+	}
+	if cfg.ShutdownSpread == 0 {
+		cfg.ShutdownSpread = time.Millisecond
+	}
+	e, err := edge.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(e.Path(), e)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		if err := e.Shutdown(ctx); err != nil {
+			t.Errorf("edge shutdown: %v", err)
+		}
+	})
+	addr := ln.Addr().String()
+	return &Edge{Edge: e, Addr: addr, URL: "ws://" + addr + e.Path()}
+}
+
+// Worker runs the built-in handlers in-process on nc and waits until the
+// server has their subscriptions.
+func Worker(t testing.TB, nc *nats.Conn) *worker.Worker {
+	t.Helper()
+	w, err := worker.New(nc, worker.Config{Logger: Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chat.Register(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = w.Drain(ctx)
+	})
+	return w
+}
+
+// Eventually polls cond every 5ms until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// GoroutinesSettle waits until the goroutine count is at most base+slack,
+// and fails with a dump if it does not get there within timeout.
+func GoroutinesSettle(t testing.TB, base, slack int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for runtime.NumGoroutine() > base+slack {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("goroutines: %d, baseline %d (+%d slack)\n%s", runtime.NumGoroutine(), base, slack, buf[:n])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds cmd/edge and cmd/worker once per test process and returns
+// the directory holding them.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "natter-bin-")
+		if buildErr != nil {
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-race", "-o", buildDir+string(os.PathSeparator), "./cmd/edge", "./cmd/worker")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = &buildError{err: err, out: string(out)}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build binaries: %v", buildErr)
+	}
+	return buildDir
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// Process is a started cmd binary whose stderr is scanned for log lines.
+type Process struct {
+	Cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  strings.Builder
+	done chan struct{}
+}
+
+// Start runs binary name (edge or worker) from Binaries with args. Cleanup
+// kills it if it is still running.
+func Start(t testing.TB, name string, args ...string) *Process {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(Binaries(t), name), args...)
+	cmd.Dir = t.TempDir()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, p.Log())
+		}
+	})
+	return p
+}
+
+// Log returns everything the process wrote to stderr so far.
+func (p *Process) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// WaitLog waits for a log line matching re and returns its submatches.
+func (p *Process) WaitLog(t testing.TB, re string, timeout time.Duration) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := rx.FindStringSubmatch(p.Log()); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("process exited before logging %q:\n%s", re, p.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q within %s:\n%s", re, timeout, p.Log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Wait waits for the process to exit and returns its exit code.
+func (p *Process) Wait(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.Cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		t.Fatalf("process still running after %s", timeout)
+		return -1
+	}
+}
