@@ -191,23 +191,26 @@ const (
 	KindCtl
 )
 
-// Parse splits an out or ctl subject of this namespace into its kind and id.
+// Parse splits an out or ctl subject of this namespace into its kind and
+// id. A subject whose id is not a valid single token is KindUnknown.
 func (n Namespace) Parse(subject string) (Kind, string) {
 	rest, ok := strings.CutPrefix(subject, n.prefix+".")
-	if !ok {
+	if !ok || n.prefix == "" {
 		return KindUnknown, ""
 	}
-	switch {
-	case rest == "out.all":
+	if rest == "out.all" {
 		return KindAll, ""
-	case strings.HasPrefix(rest, "out.conn."):
-		return KindConn, rest[len("out.conn."):]
-	case strings.HasPrefix(rest, "out.user."):
-		return KindUser, rest[len("out.user."):]
-	case strings.HasPrefix(rest, "out.room."):
-		return KindRoom, rest[len("out.room."):]
-	case strings.HasPrefix(rest, "ctl.conn."):
-		return KindCtl, rest[len("ctl.conn."):]
+	}
+	for _, k := range [...]struct {
+		mid  string
+		kind Kind
+	}{{"out.conn.", KindConn}, {"out.user.", KindUser}, {"out.room.", KindRoom}, {"ctl.conn.", KindCtl}} {
+		if id, ok := strings.CutPrefix(rest, k.mid); ok {
+			if ValidateID(id) != nil {
+				return KindUnknown, ""
+			}
+			return k.kind, id
+		}
 	}
 	return KindUnknown, ""
 }

@@ -119,7 +119,15 @@ func (w *Worker) Handle(typ string, h Handler) error {
 }
 
 // Flush waits until the server has processed the subscriptions made so far.
-func (w *Worker) Flush(ctx context.Context) error { return w.nc.FlushWithContext(ctx) }
+// Without a deadline on ctx it waits at most 10s.
+func (w *Worker) Flush(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	return w.nc.FlushWithContext(ctx)
+}
 
 // Drain stops taking messages, lets the ones already received finish, and
 // waits for every handler, or for ctx.
