@@ -1,0 +1,83 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+func TestClampTimeout(t *testing.T) {
+	tests := []struct {
+		name string
+		ms   int64
+		want time.Duration
+	}{
+		{"none asked: default", 0, 10 * time.Second},
+		{"negative: default", -5, 10 * time.Second},
+		{"within range", 1500, 1500 * time.Millisecond},
+		{"too small: minimum", 1, rpc.MinTimeout},
+		{"too large: clamped", 3_600_000, 30 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := rpc.ClampTimeout(tc.ms, 10*time.Second, 30*time.Second); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFromError(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want *rpc.Error
+	}{
+		{"no responders", nats.ErrNoResponders, rpc.ErrUnavailable},
+		{"nats timeout", nats.ErrTimeout, rpc.ErrDeadlineExceeded},
+		{"context deadline", fmt.Errorf("wrapped: %w", context.DeadlineExceeded), rpc.ErrDeadlineExceeded},
+		{"cancelled", context.Canceled, rpc.ErrCanceled},
+		{"closed", nats.ErrConnectionClosed, rpc.ErrUnavailable},
+		{"typed", rpc.Errorf(envelope.CodeNotFound, "x"), rpc.ErrNotFound},
+		{"anything else", errors.New("db password is hunter2"), rpc.ErrInternal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := rpc.FromError(tc.err)
+			if !errors.Is(got, tc.want) {
+				t.Fatalf("got %v, want code %s", got, tc.want.Code)
+			}
+		})
+	}
+}
+
+func TestDecodeReply(t *testing.T) {
+	var out struct{ N int }
+	if err := rpc.DecodeReply([]byte(`{"type":"r","payload":{"n":3}}`), &out); err != nil || out.N != 3 {
+		t.Fatalf("reply: %v %+v", err, out)
+	}
+	err := rpc.DecodeReply([]byte(`{"type":"RPC_ERROR","payload":{"code":"PERMISSION_DENIED","message":"no","retryAfterMs":50}}`), nil)
+	var re *rpc.Error
+	if !errors.As(err, &re) || !errors.Is(err, rpc.ErrPermissionDenied) || re.RetryAfter != 50*time.Millisecond {
+		t.Fatalf("error reply: %v", err)
+	}
+	if err := rpc.DecodeReply([]byte(`{"type":"RPC_ERROR","payload":{}}`), nil); !errors.Is(err, rpc.ErrInternal) {
+		t.Fatalf("malformed error reply: %v", err)
+	}
+}
+
+func ExampleError() {
+	err := fmt.Errorf("loading profile: %w", rpc.Errorf(envelope.CodeNotFound, "user %s", "u1"))
+	fmt.Println(errors.Is(err, rpc.ErrNotFound), errors.Is(err, rpc.ErrInternal))
+	fmt.Println(rpc.FromError(err).Payload().Code)
+	// Output:
+	// true false
+	// NOT_FOUND
+}
