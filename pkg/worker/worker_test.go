@@ -27,10 +27,12 @@ func TestHandlerReplies(t *testing.T) {
 			}
 			return m.Reply("t.ok", map[string]int{"n": in.N * 2})
 		},
-		"t.ack":      func(context.Context, *worker.Message) error { return nil },
-		"t.notfound": func(context.Context, *worker.Message) error { return rpc.Errorf(envelope.CodeNotFound, "no such thing") },
-		"t.plain":    func(context.Context, *worker.Message) error { return errors.New("secret internals") },
-		"t.panic":    func(context.Context, *worker.Message) error { panic("boom") },
+		"t.ack": func(context.Context, *worker.Message) error { return nil },
+		"t.notfound": func(context.Context, *worker.Message) error {
+			return rpc.Errorf(envelope.CodeNotFound, "no such thing")
+		},
+		"t.plain": func(context.Context, *worker.Message) error { return errors.New("secret internals") },
+		"t.panic": func(context.Context, *worker.Message) error { panic("boom") },
 		"t.slow": func(ctx context.Context, _ *worker.Message) error {
 			<-ctx.Done() // the deadline from meta.timeoutMs reaches the handler
 			return ctx.Err()
