@@ -45,8 +45,8 @@ type conn struct {
 	closeReason string
 	dropped     atomic.Bool // the close discards queued frames
 
-	roomsMu sync.Mutex
-	rooms   map[string]struct{} // guarded by hub.mu for writes, roomsMu for reads
+	rooms map[string]struct{} // guarded by hub.mu
+	gone  bool                // guarded by hub.mu: left every room for good
 }
 
 func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {

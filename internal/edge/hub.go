@@ -39,18 +39,21 @@ func newHub(e *Edge) *hub {
 // in place, so publishes made after the ack reach c.
 func (h *hub) join(c *conn, room, cid string) error {
 	h.mu.Lock()
+	if c.gone {
+		// A ctl join raced with the connection closing.
+		h.mu.Unlock()
+		return &rpc.Error{Code: envelope.CodeNotFound, Message: "connection closed"}
+	}
 	if _, ok := c.rooms[room]; !ok && len(c.rooms) >= h.e.cfg.MaxRoomsPerConn {
 		h.mu.Unlock()
 		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
 	}
 	g, err := h.addLocked(h.rooms, room, true, c)
 	if err == nil {
-		c.roomsMu.Lock()
 		if c.rooms == nil {
 			c.rooms = make(map[string]struct{})
 		}
 		c.rooms[room] = struct{}{}
-		c.roomsMu.Unlock()
 	}
 	h.mu.Unlock()
 	if err != nil {
@@ -66,9 +69,7 @@ func (h *hub) join(c *conn, room, cid string) error {
 func (h *hub) leave(c *conn, room, cid string) {
 	h.mu.Lock()
 	if _, ok := c.rooms[room]; ok {
-		c.roomsMu.Lock()
 		delete(c.rooms, room)
-		c.roomsMu.Unlock()
 		h.removeLocked(h.rooms, room, c)
 	}
 	h.mu.Unlock()
@@ -78,12 +79,11 @@ func (h *hub) leave(c *conn, room, cid string) {
 // leaveAll removes c from every room, on close.
 func (h *hub) leaveAll(c *conn) {
 	h.mu.Lock()
+	c.gone = true
 	for room := range c.rooms {
 		h.removeLocked(h.rooms, room, c)
 	}
-	c.roomsMu.Lock()
 	c.rooms = nil
-	c.roomsMu.Unlock()
 	h.mu.Unlock()
 }
 
