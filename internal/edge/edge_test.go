@@ -222,28 +222,29 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 
 	payload := `{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`
 	// 12 MB: far more than the slow socket's kernel buffers (4 MB at most
-	// here) plus its 256 KiB queue, paced so that readers that do read keep up.
-	const n = 3000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < n; i++ {
-			_ = m.nats.Publish("natter.out.room.firehose", []byte(payload))
-			if i%20 == 19 {
-				_ = m.nats.Flush()
-				time.Sleep(2 * time.Millisecond)
+	// here) plus its 256 KiB queue. The publisher waits for the readers that
+	// do read after each batch of 20 (80 KB), so they never fall 256 KiB
+	// behind however slow the machine is; the slow reader falls behind for good.
+	const n, batch = 3000, 20
+	for sent := 0; sent < n; sent += batch {
+		for range batch {
+			if err := m.nats.Publish("natter.out.room.firehose", []byte(payload)); err != nil {
+				t.Fatal(err)
 			}
 		}
-		_ = m.nats.Flush()
-	}()
-	for i, c := range fast {
-		for k := 0; k < n; k++ {
-			if got := c.AwaitType(t, "tick", wait); got == nil {
-				t.Fatalf("fast reader %d stalled at %d", i, k)
+		for i, c := range fast {
+			for range batch {
+				if got := c.AwaitType(t, "tick", wait); got == nil {
+					t.Fatalf("fast reader %d stalled after %d", i, sent)
+				}
 			}
 		}
 	}
-	<-done
+	for i, c := range fast {
+		if c.Closed() {
+			t.Fatalf("fast reader %d was closed", i)
+		}
+	}
 	testenv.Eventually(t, wait, "slow consumer closed", func() bool { return m.edge.Stats().SlowConsumerCloses == 1 })
 	// Reading now lets the stalled write finish; the close frame follows it.
 	code, _, err := slow.ReadUntilClose(wait)

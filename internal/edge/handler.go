@@ -66,7 +66,7 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 func (c *conn) handle(data []byte) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxMessageSize); err != nil {
-		c.sendError(env.Meta.CorrelationID, envelope.CodeOf(err), err.Error())
+		c.sendError(envelope.CorrelationID(data), envelope.CodeOf(err), err.Error())
 		return
 	}
 	cid := env.Meta.CorrelationID

@@ -108,12 +108,21 @@ func (m *Meta) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return fmt.Errorf("%w: meta must be an object", ErrInvalidMeta)
 	}
-	for k, v := range raw {
+	// Known keys in a fixed order, correlationId first, so that the error
+	// for a frame is always the same and a valid correlationId is kept
+	// even when a later key is bad.
+	for _, k := range [...]string{"correlationId", "timestamp", "timeoutMs", "room"} {
+		v, ok := raw[k]
+		if !ok {
+			continue
+		}
+		delete(raw, k)
 		var err error
 		switch k {
 		case "correlationId":
 			err = json.Unmarshal(v, &m.CorrelationID)
 			if err == nil && (m.CorrelationID == "" || len(m.CorrelationID) > MaxCorrelationIDLen) {
+				m.CorrelationID = ""
 				err = fmt.Errorf("length must be 1..%d", MaxCorrelationIDLen)
 			}
 		case "timestamp":
@@ -125,17 +134,37 @@ func (m *Meta) UnmarshalJSON(data []byte) error {
 			}
 		case "room":
 			err = json.Unmarshal(v, &m.Room)
-		default:
-			if m.Extra == nil {
-				m.Extra = make(map[string]json.RawMessage, len(raw))
-			}
-			m.Extra[k] = v
 		}
 		if err != nil {
 			return fmt.Errorf("%w: meta.%s: %v", ErrInvalidMeta, k, err)
 		}
 	}
+	if len(raw) > 0 {
+		m.Extra = raw
+	}
 	return nil
+}
+
+// CorrelationID returns meta.correlationId of a frame that may not decode,
+// or "" when there is no valid one. The edge uses it to answer a broken
+// request with RPC_ERROR rather than ERROR, whatever else is wrong with it.
+func CorrelationID(data []byte) string {
+	if !json.Valid(data) {
+		return ""
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil {
+		return ""
+	}
+	var meta map[string]json.RawMessage
+	if json.Unmarshal(top["meta"], &meta) != nil {
+		return ""
+	}
+	var cid string
+	if json.Unmarshal(meta["correlationId"], &cid) != nil || len(cid) > MaxCorrelationIDLen {
+		return ""
+	}
+	return cid
 }
 
 // MaxCorrelationIDLen bounds meta.correlationId, in bytes.

@@ -725,3 +725,32 @@ func metaEqual(a, b envelope.Meta) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+func TestCorrelationIDOfBrokenFrames(t *testing.T) {
+	tests := []struct {
+		name, frame, want string
+	}{
+		{"bad later meta key", `{"type":"x","meta":{"correlationId":"c1","timeoutMs":-1}}`, "c1"},
+		{"unknown key after meta", `{"meta":{"correlationId":"c2"},"extra":1}`, "c2"},
+		{"unknown key before meta", `{"extra":1,"meta":{"correlationId":"c3"}}`, "c3"},
+		{"bad type", `{"type":"a.*","meta":{"correlationId":"c4"}}`, "c4"},
+		{"not a string", `{"type":"x","meta":{"correlationId":5}}`, ""},
+		{"malformed JSON", `{"type":"x","meta":{"correlationId":"c5"}`, ""},
+		{"no meta", `{"type":"x"}`, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := envelope.CorrelationID([]byte(tc.frame)); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	// The decoder's own verdict does not depend on map order.
+	frame := []byte(`{"type":"x","meta":{"correlationId":"c1","timeoutMs":-1,"timestamp":"bad"}}`)
+	_, first := envelope.Decode(frame, 0)
+	for range 50 {
+		if _, err := envelope.Decode(frame, 0); err.Error() != first.Error() {
+			t.Fatalf("error changed between runs: %v vs %v", err, first)
+		}
+	}
+}
