@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"unicode/utf8"
 )
 
 // DefaultMaxSize is the default limit, in bytes, on one encoded envelope.
@@ -100,49 +101,107 @@ func (m Meta) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON decodes meta, checking the types of the known keys.
 func (m *Meta) UnmarshalJSON(data []byte) error {
+	if !json.Valid(data) {
+		*m = Meta{}
+		return fmt.Errorf("%w: meta is not valid JSON", ErrInvalidMeta)
+	}
+	return m.decode(data)
+}
+
+// decode decodes a meta value that json.Valid accepted. Known keys are
+// checked in a fixed order, correlationId first, so that the error for a
+// frame is always the same and a valid correlationId is kept even when a
+// later key is bad. A repeated key keeps its last value.
+func (m *Meta) decode(b []byte) error {
 	*m = Meta{}
-	if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+	i := skipSpace(b, 0)
+	if b[i] == 'n' { // null
 		return nil
 	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(data, &raw); err != nil {
+	if b[i] != '{' {
 		return fmt.Errorf("%w: meta must be an object", ErrInvalidMeta)
 	}
-	// Known keys in a fixed order, correlationId first, so that the error
-	// for a frame is always the same and a valid correlationId is kept
-	// even when a later key is bad.
-	for _, k := range [...]string{"correlationId", "timestamp", "timeoutMs", "room"} {
-		v, ok := raw[k]
-		if !ok {
-			continue
+	i++
+	var cid, ts, timeout, room []byte
+	for {
+		i = skipSpace(b, i)
+		if b[i] == '}' {
+			break
 		}
-		delete(raw, k)
-		var err error
-		switch k {
-		case "correlationId":
-			err = json.Unmarshal(v, &m.CorrelationID)
-			if err == nil && (m.CorrelationID == "" || len(m.CorrelationID) > MaxCorrelationIDLen) {
-				m.CorrelationID = ""
-				err = fmt.Errorf("length must be 1..%d", MaxCorrelationIDLen)
-			}
-		case "timestamp":
-			err = json.Unmarshal(v, &m.Timestamp)
-		case "timeoutMs":
-			err = json.Unmarshal(v, &m.TimeoutMs)
-			if err == nil && m.TimeoutMs < 0 {
-				err = errors.New("must not be negative")
-			}
-		case "room":
-			err = json.Unmarshal(v, &m.Room)
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
 		}
-		if err != nil {
-			return fmt.Errorf("%w: meta.%s: %v", ErrInvalidMeta, k, err)
+		kEnd := skipString(b, i)
+		key := b[i:kEnd]
+		i = skipSpace(b, kEnd)
+		i = skipSpace(b, i+1) // the colon
+		vEnd := skipValue(b, i)
+		val := b[i:vEnd]
+		i = vEnd
+		null := string(val) == "null" // null is as if absent, but for correlationId
+		switch string(key) {
+		case `"correlationId"`:
+			cid = val
+		case `"timestamp"`:
+			if !null {
+				ts = val
+			}
+		case `"timeoutMs"`:
+			if !null {
+				timeout = val
+			}
+		case `"room"`:
+			if !null {
+				room = val
+			}
+		default:
+			k, err := unquote(key)
+			if err != nil {
+				return fmt.Errorf("%w: bad key", ErrInvalidMeta)
+			}
+			if m.Extra == nil {
+				m.Extra = make(map[string]json.RawMessage, 2)
+			}
+			m.Extra[k] = val
 		}
 	}
-	if len(raw) > 0 {
-		m.Extra = raw
+	var err error
+	if cid != nil {
+		if m.CorrelationID, err = unquote(cid); err != nil || m.CorrelationID == "" || len(m.CorrelationID) > MaxCorrelationIDLen {
+			m.CorrelationID = ""
+			return fmt.Errorf("%w: meta.correlationId must be a string of 1..%d bytes", ErrInvalidMeta, MaxCorrelationIDLen)
+		}
+	}
+	if ts != nil {
+		if m.Timestamp, err = strconv.ParseInt(string(ts), 10, 64); err != nil {
+			return fmt.Errorf("%w: meta.timestamp must be an integer", ErrInvalidMeta)
+		}
+	}
+	if timeout != nil {
+		if m.TimeoutMs, err = strconv.ParseInt(string(timeout), 10, 64); err != nil || m.TimeoutMs < 0 {
+			return fmt.Errorf("%w: meta.timeoutMs must be a non-negative integer", ErrInvalidMeta)
+		}
+	}
+	if room != nil {
+		if m.Room, err = unquote(room); err != nil {
+			return fmt.Errorf("%w: meta.room must be a string", ErrInvalidMeta)
+		}
 	}
 	return nil
+}
+
+// unquote decodes a JSON string value; anything else is an error.
+func unquote(raw []byte) (string, error) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", errors.New("not a string")
+	}
+	if inner := raw[1 : len(raw)-1]; bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+		return string(inner), nil
+	}
+	// Escapes, or invalid UTF-8 that encoding/json turns into U+FFFD.
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }
 
 // CorrelationID returns meta.correlationId of a frame that may not decode,
@@ -224,7 +283,7 @@ func DecodeInto(e *Envelope, data []byte, maxSize int) error {
 			typeRaw = val
 		case `"meta"`:
 			slot = 1
-			if err := json.Unmarshal(val, &e.Meta); err != nil {
+			if err := e.Meta.decode(val); err != nil {
 				return err
 			}
 		case `"payload"`:
@@ -241,13 +300,9 @@ func DecodeInto(e *Envelope, data []byte, maxSize int) error {
 	if typeRaw == nil {
 		return ErrMissingType
 	}
-	if typeRaw[0] != '"' {
+	var err error
+	if e.Type, err = unquote(typeRaw); err != nil {
 		return fmt.Errorf("%w: type must be a string", ErrInvalidType)
-	}
-	if bytes.IndexByte(typeRaw, '\\') < 0 {
-		e.Type = string(typeRaw[1 : len(typeRaw)-1])
-	} else if err := json.Unmarshal(typeRaw, &e.Type); err != nil {
-		return ErrInvalidType
 	}
 	return ValidateType(e.Type)
 }
@@ -255,14 +310,17 @@ func DecodeInto(e *Envelope, data []byte, maxSize int) error {
 // Encode encodes e. It is the one place envelopes are written, so every
 // frame the edge sends has the same shape.
 func Encode(e *Envelope) ([]byte, error) {
-	b := make([]byte, 0, 32+len(e.Type)+len(e.Payload))
-	b = append(b, `{"type":`...)
-	b = appendJSONString(b, e.Type)
+	var mb []byte
 	if !e.Meta.IsZero() {
-		mb, err := e.Meta.MarshalJSON()
-		if err != nil {
+		var err error
+		if mb, err = e.Meta.MarshalJSON(); err != nil {
 			return nil, err
 		}
+	}
+	b := make([]byte, 0, 32+2*len(e.Type)+len(mb)+len(e.Payload))
+	b = append(b, `{"type":`...)
+	b = appendJSONString(b, e.Type)
+	if mb != nil {
 		b = append(b, `,"meta":`...)
 		b = append(b, mb...)
 	}
