@@ -34,9 +34,6 @@ type RunConfig struct {
 	DataDir string
 	// ShutdownTimeout bounds the whole shutdown. Default 10s.
 	ShutdownTimeout time.Duration
-	// Ready, when set, is called with the bound HTTP and NATS addresses once
-	// the edge accepts connections.
-	Ready func(httpAddr, natsURL string)
 }
 
 // Run runs an edge until ctx ends, then shuts down in order: stop accepting,
@@ -117,9 +114,6 @@ func Run(ctx context.Context, rc RunConfig) error {
 		natsURL = embedded.ClientURL()
 	}
 	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single)
-	if rc.Ready != nil {
-		rc.Ready(ln.Addr().String(), natsURL)
-	}
 
 	select {
 	case <-ctx.Done():
