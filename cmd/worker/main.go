@@ -48,7 +48,9 @@ func run(ctx context.Context, log *slog.Logger, url, prefix, queue string, drain
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(url, nats.Name("natter-worker"), nats.MaxReconnects(-1))
+	closed := make(chan struct{})
+	nc, err := nats.Connect(url, nats.Name("natter-worker"), nats.MaxReconnects(-1),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		return fmt.Errorf("worker: connect NATS: %w", err)
 	}
@@ -69,6 +71,12 @@ func run(ctx context.Context, log *slog.Logger, url, prefix, queue string, drain
 	dctx, cancel := context.WithTimeout(context.Background(), drainFor)
 	defer cancel()
 	err = w.Drain(dctx)
-	_ = nc.Drain()
+	// Replies already handed to the connection go out before it closes.
+	if derr := nc.Drain(); derr == nil {
+		select {
+		case <-closed:
+		case <-dctx.Done():
+		}
+	}
 	return err
 }

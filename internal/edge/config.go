@@ -59,6 +59,13 @@ type Config struct {
 	// MaxRoomsPerConn bounds the rooms one connection is in; more get
 	// RESOURCE_EXHAUSTED. Default 128.
 	MaxRoomsPerConn int
+	// RateLimit bounds the messages a connection may send, per second, on
+	// average; more get ERROR RESOURCE_EXHAUSTED with retryAfterMs and are
+	// dropped. Default 100; negative: unlimited.
+	RateLimit float64
+	// RateBurst is how many messages a connection may send at once above
+	// RateLimit. Default 2*RateLimit.
+	RateBurst int
 	// ReadBufferSize is each connection's read buffer, in bytes. Default 2048.
 	ReadBufferSize int
 	// Compression offers permessage-deflate (without context takeover).
@@ -118,6 +125,12 @@ func (c *Config) setDefaults() error {
 	def(&c.RPCTimeout, rpc.DefaultTimeout)
 	def(&c.RPCMaxTimeout, rpc.MaxTimeout)
 	def(&c.ShutdownSpread, time.Second)
+	if c.RateLimit == 0 {
+		c.RateLimit = 100
+	}
+	if c.RateBurst == 0 {
+		c.RateBurst = max(int(2*c.RateLimit), 1)
+	}
 	if c.UserParam == "" {
 		c.UserParam = "user"
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/pkg/envelope"
 )
@@ -18,9 +19,10 @@ const frameOverhead = 64
 
 // conn is one WebSocket connection.
 //
-// Its write queue is the only way bytes reach the socket: frames are shared
-// between connections and never modified, the queue is bounded in bytes,
-// and one writer goroutine exists only while there is something to write.
+// Its write queue is the only way data frames and pings reach the socket:
+// frames are shared between connections and never modified, the queue is
+// bounded in bytes, and one writer goroutine exists only while there is
+// something to write.
 type conn struct {
 	e      *Edge
 	socket *gws.Conn
@@ -28,12 +30,14 @@ type conn struct {
 	user   string
 	ctx    context.Context // ends when the connection closes
 	cancel context.CancelFunc
+	limit  *rate.Limiter // inbound messages; nil when unlimited
 
 	lastRead atomic.Int64 // unix nanos of the last frame of any kind
 	lastData atomic.Int64 // unix nanos of the last data frame
+	pingSent atomic.Int64 // unix nanos of the last ping queued, 0 if none
 	inflight atomic.Int32 // RPCs in flight
 
-	sub *nats.Subscription // <prefix>.*.conn.<id>
+	subs [2]*nats.Subscription // <prefix>.out.conn.<id> and <prefix>.ctl.conn.<id>
 
 	wmu         sync.Mutex
 	queue       [][]byte
@@ -43,6 +47,7 @@ type conn struct {
 	closing     bool
 	closeCode   envelope.CloseCode
 	closeReason string
+	closeTimer  *time.Timer
 	dropped     atomic.Bool // the close discards queued frames
 
 	rooms map[string]struct{} // guarded by hub.mu
@@ -52,6 +57,9 @@ type conn struct {
 func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{e: e, socket: socket, id: id, user: user, ctx: ctx, cancel: cancel}
+	if e.cfg.RateLimit > 0 {
+		c.limit = rate.NewLimiter(rate.Limit(e.cfg.RateLimit), e.cfg.RateBurst)
+	}
 	now := time.Now().UnixNano()
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
@@ -60,19 +68,27 @@ func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
 
 // register subscribes the connection's subjects and makes it visible. The
 // subscriptions go out before any message of the client's can, so a reply
-// addressed to the connection always finds it.
+// addressed to the connection always finds it. The two subjects are exact:
+// a wildcard would also match a client's own natter.in.conn.<id>.
 func (c *conn) register() error {
-	subj, err := c.e.ns.ConnAny(c.id)
+	out, err := c.e.ns.Conn(c.id)
 	if err != nil {
 		return err
 	}
-	c.sub, err = c.e.nc.Subscribe(subj.String(), c.onNATS)
+	ctl, err := c.e.ns.Ctl(c.id)
 	if err != nil {
+		return err
+	}
+	if c.subs[0], err = c.e.nc.Subscribe(out.String(), c.onOut); err != nil {
+		return err
+	}
+	if c.subs[1], err = c.e.nc.Subscribe(ctl.String(), c.control); err != nil {
+		_ = c.subs[0].Unsubscribe()
 		return err
 	}
 	if c.user != "" {
 		if err := c.e.hub.addUser(c); err != nil {
-			_ = c.sub.Unsubscribe()
+			c.unsubscribe()
 			return err
 		}
 	}
@@ -82,10 +98,18 @@ func (c *conn) register() error {
 	return nil
 }
 
+func (c *conn) unsubscribe() {
+	for _, s := range c.subs {
+		if s != nil {
+			_ = s.Unsubscribe()
+		}
+	}
+}
+
 // unregister undoes register and leaves every room. Called once, from OnClose.
 func (c *conn) unregister() {
 	c.cancel()
-	_ = c.sub.Unsubscribe()
+	c.unsubscribe()
 	c.e.hub.leaveAll(c)
 	if c.user != "" {
 		c.e.hub.removeUser(c)
@@ -96,11 +120,16 @@ func (c *conn) unregister() {
 	c.closing = true
 	c.queue = nil
 	c.pending = 0
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
 	c.wmu.Unlock()
 }
 
 // send queues one encoded frame. It never blocks: a connection whose queue
-// would pass Config.WriteQueueBytes is closed as a slow consumer instead.
+// would pass Config.WriteQueueBytes is closed as a slow consumer instead. A
+// frame always fits an empty queue, so no valid frame by itself closes a
+// client that keeps up.
 func (c *conn) send(frame []byte) {
 	c.wmu.Lock()
 	if c.closing {
@@ -108,7 +137,7 @@ func (c *conn) send(frame []byte) {
 		return
 	}
 	n := len(frame) + frameOverhead
-	if c.pending+n > c.e.cfg.WriteQueueBytes {
+	if c.pending > 0 && c.pending+n > c.e.cfg.WriteQueueBytes {
 		c.wmu.Unlock()
 		c.e.stats.slow.Add(1)
 		c.e.cfg.Logger.Debug("edge: slow consumer", "conn", c.id, "pending", c.pending)
@@ -121,11 +150,12 @@ func (c *conn) send(frame []byte) {
 	c.wmu.Unlock()
 }
 
-// ping asks the writer to send a ping frame.
-func (c *conn) ping() {
+// ping asks the writer to send a ping frame after the frames queued now.
+func (c *conn) ping(now int64) {
 	c.wmu.Lock()
 	if !c.closing {
 		c.pingDue = true
+		c.pingSent.Store(now)
 		c.startWriterLocked()
 	}
 	c.wmu.Unlock()
@@ -149,8 +179,9 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 		c.pending = 0
 	}
 	c.startWriterLocked()
-	// Whatever the writer does, the socket is gone after one write timeout.
-	time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, func() { _ = c.socket.NetConn().Close() })
+	// Whatever the writer does, the socket is gone after one write timeout
+	// more; unregister stops the timer once it is.
+	c.closeTimer = time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, func() { _ = c.socket.NetConn().Close() })
 }
 
 func (c *conn) startWriterLocked() {
@@ -163,32 +194,33 @@ func (c *conn) startWriterLocked() {
 }
 
 // writeLoop drains the queue and exits when it is empty. Frames are written
-// in order; a close goes out after the frames queued before it, unless the
-// close dropped them.
+// in order, each with its own write deadline; a ping goes out after the
+// frames queued before it, and a close after them too, unless the close
+// dropped them. The deadline is cleared when the writer goes idle, so that
+// pongs and gws's own close frames are not failed by a stale one.
 func (c *conn) writeLoop() {
 	defer c.e.wg.Done()
 	var batch [][]byte
 	for {
 		c.wmu.Lock()
 		batch, c.queue = c.queue, batch[:0]
-		var ping bool
-		if len(batch) == 0 { // a ping or close waits for the frames before it
-			ping, c.pingDue = c.pingDue, false
-		}
+		ping := c.pingDue
+		c.pingDue = false
 		closing, code, reason := c.closing, c.closeCode, c.closeReason
 		if len(batch) == 0 && !ping && !closing {
 			c.writing = false
 			c.wmu.Unlock()
+			_ = c.socket.SetWriteDeadline(time.Time{})
 			return
 		}
 		c.wmu.Unlock()
 
-		_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
 		written := 0
 		for i, f := range batch {
 			if c.dropped.Load() {
 				break
 			}
+			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
 			if err := c.socket.WriteMessage(gws.OpcodeText, f); err != nil {
 				c.abandon()
 				return
@@ -198,19 +230,20 @@ func (c *conn) writeLoop() {
 			c.e.stats.framesOut.Add(1)
 		}
 		clear(batch)
-		if len(batch) > 0 {
+		if written > 0 {
 			c.wmu.Lock()
 			c.pending = max(c.pending-written, 0)
 			c.wmu.Unlock()
-			continue // look again: more frames, a ping or the close may be due
 		}
 		if ping {
+			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
 			if err := c.socket.WritePing(nil); err != nil {
 				c.abandon()
 				return
 			}
 		}
-		if closing {
+		if closing && (len(batch) == 0 || c.dropped.Load()) {
+			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
 			_ = c.socket.WriteClose(uint16(code), []byte(reason))
 			c.abandon()
 			return

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -69,17 +70,10 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 	})
 }
 
-// onNATS handles the connection's own subjects: out.conn deliveries and
-// ctl.conn control messages.
-func (c *conn) onNATS(msg *nats.Msg) {
-	kind, _ := c.e.ns.Parse(msg.Subject)
-	switch kind {
-	case envelope.KindConn:
-		if frame, _, ok := c.e.outbound(msg, ""); ok {
-			c.send(frame)
-		}
-	case envelope.KindCtl:
-		c.control(msg)
+// onOut delivers a message addressed to this one connection.
+func (c *conn) onOut(msg *nats.Msg) {
+	if frame, _, ok := c.e.outbound(msg, ""); ok {
+		c.send(frame)
 	}
 }
 
@@ -107,11 +101,7 @@ func (c *conn) control(msg *nats.Msg) {
 				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "close code must be 4000-4999"}
 				break
 			}
-			reason := ctl.Reason
-			if len(reason) > 120 {
-				reason = reason[:120]
-			}
-			c.closeWith(code, reason, false)
+			c.closeWith(code, clipReason(ctl.Reason), false)
 		default:
 			err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "unknown op " + ctl.Op}
 		}
@@ -127,4 +117,18 @@ func (c *conn) control(msg *nats.Msg) {
 	}
 	b, _ := json.Marshal(rep)
 	_ = msg.Respond(b)
+}
+
+// clipReason cuts a close reason to what a close frame holds (123 bytes),
+// on a rune boundary: browsers fail a connection whose reason is not UTF-8.
+func clipReason(s string) string {
+	const max = 120
+	if len(s) <= max {
+		return s
+	}
+	s = s[:max]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }

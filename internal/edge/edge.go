@@ -33,8 +33,9 @@ type Edge struct {
 	allSub   *nats.Subscription
 	stats    counters
 
-	closing  atomic.Bool
-	wg       sync.WaitGroup // read loops, writers, RPCs and the ticker
+	gate     sync.RWMutex   // orders admissions against Shutdown
+	closing  atomic.Bool    // set under gate
+	wg       sync.WaitGroup // handshakes, read loops, writers, RPCs and the ticker
 	stopTick chan struct{}
 	stopOnce sync.Once
 }
@@ -84,10 +85,17 @@ func (e *Edge) Path() string { return e.cfg.Path }
 
 // ServeHTTP upgrades a request to a WebSocket connection.
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every handshake counts in wg before Shutdown can start waiting, and
+	// none starts after it began.
+	e.gate.RLock()
 	if e.closing.Load() {
+		e.gate.RUnlock()
 		http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	e.wg.Add(1)
+	e.gate.RUnlock()
+	defer e.wg.Done()
 	var user string
 	if e.cfg.DevMode {
 		// INSECURE: dev mode only. Anyone can claim any user id.
@@ -111,6 +119,11 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = socket.WriteClose(uint16(envelope.CloseInternal), []byte("internal error"))
 		return
 	}
+	if e.closing.Load() {
+		// Shutdown began after this handshake was admitted and may have
+		// listed the connections before this one was added.
+		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
+	}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -122,7 +135,9 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // (reconnect) spread over Config.ShutdownSpread, and waits for them to go,
 // or for ctx. It leaves the NATS connection to its owner. It is idempotent.
 func (e *Edge) Shutdown(ctx context.Context) error {
+	e.gate.Lock()
 	e.closing.Store(true)
+	e.gate.Unlock()
 	all := e.conns.snapshot()
 	var step time.Duration
 	if len(all) > 1 {
@@ -160,13 +175,16 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 
 // tick pings silent connections and closes dead and idle ones. One
 // goroutine per edge scans all connections, instead of a timer per socket.
+// A connection silent for PingInterval is pinged; one that then stays
+// silent for PongTimeout after the ping is closed with 4002. Both happen
+// within a quarter of the shorter period of their due time.
 func (e *Edge) tick() {
 	defer e.wg.Done()
-	period := min(e.cfg.PingInterval, e.cfg.PongTimeout) / 2
+	period := min(e.cfg.PingInterval, e.cfg.PongTimeout) / 4
 	if e.cfg.IdleTimeout > 0 {
-		period = min(period, e.cfg.IdleTimeout/2)
+		period = min(period, e.cfg.IdleTimeout/4)
 	}
-	period = max(period, 50*time.Millisecond)
+	period = max(period, 25*time.Millisecond)
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -176,15 +194,15 @@ func (e *Edge) tick() {
 		case now := <-t.C:
 			n := now.UnixNano()
 			e.conns.each(func(c *conn) {
-				silent := time.Duration(n - c.lastRead.Load())
+				last, sent := c.lastRead.Load(), c.pingSent.Load()
 				switch {
-				case silent > e.cfg.PingInterval+e.cfg.PongTimeout:
+				case sent > last && time.Duration(n-sent) > e.cfg.PongTimeout:
 					e.cfg.Logger.Debug("edge: dead peer", "conn", c.id)
 					c.closeWith(envelope.CloseIdle, "no pong", true)
 				case e.cfg.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.IdleTimeout:
 					c.closeWith(envelope.CloseIdle, "idle timeout", false)
-				case silent > e.cfg.PingInterval:
-					c.ping()
+				case sent <= last && time.Duration(n-last) > e.cfg.PingInterval:
+					c.ping(n)
 				}
 			})
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/lxzan/gws"
@@ -55,6 +56,13 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
 	c.e.stats.framesIn.Add(1)
+	if c.limit != nil && !c.limit.Allow() {
+		c.sendErrorPayload(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{
+			Code: envelope.CodeResourceExhausted, Message: "rate limit exceeded",
+			RetryAfterMs: max(int64(1000/c.e.cfg.RateLimit), 1),
+		})
+		return
+	}
 	if msg.Opcode != gws.OpcodeText {
 		c.sendError("", envelope.CodeInvalidArgument, "binary frames are not supported; send JSON text frames")
 		return
@@ -114,6 +122,11 @@ func (c *conn) forward(env *envelope.Envelope, data []byte) {
 	if c.user != "" {
 		hdr[envelope.HeaderUser] = []string{c.user}
 	}
+	if !c.e.nc.IsConnected() {
+		// Requests would sit in the reconnect buffer until they time out.
+		c.sendError(cid, envelope.CodeUnavailable, "message bus unavailable")
+		return
+	}
 	if cid == "" {
 		// nats.go copies data into its buffer before PublishMsg returns.
 		if err := c.e.nc.PublishMsg(&nats.Msg{Subject: subj.String(), Header: hdr, Data: data}); err != nil {
@@ -128,8 +141,9 @@ func (c *conn) forward(env *envelope.Envelope, data []byte) {
 		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
 		return
 	}
-	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: append([]byte(nil), data...)}
 	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
+	hdr[envelope.HeaderTimeout] = []string{strconv.FormatInt(timeout.Milliseconds(), 10)}
+	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: append([]byte(nil), data...)}
 	c.e.stats.rpcs.Add(1)
 	c.e.wg.Add(1)
 	go func() {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,7 +73,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 		defer embedded.Shutdown()
 		nc, err = nats.Connect(embedded.ClientURL(), append(opts, nats.InProcessServer(embedded.NATS()))...)
 		rc.Edge.DevMode = true
-		log.Warn("single-binary dev mode: the ?" + userParam(rc.Edge) + "= query parameter sets the user id without authentication; do not expose this edge")
+		log.Warn("single-binary dev mode: the ?" + cmp.Or(rc.Edge.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
 	} else {
 		rc.Edge.DevMode = false
 		nc, err = nats.Connect(rc.NATSURL, opts...)
@@ -149,11 +150,4 @@ func drain(ctx context.Context, nc *nats.Conn) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-func userParam(c Config) string {
-	if c.UserParam == "" {
-		return "user"
-	}
-	return c.UserParam
 }

@@ -122,6 +122,10 @@ const (
 	HeaderConn = "Natter-Conn"
 	HeaderUser = "Natter-User"
 	HeaderEdge = "Natter-Edge"
+	// HeaderTimeout on a request is the deadline the edge granted, in
+	// milliseconds: the client's meta.timeoutMs after clamping. Workers use
+	// it for the handler's context.
+	HeaderTimeout = "Natter-Timeout-Ms"
 	// HeaderExclude on a room, user or all publish names connection ids,
 	// comma-separated, that must not receive it.
 	HeaderExclude = "Natter-Exclude"

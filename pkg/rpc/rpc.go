@@ -25,6 +25,10 @@ const (
 	MinTimeout     = 10 * time.Millisecond
 )
 
+// MaxReplySize bounds a reply envelope, in bytes: NATS's own largest
+// payload.
+const MaxReplySize = 64 << 20
+
 // Error is an RPC failure with a wire code. It is what RPC_ERROR frames carry.
 type Error struct {
 	Code       envelope.Code
@@ -134,7 +138,7 @@ func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string,
 // DecodeReply decodes a worker's reply envelope: an RPC_ERROR becomes an
 // *Error, anything else has its payload decoded into out (unless out is nil).
 func DecodeReply(data []byte, out any) error {
-	env, err := envelope.Decode(data, 0)
+	env, err := envelope.Decode(data, MaxReplySize)
 	if err != nil {
 		return fmt.Errorf("rpc: bad reply: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,8 +61,9 @@ type Worker struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	mu   sync.Mutex
-	subs []*nats.Subscription
+	mu      sync.Mutex
+	subs    []*nats.Subscription
+	stopped bool // no handler starts once set
 }
 
 // New returns a Worker on nc. It subscribes to nothing until Handle.
@@ -130,7 +132,8 @@ func (w *Worker) Flush(ctx context.Context) error {
 }
 
 // Drain stops taking messages, lets the ones already received finish, and
-// waits for every handler, or for ctx.
+// waits for every handler. When ctx ends first, handlers' contexts are
+// cancelled and Drain returns ctx's error without waiting further.
 func (w *Worker) Drain(ctx context.Context) error {
 	w.mu.Lock()
 	subs := w.subs
@@ -144,15 +147,16 @@ func (w *Worker) Drain(ctx context.Context) error {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
+	defer w.stop()
 	select {
 	case <-done:
-		w.stop()
 		return nil
 	case <-ctx.Done():
-		w.stop()
-		<-done
 		return ctx.Err()
 	}
 }
@@ -179,14 +183,21 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 	case <-w.ctx.Done():
 		return
 	}
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		<-w.sem
+		return
+	}
 	w.wg.Add(1)
+	w.mu.Unlock()
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.sem }()
 		ctx := w.ctx
 		var cancel context.CancelFunc
 		if m.IsRequest() {
-			ctx, cancel = context.WithTimeout(ctx, rpc.ClampTimeout(env.Meta.TimeoutMs, rpc.DefaultTimeout, w.cfg.MaxTimeout))
+			ctx, cancel = context.WithTimeout(ctx, w.deadline(msg, env))
 			defer cancel()
 		}
 		err := w.call(ctx, h, m)
@@ -202,6 +213,16 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 		}
 		_ = m.reply(&envelope.Envelope{Type: env.Type})
 	}()
+}
+
+// deadline is the handler's time for a request: what the edge granted, in
+// the Natter-Timeout-Ms header, or else the client's meta.timeoutMs clamped
+// here (requests from plain NATS clients), never more than MaxTimeout.
+func (w *Worker) deadline(msg *nats.Msg, env *envelope.Envelope) time.Duration {
+	if ms, err := strconv.ParseInt(msg.Header.Get(envelope.HeaderTimeout), 10, 64); err == nil && ms > 0 {
+		return min(time.Duration(ms)*time.Millisecond, w.cfg.MaxTimeout)
+	}
+	return rpc.ClampTimeout(env.Meta.TimeoutMs, rpc.DefaultTimeout, w.cfg.MaxTimeout)
 }
 
 // call runs h, turning a panic into an INTERNAL error.
