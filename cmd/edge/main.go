@@ -40,6 +40,8 @@ func main() {
 	fs.DurationVar(&rc.Edge.RPCMaxTimeout, "rpc-max-timeout", 0, "largest meta.timeoutMs granted (default 60s)")
 	fs.DurationVar(&rc.Edge.ShutdownSpread, "shutdown-spread", 0, "spread shutdown close frames over this window (default 1s)")
 	fs.DurationVar(&rc.ShutdownTimeout, "shutdown-timeout", 0, "bound on the whole shutdown (default 10s)")
+	fs.Float64Var(&rc.Edge.RateLimit, "rate-limit", 100, "messages per second a connection may send on average (negative: unlimited)")
+	fs.IntVar(&rc.Edge.RateBurst, "rate-burst", 0, "messages a connection may send at once above the rate (default 2x rate)")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.Parse()
