@@ -35,7 +35,6 @@ type conn struct {
 	lastRead atomic.Int64 // unix nanos of the last frame of any kind
 	lastData atomic.Int64 // unix nanos of the last data frame
 	pingSent atomic.Int64 // unix nanos of the last ping queued, 0 if none
-	inflight atomic.Int32 // RPCs in flight
 
 	subs [2]*nats.Subscription // <prefix>.out.conn.<id> and <prefix>.ctl.conn.<id>
 
@@ -52,6 +51,11 @@ type conn struct {
 
 	rooms map[string]struct{} // guarded by hub.mu
 	gone  bool                // guarded by hub.mu: left every room for good
+
+	rpcMu   sync.Mutex
+	calls   map[string]*call // client requests in flight, by correlationId
+	asks    map[string]*ask  // server-to-client requests waiting, by correlationId
+	rpcGone bool             // no new call or ask once set
 }
 
 func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
@@ -110,6 +114,7 @@ func (c *conn) unsubscribe() {
 func (c *conn) unregister() {
 	c.cancel()
 	c.unsubscribe()
+	c.e.rpc.dropConn(c)
 	c.e.hub.leaveAll(c)
 	if c.user != "" {
 		c.e.hub.removeUser(c)

@@ -22,6 +22,9 @@ func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 		e.cfg.Logger.Debug("edge: dropped invalid outbound envelope", "subject", msg.Subject, "err", err)
 		return nil, nil, false
 	}
+	if !e.validOut(&env) {
+		return nil, nil, false
+	}
 	frame := msg.Data
 	if room != "" && env.Meta.Room != room {
 		env.Meta.Room = room
@@ -70,11 +73,26 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 	})
 }
 
-// onOut delivers a message addressed to this one connection.
+// onOut delivers a message addressed to this one connection. A request
+// (the message has a reply subject) is a server-to-client RPC.
 func (c *conn) onOut(msg *nats.Msg) {
-	if frame, _, ok := c.e.outbound(msg, ""); ok {
-		c.send(frame)
+	if msg.Reply == "" {
+		if frame, _, ok := c.e.outbound(msg, ""); ok {
+			c.send(frame)
+		}
+		return
 	}
+	var env envelope.Envelope
+	if err := envelope.DecodeInto(&env, msg.Data, c.e.cfg.MaxOutboundSize); err != nil || envelope.IsSystemType(env.Type) {
+		c.e.stats.dropped.Add(1)
+		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, "invalid request envelope"))
+		return
+	}
+	if !c.e.validOut(&env) {
+		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, "payload breaks the schema of "+env.Type))
+		return
+	}
+	c.askClient(msg, &env)
 }
 
 // control acts on a join, leave or close from a worker or service. These

@@ -31,6 +31,7 @@ type Edge struct {
 	hub      *hub
 	conns    registry
 	allSub   *nats.Subscription
+	rpc      *rpcMux
 	stats    counters
 
 	gate     sync.RWMutex   // orders admissions against Shutdown
@@ -72,6 +73,10 @@ func New(cfg Config) (*Edge, error) {
 		return nil, fmt.Errorf("edge: subscribe all: %w", err)
 	}
 	e.allSub = sub
+	if e.rpc, err = newRPCMux(e); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("edge: subscribe inbox: %w", err)
+	}
 	e.wg.Add(1)
 	go e.tick()
 	return e, nil
@@ -159,6 +164,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		}
 		e.stopOnce.Do(func() { close(e.stopTick) })
 		_ = e.allSub.Unsubscribe()
+		_ = e.rpc.sub.Unsubscribe()
 		e.wg.Wait()
 		close(done)
 	}()

@@ -1,9 +1,7 @@
 package edge
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"time"
 
@@ -78,7 +76,16 @@ func (c *conn) handle(data []byte) {
 		return
 	}
 	cid := env.Meta.CorrelationID
+	if cid != "" && c.answer(&env, data) {
+		return // the client's answer to a server-to-client request
+	}
 	switch env.Type {
+	case envelope.TypeAbort:
+		if cid == "" {
+			c.sendError("", envelope.CodeInvalidArgument, "$ws:abort needs meta.correlationId of the request")
+			return
+		}
+		c.e.rpc.abort(c, cid)
 	case envelope.TypeJoin, envelope.TypeLeave:
 		var p envelope.RoomPayload
 		if err := json.Unmarshal(env.Payload, &p); err != nil || envelope.ValidateID(p.Room) != nil {
@@ -100,6 +107,10 @@ func (c *conn) handle(data []byte) {
 	default:
 		if envelope.IsSystemType(env.Type) {
 			c.sendError(cid, envelope.CodeNotFound, "unknown system type "+env.Type)
+			return
+		}
+		if err := c.e.checkIn(&env); err != nil {
+			c.sendErrorPayload(cid, err)
 			return
 		}
 		c.forward(&env, data)
@@ -136,52 +147,9 @@ func (c *conn) forward(env *envelope.Envelope, data []byte) {
 		c.e.stats.published.Add(1)
 		return
 	}
-	if c.inflight.Add(1) > int32(c.e.cfg.MaxInflightRPC) {
-		c.inflight.Add(-1)
-		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
-		return
-	}
 	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
 	hdr[envelope.HeaderTimeout] = []string{strconv.FormatInt(timeout.Milliseconds(), 10)}
-	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: append([]byte(nil), data...)}
-	c.e.stats.rpcs.Add(1)
-	c.e.wg.Add(1)
-	go func() {
-		defer c.e.wg.Done()
-		defer c.inflight.Add(-1)
-		ctx, cancel := context.WithTimeout(c.ctx, timeout)
-		defer cancel()
-		reply, err := c.e.nc.RequestMsgWithContext(ctx, msg)
-		if c.ctx.Err() != nil {
-			return // the connection is gone
-		}
-		if err != nil {
-			re := rpc.FromError(err)
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-				re = &rpc.Error{Code: envelope.CodeDeadlineExceeded, Message: "no reply within " + timeout.String()}
-			}
-			c.sendError(cid, re.Code, re.Message)
-			return
-		}
-		c.sendReply(cid, reply.Data)
-	}()
-}
-
-// sendReply relays a worker's reply, making sure it carries the client's
-// correlation id.
-func (c *conn) sendReply(cid string, data []byte) {
-	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxOutboundSize); err != nil {
-		c.e.stats.dropped.Add(1)
-		c.sendError(cid, envelope.CodeInternal, "invalid reply from worker")
-		return
-	}
-	if env.Meta.CorrelationID == cid {
-		c.send(data)
-		return
-	}
-	env.Meta.CorrelationID = cid
-	c.sendEnvelope(&env)
+	c.e.rpc.start(c, cid, timeout, &nats.Msg{Subject: subj.String(), Header: hdr, Data: data})
 }
 
 func (c *conn) sendEnvelope(env *envelope.Envelope) {

@@ -39,6 +39,11 @@ const (
 	TypeLeft         = "$left"
 	TypeHeartbeat    = "__heartbeat"
 	TypeHeartbeatAck = "__heartbeat_ack"
+	// TypeRPCProgress frames carry a worker's progress on a request, with
+	// the request's correlationId, before its one reply.
+	TypeRPCProgress = "$ws:rpc-progress"
+	// TypeAbort from a client cancels its request meta.correlationId.
+	TypeAbort = "$ws:abort"
 )
 
 // ErrorPayload is the payload of ERROR and RPC_ERROR frames.
@@ -126,6 +131,9 @@ const (
 	// milliseconds: the client's meta.timeoutMs after clamping. Workers use
 	// it for the handler's context.
 	HeaderTimeout = "Natter-Timeout-Ms"
+	// HeaderProgress marks a message on a request's reply subject as a
+	// progress frame, not the reply.
+	HeaderProgress = "Natter-Progress"
 	// HeaderExclude on a room, user or all publish names connection ids,
 	// comma-separated, that must not receive it.
 	HeaderExclude = "Natter-Exclude"

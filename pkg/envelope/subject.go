@@ -155,9 +155,9 @@ func (n Namespace) All() Subject { return Subject(n.prefix + ".out.all") }
 // Ctl is <prefix>.ctl.conn.<id>: join, leave and close for one connection.
 func (n Namespace) Ctl(id string) (Subject, error) { return n.idSubject(".ctl.conn.", id) }
 
-// ConnAny is <prefix>.*.conn.<id>: one subscription that covers both the
-// out and ctl subjects of a connection.
-func (n Namespace) ConnAny(id string) (Subject, error) { return n.idSubject(".*.conn.", id) }
+// Abort is <prefix>.ctl.abort: edges publish the reply subject of a
+// request the client aborted; workers cancel the handler answering it.
+func (n Namespace) Abort() Subject { return Subject(n.prefix + ".ctl.abort") }
 
 // Event is <prefix>.evt.<name>: lifecycle events.
 func (n Namespace) Event(name string) (Subject, error) { return n.idSubject(".evt.", name) }

@@ -205,7 +205,6 @@ func TestNamespaceSubjects(t *testing.T) {
 		"User":    envelope.Namespace.User,
 		"Room":    envelope.Namespace.Room,
 		"Ctl":     envelope.Namespace.Ctl,
-		"ConnAny": envelope.Namespace.ConnAny,
 		"Event":   envelope.Namespace.Event,
 	}
 	tests := []struct {
@@ -219,7 +218,6 @@ func TestNamespaceSubjects(t *testing.T) {
 		{name: "user", ns: envelope.DefaultNamespace, method: "User", arg: "u-1", want: "natter.out.user.u-1"},
 		{name: "room", ns: envelope.DefaultNamespace, method: "Room", arg: "general", want: "natter.out.room.general"},
 		{name: "ctl", ns: envelope.DefaultNamespace, method: "Ctl", arg: "c1", want: "natter.ctl.conn.c1"},
-		{name: "conn any", ns: envelope.DefaultNamespace, method: "ConnAny", arg: "c1", want: "natter.*.conn.c1"},
 		{name: "event", ns: envelope.DefaultNamespace, method: "Event", arg: "connect", want: "natter.evt.connect"},
 		{name: "custom prefix room", ns: custom, method: "Room", arg: "r_1", want: "acme.rt.out.room.r_1"},
 		{name: "custom prefix ctl", ns: custom, method: "Ctl", arg: "C", want: "acme.rt.ctl.conn.C"},
@@ -338,7 +336,6 @@ func TestZeroNamespace(t *testing.T) {
 		"User":    func() (envelope.Subject, error) { return ns.User("u") },
 		"Room":    func() (envelope.Subject, error) { return ns.Room("r") },
 		"Ctl":     func() (envelope.Subject, error) { return ns.Ctl("c") },
-		"ConnAny": func() (envelope.Subject, error) { return ns.ConnAny("c") },
 		"Event":   func() (envelope.Subject, error) { return ns.Event("connect") },
 	}
 	for name, call := range calls {

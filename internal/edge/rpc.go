@@ -1,0 +1,251 @@
+package edge
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// rpcMux carries every client request of the edge over one NATS inbox
+// subscription, <inbox>.<token>. One subscription means one goroutine
+// delivers a call's progress frames and its reply, so they reach the
+// client in the order the worker sent them; no goroutine waits per call.
+type rpcMux struct {
+	e      *Edge
+	prefix string // "_INBOX.<nuid>."
+	sub    *nats.Subscription
+	seq    atomic.Uint64
+	calls  sync.Map // token -> *call
+}
+
+// call is one client request in flight.
+type call struct {
+	c     *conn
+	cid   string
+	reply string // the inbox subject the worker answers on
+	timer *time.Timer
+	done  atomic.Bool // set once: the client got its one reply
+}
+
+func newRPCMux(e *Edge) (*rpcMux, error) {
+	m := &rpcMux{e: e, prefix: nats.InboxPrefix + nuid.Next() + "."}
+	sub, err := e.nc.Subscribe(m.prefix+"*", m.onReply)
+	if err != nil {
+		return nil, err
+	}
+	m.sub = sub
+	return m, nil
+}
+
+// start sends a client request. It answers RESOURCE_EXHAUSTED past the
+// in-flight bound and INVALID_ARGUMENT for a correlation id already in
+// flight on this connection.
+func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg) {
+	c.rpcMu.Lock()
+	switch {
+	case c.calls[cid] != nil:
+		c.rpcMu.Unlock()
+		c.sendError(cid, envelope.CodeInvalidArgument, "correlationId already in flight")
+		return
+	case len(c.calls) >= m.e.cfg.MaxInflightRPC:
+		c.rpcMu.Unlock()
+		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
+		return
+	case c.rpcGone:
+		c.rpcMu.Unlock()
+		return
+	}
+	token := strconv.FormatUint(m.seq.Add(1), 36)
+	k := &call{c: c, cid: cid, reply: m.prefix + token}
+	if c.calls == nil {
+		c.calls = make(map[string]*call)
+	}
+	c.calls[cid] = k
+	m.calls.Store(token, k)
+	k.timer = time.AfterFunc(timeout, func() {
+		m.finish(k, envelope.ErrorFrame(cid, envelope.CodeDeadlineExceeded, "no reply within "+timeout.String()), false)
+	})
+	c.rpcMu.Unlock()
+
+	msg.Reply = k.reply
+	m.e.stats.rpcs.Add(1)
+	if err := m.e.nc.PublishMsg(msg); err != nil {
+		m.finish(k, envelope.ErrorFrame(cid, envelope.CodeUnavailable, "message bus unavailable"), false)
+	}
+}
+
+// onReply handles everything that arrives on the inbox: NATS's
+// no-responders status, progress frames and the final reply.
+func (m *rpcMux) onReply(msg *nats.Msg) {
+	token := msg.Subject[len(m.prefix):]
+	v, ok := m.calls.Load(token)
+	if !ok {
+		return // late: the call timed out, was aborted, or its client left
+	}
+	k := v.(*call)
+	switch {
+	case msg.Header.Get("Status") == "503":
+		m.finish(k, envelope.ErrorFrame(k.cid, envelope.CodeUnavailable, "no worker for this type"), false)
+	case msg.Header.Get(envelope.HeaderProgress) != "":
+		if frame, ok := m.e.relay(k.cid, msg.Data, envelope.TypeRPCProgress); ok {
+			k.c.send(frame)
+		}
+	default:
+		frame, ok := m.e.relay(k.cid, msg.Data, "")
+		if !ok {
+			frame = envelope.ErrorFrame(k.cid, envelope.CodeInternal, "invalid reply from worker")
+		}
+		m.finish(k, frame, false)
+	}
+}
+
+// finish ends a call once: it sends frame (if any) to the client and, with
+// abort, tells the workers to cancel the handler's context.
+func (m *rpcMux) finish(k *call, frame []byte, abort bool) {
+	if !k.done.CompareAndSwap(false, true) {
+		return
+	}
+	k.timer.Stop()
+	m.calls.Delete(k.reply[len(m.prefix):])
+	k.c.rpcMu.Lock()
+	if k.c.calls[k.cid] == k {
+		delete(k.c.calls, k.cid)
+	}
+	k.c.rpcMu.Unlock()
+	if frame != nil {
+		k.c.send(frame)
+	}
+	if abort {
+		_ = m.e.nc.Publish(m.e.ns.Abort().String(), []byte(k.reply))
+	}
+}
+
+// abort cancels the call cid of c: the client gets RPC_ERROR CANCELLED as
+// its one reply, and the worker's handler context is cancelled.
+func (m *rpcMux) abort(c *conn, cid string) {
+	c.rpcMu.Lock()
+	k := c.calls[cid]
+	c.rpcMu.Unlock()
+	if k != nil {
+		m.finish(k, envelope.ErrorFrame(cid, envelope.CodeCanceled, "aborted by the client"), true)
+	}
+}
+
+// dropConn ends every call of a closing connection, cancelling the workers'
+// handlers, and answers the services waiting on it with UNAVAILABLE.
+func (m *rpcMux) dropConn(c *conn) {
+	c.rpcMu.Lock()
+	c.rpcGone = true
+	calls := make([]*call, 0, len(c.calls))
+	for _, k := range c.calls {
+		calls = append(calls, k)
+	}
+	asks := c.asks
+	c.asks = nil
+	c.rpcMu.Unlock()
+	for _, k := range calls {
+		m.finish(k, nil, true)
+	}
+	for _, a := range asks {
+		a.finish(envelope.ErrorFrame("", envelope.CodeUnavailable, "connection closed"))
+	}
+}
+
+// relay checks a worker's reply or progress envelope and returns it as the
+// client must see it: carrying the client's correlation id, and of type typ
+// when typ is set. Server-direction schemas apply to replies.
+func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, bool) {
+	var env envelope.Envelope
+	if err := envelope.DecodeInto(&env, data, e.cfg.MaxOutboundSize); err != nil || (typ != "" && env.Type != typ) {
+		e.stats.dropped.Add(1)
+		return nil, false
+	}
+	if env.Type != envelope.TypeRPCError && env.Type != envelope.TypeError && !e.validOut(&env) {
+		return nil, false
+	}
+	if env.Meta.CorrelationID == cid {
+		return data, true
+	}
+	env.Meta.CorrelationID = cid
+	b, err := envelope.Encode(&env)
+	return b, err == nil
+}
+
+// ask is a server-to-client request waiting for the client's answer.
+type ask struct {
+	msg   *nats.Msg
+	timer *time.Timer
+	done  atomic.Bool
+}
+
+func (a *ask) finish(data []byte) {
+	if a.done.CompareAndSwap(false, true) {
+		a.timer.Stop()
+		_ = a.msg.Respond(data)
+	}
+}
+
+// askClient forwards a service's request on out.conn.<id> to the client
+// with a correlation id of the edge's, and answers the service with the
+// client's reply, or DEADLINE_EXCEEDED.
+func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
+	ms, _ := strconv.ParseInt(msg.Header.Get(envelope.HeaderTimeout), 10, 64)
+	if ms <= 0 {
+		ms = env.Meta.TimeoutMs
+	}
+	timeout := rpc.ClampTimeout(ms, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
+	cid := "srv-" + strconv.FormatUint(c.e.rpc.seq.Add(1), 36)
+	env.Meta.CorrelationID = cid
+	frame, err := envelope.Encode(env)
+	if err != nil {
+		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
+		return
+	}
+	a := &ask{msg: msg}
+	c.rpcMu.Lock()
+	if c.rpcGone || len(c.asks) >= c.e.cfg.MaxInflightRPC {
+		c.rpcMu.Unlock()
+		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeUnavailable, "connection closed or busy"))
+		return
+	}
+	if c.asks == nil {
+		c.asks = make(map[string]*ask)
+	}
+	c.asks[cid] = a
+	a.timer = time.AfterFunc(timeout, func() {
+		c.rpcMu.Lock()
+		delete(c.asks, cid)
+		c.rpcMu.Unlock()
+		a.finish(envelope.ErrorFrame("", envelope.CodeDeadlineExceeded, "the client did not answer within "+timeout.String()))
+	})
+	c.rpcMu.Unlock()
+	c.send(frame)
+}
+
+// answer takes the client's reply to a server-to-client request, if cid
+// names one. An RPC_ERROR from the client is passed on as it is.
+func (c *conn) answer(env *envelope.Envelope, data []byte) bool {
+	c.rpcMu.Lock()
+	a := c.asks[env.Meta.CorrelationID]
+	delete(c.asks, env.Meta.CorrelationID)
+	c.rpcMu.Unlock()
+	if a == nil {
+		return false
+	}
+	if env.Type != envelope.TypeRPCError {
+		if err := c.e.checkIn(env); err != nil {
+			a.finish(envelope.EncodeError("", err))
+			c.sendErrorPayload(env.Meta.CorrelationID, err)
+			return true
+		}
+	}
+	a.finish(append([]byte(nil), data...))
+	return true
+}
