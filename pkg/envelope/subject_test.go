@@ -201,11 +201,11 @@ func TestNamespaceSubjects(t *testing.T) {
 	}
 	type builder func(envelope.Namespace, string) (envelope.Subject, error)
 	builders := map[string]builder{
-		"Conn":    envelope.Namespace.Conn,
-		"User":    envelope.Namespace.User,
-		"Room":    envelope.Namespace.Room,
-		"Ctl":     envelope.Namespace.Ctl,
-		"Event":   envelope.Namespace.Event,
+		"Conn":  envelope.Namespace.Conn,
+		"User":  envelope.Namespace.User,
+		"Room":  envelope.Namespace.Room,
+		"Ctl":   envelope.Namespace.Ctl,
+		"Event": envelope.Namespace.Event,
 	}
 	tests := []struct {
 		name   string
@@ -331,12 +331,12 @@ func TestNamespaceIn(t *testing.T) {
 func TestZeroNamespace(t *testing.T) {
 	var ns envelope.Namespace
 	calls := map[string]func() (envelope.Subject, error){
-		"In":      func() (envelope.Subject, error) { return ns.In("chat.send") },
-		"Conn":    func() (envelope.Subject, error) { return ns.Conn("c") },
-		"User":    func() (envelope.Subject, error) { return ns.User("u") },
-		"Room":    func() (envelope.Subject, error) { return ns.Room("r") },
-		"Ctl":     func() (envelope.Subject, error) { return ns.Ctl("c") },
-		"Event":   func() (envelope.Subject, error) { return ns.Event("connect") },
+		"In":    func() (envelope.Subject, error) { return ns.In("chat.send") },
+		"Conn":  func() (envelope.Subject, error) { return ns.Conn("c") },
+		"User":  func() (envelope.Subject, error) { return ns.User("u") },
+		"Room":  func() (envelope.Subject, error) { return ns.Room("r") },
+		"Ctl":   func() (envelope.Subject, error) { return ns.Ctl("c") },
+		"Event": func() (envelope.Subject, error) { return ns.Event("connect") },
 	}
 	for name, call := range calls {
 		s, err := call()
