@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,37 +103,103 @@ func ClampTimeout(requestedMs int64, def, limit time.Duration) time.Duration {
 	return min(max(d, MinTimeout), limit)
 }
 
+// CallOption tunes one Call or Ask.
+type CallOption func(*callOpts)
+
+type callOpts struct {
+	progress func(payload json.RawMessage)
+}
+
+// WithProgress receives the payloads of $ws:rpc-progress frames the
+// handler sends before its reply, in order.
+func WithProgress(f func(payload json.RawMessage)) CallOption {
+	return func(o *callOpts) { o.progress = f }
+}
+
 // Call sends payload as a request of type typ to the workers, as a client
 // would, and decodes the reply's payload into out (unless out is nil). An
 // RPC_ERROR reply is returned as *Error; no worker listening is
 // ErrUnavailable at once, and ctx's deadline (DefaultTimeout when it has
-// none) gives ErrDeadlineExceeded.
-func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string, payload, out any) error {
+// none) gives ErrDeadlineExceeded. Cancelling ctx aborts the call: the
+// handler's context is cancelled too.
+func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string, payload, out any, opts ...CallOption) error {
 	subj, err := ns.In(typ)
 	if err != nil {
 		return err
+	}
+	return request(ctx, nc, ns, subj, typ, payload, out, opts)
+}
+
+// Ask sends a request of type typ to one client connection and decodes the
+// client's reply into out: server-to-client RPC. A connection that no edge
+// holds fails at once with ErrUnavailable; a client that does not answer
+// within ctx's deadline gives ErrDeadlineExceeded; a client that answers
+// with RPC_ERROR gives an *Error with its code.
+func Ask(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, conn, typ string, payload, out any, opts ...CallOption) error {
+	subj, err := ns.Conn(conn)
+	if err != nil {
+		return err
+	}
+	return request(ctx, nc, ns, subj, typ, payload, out, opts)
+}
+
+func request(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, subj envelope.Subject, typ string, payload, out any, opts []CallOption) error {
+	var o callOpts
+	for _, f := range opts {
+		f(&o)
 	}
 	env, err := envelope.New(typ, payload)
 	if err != nil {
 		return err
 	}
-	env.Meta.CorrelationID = nats.NewInbox()[len(nats.InboxPrefix):]
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
 	dl, _ := ctx.Deadline()
-	env.Meta.TimeoutMs = max(time.Until(dl).Milliseconds(), 1)
+	ms := max(time.Until(dl).Milliseconds(), 1)
+	inbox := nats.NewInbox()
+	env.Meta.CorrelationID = inbox[len(nats.InboxPrefix):]
+	env.Meta.TimeoutMs = ms
 	data, err := envelope.Encode(env)
 	if err != nil {
 		return err
 	}
-	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subj.String(), Data: data})
+	// One subscription per call receives progress frames and the reply in
+	// order; NATS sends the SUB before the request on the same connection.
+	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		return FromError(err)
 	}
-	return DecodeReply(reply.Data, out)
+	defer sub.Unsubscribe()
+	msg := &nats.Msg{Subject: subj.String(), Reply: inbox, Data: data, Header: nats.Header{
+		envelope.HeaderTimeout: []string{strconv.FormatInt(ms, 10)},
+	}}
+	if err := nc.PublishMsg(msg); err != nil {
+		return FromError(err)
+	}
+	for {
+		reply, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if ctx.Err() == context.Canceled {
+				_ = nc.Publish(ns.Abort().String(), []byte(inbox))
+			}
+			return FromError(err)
+		}
+		switch {
+		case reply.Header.Get("Status") == "503":
+			return ErrUnavailable
+		case reply.Header.Get(envelope.HeaderProgress) != "":
+			if o.progress != nil {
+				if p, err := envelope.Decode(reply.Data, MaxReplySize); err == nil {
+					o.progress(p.Payload)
+				}
+			}
+		default:
+			return DecodeReply(reply.Data, out)
+		}
+	}
 }
 
 // DecodeReply decodes a worker's reply envelope: an RPC_ERROR becomes an

@@ -64,6 +64,9 @@ type Worker struct {
 	mu      sync.Mutex
 	subs    []*nats.Subscription
 	stopped bool // no handler starts once set
+
+	abortSub *nats.Subscription
+	aborts   sync.Map // reply subject -> context.CancelFunc of a request in flight
 }
 
 // New returns a Worker on nc. It subscribes to nothing until Handle.
@@ -90,14 +93,26 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 		cfg.Logger = slog.Default()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Worker{
+	w := &Worker{
 		nc:   nc,
 		cfg:  cfg,
 		pub:  NewPublisher(nc, cfg.Namespace),
 		sem:  make(chan struct{}, cfg.MaxConcurrent),
 		ctx:  ctx,
 		stop: stop,
-	}, nil
+	}
+	// Every worker hears every abort; only the one running the request acts.
+	sub, err := nc.Subscribe(cfg.Namespace.Abort().String(), func(msg *nats.Msg) {
+		if cancel, ok := w.aborts.Load(string(msg.Data)); ok {
+			cancel.(context.CancelFunc)()
+		}
+	})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("worker: subscribe aborts: %w", err)
+	}
+	w.abortSub = sub
+	return w, nil
 }
 
 // Publisher returns the worker's publisher, for use outside handlers.
@@ -153,6 +168,7 @@ func (w *Worker) Drain(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
 	defer w.stop()
+	defer w.abortSub.Unsubscribe()
 	select {
 	case <-done:
 		return nil
@@ -168,6 +184,7 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 		Edge: msg.Header.Get(envelope.HeaderEdge),
 		msg:  msg,
 		pub:  w.pub,
+		nc:   w.nc,
 	}
 	env, err := envelope.Decode(msg.Data, 1<<20)
 	if err != nil {
@@ -199,6 +216,8 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 		if m.IsRequest() {
 			ctx, cancel = context.WithTimeout(ctx, w.deadline(msg, env))
 			defer cancel()
+			w.aborts.Store(msg.Reply, cancel)
+			defer w.aborts.Delete(msg.Reply)
 		}
 		err := w.call(ctx, h, m)
 		if !m.IsRequest() {
@@ -247,7 +266,30 @@ type Message struct {
 
 	msg     *nats.Msg
 	pub     *Publisher
+	nc      *nats.Conn
 	replied atomic.Bool
+}
+
+// Progress sends a $ws:rpc-progress frame with payload to the requester,
+// ahead of the reply. Frames arrive in the order they were sent, before the
+// reply; after the reply, Progress returns an error.
+func (m *Message) Progress(payload any) error {
+	if !m.IsRequest() {
+		return errors.New("worker: message is not a request")
+	}
+	if m.replied.Load() {
+		return errors.New("worker: already replied")
+	}
+	env, err := envelope.New(envelope.TypeRPCProgress, payload)
+	if err != nil {
+		return err
+	}
+	env.Meta.CorrelationID = m.Envelope.Meta.CorrelationID
+	data, err := envelope.Encode(env)
+	if err != nil {
+		return err
+	}
+	return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: nats.Header{envelope.HeaderProgress: []string{"1"}}})
 }
 
 // IsRequest reports whether the sender waits for exactly one reply.
