@@ -112,9 +112,9 @@ func (m *rpcMux) finish(k *call, frame []byte, abort bool) {
 	if !k.done.CompareAndSwap(false, true) {
 		return
 	}
-	k.timer.Stop()
 	m.calls.Delete(k.reply[len(m.prefix):])
-	k.c.rpcMu.Lock()
+	k.c.rpcMu.Lock() // start set k.timer under it
+	k.timer.Stop()
 	if k.c.calls[k.cid] == k {
 		delete(k.c.calls, k.cid)
 	}

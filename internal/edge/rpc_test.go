@@ -1,0 +1,270 @@
+package edge_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// rpcMesh is a mesh plus a worker of the test's own handlers.
+func rpcMesh(t *testing.T, cfg edge.Config, handlers map[string]worker.Handler) *mesh {
+	t.Helper()
+	m := newMesh(t, cfg)
+	w, err := worker.New(m.nats, worker.Config{Queue: "rpc-test", Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, h := range handlers {
+		if err := w.Handle(typ, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = w.Drain(ctx)
+	})
+	return m
+}
+
+func TestRPCProgressInOrderBeforeReply(t *testing.T) {
+	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+		"job.run": func(_ context.Context, msg *worker.Message) error {
+			for i := range 20 {
+				if err := msg.Progress(map[string]int{"step": i}); err != nil {
+					return err
+				}
+			}
+			return msg.Reply("job.done", map[string]bool{"ok": true})
+		},
+	})
+	c := m.dial(t, "")
+	c.Send(t, "job.run", envelope.Meta{CorrelationID: "j1"}, nil)
+	for i := range 20 {
+		got := c.Next(t, wait)
+		var p struct{ Step int }
+		_ = json.Unmarshal(got.Payload, &p)
+		if got.Type != envelope.TypeRPCProgress || got.Meta.CorrelationID != "j1" || p.Step != i {
+			t.Fatalf("frame %d: %s %s %s", i, got.Type, got.Meta.CorrelationID, got.Payload)
+		}
+	}
+	if got := c.Next(t, wait); got.Type != "job.done" || got.Meta.CorrelationID != "j1" {
+		t.Fatalf("reply: %s %s", got.Type, got.Payload)
+	}
+
+	// The same progress reaches a Go service through rpc.Call.
+	var steps []int
+	err := rpc.Call(t.Context(), m.nats, envelope.DefaultNamespace, "job.run", nil, nil, rpc.WithProgress(func(p json.RawMessage) {
+		var s struct{ Step int }
+		_ = json.Unmarshal(p, &s)
+		steps = append(steps, s.Step)
+	}))
+	if err != nil || len(steps) != 20 || !slices.IsSorted(steps) {
+		t.Fatalf("rpc.Call: %v, steps %v", err, steps)
+	}
+}
+
+func TestRPCAbortCancelsHandler(t *testing.T) {
+	started := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+		"long.task": func(ctx context.Context, _ *worker.Message) error {
+			started <- struct{}{}
+			<-ctx.Done()
+			ended <- ctx.Err()
+			return ctx.Err()
+		},
+	})
+	c := m.dial(t, "")
+	c.Send(t, "long.task", envelope.Meta{CorrelationID: "a1", TimeoutMs: 30_000}, nil)
+	<-started
+	c.Send(t, envelope.TypeAbort, envelope.Meta{CorrelationID: "a1"}, nil)
+	assertRPCError(t, c.Next(t, wait), envelope.CodeCanceled)
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler context ended with %v", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("the handler's context was not cancelled")
+	}
+	if !c.Quiet(200 * time.Millisecond) {
+		t.Fatal("a second reply followed the abort")
+	}
+
+	// A Go caller that cancels its context aborts the handler the same way.
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- rpc.Call(ctx, m.nats, envelope.DefaultNamespace, "long.task", nil, nil) }()
+	<-started
+	cancel()
+	if err := <-errc; !errors.Is(err, rpc.ErrCanceled) {
+		t.Fatalf("rpc.Call after cancel: %v", err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(wait):
+		t.Fatal("cancel did not reach the handler")
+	}
+}
+
+func TestRPCPanicIsInternalAndWorkerSurvives(t *testing.T) {
+	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+		"boom": func(context.Context, *worker.Message) error { panic("kaboom") },
+		"fine": func(_ context.Context, msg *worker.Message) error { return msg.Reply("fine", nil) },
+		"coded": func(context.Context, *worker.Message) error {
+			return rpc.Errorf(envelope.CodePermissionDenied, "not yours")
+		},
+	})
+	c := m.dial(t, "")
+	assertRPCError(t, c.Request(t, "boom", nil, wait), envelope.CodeInternal)
+	assertRPCError(t, c.Request(t, "coded", nil, wait), envelope.CodePermissionDenied)
+	if got := c.Request(t, "fine", nil, wait); got.Type != "fine" {
+		t.Fatalf("after the panic: %s %s", got.Type, got.Payload)
+	}
+}
+
+func TestRPCNoResponderFast(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "")
+	c.Request(t, "warm.up.none", nil, wait) // first use of the connection
+	var took []time.Duration
+	for range 7 {
+		start := time.Now()
+		assertRPCError(t, c.Request(t, "nobody.home", nil, wait), envelope.CodeUnavailable)
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	if med := took[len(took)/2]; med >= 50*time.Millisecond {
+		t.Fatalf("median UNAVAILABLE round trip %s, want under 50ms (all: %v)", med, took)
+	}
+}
+
+func TestRPCDuplicateCorrelationID(t *testing.T) {
+	release := make(chan struct{})
+	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+		"hold": func(_ context.Context, msg *worker.Message) error { <-release; return msg.Reply("held", nil) },
+	})
+	defer close(release)
+	c := m.dial(t, "")
+	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup"}, nil)
+	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup"}, nil)
+	assertRPCError(t, c.Next(t, wait), envelope.CodeInvalidArgument)
+}
+
+// A service that is not the SDK answers a client's RPC by following
+// docs/protocol.md alone: subscribe to natter.in.<type> in a queue group,
+// answer on the reply subject with an envelope.
+func TestPlainNATSServiceAnswersRPC(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	_, err := m.nats.QueueSubscribe("natter.in.calc.add", "calc", func(msg *nats.Msg) {
+		var req struct {
+			Payload struct{ A, B int } `json:"payload"`
+		}
+		if json.Unmarshal(msg.Data, &req) != nil {
+			_ = msg.Respond([]byte(`{"type":"RPC_ERROR","payload":{"code":"INVALID_ARGUMENT","message":"bad"}}`))
+			return
+		}
+		_ = msg.Respond(fmt.Appendf(nil, `{"type":"calc.sum","payload":{"sum":%d}}`, req.Payload.A+req.Payload.B))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = m.nats.Flush()
+	c := m.dial(t, "")
+	got := c.Request(t, "calc.add", map[string]int{"a": 2, "b": 40}, wait)
+	if got.Type != "calc.sum" || string(got.Payload) != `{"sum":42}` {
+		t.Fatalf("reply: %s %s (meta %+v)", got.Type, got.Payload, got.Meta)
+	}
+	if got.Meta.CorrelationID == "" {
+		t.Fatal("the edge did not put the client's correlationId on the reply")
+	}
+}
+
+// Server-to-client RPC: a service asks one connection and awaits its reply.
+func TestServerToClientRPC(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "")
+	id := connID(t, m.nats, c)
+	ns := envelope.DefaultNamespace
+
+	t.Run("answered", func(t *testing.T) {
+		errc := make(chan error, 1)
+		var out struct{ Lat, Lng float64 }
+		go func() {
+			errc <- rpc.Ask(t.Context(), m.nats, ns, id, "geo.where", map[string]string{"why": "map"}, &out)
+		}()
+		q := c.AwaitType(t, "geo.where", wait)
+		if q.Meta.CorrelationID == "" {
+			t.Fatal("the question has no correlationId to answer")
+		}
+		c.Send(t, "geo.position", envelope.Meta{CorrelationID: q.Meta.CorrelationID}, map[string]float64{"lat": 52.5, "lng": 13.4})
+		if err := <-errc; err != nil || out.Lat != 52.5 || out.Lng != 13.4 {
+			t.Fatalf("Ask: %v %+v", err, out)
+		}
+	})
+	t.Run("client error", func(t *testing.T) {
+		errc := make(chan error, 1)
+		go func() { errc <- rpc.Ask(t.Context(), m.nats, ns, id, "camera.open", nil, nil) }()
+		q := c.AwaitType(t, "camera.open", wait)
+		c.Send(t, envelope.TypeRPCError, envelope.Meta{CorrelationID: q.Meta.CorrelationID},
+			envelope.ErrorPayload{Code: envelope.CodePermissionDenied, Message: "user said no"})
+		if err := <-errc; !errors.Is(err, rpc.ErrPermissionDenied) {
+			t.Fatalf("Ask: %v", err)
+		}
+	})
+	t.Run("no answer", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		if err := rpc.Ask(ctx, m.nats, ns, id, "ignored.question", nil, nil); !errors.Is(err, rpc.ErrDeadlineExceeded) {
+			t.Fatalf("Ask: %v", err)
+		}
+		c.AwaitType(t, "ignored.question", wait)
+	})
+	t.Run("unknown connection fails at once", func(t *testing.T) {
+		start := time.Now()
+		if err := rpc.Ask(t.Context(), m.nats, ns, "noSuchConnection", "hello", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+			t.Fatalf("Ask: %v", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("took %s", d)
+		}
+	})
+	t.Run("closed while waiting", func(t *testing.T) {
+		other := m.dial(t, "")
+		oid := connID(t, m.nats, other)
+		errc := make(chan error, 1)
+		go func() { errc <- rpc.Ask(t.Context(), m.nats, ns, oid, "are.you.there", nil, nil) }()
+		other.AwaitType(t, "are.you.there", wait)
+		start := time.Now()
+		other.Close()
+		if err := <-errc; !errors.Is(err, rpc.ErrUnavailable) {
+			t.Fatalf("Ask: %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("took %s after the close", d)
+		}
+		start = time.Now()
+		if err := rpc.Ask(t.Context(), m.nats, ns, oid, "again", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+			t.Fatalf("Ask after close: %v", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("took %s", d)
+		}
+	})
+}
