@@ -42,6 +42,11 @@ func main() {
 	fs.DurationVar(&rc.ShutdownTimeout, "shutdown-timeout", 0, "bound on the whole shutdown (default 10s)")
 	fs.Float64Var(&rc.Edge.RateLimit, "rate-limit", 100, "messages per second a connection may send on average (negative: unlimited)")
 	fs.IntVar(&rc.Edge.RateBurst, "rate-burst", 0, "messages a connection may send at once above the rate (default 2x rate)")
+	fs.Func("schemas", "directory of .proto files to load besides the shipped ones (repeatable)", func(v string) error {
+		rc.SchemaDirs = append(rc.SchemaDirs, v)
+		return nil
+	})
+	fs.BoolVar(&rc.StrictTypes, "strict-types", false, "reject message types that have no schema")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.Parse()

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -80,6 +81,9 @@ type Config struct {
 	// ShutdownSpread spreads the close frames of Shutdown over this window,
 	// so clients do not reconnect all at once. Default 1s.
 	ShutdownSpread time.Duration
+	// Schemas validates payloads by type and direction. Default nil: no
+	// validation.
+	Schemas *schema.Registry
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/pkg/envelope"
 )
@@ -33,6 +34,7 @@ type Edge struct {
 	allSub   *nats.Subscription
 	rpc      *rpcMux
 	stats    counters
+	logLimit *rate.Limiter // sampled warnings on the message path
 
 	gate     sync.RWMutex   // orders admissions against Shutdown
 	closing  atomic.Bool    // set under gate
@@ -52,6 +54,7 @@ func New(cfg Config) (*Edge, error) {
 		nc:       cfg.NATS,
 		ns:       cfg.Namespace,
 		stopTick: make(chan struct{}),
+		logLimit: rate.NewLimiter(1, 1),
 	}
 	e.conns.init()
 	e.hub = newHub(e)
@@ -222,13 +225,14 @@ type Stats struct {
 	FramesIn           int64 // client frames read
 	FramesOut          int64 // frames written to sockets
 	Published          int64 // client messages published to NATS
-	OutboundDropped    int64 // invalid envelopes from NATS that were dropped
+	OutboundDropped    int64 // envelopes from NATS dropped: malformed or breaking their schema
+	InboundInvalid     int64 // client messages rejected by their schema
 	SlowConsumerCloses int64 // connections closed with 4001
 	RPCs               int64 // requests forwarded
 }
 
 type counters struct {
-	connections, accepted, framesIn, framesOut, published, dropped, slow, rpcs atomic.Int64
+	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -237,7 +241,7 @@ func (e *Edge) Stats() Stats {
 	return Stats{
 		Connections: s.connections.Load(), Accepted: s.accepted.Load(),
 		FramesIn: s.framesIn.Load(), FramesOut: s.framesOut.Load(),
-		Published: s.published.Load(), OutboundDropped: s.dropped.Load(),
+		Published: s.published.Load(), OutboundDropped: s.dropped.Load(), InboundInvalid: s.invalidIn.Load(),
 		SlowConsumerCloses: s.slow.Load(), RPCs: s.rpcs.Load(),
 	}
 }

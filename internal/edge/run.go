@@ -14,6 +14,7 @@ import (
 
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -33,6 +34,11 @@ type RunConfig struct {
 	// DataDir is the embedded server's JetStream directory. Default
 	// "./natter-data".
 	DataDir string
+	// SchemaDirs are directories of the user's .proto files, compiled at
+	// start-up along with the shipped schemas.
+	SchemaDirs []string
+	// StrictTypes rejects message types that have no schema.
+	StrictTypes bool
 	// ShutdownTimeout bounds the whole shutdown. Default 10s.
 	ShutdownTimeout time.Duration
 }
@@ -56,10 +62,16 @@ func Run(ctx context.Context, rc RunConfig) error {
 		rc.ShutdownTimeout = 10 * time.Second
 	}
 
+	reg, err := schema.Load(schema.Config{Dirs: rc.SchemaDirs, Strict: rc.StrictTypes})
+	if err != nil {
+		return err
+	}
+	rc.Edge.Schemas = reg
+	log.Info("schemas loaded", "types", len(reg.Types()), "dirs", rc.SchemaDirs, "strict", rc.StrictTypes)
+
 	single := rc.NATSURL == ""
 	var embedded *natsd.Server
 	var nc *nats.Conn
-	var err error
 	opts := []nats.Option{
 		nats.Name("natter-edge"),
 		nats.MaxReconnects(-1),
@@ -100,6 +112,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
+	mux.Handle("GET /schemas", reg)
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())
 	})
