@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"encoding/json"
+	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -78,6 +79,32 @@ func TestSingleBinarySIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	clients[1].AwaitType(t, "hi", wait)
+
+	// Schema discovery lists the shipped types with their JSON Schema.
+	resp, err := http.Get("http://" + m[1] + "/schemas")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listing struct {
+		Types []struct {
+			Type, Direction string
+			Schema          map[string]any
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&listing)
+	resp.Body.Close()
+	found := false
+	for _, ti := range listing.Types {
+		found = found || (ti.Type == "chat.send" && ti.Direction == "client" && ti.Schema["type"] == "object")
+	}
+	if err != nil || !found {
+		t.Fatalf("/schemas: %v, %+v", err, listing)
+	}
+	// The shipped schemas are enforced: an empty chat text is refused.
+	got := clients[2].Request(t, "chat.send", map[string]string{"room": "r", "text": ""}, wait)
+	if got.Type != envelope.TypeRPCError {
+		t.Fatalf("invalid chat.send: %s %s", got.Type, got.Payload)
+	}
 
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -168,13 +168,28 @@ func TestGrantedDeadlineReachesWorker(t *testing.T) {
 	}
 	_ = w.Flush(t.Context())
 	c := m.dial(t, "")
-	assertRPCError(t, c.Request(t, "wait.ctx", nil, wait), envelope.CodeDeadlineExceeded)
-	select {
-	case d := <-ended:
-		if d > 2*time.Second {
-			t.Fatalf("handler context lasted %s; the edge granted 300ms", d)
-		}
-	case <-time.After(wait):
-		t.Fatal("handler context never ended")
+	tests := []struct {
+		name      string
+		timeoutMs int64
+		max       time.Duration
+	}{
+		{"edge default", 0, 2 * time.Second},              // RPCTimeout 300ms
+		{"client's meta.timeoutMs", 100, 2 * time.Second}, // below the default
+		{"clamped to the minimum", 1, 2 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c.Send(t, "wait.ctx", envelope.Meta{CorrelationID: tc.name, TimeoutMs: tc.timeoutMs}, nil)
+			got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == tc.name })
+			assertRPCError(t, got, envelope.CodeDeadlineExceeded)
+			select {
+			case d := <-ended:
+				if d > tc.max {
+					t.Fatalf("handler context lasted %s", d)
+				}
+			case <-time.After(wait):
+				t.Fatal("handler context never ended")
+			}
+		})
 	}
 }

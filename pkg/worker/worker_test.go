@@ -127,3 +127,35 @@ func TestDrainWaitsForInflight(t *testing.T) {
 		t.Fatalf("drain: %v, finished %d", err, finished.Load())
 	}
 }
+
+func TestTypedHandler(t *testing.T) {
+	srv := testenv.NATS(t)
+	w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sumReq struct{ A, B int }
+	type sumResp struct {
+		Sum int `json:"sum"`
+	}
+	if err := w.Handle("math.sum", worker.Typed("math.result", func(_ context.Context, _ *worker.Message, r sumReq) (sumResp, error) {
+		if r.A < 0 {
+			return sumResp{}, rpc.Errorf(envelope.CodeInvalidArgument, "a must not be negative")
+		}
+		return sumResp{Sum: r.A + r.B}, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Flush(t.Context())
+	nc := testenv.Connect(t, srv.ClientURL())
+	var out sumResp
+	if err := rpc.Call(t.Context(), nc, envelope.DefaultNamespace, "math.sum", sumReq{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+		t.Fatalf("sum: %v %+v", err, out)
+	}
+	if err := rpc.Call(t.Context(), nc, envelope.DefaultNamespace, "math.sum", sumReq{A: -1}, &out); !errors.Is(err, rpc.ErrInvalidArgument) {
+		t.Fatalf("typed error: %v", err)
+	}
+	if err := rpc.Call(t.Context(), nc, envelope.DefaultNamespace, "math.sum", "not an object", &out); !errors.Is(err, rpc.ErrInvalidArgument) {
+		t.Fatalf("bad payload: %v", err)
+	}
+}
