@@ -1,0 +1,524 @@
+// Package presence keeps Natter's presence in JetStream KV and derives the
+// lifecycle events from it.
+//
+// Every edge writes one key per connection of its own, conn.<id>, with a
+// per-key TTL it refreshes every TTL/3; an edge that dies stops refreshing
+// and its keys expire. Every edge also watches the whole bucket and keeps a
+// copy of it in memory (the mirror), from which it answers queries and
+// derives events and room diffs.
+//
+// Exactly-once online/offline: all mirrors see the bucket's changes in the
+// same order (a KV bucket is one stream), so from the same change every
+// edge derives the same events. Each edge publishes them to
+// <prefix>.evtq.<event> with a Nats-Msg-Id made of the change's revision;
+// the stream <prefix>_events drops the duplicates and republishes the one
+// stored copy to <prefix>.evt.<event>. So an event is delivered once
+// whatever the number of edges, including an offline caused by an expiry.
+//
+// Concurrency: Service methods are safe for concurrent use. The mirror is
+// updated by one goroutine (the watcher); readers take its RWMutex.
+package presence
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/presence"
+)
+
+// ErrInvalidConfig wraps configuration errors.
+var ErrInvalidConfig = errors.New("presence: invalid config")
+
+// Config configures a Service.
+type Config struct {
+	NATS      *nats.Conn
+	Namespace envelope.Namespace
+	// Edge is the id of the edge whose connections this service writes.
+	Edge string
+	// TTL is how long a connection's key lives without a refresh. Default
+	// 15s, range 1s..5m (whole seconds).
+	TTL time.Duration
+	// Replicas of the bucket and the event stream. Default 1.
+	Replicas int
+	// DiffInterval batches room diffs for local members. Default 50ms.
+	DiffInterval time.Duration
+	// Diff, when set, receives each room's batched changes, for the edge to
+	// send to its local members that opted in. Called from one goroutine.
+	Diff func(room string, d *Diff)
+	// Interested tells whether the edge has local members of room that
+	// want diffs; rooms without are not batched.
+	Interested func(room string) bool
+	Logger     *slog.Logger
+}
+
+// Diff is the batched change of one room's members.
+type Diff struct {
+	Room   string            `json:"room"`
+	Joins  []presence.Member `json:"joins,omitempty"`
+	Leaves []presence.Member `json:"leaves,omitempty"`
+	States []presence.Member `json:"states,omitempty"`
+}
+
+// Service is one edge's presence.
+type Service struct {
+	cfg    Config
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	prefix string // "$KV.<bucket>." for raw publishes
+
+	ownMu sync.Mutex
+	own   map[string]*presence.Entry // this edge's connections
+
+	mu    sync.RWMutex // the mirror
+	conns map[string]*presence.Entry
+	users map[string]map[string]struct{}
+	rooms map[string]map[string]struct{}
+
+	diffMu  sync.Mutex
+	pending map[string]*Diff
+
+	querySub *nats.Subscription
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// Start ensures the bucket and the event stream, loads the mirror and
+// starts the watcher, the refresher and the query responder.
+func Start(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.NATS == nil {
+		return nil, fmt.Errorf("%w: NATS is required", ErrInvalidConfig)
+	}
+	if cfg.Namespace == (envelope.Namespace{}) {
+		cfg.Namespace = envelope.DefaultNamespace
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 15 * time.Second
+	}
+	if cfg.TTL < time.Second || cfg.TTL > 5*time.Minute || cfg.TTL%time.Second != 0 {
+		return nil, fmt.Errorf("%w: TTL %s must be whole seconds in 1s..5m", ErrInvalidConfig, cfg.TTL)
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.DiffInterval == 0 {
+		cfg.DiffInterval = 50 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Interested == nil {
+		cfg.Interested = func(string) bool { return false }
+	}
+	js, err := jetstream.New(cfg.NATS, jetstream.WithPublishAsyncMaxPending(65536),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
+		}))
+	if err != nil {
+		return nil, err
+	}
+	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
+	bucket := name + "_presence"
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    "Natter presence: one key per connection, conn.<id>",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       cfg.Replicas,
+		LimitMarkerTTL: time.Minute,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("presence: bucket %s: %w", bucket, err)
+	}
+	pfx := cfg.Namespace.Prefix()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        name + "_events",
+		Description: "Natter lifecycle events, deduplicated across edges and republished to " + pfx + ".evt.>",
+		Subjects:    []string{pfx + ".evtq.>"},
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      5 * time.Minute,
+		Duplicates:  2 * time.Minute,
+		RePublish:   &jetstream.RePublish{Source: pfx + ".evtq.>", Destination: pfx + ".evt.>"},
+	}); err != nil {
+		return nil, fmt.Errorf("presence: event stream: %w", err)
+	}
+	s := &Service{
+		cfg:     cfg,
+		js:      js,
+		kv:      kv,
+		prefix:  "$KV." + bucket + ".",
+		own:     make(map[string]*presence.Entry),
+		conns:   make(map[string]*presence.Entry),
+		users:   make(map[string]map[string]struct{}),
+		rooms:   make(map[string]map[string]struct{}),
+		pending: make(map[string]*Diff),
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	w, err := kv.Watch(wctx, "conn.*")
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("presence: watch: %w", err)
+	}
+	// The initial values load the mirror without events.
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		s.apply(e, false)
+	}
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
+	go func() { defer s.wg.Done(); s.refresh(wctx) }()
+	go func() { defer s.wg.Done(); s.flushDiffs(wctx) }()
+	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop stops the watcher, the refresher and the responder. The keys of the
+// edge's connections stay until they expire or are removed.
+func (s *Service) Stop() {
+	if s.querySub != nil {
+		_ = s.querySub.Unsubscribe()
+	}
+	s.cancel()
+	s.wg.Wait()
+}
+
+// TTL is the per-key TTL.
+func (s *Service) TTL() time.Duration { return s.cfg.TTL }
+
+// Set writes (or rewrites) one of this edge's connections. It does not
+// wait for the server: presence follows the connection, never blocks it.
+func (s *Service) Set(e presence.Entry) {
+	e.Edge = s.cfg.Edge
+	s.ownMu.Lock()
+	if old := s.own[e.Conn]; old != nil && e.ConnectedAt == 0 {
+		e.ConnectedAt = old.ConnectedAt
+	}
+	if e.ConnectedAt == 0 {
+		e.ConnectedAt = time.Now().UnixMilli()
+	}
+	s.own[e.Conn] = &e
+	s.ownMu.Unlock()
+	s.put(&e)
+}
+
+// Remove deletes one of this edge's connections.
+func (s *Service) Remove(conn string) {
+	s.ownMu.Lock()
+	delete(s.own, conn)
+	s.ownMu.Unlock()
+	m := nats.NewMsg(s.prefix + "conn." + conn)
+	m.Header.Set("KV-Operation", "PURGE")
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	// The purge marker itself goes after a minute.
+	if _, err := s.js.PublishMsgAsync(m, jetstream.WithMsgTTL(time.Minute)); err != nil {
+		s.cfg.Logger.Warn("presence: remove", "conn", conn, "err", err)
+	}
+}
+
+func (s *Service) put(e *presence.Entry) {
+	b, _ := json.Marshal(e)
+	if _, err := s.js.PublishAsync(s.prefix+"conn."+e.Conn, b, jetstream.WithMsgTTL(s.cfg.TTL)); err != nil {
+		s.cfg.Logger.Warn("presence: put", "conn", e.Conn, "err", err)
+	}
+}
+
+// refresh rewrites every own key each TTL/3, so keys outlive two missed
+// refreshes and die within one TTL of the edge.
+func (s *Service) refresh(ctx context.Context) {
+	t := time.NewTicker(s.cfg.TTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.ownMu.Lock()
+			own := make([]*presence.Entry, 0, len(s.own))
+			for _, e := range s.own {
+				own = append(own, e)
+			}
+			s.ownMu.Unlock()
+			for _, e := range own {
+				s.put(e)
+			}
+		}
+	}
+}
+
+func (s *Service) watch(ctx context.Context, w jetstream.KeyWatcher) {
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				s.apply(e, true)
+			}
+		}
+	}
+}
+
+// apply updates the mirror with one change and, when live, derives its
+// events and room diffs. Only the watcher goroutine calls it.
+func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
+	id := strings.TrimPrefix(kve.Key(), "conn.")
+	rev := kve.Revision()
+	var next *presence.Entry
+	if kve.Operation() == jetstream.KeyValuePut {
+		next = new(presence.Entry)
+		if err := json.Unmarshal(kve.Value(), next); err != nil || next.Conn != id {
+			return
+		}
+	}
+	s.mu.Lock()
+	prev := s.conns[id]
+	var events []presence.Event
+	ev := func(name, room string, e *presence.Entry) {
+		events = append(events, presence.Event{Event: name, Conn: id, User: e.User, Edge: e.Edge, Room: room, Revision: rev, At: time.Now().UnixMilli()})
+	}
+	var joins, leaves, states []string
+	switch {
+	case prev == nil && next == nil:
+		s.mu.Unlock()
+		return
+	case prev == nil:
+		ev(presence.EventConnect, "", next)
+		if next.User != "" && len(s.users[next.User]) == 0 {
+			ev(presence.EventOnline, "", next)
+		}
+		joins = next.Rooms
+	case next == nil:
+		leaves = prev.Rooms
+	default:
+		joins = minus(next.Rooms, prev.Rooms)
+		leaves = minus(prev.Rooms, next.Rooms)
+		if string(prev.State) != string(next.State) {
+			states = minus(next.Rooms, joins)
+		}
+	}
+	for _, r := range joins {
+		ev(presence.EventJoin, r, next)
+	}
+	for _, r := range leaves {
+		ev(presence.EventLeave, r, prev)
+	}
+	// Update the indexes.
+	if prev != nil {
+		for _, r := range prev.Rooms {
+			delSet(s.rooms, r, id)
+		}
+		if prev.User != "" {
+			delSet(s.users, prev.User, id)
+		}
+	}
+	if next != nil {
+		s.conns[id] = next
+		for _, r := range next.Rooms {
+			addSet(s.rooms, r, id)
+		}
+		if next.User != "" {
+			addSet(s.users, next.User, id)
+		}
+	} else {
+		delete(s.conns, id)
+		ev(presence.EventDisconnect, "", prev)
+		if prev.User != "" && len(s.users[prev.User]) == 0 {
+			ev(presence.EventOffline, "", prev)
+		}
+	}
+	s.mu.Unlock()
+	if !live {
+		return
+	}
+	for _, e := range events {
+		s.publish(e)
+	}
+	for _, r := range joins {
+		s.addDiff(r, func(d *Diff) { d.Joins = append(d.Joins, member(next)) })
+	}
+	for _, r := range leaves {
+		s.addDiff(r, func(d *Diff) { d.Leaves = append(d.Leaves, presence.Member{Conn: id, User: prev.User}) })
+	}
+	for _, r := range states {
+		s.addDiff(r, func(d *Diff) { d.States = append(d.States, member(next)) })
+	}
+}
+
+func (s *Service) publish(e presence.Event) {
+	b, _ := json.Marshal(e)
+	id := strconv.FormatUint(e.Revision, 10) + "." + e.Event + "." + e.Room
+	subj := s.cfg.Namespace.Prefix() + ".evtq." + e.Event
+	if _, err := s.js.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
+		s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+	}
+}
+
+func (s *Service) addDiff(room string, f func(*Diff)) {
+	if s.cfg.Diff == nil || !s.cfg.Interested(room) {
+		return
+	}
+	s.diffMu.Lock()
+	d := s.pending[room]
+	if d == nil {
+		d = &Diff{Room: room}
+		s.pending[room] = d
+	}
+	f(d)
+	s.diffMu.Unlock()
+}
+
+func (s *Service) flushDiffs(ctx context.Context) {
+	t := time.NewTicker(s.cfg.DiffInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.diffMu.Lock()
+			if len(s.pending) == 0 {
+				s.diffMu.Unlock()
+				continue
+			}
+			batch := s.pending
+			s.pending = make(map[string]*Diff)
+			s.diffMu.Unlock()
+			for room, d := range batch {
+				s.cfg.Diff(room, d)
+			}
+		}
+	}
+}
+
+func member(e *presence.Entry) presence.Member {
+	return presence.Member{Conn: e.Conn, User: e.User, State: e.State}
+}
+
+func minus(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func addSet(m map[string]map[string]struct{}, k, v string) {
+	set := m[k]
+	if set == nil {
+		set = make(map[string]struct{})
+		m[k] = set
+	}
+	set[v] = struct{}{}
+}
+
+func delSet(m map[string]map[string]struct{}, k, v string) {
+	if set := m[k]; set != nil {
+		delete(set, v)
+		if len(set) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+// User answers "is user online, and where".
+func (s *Service) User(user string) *presence.UserInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	info := &presence.UserInfo{User: user, Connections: []presence.Entry{}}
+	for id := range s.users[user] {
+		info.Connections = append(info.Connections, *s.conns[id])
+	}
+	slices.SortFunc(info.Connections, func(a, b presence.Entry) int { return cmp.Compare(a.Conn, b.Conn) })
+	info.Online = len(info.Connections) > 0
+	return info
+}
+
+// Conn returns one connection's entry.
+func (s *Service) Conn(id string) (presence.Entry, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.conns[id]
+	if !ok {
+		return presence.Entry{}, false
+	}
+	return *e, true
+}
+
+// Room returns a page of room's members, ordered by connection id, after
+// cursor (a connection id; "" for the first page).
+func (s *Service) Room(room, cursor string, limit int) *presence.RoomPage {
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 1000)
+	s.mu.RLock()
+	set := s.rooms[room]
+	ids := make([]string, 0, len(set))
+	for id := range set {
+		if id > cursor {
+			ids = append(ids, id)
+		}
+	}
+	page := &presence.RoomPage{Room: room, Count: len(set), Members: []presence.Member{}}
+	// Only the page needs ordering: select the smallest limit ids.
+	slices.Sort(ids)
+	if len(ids) > limit {
+		page.Next = ids[limit-1]
+		ids = ids[:limit]
+	}
+	for _, id := range ids {
+		page.Members = append(page.Members, member(s.conns[id]))
+	}
+	s.mu.RUnlock()
+	return page
+}
+
+// onQuery answers natter.presence.query from the mirror.
+func (s *Service) onQuery(msg *nats.Msg) {
+	var q presence.Query
+	var r presence.Reply
+	switch err := json.Unmarshal(msg.Data, &q); {
+	case err != nil:
+		r.Error = &envelope.ErrorPayload{Code: envelope.CodeInvalidArgument, Message: "query must be JSON"}
+	case q.User != "":
+		r.User = s.User(q.User)
+	case q.Room != "":
+		r.Room = s.Room(q.Room, q.Cursor, q.Limit)
+	case q.Conn != "":
+		if e, ok := s.Conn(q.Conn); ok {
+			r.Conn = &e
+		} else {
+			r.Error = &envelope.ErrorPayload{Code: envelope.CodeNotFound, Message: "no such connection"}
+		}
+	default:
+		r.Error = &envelope.ErrorPayload{Code: envelope.CodeInvalidArgument, Message: "set one of user, room, conn"}
+	}
+	b, _ := json.Marshal(r)
+	_ = msg.Respond(b)
+}

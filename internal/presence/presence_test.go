@@ -1,0 +1,134 @@
+package presence_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/testenv"
+	pub "github.com/natter/natter/pkg/presence"
+)
+
+type events struct {
+	mu  sync.Mutex
+	all []pub.Event
+}
+
+func collect(t *testing.T, nc *nats.Conn) *events {
+	t.Helper()
+	ev := &events{}
+	_, err := nc.Subscribe("natter.evt.>", func(m *nats.Msg) {
+		var e pub.Event
+		if json.Unmarshal(m.Data, &e) == nil {
+			ev.mu.Lock()
+			ev.all = append(ev.all, e)
+			ev.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	return ev
+}
+
+func (ev *events) count(name string) int {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	n := 0
+	for _, e := range ev.all {
+		if e.Event == name {
+			n++
+		}
+	}
+	return n
+}
+
+func start(t *testing.T, url, edge string, ttl time.Duration) *presence.Service {
+	t.Helper()
+	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, url), Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
+	srv := testenv.NATS(t)
+	a := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
+	b := start(t, srv.ClientURL(), "edgeB", 5*time.Second)
+	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
+
+	a.Set(pub.Entry{Conn: "c1", User: "alice", Rooms: []string{"r"}})
+	b.Set(pub.Entry{Conn: "c2", User: "alice", Rooms: []string{"r"}})
+	testenv.Eventually(t, 5*time.Second, "two connects", func() bool { return ev.count("connect") == 2 })
+	testenv.Eventually(t, 5*time.Second, "both mirrors", func() bool {
+		return len(a.User("alice").Connections) == 2 && b.Room("r", "", 10).Count == 2
+	})
+	a.Remove("c1")
+	testenv.Eventually(t, 5*time.Second, "one disconnect", func() bool { return ev.count("disconnect") == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if n := ev.count("offline"); n != 0 {
+		t.Fatalf("offline with a connection left: %d", n)
+	}
+	b.Remove("c2")
+	testenv.Eventually(t, 5*time.Second, "offline", func() bool { return ev.count("offline") == 1 })
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show up
+	if on, off, j, l := ev.count("online"), ev.count("offline"), ev.count("join"), ev.count("leave"); on != 1 || off != 1 || j != 2 || l != 2 {
+		t.Fatalf("online %d offline %d join %d leave %d; want 1 1 2 2", on, off, j, l)
+	}
+}
+
+func TestExpiryWithoutRefresh(t *testing.T) {
+	srv := testenv.NATS(t)
+	watcher := start(t, srv.ClientURL(), "edgeB", 2*time.Second)
+	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
+	dead, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "edgeA", TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Set(pub.Entry{Conn: "c9", User: "bob"})
+	testenv.Eventually(t, 5*time.Second, "online", func() bool { return ev.count("online") == 1 })
+	dead.Stop() // no more refreshes: as if the edge died
+	start := time.Now()
+	testenv.Eventually(t, 10*time.Second, "offline by expiry", func() bool { return ev.count("offline") == 1 })
+	if d := time.Since(start); d > 2*time.Second+3*time.Second {
+		t.Fatalf("offline after %s with a 2s TTL", d)
+	}
+	if watcher.User("bob").Online {
+		t.Fatal("bob still online in the mirror")
+	}
+}
+
+func TestRoomPaging(t *testing.T) {
+	srv := testenv.NATS(t)
+	s := start(t, srv.ClientURL(), "edgeA", 10*time.Second)
+	for i := range 250 {
+		s.Set(pub.Entry{Conn: fmt.Sprintf("c%04d", i), User: "u", Rooms: []string{"big"}})
+	}
+	testenv.Eventually(t, 10*time.Second, "250 members", func() bool { return s.Room("big", "", 1).Count == 250 })
+	seen := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		p := s.Room("big", cursor, 100)
+		for _, m := range p.Members {
+			if seen[m.Conn] {
+				t.Fatalf("%s twice", m.Conn)
+			}
+			seen[m.Conn] = true
+		}
+		if p.Next == "" {
+			if pages != 2 || len(seen) != 250 {
+				t.Fatalf("pages %d, seen %d", pages+1, len(seen))
+			}
+			break
+		}
+		cursor = p.Next
+	}
+}
