@@ -47,6 +47,10 @@ func main() {
 		return nil
 	})
 	fs.BoolVar(&rc.StrictTypes, "strict-types", false, "reject message types that have no schema")
+	fs.BoolVar(&rc.Edge.Presence, "presence", true, "keep presence in JetStream KV and emit lifecycle events (needs JetStream)")
+	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
+	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
+	fs.BoolVar(&rc.Edge.PresenceOpen, "presence-open", false, "let clients list the members of rooms they are not in")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.Parse()

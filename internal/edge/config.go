@@ -81,6 +81,17 @@ type Config struct {
 	// ShutdownSpread spreads the close frames of Shutdown over this window,
 	// so clients do not reconnect all at once. Default 1s.
 	ShutdownSpread time.Duration
+	// Presence keeps every connection in the natter_presence KV bucket and
+	// emits lifecycle events. Needs JetStream. Default off.
+	Presence bool
+	// PresenceTTL is the per-key TTL of presence entries. Default 15s.
+	PresenceTTL time.Duration
+	// PresenceReplicas is the replication of the bucket and event stream.
+	// Default 1; 3 on a 3-node cluster.
+	PresenceReplicas int
+	// PresenceOpen lets clients query any room's members with $presence;
+	// by default only rooms they are in (PERMISSION_DENIED otherwise).
+	PresenceOpen bool
 	// Schemas validates payloads by type and direction. Default nil: no
 	// validation.
 	Schemas *schema.Registry

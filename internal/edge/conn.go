@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/presence"
 )
 
 // frameOverhead is charged per queued frame on top of its bytes, so that a
@@ -49,8 +51,10 @@ type conn struct {
 	closeTimer  *time.Timer
 	dropped     atomic.Bool // the close discards queued frames
 
-	rooms map[string]struct{} // guarded by hub.mu
-	gone  bool                // guarded by hub.mu: left every room for good
+	rooms       map[string]struct{} // guarded by hub.mu
+	gone        bool                // guarded by hub.mu: left every room for good
+	state       json.RawMessage     // guarded by hub.mu: client-set presence state
+	connectedAt int64               // Unix ms
 
 	rpcMu   sync.Mutex
 	calls   map[string]*call // client requests in flight, by correlationId
@@ -65,6 +69,7 @@ func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
 		c.limit = rate.NewLimiter(rate.Limit(e.cfg.RateLimit), e.cfg.RateBurst)
 	}
 	now := time.Now().UnixNano()
+	c.connectedAt = now / 1e6
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
 	return c
@@ -99,6 +104,7 @@ func (c *conn) register() error {
 	c.e.conns.add(c)
 	c.e.stats.connections.Add(1)
 	c.e.stats.accepted.Add(1)
+	c.e.setPresence(&presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt})
 	return nil
 }
 
@@ -118,6 +124,9 @@ func (c *conn) unregister() {
 	c.e.hub.leaveAll(c)
 	if c.user != "" {
 		c.e.hub.removeUser(c)
+	}
+	if c.e.presence != nil {
+		c.e.presence.Remove(c.id)
 	}
 	c.e.conns.remove(c)
 	c.e.stats.connections.Add(-1)

@@ -60,6 +60,29 @@ func (e *Edge) deliverGroup(g *group, msg *nats.Msg) {
 	}
 }
 
+// deliverDiff sends a room's batched presence changes to the local members
+// that asked for them with $join {"presence": true}.
+func (e *Edge) deliverDiff(room string, d any) {
+	e.hub.mu.Lock()
+	g := e.hub.rooms[room]
+	e.hub.mu.Unlock()
+	if g == nil {
+		return
+	}
+	payload, _ := json.Marshal(d)
+	frame, err := envelope.Encode(&envelope.Envelope{Type: envelope.TypePresenceDiff, Meta: envelope.Meta{Room: room}, Payload: payload})
+	if err != nil {
+		return
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for c, watch := range g.members {
+		if watch {
+			c.send(frame)
+		}
+	}
+}
+
 // deliverAll fans a message out to every local connection.
 func (e *Edge) deliverAll(msg *nats.Msg) {
 	frame, exclude, ok := e.outbound(msg, "")
@@ -106,7 +129,7 @@ func (c *conn) control(msg *nats.Msg) {
 			if err = envelope.ValidateID(ctl.Room); err != nil {
 				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: err.Error()}
 			} else if ctl.Op == envelope.OpJoin {
-				err = c.e.hub.join(c, ctl.Room, "")
+				err = c.e.hub.join(c, ctl.Room, "", false)
 			} else {
 				c.e.hub.leave(c, ctl.Room, "")
 			}

@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
+	"github.com/natter/natter/internal/presence"
 	"github.com/natter/natter/pkg/envelope"
+	pubpresence "github.com/natter/natter/pkg/presence"
 )
 
 // Edge holds WebSocket connections and bridges them to NATS. It is an
@@ -33,6 +35,7 @@ type Edge struct {
 	conns    registry
 	allSub   *nats.Subscription
 	rpc      *rpcMux
+	presence *presence.Service // nil when off
 	stats    counters
 	logLimit *rate.Limiter // sampled warnings on the message path
 
@@ -80,9 +83,31 @@ func New(cfg Config) (*Edge, error) {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("edge: subscribe inbox: %w", err)
 	}
+	if cfg.Presence {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		e.presence, err = presence.Start(ctx, presence.Config{
+			NATS: e.nc, Namespace: e.ns, Edge: cfg.EdgeID, TTL: cfg.PresenceTTL,
+			Replicas: cfg.PresenceReplicas, Logger: cfg.Logger,
+			Diff:       func(room string, d *presence.Diff) { e.deliverDiff(room, d) },
+			Interested: e.hub.watching,
+		})
+		cancel()
+		if err != nil {
+			_ = sub.Unsubscribe()
+			_ = e.rpc.sub.Unsubscribe()
+			return nil, err
+		}
+	}
 	e.wg.Add(1)
 	go e.tick()
 	return e, nil
+}
+
+// setPresence writes a connection's presence entry, when presence is on.
+func (e *Edge) setPresence(entry *pubpresence.Entry) {
+	if e.presence != nil && entry != nil {
+		e.presence.Set(*entry)
+	}
 }
 
 // ID returns the edge id carried in the Natter-Edge header.
@@ -168,6 +193,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		e.stopOnce.Do(func() { close(e.stopTick) })
 		_ = e.allSub.Unsubscribe()
 		_ = e.rpc.sub.Unsubscribe()
+		if e.presence != nil {
+			e.presence.Stop()
+		}
 		e.wg.Wait()
 		close(done)
 	}()

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/rpc"
 )
 
@@ -94,7 +95,7 @@ func (c *conn) handle(data []byte) {
 		}
 		var err error
 		if env.Type == envelope.TypeJoin {
-			err = c.e.hub.join(c, p.Room, cid)
+			err = c.e.hub.join(c, p.Room, cid, p.Presence)
 		} else {
 			c.e.hub.leave(c, p.Room, cid)
 		}
@@ -102,6 +103,10 @@ func (c *conn) handle(data []byte) {
 			re := rpc.FromError(err)
 			c.sendError(cid, re.Code, re.Message)
 		}
+	case envelope.TypePresence:
+		c.queryPresence(cid, env.Payload)
+	case envelope.TypePresenceState:
+		c.setState(cid, env.Payload)
 	case envelope.TypeHeartbeat:
 		c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeHeartbeatAck, Meta: envelope.Meta{CorrelationID: cid, Timestamp: time.Now().UnixMilli()}})
 	default:
@@ -167,4 +172,67 @@ func (c *conn) sendError(cid string, code envelope.Code, message string) {
 
 func (c *conn) sendErrorPayload(cid string, p *envelope.ErrorPayload) {
 	c.send(envelope.EncodeError(cid, p))
+}
+
+// queryPresence answers $presence: {"room": id, "cursor"?, "limit"?} for
+// rooms the connection is in (any room with Config.PresenceOpen), or
+// {"user": id} for whether a user is online.
+func (c *conn) queryPresence(cid string, payload json.RawMessage) {
+	if c.e.presence == nil {
+		c.sendError(cid, envelope.CodeUnimplemented, "presence is off on this edge")
+		return
+	}
+	var q presence.Query
+	if err := json.Unmarshal(payload, &q); err != nil || (q.Room == "") == (q.User == "") {
+		c.sendError(cid, envelope.CodeInvalidArgument, `payload must be {"room": id, "cursor"?, "limit"?} or {"user": id}`)
+		return
+	}
+	var reply any
+	if q.Room != "" {
+		c.e.hub.mu.Lock()
+		_, member := c.rooms[q.Room]
+		c.e.hub.mu.Unlock()
+		if !member && !c.e.cfg.PresenceOpen {
+			c.sendError(cid, envelope.CodePermissionDenied, "not a member of room "+q.Room)
+			return
+		}
+		reply = c.e.presence.Room(q.Room, q.Cursor, q.Limit)
+	} else {
+		info := c.e.presence.User(q.User)
+		if q.User != c.user && !c.e.cfg.PresenceOpen {
+			// Others see whether a user is online, not where.
+			info = &presence.UserInfo{User: info.User, Online: info.Online, Connections: []presence.Entry{}}
+		}
+		reply = info
+	}
+	b, _ := json.Marshal(reply)
+	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypePresence, Meta: envelope.Meta{CorrelationID: cid}, Payload: b})
+}
+
+// setState sets the connection's presence state ({"state": any JSON of at
+// most presence.MaxStateSize bytes}, null to clear); room members that
+// watch presence see it in $presence.diff.
+func (c *conn) setState(cid string, payload json.RawMessage) {
+	var p struct {
+		State json.RawMessage `json:"state"`
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		c.sendError(cid, envelope.CodeInvalidArgument, `payload must be {"state": value}`)
+		return
+	}
+	if len(p.State) > presence.MaxStateSize {
+		c.sendError(cid, envelope.CodeResourceExhausted, "state is larger than 256 bytes")
+		return
+	}
+	if string(p.State) == "null" {
+		p.State = nil
+	}
+	c.e.hub.mu.Lock()
+	c.state = append(json.RawMessage(nil), p.State...)
+	entry := c.entryLocked()
+	c.e.hub.mu.Unlock()
+	c.e.setPresence(entry)
+	if cid != "" {
+		c.sendEnvelope(&envelope.Envelope{Type: envelope.TypePresenceState, Meta: envelope.Meta{CorrelationID: cid}, Payload: payload})
+	}
 }

@@ -2,12 +2,15 @@ package edge
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/rpc"
 )
 
@@ -23,12 +26,13 @@ type hub struct {
 
 // group is the local members of one room or user.
 type group struct {
-	id      string
-	room    bool
-	sub     *nats.Subscription
-	ready   chan struct{} // closed once the server has the subscription
-	mu      sync.RWMutex
-	members map[*conn]struct{}
+	id       string
+	room     bool
+	sub      *nats.Subscription
+	ready    chan struct{} // closed once the server has the subscription
+	mu       sync.RWMutex
+	members  map[*conn]bool // true: wants $presence.diff frames
+	watchers int            // members with true, guarded by mu
 }
 
 func newHub(e *Edge) *hub {
@@ -37,7 +41,7 @@ func newHub(e *Edge) *hub {
 
 // join adds c to room and acknowledges with $joined once the subscription is
 // in place, so publishes made after the ack reach c.
-func (h *hub) join(c *conn, room, cid string) error {
+func (h *hub) join(c *conn, room, cid string, watch bool) error {
 	h.mu.Lock()
 	if c.gone {
 		// A ctl join raced with the connection closing.
@@ -48,17 +52,23 @@ func (h *hub) join(c *conn, room, cid string) error {
 		h.mu.Unlock()
 		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
 	}
-	g, err := h.addLocked(h.rooms, room, true, c)
+	_, had := c.rooms[room]
+	g, err := h.addLocked(h.rooms, room, true, c, watch)
+	var entry *presence.Entry
 	if err == nil {
 		if c.rooms == nil {
 			c.rooms = make(map[string]struct{})
 		}
 		c.rooms[room] = struct{}{}
+		if !had {
+			entry = c.entryLocked()
+		}
 	}
 	h.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	h.e.setPresence(entry)
 	h.waitReady(g)
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
 	return nil
@@ -68,11 +78,14 @@ func (h *hub) join(c *conn, room, cid string) error {
 // is not in is not an error.
 func (h *hub) leave(c *conn, room, cid string) {
 	h.mu.Lock()
+	var entry *presence.Entry
 	if _, ok := c.rooms[room]; ok {
 		delete(c.rooms, room)
 		h.removeLocked(h.rooms, room, c)
+		entry = c.entryLocked()
 	}
 	h.mu.Unlock()
+	h.e.setPresence(entry)
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeLeft, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
 }
 
@@ -89,7 +102,7 @@ func (h *hub) leaveAll(c *conn) {
 
 func (h *hub) addUser(c *conn) error {
 	h.mu.Lock()
-	_, err := h.addLocked(h.users, c.user, false, c)
+	_, err := h.addLocked(h.users, c.user, false, c, false)
 	h.mu.Unlock()
 	return err
 }
@@ -103,7 +116,7 @@ func (h *hub) removeUser(c *conn) {
 // addLocked adds c to the group id of m, subscribing when it is the first
 // local member. The flush that confirms the subscription runs outside the
 // lock; waitReady waits for it.
-func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn) (*group, error) {
+func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watch bool) (*group, error) {
 	g := m[id]
 	if g == nil {
 		var subj envelope.Subject
@@ -116,7 +129,7 @@ func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn) (*gr
 		if err != nil {
 			return nil, err
 		}
-		g = &group{id: id, room: room, members: make(map[*conn]struct{}), ready: make(chan struct{})}
+		g = &group{id: id, room: room, members: make(map[*conn]bool), ready: make(chan struct{})}
 		g.sub, err = h.e.nc.Subscribe(subj.String(), func(msg *nats.Msg) { h.e.deliverGroup(g, msg) })
 		if err != nil {
 			return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
@@ -132,7 +145,13 @@ func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn) (*gr
 		}()
 	}
 	g.mu.Lock()
-	g.members[c] = struct{}{}
+	if was, ok := g.members[c]; ok && was {
+		g.watchers--
+	}
+	g.members[c] = watch
+	if watch {
+		g.watchers++
+	}
 	g.mu.Unlock()
 	return g, nil
 }
@@ -143,6 +162,9 @@ func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
 		return
 	}
 	g.mu.Lock()
+	if g.members[c] {
+		g.watchers--
+	}
 	delete(g.members, c)
 	empty := len(g.members) == 0
 	g.mu.Unlock()
@@ -164,4 +186,26 @@ func roomPayload(room string) []byte {
 	p = append(p, `{"room":"`...)
 	p = append(p, room...) // ids are [A-Za-z0-9_-]: nothing to escape
 	return append(p, `"}`...)
+}
+
+// entryLocked is c's presence entry; hub.mu must be held.
+func (c *conn) entryLocked() *presence.Entry {
+	e := &presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt, State: c.state}
+	if len(c.rooms) > 0 {
+		e.Rooms = slices.Sorted(maps.Keys(c.rooms))
+	}
+	return e
+}
+
+// watching reports whether room has local members that want presence diffs.
+func (h *hub) watching(room string) bool {
+	h.mu.Lock()
+	g := h.rooms[room]
+	h.mu.Unlock()
+	if g == nil {
+		return false
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.watchers > 0
 }

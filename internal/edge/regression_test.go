@@ -89,7 +89,9 @@ func TestBusyReaderIsPinged(t *testing.T) {
 func TestLargeFrameFitsEmptyQueue(t *testing.T) {
 	m := newMesh(t, edge.Config{WriteQueueBytes: 4096})
 	c := m.dial(t, "big")
-	testenv.Eventually(t, wait, "connected", func() bool { return m.edge.Stats().Connections == 1 })
+	// A round trip through NATS from the edge: its user subscription, sent
+	// before, is on the server once the reply is back.
+	c.Request(t, "echo", nil, wait)
 	body := `{"type":"big","payload":"` + strings.Repeat("y", 100_000) + `"}`
 	if err := m.nats.Publish("natter.out.user.big", []byte(body)); err != nil {
 		t.Fatal(err)

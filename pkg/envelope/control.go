@@ -28,6 +28,8 @@ type ControlReply struct {
 }
 
 // RoomPayload is the payload of $join, $leave, $joined and $left.
+// Presence, on $join, asks for $presence.diff frames of the room.
 type RoomPayload struct {
-	Room string `json:"room"`
+	Room     string `json:"room"`
+	Presence bool   `json:"presence,omitempty"`
 }

@@ -44,6 +44,13 @@ const (
 	TypeRPCProgress = "$ws:rpc-progress"
 	// TypeAbort from a client cancels its request meta.correlationId.
 	TypeAbort = "$ws:abort"
+	// TypePresence queries presence (a room's members, a user's status).
+	TypePresence = "$presence"
+	// TypePresenceState sets the connection's small presence state.
+	TypePresenceState = "$presence.state"
+	// TypePresenceDiff carries a room's batched joins, leaves and state
+	// changes to members that joined with {"presence": true}.
+	TypePresenceDiff = "$presence.diff"
 )
 
 // ErrorPayload is the payload of ERROR and RPC_ERROR frames.
