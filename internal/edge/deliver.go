@@ -108,11 +108,11 @@ func (c *conn) onOut(msg *nats.Msg) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, msg.Data, c.e.cfg.MaxOutboundSize); err != nil || envelope.IsSystemType(env.Type) {
 		c.e.stats.dropped.Add(1)
-		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, "invalid request envelope"))
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, "invalid request envelope"))
 		return
 	}
 	if !c.e.validOut(&env) {
-		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, "payload breaks the schema of "+env.Type))
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, "payload breaks the schema of "+env.Type))
 		return
 	}
 	c.askClient(msg, &env)

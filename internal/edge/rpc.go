@@ -31,7 +31,8 @@ type call struct {
 	cid   string
 	reply string // the inbox subject the worker answers on
 	timer *time.Timer
-	done  atomic.Bool // set once: the client got its one reply
+	mu    sync.Mutex // orders progress frames before the one reply
+	done  bool       // guarded by mu: the client got its one reply
 }
 
 func newRPCMux(e *Edge) (*rpcMux, error) {
@@ -70,7 +71,8 @@ func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg
 	c.calls[cid] = k
 	m.calls.Store(token, k)
 	k.timer = time.AfterFunc(timeout, func() {
-		m.finish(k, envelope.ErrorFrame(cid, envelope.CodeDeadlineExceeded, "no reply within "+timeout.String()), false)
+		// The worker's handler stops too: its deadline may be later.
+		m.finish(k, envelope.ErrorFrame(cid, envelope.CodeDeadlineExceeded, "no reply within "+timeout.String()), true)
 	})
 	c.rpcMu.Unlock()
 
@@ -95,7 +97,11 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 		m.finish(k, envelope.ErrorFrame(k.cid, envelope.CodeUnavailable, "no worker for this type"), false)
 	case msg.Header.Get(envelope.HeaderProgress) != "":
 		if frame, ok := m.e.relay(k.cid, msg.Data, envelope.TypeRPCProgress); ok {
-			k.c.send(frame)
+			k.mu.Lock()
+			if !k.done {
+				k.c.send(frame) // never blocks
+			}
+			k.mu.Unlock()
 		}
 	default:
 		frame, ok := m.e.relay(k.cid, msg.Data, "")
@@ -109,9 +115,12 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 // finish ends a call once: it sends frame (if any) to the client and, with
 // abort, tells the workers to cancel the handler's context.
 func (m *rpcMux) finish(k *call, frame []byte, abort bool) {
-	if !k.done.CompareAndSwap(false, true) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.done {
 		return
 	}
+	k.done = true
 	m.calls.Delete(k.reply[len(m.prefix):])
 	k.c.rpcMu.Lock() // start set k.timer under it
 	k.timer.Stop()
@@ -154,7 +163,7 @@ func (m *rpcMux) dropConn(c *conn) {
 		m.finish(k, nil, true)
 	}
 	for _, a := range asks {
-		a.finish(envelope.ErrorFrame("", envelope.CodeUnavailable, "connection closed"))
+		a.finish(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
 	}
 }
 
@@ -205,14 +214,19 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 	env.Meta.CorrelationID = cid
 	frame, err := envelope.Encode(env)
 	if err != nil {
-		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
 		return
 	}
 	a := &ask{msg: msg}
 	c.rpcMu.Lock()
-	if c.rpcGone || len(c.asks) >= c.e.cfg.MaxInflightRPC {
+	if c.rpcGone {
 		c.rpcMu.Unlock()
-		_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeUnavailable, "connection closed or busy"))
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
+		return
+	}
+	if len(c.asks) >= c.e.cfg.MaxInflightRPC {
+		c.rpcMu.Unlock()
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeResourceExhausted, "too many questions waiting for this connection"))
 		return
 	}
 	if c.asks == nil {
@@ -223,7 +237,7 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 		c.rpcMu.Lock()
 		delete(c.asks, cid)
 		c.rpcMu.Unlock()
-		a.finish(envelope.ErrorFrame("", envelope.CodeDeadlineExceeded, "the client did not answer within "+timeout.String()))
+		a.finish(envelope.RPCErrorFrame("", envelope.CodeDeadlineExceeded, "the client did not answer within "+timeout.String()))
 	})
 	c.rpcMu.Unlock()
 	c.send(frame)
@@ -239,9 +253,9 @@ func (c *conn) answer(env *envelope.Envelope, data []byte) bool {
 	if a == nil {
 		return false
 	}
-	if env.Type != envelope.TypeRPCError {
+	if env.Type != envelope.TypeRPCError && env.Type != envelope.TypeError && !envelope.IsSystemType(env.Type) {
 		if err := c.e.checkIn(env); err != nil {
-			a.finish(envelope.EncodeError("", err))
+			a.finish(envelope.EncodeRPCError("", err))
 			c.sendErrorPayload(env.Meta.CorrelationID, err)
 			return true
 		}

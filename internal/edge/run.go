@@ -85,10 +85,13 @@ func Run(ctx context.Context, rc RunConfig) error {
 		defer embedded.Shutdown()
 		nc, err = nats.Connect(embedded.ClientURL(), append(opts, nats.InProcessServer(embedded.NATS()))...)
 		rc.Edge.DevMode = true
-		log.Warn("single-binary dev mode: the ?" + cmp.Or(rc.Edge.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
 	} else {
-		rc.Edge.DevMode = false
+		// Dev mode stays off against a real NATS unless asked for by name
+		// (--insecure-dev-users), for local multi-edge set-ups and tests.
 		nc, err = nats.Connect(rc.NATSURL, opts...)
+	}
+	if rc.Edge.DevMode {
+		log.Warn("dev mode: the ?" + cmp.Or(rc.Edge.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
 	}
 	if err != nil {
 		return fmt.Errorf("edge: connect NATS: %w", err)

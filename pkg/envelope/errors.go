@@ -42,6 +42,9 @@ const (
 	// TypeRPCProgress frames carry a worker's progress on a request, with
 	// the request's correlationId, before its one reply.
 	TypeRPCProgress = "$ws:rpc-progress"
+	// TypeRPCOK is the reply a worker sends for a request its handler
+	// finished without a reply of its own.
+	TypeRPCOK = "$ws:rpc-ok"
 	// TypeAbort from a client cancels its request meta.correlationId.
 	TypeAbort = "$ws:abort"
 	// TypePresence queries presence (a room's members, a user's status).
@@ -68,6 +71,21 @@ func (p *ErrorPayload) Error() string { return string(p.Code) + ": " + p.Message
 // correlationID when that is set, an ERROR otherwise.
 func ErrorFrame(correlationID string, code Code, message string) []byte {
 	return EncodeError(correlationID, &ErrorPayload{Code: code, Message: message})
+}
+
+// RPCErrorFrame encodes an RPC_ERROR whether or not correlationID is set:
+// the answer to a request made over NATS, where the reply subject, not the
+// correlation id, ties it to the request.
+func RPCErrorFrame(correlationID string, code Code, message string) []byte {
+	return EncodeRPCError(correlationID, &ErrorPayload{Code: code, Message: message})
+}
+
+// EncodeRPCError encodes p as an RPC_ERROR whether or not correlationID is set.
+func EncodeRPCError(correlationID string, p *ErrorPayload) []byte {
+	e := Envelope{Type: TypeRPCError, Meta: Meta{CorrelationID: correlationID}}
+	e.Payload, _ = json.Marshal(p)
+	b, _ := Encode(&e)
+	return b
 }
 
 // EncodeError encodes p as an ERROR, or an RPC_ERROR when correlationID is set.

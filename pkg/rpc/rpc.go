@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -159,8 +160,8 @@ func request(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, subj env
 	}
 	dl, _ := ctx.Deadline()
 	ms := max(time.Until(dl).Milliseconds(), 1)
-	inbox := nats.NewInbox()
-	env.Meta.CorrelationID = inbox[len(nats.InboxPrefix):]
+	inbox := nc.NewInbox() // honours nats.CustomInboxPrefix
+	env.Meta.CorrelationID = inbox[strings.LastIndexByte(inbox, '.')+1:]
 	env.Meta.TimeoutMs = ms
 	data, err := envelope.Encode(env)
 	if err != nil {

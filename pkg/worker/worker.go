@@ -38,6 +38,9 @@ type Config struct {
 	Queue string
 	// MaxConcurrent bounds handler calls in flight. Default 256, range 1..65536.
 	MaxConcurrent int
+	// MaxMessageSize bounds a message's envelope, in bytes. Default 16 MiB,
+	// the edge's largest --max-message-size.
+	MaxMessageSize int
 	// MaxTimeout bounds the deadline a client may ask with meta.timeoutMs.
 	// Default rpc.MaxTimeout.
 	MaxTimeout time.Duration
@@ -47,8 +50,8 @@ type Config struct {
 
 // Handler handles one message. For a request (the client set
 // meta.correlationId) a returned error becomes the RPC_ERROR reply, with the
-// code of an *rpc.Error or INTERNAL; a nil error with no Reply sends an
-// empty acknowledgement, so every request gets exactly one reply.
+// code of an *rpc.Error or INTERNAL; a nil error with no Reply sends
+// envelope.TypeRPCOK ("$ws:rpc-ok"), so every request gets exactly one reply.
 type Handler func(ctx context.Context, m *Message) error
 
 // Worker dispatches NATS messages to handlers.
@@ -85,6 +88,9 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	}
 	if cfg.MaxConcurrent < 1 || cfg.MaxConcurrent > 65536 {
 		return nil, fmt.Errorf("%w: MaxConcurrent %d out of 1..65536", ErrInvalidConfig, cfg.MaxConcurrent)
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = 16 << 20
 	}
 	if cfg.MaxTimeout <= 0 {
 		cfg.MaxTimeout = rpc.MaxTimeout
@@ -186,24 +192,42 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 		pub:  w.pub,
 		nc:   w.nc,
 	}
-	env, err := envelope.Decode(msg.Data, 1<<20)
+	env, err := envelope.Decode(msg.Data, w.cfg.MaxMessageSize)
 	if err != nil {
 		w.cfg.Logger.Warn("worker: undecodable message", "subject", msg.Subject, "err", err)
 		if msg.Reply != "" {
-			_ = msg.Respond(envelope.ErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
+			_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
 		}
 		return
 	}
 	m.Envelope = env
+	// The deadline runs from receipt, and an abort is heard, also while the
+	// request waits for a handler slot.
+	var ctx context.Context
+	var cancel context.CancelFunc
+	if m.IsRequest() {
+		ctx, cancel = context.WithTimeout(w.ctx, w.deadline(msg, env))
+		w.aborts.Store(msg.Reply, cancel)
+	} else {
+		ctx, cancel = context.WithCancel(w.ctx)
+	}
+	release := func() {
+		if m.IsRequest() {
+			w.aborts.Delete(msg.Reply)
+		}
+		cancel()
+	}
 	select {
 	case w.sem <- struct{}{}:
-	case <-w.ctx.Done():
+	case <-ctx.Done():
+		release()
 		return
 	}
 	w.mu.Lock()
 	if w.stopped {
 		w.mu.Unlock()
 		<-w.sem
+		release()
 		return
 	}
 	w.wg.Add(1)
@@ -211,13 +235,9 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.sem }()
-		ctx := w.ctx
-		var cancel context.CancelFunc
-		if m.IsRequest() {
-			ctx, cancel = context.WithTimeout(ctx, w.deadline(msg, env))
-			defer cancel()
-			w.aborts.Store(msg.Reply, cancel)
-			defer w.aborts.Delete(msg.Reply)
+		defer release()
+		if ctx.Err() != nil {
+			return // aborted or expired while waiting: nobody waits for the reply
 		}
 		err := w.call(ctx, h, m)
 		if !m.IsRequest() {
@@ -230,7 +250,7 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 			_ = m.ReplyError(err)
 			return
 		}
-		_ = m.reply(&envelope.Envelope{Type: env.Type})
+		_ = m.reply(&envelope.Envelope{Type: envelope.TypeRPCOK})
 	}()
 }
 
