@@ -268,3 +268,53 @@ func TestServerToClientRPC(t *testing.T) {
 		}
 	})
 }
+
+// No progress frame follows a call's one reply, even when the deadline
+// ends the call while the worker is still sending progress.
+func TestRPCNoProgressAfterReply(t *testing.T) {
+	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+		"flood": func(ctx context.Context, msg *worker.Message) error {
+			for ctx.Err() == nil {
+				if msg.Progress(1) != nil {
+					return nil
+				}
+			}
+			return ctx.Err()
+		},
+	})
+	c := m.dial(t, "")
+	for i := range 30 {
+		cid := fmt.Sprintf("f%d", i)
+		c.Send(t, "flood", envelope.Meta{CorrelationID: cid, TimeoutMs: 30}, nil)
+		for {
+			got := c.Next(t, wait)
+			if got.Meta.CorrelationID != cid {
+				t.Fatalf("call %s: a frame of %s (%s) after its reply", cid, got.Meta.CorrelationID, got.Type)
+			}
+			if got.Type == envelope.TypeRPCError {
+				break
+			}
+		}
+	}
+	// The last call's stragglers would show up now.
+	for {
+		b, ok := c.NextRaw(200 * time.Millisecond)
+		if !ok {
+			break
+		}
+		t.Fatalf("frame after the last reply: %s", b)
+	}
+}
+
+// A handler that returns without a reply is acknowledged with $ws:rpc-ok,
+// which no schema rejects, even in strict mode.
+func TestRPCAckInStrictMode(t *testing.T) {
+	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, true)})
+	c := m.dial(t, "")
+	if got := c.Request(t, "chat.join", map[string]string{"room": "r"}, wait); got.Type != "chat.join" {
+		t.Fatalf("join: %s %s", got.Type, got.Payload)
+	}
+	if got := c.Request(t, "chat.leave", map[string]string{"room": "r"}, wait); got.Type != envelope.TypeRPCOK {
+		t.Fatalf("leave: %s %s", got.Type, got.Payload)
+	}
+}
