@@ -85,7 +85,7 @@ type Service struct {
 	mu    sync.RWMutex // the mirror
 	conns map[string]*presence.Entry
 	users map[string]map[string]struct{}
-	rooms map[string]map[string]struct{}
+	rooms map[string][]string // room -> member connection ids, sorted
 
 	diffMu  sync.Mutex
 	pending map[string]*Diff
@@ -163,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		own:     make(map[string]*presence.Entry),
 		conns:   make(map[string]*presence.Entry),
 		users:   make(map[string]map[string]struct{}),
-		rooms:   make(map[string]map[string]struct{}),
+		rooms:   make(map[string][]string),
 		pending: make(map[string]*Diff),
 	}
 	wctx, cancel := context.WithCancel(context.Background())
@@ -329,7 +329,7 @@ func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
 	// Update the indexes.
 	if prev != nil {
 		for _, r := range prev.Rooms {
-			delSet(s.rooms, r, id)
+			delSorted(s.rooms, r, id)
 		}
 		if prev.User != "" {
 			delSet(s.users, prev.User, id)
@@ -338,7 +338,7 @@ func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
 	if next != nil {
 		s.conns[id] = next
 		for _, r := range next.Rooms {
-			addSet(s.rooms, r, id)
+			addSorted(s.rooms, r, id)
 		}
 		if next.User != "" {
 			addSet(s.users, next.User, id)
@@ -437,6 +437,27 @@ func addSet(m map[string]map[string]struct{}, k, v string) {
 	set[v] = struct{}{}
 }
 
+// addSorted and delSorted keep each room's members sorted, so a page is a
+// binary search and a slice, however large the room.
+func addSorted(m map[string][]string, k, v string) {
+	ids := m[k]
+	if i, found := slices.BinarySearch(ids, v); !found {
+		m[k] = slices.Insert(ids, i, v)
+	}
+}
+
+func delSorted(m map[string][]string, k, v string) {
+	ids := m[k]
+	if i, found := slices.BinarySearch(ids, v); found {
+		ids = slices.Delete(ids, i, i+1)
+		if len(ids) == 0 {
+			delete(m, k)
+		} else {
+			m[k] = ids
+		}
+	}
+}
+
 func delSet(m map[string]map[string]struct{}, k, v string) {
 	if set := m[k]; set != nil {
 		delete(set, v)
@@ -478,24 +499,23 @@ func (s *Service) Room(room, cursor string, limit int) *presence.RoomPage {
 	}
 	limit = min(limit, 1000)
 	s.mu.RLock()
-	set := s.rooms[room]
-	ids := make([]string, 0, len(set))
-	for id := range set {
-		if id > cursor {
-			ids = append(ids, id)
+	defer s.mu.RUnlock()
+	ids := s.rooms[room]
+	page := &presence.RoomPage{Room: room, Count: len(ids), Members: []presence.Member{}}
+	i := 0
+	if cursor != "" {
+		var found bool
+		if i, found = slices.BinarySearch(ids, cursor); found {
+			i++
 		}
 	}
-	page := &presence.RoomPage{Room: room, Count: len(set), Members: []presence.Member{}}
-	// Only the page needs ordering: select the smallest limit ids.
-	slices.Sort(ids)
-	if len(ids) > limit {
-		page.Next = ids[limit-1]
-		ids = ids[:limit]
-	}
-	for _, id := range ids {
+	end := min(i+limit, len(ids))
+	for _, id := range ids[i:end] {
 		page.Members = append(page.Members, member(s.conns[id]))
 	}
-	s.mu.RUnlock()
+	if end < len(ids) {
+		page.Next = ids[end-1]
+	}
 	return page
 }
 

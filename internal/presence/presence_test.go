@@ -49,7 +49,7 @@ func (ev *events) count(name string) int {
 	return n
 }
 
-func start(t *testing.T, url, edge string, ttl time.Duration) *presence.Service {
+func start(t testing.TB, url, edge string, ttl time.Duration) *presence.Service {
 	t.Helper()
 	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, url), Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
 	if err != nil {
