@@ -1,6 +1,7 @@
 package presence_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/natter/natter/internal/presence"
 	"github.com/natter/natter/internal/testenv"
 	pub "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/worker"
 )
 
 type events struct {
@@ -130,5 +132,52 @@ func TestRoomPaging(t *testing.T) {
 			break
 		}
 		cursor = p.Next
+	}
+}
+
+// Workers get lifecycle events through the SDK, one worker of the group
+// per event.
+func TestWorkerEventHandlers(t *testing.T) {
+	srv := testenv.NATS(t)
+	s := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
+	got := make(chan pub.Event, 16)
+	for range 2 { // two workers in one queue group
+		w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := func(_ context.Context, e pub.Event) { got <- e }
+		for _, on := range []func(worker.EventHandler) error{w.OnConnect, w.OnDisconnect, w.OnOnline, w.OnOffline, w.OnJoin, w.OnLeave} {
+			if err := on(h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = w.Flush(t.Context())
+	}
+	s.Set(pub.Entry{Conn: "w1", User: "wanda", Rooms: []string{"den"}})
+	s.Remove("w1")
+	want := map[string]int{"connect": 1, "online": 1, "join": 1, "leave": 1, "disconnect": 1, "offline": 1}
+	seen := map[string]int{}
+	deadline := time.After(5 * time.Second)
+	for n := 0; n < 6; n++ {
+		select {
+		case e := <-got:
+			seen[e.Event]++
+			if e.User != "wanda" || e.Conn != "w1" {
+				t.Fatalf("event %+v", e)
+			}
+		case <-deadline:
+			t.Fatalf("events so far %v", seen)
+		}
+	}
+	select {
+	case e := <-got:
+		t.Fatalf("an extra event: %+v", e)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for k, v := range want {
+		if seen[k] != v {
+			t.Fatalf("events %v, want %v", seen, want)
+		}
 	}
 }
