@@ -104,7 +104,9 @@ func (c *conn) register() error {
 	c.e.conns.add(c)
 	c.e.stats.connections.Add(1)
 	c.e.stats.accepted.Add(1)
-	c.e.setPresence(&presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt})
+	if c.e.presence != nil {
+		c.e.presence.Set(presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt})
+	}
 	return nil
 }
 

@@ -103,10 +103,11 @@ func New(cfg Config) (*Edge, error) {
 	return e, nil
 }
 
-// setPresence writes a connection's presence entry, when presence is on.
+// setPresence rewrites a registered connection's presence entry, when
+// presence is on; it never recreates a removed one.
 func (e *Edge) setPresence(entry *pubpresence.Entry) {
 	if e.presence != nil && entry != nil {
-		e.presence.Set(*entry)
+		e.presence.Update(*entry)
 	}
 }
 

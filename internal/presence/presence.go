@@ -134,10 +134,16 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "Natter presence: one key per connection, conn.<id>",
-		History:        1,
+		// Some history, so that an edge whose watcher lags still sees every
+		// write of a connection (a create and the join right after it) and
+		// derives the same events as the others. Every write carries the TTL,
+		// so history does not pile up.
+		History:        10,
 		Storage:        jetstream.FileStorage,
 		Replicas:       cfg.Replicas,
-		LimitMarkerTTL: time.Minute,
+		// With history, the server raises every message's TTL to at least
+		// the marker TTL, so the two are the same.
+		LimitMarkerTTL: cfg.TTL,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("presence: bucket %s: %w", bucket, err)
@@ -205,36 +211,51 @@ func (s *Service) Stop() {
 // TTL is the per-key TTL.
 func (s *Service) TTL() time.Duration { return s.cfg.TTL }
 
-// Set writes (or rewrites) one of this edge's connections. It does not
-// wait for the server: presence follows the connection, never blocks it.
-func (s *Service) Set(e presence.Entry) {
+// Set writes one of this edge's connections, creating it. It does not wait
+// for the server: presence follows the connection, never blocks it.
+func (s *Service) Set(e presence.Entry) { s.write(e, true) }
+
+// Update rewrites a connection Set created, and does nothing once it was
+// removed: a late join or state change cannot bring a closed connection
+// back.
+func (s *Service) Update(e presence.Entry) { s.write(e, false) }
+
+// write publishes under ownMu, so that the server sees Set, Update, the
+// refresher and Remove for one connection in the order they happened here.
+func (s *Service) write(e presence.Entry, create bool) {
 	e.Edge = s.cfg.Edge
 	s.ownMu.Lock()
-	if old := s.own[e.Conn]; old != nil && e.ConnectedAt == 0 {
+	defer s.ownMu.Unlock()
+	old := s.own[e.Conn]
+	if old == nil && !create {
+		return
+	}
+	if old != nil && e.ConnectedAt == 0 {
 		e.ConnectedAt = old.ConnectedAt
 	}
 	if e.ConnectedAt == 0 {
 		e.ConnectedAt = time.Now().UnixMilli()
 	}
 	s.own[e.Conn] = &e
-	s.ownMu.Unlock()
 	s.put(&e)
 }
 
 // Remove deletes one of this edge's connections.
 func (s *Service) Remove(conn string) {
 	s.ownMu.Lock()
+	defer s.ownMu.Unlock()
 	delete(s.own, conn)
-	s.ownMu.Unlock()
+	// A delete marker, not a purge: a purge's rollup would remove the
+	// connection's earlier writes before a lagging watcher saw them. The
+	// marker expires after a TTL like every write.
 	m := nats.NewMsg(s.prefix + "conn." + conn)
-	m.Header.Set("KV-Operation", "PURGE")
-	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	// The purge marker itself goes after a minute.
-	if _, err := s.js.PublishMsgAsync(m, jetstream.WithMsgTTL(time.Minute)); err != nil {
+	m.Header.Set("KV-Operation", "DEL")
+	if _, err := s.js.PublishMsgAsync(m, jetstream.WithMsgTTL(s.cfg.TTL)); err != nil {
 		s.cfg.Logger.Warn("presence: remove", "conn", conn, "err", err)
 	}
 }
 
+// put publishes e; ownMu is held.
 func (s *Service) put(e *presence.Entry) {
 	b, _ := json.Marshal(e)
 	if _, err := s.js.PublishAsync(s.prefix+"conn."+e.Conn, b, jetstream.WithMsgTTL(s.cfg.TTL)); err != nil {
@@ -252,15 +273,12 @@ func (s *Service) refresh(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			// Under ownMu, so no refresh can follow a Remove.
 			s.ownMu.Lock()
-			own := make([]*presence.Entry, 0, len(s.own))
 			for _, e := range s.own {
-				own = append(own, e)
-			}
-			s.ownMu.Unlock()
-			for _, e := range own {
 				s.put(e)
 			}
+			s.ownMu.Unlock()
 		}
 	}
 }
