@@ -121,23 +121,12 @@ func (m *Meta) decode(b []byte) error {
 	if b[i] != '{' {
 		return fmt.Errorf("%w: meta must be an object", ErrInvalidMeta)
 	}
-	i++
 	var cid, ts, timeout, room []byte
-	for {
-		i = skipSpace(b, i)
-		if b[i] == '}' {
+	for it := (members{b: b, i: i + 1}); ; {
+		key, val, ok := it.next()
+		if !ok {
 			break
 		}
-		if b[i] == ',' {
-			i = skipSpace(b, i+1)
-		}
-		kEnd := skipString(b, i)
-		key := b[i:kEnd]
-		i = skipSpace(b, kEnd)
-		i = skipSpace(b, i+1) // the colon
-		vEnd := skipValue(b, i)
-		val := b[i:vEnd]
-		i = vEnd
 		null := string(val) == "null" // null is as if absent, but for correlationId
 		switch string(key) {
 		case `"correlationId"`:
@@ -257,25 +246,13 @@ func DecodeInto(e *Envelope, data []byte, maxSize int) error {
 	if data[i] != '{' {
 		return ErrNotObject
 	}
-	i++
 	var seen [3]bool
 	var typeRaw []byte
-	for {
-		i = skipSpace(data, i)
-		if data[i] == '}' {
+	for it := (members{b: data, i: i + 1}); ; {
+		key, val, ok := it.next()
+		if !ok {
 			break
 		}
-		if data[i] == ',' {
-			i = skipSpace(data, i+1)
-		}
-		kEnd := skipString(data, i)
-		key := data[i:kEnd]
-		i = skipSpace(data, kEnd)
-		i = skipSpace(data, i+1) // the colon
-		vEnd := skipValue(data, i)
-		val := data[i:vEnd]
-		i = vEnd
-
 		var slot int
 		switch string(key) {
 		case `"type"`:
@@ -376,6 +353,30 @@ func truncate(b []byte, n int) string {
 
 // The scanners below run only on input that json.Valid accepted, so they
 // need no error paths.
+
+// members walks the members of a JSON object; i starts just past its '{'.
+type members struct {
+	b []byte
+	i int
+}
+
+// next returns the next member's key (with its quotes) and raw value.
+func (m *members) next() (key, val []byte, ok bool) {
+	b, i := m.b, skipSpace(m.b, m.i)
+	if b[i] == '}' {
+		return nil, nil, false
+	}
+	if b[i] == ',' {
+		i = skipSpace(b, i+1)
+	}
+	kEnd := skipString(b, i)
+	key = b[i:kEnd]
+	i = skipSpace(b, kEnd)
+	i = skipSpace(b, i+1) // the colon
+	vEnd := skipValue(b, i)
+	m.i = vEnd
+	return key, b[i:vEnd], true
+}
 
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
