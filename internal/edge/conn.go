@@ -55,6 +55,7 @@ type conn struct {
 	gone        bool                // guarded by hub.mu: left every room for good
 	state       json.RawMessage     // guarded by hub.mu: client-set presence state
 	connectedAt int64               // Unix ms
+	presenceSeq uint64              // guarded by hub.mu: orders presence updates
 
 	rpcMu   sync.Mutex
 	calls   map[string]*call // client requests in flight, by correlationId

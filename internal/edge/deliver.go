@@ -129,7 +129,7 @@ func (c *conn) control(msg *nats.Msg) {
 			if err = envelope.ValidateID(ctl.Room); err != nil {
 				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: err.Error()}
 			} else if ctl.Op == envelope.OpJoin {
-				err = c.e.hub.join(c, ctl.Room, "", false)
+				err = c.e.hub.joinAs(c, ctl.Room, "", false, true)
 			} else {
 				c.e.hub.leave(c, ctl.Room, "")
 			}

@@ -42,6 +42,12 @@ func newHub(e *Edge) *hub {
 // join adds c to room and acknowledges with $joined once the subscription is
 // in place, so publishes made after the ack reach c.
 func (h *hub) join(c *conn, room, cid string, watch bool) error {
+	return h.joinAs(c, room, cid, watch, false)
+}
+
+// joinAs is join; a server-side join (byServer) keeps a member's own
+// choice of presence diffs.
+func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 	h.mu.Lock()
 	if c.gone {
 		// A ctl join raced with the connection closing.
@@ -53,6 +59,13 @@ func (h *hub) join(c *conn, room, cid string, watch bool) error {
 		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
 	}
 	_, had := c.rooms[room]
+	if byServer && had {
+		if g := h.rooms[room]; g != nil {
+			g.mu.RLock()
+			watch = g.members[c]
+			g.mu.RUnlock()
+		}
+	}
 	g, err := h.addLocked(h.rooms, room, true, c, watch)
 	var entry *presence.Entry
 	if err == nil {
@@ -190,7 +203,8 @@ func roomPayload(room string) []byte {
 
 // entryLocked is c's presence entry; hub.mu must be held.
 func (c *conn) entryLocked() *presence.Entry {
-	e := &presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt, State: c.state}
+	c.presenceSeq++
+	e := &presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt, State: c.state, Seq: c.presenceSeq}
 	if len(c.rooms) > 0 {
 		e.Rooms = slices.Sorted(maps.Keys(c.rooms))
 	}

@@ -75,12 +75,14 @@ type Diff struct {
 // Service is one edge's presence.
 type Service struct {
 	cfg    Config
-	js     jetstream.JetStream
+	js     jetstream.JetStream // KV writes
+	evjs   jetstream.JetStream // event publishes, so they never wait behind KV writes
+	events chan presence.Event // derived events, published by one goroutine
 	kv     jetstream.KeyValue
 	prefix string // "$KV.<bucket>." for raw publishes
 
 	ownMu sync.Mutex
-	own   map[string]*presence.Entry // this edge's connections
+	own   map[string]ownEntry // this edge's connections
 
 	mu    sync.RWMutex // the mirror
 	conns map[string]*presence.Entry
@@ -122,25 +124,32 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Interested == nil {
 		cfg.Interested = func(string) bool { return false }
 	}
-	js, err := jetstream.New(cfg.NATS, jetstream.WithPublishAsyncMaxPending(65536),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-			cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
-		}))
+	newJS := func() (jetstream.JetStream, error) {
+		return jetstream.New(cfg.NATS, jetstream.WithPublishAsyncMaxPending(65536),
+			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+				cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
+			}))
+	}
+	js, err := newJS()
+	if err != nil {
+		return nil, err
+	}
+	evjs, err := newJS()
 	if err != nil {
 		return nil, err
 	}
 	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
 	bucket := name + "_presence"
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:         bucket,
-		Description:    "Natter presence: one key per connection, conn.<id>",
+		Bucket:      bucket,
+		Description: "Natter presence: one key per connection, conn.<id>",
 		// Some history, so that an edge whose watcher lags still sees every
 		// write of a connection (a create and the join right after it) and
 		// derives the same events as the others. Every write carries the TTL,
 		// so history does not pile up.
-		History:        10,
-		Storage:        jetstream.FileStorage,
-		Replicas:       cfg.Replicas,
+		History:  10,
+		Storage:  jetstream.FileStorage,
+		Replicas: cfg.Replicas,
 		// With history, the server raises every message's TTL to at least
 		// the marker TTL, so the two are the same.
 		LimitMarkerTTL: cfg.TTL,
@@ -156,6 +165,8 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    cfg.Replicas,
 		MaxAge:      5 * time.Minute,
+		MaxMsgs:     100_000,
+		MaxBytes:    64 << 20,
 		Duplicates:  2 * time.Minute,
 		RePublish:   &jetstream.RePublish{Source: pfx + ".evtq.>", Destination: pfx + ".evt.>"},
 	}); err != nil {
@@ -164,9 +175,11 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg:     cfg,
 		js:      js,
+		evjs:    evjs,
+		events:  make(chan presence.Event, 65536),
 		kv:      kv,
 		prefix:  "$KV." + bucket + ".",
-		own:     make(map[string]*presence.Entry),
+		own:     make(map[string]ownEntry),
 		conns:   make(map[string]*presence.Entry),
 		users:   make(map[string]map[string]struct{}),
 		rooms:   make(map[string][]string),
@@ -180,13 +193,22 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("presence: watch: %w", err)
 	}
 	// The initial values load the mirror without events.
-	for e := range w.Updates() {
-		if e == nil {
-			break
+load:
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil {
+				break load
+			}
+			s.apply(e, false)
+		case <-ctx.Done():
+			_ = w.Stop()
+			cancel()
+			return nil, fmt.Errorf("presence: initial load: %w", ctx.Err())
 		}
-		s.apply(e, false)
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
 	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
 	go func() { defer s.wg.Done(); s.refresh(wctx) }()
 	go func() { defer s.wg.Done(); s.flushDiffs(wctx) }()
@@ -200,12 +222,45 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 
 // Stop stops the watcher, the refresher and the responder. The keys of the
 // edge's connections stay until they expire or are removed.
+//
+// Before stopping it waits (at most 3s) until its writes are stored, the
+// watcher has seen this edge's removed connections go, and their events
+// are published: the last edge to stop still reports its users offline.
 func (s *Service) Stop() {
 	if s.querySub != nil {
 		_ = s.querySub.Unsubscribe()
 	}
+	deadline := time.Now().Add(3 * time.Second)
+	select {
+	case <-s.js.PublishAsyncComplete():
+	case <-time.After(time.Until(deadline)):
+	}
+	for time.Now().Before(deadline) && (s.mirrorHasEdge() || len(s.events) > 0) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-s.evjs.PublishAsyncComplete():
+	case <-time.After(time.Until(deadline)):
+	}
 	s.cancel()
 	s.wg.Wait()
+}
+
+// mirrorHasEdge reports whether the copy still holds a connection of this
+// edge that the edge no longer has.
+func (s *Service) mirrorHasEdge() bool {
+	s.ownMu.Lock()
+	own := len(s.own)
+	s.ownMu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, e := range s.conns {
+		if e.Edge == s.cfg.Edge {
+			n++
+		}
+	}
+	return n > own
 }
 
 // TTL is the per-key TTL.
@@ -217,26 +272,37 @@ func (s *Service) Set(e presence.Entry) { s.write(e, true) }
 
 // Update rewrites a connection Set created, and does nothing once it was
 // removed: a late join or state change cannot bring a closed connection
-// back.
+// back. e.Seq orders the updates of one connection: one older than the
+// last written is dropped, so updates built in one order and delivered in
+// another cannot leave a stale entry.
 func (s *Service) Update(e presence.Entry) { s.write(e, false) }
+
+type ownEntry struct {
+	e   *presence.Entry
+	seq uint64
+}
 
 // write publishes under ownMu, so that the server sees Set, Update, the
 // refresher and Remove for one connection in the order they happened here.
 func (s *Service) write(e presence.Entry, create bool) {
+	seq := e.Seq
 	e.Edge = s.cfg.Edge
 	s.ownMu.Lock()
 	defer s.ownMu.Unlock()
-	old := s.own[e.Conn]
-	if old == nil && !create {
+	old, ok := s.own[e.Conn]
+	if !ok && !create {
 		return
 	}
-	if old != nil && e.ConnectedAt == 0 {
-		e.ConnectedAt = old.ConnectedAt
+	if ok && seq < old.seq {
+		return
+	}
+	if ok && e.ConnectedAt == 0 {
+		e.ConnectedAt = old.e.ConnectedAt
 	}
 	if e.ConnectedAt == 0 {
 		e.ConnectedAt = time.Now().UnixMilli()
 	}
-	s.own[e.Conn] = &e
+	s.own[e.Conn] = ownEntry{e: &e, seq: seq}
 	s.put(&e)
 }
 
@@ -245,11 +311,13 @@ func (s *Service) Remove(conn string) {
 	s.ownMu.Lock()
 	defer s.ownMu.Unlock()
 	delete(s.own, conn)
-	// A delete marker, not a purge: a purge's rollup would remove the
-	// connection's earlier writes before a lagging watcher saw them. The
-	// marker expires after a TTL like every write.
+	// Without a rollup, the connection's earlier writes stay until they
+	// expire, so a lagging watcher still sees them. The marker expires
+	// after a TTL like every write.
 	m := nats.NewMsg(s.prefix + "conn." + conn)
-	m.Header.Set("KV-Operation", "DEL")
+	// PURGE without a rollup: a marker that the server does not follow
+	// with a marker of its own when it expires.
+	m.Header.Set("KV-Operation", "PURGE")
 	if _, err := s.js.PublishMsgAsync(m, jetstream.WithMsgTTL(s.cfg.TTL)); err != nil {
 		s.cfg.Logger.Warn("presence: remove", "conn", conn, "err", err)
 	}
@@ -273,24 +341,39 @@ func (s *Service) refresh(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			// Under ownMu, so no refresh can follow a Remove.
 			s.ownMu.Lock()
-			for _, e := range s.own {
-				s.put(e)
+			own := make([]ownEntry, 0, len(s.own))
+			for _, o := range s.own {
+				own = append(own, o)
 			}
 			s.ownMu.Unlock()
+			// One entry at a time under ownMu, and only if it is still the
+			// current one: no refresh follows a Remove or undoes an Update,
+			// and connects never wait for a whole refresh round.
+			for _, o := range own {
+				s.ownMu.Lock()
+				if cur, ok := s.own[o.e.Conn]; ok && cur.e == o.e {
+					s.put(o.e)
+				}
+				s.ownMu.Unlock()
+			}
 		}
 	}
 }
 
 func (s *Service) watch(ctx context.Context, w jetstream.KeyWatcher) {
-	defer w.Stop()
+	defer func() {
+		_ = w.Stop()
+		for range w.Updates() { // let a callback blocked on the channel go
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case e, ok := <-w.Updates():
 			if !ok {
+				s.cfg.Logger.Error("presence: the bucket watch ended; this edge's copy no longer follows the bucket")
 				return
 			}
 			if e != nil {
@@ -375,23 +458,58 @@ func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
 	for _, e := range events {
 		s.publish(e)
 	}
+	// Within one batch each connection ends up in the list of its last
+	// change, so a quick leave and rejoin reads as what it ended as.
 	for _, r := range joins {
-		s.addDiff(r, func(d *Diff) { d.Joins = append(d.Joins, member(next)) })
+		s.addDiff(r, func(d *Diff) {
+			d.Leaves = without(d.Leaves, id)
+			d.Joins = append(without(d.Joins, id), member(next))
+		})
 	}
 	for _, r := range leaves {
-		s.addDiff(r, func(d *Diff) { d.Leaves = append(d.Leaves, presence.Member{Conn: id, User: prev.User}) })
+		s.addDiff(r, func(d *Diff) {
+			d.Joins, d.States = without(d.Joins, id), without(d.States, id)
+			d.Leaves = append(without(d.Leaves, id), presence.Member{Conn: id, User: prev.User})
+		})
 	}
 	for _, r := range states {
-		s.addDiff(r, func(d *Diff) { d.States = append(d.States, member(next)) })
+		s.addDiff(r, func(d *Diff) {
+			if i := slices.IndexFunc(d.Joins, func(m presence.Member) bool { return m.Conn == id }); i >= 0 {
+				d.Joins[i] = member(next)
+				return
+			}
+			d.States = append(without(d.States, id), member(next))
+		})
 	}
 }
 
+func without(ms []presence.Member, conn string) []presence.Member {
+	return slices.DeleteFunc(ms, func(m presence.Member) bool { return m.Conn == conn })
+}
+
+// publish queues an event; the watcher never waits on the server. A full
+// queue drops the event here: the other edges publish it too.
 func (s *Service) publish(e presence.Event) {
-	b, _ := json.Marshal(e)
-	id := strconv.FormatUint(e.Revision, 10) + "." + e.Event + "." + e.Room
-	subj := s.cfg.Namespace.Prefix() + ".evtq." + e.Event
-	if _, err := s.js.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
-		s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+	select {
+	case s.events <- e:
+	default:
+		s.cfg.Logger.Warn("presence: event queue full, dropped", "event", e.Event, "conn", e.Conn)
+	}
+}
+
+func (s *Service) publishEvents(ctx context.Context) {
+	for {
+		select {
+		case e := <-s.events:
+			b, _ := json.Marshal(e)
+			id := strconv.FormatUint(e.Revision, 10) + "." + e.Event + "." + e.Room
+			subj := s.cfg.Namespace.Prefix() + ".evtq." + e.Event
+			if _, err := s.evjs.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
+				s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -544,6 +662,8 @@ func (s *Service) onQuery(msg *nats.Msg) {
 	switch err := json.Unmarshal(msg.Data, &q); {
 	case err != nil:
 		r.Error = &envelope.ErrorPayload{Code: envelope.CodeInvalidArgument, Message: "query must be JSON"}
+	case btoi(q.User != "")+btoi(q.Room != "")+btoi(q.Conn != "") != 1:
+		r.Error = &envelope.ErrorPayload{Code: envelope.CodeInvalidArgument, Message: "set exactly one of user, room, conn"}
 	case q.User != "":
 		r.User = s.User(q.User)
 	case q.Room != "":
@@ -554,9 +674,14 @@ func (s *Service) onQuery(msg *nats.Msg) {
 		} else {
 			r.Error = &envelope.ErrorPayload{Code: envelope.CodeNotFound, Message: "no such connection"}
 		}
-	default:
-		r.Error = &envelope.ErrorPayload{Code: envelope.CodeInvalidArgument, Message: "set one of user, room, conn"}
 	}
 	b, _ := json.Marshal(r)
 	_ = msg.Respond(b)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

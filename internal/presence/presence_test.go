@@ -181,3 +181,60 @@ func TestWorkerEventHandlers(t *testing.T) {
 		}
 	}
 }
+
+// The last edge to stop still reports its users offline.
+func TestLastEdgeStopReportsOffline(t *testing.T) {
+	srv := testenv.NATS(t)
+	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
+	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "last", TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	for i := range n {
+		s.Set(pub.Entry{Conn: fmt.Sprintf("l%d", i), User: fmt.Sprintf("user%d", i)})
+	}
+	testenv.Eventually(t, 5*time.Second, "all online", func() bool { return ev.count("online") == n })
+	for i := range n {
+		s.Remove(fmt.Sprintf("l%d", i))
+	}
+	s.Stop()
+	testenv.Eventually(t, 5*time.Second, "all offline", func() bool { return ev.count("offline") == n })
+}
+
+// A quick leave and rejoin within one batch reads as a join.
+func TestDiffMergesQuickRejoin(t *testing.T) {
+	srv := testenv.NATS(t)
+	diffs := make(chan *presence.Diff, 16)
+	s, err := presence.Start(t.Context(), presence.Config{
+		NATS: testenv.Connect(t, srv.ClientURL()), Edge: "e", TTL: 10 * time.Second, DiffInterval: 300 * time.Millisecond,
+		Diff:       func(_ string, d *presence.Diff) { diffs <- d },
+		Interested: func(string) bool { return true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	s.Set(pub.Entry{Conn: "q1", User: "quincy"})
+	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 1})
+	s.Update(pub.Entry{Conn: "q1", User: "quincy", Seq: 2})
+	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 3})
+	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"stale"}, Seq: 2}) // older: dropped
+	var joins, leaves int
+	deadline := time.After(3 * time.Second)
+	for joins+leaves == 0 {
+		select {
+		case d := <-diffs:
+			joins, leaves = len(d.Joins), len(d.Leaves)
+		case <-deadline:
+			t.Fatal("no diff")
+		}
+	}
+	if joins != 1 || leaves != 0 {
+		t.Fatalf("joins %d leaves %d, want 1 and 0", joins, leaves)
+	}
+	testenv.Eventually(t, 3*time.Second, "final rooms", func() bool {
+		e, ok := s.Conn("q1")
+		return ok && len(e.Rooms) == 1 && e.Rooms[0] == "r"
+	})
+}

@@ -35,6 +35,8 @@ type Entry struct {
 	Rooms       []string        `json:"rooms,omitempty"`
 	ConnectedAt int64           `json:"connectedAt"` // Unix ms
 	State       json.RawMessage `json:"state,omitempty"`
+	// Seq orders an edge's updates of one connection; it is not stored.
+	Seq uint64 `json:"-"`
 }
 
 // Lifecycle event names: natter.evt.<name>.
