@@ -210,8 +210,8 @@ load:
 	s.wg.Add(4)
 	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
 	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
-	go func() { defer s.wg.Done(); s.refresh(wctx) }()
-	go func() { defer s.wg.Done(); s.flushDiffs(wctx) }()
+	go func() { defer s.wg.Done(); every(wctx, cfg.TTL/3, s.refresh) }()
+	go func() { defer s.wg.Done(); every(wctx, cfg.DiffInterval, s.flushDiffs) }()
 	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
 	if err != nil {
 		s.Stop()
@@ -331,33 +331,38 @@ func (s *Service) put(e *presence.Entry) {
 	}
 }
 
-// refresh rewrites every own key each TTL/3, so keys outlive two missed
-// refreshes and die within one TTL of the edge.
-func (s *Service) refresh(ctx context.Context) {
-	t := time.NewTicker(s.cfg.TTL / 3)
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.ownMu.Lock()
-			own := make([]ownEntry, 0, len(s.own))
-			for _, o := range s.own {
-				own = append(own, o)
-			}
-			s.ownMu.Unlock()
-			// One entry at a time under ownMu, and only if it is still the
-			// current one: no refresh follows a Remove or undoes an Update,
-			// and connects never wait for a whole refresh round.
-			for _, o := range own {
-				s.ownMu.Lock()
-				if cur, ok := s.own[o.e.Conn]; ok && cur.e == o.e {
-					s.put(o.e)
-				}
-				s.ownMu.Unlock()
-			}
+			f()
 		}
+	}
+}
+
+// refresh rewrites every own key; it runs each TTL/3, so keys outlive two
+// missed refreshes and die within one TTL of the edge.
+func (s *Service) refresh() {
+	s.ownMu.Lock()
+	own := make([]ownEntry, 0, len(s.own))
+	for _, o := range s.own {
+		own = append(own, o)
+	}
+	s.ownMu.Unlock()
+	// One entry at a time under ownMu, and only if it is still the current
+	// one: no refresh follows a Remove or undoes an Update, and connects
+	// never wait for a whole refresh round.
+	for _, o := range own {
+		s.ownMu.Lock()
+		if cur, ok := s.own[o.e.Conn]; ok && cur.e == o.e {
+			s.put(o.e)
+		}
+		s.ownMu.Unlock()
 	}
 }
 
@@ -527,26 +532,18 @@ func (s *Service) addDiff(room string, f func(*Diff)) {
 	s.diffMu.Unlock()
 }
 
-func (s *Service) flushDiffs(ctx context.Context) {
-	t := time.NewTicker(s.cfg.DiffInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.diffMu.Lock()
-			if len(s.pending) == 0 {
-				s.diffMu.Unlock()
-				continue
-			}
-			batch := s.pending
-			s.pending = make(map[string]*Diff)
-			s.diffMu.Unlock()
-			for room, d := range batch {
-				s.cfg.Diff(room, d)
-			}
-		}
+// flushDiffs hands each room's batched changes to the edge.
+func (s *Service) flushDiffs() {
+	s.diffMu.Lock()
+	if len(s.pending) == 0 {
+		s.diffMu.Unlock()
+		return
+	}
+	batch := s.pending
+	s.pending = make(map[string]*Diff)
+	s.diffMu.Unlock()
+	for room, d := range batch {
+		s.cfg.Diff(room, d)
 	}
 }
 
