@@ -367,6 +367,35 @@ func (s *Service) refresh() {
 }
 
 func (s *Service) watch(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		s.follow(ctx, w)
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch ended under us (say, its consumer could not be
+		// recreated): watch again and reload the copy from the snapshot.
+		// Changes in the gap come without events from this edge; the other
+		// edges still publish theirs.
+		s.cfg.Logger.Error("presence: the bucket watch ended; re-watching")
+		for w = nil; w == nil && ctx.Err() == nil; {
+			var err error
+			if w, err = s.kv.Watch(ctx, "conn.*"); err != nil {
+				w = nil
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}
+		if w == nil {
+			return
+		}
+		s.resync(ctx, w)
+	}
+}
+
+// follow applies live changes until the watch or ctx ends.
+func (s *Service) follow(ctx context.Context, w jetstream.KeyWatcher) {
 	defer func() {
 		_ = w.Stop()
 		for range w.Updates() { // let a callback blocked on the channel go
@@ -378,12 +407,31 @@ func (s *Service) watch(ctx context.Context, w jetstream.KeyWatcher) {
 			return
 		case e, ok := <-w.Updates():
 			if !ok {
-				s.cfg.Logger.Error("presence: the bucket watch ended; this edge's copy no longer follows the bucket")
 				return
 			}
 			if e != nil {
 				s.apply(e, true)
 			}
+		}
+	}
+}
+
+// resync replaces the copy with a new watch's initial values.
+func (s *Service) resync(ctx context.Context, w jetstream.KeyWatcher) {
+	s.mu.Lock()
+	s.conns = make(map[string]*presence.Entry)
+	s.users = make(map[string]map[string]struct{})
+	s.rooms = make(map[string][]string)
+	s.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return
+			}
+			s.apply(e, false)
 		}
 	}
 }
