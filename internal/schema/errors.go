@@ -105,28 +105,24 @@ func jsonPath(md protoreflect.MessageDescriptor, path *validate.FieldPath) strin
 			b.WriteString(el.GetFieldName()) // an extension, or a path we cannot follow
 			md = nil
 		}
+		var sub string
 		switch el.WhichSubscript() {
 		case validate.FieldPathElement_Index_case:
-			b.WriteByte('[')
-			b.WriteString(strconv.FormatUint(el.GetIndex(), 10))
-			b.WriteByte(']')
+			sub = strconv.FormatUint(el.GetIndex(), 10)
 		case validate.FieldPathElement_BoolKey_case:
-			b.WriteByte('[')
-			b.WriteString(strconv.FormatBool(el.GetBoolKey()))
-			b.WriteByte(']')
+			sub = strconv.FormatBool(el.GetBoolKey())
 		case validate.FieldPathElement_IntKey_case:
-			b.WriteByte('[')
-			b.WriteString(strconv.FormatInt(el.GetIntKey(), 10))
-			b.WriteByte(']')
+			sub = strconv.FormatInt(el.GetIntKey(), 10)
 		case validate.FieldPathElement_UintKey_case:
-			b.WriteByte('[')
-			b.WriteString(strconv.FormatUint(el.GetUintKey(), 10))
-			b.WriteByte(']')
+			sub = strconv.FormatUint(el.GetUintKey(), 10)
 		case validate.FieldPathElement_StringKey_case:
-			b.WriteByte('[')
-			b.WriteString(strconv.Quote(el.GetStringKey()))
-			b.WriteByte(']')
+			sub = strconv.Quote(el.GetStringKey())
+		default:
+			continue
 		}
+		b.WriteByte('[')
+		b.WriteString(sub)
+		b.WriteByte(']')
 	}
 	return b.String()
 }
