@@ -162,6 +162,16 @@ func (n Namespace) Abort() Subject { return Subject(n.prefix + ".ctl.abort") }
 // Event is <prefix>.evt.<name>: lifecycle events.
 func (n Namespace) Event(name string) (Subject, error) { return n.idSubject(".evt.", name) }
 
+// Auth subjects: the requests an edge makes of an auth service.
+const (
+	AuthConnect = "connect" // decide a handshake
+	AuthRefresh = "refresh" // decide a token refresh on a live connection
+	AuthJoin    = "join"    // decide a client's $join
+)
+
+// Auth is <prefix>.auth.<op>, op one of AuthConnect, AuthRefresh, AuthJoin.
+func (n Namespace) Auth(op string) (Subject, error) { return n.idSubject(".auth.", op) }
+
 // InAll is <prefix>.in.>: every client message (for taps and tests).
 func (n Namespace) InAll() Subject { return Subject(n.prefix + ".in.>") }
 
