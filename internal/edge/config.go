@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -92,6 +93,55 @@ type Config struct {
 	// PresenceOpen lets clients query any room's members with $presence;
 	// by default only rooms they are in (PERMISSION_DENIED otherwise).
 	PresenceOpen bool
+	// Auth authenticates handshakes and token refreshes: a JWT verifier or
+	// an auth callout. Default nil: only Anonymous (or DevMode) connections.
+	Auth auth.Authenticator
+	// Anonymous admits connections without credentials, with no user id.
+	// With Auth set, it applies to handshakes that carry no token and that
+	// Auth refuses as unauthenticated. DevMode implies it. Default off: New
+	// refuses a config with neither Auth nor Anonymous nor DevMode.
+	Anonymous bool
+	// TokenSources names the cookie and query parameter tokens come in.
+	TokenSources auth.TokenSources
+	// AuthTimeout bounds authenticating one handshake or refresh. Default 5s.
+	AuthTimeout time.Duration
+	// RefreshWindow is how long before its token expires a connection gets
+	// $auth.expiring. Default 30s.
+	RefreshWindow time.Duration
+	// PublicRooms are room patterns (see auth.Grants) any connection may
+	// join; other rooms need a grant of the connection's token, or
+	// JoinAuthorizer's consent. Default: none; "*" in DevMode.
+	PublicRooms []string
+	// JoinAuthorizer, when set, decides client $joins that neither a grant
+	// nor PublicRooms allows (natter.auth.join). Server-side joins never
+	// ask.
+	JoinAuthorizer JoinAuthorizer
+	// AllowedOrigins are the browser origins allowed to connect (see
+	// auth.Origins). Default: only the edge's own origin; any in DevMode.
+	AllowedOrigins []string
+	// UserRateLimit bounds the messages all connections of one user on this
+	// edge may send per second together. Default 0: off.
+	UserRateLimit float64
+	// UserRateBurst is the user's burst above UserRateLimit. Default
+	// 2*UserRateLimit.
+	UserRateBurst int
+	// MaxConnsPerUser bounds a user's connections on this edge (and, with
+	// presence, in the cluster as presence sees it); more are refused with
+	// HTTP 429. Default 0: unlimited.
+	MaxConnsPerUser int
+	// MaxConnsPerIP bounds the connections from one client IP on this edge;
+	// more are refused with HTTP 429. Default 0: unlimited.
+	MaxConnsPerIP int
+	// HandshakeRate bounds the handshakes per second one client IP may
+	// start; more are refused with HTTP 429 and Retry-After. Default 0: off.
+	HandshakeRate float64
+	// HandshakeBurst is the burst above HandshakeRate. Default
+	// 2*HandshakeRate.
+	HandshakeBurst int
+	// ClientIPHeader names a header a trusted proxy sets to the client's
+	// address (X-Forwarded-For: its last address is taken). Default: the
+	// TCP peer address. Set it only behind a proxy that overwrites it.
+	ClientIPHeader string
 	// Schemas validates payloads by type and direction. Default nil: no
 	// validation.
 	Schemas *schema.Registry
@@ -146,6 +196,29 @@ func (c *Config) setDefaults() error {
 	if c.RateBurst == 0 {
 		c.RateBurst = max(int(2*c.RateLimit), 1)
 	}
+	if c.UserRateLimit > 0 && c.UserRateBurst == 0 {
+		c.UserRateBurst = max(int(2*c.UserRateLimit), 1)
+	}
+	if c.HandshakeRate > 0 && c.HandshakeBurst == 0 {
+		c.HandshakeBurst = max(int(2*c.HandshakeRate), 1)
+	}
+	def(&c.AuthTimeout, 5*time.Second)
+	def(&c.RefreshWindow, 30*time.Second)
+	if c.DevMode {
+		c.Anonymous = true
+		if c.PublicRooms == nil {
+			c.PublicRooms = []string{"*"}
+		}
+	}
+	if c.Auth == nil && !c.Anonymous {
+		return fmt.Errorf("%w: no authentication: set Auth (JWT or callout) or allow Anonymous", ErrInvalidConfig)
+	}
+	if err := auth.ValidatePatterns(c.PublicRooms); err != nil {
+		return fmt.Errorf("%w: PublicRooms: %v", ErrInvalidConfig, err)
+	}
+	if err := auth.ValidateOrigins(c.AllowedOrigins); err != nil {
+		return fmt.Errorf("%w: AllowedOrigins: %v", ErrInvalidConfig, err)
+	}
 	if c.UserParam == "" {
 		c.UserParam = "user"
 	}
@@ -159,6 +232,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: WriteQueueBytes %d below 4KiB", ErrInvalidConfig, c.WriteQueueBytes)
 	case c.MaxInflightRPC < 1, c.MaxRoomsPerConn < 1, c.ReadBufferSize < 512, c.MaxOutboundSize < 256:
 		return fmt.Errorf("%w: limits must be positive (read buffer >= 512)", ErrInvalidConfig)
+	case c.MaxConnsPerUser < 0, c.MaxConnsPerIP < 0, c.HandshakeRate < 0, c.UserRateLimit < 0:
+		return fmt.Errorf("%w: connection limits must not be negative", ErrInvalidConfig)
 	case c.WriteTimeout < 0, c.PingInterval < 0, c.PongTimeout < 0, c.IdleTimeout < 0, c.ShutdownSpread < 0:
 		return fmt.Errorf("%w: durations must not be negative", ErrInvalidConfig)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 )
@@ -33,6 +34,13 @@ type conn struct {
 	ctx    context.Context // ends when the connection closes
 	cancel context.CancelFunc
 	limit  *rate.Limiter // inbound messages; nil when unlimited
+	ulimit *rate.Limiter // the user's inbound messages on this edge, shared; nil when off
+
+	ident     atomic.Pointer[auth.Identity] // replaced by a token refresh; user never changes
+	authMu    sync.Mutex
+	authTimer *time.Timer // $auth.expiring, then the close at expiry
+	authDone  bool        // closed: no timer again
+	release   func()      // gives back the admission caps
 
 	lastRead atomic.Int64 // unix nanos of the last frame of any kind
 	lastData atomic.Int64 // unix nanos of the last data frame
@@ -63,12 +71,14 @@ type conn struct {
 	rpcGone bool             // no new call or ask once set
 }
 
-func newConn(e *Edge, socket *gws.Conn, id, user string) *conn {
+func newConn(e *Edge, socket *gws.Conn, id string, ident *auth.Identity, release func()) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &conn{e: e, socket: socket, id: id, user: user, ctx: ctx, cancel: cancel}
+	c := &conn{e: e, socket: socket, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
+	c.ident.Store(ident)
 	if e.cfg.RateLimit > 0 {
 		c.limit = rate.NewLimiter(rate.Limit(e.cfg.RateLimit), e.cfg.RateBurst)
 	}
+	c.ulimit = e.userLimiter(c.user)
 	now := time.Now().UnixNano()
 	c.connectedAt = now / 1e6
 	c.lastRead.Store(now)
@@ -122,6 +132,8 @@ func (c *conn) unsubscribe() {
 // unregister undoes register and leaves every room. Called once, from OnClose.
 func (c *conn) unregister() {
 	c.cancel()
+	c.stopAuth()
+	c.release()
 	c.unsubscribe()
 	c.e.rpc.dropConn(c)
 	c.e.hub.leaveAll(c)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/presence"
 	"github.com/natter/natter/pkg/envelope"
 	pubpresence "github.com/natter/natter/pkg/presence"
@@ -31,6 +32,11 @@ type Edge struct {
 	nc       *nats.Conn
 	ns       envelope.Namespace
 	upgrader *gws.Upgrader
+	// upgraderProto selects the "natter" subprotocol, for clients that
+	// offer subprotocols (a token as bearer.<token> among them).
+	upgraderProto *gws.Upgrader
+	origins       auth.Origins
+	adm           admission
 	hub      *hub
 	conns    registry
 	allSub   *nats.Subscription
@@ -61,19 +67,28 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.conns.init()
 	e.hub = newHub(e)
-	e.upgrader = gws.NewUpgrader(&handler{e: e}, &gws.ServerOption{
-		ReadMaxPayloadSize: cfg.MaxMessageSize,
-		ReadBufferSize:     cfg.ReadBufferSize,
-		CheckUtf8Enabled:   true,
-		Recovery:           gws.Recovery,
-		Logger:             gwsLogger{cfg.Logger},
-		NewSession:         func() gws.SessionStorage { return new(slot) },
-		PermessageDeflate: gws.PermessageDeflate{
-			Enabled:               cfg.Compression,
-			ServerContextTakeover: false,
-			ClientContextTakeover: false,
-		},
-	})
+	e.adm.init()
+	e.origins = auth.Origins{Allowed: cfg.AllowedOrigins, Any: cfg.DevMode && len(cfg.AllowedOrigins) == 0}
+	opts := func(protocols []string) *gws.ServerOption {
+		return &gws.ServerOption{
+			ReadMaxPayloadSize: cfg.MaxMessageSize,
+			ReadBufferSize:     cfg.ReadBufferSize,
+			CheckUtf8Enabled:   true,
+			Recovery:           gws.Recovery,
+			Logger:             gwsLogger{cfg.Logger},
+			NewSession:         func() gws.SessionStorage { return new(slot) },
+			SubProtocols:       protocols,
+			PermessageDeflate: gws.PermessageDeflate{
+				Enabled:               cfg.Compression,
+				ServerContextTakeover: false,
+				ClientContextTakeover: false,
+			},
+		}
+	}
+	// gws fails a handshake offering none of SubProtocols, so clients that
+	// offer no subprotocol at all go through an upgrader without them.
+	e.upgrader = gws.NewUpgrader(&handler{e: e}, opts(nil))
+	e.upgraderProto = gws.NewUpgrader(&handler{e: e}, opts([]string{auth.Subprotocol}))
 	sub, err := e.nc.Subscribe(e.ns.All().String(), e.deliverAll)
 	if err != nil {
 		return nil, fmt.Errorf("edge: subscribe all: %w", err)
@@ -130,29 +145,50 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.wg.Add(1)
 	e.gate.RUnlock()
 	defer e.wg.Done()
-	var user string
-	if e.cfg.DevMode {
-		// INSECURE: dev mode only. Anyone can claim any user id.
-		user = r.URL.Query().Get(e.cfg.UserParam)
-		if user != "" {
-			if err := envelope.ValidateID(user); err != nil {
-				http.Error(w, "invalid user id", http.StatusBadRequest)
-				return
-			}
-		}
+	now := time.Now()
+	ip := e.clientIP(r)
+	if wait, ok := e.allowHandshake(ip, now); !ok {
+		e.stats.refused.Add(1)
+		refuseHTTP(w, http.StatusTooManyRequests, "too many handshakes", wait)
+		return
 	}
-	socket, err := e.upgrader.Upgrade(w, r)
+	if err := e.origins.Check(r); err != nil {
+		e.stats.refused.Add(1)
+		refuseHTTP(w, auth.Status(err), auth.Reason(err), 0)
+		return
+	}
+	id, err := e.authenticate(r)
 	if err != nil {
+		e.stats.refused.Add(1)
+		e.cfg.Logger.Debug("edge: handshake refused", "remote", r.RemoteAddr, "err", err)
+		refuseHTTP(w, auth.Status(err), auth.Reason(err), 0)
+		return
+	}
+	release, reason := e.reserve(ip, id.User)
+	if release == nil {
+		e.stats.refused.Add(1)
+		refuseHTTP(w, http.StatusTooManyRequests, reason, 0)
+		return
+	}
+	up := e.upgrader
+	if r.Header.Get("Sec-WebSocket-Protocol") != "" {
+		up = e.upgraderProto // selects "natter"; a bearer.<token> entry is never echoed
+	}
+	socket, err := up.Upgrade(w, r)
+	if err != nil {
+		release()
 		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := newConn(e, socket, nuid.Next(), user)
+	c := newConn(e, socket, nuid.Next(), id, release)
 	socket.Session().Store(sessionKey, c)
 	if err := c.register(); err != nil {
+		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
 		_ = socket.WriteClose(uint16(envelope.CloseInternal), []byte("internal error"))
 		return
 	}
+	c.setIdentity(id)
 	if e.closing.Load() {
 		// Shutdown began after this handshake was admitted and may have
 		// listed the connections before this one was added.
@@ -231,6 +267,7 @@ func (e *Edge) tick() {
 			return
 		case now := <-t.C:
 			n := now.UnixNano()
+			e.sweepHandshakes(now)
 			e.conns.each(func(c *conn) {
 				last, sent := c.lastRead.Load(), c.pingSent.Load()
 				switch {
@@ -258,10 +295,12 @@ type Stats struct {
 	InboundInvalid     int64 // client messages rejected by their schema
 	SlowConsumerCloses int64 // connections closed with 4001
 	RPCs               int64 // requests forwarded
+	Refused            int64 // handshakes refused: auth, origin, limits
+	RateLimited        int64 // client messages refused by a rate limit
 }
 
 type counters struct {
-	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs atomic.Int64
+	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -272,6 +311,7 @@ func (e *Edge) Stats() Stats {
 		FramesIn: s.framesIn.Load(), FramesOut: s.framesOut.Load(),
 		Published: s.published.Load(), OutboundDropped: s.dropped.Load(), InboundInvalid: s.invalidIn.Load(),
 		SlowConsumerCloses: s.slow.Load(), RPCs: s.rpcs.Load(),
+		Refused: s.refused.Load(), RateLimited: s.rateLimited.Load(),
 	}
 }
 

@@ -192,8 +192,8 @@ func TestChatExcludesSender(t *testing.T) {
 
 func TestTwoEdgesOneRoom(t *testing.T) {
 	srv := testenv.NATS(t)
-	e1 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL())})
-	e2 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL())})
+	e1 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
+	e2 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
 	c1, c2 := wstest.Dial(t, e1.URL), wstest.Dial(t, e2.URL)
 	join(t, c1, "r")
 	join(t, c2, "r")

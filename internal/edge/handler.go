@@ -8,6 +8,7 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/rpc"
@@ -55,10 +56,11 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
 	c.e.stats.framesIn.Add(1)
-	if c.limit != nil && !c.limit.Allow() {
+	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
+		c.e.stats.rateLimited.Add(1)
 		c.sendErrorPayload(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{
-			Code: envelope.CodeResourceExhausted, Message: "rate limit exceeded",
-			RetryAfterMs: max(int64(1000/c.e.cfg.RateLimit), 1),
+			Code: envelope.CodeResourceExhausted, Message: scope + " rate limit exceeded",
+			RetryAfterMs: max(wait.Milliseconds(), 1),
 		})
 		return
 	}
@@ -67,6 +69,23 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 		return
 	}
 	c.handle(msg.Bytes())
+}
+
+// rateLimited takes one message from the connection's and the user's
+// limiters, or says how long to wait and which limit it hit. A message the
+// user's limiter refuses still counts against the connection's.
+func (c *conn) rateLimited(now time.Time) (time.Duration, string) {
+	if c.limit != nil {
+		if wait, ok := delay(c.limit, now); !ok {
+			return wait, "connection"
+		}
+	}
+	if c.ulimit != nil {
+		if wait, ok := delay(c.ulimit, now); !ok {
+			return wait, "user"
+		}
+	}
+	return 0, ""
 }
 
 // handle acts on one client frame. data is only valid during the call.
@@ -95,6 +114,10 @@ func (c *conn) handle(data []byte) {
 		}
 		var err error
 		if env.Type == envelope.TypeJoin {
+			if aerr := c.authorizeJoin(p.Room); aerr != nil {
+				c.sendError(cid, codeOf(aerr), auth.Reason(aerr))
+				return
+			}
 			err = c.e.hub.join(c, p.Room, cid, p.Presence)
 		} else {
 			c.e.hub.leave(c, p.Room, cid)
@@ -103,6 +126,8 @@ func (c *conn) handle(data []byte) {
 			re := rpc.FromError(err)
 			c.sendError(cid, re.Code, re.Message)
 		}
+	case envelope.TypeAuthRefresh:
+		c.refresh(cid, env.Payload)
 	case envelope.TypePresence:
 		c.queryPresence(cid, env.Payload)
 	case envelope.TypePresenceState:

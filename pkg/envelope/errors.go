@@ -54,6 +54,14 @@ const (
 	// TypePresenceDiff carries a room's batched joins, leaves and state
 	// changes to members that joined with {"presence": true}.
 	TypePresenceDiff = "$presence.diff"
+	// TypeAuthRefresh from a client carries a fresh token ({"token": ...})
+	// for its live connection; the edge answers TypeAuthRefreshed or ERROR.
+	TypeAuthRefresh   = "$auth.refresh"
+	TypeAuthRefreshed = "$auth.refreshed"
+	// TypeAuthExpiring tells a client its token expires soon
+	// ({"expiresAt": unix ms}); without a refresh by then the connection is
+	// closed with CloseUnauthorized.
+	TypeAuthExpiring = "$auth.expiring"
 )
 
 // ErrorPayload is the payload of ERROR and RPC_ERROR frames.
