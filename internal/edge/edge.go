@@ -37,13 +37,13 @@ type Edge struct {
 	upgraderProto *gws.Upgrader
 	origins       auth.Origins
 	adm           admission
-	hub      *hub
-	conns    registry
-	allSub   *nats.Subscription
-	rpc      *rpcMux
-	presence *presence.Service // nil when off
-	stats    counters
-	logLimit *rate.Limiter // sampled warnings on the message path
+	hub           *hub
+	conns         registry
+	allSub        *nats.Subscription
+	rpc           *rpcMux
+	presence      *presence.Service // nil when off
+	stats         counters
+	logLimit      *rate.Limiter // sampled warnings on the message path
 
 	gate     sync.RWMutex   // orders admissions against Shutdown
 	closing  atomic.Bool    // set under gate
