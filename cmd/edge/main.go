@@ -4,23 +4,29 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
 )
 
 func main() {
 	var (
-		rc       edge.RunConfig
-		prefix   string
-		logLevel slog.Level
+		rc         edge.RunConfig
+		prefix     string
+		logLevel   slog.Level
+		natsFlags  natsopt.Options
+		secretFile string
 	)
 	fs := flag.CommandLine
 	fs.StringVar(&rc.Listen, "listen", ":8080", "HTTP address for WebSocket upgrades")
@@ -53,6 +59,46 @@ func main() {
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
 	fs.BoolVar(&rc.Edge.PresenceOpen, "presence-open", false, "let clients list the members of rooms they are not in")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
+	fs.IntVar(&rc.Edge.MaxRoomsPerConn, "max-rooms", 128, "rooms one connection may be in; more joins get RESOURCE_EXHAUSTED")
+
+	// Authentication and authorization.
+	fs.StringVar(&secretFile, "jwt-secret-file", "", "file holding the HS256 secret (or env NATTER_JWT_SECRET)")
+	fs.Func("jwt-public-key", "PEM file of public keys verifying RS256, ES256 or EdDSA tokens (repeatable)", func(v string) error {
+		keys, err := auth.LoadPublicKeys(v)
+		rc.JWT.PublicKeys = append(rc.JWT.PublicKeys, keys...)
+		return err
+	})
+	fs.StringVar(&rc.JWT.JWKSURL, "jwks-url", "", "JWKS URL of token signing keys, refreshed on unknown key ids")
+	fs.DurationVar(&rc.JWT.JWKSRefresh, "jwks-refresh", 0, "regular JWKS refresh (default 15m)")
+	fs.StringVar(&rc.JWT.Issuer, "jwt-issuer", "", "required iss claim")
+	fs.StringVar(&rc.JWT.Audience, "jwt-audience", "", "required aud claim")
+	fs.StringVar(&rc.JWT.UserClaim, "jwt-user-claim", "sub", "claim holding the user id")
+	fs.StringVar(&rc.JWT.RoomsClaim, "jwt-rooms-claim", "rooms", "claim holding the room patterns the token grants")
+	fs.BoolVar(&rc.AuthCallout, "auth-callout", false, "ask an auth service over NATS (natter.auth.connect/refresh) instead of verifying JWTs")
+	fs.BoolVar(&rc.JoinCallout, "join-callout", false, "ask natter.auth.join about joins no grant or public room allows")
+	fs.DurationVar(&rc.CalloutTimeout, "callout-timeout", 0, "bound on one callout; no answer refuses (default 2s)")
+	fs.BoolVar(&rc.Edge.Anonymous, "anonymous", false, "admit connections without a token, with no user id (always on in single-binary mode)")
+	fs.StringVar(&rc.Edge.TokenSources.Cookie, "token-cookie", "natter_token", "cookie carrying the token")
+	fs.StringVar(&rc.Edge.TokenSources.Query, "token-query", "token", "query parameter carrying the token")
+	fs.DurationVar(&rc.Edge.RefreshWindow, "refresh-window", 0, "send $auth.expiring this long before a token expires (default 30s)")
+	fs.Func("public-rooms", "comma-separated room patterns any connection may join (default none; * in single-binary mode)", func(v string) error {
+		rc.Edge.PublicRooms = splitList(v)
+		return nil
+	})
+	fs.Func("allowed-origins", "comma-separated browser origins allowed to connect, like https://app.example.com or https://*.example.com (default: the edge's own origin; any in single-binary mode)", func(v string) error {
+		rc.Edge.AllowedOrigins = splitList(v)
+		return nil
+	})
+
+	// Limits.
+	fs.Float64Var(&rc.Edge.UserRateLimit, "user-rate-limit", 200, "messages per second all of a user's connections on this edge may send together (0: off)")
+	fs.IntVar(&rc.Edge.UserRateBurst, "user-rate-burst", 0, "burst above the user rate (default 2x)")
+	fs.IntVar(&rc.Edge.MaxConnsPerUser, "max-conns-per-user", 32, "connections per user (0: unlimited); more get HTTP 429")
+	fs.IntVar(&rc.Edge.MaxConnsPerIP, "max-conns-per-ip", 0, "connections per client IP on this edge (0: unlimited); more get HTTP 429")
+	fs.Float64Var(&rc.Edge.HandshakeRate, "handshake-rate", 50, "handshakes per second per client IP (0: off); more get HTTP 429")
+	fs.IntVar(&rc.Edge.HandshakeBurst, "handshake-burst", 0, "burst above the handshake rate (default 2x)")
+	fs.StringVar(&rc.Edge.ClientIPHeader, "client-ip-header", "", "header a trusted proxy sets to the client address, like X-Forwarded-For (last address taken)")
+	natsFlags.Register(fs)
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.Parse()
 
@@ -64,6 +110,20 @@ func main() {
 	}
 	rc.Edge.Namespace = ns
 	rc.Edge.Logger = log
+	if rc.NATSOptions, err = natsFlags.NATS(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if secret := os.Getenv("NATTER_JWT_SECRET"); secretFile == "" && secret != "" {
+		rc.JWT.HMACSecret = []byte(secret)
+	} else if secretFile != "" {
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		rc.JWT.HMACSecret = bytes.TrimSpace(b)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -71,4 +131,15 @@ func main() {
 		log.Error("edge stopped", "err", err)
 		os.Exit(1)
 	}
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(v string) []string {
+	var out []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -11,10 +11,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/schema"
+	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -41,6 +44,52 @@ type RunConfig struct {
 	StrictTypes bool
 	// ShutdownTimeout bounds the whole shutdown. Default 10s.
 	ShutdownTimeout time.Duration
+	// NATSOptions are extra nats.go options: credentials and TLS.
+	NATSOptions []nats.Option
+	// JWT verifies tokens when it has a key source (secret, public keys or
+	// JWKS URL).
+	JWT auth.JWTConfig
+	// AuthCallout asks an auth service over NATS (natter.auth.connect and
+	// natter.auth.refresh) instead of verifying JWTs itself.
+	AuthCallout bool
+	// JoinCallout asks natter.auth.join about client joins that no grant or
+	// public room allows.
+	JoinCallout bool
+	// CalloutTimeout bounds one callout request. Default 2s; no answer
+	// refuses (fails closed).
+	CalloutTimeout time.Duration
+}
+
+// authenticator builds the Authenticator and join authorizer RunConfig
+// asks for, on nc. close releases the JWKS refresher.
+func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close func(), err error) {
+	hasJWT := len(rc.JWT.HMACSecret) > 0 || len(rc.JWT.PublicKeys) > 0 || rc.JWT.JWKSURL != ""
+	if rc.Edge.EdgeID == "" {
+		rc.Edge.EdgeID = nuid.Next()
+	}
+	callout := &auth.Callout{NATS: nc, Namespace: rc.Edge.Namespace, Edge: rc.Edge.EdgeID, Timeout: rc.CalloutTimeout}
+	if callout.Namespace == (envelope.Namespace{}) {
+		callout.Namespace = envelope.DefaultNamespace
+	}
+	if rc.JoinCallout {
+		rc.Edge.JoinAuthorizer = callout
+	}
+	switch {
+	case hasJWT && rc.AuthCallout:
+		return nil, fmt.Errorf("%w: choose JWT verification or the auth callout, not both", ErrInvalidConfig)
+	case rc.AuthCallout:
+		rc.Edge.Auth = callout
+	case hasJWT:
+		jctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		v, err := auth.NewJWT(jctx, rc.JWT)
+		if err != nil {
+			return nil, err
+		}
+		rc.Edge.Auth = v
+		return v.Close, nil
+	}
+	return func() {}, nil
 }
 
 // Run runs an edge until ctx ends, then shuts down in order: stop accepting,
@@ -72,11 +121,11 @@ func Run(ctx context.Context, rc RunConfig) error {
 	single := rc.NATSURL == ""
 	var embedded *natsd.Server
 	var nc *nats.Conn
-	opts := []nats.Option{
+	opts := append([]nats.Option{
 		nats.Name("natter-edge"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectBufSize(8 << 20),
-	}
+	}, rc.NATSOptions...)
 	if single {
 		embedded, err = natsd.Start(natsd.Config{Addr: rc.NATSListen, StoreDir: rc.DataDir, Logger: log})
 		if err != nil {
@@ -98,6 +147,13 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	defer nc.Close()
 	rc.Edge.NATS = nc
+	closeAuth, err := rc.authenticator(ctx, nc)
+	if err != nil {
+		return err
+	}
+	defer closeAuth()
+	log.Info("authentication", "jwt", rc.Edge.Auth != nil && !rc.AuthCallout, "callout", rc.AuthCallout,
+		"joinCallout", rc.JoinCallout, "anonymous", rc.Edge.Anonymous || rc.Edge.DevMode)
 
 	var w *worker.Worker
 	if single {
