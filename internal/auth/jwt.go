@@ -8,15 +8,18 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/lestrrat-go/httprc/v3"
+	"github.com/lestrrat-go/httprc/v3/errsink"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
@@ -31,8 +34,11 @@ const MaxTokenSize = 8 << 10
 // JWTConfig configures JWT verification. At least one key source is
 // required. The algorithm follows from the key, never from the token: HS256
 // for the secret, RS256 for RSA keys, ES256 for P-256 keys, EdDSA for Ed25519
-// keys, and what a JWKS key declares (or its type implies). Tokens signed
-// with "none" or with an algorithm of another key type are refused.
+// keys, and what a JWKS key declares if it fits the key's type (else what
+// its type implies, as for configured keys; symmetric JWKS keys are
+// ignored). A token is checked only against the keys of the algorithm its
+// header names, so tokens whose header says "none", or an algorithm other
+// than the one of the key that signed them, are refused.
 type JWTConfig struct {
 	// HMACSecret verifies HS256 tokens. At least 32 bytes.
 	HMACSecret []byte
@@ -64,16 +70,27 @@ type JWTConfig struct {
 // JWT verifies JSON Web Tokens. It is an Authenticator.
 type JWT struct {
 	cfg    JWTConfig
-	static []jwt.ParseOption
+	static []verifyKey
 	cache  *jwk.Cache
-	cancel context.CancelFunc
 
 	mu          sync.Mutex
-	lastRefresh time.Time
+	lastRefresh time.Time     // last fetch of the JWKS caused by an unknown key id
+	refreshing  chan struct{} // closed when the fetch in flight ends; nil if none
+	refreshErr  error         // how the last such fetch failed; nil if it did not
+	set         jwk.Set       // the JWKS that keys were taken from
+	keys        []verifyKey   // the usable keys of set
+}
+
+// verifyKey is a key and the one algorithm it verifies; kid is that of a
+// JWKS key, "" for configured keys.
+type verifyKey struct {
+	kid string
+	alg jwa.SignatureAlgorithm
+	key any
 }
 
 // NewJWT builds a verifier; with a JWKS URL it fetches the set first, within
-// ctx.
+// ctx, and fails with the fetch's error if that does not work.
 func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 	if cfg.UserClaim == "" {
 		cfg.UserClaim = "sub"
@@ -95,31 +112,39 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 		if len(cfg.HMACSecret) < 32 {
 			return nil, refuse(ErrInvalidConfig, "HS256 secret shorter than 32 bytes", nil)
 		}
-		v.static = append(v.static, jwt.WithKey(jwa.HS256(), cfg.HMACSecret))
+		v.static = append(v.static, verifyKey{alg: jwa.HS256(), key: cfg.HMACSecret})
 	}
 	for _, k := range cfg.PublicKeys {
 		alg, err := algorithmOf(k)
 		if err != nil {
 			return nil, err
 		}
-		v.static = append(v.static, jwt.WithKey(alg, k))
+		v.static = append(v.static, verifyKey{alg: alg, key: k})
 	}
 	if cfg.JWKSURL != "" {
-		cctx, cancel := context.WithCancel(context.Background())
-		cache, err := jwk.NewCache(cctx, httprc.NewClient())
+		// The cache fetches the set in its own goroutines, which live until
+		// Close, not until ctx ends. Registering waits for the first fetch;
+		// a failed one ends the wait at once with its error, rather than
+		// when ctx ends (the cache tries again only after JWKSRefresh).
+		start, stop := context.WithCancelCause(ctx)
+		defer stop(nil)
+		failed := errsink.NewFunc(func(_ context.Context, err error) { stop(err) })
+		cache, err := jwk.NewCache(context.Background(), httprc.NewClient(httprc.WithErrorSink(failed)))
 		if err != nil {
-			cancel()
 			return nil, fmt.Errorf("auth: jwks cache: %w", err)
 		}
 		opts := []jwk.RegisterOption{jwk.WithMinInterval(cfg.JWKSRefresh), jwk.WithMaxInterval(cfg.JWKSRefresh)}
 		if cfg.HTTPClient != nil {
 			opts = append(opts, jwk.WithHTTPClient(cfg.HTTPClient))
 		}
-		if err := cache.Register(ctx, cfg.JWKSURL, opts...); err != nil {
-			cancel()
+		if err := cache.Register(start, cfg.JWKSURL, opts...); err != nil {
+			_ = cache.Shutdown(context.Background())
+			if cause := context.Cause(start); cause != nil && ctx.Err() == nil {
+				err = cause
+			}
 			return nil, fmt.Errorf("auth: fetch JWKS %s: %w", cfg.JWKSURL, err)
 		}
-		v.cache, v.cancel = cache, cancel
+		v.cache = cache
 		v.lastRefresh = time.Now()
 	}
 	if len(v.static) == 0 && v.cache == nil {
@@ -128,10 +153,10 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 	return v, nil
 }
 
-// Close stops the JWKS refresher.
+// Close stops the JWKS refresher and waits for its goroutines to end.
 func (v *JWT) Close() {
-	if v.cancel != nil {
-		v.cancel()
+	if v.cache != nil {
+		_ = v.cache.Shutdown(context.Background())
 	}
 }
 
@@ -156,34 +181,86 @@ func (v *JWT) Refresh(ctx context.Context, token string, cur *Identity) (*Identi
 }
 
 // Verify checks a token's signature and claims and maps them to an
-// Identity. Refusals are ErrUnauthenticated.
+// Identity. Only compact tokens are accepted, and only keys whose algorithm
+// is the one the token's header names are tried; a token that names a key
+// id is checked against the JWKS key of that id only (configured keys have
+// no id and are always tried). Refusals are ErrUnauthenticated, except
+// ErrUnavailable when the token names a key id the cached JWKS lacks and the
+// set cannot be fetched.
 func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 	if len(token) > MaxTokenSize {
 		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("token too long"))
 	}
-	opts := append([]jwt.ParseOption{
-		jwt.WithValidate(true),
+	msg, err := jws.Parse([]byte(token), jws.WithCompact())
+	if err != nil {
+		return nil, refuse(ErrUnauthenticated, "invalid token", err)
+	}
+	if len(msg.Signatures()) != 1 {
+		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("not one signature"))
+	}
+	hdr := msg.Signatures()[0].ProtectedHeaders()
+	alg, ok := hdr.Algorithm()
+	if !ok {
+		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("no alg in the header"))
+	}
+	kid, hasKid := hdr.KeyID()
+	candidates := make([]verifyKey, 0, len(v.static)+1)
+	for _, k := range v.static {
+		if k.alg == alg {
+			candidates = append(candidates, k)
+		}
+	}
+	if v.cache != nil {
+		keys, err := v.jwksKeys(ctx, kid, hasKid)
+		if err != nil {
+			return nil, refuse(ErrUnavailable, "key set unavailable", err)
+		}
+		for _, k := range keys {
+			if k.alg == alg && (!hasKid || k.kid == kid) {
+				candidates = append(candidates, k)
+			}
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, refuse(ErrUnauthenticated, "invalid token", fmt.Errorf("no key for alg %s", alg))
+	}
+	// The key provider offers the candidates with the header's algorithm:
+	// jws would otherwise verify with each key's own algorithm, whatever
+	// the header says. Unknown "crit" extensions are refused (RFC 7515
+	// 4.1.11).
+	provider := jws.KeyProviderFunc(func(_ context.Context, sink jws.KeySink, _ *jws.Signature, _ *jws.Message) error {
+		for _, k := range candidates {
+			sink.Key(k.alg, k.key)
+		}
+		return nil
+	})
+	payload, err := jws.Verify([]byte(token), jws.WithCompact(), jws.WithKeyProvider(provider),
+		jws.WithCritValidation(true), jws.WithContext(ctx))
+	if err != nil {
+		return nil, refuse(ErrUnauthenticated, "invalid token", err)
+	}
+	// The payload becomes claims as JSON, never through jwt.Parse, which
+	// would take a JWS-shaped payload for a nested token and read its
+	// claims without checking its signature.
+	tok := jwt.New()
+	if err := json.Unmarshal(payload, tok); err != nil {
+		return nil, refuse(ErrUnauthenticated, "invalid token", err)
+	}
+	opts := []jwt.ValidateOption{
 		jwt.WithAcceptableSkew(v.cfg.Leeway),
 		jwt.WithRequiredClaim("exp"),
-	}, v.static...)
+	}
 	if v.cfg.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(v.cfg.Issuer))
 	}
 	if v.cfg.Audience != "" {
 		opts = append(opts, jwt.WithAudience(v.cfg.Audience))
 	}
-	if v.cache != nil {
-		set, err := v.keySet(ctx, token)
-		if err != nil {
-			return nil, refuse(ErrUnavailable, "key set unavailable", err)
-		}
-		opts = append(opts, jwt.WithKeySet(set, jws.WithInferAlgorithmFromKey(true), jws.WithRequireKid(false)))
-	}
-	tok, err := jwt.ParseString(token, opts...)
+	err = jwt.Validate(tok, opts...)
 	switch {
 	case errors.Is(err, jwt.TokenExpiredError()):
 		return nil, refuse(ErrUnauthenticated, "token expired", err)
-	case errors.Is(err, jwt.ClaimNotFoundError()):
+	case errors.Is(err, jwt.MissingRequiredClaimError()), errors.Is(err, jwt.ClaimNotFoundError()):
 		return nil, refuse(ErrUnauthenticated, "token lacks a required claim", err)
 	case err != nil:
 		return nil, refuse(ErrUnauthenticated, "invalid token", err)
@@ -215,37 +292,125 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 	return id, nil
 }
 
-// keySet returns the cached JWKS, refreshed first when the token names a key
-// id the set lacks and the last refresh is older than JWKSMinRefresh.
-func (v *JWT) keySet(ctx context.Context, token string) (jwk.Set, error) {
+// jwksKeys returns the usable keys of the cached JWKS. When the token names
+// a key id the set lacks, the set is fetched again first, at most every
+// JWKSMinRefresh; concurrent callers wait for the fetch in flight. If that
+// fetch fails, an error is returned (and returned again to unknown key ids
+// until the next fetch), because the key may well exist: the caller cannot
+// tell a forged key id from a rotation it could not see.
+func (v *JWT) jwksKeys(ctx context.Context, kid string, hasKid bool) ([]verifyKey, error) {
+	keys, err := v.cachedKeys(ctx)
+	if err != nil || !hasKid || holds(keys, kid) {
+		return keys, err
+	}
+	v.mu.Lock()
+	wait := v.refreshing
+	due := wait == nil && time.Since(v.lastRefresh) >= v.cfg.JWKSMinRefresh
+	if due {
+		v.lastRefresh = time.Now()
+		v.refreshing = make(chan struct{})
+	}
+	v.mu.Unlock()
+	switch {
+	case due:
+		_, err := v.cache.Refresh(ctx, v.cfg.JWKSURL)
+		v.mu.Lock()
+		close(v.refreshing)
+		v.refreshing = nil
+		if ctx.Err() == nil { // a caller that left says nothing of the set
+			v.refreshErr = err
+		}
+		v.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	case wait != nil:
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	v.mu.Lock()
+	err = v.refreshErr
+	v.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return v.cachedKeys(ctx)
+}
+
+// cachedKeys returns the usable keys of the cached JWKS, converted once per
+// fetched set.
+func (v *JWT) cachedKeys(ctx context.Context) ([]verifyKey, error) {
 	set, err := v.cache.Lookup(ctx, v.cfg.JWKSURL)
 	if err != nil {
 		return nil, err
 	}
-	msg, err := jws.ParseString(token)
-	if err != nil || len(msg.Signatures()) != 1 {
-		return set, nil // verification refuses it
-	}
-	kid, ok := msg.Signatures()[0].ProtectedHeaders().KeyID()
-	if !ok {
-		return set, nil
-	}
-	if _, found := set.LookupKeyID(kid); found {
-		return set, nil
-	}
 	v.mu.Lock()
-	due := time.Since(v.lastRefresh) >= v.cfg.JWKSMinRefresh
-	if due {
-		v.lastRefresh = time.Now()
+	defer v.mu.Unlock()
+	if v.set != set {
+		v.set, v.keys = set, usableKeys(set)
 	}
-	v.mu.Unlock()
-	if !due {
-		return set, nil
+	return v.keys, nil
+}
+
+func holds(keys []verifyKey, kid string) bool {
+	for _, k := range keys {
+		if k.kid == kid {
+			return true
+		}
 	}
-	if fresh, err := v.cache.Refresh(ctx, v.cfg.JWKSURL); err == nil {
-		return fresh, nil
+	return false
+}
+
+// usableKeys are the keys of set that verify signatures, each with the one
+// algorithm it verifies: the one it declares if that fits its type, or else
+// the one its type implies (see algorithmOf). Symmetric keys, private keys
+// and keys of other types or sizes are left out.
+func usableKeys(set jwk.Set) []verifyKey {
+	var keys []verifyKey
+	for i := range set.Len() {
+		k, _ := set.Key(i)
+		if use, ok := k.KeyUsage(); ok && use != "" && use != jwk.ForSignature.String() {
+			continue
+		}
+		var raw any
+		if err := jwk.Export(k, &raw); err != nil {
+			continue
+		}
+		alg, err := algorithmOf(raw)
+		if declared, ok := k.Algorithm(); ok {
+			alg, ok = jwa.LookupSignatureAlgorithm(declared.String())
+			if !ok || !fits(alg, raw) {
+				continue
+			}
+		} else if err != nil {
+			continue
+		}
+		kid, _ := k.KeyID()
+		keys = append(keys, verifyKey{kid: kid, alg: alg, key: raw})
 	}
-	return set, nil
+	return keys
+}
+
+// fits reports whether a JWKS key may verify alg: RSA keys of at least 2048
+// bits RS256-512 and PS256-512, ECDSA keys the ES algorithm of their curve,
+// Ed25519 keys EdDSA.
+func fits(alg jwa.SignatureAlgorithm, key any) bool {
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		return k.N.BitLen() >= 2048 && slices.Contains([]jwa.SignatureAlgorithm{
+			jwa.RS256(), jwa.RS384(), jwa.RS512(), jwa.PS256(), jwa.PS384(), jwa.PS512(),
+		}, alg)
+	case *ecdsa.PublicKey:
+		return alg == jwa.ES256() && k.Curve == elliptic.P256() ||
+			alg == jwa.ES384() && k.Curve == elliptic.P384() ||
+			alg == jwa.ES512() && k.Curve == elliptic.P521()
+	case ed25519.PublicKey:
+		return alg == jwa.EdDSA()
+	}
+	return false
 }
 
 // algorithmOf is the one algorithm a static public key verifies.
