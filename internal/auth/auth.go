@@ -157,7 +157,9 @@ type TokenSources struct {
 
 // NewHandshake reads a request into a Handshake, with the token taken from,
 // in this order: the Authorization header, the Sec-WebSocket-Protocol
-// header, the cookie, the query parameter.
+// header, the cookie, the query parameter. An empty value does not count as
+// a token, and neither does a subprotocol that is not an RFC 6455 token
+// (ASCII without spaces or separators): a browser never sends one.
 func NewHandshake(r *http.Request, src TokenSources) *Handshake {
 	h := &Handshake{
 		Header:     r.Header,
@@ -174,20 +176,22 @@ func NewHandshake(r *http.Request, src TokenSources) *Handshake {
 	}
 	if v := r.Header.Get("Authorization"); v != "" {
 		if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {
-			h.Token, h.TokenFrom = strings.TrimSpace(tok), SourceHeader
-			return h
+			if tok = strings.TrimSpace(tok); tok != "" {
+				h.Token, h.TokenFrom = tok, SourceHeader
+				return h
+			}
 		}
 	}
 	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
 		for p := range strings.SplitSeq(v, ",") {
-			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), SubprotocolPrefix); ok {
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), SubprotocolPrefix); ok && isToken(tok) {
 				h.Token, h.TokenFrom = tok, SourceSubprotocol
 				return h
 			}
 		}
 	}
 	for _, c := range h.Cookies {
-		if c.Name == src.Cookie {
+		if c.Name == src.Cookie && c.Value != "" {
 			h.Token, h.TokenFrom = c.Value, SourceCookie
 			return h
 		}
@@ -196,6 +200,21 @@ func NewHandshake(r *http.Request, src TokenSources) *Handshake {
 		h.Token, h.TokenFrom = tok, SourceQuery
 	}
 	return h
+}
+
+// isToken reports whether s is a non-empty RFC 7230 token, what RFC 6455
+// allows a subprotocol to be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // RemoteIP is the host part of a RemoteAddr.

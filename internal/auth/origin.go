@@ -3,7 +3,6 @@ package auth
 import (
 	"net/http"
 	"net/url"
-	"path"
 	"strings"
 )
 
@@ -15,7 +14,8 @@ import (
 type Origins struct {
 	// Allowed are origin patterns such as "https://app.example.com" or
 	// "https://*.example.com" ('*' matches within the host; "*" alone is any
-	// origin). Empty: only the edge's own origin (Origin's host equals the
+	// origin; every other character is literal, so "http://[::1]:3000"
+	// works). Empty: only the edge's own origin (Origin's host equals the
 	// request's Host), the rule browsers apply to most other requests.
 	Allowed []string
 	// Any allows every origin (dev mode).
@@ -41,24 +41,54 @@ func (o Origins) Check(r *http.Request) error {
 	}
 	norm := strings.ToLower(u.Scheme + "://" + u.Host)
 	for _, p := range o.Allowed {
-		if p == "*" {
-			return nil
-		}
-		if ok, _ := path.Match(strings.ToLower(p), norm); ok {
+		if p == "*" || matchOrigin(strings.ToLower(p), norm) {
 			return nil
 		}
 	}
 	return refuse(ErrForbidden, "origin not allowed", nil)
 }
 
-// ValidateOrigins reports a malformed origin pattern.
+// matchOrigin reports whether origin matches pattern, in which '*' matches
+// any run of characters but '/' and every other character itself.
+// (path.Match would read "[::1]" as a character class.)
+func matchOrigin(pattern, origin string) bool {
+	star, next := -1, 0 // after a '*': where it is in pattern, where its match ends in origin
+	p, o := 0, 0
+	for o < len(origin) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, next = p, o
+			p++
+		case p < len(pattern) && pattern[p] == origin[o]:
+			p++
+			o++
+		case star >= 0 && origin[next] != '/':
+			// Let the last '*' take one more character and try again.
+			next++
+			p, o = star+1, next
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// ValidateOrigins reports a malformed origin pattern: one that is neither
+// "*" nor a scheme, "://" and a host (with an optional port), without path.
 func ValidateOrigins(patterns []string) error {
 	for _, p := range patterns {
-		if _, err := path.Match(p, ""); err != nil || p == "" {
-			return refuse(ErrInvalidConfig, "bad origin pattern "+p, err)
+		if p == "*" {
+			continue
 		}
-		if p != "*" && !strings.Contains(p, "://") {
+		scheme, host, ok := strings.Cut(p, "://")
+		if !ok || scheme == "" {
 			return refuse(ErrInvalidConfig, "origin pattern "+p+" needs a scheme, like https://example.com", nil)
+		}
+		if host == "" || strings.ContainsAny(host, "/?#") || strings.ContainsAny(scheme, "/?#") {
+			return refuse(ErrInvalidConfig, "bad origin pattern "+p, nil)
 		}
 	}
 	return nil
