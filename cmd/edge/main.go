@@ -97,6 +97,8 @@ func main() {
 	fs.IntVar(&rc.Edge.MaxConnsPerIP, "max-conns-per-ip", 0, "connections per client IP on this edge (0: unlimited); more get HTTP 429")
 	fs.Float64Var(&rc.Edge.HandshakeRate, "handshake-rate", 50, "handshakes per second per client IP (0: off); more get HTTP 429")
 	fs.IntVar(&rc.Edge.HandshakeBurst, "handshake-burst", 0, "burst above the handshake rate (default 2x)")
+	fs.DurationVar(&rc.HandshakeTimeout, "handshake-timeout", 0, "bound on reading a handshake's headers, against slowloris (default 10s)")
+	fs.IntVar(&rc.MaxHeaderBytes, "max-header-bytes", 0, "largest handshake request headers; more get 431 (default 32768)")
 	fs.StringVar(&rc.Edge.ClientIPHeader, "client-ip-header", "", "header a trusted proxy sets to the client address, like X-Forwarded-For (last address taken)")
 	natsFlags.Register(fs)
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")

@@ -27,6 +27,14 @@ type RunConfig struct {
 	Edge Config
 	// Listen is the HTTP address for WebSocket upgrades. Default ":8080".
 	Listen string
+	// Listener, when set, is used instead of listening on Listen.
+	Listener net.Listener
+	// HandshakeTimeout bounds reading a handshake's request headers, so that
+	// a slowloris client cannot hold connections open. Default 10s.
+	HandshakeTimeout time.Duration
+	// MaxHeaderBytes bounds a handshake's request headers (431 above).
+	// Default 32 KiB.
+	MaxHeaderBytes int
 	// NATSURL lists NATS servers, comma-separated. Empty means single-binary
 	// mode: an embedded nats-server, the built-in handlers in-process, and
 	// dev mode.
@@ -110,6 +118,12 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if rc.ShutdownTimeout <= 0 {
 		rc.ShutdownTimeout = 10 * time.Second
 	}
+	if rc.HandshakeTimeout <= 0 {
+		rc.HandshakeTimeout = 10 * time.Second
+	}
+	if rc.MaxHeaderBytes <= 0 {
+		rc.MaxHeaderBytes = 32 << 10
+	}
 
 	reg, err := schema.Load(schema.Config{Dirs: rc.SchemaDirs, Strict: rc.StrictTypes})
 	if err != nil {
@@ -175,11 +189,19 @@ func Run(ctx context.Context, rc RunConfig) error {
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())
 	})
-	ln, err := net.Listen("tcp", rc.Listen)
-	if err != nil {
-		return fmt.Errorf("edge: listen: %w", err)
+	ln := rc.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", rc.Listen); err != nil {
+			return fmt.Errorf("edge: listen: %w", err)
+		}
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: rc.HandshakeTimeout,
+		MaxHeaderBytes:    rc.MaxHeaderBytes,
+		IdleTimeout:       rc.HandshakeTimeout, // only plain HTTP keep-alives; WebSockets are hijacked
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	natsURL := nc.ConnectedUrl()
