@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -13,10 +15,11 @@ import (
 
 // ConnectRequest is the body of a <prefix>.auth.connect request: everything
 // the handshake carried, so that an auth service in any language can decide
-// it. Refresh requests (<prefix>.auth.refresh) carry Token, User and Conn.
+// it. Refresh requests (<prefix>.auth.refresh) carry Edge, Token and User
+// (not Conn: Authenticator.Refresh is not given the connection id).
 type ConnectRequest struct {
 	Edge        string              `json:"edge"`
-	Conn        string              `json:"conn,omitempty"` // refresh only
+	Conn        string              `json:"conn,omitempty"` // reserved for refresh; not sent yet
 	User        string              `json:"user,omitempty"` // refresh only: the connection's user
 	Token       string              `json:"token,omitempty"`
 	TokenSource Source              `json:"tokenSource,omitempty"`
@@ -37,9 +40,10 @@ type ConnectReply struct {
 	// Rooms are the room patterns the connection may join.
 	Rooms []string `json:"rooms,omitempty"`
 	// ExpiresAt is when the connection must have refreshed, Unix ms; 0 is
-	// never.
+	// never. A negative value is an error.
 	ExpiresAt int64 `json:"expiresAt,omitempty"`
-	// Reason is shown to a refused client; keep it short.
+	// Reason is shown to a refused client: at most 120 bytes of printable
+	// UTF-8, or the client sees a generic reason instead.
 	Reason string `json:"reason,omitempty"`
 	// Forbidden refuses with 403 instead of 401.
 	Forbidden bool `json:"forbidden,omitempty"`
@@ -108,17 +112,15 @@ func (c *Callout) connect(ctx context.Context, op string, req *ConnectRequest) (
 		if rep.Forbidden {
 			kind = ErrForbidden
 		}
-		reason := rep.Reason
-		if reason == "" || len(reason) > 120 {
-			reason = "not authorized"
-		}
-		return nil, refuse(kind, reason, nil)
+		return nil, refuse(kind, clientReason(rep.Reason, "not authorized"), nil)
 	}
 	id := &Identity{User: rep.User, Rooms: rep.Rooms}
 	if rep.ExpiresAt > 0 {
 		id.Expires = time.UnixMilli(rep.ExpiresAt)
 	}
 	switch {
+	case rep.ExpiresAt < 0:
+		return nil, refuse(ErrUnavailable, "authentication unavailable", errors.New("auth callout returned a negative expiresAt"))
 	case rep.User == "" && !rep.Anonymous:
 		return nil, refuse(ErrUnavailable, "authentication unavailable", errors.New("auth callout allowed without a user"))
 	case rep.User != "" && envelope.ValidateID(rep.User) != nil:
@@ -139,13 +141,28 @@ func (c *Callout) AuthorizeJoin(ctx context.Context, req JoinRequest) error {
 		return err
 	}
 	if !rep.Allow {
-		reason := rep.Reason
-		if reason == "" || len(reason) > 120 {
-			reason = "not allowed to join " + req.Room
-		}
-		return refuse(ErrForbidden, reason, nil)
+		return refuse(ErrForbidden, clientReason(rep.Reason, "not allowed to join "+req.Room), nil)
 	}
 	return nil
+}
+
+// maxReason bounds the reason an auth service gives, in bytes: it must fit
+// a WebSocket close frame (123 bytes).
+const maxReason = 120
+
+// clientReason is reason if it is fit to show a client: 1 to maxReason
+// bytes of printable UTF-8 (a close frame's reason must be UTF-8). Else it
+// is fallback.
+func clientReason(reason, fallback string) string {
+	if reason == "" || len(reason) > maxReason || !utf8.ValidString(reason) {
+		return fallback
+	}
+	for _, r := range reason {
+		if !unicode.IsPrint(r) {
+			return fallback
+		}
+	}
+	return reason
 }
 
 func (c *Callout) ask(ctx context.Context, op string, req, rep any) error {
