@@ -13,7 +13,7 @@ import (
 func TestRPCScenario(t *testing.T) {
 	srv := testenv.NATS(t)
 	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL())})
+	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), Anonymous: true})
 	var out strings.Builder
 	r, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Scenario: "rpc", Conns: 4, Rate: 200,
