@@ -462,6 +462,21 @@ func TestConnectionLimits(t *testing.T) {
 			t.Fatalf("from 127.0.0.2: %d", status)
 		}
 	})
+	t.Run("client IP from a trusted proxy header", func(t *testing.T) {
+		m := newAuthMesh(t, edge.Config{Anonymous: true, MaxConnsPerIP: 1, ClientIPHeader: "X-Forwarded-For"})
+		c, err := wstest.DialErr(m.edge.URL, http.Header{"X-Forwarded-For": {"203.0.113.9, 10.0.0.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The proxy appends the address it saw: the last one counts.
+		if status, _, _ := handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1"}}, ""); status != 429 {
+			t.Fatalf("second from 10.0.0.1: %d, want 429", status)
+		}
+		if status, _, _ := handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1, 10.0.0.2"}}, ""); status != 101 {
+			t.Fatalf("from 10.0.0.2: %d, want 101", status)
+		}
+	})
 	t.Run("handshake rate per IP", func(t *testing.T) {
 		m := newAuthMesh(t, edge.Config{Anonymous: true, HandshakeRate: 0.5, HandshakeBurst: 2})
 		var statuses []int
