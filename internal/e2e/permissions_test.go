@@ -1,0 +1,442 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/internal/wstest"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// deployConf is the example server configuration the tests run against.
+const deployConf = "../../deploy/nats/natter.conf"
+
+// deployRoles are the users of deploy/nats/natter.conf, each with the
+// environment variable that carries its public nkey.
+var deployRoles = map[string]string{
+	"edge":    "NATTER_EDGE_NKEY",
+	"worker":  "NATTER_WORKER_NKEY",
+	"auth":    "NATTER_AUTH_NKEY",
+	"service": "NATTER_SERVICE_NKEY",
+}
+
+// deployServer makes an nkey per role (public keys in the environment, as
+// the configuration expects them; seeds in files, as the commands read
+// them), then starts a nats-server from deploy/nats/natter.conf with only
+// the listener and the store moved to test places. It returns the client
+// URL and the seed file of each role.
+func deployServer(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	seeds := make(map[string]string)
+	for role, env := range deployRoles {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, _ := kp.PublicKey()
+		seed, _ := kp.Seed()
+		t.Setenv(env, pub)
+		seeds[role] = filepath.Join(dir, role+".nk")
+		if err := os.WriteFile(seeds[role], seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts, err := server.ProcessConfigFile(deployConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	opts.StoreDir = t.TempDir()
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(wait) {
+		t.Fatal("nats-server not ready")
+	}
+	return ns.ClientURL(), seeds
+}
+
+// asyncErrors collects the asynchronous errors of NATS connections, such
+// as permission violations, which do not close a connection.
+type asyncErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (a *asyncErrors) handler(role string) nats.Option {
+	return nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		where := ""
+		if sub != nil {
+			where = " (subscription " + sub.Subject + ")"
+		}
+		a.errs = append(a.errs, role+": "+err.Error()+where)
+	})
+}
+
+func (a *asyncErrors) all() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.errs...)
+}
+
+// connectAs connects as role with the role's seed file, through natsopt as
+// the commands do.
+func connectAs(t *testing.T, url, seed string, extra ...nats.Option) *nats.Conn {
+	t.Helper()
+	opts, err := (&natsopt.Options{NKeySeedFile: seed}).NATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url, append(append(opts, nats.MaxReconnects(-1)), extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// authService answers the edge's auth callout as the auth user: the token
+// is the user id, the token grants room "lobby", and room "vip" needs (and
+// gets) natter.auth.join's consent.
+func authService(t *testing.T, nc *nats.Conn) *sync.Map {
+	t.Helper()
+	var asked sync.Map // subject -> true
+	_, err := nc.QueueSubscribe("natter.auth.>", "natter-auth", func(m *nats.Msg) {
+		asked.Store(m.Subject, true)
+		var reply any
+		switch m.Subject {
+		case "natter.auth.connect", "natter.auth.refresh":
+			var req auth.ConnectRequest
+			_ = json.Unmarshal(m.Data, &req)
+			reply = auth.ConnectReply{Allow: req.Token != "", User: req.Token, Rooms: []string{"lobby"}}
+		case "natter.auth.join":
+			var req auth.JoinRequest
+			_ = json.Unmarshal(m.Data, &req)
+			reply = auth.JoinReply{Allow: req.Room == "vip"}
+		}
+		b, _ := json.Marshal(reply)
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &asked
+}
+
+// TestDeployPermissions runs the mesh against deploy/nats/natter.conf, each
+// part with its own user: an edge with presence and the auth callout, a
+// worker with the built-in handlers, an auth service and a backend
+// service. Everything the mesh does (chat, RPC with progress and abort,
+// server-side and authorized joins, presence, lifecycle events, service
+// publishes and server-to-client requests) causes no permission violation,
+// and what a role must not do is refused.
+func TestDeployPermissions(t *testing.T) {
+	url, seeds := deployServer(t)
+	errs := &asyncErrors{}
+	// Registered before anything starts, so it runs after everything stopped.
+	t.Cleanup(func() {
+		if all := errs.all(); len(all) > 0 {
+			t.Errorf("NATS errors:\n%s", strings.Join(all, "\n"))
+		}
+	})
+	edgeNC := connectAs(t, url, seeds["edge"], errs.handler("edge"))
+	workerNC := connectAs(t, url, seeds["worker"], errs.handler("worker"))
+	authNC := connectAs(t, url, seeds["auth"], errs.handler("auth"))
+	serviceNC := connectAs(t, url, seeds["service"], errs.handler("service"))
+	ns := envelope.DefaultNamespace
+
+	asked := authService(t, authNC)
+
+	w := testenv.Worker(t, workerNC)
+	handlerEnded := make(chan error, 1)
+	if err := w.Handle("count", func(_ context.Context, m *worker.Message) error {
+		for i := 1; i <= 2; i++ {
+			if err := m.Progress(map[string]int{"done": i}); err != nil {
+				return err
+			}
+		}
+		return m.Reply("counted", map[string]int{"done": 3})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Handle("wait", func(ctx context.Context, m *worker.Message) error {
+		<-ctx.Done()
+		handlerEnded <- ctx.Err()
+		return ctx.Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	onlineEvents := make(chan presence.Event, 16)
+	if err := w.OnOnline(func(_ context.Context, e presence.Event) { onlineEvents <- e }); err != nil {
+		t.Fatal(err)
+	}
+	if err := workerNC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	callout := &auth.Callout{NATS: edgeNC, Namespace: ns, Edge: "edge1"}
+	e := testenv.StartEdge(t, edge.Config{
+		NATS: edgeNC, EdgeID: "edge1", Presence: true, PresenceTTL: 2 * time.Second,
+		Auth: callout, JoinAuthorizer: callout,
+	})
+	alice := wstest.Dial(t, e.URL+"?token=alice")
+	bob := wstest.Dial(t, e.URL+"?token=bob")
+
+	// Server-side joins: the worker asks the edge on natter.ctl.conn.<id>.
+	for _, c := range []*wstest.Client{alice, bob} {
+		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
+		}
+	}
+	// Chat: a request to the worker, a room publish back.
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hi"}, wait); got.Type != "chat.sent" {
+		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
+	}
+	got := bob.AwaitType(t, "chat.message", wait)
+	var chatMsg struct{ Text, User, Conn string }
+	if err := json.Unmarshal(got.Payload, &chatMsg); err != nil || chatMsg.Text != "hi" || chatMsg.User != "alice" {
+		t.Fatalf("bob got %s", got.Payload)
+	}
+	aliceConn := chatMsg.Conn
+
+	// RPC: echo, ping, progress frames before the reply.
+	if got := alice.Request(t, "echo", map[string]string{"x": "y"}, wait); got.Type != "echo" || string(got.Payload) != `{"x":"y"}` {
+		t.Fatalf("echo: %s %s", got.Type, got.Payload)
+	}
+	if got := alice.Request(t, "ping", nil, wait); got.Type != "pong" {
+		t.Fatalf("ping: %s %s", got.Type, got.Payload)
+	}
+	alice.Send(t, "count", envelope.Meta{CorrelationID: "n1"}, nil)
+	for i := 0; i < 2; i++ {
+		if got := alice.Next(t, wait); got.Type != envelope.TypeRPCProgress || got.Meta.CorrelationID != "n1" {
+			t.Fatalf("progress %d: %s %+v", i, got.Type, got.Meta)
+		}
+	}
+	if got := alice.Next(t, wait); got.Type != "counted" || got.Meta.CorrelationID != "n1" {
+		t.Fatalf("count reply: %s %+v", got.Type, got.Meta)
+	}
+	// Abort: the edge publishes natter.ctl.abort, the worker cancels.
+	alice.Send(t, "wait", envelope.Meta{CorrelationID: "w1", TimeoutMs: 30_000}, nil)
+	time.Sleep(100 * time.Millisecond) // let the request reach the worker
+	alice.Send(t, envelope.TypeAbort, envelope.Meta{CorrelationID: "w1"}, nil)
+	if got := alice.Next(t, wait); got.Type != envelope.TypeRPCError || got.Meta.CorrelationID != "w1" {
+		t.Fatalf("abort: %s %s", got.Type, got.Payload)
+	}
+	select {
+	case err := <-handlerEnded:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler ended with %v", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("the abort did not reach the worker")
+	}
+
+	// A client $join of a room no grant covers asks natter.auth.join.
+	if got := alice.Request(t, envelope.TypeJoin, envelope.RoomPayload{Room: "vip"}, wait); got.Type != envelope.TypeJoined {
+		t.Fatalf("$join vip: %s %s", got.Type, got.Payload)
+	}
+	for _, s := range []string{"natter.auth.connect", "natter.auth.join"} {
+		if _, ok := asked.Load(s); !ok {
+			t.Fatalf("the auth service was not asked on %s", s)
+		}
+	}
+
+	// Presence: the client's query, the worker's query, lifecycle events.
+	testenv.Eventually(t, wait, "two members in lobby", func() bool {
+		got := alice.Request(t, envelope.TypePresence, map[string]string{"room": "lobby"}, wait)
+		var page presence.RoomPage
+		return got.Type == envelope.TypePresence && json.Unmarshal(got.Payload, &page) == nil && page.Count == 2
+	})
+	info, err := presence.Online(t.Context(), workerNC, ns, "alice")
+	if err != nil || !info.Online {
+		t.Fatalf("worker's presence query: %+v %v", info, err)
+	}
+	seen := map[string]bool{}
+	for !seen["alice"] || !seen["bob"] {
+		select {
+		case ev := <-onlineEvents:
+			seen[ev.User] = true
+		case <-time.After(wait):
+			t.Fatalf("online events: got %v", seen)
+		}
+	}
+
+	// A service publishes to a room and asks a client a question.
+	env, _ := envelope.New("news", map[string]string{"headline": "up"})
+	if err := worker.NewPublisher(serviceNC, ns).ToRoom("lobby", env); err != nil {
+		t.Fatal(err)
+	}
+	if got := bob.AwaitType(t, "news", wait); string(got.Payload) != `{"headline":"up"}` {
+		t.Fatalf("news: %s", got.Payload)
+	}
+	answer := make(chan error, 1)
+	var where struct{ Lat float64 }
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		answer <- rpc.Ask(ctx, serviceNC, ns, aliceConn, "geo.where", nil, &where)
+	}()
+	q := alice.AwaitType(t, "geo.where", wait)
+	alice.Send(t, "geo.here", envelope.Meta{CorrelationID: q.Meta.CorrelationID}, map[string]float64{"lat": 52.5})
+	if err := <-answer; err != nil || where.Lat != 52.5 {
+		t.Fatalf("rpc.Ask: %+v %v", where, err)
+	}
+
+	// Another edge writes 1.5 MB into the bucket, past the half of the 2 MB
+	// window at which the server asks the edge's watch for flow control:
+	// the edge answers on $JS.FC. (The entries are not presence entries; the
+	// watch skips them.) Alice's removal below is watched after them.
+	flood := connectAs(t, url, seeds["edge"], errs.handler("second edge"))
+	junk := make([]byte, 64<<10)
+	for range 24 {
+		if err := flood.Publish("$KV.natter_presence.conn.flood", junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flood.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The worker takes alice out of the room; then she closes.
+	if err := w.Publisher().Leave(t.Context(), aliceConn, "lobby"); err != nil {
+		t.Fatal(err)
+	}
+	alice.Close()
+	testenv.Eventually(t, wait, "alice offline", func() bool {
+		info, err := presence.Online(t.Context(), workerNC, ns, "alice")
+		return err == nil && !info.Online
+	})
+	for _, nc := range []*nats.Conn{edgeNC, workerNC, authNC, serviceNC, flood} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if all := errs.all(); len(all) > 0 {
+		t.Fatalf("NATS errors during the flow:\n%s", strings.Join(all, "\n"))
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			role, what string
+			do         func(nc *nats.Conn) error
+		}{
+			{"edge", "publish natter.out.room.x", pub("natter.out.room.x")},
+			{"edge", "publish natter.ctl.conn.x", pub("natter.ctl.conn.x")},
+			{"edge", "subscribe natter.in.>", sub("natter.in.>", "")},
+			{"edge", "subscribe natter.auth.>", sub("natter.auth.>", "")},
+			{"edge", "delete another stream", pub("$JS.API.STREAM.DELETE.orders")},
+			{"worker", "subscribe natter.out.>", sub("natter.out.>", "")},
+			{"worker", "publish natter.in.x", pub("natter.in.x")},
+			{"worker", "subscribe natter.in.> outside the queue group", sub("natter.in.>", "")},
+			{"worker", "subscribe natter.in.> in another queue group", sub("natter.in.>", "spies")},
+			{"worker", "publish $KV.natter_presence.conn.x", pub("$KV.natter_presence.conn.x")},
+			{"worker", "publish $JS.API.STREAM.DELETE.KV_natter_presence", pub("$JS.API.STREAM.DELETE.KV_natter_presence")},
+			{"auth", "publish natter.out.all", pub("natter.out.all")},
+			{"auth", "subscribe natter.in.>", sub("natter.in.>", "")},
+			{"service", "publish natter.in.x", pub("natter.in.x")},
+			{"service", "publish natter.ctl.conn.x", pub("natter.ctl.conn.x")},
+			{"service", "subscribe natter.out.>", sub("natter.out.>", "")},
+		} {
+			t.Run(tc.role+" "+tc.what, func(t *testing.T) {
+				refused := make(chan error, 4)
+				nc := connectAs(t, url, seeds[tc.role], nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+					refused <- err
+				}))
+				if err := tc.do(nc); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case err := <-refused:
+					if !errors.Is(err, nats.ErrPermissionViolation) {
+						t.Fatalf("error %v, want a permissions violation", err)
+					}
+				case <-time.After(wait):
+					t.Fatal("not refused")
+				}
+			})
+		}
+	})
+}
+
+func pub(subject string) func(*nats.Conn) error {
+	return func(nc *nats.Conn) error {
+		if err := nc.Publish(subject, []byte("{}")); err != nil {
+			return err
+		}
+		return nc.Flush()
+	}
+}
+
+func sub(subject, queue string) func(*nats.Conn) error {
+	return func(nc *nats.Conn) error {
+		if _, err := nc.QueueSubscribe(subject, queue, func(*nats.Msg) {}); err != nil {
+			return err
+		}
+		return nc.Flush()
+	}
+}
+
+// TestDeployWorkerProcess runs cmd/worker as the worker user of
+// deploy/nats/natter.conf, with --nats-nkey, behind an edge in-process.
+func TestDeployWorkerProcess(t *testing.T) {
+	url, seeds := deployServer(t)
+	p := testenv.Start(t, "worker", "--nats", url, "--nats-nkey", seeds["worker"])
+	p.WaitLog(t, `msg="worker ready"`, wait)
+	e := testenv.StartEdge(t, edge.Config{NATS: connectAs(t, url, seeds["edge"]), DevMode: true})
+	c := wstest.Dial(t, e.URL+"?user=alice")
+	if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+		t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
+	}
+	if got := c.Request(t, "echo", "hi", wait); got.Type != "echo" {
+		t.Fatalf("echo: %s %s", got.Type, got.Payload)
+	}
+	if strings.Contains(p.Log(), "NATS error") {
+		t.Fatalf("worker log:\n%s", p.Log())
+	}
+}
+
+// TestDeployConfigNeedsKeys checks that the example configuration does not
+// start without the users' public keys.
+func TestDeployConfigNeedsKeys(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	for role, env := range deployRoles {
+		t.Run(role, func(t *testing.T) {
+			for _, e := range deployRoles {
+				t.Setenv(e, pub)
+			}
+			_ = os.Unsetenv(env) // t.Setenv restores it
+			if _, err := server.ProcessConfigFile(deployConf); err == nil || !strings.Contains(err.Error(), env) {
+				t.Fatalf("config without $%s: %v", env, err)
+			}
+		})
+	}
+}
