@@ -401,22 +401,36 @@ func sub(subject, queue string) func(*nats.Conn) error {
 	}
 }
 
-// TestDeployWorkerProcess runs cmd/worker as the worker user of
-// deploy/nats/natter.conf, with --nats-nkey, behind an edge in-process.
-func TestDeployWorkerProcess(t *testing.T) {
+// TestDeployProcesses runs cmd/edge and cmd/worker as the edge and worker
+// users of deploy/nats/natter.conf, with --nats-nkey.
+func TestDeployProcesses(t *testing.T) {
 	url, seeds := deployServer(t)
-	p := testenv.Start(t, "worker", "--nats", url, "--nats-nkey", seeds["worker"])
-	p.WaitLog(t, `msg="worker ready"`, wait)
-	e := testenv.StartEdge(t, edge.Config{NATS: connectAs(t, url, seeds["edge"]), DevMode: true})
-	c := wstest.Dial(t, e.URL+"?user=alice")
-	if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
-		t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
+	w := testenv.Start(t, "worker", "--nats", url, "--nats-nkey", seeds["worker"])
+	w.WaitLog(t, `msg="worker ready"`, wait)
+	e := testenv.Start(t, "edge", "--nats", url, "--nats-nkey", seeds["edge"], "--listen", "127.0.0.1:0",
+		"--insecure-dev-users", "--shutdown-spread", "10ms")
+	m := e.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
+	alice := wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=alice"))
+	bob := wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=bob"))
+	for _, c := range []*wstest.Client{alice, bob} {
+		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
+		}
 	}
-	if got := c.Request(t, "echo", "hi", wait); got.Type != "echo" {
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hi"}, wait); got.Type != "chat.sent" {
+		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
+	}
+	bob.AwaitType(t, "chat.message", wait)
+	if got := alice.Request(t, "echo", "hi", wait); got.Type != "echo" {
 		t.Fatalf("echo: %s %s", got.Type, got.Payload)
 	}
-	if strings.Contains(p.Log(), "NATS error") {
-		t.Fatalf("worker log:\n%s", p.Log())
+	testenv.Eventually(t, wait, "two members in lobby", func() bool {
+		got := alice.Request(t, envelope.TypePresence, map[string]string{"room": "lobby"}, wait)
+		var page presence.RoomPage
+		return got.Type == envelope.TypePresence && json.Unmarshal(got.Payload, &page) == nil && page.Count == 2
+	})
+	if strings.Contains(w.Log(), "NATS error") {
+		t.Fatalf("worker log:\n%s", w.Log())
 	}
 }
 
