@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -191,6 +193,9 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 	if len(token) > MaxTokenSize {
 		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("token too long"))
 	}
+	if !isCompact(token) {
+		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("not three unpadded base64url segments"))
+	}
 	msg, err := jws.Parse([]byte(token), jws.WithCompact())
 	if err != nil {
 		return nil, refuse(ErrUnauthenticated, "invalid token", err)
@@ -290,6 +295,32 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 		}
 	}
 	return id, nil
+}
+
+// strictBase64URL decodes what RFC 7515 calls base64url: no padding, and
+// the unused bits of the last character zero.
+var strictBase64URL = base64.RawURLEncoding.Strict()
+
+// isCompact reports whether token is a compact JWS in the one encoding
+// RFC 7515 allows: three base64url segments without padding, line breaks
+// or other characters. jws alone also takes padded, standard-alphabet and
+// non-zero-trailing-bit segments, so that one signed token would have many
+// spellings.
+func isCompact(token string) bool {
+	n := 0
+	for seg := range strings.SplitSeq(token, ".") {
+		n++
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+		if _, err := strictBase64URL.DecodeString(seg); err != nil {
+			return false
+		}
+	}
+	return n == 3
 }
 
 // jwksKeys returns the usable keys of the cached JWKS. When the token names

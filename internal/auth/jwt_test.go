@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -401,6 +402,13 @@ func TestJWTVerify(t *testing.T) {
 		no("garbage", all, "not a token", "invalid token"),
 		no("two segments", all, "a.b", "invalid token"),
 		no("JSON serialization", all, jsonSerialized(t, hs(valid)), "invalid token"),
+		no("signature padded", all, hs(valid)+"=", "invalid token"),
+		no("signature in the standard alphabet", all, stdAlphabet(t, func(i int) string { return hs(valid.with("jti", fmt.Sprint(i))) }), "invalid token"),
+		no("signature with non-zero trailing bits", all, flipTrailingBit(hs(valid)), "invalid token"),
+		no("line break in the signature", all, insertAt(hs(valid), len(hs(valid))-5, "\n"), "invalid token"),
+		no("leading space", all, " "+hs(valid), "invalid token"),
+		no("trailing newline", all, hs(valid)+"\n", "invalid token"),
+		no("four segments", all, hs(valid)+".e30", "invalid token"),
 		no("oversized", all, hs(valid.with("pad", strings.Repeat("x", auth.MaxTokenSize))), "invalid token"),
 	}
 	// The classic algorithm confusion: HS256 with the RSA public key as the
@@ -426,6 +434,32 @@ func TestJWTVerify(t *testing.T) {
 		})
 	}
 }
+
+// stdAlphabet returns the first token make(i) makes whose signature has a
+// '-' or '_', with the signature in the standard base64 alphabet instead.
+func stdAlphabet(t testing.TB, make func(i int) string) string {
+	t.Helper()
+	for i := range 1000 {
+		tok := make(i)
+		dot := strings.LastIndexByte(tok, '.')
+		if sig := tok[dot+1:]; strings.ContainsAny(sig, "-_") {
+			return tok[:dot+1] + strings.NewReplacer("-", "+", "_", "/").Replace(sig)
+		}
+	}
+	t.Fatal("no signature with - or _ in 1000 tokens")
+	return ""
+}
+
+// flipTrailingBit changes the last character of a token whose last segment
+// has unused bits (43 characters for the 32 bytes of HS256) so that it
+// decodes to the same bytes unless decoded strictly.
+func flipTrailingBit(tok string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, tok[len(tok)-1])
+	return tok[:len(tok)-1] + string(alphabet[last^1])
+}
+
+func insertAt(s string, i int, ins string) string { return s[:i] + ins + s[i:] }
 
 // unsigned is a token jwx makes with alg none.
 func unsigned(t testing.TB, c claims) string {
