@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -19,7 +18,7 @@ import (
 // client in the order the worker sent them; no goroutine waits per call.
 type rpcMux struct {
 	e      *Edge
-	prefix string // "_INBOX.<nuid>."
+	prefix string // "_INBOX.<nuid>." (or the connection's custom inbox prefix)
 	sub    *nats.Subscription
 	seq    atomic.Uint64
 	calls  sync.Map // token -> *call
@@ -36,7 +35,8 @@ type call struct {
 }
 
 func newRPCMux(e *Edge) (*rpcMux, error) {
-	m := &rpcMux{e: e, prefix: nats.InboxPrefix + nuid.Next() + "."}
+	// NewInbox honours nats.CustomInboxPrefix.
+	m := &rpcMux{e: e, prefix: e.nc.NewInbox() + "."}
 	sub, err := e.nc.Subscribe(m.prefix+"*", m.onReply)
 	if err != nil {
 		return nil, err

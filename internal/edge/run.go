@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/chat"
@@ -135,8 +136,20 @@ func Run(ctx context.Context, rc RunConfig) error {
 	single := rc.NATSURL == ""
 	var embedded *natsd.Server
 	var nc *nats.Conn
+	errLimit := rate.NewLimiter(1, 5)
 	opts := append([]nats.Option{
 		nats.Name("natter-edge"),
+		// Permission violations and slow-consumer errors arrive here, not
+		// as call errors; log them, sampled.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errLimit.Allow() {
+				subject := ""
+				if sub != nil {
+					subject = sub.Subject
+				}
+				log.Error("edge: NATS error", "subscription", subject, "err", err)
+			}
+		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectBufSize(8 << 20),
 	}, rc.NATSOptions...)

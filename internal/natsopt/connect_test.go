@@ -156,3 +156,44 @@ func TestConnectCreds(t *testing.T) {
 		{name: "none", wantErr: nats.ErrAuthorization},
 	})
 }
+
+// With --nats-inbox-prefix, replies come back on the role's own prefix, so
+// permissions can allow a role only its own replies.
+func TestInboxPrefix(t *testing.T) {
+	url := startServer(t, &server.Options{Users: []*server.User{
+		{Username: "edge", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"svc"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_EDGE.>"}},
+		}},
+		{Username: "svc", Password: "pw"},
+	}})
+	responder, err := nats.Connect(url, nats.UserInfo("svc", "pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer responder.Close()
+	if _, err := responder.Subscribe("svc", func(m *nats.Msg) { _ = m.Respond([]byte("ok")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = responder.Flush()
+
+	for _, tc := range []struct {
+		prefix string
+		ok     bool
+	}{{"_INBOX_EDGE", true}, {"", false}} {
+		o := natsopt.Options{User: "edge", Password: "pw", InboxPrefix: tc.prefix}
+		opts, err := o.NATS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(url, append(opts, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = nc.Request("svc", nil, time.Second)
+		nc.Close()
+		if (err == nil) != tc.ok {
+			t.Fatalf("prefix %q: request error %v, want ok=%v", tc.prefix, err, tc.ok)
+		}
+	}
+}

@@ -33,6 +33,7 @@ const (
 	FlagTLSCert       = "nats-tls-cert"
 	FlagTLSKey        = "nats-tls-key"
 	FlagTLSServerName = "nats-tls-server-name"
+	FlagInboxPrefix   = "nats-inbox-prefix"
 )
 
 // Options are how a process authenticates to NATS and secures the
@@ -65,6 +66,9 @@ type Options struct {
 	// TLSServerName is the name the server's certificate must carry.
 	// Setting it turns TLS on. Default: the host of the URL connected to.
 	TLSServerName string
+	// InboxPrefix replaces "_INBOX" in reply subjects, so that each role's
+	// NATS permissions can allow only its own replies. Default: "_INBOX".
+	InboxPrefix string
 }
 
 // Register adds the --nats-* flags for o to fs. Flags default to o's
@@ -88,6 +92,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 		"PEM private key `file` of --"+FlagTLSCert)
 	fs.StringVar(&o.TLSServerName, FlagTLSServerName, o.TLSServerName,
 		"`name` the NATS server's certificate must carry (default: the URL's host); turns TLS on")
+	fs.StringVar(&o.InboxPrefix, FlagInboxPrefix, o.InboxPrefix,
+		"`prefix` of reply subjects instead of _INBOX, so permissions can keep each role's replies private")
 }
 
 // secret is a flag value whose default is never printed.
@@ -167,6 +173,9 @@ func (o *Options) NATS() ([]nats.Option, error) {
 		opts = append(opts, nats.Token(token))
 	}
 
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
+	}
 	if o.TLSCA != "" || o.TLSCert != "" || o.TLSServerName != "" {
 		// First, so that RootCAs and ClientCert keep this config (they only
 		// make one when there is none).
