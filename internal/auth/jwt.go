@@ -187,8 +187,8 @@ func (v *JWT) Refresh(ctx context.Context, token string, cur *Identity) (*Identi
 // is the one the token's header names are tried; a token that names a key
 // id is checked against the JWKS key of that id only (configured keys have
 // no id and are always tried). Refusals are ErrUnauthenticated, except
-// ErrUnavailable when the token names a key id the cached JWKS lacks and the
-// set cannot be fetched.
+// ErrUnavailable when the token names a key id the cached JWKS lacks, the
+// set cannot be fetched, and no configured key verifies the token.
 func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 	if len(token) > MaxTokenSize {
 		return nil, refuse(ErrUnauthenticated, "invalid token", errors.New("token too long"))
@@ -215,11 +215,13 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 			candidates = append(candidates, k)
 		}
 	}
-	if v.cache != nil {
+	// The JWKS holds only public keys (see fits): an HS256 or "none" token
+	// never needs it, and never makes it fetched. If it cannot be fetched,
+	// configured keys may still verify the token.
+	var jwksErr error
+	if v.cache != nil && slices.Contains(publicAlgs, alg) {
 		keys, err := v.jwksKeys(ctx, kid, hasKid)
-		if err != nil {
-			return nil, refuse(ErrUnavailable, "key set unavailable", err)
-		}
+		jwksErr = err
 		for _, k := range keys {
 			if k.alg == alg && (!hasKid || k.kid == kid) {
 				candidates = append(candidates, k)
@@ -227,6 +229,9 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 		}
 	}
 	if len(candidates) == 0 {
+		if jwksErr != nil {
+			return nil, refuse(ErrUnavailable, "key set unavailable", jwksErr)
+		}
 		return nil, refuse(ErrUnauthenticated, "invalid token", fmt.Errorf("no key for alg %s", alg))
 	}
 	// The key provider offers the candidates with the header's algorithm:
@@ -242,6 +247,9 @@ func (v *JWT) Verify(ctx context.Context, token string) (*Identity, error) {
 	payload, err := jws.Verify([]byte(token), jws.WithCompact(), jws.WithKeyProvider(provider),
 		jws.WithCritValidation(true), jws.WithContext(ctx))
 	if err != nil {
+		if jwksErr != nil {
+			return nil, refuse(ErrUnavailable, "key set unavailable", errors.Join(jwksErr, err))
+		}
 		return nil, refuse(ErrUnauthenticated, "invalid token", err)
 	}
 	// The payload becomes claims as JSON, never through jwt.Parse, which
@@ -425,15 +433,19 @@ func usableKeys(set jwk.Set) []verifyKey {
 	return keys
 }
 
+// rsaAlgs are the algorithms a JWKS RSA key may declare.
+var rsaAlgs = []jwa.SignatureAlgorithm{jwa.RS256(), jwa.RS384(), jwa.RS512(), jwa.PS256(), jwa.PS384(), jwa.PS512()}
+
+// publicAlgs are the algorithms a JWKS key may verify (see fits).
+var publicAlgs = append(slices.Clone(rsaAlgs), jwa.ES256(), jwa.ES384(), jwa.ES512(), jwa.EdDSA())
+
 // fits reports whether a JWKS key may verify alg: RSA keys of at least 2048
 // bits RS256-512 and PS256-512, ECDSA keys the ES algorithm of their curve,
 // Ed25519 keys EdDSA.
 func fits(alg jwa.SignatureAlgorithm, key any) bool {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
-		return k.N.BitLen() >= 2048 && slices.Contains([]jwa.SignatureAlgorithm{
-			jwa.RS256(), jwa.RS384(), jwa.RS512(), jwa.PS256(), jwa.PS384(), jwa.PS512(),
-		}, alg)
+		return k.N.BitLen() >= 2048 && slices.Contains(rsaAlgs, alg)
 	case *ecdsa.PublicKey:
 		return alg == jwa.ES256() && k.Curve == elliptic.P256() ||
 			alg == jwa.ES384() && k.Curve == elliptic.P384() ||

@@ -703,11 +703,10 @@ func TestJWKSRefreshRateLimit(t *testing.T) {
 	srv := newJWKSServer(t)
 	srv.serve(t, map[string]crypto.PublicKey{"k1": &k.rsa.PublicKey}, nil)
 	v := newJWT(t, auth.JWTConfig{JWKSURL: srv.URL, JWKSMinRefresh: time.Hour})
-	time.Sleep(time.Millisecond)
-	for i := range 20 {
-		_, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa2, "unknown", validClaims("alice")))
+	tok := sign(t, jwa.RS256(), k.rsa2, "unknown", validClaims("alice"))
+	for range 20 {
+		_, err := v.Verify(ctx, tok)
 		wantRefusal(t, err, auth.ErrUnauthenticated, "invalid token")
-		_ = i
 	}
 	if n := srv.fetches.Load(); n != 1 {
 		t.Fatalf("fetches = %d; unknown kids within JWKSMinRefresh must not refetch", n)
@@ -840,4 +839,49 @@ func TestJWTCloseStopsGoroutines(t *testing.T) {
 	v.Close()
 	v.Close() // idempotent
 	testenv.GoroutinesSettle(t, base, 0, 5*time.Second)
+}
+
+// TestJWKSDownWithConfiguredKeys checks that configured keys keep working
+// while the JWKS cannot be fetched, and that HS256 tokens never cause a
+// fetch.
+func TestJWKSDownWithConfiguredKeys(t *testing.T) {
+	k := keys()
+	ctx := context.Background()
+	srv := newJWKSServer(t)
+	srv.serve(t, map[string]crypto.PublicKey{"k1": &k.ec.PublicKey}, nil)
+	v := newJWT(t, auth.JWTConfig{
+		HMACSecret: k.hs, PublicKeys: []crypto.PublicKey{&k.rsa.PublicKey},
+		JWKSURL: srv.URL, JWKSMinRefresh: time.Millisecond,
+	})
+	alice := auth.Identity{User: "alice", Rooms: []string{"lobby", "team-*"}, Expires: expiry}
+	valid := validClaims("alice")
+	srv.setDown()
+	time.Sleep(2 * time.Millisecond)
+
+	t.Run("HS256 with an unknown kid", func(t *testing.T) {
+		before := srv.fetches.Load()
+		id, err := v.Verify(ctx, sign(t, jwa.HS256(), k.hs, "x", valid))
+		wantIdentity(t, id, err, alice)
+		if n := srv.fetches.Load(); n != before {
+			t.Fatalf("an HS256 token fetched the JWKS (%d -> %d)", before, n)
+		}
+	})
+	t.Run("RS256 by the configured key, unknown kid", func(t *testing.T) {
+		time.Sleep(2 * time.Millisecond)
+		id, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa, "x", valid))
+		wantIdentity(t, id, err, alice)
+	})
+	t.Run("RS256 by another key, unknown kid", func(t *testing.T) {
+		time.Sleep(2 * time.Millisecond)
+		_, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa2, "x", valid))
+		wantRefusal(t, err, auth.ErrUnavailable, "key set unavailable")
+	})
+	t.Run("ES256 by the cached key", func(t *testing.T) {
+		id, err := v.Verify(ctx, sign(t, jwa.ES256(), k.ec, "k1", valid))
+		wantIdentity(t, id, err, alice)
+	})
+	t.Run("HS256 by another secret", func(t *testing.T) {
+		_, err := v.Verify(ctx, sign(t, jwa.HS256(), k.hs2, "x", valid))
+		wantRefusal(t, err, auth.ErrUnauthenticated, "invalid token")
+	})
 }
