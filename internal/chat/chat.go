@@ -78,7 +78,8 @@ func join(ctx context.Context, m *worker.Message) error {
 	if err := r.bind(m); err != nil {
 		return err
 	}
-	if err := m.Publisher().Join(ctx, m.Conn, r.Room); err != nil {
+	// The client asked: its own room rights apply, as for a $join.
+	if err := m.Publisher().JoinAsClient(ctx, m.Conn, r.Room); err != nil {
 		return err
 	}
 	if m.IsRequest() {
@@ -109,7 +110,7 @@ type Message struct {
 	TS   int64  `json:"ts"`
 }
 
-func send(_ context.Context, m *worker.Message) error {
+func send(ctx context.Context, m *worker.Message) error {
 	var r sendReq
 	if err := m.Bind(&r); err != nil {
 		return err
@@ -119,6 +120,13 @@ func send(_ context.Context, m *worker.Message) error {
 	}
 	if r.Text == "" || len(r.Text) > MaxTextLen || !utf8.ValidString(r.Text) {
 		return rpc.Errorf(envelope.CodeInvalidArgument, "text must be 1..%d bytes of UTF-8", MaxTextLen)
+	}
+	if m.Conn != "" {
+		// Only members post: a client cannot write into rooms it may not
+		// read. (Messages from services, without a connection, may.)
+		if err := m.Publisher().RequireMember(ctx, m.Conn, r.Room); err != nil {
+			return err
+		}
 	}
 	ts := time.Now().UnixMilli()
 	env, err := envelope.New("chat.message", Message{Room: r.Room, Text: r.Text, User: m.User, Conn: m.Conn, TS: ts})

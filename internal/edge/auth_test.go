@@ -552,3 +552,31 @@ func TestUserRateLimit(t *testing.T) {
 		t.Fatalf("bob: %d acks, %d limited; want all through", acks, limited)
 	}
 }
+
+// A handler that joins or posts for a client applies the client's rights:
+// the built-in chat.join goes through JoinAsClient and chat.send through
+// RequireMember, so neither opens a way around $join's authorization.
+func TestHandlersKeepRoomRights(t *testing.T) {
+	m := newAuthMesh(t, edge.Config{PublicRooms: []string{"lobby"}})
+	mallory := m.dialAs(t, token(t, "mallory", time.Hour, nil))
+	alice := m.dialAs(t, token(t, "alice", time.Hour, map[string]any{"rooms": []string{"secret"}}))
+	join(t, alice, "secret")
+
+	denied := func(typ string, payload any) {
+		t.Helper()
+		got := mallory.Request(t, typ, payload, wait)
+		assertErrorFrame(t, got, envelope.TypeRPCError, envelope.CodePermissionDenied, got.Meta.CorrelationID)
+	}
+	denied("chat.join", map[string]string{"room": "secret"})
+	denied("chat.send", map[string]string{"room": "secret", "text": "let me in"})
+	if got := mallory.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+		t.Fatalf("chat.join of a public room: %s %s", got.Type, got.Payload)
+	}
+	if !alice.Quiet(300 * time.Millisecond) {
+		t.Fatal("alice got something from mallory's attempts")
+	}
+	// Alice, a member, posts.
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "secret", "text": "hi"}, wait); got.Type != "chat.sent" {
+		t.Fatalf("member chat.send: %s %s", got.Type, got.Payload)
+	}
+}

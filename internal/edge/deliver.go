@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -129,9 +130,22 @@ func (c *conn) control(msg *nats.Msg) {
 			if err = envelope.ValidateID(ctl.Room); err != nil {
 				err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: err.Error()}
 			} else if ctl.Op == envelope.OpJoin {
+				if ctl.AsClient {
+					if aerr := c.authorizeJoin(ctl.Room); aerr != nil {
+						err = &rpc.Error{Code: codeOf(aerr), Message: auth.Reason(aerr)}
+						break
+					}
+				}
 				err = c.e.hub.joinAs(c, ctl.Room, "", false, true)
 			} else {
 				c.e.hub.leave(c, ctl.Room, "")
+			}
+		case envelope.OpMember:
+			c.e.hub.mu.Lock()
+			_, member := c.rooms[ctl.Room]
+			c.e.hub.mu.Unlock()
+			if !member || ctl.Room == "" {
+				err = &rpc.Error{Code: envelope.CodePermissionDenied, Message: "not a member of this room"}
 			}
 		case envelope.OpClose:
 			code := ctl.Code

@@ -29,6 +29,7 @@ type violations struct {
 func TestInboundValidation(t *testing.T) {
 	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, false)})
 	c := m.dial(t, "alice")
+	join(t, c, "general")
 	tap, err := m.nats.SubscribeSync("natter.in.>")
 	if err != nil {
 		t.Fatal(err)

@@ -87,6 +87,26 @@ func (p *Publisher) Join(ctx context.Context, conn, room string) error {
 	return p.control(ctx, conn, envelope.Control{Op: envelope.OpJoin, Room: room})
 }
 
+// JoinAsClient adds conn to room if the client itself may join it (its
+// token's grants, the edge's public rooms or the join authorizer), as for
+// a $join; otherwise it fails with PERMISSION_DENIED. Use it when a client
+// asks a handler to join it somewhere.
+func (p *Publisher) JoinAsClient(ctx context.Context, conn, room string) error {
+	if err := envelope.ValidateID(room); err != nil {
+		return err
+	}
+	return p.control(ctx, conn, envelope.Control{Op: envelope.OpJoin, Room: room, AsClient: true})
+}
+
+// RequireMember fails with PERMISSION_DENIED unless conn is in room. Use it
+// before posting to a room on a client's behalf.
+func (p *Publisher) RequireMember(ctx context.Context, conn, room string) error {
+	if err := envelope.ValidateID(room); err != nil {
+		return err
+	}
+	return p.control(ctx, conn, envelope.Control{Op: envelope.OpMember, Room: room})
+}
+
 // Leave removes conn from room.
 func (p *Publisher) Leave(ctx context.Context, conn, room string) error {
 	if err := envelope.ValidateID(room); err != nil {
