@@ -16,8 +16,8 @@ type Control struct {
 	// (token grants, public rooms, the join authorizer), for handlers that
 	// join a client to a room it asked for: PERMISSION_DENIED otherwise.
 	AsClient bool      `json:"asClient,omitempty"`
-	Code   CloseCode `json:"code,omitempty"`
-	Reason string    `json:"reason,omitempty"`
+	Code     CloseCode `json:"code,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
 }
 
 // Control operations.
