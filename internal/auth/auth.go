@@ -24,6 +24,10 @@ var (
 	ErrForbidden       = errors.New("auth: forbidden")       // valid credentials, not allowed
 	ErrUnavailable     = errors.New("auth: unavailable")     // the deciding service did not answer: fail closed
 	ErrInvalidConfig   = errors.New("auth: invalid config")
+	// ErrNoToken is the cause of a refusal for carrying no credentials at
+	// all: the one refusal an edge that also admits anonymous connections
+	// turns into an anonymous admission.
+	ErrNoToken = errors.New("auth: no token")
 )
 
 // Error is a refusal: a Kind (one of the sentinels), a short Reason safe to

@@ -165,7 +165,7 @@ func (v *JWT) Close() {
 // Authenticate verifies the handshake's token.
 func (v *JWT) Authenticate(ctx context.Context, h *Handshake) (*Identity, error) {
 	if h.Token == "" {
-		return nil, refuse(ErrUnauthenticated, "missing token", nil)
+		return nil, refuse(ErrUnauthenticated, "missing token", ErrNoToken)
 	}
 	return v.Verify(ctx, h.Token)
 }

@@ -202,7 +202,9 @@ func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), e.cfg.AuthTimeout)
 	defer cancel()
 	id, err := e.cfg.Auth.Authenticate(ctx, h)
-	if err != nil && h.Token == "" && e.cfg.Anonymous && errors.Is(err, auth.ErrUnauthenticated) {
+	// Only a refusal for carrying no credentials becomes anonymous; an auth
+	// service that refused a cookie or header it knows has decided.
+	if err != nil && e.cfg.Anonymous && errors.Is(err, auth.ErrNoToken) {
 		return &auth.Identity{}, nil
 	}
 	return id, err

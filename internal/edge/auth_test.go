@@ -580,3 +580,24 @@ func TestHandlersKeepRoomRights(t *testing.T) {
 		t.Fatalf("member chat.send: %s %s", got.Type, got.Payload)
 	}
 }
+
+// With Anonymous on, only a handshake with no credentials at all becomes
+// anonymous: an auth callout's refusal (of a session cookie, say) stands.
+func TestCalloutRefusalIsNotAnonymous(t *testing.T) {
+	srv := testenv.NATS(t)
+	responder := testenv.Connect(t, srv.ClientURL())
+	if _, err := responder.Subscribe("natter.auth.connect", func(msg *nats.Msg) {
+		_ = msg.Respond([]byte(`{"allow":false,"reason":"banned"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = responder.Flush()
+	nc := testenv.Connect(t, srv.ClientURL())
+	e := testenv.StartEdge(t, edge.Config{NATS: nc, Anonymous: true,
+		Auth: &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: time.Second}})
+	for _, h := range []http.Header{nil, {"Cookie": {"sid=abc"}}} {
+		if status, body, _ := handshake(t, e.URL, h, ""); status != 401 || body != "banned" {
+			t.Fatalf("headers %v: %d %q, want 401 banned", h, status, body)
+		}
+	}
+}
