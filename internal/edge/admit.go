@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,9 +50,11 @@ func (a *admission) init() {
 	a.users = make(map[string]*userState)
 }
 
-// maxTrackedIPs bounds the handshake limiters kept; past it, idle ones are
-// dropped first and new IPs share no state (they are admitted).
-const maxTrackedIPs = 100_000
+// maxTrackedIPs bounds the handshake limiters kept; past it, new addresses
+// share the limiter of overflowKey until idle ones are swept.
+var maxTrackedIPs = 100_000 // a variable for tests
+
+const overflowKey = "overflow"
 
 // allowHandshake takes one handshake token of ip, or says how long to wait.
 func (e *Edge) allowHandshake(ip string, now time.Time) (time.Duration, bool) {
@@ -62,10 +65,13 @@ func (e *Edge) allowHandshake(ip string, now time.Time) (time.Duration, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	l := a.handshakes[ip]
+	if l == nil && len(a.handshakes) >= maxTrackedIPs {
+		// Past the bound, new addresses share one limiter: an attacker
+		// with many addresses slows itself, not only everyone else.
+		ip = overflowKey
+		l = a.handshakes[ip]
+	}
 	if l == nil {
-		if len(a.handshakes) >= maxTrackedIPs {
-			return 0, true
-		}
 		l = &ipLimiter{lim: rate.NewLimiter(rate.Limit(e.cfg.HandshakeRate), e.cfg.HandshakeBurst)}
 		a.handshakes[ip] = l
 	}
@@ -175,12 +181,30 @@ func (e *Edge) clientIP(r *http.Request) string {
 	if h := e.cfg.ClientIPHeader; h != "" {
 		if v := r.Header.Values(h); len(v) > 0 {
 			parts := strings.Split(v[len(v)-1], ",")
-			if ip := strings.TrimSpace(parts[len(parts)-1]); ip != "" {
-				return ip
+			if key, ok := ipKey(strings.TrimSpace(parts[len(parts)-1])); ok {
+				return key
 			}
 		}
 	}
-	return auth.RemoteIP(r.RemoteAddr)
+	if key, ok := ipKey(auth.RemoteIP(r.RemoteAddr)); ok {
+		return key
+	}
+	return r.RemoteAddr
+}
+
+// ipKey is what per-IP limits count for an address: an IPv4 address
+// (IPv4-mapped IPv6 unmapped), or an IPv6 address's /64, since one host
+// usually holds a whole /64 and could otherwise rotate through it.
+func ipKey(s string) (string, bool) {
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return "", false
+	}
+	addr = addr.Unmap().WithZone("")
+	if addr.Is4() {
+		return addr.String(), true
+	}
+	return netip.PrefixFrom(addr, 64).Masked().String(), true
 }
 
 // authenticate decides who a handshake is: a dev-mode ?user=, the
