@@ -53,7 +53,7 @@ func main() {
 		return nil
 	})
 	fs.BoolVar(&rc.StrictTypes, "strict-types", false, "reject message types that have no schema")
-	fs.BoolVar(&rc.Edge.DevMode, "insecure-dev-users", false, "INSECURE: take the user id from ?user= even with --nats (single-binary mode always does)")
+	fs.BoolVar(&rc.Edge.DevMode, "insecure-dev-users", false, "INSECURE dev mode with --nats, as single-binary mode without auth flags: the user id comes from ?user=, anonymous connections are admitted, every room is public (unless --public-rooms) and any origin may connect (unless --allowed-origins)")
 	fs.BoolVar(&rc.Edge.Presence, "presence", true, "keep presence in JetStream KV and emit lifecycle events (needs JetStream)")
 	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")

@@ -126,3 +126,20 @@ func TestEdgeProcessJWT(t *testing.T) {
 		}
 	}
 }
+
+// The single binary with an auth flag is not in dev mode: ?user= means
+// nothing and a token is needed.
+func TestSingleBinaryWithAuthIsNotDevMode(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte("single-binary-secret-0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.Start(t, "edge", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--jwt-secret-file", secretFile)
+	m := p.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
+	if strings.Contains(p.Log(), "dev mode") {
+		t.Fatalf("dev mode announced:\n%s", p.Log())
+	}
+	if _, err := wstest.DialErr(wstest.WSURL(m[1], m[2])+"?user=alice", nil); err == nil {
+		t.Fatal("?user= admitted without a token")
+	}
+}

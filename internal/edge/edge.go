@@ -25,8 +25,10 @@ import (
 // http.Handler for its upgrade path. Create it with New, stop it with
 // Shutdown.
 //
-// Lock order: hub.mu, then group.mu, then conn.wmu. No lock is held across
-// a NATS round trip or a socket write.
+// Lock order: hub.mu, then group.mu, then conn.wmu; conn.authMu before
+// conn.wmu (expiry sends and closes); adm.mu before the presence mirror's
+// lock (per-user caps read it). No lock is held across a NATS round trip or
+// a socket write.
 type Edge struct {
 	cfg      Config
 	nc       *nats.Conn

@@ -69,6 +69,11 @@ type RunConfig struct {
 	CalloutTimeout time.Duration
 }
 
+// hasAuth reports whether rc configures JWT verification or the callout.
+func (rc *RunConfig) hasAuth() bool {
+	return len(rc.JWT.HMACSecret) > 0 || len(rc.JWT.PublicKeys) > 0 || rc.JWT.JWKSURL != "" || rc.AuthCallout
+}
+
 // authenticator builds the Authenticator and join authorizer RunConfig
 // asks for, on nc. close releases the JWKS refresher.
 func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close func(), err error) {
@@ -160,7 +165,10 @@ func Run(ctx context.Context, rc RunConfig) error {
 		}
 		defer embedded.Shutdown()
 		nc, err = nats.Connect(embedded.ClientURL(), append(opts, nats.InProcessServer(embedded.NATS()))...)
-		rc.Edge.DevMode = true
+		// Dev mode, unless authentication is configured: then the single
+		// binary behaves like a production edge (no ?user=, no open rooms
+		// or origins beyond the flags).
+		rc.Edge.DevMode = !rc.hasAuth()
 	} else {
 		// Dev mode stays off against a real NATS unless asked for by name
 		// (--insecure-dev-users), for local multi-edge set-ups and tests.
