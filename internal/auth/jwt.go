@@ -352,13 +352,15 @@ func (v *JWT) jwksKeys(ctx context.Context, kid string, hasKid bool) ([]verifyKe
 	v.mu.Unlock()
 	switch {
 	case due:
-		_, err := v.cache.Refresh(ctx, v.cfg.JWKSURL)
+		// The fetch serves every waiter: it must not end with the
+		// handshake that started it.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_, err := v.cache.Refresh(fctx, v.cfg.JWKSURL)
+		cancel()
 		v.mu.Lock()
 		close(v.refreshing)
 		v.refreshing = nil
-		if ctx.Err() == nil { // a caller that left says nothing of the set
-			v.refreshErr = err
-		}
+		v.refreshErr = err
 		v.mu.Unlock()
 		if err != nil {
 			return nil, err
