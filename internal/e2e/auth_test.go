@@ -79,23 +79,8 @@ func TestEdgeProcessJWT(t *testing.T) {
 		return string(s)
 	}
 	status := func(h http.Header) int {
-		req, err := http.NewRequest(http.MethodGet, strings.Replace(url, "ws://", "http://", 1), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k, v := range h {
-			req.Header[k] = v
-		}
-		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", "websocket")
-		req.Header.Set("Sec-WebSocket-Version", "13")
-		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _, _ := wstest.Handshake(t, url, h, "")
+		return code
 	}
 	bearer := func(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 

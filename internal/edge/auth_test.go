@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -97,39 +95,6 @@ func whoami(t *testing.T, c *wstest.Client) string {
 	return p.User
 }
 
-// handshake makes a raw WebSocket upgrade request and returns the status,
-// the body (for refusals) and the response headers. laddr, if not empty, is
-// the local address to dial from.
-func handshake(t *testing.T, rawURL string, hdr http.Header, laddr string) (int, string, http.Header) {
-	t.Helper()
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	if laddr != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
-	}
-	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
-	req, err := http.NewRequest(http.MethodGet, strings.Replace(rawURL, "ws://", "http://", 1), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "websocket")
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return resp.StatusCode, "", resp.Header
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return resp.StatusCode, strings.TrimSpace(string(body)), resp.Header
-}
-
 func TestHandshakeAuthentication(t *testing.T) {
 	m := newAuthMesh(t, edge.Config{})
 	good := token(t, "alice", time.Hour, nil)
@@ -162,7 +127,7 @@ func TestHandshakeAuthentication(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body, h := handshake(t, tc.url, tc.hdr, "")
+			status, body, h := wstest.Handshake(t, tc.url, tc.hdr, "")
 			if status != tc.status {
 				t.Fatalf("status %d (%q), want %d", status, body, tc.status)
 			}
@@ -205,7 +170,7 @@ func TestAnonymous(t *testing.T) {
 	}
 	join(t, anon, "lobby")
 	// A bad token is not silently downgraded to anonymous.
-	if status, _, _ := handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
+	if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
 		t.Fatalf("bad token with anonymous on: %d, want 401", status)
 	}
 	if _, err := edge.New(edge.Config{NATS: m.nats}); err == nil {
@@ -266,12 +231,12 @@ func TestAuthCallout(t *testing.T) {
 		join(t, c, "team-7")
 	})
 	t.Run("deny", func(t *testing.T) {
-		status, body, _ := handshake(t, e.URL, http.Header{"Authorization": {"Bearer stolen"}}, "")
+		status, body, _ := wstest.Handshake(t, e.URL, http.Header{"Authorization": {"Bearer stolen"}}, "")
 		<-got
 		if status != 401 || body != "unknown session" {
 			t.Fatalf("deny: %d %q", status, body)
 		}
-		status, body, _ = handshake(t, e.URL, http.Header{"Authorization": {"Bearer banned"}}, "")
+		status, body, _ = wstest.Handshake(t, e.URL, http.Header{"Authorization": {"Bearer banned"}}, "")
 		<-got
 		if status != 403 || body != "account suspended" {
 			t.Fatalf("forbidden: %d %q", status, body)
@@ -279,7 +244,7 @@ func TestAuthCallout(t *testing.T) {
 	})
 	t.Run("timeout fails closed", func(t *testing.T) {
 		start := time.Now()
-		status, body, _ := handshake(t, e.URL, http.Header{"Authorization": {"Bearer slow"}}, "")
+		status, body, _ := wstest.Handshake(t, e.URL, http.Header{"Authorization": {"Bearer slow"}}, "")
 		<-got
 		if status != 503 || body != "authentication unavailable" {
 			t.Fatalf("timeout: %d %q", status, body)
@@ -291,7 +256,7 @@ func TestAuthCallout(t *testing.T) {
 	t.Run("no responder fails closed", func(t *testing.T) {
 		_ = sub.Unsubscribe()
 		_ = responder.Flush()
-		status, _, _ := handshake(t, e.URL, http.Header{"Authorization": {"Bearer good"}}, "")
+		status, _, _ := wstest.Handshake(t, e.URL, http.Header{"Authorization": {"Bearer good"}}, "")
 		if status != 503 {
 			t.Fatalf("no responder: %d, want 503", status)
 		}
@@ -320,19 +285,19 @@ func TestOriginPolicy(t *testing.T) {
 			{"null", 403},
 			{"", 101}, // not a browser
 		} {
-			if status, body, _ := handshake(t, m.edge.URL, bearer(tc.origin), ""); status != tc.status {
+			if status, body, _ := wstest.Handshake(t, m.edge.URL, bearer(tc.origin), ""); status != tc.status {
 				t.Errorf("origin %q: %d %q, want %d", tc.origin, status, body, tc.status)
 			}
 		}
 	})
 	t.Run("same origin by default", func(t *testing.T) {
 		m := newAuthMesh(t, edge.Config{})
-		if status, _, _ := handshake(t, m.edge.URL, bearer("http://"+m.edge.Addr), ""); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.edge.URL, bearer("http://"+m.edge.Addr), ""); status != 101 {
 			t.Fatalf("same origin: %d", status)
 		}
 		// A cookie-carrying cross-site page is the hijacking case.
 		h := http.Header{"Cookie": {"natter_token=" + tok}, "Origin": {"https://evil.example"}}
-		if status, body, _ := handshake(t, m.edge.URL, h, ""); status != 403 || body != "origin not allowed" {
+		if status, body, _ := wstest.Handshake(t, m.edge.URL, h, ""); status != 403 || body != "origin not allowed" {
 			t.Fatalf("cross origin: %d %q", status, body)
 		}
 	})
@@ -437,14 +402,14 @@ func TestConnectionLimits(t *testing.T) {
 		a := token(t, "alice", time.Hour, nil)
 		first := m.dialAs(t, a)
 		m.dialAs(t, a)
-		status, body, _ := handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
+		status, body, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
 		if status != 429 || body != "too many connections for this user" {
 			t.Fatalf("third connection: %d %q", status, body)
 		}
 		whoami(t, m.dialAs(t, token(t, "bob", time.Hour, nil))) // others unaffected
 		first.Close()
 		testenv.Eventually(t, wait, "the slot freed", func() bool {
-			status, _, _ := handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
+			status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
 			return status == 101
 		})
 	})
@@ -455,10 +420,10 @@ func TestConnectionLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if status, body, _ := handshake(t, m.edge.URL, nil, "127.0.0.1"); status != 429 || body != "too many connections from this address" {
+		if status, body, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.1"); status != 429 || body != "too many connections from this address" {
 			t.Fatalf("third from 127.0.0.1: %d %q", status, body)
 		}
-		if status, _, _ := handshake(t, m.edge.URL, nil, "127.0.0.2"); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.2"); status != 101 {
 			t.Fatalf("from 127.0.0.2: %d", status)
 		}
 	})
@@ -470,10 +435,10 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		defer c.Close()
 		// The proxy appends the address it saw: the last one counts.
-		if status, _, _ := handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1"}}, ""); status != 429 {
+		if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1"}}, ""); status != 429 {
 			t.Fatalf("second from 10.0.0.1: %d, want 429", status)
 		}
-		if status, _, _ := handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1, 10.0.0.2"}}, ""); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1, 10.0.0.2"}}, ""); status != 101 {
 			t.Fatalf("from 10.0.0.2: %d, want 101", status)
 		}
 	})
@@ -482,7 +447,7 @@ func TestConnectionLimits(t *testing.T) {
 		var statuses []int
 		var retry string
 		for range 4 {
-			status, _, h := handshake(t, m.edge.URL, nil, "127.0.0.3")
+			status, _, h := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.3")
 			statuses = append(statuses, status)
 			if status == 429 {
 				retry = h.Get("Retry-After")
@@ -491,7 +456,7 @@ func TestConnectionLimits(t *testing.T) {
 		if fmt.Sprint(statuses) != "[101 101 429 429]" || retry == "" {
 			t.Fatalf("statuses %v, Retry-After %q", statuses, retry)
 		}
-		if status, _, _ := handshake(t, m.edge.URL, nil, "127.0.0.4"); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.4"); status != 101 {
 			t.Fatalf("another address: %d", status)
 		}
 	})
@@ -596,7 +561,7 @@ func TestCalloutRefusalIsNotAnonymous(t *testing.T) {
 	e := testenv.StartEdge(t, edge.Config{NATS: nc, Anonymous: true,
 		Auth: &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: time.Second}})
 	for _, h := range []http.Header{nil, {"Cookie": {"sid=abc"}}} {
-		if status, body, _ := handshake(t, e.URL, h, ""); status != 401 || body != "banned" {
+		if status, body, _ := wstest.Handshake(t, e.URL, h, ""); status != 401 || body != "banned" {
 			t.Fatalf("headers %v: %d %q, want 401 banned", h, status, body)
 		}
 	}

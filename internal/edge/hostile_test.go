@@ -233,7 +233,7 @@ func TestHostileClients(t *testing.T) {
 		}
 		// A token within the header limit but over auth.MaxTokenSize.
 		h := http.Header{"Authorization": {"Bearer " + strings.Repeat("d", auth.MaxTokenSize+1)}}
-		if status, _, _ := handshake(t, url, h, ""); status != http.StatusUnauthorized {
+		if status, _, _ := wstest.Handshake(t, url, h, ""); status != http.StatusUnauthorized {
 			t.Fatalf("long token: %d, want 401", status)
 		}
 	})
@@ -282,7 +282,7 @@ func TestHostileClients(t *testing.T) {
 
 	t.Run("ids crafted for other subjects", func(t *testing.T) {
 		for _, user := range []string{"*", ">", "a.b", "alice.>", "x y"} {
-			if status, _, _ := handshake(t, url, bearer(user), ""); status != http.StatusUnauthorized {
+			if status, _, _ := wstest.Handshake(t, url, bearer(user), ""); status != http.StatusUnauthorized {
 				t.Fatalf("token for user %q: %d, want 401", user, status)
 			}
 		}
@@ -297,7 +297,7 @@ func TestHostileClients(t *testing.T) {
 		assertErrorFrame(t, got, envelope.TypeRPCError, envelope.CodePermissionDenied, got.Meta.CorrelationID)
 		c.Close()
 		// The dev-mode parameter means nothing to a production edge.
-		if status, _, _ := handshake(t, url+"?user=alice", nil, ""); status != http.StatusUnauthorized {
+		if status, _, _ := wstest.Handshake(t, url+"?user=alice", nil, ""); status != http.StatusUnauthorized {
 			t.Fatalf("?user= without a token: %d, want 401", status)
 		}
 	})

@@ -347,3 +347,36 @@ func WSURL(addr, path string, query ...string) string {
 }
 
 func ioReadFull(r *bufio.Reader, p []byte) (int, error) { return io.ReadFull(r, p) }
+
+// Handshake makes a raw WebSocket upgrade request and returns the status,
+// the body (for refusals) and the response headers. laddr, if not empty, is
+// the local address to dial from.
+func Handshake(t testing.TB, rawURL string, hdr http.Header, laddr string) (int, string, http.Header) {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if laddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
+	req, err := http.NewRequest(http.MethodGet, strings.Replace(rawURL, "ws://", "http://", 1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp.StatusCode, "", resp.Header
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, strings.TrimSpace(string(body)), resp.Header
+}
