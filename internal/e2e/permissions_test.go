@@ -207,17 +207,9 @@ func TestDeployPermissions(t *testing.T) {
 	alice := wstest.Dial(t, e.URL+"?token=alice")
 	bob := wstest.Dial(t, e.URL+"?token=bob")
 
-	// Server-side joins: the worker asks the edge on natter.ctl.conn.<id>.
-	for _, c := range []*wstest.Client{alice, bob} {
-		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
-			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
-		}
-	}
-	// Chat: a request to the worker, a room publish back.
-	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hi"}, wait); got.Type != "chat.sent" {
-		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
-	}
-	got := bob.AwaitType(t, "chat.message", wait)
+	// Server-side joins (the worker asks the edge on natter.ctl.conn.<id>),
+	// then chat: a request to the worker, a room publish back.
+	got := chatInLobby(t, alice, bob, "hi")
 	var chatMsg struct{ Text, User, Conn string }
 	if err := json.Unmarshal(got.Payload, &chatMsg); err != nil || chatMsg.Text != "hi" || chatMsg.User != "alice" {
 		t.Fatalf("bob got %s", got.Payload)
@@ -412,15 +404,7 @@ func TestDeployProcesses(t *testing.T) {
 	m := e.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
 	alice := wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=alice"))
 	bob := wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=bob"))
-	for _, c := range []*wstest.Client{alice, bob} {
-		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
-			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
-		}
-	}
-	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hi"}, wait); got.Type != "chat.sent" {
-		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
-	}
-	bob.AwaitType(t, "chat.message", wait)
+	chatInLobby(t, alice, bob, "hi")
 	if got := alice.Request(t, "echo", "hi", wait); got.Type != "echo" {
 		t.Fatalf("echo: %s %s", got.Type, got.Payload)
 	}

@@ -25,15 +25,7 @@ func TestChatThroughWorkerProcess(t *testing.T) {
 	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
 	alice := wstest.Dial(t, e.URL+"?user=alice")
 	bob := wstest.Dial(t, e.URL+"?user=bob")
-	for _, c := range []*wstest.Client{alice, bob} {
-		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
-			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
-		}
-	}
-	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": "hello from alice"}, wait); got.Type != "chat.sent" {
-		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
-	}
-	got := bob.AwaitType(t, "chat.message", wait)
+	got := chatInLobby(t, alice, bob, "hello from alice")
 	var msg struct{ Room, Text, User string }
 	if err := json.Unmarshal(got.Payload, &msg); err != nil {
 		t.Fatal(err)
@@ -117,4 +109,20 @@ func TestSingleBinarySIGTERM(t *testing.T) {
 	if code := p.Wait(t, wait); code != 0 {
 		t.Fatalf("edge exit code %d\n%s", code, p.Log())
 	}
+}
+
+// chatInLobby joins alice and bob to lobby through the chat worker
+// (chat.join), has alice say text (chat.send), and returns the
+// chat.message bob receives.
+func chatInLobby(t *testing.T, alice, bob *wstest.Client, text string) *envelope.Envelope {
+	t.Helper()
+	for _, c := range []*wstest.Client{alice, bob} {
+		if got := c.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
+			t.Fatalf("chat.join: %s %s", got.Type, got.Payload)
+		}
+	}
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "lobby", "text": text}, wait); got.Type != "chat.sent" {
+		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
+	}
+	return bob.AwaitType(t, "chat.message", wait)
 }
