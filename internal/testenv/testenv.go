@@ -284,3 +284,42 @@ func (p *Process) Wait(t testing.TB, timeout time.Duration) int {
 		return -1
 	}
 }
+
+// NPM runs `npm run <script>` in dir (relative to the module root), after
+// `npm ci` when node_modules is missing or older than package-lock.json.
+// Node and npm must be installed (.ci/run checks); a missing one fails the
+// test rather than skipping it. The script's output is logged on failure.
+func NPM(t testing.TB, dir, script string, timeout time.Duration) {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(root, dir)
+	run := func(args ...string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CI=1", "NO_COLOR=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("npm %s in %s: %v\n%s", strings.Join(args, " "), dir, err, out)
+		}
+		t.Logf("npm %s: %s", strings.Join(args, " "), lastLines(string(out), 15))
+	}
+	lock, err := os.Stat(filepath.Join(dir, "package-lock.json"))
+	if err != nil {
+		t.Fatalf("%s: %v (commit the lock file)", dir, err)
+	}
+	if mods, err := os.Stat(filepath.Join(dir, "node_modules")); err != nil || mods.ModTime().Before(lock.ModTime()) {
+		run("ci", "--no-audit", "--no-fund")
+	}
+	run("run", script)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
