@@ -1,0 +1,751 @@
+/**
+ * natter-client: the browser and Node client of Natter, a realtime WebSocket
+ * mesh on NATS. The wire contract is docs/protocol.md of the Natter
+ * repository; this file is the whole runtime (the build copies the compiled
+ * file to the demo page as it is), and it only imports types.
+ *
+ * Concurrency: JavaScript is single-threaded; every method may be called at
+ * any time, in any state. Socket events of a socket the client has given up
+ * on are ignored (each socket has a generation number).
+ */
+import type { ClientMessages, ServerMessages } from "./messages.gen.js";
+
+export type { ClientMessages, ServerMessages } from "./messages.gen.js";
+
+// ---------------------------------------------------------------- types
+
+/** The gRPC-style codes of ERROR / RPC_ERROR frames (docs/protocol.md#errors). */
+export type ErrorCode =
+  | "INVALID_ARGUMENT" | "NOT_FOUND" | "RESOURCE_EXHAUSTED" | "UNAUTHENTICATED"
+  | "PERMISSION_DENIED" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL"
+  | "FAILED_PRECONDITION" | "ALREADY_EXISTS" | "ABORTED" | "CANCELLED" | "UNIMPLEMENTED";
+
+/** The payload of ERROR and RPC_ERROR frames. */
+export interface ErrorPayload {
+  code: ErrorCode | (string & {});
+  message: string;
+  /** Structured details, e.g. `{violations: [{field, rule, message}]}` for a payload that breaks its schema. */
+  details?: unknown;
+  /** When to retry, for RESOURCE_EXHAUSTED rate limits. */
+  retryAfterMs?: number;
+}
+
+/** The error every failed request rejects with, and that handlers may throw. */
+export class NatterError extends Error implements ErrorPayload {
+  override name = "NatterError";
+  readonly code: ErrorCode | (string & {});
+  readonly details?: unknown;
+  readonly retryAfterMs?: number;
+
+  constructor(code: ErrorCode | (string & {}), message: string, extra: { details?: unknown; retryAfterMs?: number } = {}) {
+    super(message);
+    this.code = code;
+    if (extra.details !== undefined) this.details = extra.details;
+    if (extra.retryAfterMs !== undefined) this.retryAfterMs = extra.retryAfterMs;
+  }
+}
+
+/** An envelope's meta. The edge sets `room` on room deliveries; other keys pass untouched. */
+export interface Meta {
+  correlationId?: string;
+  timeoutMs?: number;
+  timestamp?: number;
+  room?: string;
+  [key: string]: unknown;
+}
+
+/** One frame: `{"type", "meta"?, "payload"?}`. */
+export interface Envelope<P = unknown> {
+  type: string;
+  meta?: Meta;
+  payload?: P;
+}
+
+/** One connection in a room. */
+export interface PresenceMember {
+  conn: string;
+  user?: string;
+  state?: unknown;
+}
+
+/** One connection's presence entry. */
+export interface PresenceEntry {
+  conn: string;
+  user?: string;
+  edge: string;
+  rooms?: string[];
+  /** Unix ms. */
+  connectedAt: number;
+  state?: unknown;
+}
+
+/** A page of a room's members, ordered by connection id. */
+export interface RoomPage {
+  room: string;
+  /** All members, not just this page's. */
+  count: number;
+  members: PresenceMember[];
+  /** The cursor of the next page; absent on the last. */
+  next?: string;
+}
+
+/** Whether a user is online; connections are listed for the client's own user only. */
+export interface UserInfo {
+  user: string;
+  online: boolean;
+  connections: PresenceEntry[];
+}
+
+/** A batch of presence changes in a room (`$presence.diff`); the arrays are always present. */
+export interface PresenceDiff {
+  room: string;
+  joins: PresenceMember[];
+  leaves: PresenceMember[];
+  states: PresenceMember[];
+}
+
+/** Payloads of the frames the edge itself sends. */
+export interface SystemServerMessages {
+  "$joined": { room: string };
+  "$left": { room: string };
+  "$presence.diff": PresenceDiff;
+  "$auth.expiring": { expiresAt: number };
+  "$auth.refreshed": { user: string; expiresAt: number };
+  "ERROR": ErrorPayload;
+}
+
+type ServerTypes = ServerMessages & SystemServerMessages;
+
+/** The payload type of a client message type: the generated one, unknown for others. */
+export type ClientPayload<T extends string> = T extends keyof ClientMessages ? ClientMessages[T] : unknown;
+/** The payload type of a server message type: the generated one, unknown for others. */
+export type ServerPayload<T extends string> = T extends keyof ServerTypes ? ServerTypes[T] : unknown;
+/** Known client types, still accepting any string. */
+export type ClientType = (keyof ClientMessages & string) | (string & {});
+/** Known server types (and "*"), still accepting any string. */
+export type ServerType = (keyof ServerTypes & string) | "*" | (string & {});
+
+export type State = "connecting" | "open" | "reconnecting" | "closed";
+
+/** The close that caused a state change, when there was one. */
+export interface StateInfo {
+  code?: number;
+  reason?: string;
+}
+
+/** What the client needs of a WebSocket; the browser's, Node's and the `ws` package's fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: string, listener: (event: unknown) => void): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface ReconnectOptions {
+  /** Cap of the first delay, in ms. Default 250. */
+  initialDelayMs?: number;
+  /** Largest cap, in ms. Default 10000. */
+  maxDelayMs?: number;
+  /** Growth of the cap per failed attempt. Default 2. */
+  factor?: number;
+}
+
+export interface BufferOptions {
+  /** Messages held while the connection is not open. Default 1000. */
+  max?: number;
+  /** What a send into a full buffer does. Default "error". */
+  overflow?: "drop-oldest" | "drop-newest" | "error";
+}
+
+export interface ConnectOptions {
+  /** Sent as the subprotocol `bearer.<token>`; a function is called on every (re)connect and by refreshToken. */
+  token?: string | (() => string | Promise<string>);
+  /** Dev mode only (insecure): the user id, sent as `?user=`. */
+  user?: string;
+  /** WebSocket constructor. Default globalThis.WebSocket. */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect with exponential backoff and full jitter (default), or never (false). */
+  reconnect?: false | ReconnectOptions;
+  /** The send buffer used while the connection is not open. */
+  buffer?: BufferOptions;
+  /** Default RPC deadline, in ms. Default 10000. */
+  rpcTimeoutMs?: number;
+}
+
+/** A minimal AbortSignal, so that the browser's and Node's both fit. */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  addEventListener(type: "abort", listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: "abort", listener: () => void): void;
+}
+
+export interface RpcOptions {
+  /** Deadline in ms, sent as meta.timeoutMs (the edge clamps it to 10 ms..60 s). Default options.rpcTimeoutMs. */
+  timeoutMs?: number;
+  /** Aborting sends `$ws:abort` and rejects with CANCELLED. */
+  signal?: AbortSignalLike;
+  /** Called with each `$ws:rpc-progress` payload, in order, before the promise settles. */
+  onProgress?: (payload: unknown) => void;
+}
+
+/** What a handler of server-to-client requests may return: a payload, or an envelope to choose the type. */
+export type HandlerReply = unknown;
+
+export interface PresenceApi {
+  /** A page of the members of a room this client is in. */
+  room(room: string, page?: { cursor?: string; limit?: number }): Promise<RoomPage>;
+  /** Whether a user is online. */
+  user(user: string): Promise<UserInfo>;
+  /** Sets this connection's presence state (at most 256 bytes of JSON; null clears); re-sent after reconnects. */
+  setState(state: unknown): Promise<void>;
+}
+
+export interface Client {
+  readonly state: State;
+  /** Calls fn on every state change; returns the unsubscribe function. */
+  onState(fn: (state: State, info?: StateInfo) => void): () => void;
+  /** Calls fn for every frame of this type that is not a reply to this client's own request; "*" gets every frame. */
+  on<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => void): () => void;
+  /** Sends a message; buffered while the connection is not open. */
+  send<T extends ClientType>(type: T, payload?: ClientPayload<T>, meta?: Meta): void;
+  /** Sends a request and resolves with the reply's payload. */
+  rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options?: RpcOptions): Promise<R>;
+  /** Answers server-to-client requests of this type; one handler per type. */
+  handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void;
+  /** Joins a room; remembered and re-joined after every reconnect. */
+  join(room: string, options?: { presence?: boolean }): Promise<void>;
+  /** Leaves a room and forgets it. */
+  leave(room: string): Promise<void>;
+  /** The rooms this client is in or is joining. */
+  rooms(): string[];
+  readonly presence: PresenceApi;
+  /** Calls fn with the `$presence.diff` batches of a room joined with presence: true. */
+  onPresence(room: string, fn: (diff: PresenceDiff) => void): () => void;
+  /** Calls options.token() and sends the new token with `$auth.refresh`. */
+  refreshToken(): Promise<void>;
+  /** Closes with 1000 and never reconnects. */
+  close(): void;
+}
+
+// ---------------------------------------------------------------- policy
+
+/**
+ * backoffDelay returns the wait before reconnect attempt `attempt` (0 for
+ * the first after a drop): "full jitter", a uniformly random delay between 0
+ * and min(maxDelayMs, initialDelayMs * factor^attempt), so that clients
+ * dropped together by a restarting edge do not come back together.
+ */
+export function backoffDelay(attempt: number, options: ReconnectOptions = {}, random: () => number = Math.random): number {
+  const initial = options.initialDelayMs ?? 250;
+  const max = options.maxDelayMs ?? 10000;
+  const factor = options.factor ?? 2;
+  const cap = Math.min(max, initial * factor ** Math.max(0, attempt));
+  return Math.floor(random() * cap);
+}
+
+/**
+ * shouldReconnect tells whether a close code asks for a reconnect:
+ * 4000-4099 do, 4100-4199 do not; of the standard codes, normal closure and
+ * protocol, data and policy errors (1000, 1002, 1003, 1007, 1008, 1009,
+ * 1010) do not, the rest (1001 going away, 1006 abnormal, 1011 ...) do.
+ */
+export function shouldReconnect(code: number): boolean {
+  if (code >= 4100 && code <= 4199) return false;
+  return ![1000, 1002, 1003, 1007, 1008, 1009, 1010].includes(code);
+}
+
+// ---------------------------------------------------------------- client
+
+/** Connects to a Natter edge; the client reconnects by itself until close(). */
+export function connect(url: string, options: ConnectOptions = {}): Client {
+  return new NatterClient(url, options);
+}
+
+const OPEN = 1; // WebSocket.OPEN
+const OUR_ID = "nc-"; // prefix of this client's correlation ids
+const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
+
+/** A request waiting for its reply. */
+interface Pending {
+  resolve(payload: unknown): void;
+  reject(err: NatterError): void;
+  onProgress?: ((payload: unknown) => void) | undefined;
+  deadline: number; // Date.now() ms
+  timer: ReturnType<typeof setTimeout>;
+  gen: number; // the socket it went out on; 0 while buffered
+  cleanup?: () => void;
+}
+
+/** A frame waiting in the send buffer. */
+interface Queued {
+  type: string;
+  meta?: Meta | undefined;
+  payload?: string | undefined; // JSON, encoded at send() so that errors surface there
+  cid?: string; // set for requests: their meta is built when they go out
+}
+
+/** Something the edge forgets with a connection: a room or the presence state. */
+interface Remembered {
+  type: "$join" | "$presence.state";
+  payload: unknown;
+  gen: number; // the socket it was last sent on
+  waiters: { resolve(): void; reject(err: NatterError): void }[];
+}
+
+type Listener = (payload: unknown, envelope: Envelope) => void;
+type Handler = (payload: unknown, envelope: Envelope) => unknown;
+
+class NatterClient implements Client {
+  readonly presence: PresenceApi;
+
+  readonly #url: string;
+  readonly #opts: ConnectOptions;
+  readonly #WebSocket: WebSocketConstructor;
+  #state: State = "connecting";
+  #ws: WebSocketLike | null = null;
+  #gen = 0; // bumped for every socket and at close: events of older sockets are ignored
+  #attempt = 0; // failed attempts since the last open, for the backoff
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #seq = 0;
+  readonly #pending = new Map<string, Pending>();
+  #buffer: Queued[] = [];
+  readonly #remembered = new Map<string, Remembered>(); // key: "$presence.state" or "$join:<room>"
+  readonly #listeners = new Map<string, Set<Listener>>();
+  readonly #stateListeners = new Set<(state: State, info?: StateInfo) => void>();
+  readonly #handlers = new Map<string, Handler>();
+  readonly #presenceWatchers = new Map<string, Set<(diff: PresenceDiff) => void>>();
+
+  constructor(url: string, options: ConnectOptions) {
+    this.#opts = options;
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new TypeError("natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)");
+    }
+    this.#WebSocket = WS;
+    // Relative URLs resolve against the page, and http(s) becomes ws(s).
+    const base = (globalThis as { location?: { href: string } }).location?.href;
+    const u = new URL(url, base);
+    if (u.protocol === "http:") u.protocol = "ws:";
+    if (u.protocol === "https:") u.protocol = "wss:";
+    if (options.user !== undefined) u.searchParams.set("user", options.user);
+    this.#url = u.toString();
+    this.presence = {
+      room: async (room, page = {}) => {
+        const p = (await this.#request("$presence", { room, ...page })) as RoomPage;
+        return { ...p, members: p.members ?? [] };
+      },
+      user: async (user) => {
+        const u = (await this.#request("$presence", { user })) as UserInfo;
+        return { ...u, connections: u.connections ?? [] };
+      },
+      setState: (state) => this.#remember("$presence.state", "$presence.state", { state }),
+    };
+    this.#dial();
+  }
+
+  get state(): State {
+    return this.#state;
+  }
+
+  onState(fn: (state: State, info?: StateInfo) => void): () => void {
+    this.#stateListeners.add(fn);
+    return () => void this.#stateListeners.delete(fn);
+  }
+
+  on<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => void): () => void {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, (set = new Set()));
+    const l = fn as Listener;
+    set.add(l);
+    return () => void set.delete(l);
+  }
+
+  send<T extends ClientType>(type: T, payload?: ClientPayload<T>, meta?: Meta): void {
+    this.#checkOpen();
+    this.#enqueue({ type, meta, payload: encode(payload) });
+  }
+
+  rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options: RpcOptions = {}): Promise<R> {
+    return this.#request(type, payload, options) as Promise<R>;
+  }
+
+  handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void {
+    const h = fn as Handler;
+    this.#handlers.set(type, h);
+    return () => {
+      if (this.#handlers.get(type) === h) this.#handlers.delete(type);
+    };
+  }
+
+  join(room: string, options: { presence?: boolean } = {}): Promise<void> {
+    const payload = options.presence ? { room, presence: true } : { room };
+    return this.#remember(`$join:${room}`, "$join", payload);
+  }
+
+  async leave(room: string): Promise<void> {
+    const r = this.#remembered.get(`$join:${room}`);
+    this.#remembered.delete(`$join:${room}`);
+    r?.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
+    // Not open: the edge holds no membership of this client's, and the
+    // next (re)join no longer includes the room.
+    if (this.#state === "open") await this.#request("$leave", { room });
+  }
+
+  rooms(): string[] {
+    return [...this.#remembered.values()].filter((r) => r.type === "$join").map((r) => (r.payload as { room: string }).room);
+  }
+
+  onPresence(room: string, fn: (diff: PresenceDiff) => void): () => void {
+    let set = this.#presenceWatchers.get(room);
+    if (!set) this.#presenceWatchers.set(room, (set = new Set()));
+    set.add(fn);
+    return () => void set.delete(fn);
+  }
+
+  async refreshToken(): Promise<void> {
+    const token = this.#opts.token;
+    if (typeof token !== "function") throw new NatterError("FAILED_PRECONDITION", "options.token is not a function");
+    // Not open: the next (re)connect calls options.token() itself.
+    if (this.#state !== "open") return;
+    await this.#request("$auth.refresh", { token: await token() });
+  }
+
+  close(): void {
+    if (this.#state === "closed") return;
+    const ws = this.#ws;
+    this.#shutdown(1000, "client closed", "CANCELLED");
+    try {
+      ws?.close(1000, "client closed");
+    } catch {
+      // Already closing.
+    }
+  }
+
+  // ------------------------------------------------------------ socket
+
+  /** Opens a new socket; its events are ignored once #gen moves on. */
+  async #dial(): Promise<void> {
+    const gen = ++this.#gen;
+    let ws: WebSocketLike;
+    try {
+      const t = this.#opts.token;
+      const token = typeof t === "function" ? await t() : t;
+      if (gen !== this.#gen) return; // closed while the token was fetched
+      ws = new this.#WebSocket(this.#url, token ? ["natter", `bearer.${token}`] : ["natter"]);
+    } catch (err) {
+      this.#dropped(gen, 1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
+      return;
+    }
+    this.#ws = ws;
+    ws.addEventListener("open", () => void this.#ready(gen));
+    ws.addEventListener("message", (ev) => {
+      const { data } = ev as { data: unknown };
+      if (gen === this.#gen && typeof data === "string") this.#receive(data);
+    });
+    // A failed handshake fires "error" and then "close" (1006): close is enough.
+    ws.addEventListener("close", (ev) => {
+      const { code, reason } = ev as { code: number; reason: string };
+      this.#dropped(gen, code, reason);
+    });
+  }
+
+  /**
+   * Brings a new socket up to date before it counts as open: the presence
+   * state and every room first, then the buffered sends in order, so that
+   * what was sent while away arrives after the re-joins.
+   */
+  async #ready(gen: number): Promise<void> {
+    if (gen !== this.#gen) return;
+    this.#attempt = 0;
+    // Loop: a join() made during the sync is part of it.
+    for (;;) {
+      const todo = [...this.#remembered.values()].filter((r) => r.gen !== gen);
+      if (todo.length === 0) break;
+      todo.sort((a, b) => (a.type === b.type ? 0 : a.type === "$presence.state" ? -1 : 1));
+      await Promise.all(todo.map((r) => this.#resend(r, gen)));
+      if (gen !== this.#gen) return;
+    }
+    if (!this.#flush()) return; // the socket is going away; its close event follows
+    this.#setState("open");
+  }
+
+  #dropped(gen: number, code: number, reason: string): void {
+    if (gen !== this.#gen) return;
+    this.#ws = null;
+    const lost = new NatterError("UNAVAILABLE", `connection lost (${code}${reason ? ` ${reason}` : ""})`);
+    for (const [cid, p] of this.#pending) if (p.gen === gen) this.#settle(cid, lost);
+    const policy = this.#opts.reconnect;
+    if (policy === false || !shouldReconnect(code)) {
+      this.#shutdown(code, reason, "UNAVAILABLE");
+      return;
+    }
+    this.#setState("reconnecting", { code, reason });
+    this.#retry = setTimeout(() => void this.#dial(), backoffDelay(this.#attempt++, policy));
+  }
+
+  /** Ends the client for good: every waiting promise rejects with code. */
+  #shutdown(closeCode: number, reason: string, code: ErrorCode): void {
+    this.#gen++;
+    this.#ws = null;
+    clearTimeout(this.#retry);
+    const err = new NatterError(code, reason || `connection closed (${closeCode})`);
+    for (const cid of [...this.#pending.keys()]) this.#settle(cid, err);
+    this.#buffer = [];
+    for (const r of this.#remembered.values()) r.waiters.splice(0).forEach((w) => w.reject(err));
+    this.#setState("closed", { code: closeCode, reason });
+  }
+
+  #setState(state: State, info?: StateInfo): void {
+    if (state === this.#state) return;
+    this.#state = state;
+    for (const fn of [...this.#stateListeners]) safely(() => fn(state, info));
+  }
+
+  #checkOpen(): void {
+    if (this.#state === "closed") throw new NatterError("UNAVAILABLE", "the client is closed");
+  }
+
+  // ------------------------------------------------------------ sending
+
+  /** Sends q now when open, else buffers it under the overflow policy. */
+  #enqueue(q: Queued): void {
+    if (this.#state === "open" && this.#transmit(q)) return;
+    const { max = 1000, overflow = "error" } = this.#opts.buffer ?? {};
+    if (this.#buffer.length >= max) {
+      const full = new NatterError("RESOURCE_EXHAUSTED", `send buffer full (${max} messages)`);
+      if (overflow === "drop-oldest" && max > 0) {
+        const old = this.#buffer.shift()!;
+        if (old.cid) this.#settle(old.cid, full);
+      } else {
+        // "drop-newest" drops q; "error" refuses it. A request rejects either way.
+        if (q.cid) this.#settle(q.cid, full);
+        else if (overflow === "error") throw full;
+        return;
+      }
+    }
+    this.#buffer.push(q);
+  }
+
+  /** Writes q to the socket if it is open; false when it is not. */
+  #transmit(q: Queued): boolean {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== OPEN) return false;
+    let meta = q.meta;
+    if (q.cid) {
+      const p = this.#pending.get(q.cid);
+      if (!p) return true; // settled (timed out, aborted) while buffered
+      // The edge's deadline counts from arrival: send what is left of ours.
+      meta = { correlationId: q.cid, timeoutMs: Math.max(1, p.deadline - Date.now()) };
+      p.gen = this.#gen;
+    }
+    let frame = `{"type":${JSON.stringify(q.type)}`;
+    if (meta !== undefined) frame += `,"meta":${JSON.stringify(meta)}`;
+    if (q.payload !== undefined) frame += `,"payload":${q.payload}`;
+    try {
+      ws.send(frame + "}");
+    } catch {
+      if (q.cid) this.#pending.get(q.cid)!.gen = 0;
+      return false;
+    }
+    return true;
+  }
+
+  /** Sends the buffer in order; false if the socket closed on the way. */
+  #flush(): boolean {
+    while (this.#buffer.length > 0) {
+      if (!this.#transmit(this.#buffer[0]!)) return false;
+      this.#buffer.shift();
+    }
+    return true;
+  }
+
+  /** A request: buffered like a send, settled by its reply, an error, the deadline, an abort or a lost socket. */
+  #request(type: string, payload: unknown, options: RpcOptions = {}, direct = false): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.#checkOpen();
+      const { signal, onProgress } = options;
+      if (signal?.aborted) throw new NatterError("CANCELLED", "aborted before it was sent");
+      const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? 10000;
+      const body = encode(payload);
+      const cid = OUR_ID + (++this.#seq).toString(36);
+      const p: Pending = {
+        resolve, reject, onProgress, gen: 0,
+        deadline: Date.now() + timeoutMs,
+        timer: setTimeout(() => this.#settle(cid, new NatterError("DEADLINE_EXCEEDED", `no reply within ${timeoutMs} ms`)), timeoutMs),
+      };
+      if (signal) {
+        const onAbort = () => this.#abort(cid);
+        signal.addEventListener("abort", onAbort, { once: true });
+        p.cleanup = () => signal.removeEventListener("abort", onAbort);
+      }
+      this.#pending.set(cid, p);
+      const q: Queued = { type, payload: body, cid };
+      if (!direct) this.#enqueue(q);
+      else if (!this.#transmit(q)) this.#settle(cid, new NatterError("UNAVAILABLE", "not connected"));
+    });
+  }
+
+  /** Gives up on a request: the edge cancels the worker's handler and its late reply is ignored. */
+  #abort(cid: string): void {
+    const p = this.#pending.get(cid);
+    if (!p) return;
+    if (p.gen === this.#gen) this.#transmit({ type: "$ws:abort", meta: { correlationId: cid } });
+    this.#settle(cid, new NatterError("CANCELLED", "aborted"));
+  }
+
+  /** Settles a pending request once, with a payload or an error, and drops it from the buffer. */
+  #settle(cid: string, result: { ok: unknown } | NatterError): void {
+    const p = this.#pending.get(cid);
+    if (!p) return;
+    this.#pending.delete(cid);
+    clearTimeout(p.timer);
+    p.cleanup?.();
+    if (p.gen === 0) this.#buffer = this.#buffer.filter((q) => q.cid !== cid);
+    if (result instanceof NatterError) p.reject(result);
+    else p.resolve(result.ok);
+  }
+
+  // ------------------------------------------------------------ remembered state
+
+  /** Records a room or the presence state for every future socket, and sends it now when open. */
+  #remember(key: string, type: Remembered["type"], payload: unknown): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#checkOpen();
+      let r = this.#remembered.get(key);
+      if (!r) this.#remembered.set(key, (r = { type, payload, gen: 0, waiters: [] }));
+      r.payload = payload;
+      r.gen = 0;
+      r.waiters.push({ resolve, reject });
+      // Otherwise #ready sends it on the next socket.
+      if (this.#state === "open") void this.#resend(r, this.#gen);
+    });
+  }
+
+  /** Sends a remembered item on socket gen and settles its waiters. */
+  async #resend(r: Remembered, gen: number): Promise<void> {
+    r.gen = gen;
+    const key = r.type === "$join" ? `$join:${(r.payload as { room: string }).room}` : r.type;
+    try {
+      await this.#request(r.type, r.payload, {}, true);
+    } catch (err) {
+      // A lost socket: the next one retries. Otherwise the edge refused
+      // (e.g. PERMISSION_DENIED), so forget it.
+      if (gen !== this.#gen) return;
+      if (this.#remembered.get(key) === r) this.#remembered.delete(key);
+      r.waiters.splice(0).forEach((w) => w.reject(err as NatterError));
+      return;
+    }
+    if (this.#remembered.get(key) !== r && r.type === "$join" && gen === this.#gen) {
+      // Left while the join was on its way.
+      this.#transmit({ type: "$leave", payload: encode({ room: (r.payload as { room: string }).room }) });
+    }
+    r.waiters.splice(0).forEach((w) => w.resolve());
+  }
+
+  // ------------------------------------------------------------ receiving
+
+  #receive(data: string): void {
+    let env: Envelope;
+    try {
+      env = JSON.parse(data) as Envelope;
+    } catch {
+      return; // the edge sends JSON only
+    }
+    if (typeof env !== "object" || env === null || typeof env.type !== "string") return;
+    this.#emit("*", env);
+    const cid = env.meta?.correlationId;
+    if (typeof cid === "string") {
+      const p = this.#pending.get(cid);
+      if (p) return this.#reply(cid, p, env);
+      if (cid.startsWith(SERVER_ID)) return void this.#answer(cid, env);
+      if (cid.startsWith(OUR_ID)) return; // a late reply to a request given up on
+    }
+    if (env.type === "$presence.diff") {
+      const d = (env.payload ?? {}) as Partial<PresenceDiff>;
+      const diff: PresenceDiff = { room: d.room ?? env.meta?.room ?? "", joins: d.joins ?? [], leaves: d.leaves ?? [], states: d.states ?? [] };
+      env = { ...env, payload: diff };
+      for (const fn of [...(this.#presenceWatchers.get(diff.room) ?? [])]) safely(() => fn(diff));
+    } else if (env.type === "$auth.expiring" && typeof this.#opts.token === "function") {
+      // On failure the edge closes with 4100 when the token expires.
+      this.refreshToken().catch(() => {});
+    }
+    this.#emit(env.type, env);
+  }
+
+  #emit(type: string, env: Envelope): void {
+    for (const fn of [...(this.#listeners.get(type) ?? [])]) safely(() => fn(env.payload, env));
+  }
+
+  #reply(cid: string, p: Pending, env: Envelope): void {
+    if (env.type === "$ws:rpc-progress") {
+      const fn = p.onProgress;
+      if (fn) safely(() => fn(env.payload));
+      return;
+    }
+    if (env.type === "RPC_ERROR" || env.type === "ERROR") {
+      const e = (env.payload ?? {}) as Partial<ErrorPayload>;
+      const extra: { details?: unknown; retryAfterMs?: number } = {};
+      if (e.details != null) extra.details = e.details;
+      if (e.retryAfterMs) extra.retryAfterMs = e.retryAfterMs;
+      this.#settle(cid, new NatterError(e.code ?? "INTERNAL", e.message ?? "", extra));
+      return;
+    }
+    this.#settle(cid, { ok: env.payload });
+  }
+
+  /** Answers a server-to-client request on the socket it came from. */
+  async #answer(cid: string, env: Envelope): Promise<void> {
+    const gen = this.#gen;
+    const handler = this.#handlers.get(env.type);
+    let type = env.type;
+    let payload: unknown;
+    if (!handler) {
+      type = "RPC_ERROR";
+      payload = { code: "UNIMPLEMENTED", message: `no handler for ${env.type}` };
+    } else {
+      try {
+        const out = await handler(env.payload, env);
+        if (isEnvelopeReply(out)) ({ type, payload } = out);
+        else payload = out;
+      } catch (err) {
+        type = "RPC_ERROR";
+        payload = err instanceof NatterError
+          ? { code: err.code, message: err.message, details: err.details, retryAfterMs: err.retryAfterMs }
+          : { code: "INTERNAL", message: err instanceof Error ? err.message : String(err) };
+      }
+    }
+    // After a reconnect the edge has already answered UNAVAILABLE.
+    if (gen !== this.#gen) return;
+    try {
+      this.#transmit({ type, meta: { correlationId: cid }, payload: encode(payload) });
+    } catch (err) {
+      // An unencodable reply.
+      this.#transmit({ type: "RPC_ERROR", meta: { correlationId: cid }, payload: encode({ code: "INTERNAL", message: String(err) }) });
+    }
+  }
+}
+
+/** A handler's return value is an envelope when it has exactly `type` (a string) and `payload`. */
+function isEnvelopeReply(v: unknown): v is { type: string; payload: unknown } {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
+  const keys = Object.keys(v);
+  return keys.length === 2 && "payload" in v && typeof (v as { type?: unknown }).type === "string";
+}
+
+/** JSON of a payload; undefined leaves the key out. */
+function encode(payload: unknown): string | undefined {
+  return payload === undefined ? undefined : JSON.stringify(payload);
+}
+
+/** Runs a user callback; an exception is reported (like an event listener's), not thrown into the client. */
+function safely(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+    if (report) report(err);
+    else setTimeout(() => { throw err; });
+  }
+}

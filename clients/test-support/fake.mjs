@@ -1,0 +1,52 @@
+// A scripted WebSocket for unit tests of the client's own logic (buffer,
+// backoff, tokens), injected through options.WebSocket.
+
+/** Returns a WebSocket constructor whose instances are listed in .sockets. */
+export function fakeWebSocket() {
+  class FakeWebSocket {
+    static sockets = [];
+    readyState = 0;
+    sent = [];
+    #listeners = {};
+
+    constructor(url, protocols) {
+      this.url = url;
+      this.protocols = protocols;
+      FakeWebSocket.sockets.push(this);
+    }
+    addEventListener(type, fn) {
+      (this.#listeners[type] ??= []).push(fn);
+    }
+    send(data) {
+      if (this.readyState !== 1) throw new Error("not open");
+      this.sent.push(JSON.parse(data));
+    }
+    close(code = 1000, reason = "") {
+      this.serverClose(code, reason);
+    }
+
+    // Test controls.
+    open() {
+      this.readyState = 1;
+      this.#fire("open", {});
+    }
+    serverSend(env) {
+      this.#fire("message", { data: JSON.stringify(env) });
+    }
+    serverClose(code, reason = "") {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      this.#fire("close", { code, reason });
+    }
+    #fire(type, ev) {
+      for (const fn of this.#listeners[type] ?? []) fn(ev);
+    }
+  }
+  return FakeWebSocket;
+}
+
+/** The last socket, once it exists. */
+export async function lastSocket(WS, count = 1) {
+  while (WS.sockets.length < count) await new Promise((r) => setTimeout(r, 1));
+  return WS.sockets[count - 1];
+}

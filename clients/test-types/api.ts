@@ -1,0 +1,42 @@
+// Compile-time checks of the public API's types (npm run typecheck): the
+// generated payload types apply to known types, unknown to the others.
+import { connect, NatterError, type WebSocketConstructor, type RoomPage } from "natter-client";
+
+const W: WebSocketConstructor = WebSocket; // the browser's constructor fits
+const c = connect("ws://localhost:8080/ws", { WebSocket: W, token: async () => "t", reconnect: { maxDelayMs: 5000 } });
+
+c.send("chat.send", { room: "general", text: "hi" });
+// @ts-expect-error text is required by the chat.send schema
+c.send("chat.send", { room: "general" });
+c.send("anything.else", { free: ["form"] }); // unknown types take any payload
+
+c.on("chat.message", (m, env) => {
+  const text: string | undefined = m.text;
+  const room: string | undefined = env.meta?.room;
+  void text, room;
+});
+c.on("$joined", (p) => {
+  const r: string = p.room;
+  void r;
+});
+c.on("*", (p, env) => void [p, env.type]);
+
+const ac = new AbortController();
+const sum: Promise<{ sum: number }> = c.rpc<"calc.add", { sum: number }>("calc.add", { a: 1 }, {
+  signal: ac.signal,
+  timeoutMs: 500,
+  onProgress: (p) => void p,
+});
+void sum;
+c.rpc("chat.send", { room: "r", text: "t" }).catch((e: unknown) => e instanceof NatterError && e.code === "INVALID_ARGUMENT");
+
+c.handle("geo.where", async () => ({ type: "geo.position", payload: { lat: 52.5 } }));
+c.handle("geo.where", () => {
+  throw new NatterError("PERMISSION_DENIED", "no");
+});
+
+const page: Promise<RoomPage> = c.presence.room("general", { limit: 10 });
+void page;
+c.onPresence("general", (d) => d.joins.map((m) => m.user));
+const off: () => void = c.onState((state, info) => void [state === "reconnecting", info?.code]);
+off();
