@@ -16,6 +16,7 @@ import (
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/chat"
+	"github.com/natter/natter/internal/demo"
 	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
@@ -207,9 +208,15 @@ func Run(ctx context.Context, rc RunConfig) error {
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
-	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())
-	})
+	if rc.Edge.DevMode {
+		// The browser demo picks its user with ?user=, so it only makes
+		// sense (and is only served) in dev mode.
+		mux.Handle("/", demo.Handler())
+	} else {
+		mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())
+		})
+	}
 	ln := rc.Listener
 	if ln == nil {
 		if ln, err = net.Listen("tcp", rc.Listen); err != nil {
@@ -230,6 +237,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 		natsURL = embedded.ClientURL()
 	}
 	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single)
+	if rc.Edge.DevMode {
+		log.Info("demo page", "url", demoURL(ln.Addr()))
+	}
 
 	select {
 	case <-ctx.Done():
@@ -265,4 +275,16 @@ func drain(ctx context.Context, nc *nats.Conn) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// demoURL is where a browser on this machine finds the demo page.
+func demoURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String() + "/"
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }

@@ -1,0 +1,422 @@
+// The Natter demo: one connection, a few rooms, messages, who is online and
+// who is typing. Plain DOM, no framework; every user-supplied string goes
+// through textContent.
+import { connect } from "./natter.js";
+
+const DEFAULT_ROOMS = ["general", "random"];
+const ID = /^[A-Za-z0-9_-]{1,128}$/; // user and room ids (docs/protocol.md)
+const TYPING_IDLE_MS = 3000; // typing state clears after this long without a keystroke
+const MAX_MESSAGES = 500; // per room, oldest dropped
+
+const el = (id) => document.querySelector(`[data-testid="${id}"]`);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- state ----------------------------------------------------------------
+
+let client;
+/** @type {Map<string, Room>} rooms in the list, joined or not */
+const rooms = new Map();
+let current = null; // name of the room on screen
+let typingIn = null; // room our presence state says we type in, or null
+let typingTimer;
+let everOpen = false;
+const me = new URLSearchParams(location.search).get("user");
+
+/**
+ * @typedef {{conn: string, user?: string, state?: any}} Member
+ * @typedef {{user: string, text: string, ts: number, mine?: boolean, status?: string, notice?: boolean, node?: Element}} Message
+ * @typedef {{name: string, custom: boolean, joined: boolean, joining?: Promise<void>,
+ *   members: Map<string, Member>, more: number, messages: Message[], unread: number,
+ *   offPresence?: () => void}} Room
+ */
+
+// login asks for a name and reloads the page with ?user=<name>.
+function login(bad) {
+  const form = el("login-form");
+  form.hidden = false;
+  if (bad) showError(`"${bad}" is not a valid name: use 1-128 letters, digits, _ or -.`);
+  form.user.focus();
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = form.user.value.trim();
+    if (!ID.test(name)) return showError("Use 1-128 letters, digits, _ or -.");
+    location.search = "?" + new URLSearchParams({ user: name });
+  });
+}
+
+function start(user) {
+  el("me").textContent = user;
+  el("me").hidden = false;
+  el("switch-user").hidden = false;
+  el("chat").hidden = false;
+
+  const wsURL = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  client = connect(wsURL, { user });
+  showState(client.state);
+  globalThis.natter = client; // for the console: natter.rpc("echo", {hi: 1}).then(console.log)
+  client.onState((state, info) => {
+    showState(state, info);
+    if (state !== "open") return;
+    if (everOpen) afterReconnect();
+    everOpen = true;
+  });
+  client.on("chat.message", receive);
+
+  for (const name of DEFAULT_ROOMS) addRoom(name, false);
+  show(DEFAULT_ROOMS[0]);
+  wireForms();
+}
+
+/** @returns {Room} */
+function addRoom(name, custom) {
+  let room = rooms.get(name);
+  if (!room) {
+    room = { name, custom, joined: false, members: new Map(), more: 0, messages: [], unread: 0 };
+    rooms.set(name, room);
+    renderRooms();
+  }
+  return room;
+}
+
+// show puts a room on screen, joining it first if needed.
+function show(name) {
+  const room = addRoom(name, !DEFAULT_ROOMS.includes(name));
+  if (current !== name) stopTyping();
+  current = name;
+  room.unread = 0;
+  renderRooms();
+  renderRoom();
+  join(room);
+  el("message-input").focus();
+}
+
+// join joins a room with presence diffs and loads its member list. The
+// client sends the join once the connection is open, and again after every
+// reconnect.
+function join(room) {
+  if (room.joined || room.joining) return room.joining;
+  room.joining = (async () => {
+    room.offPresence ??= client.onPresence(room.name, (diff) => applyDiff(room, diff));
+    await client.join(room.name, { presence: true });
+    room.joined = true;
+    await loadMembers(room);
+  })()
+    .catch((err) => showError(`Could not join ${room.name}: ${describe(err)}`))
+    .finally(() => {
+      room.joining = undefined;
+      renderRooms();
+    });
+  return room.joining;
+}
+
+async function leave(room) {
+  room.offPresence?.();
+  rooms.delete(room.name);
+  if (current === room.name) show(DEFAULT_ROOMS[0]);
+  renderRooms();
+  try {
+    await client.leave(room.name);
+  } catch (err) {
+    showError(`Could not leave ${room.name}: ${describe(err)}`);
+  }
+}
+
+// loadMembers replaces a room's member list with the edge's current page,
+// retrying a few times (the connection may drop meanwhile).
+async function loadMembers(room) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const page = await client.presence.room(room.name);
+      room.members = new Map(page.members.map((m) => [m.conn, m]));
+      room.more = page.next ? page.count - page.members.length : 0; // beyond the first page: not listed
+      if (room.name === current) renderPresence();
+      return;
+    } catch (err) {
+      if (attempt >= 5 || !rooms.has(room.name)) throw err;
+      await sleep(200 * 2 ** attempt);
+    }
+  }
+}
+
+// afterReconnect re-reads the member lists: diffs sent while the connection
+// was down are lost, and our own connection is a new one. (The client has
+// re-joined the rooms and re-sent our presence state before it says "open".)
+function afterReconnect() {
+  for (const room of rooms.values()) {
+    if (room.joined) notice(room, "reconnected");
+    if (room.joined) loadMembers(room).catch((err) => showError(`Could not reload ${room.name}: ${describe(err)}`));
+  }
+}
+
+// applyDiff applies a $presence.diff: each connection appears once, as its
+// last change made it.
+function applyDiff(room, diff) {
+  const before = usersOf(room);
+  for (const m of diff.joins ?? []) room.members.set(m.conn, m);
+  for (const m of diff.states ?? []) room.members.set(m.conn, m);
+  for (const m of diff.leaves ?? []) room.members.delete(m.conn);
+  const after = usersOf(room);
+  for (const u of after.keys()) if (!before.has(u) && u !== me) notice(room, `${u} joined`);
+  for (const u of before.keys()) if (!after.has(u) && u !== me) notice(room, `${u} left`);
+  if (room.name === current) renderPresence();
+}
+
+// ---- messages -------------------------------------------------------------
+
+function receive(payload) {
+  const room = rooms.get(payload.room);
+  if (!room) return;
+  add(room, { user: payload.user || "anonymous", text: payload.text, ts: payload.ts });
+}
+
+function notice(room, text) {
+  add(room, { user: "", text, ts: Date.now(), notice: true });
+}
+
+function add(room, msg) {
+  room.messages.push(msg);
+  if (room.messages.length > MAX_MESSAGES) room.messages.shift().node?.remove();
+  if (room.name === current) {
+    appendMessage(msg);
+  } else if (!msg.notice) {
+    room.unread++;
+    renderRooms();
+  }
+}
+
+// send shows the message at once (the chat worker does not echo it back to
+// the sender) and marks it sent or failed when the worker answers.
+async function send(text) {
+  const room = rooms.get(current);
+  const msg = { user: me, text, ts: Date.now(), mine: true, status: "sending" };
+  add(room, msg);
+  stopTyping();
+  try {
+    await join(room);
+    const reply = await client.rpc("chat.send", { room: room.name, text }, { timeoutMs: 5000 });
+    msg.status = "sent";
+    msg.ts = reply?.ts ?? reply?.payload?.ts ?? msg.ts;
+  } catch (err) {
+    msg.status = "failed";
+    msg.error = describe(err);
+  }
+  if (msg.node) renderMessage(msg, msg.node);
+}
+
+// ---- typing ---------------------------------------------------------------
+
+function typing() {
+  if (el("message-input").value.trim() === "") return stopTyping();
+  if (typingIn !== current) {
+    typingIn = current;
+    setState({ typing: current });
+  }
+  clearTimeout(typingTimer);
+  typingTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  clearTimeout(typingTimer);
+  if (typingIn === null) return;
+  typingIn = null;
+  setState(null);
+}
+
+function setState(state) {
+  // Best effort: while disconnected there is no state to keep anyway.
+  client.presence.setState(state).catch(() => {});
+}
+
+// ---- rendering ------------------------------------------------------------
+
+function h(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k.startsWith("data-") || k === "title" || k === "aria-label") node.setAttribute(k, v);
+    else if (k === "hue") node.style.setProperty("--hue", v); // CSSOM: allowed by the page's CSP
+    else node[k] = v;
+  }
+  node.append(...children.filter((c) => c != null));
+  return node;
+}
+
+function renderRooms() {
+  const list = el("room-list");
+  list.replaceChildren(
+    ...[...rooms.values()].map((room) =>
+      h(
+        "li",
+        { className: room.name === current ? "current" : "" },
+        h(
+          "button",
+          { type: "button", "data-testid": "room", "data-room": room.name, onclick: () => show(room.name) },
+          h("span", { className: "hash" }, "#"),
+          room.name,
+          room.unread ? h("span", { className: "unread", "data-testid": "unread" }, String(room.unread)) : null,
+        ),
+        room.custom
+          ? h("button", { type: "button", className: "leave", title: `leave ${room.name}`, "aria-label": `leave ${room.name}`,
+              "data-testid": "leave-room", onclick: () => leave(room) }, "×")
+          : null,
+      ),
+    ),
+  );
+}
+
+function renderRoom() {
+  const room = rooms.get(current);
+  el("room-title").replaceChildren(h("span", { className: "hash" }, "#"), room.name);
+  const list = el("messages");
+  list.replaceChildren();
+  if (room.messages.length === 0) {
+    const guest = `guest-${Math.floor(1000 + Math.random() * 9000)}`;
+    list.append(h("li", { className: "empty", "data-testid": "empty" },
+      `No messages in #${room.name} yet. Say hi, or `,
+      h("a", { href: "?" + new URLSearchParams({ user: guest }), target: "_blank" }, `open another window as ${guest}`),
+      "."));
+  }
+  for (const msg of room.messages) appendMessage(msg);
+  renderPresence();
+}
+
+function appendMessage(msg) {
+  const list = el("messages");
+  list.querySelector(".empty")?.remove();
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  msg.node = renderMessage(msg, h("li"));
+  list.append(msg.node);
+  if (atBottom || msg.mine) list.scrollTop = list.scrollHeight;
+}
+
+function renderMessage(msg, node) {
+  const time = new Date(msg.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (msg.notice) {
+    node.className = "notice";
+    node.dataset.testid = "notice";
+    node.replaceChildren(msg.text, h("time", {}, time));
+    return node;
+  }
+  node.className = "message" + (msg.mine ? " mine" : "") + (msg.status ? " " + msg.status : "");
+  node.dataset.testid = "message";
+  node.dataset.user = msg.user;
+  if (msg.status) node.dataset.status = msg.status;
+  node.title = msg.status === "failed" ? `not sent: ${msg.error}` : msg.status === "sending" ? "sending…" : "";
+  node.replaceChildren(
+    h("span", { className: "avatar", hue: hue(msg.user) }, msg.user.slice(0, 1).toUpperCase()),
+    h(
+      "div",
+      { className: "body" },
+      h("div", { className: "meta" },
+        h("span", { className: "author" }, msg.mine ? `${msg.user} (you)` : msg.user),
+        h("time", {}, time),
+        msg.status === "failed" ? h("span", { className: "failed-note" }, "not sent") : null),
+      h("p", { className: "text", "data-testid": "message-text" }, msg.text),
+    ),
+  );
+  return node;
+}
+
+function renderPresence() {
+  const room = rooms.get(current);
+  const users = usersOf(room);
+  const names = [...users.keys()].sort((a, b) => (a === me ? -1 : b === me ? 1 : a.localeCompare(b)));
+  el("online-count").textContent = room.joined ? String(users.size) : "";
+  const items = names.map((name) => {
+    const conns = users.get(name);
+    return h(
+      "li",
+      { "data-testid": "online-user", "data-user": name },
+      h("span", { className: "dot", hue: hue(name) }),
+      name === me ? `${name} (you)` : name,
+      conns > 1 ? h("span", { className: "conns", title: `${conns} connections` }, `×${conns}`) : null,
+    );
+  });
+  if (room.more > 0) items.push(h("li", { className: "more" }, `and ${room.more} more connections`));
+  el("online-list").replaceChildren(...items);
+  renderTyping(room);
+}
+
+function renderTyping(room) {
+  const names = [...new Set(
+    [...room.members.values()].filter((m) => m.user !== me && m.state?.typing === room.name).map((m) => m.user || "anonymous"),
+  )].sort();
+  const line = el("typing");
+  line.textContent =
+    names.length === 0 ? "" :
+    names.length === 1 ? `${names[0]} is typing…` :
+    names.length <= 3 ? `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…` :
+    `${names.length} people are typing…`;
+  line.dataset.users = names.join(" ");
+}
+
+// usersOf counts a room's connections per user.
+function usersOf(room) {
+  const users = new Map();
+  for (const m of room.members.values()) {
+    const name = m.user || "anonymous";
+    users.set(name, (users.get(name) ?? 0) + 1);
+  }
+  return users;
+}
+
+const STATE_LABELS = { connecting: "connecting…", open: "connected", reconnecting: "reconnecting…", closed: "disconnected" };
+
+function showState(state, info) {
+  const badge = el("conn-state");
+  badge.dataset.state = state;
+  badge.textContent = STATE_LABELS[state] ?? state;
+  const detail = [info?.code && `close code ${info.code}`, info?.reason, info?.attempt && `attempt ${info.attempt}`]
+    .filter(Boolean).join(", ");
+  badge.title = detail;
+  el("chat").dataset.conn = state; // the lists go grey while they may be stale
+  el("message-input").disabled = el("send-button").disabled = state === "closed";
+}
+
+let errorTimer;
+function showError(text) {
+  const line = el("error");
+  line.textContent = text;
+  line.hidden = false;
+  clearTimeout(errorTimer);
+  errorTimer = setTimeout(() => (line.hidden = true), 6000);
+}
+
+function describe(err) {
+  return err?.code ? `${err.code}: ${err.message}` : String(err?.message ?? err);
+}
+
+function hue(name) {
+  let x = 0;
+  for (const c of name) x = (x * 31 + c.codePointAt(0)) % 360;
+  return x;
+}
+
+function wireForms() {
+  el("join-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = ev.target.room;
+    const name = input.value.trim();
+    if (!ID.test(name)) return showError("Room names are 1-128 letters, digits, _ or -.");
+    input.value = "";
+    show(name);
+  });
+  const input = el("message-input");
+  input.addEventListener("input", typing);
+  el("composer").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    send(text);
+  });
+}
+
+// ---- start (last: everything above is initialized) -----------------------
+
+el("boot").hidden = true;
+
+if (me && ID.test(me)) {
+  start(me);
+} else {
+  login(me);
+}
