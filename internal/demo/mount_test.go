@@ -19,10 +19,10 @@ import (
 // on the insecure ?user=), and "/" is the edge's one-line greeting.
 func TestEdgeMountsDemo(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		jwt      auth.JWTConfig
-		root     string // substring of GET /
-		appJS    int    // status of GET /app.js
+		name  string
+		jwt   auth.JWTConfig
+		root  string // substring of GET /
+		appJS int    // status of GET /app.js
 	}{
 		{name: "dev mode", root: `data-testid="conn-state"`, appJS: http.StatusOK},
 		{name: "with auth", jwt: auth.JWTConfig{HMACSecret: []byte("0123456789abcdef0123456789abcdef")},
