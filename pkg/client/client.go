@@ -1,0 +1,481 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+// Errors of this package. Failures of RPCs are *rpc.Error values; some of
+// them also match these sentinels (a Call on a closed client matches both
+// ErrClosed and rpc UNAVAILABLE).
+var (
+	// ErrBufferFull: Options.BufferSize frames already wait to be written.
+	ErrBufferFull = errors.New("client: send buffer full")
+	// ErrClosed: the client was closed, or stopped on a terminal close code.
+	ErrClosed = errors.New("client: closed")
+	// ErrTooLarge: the encoded frame exceeds Options.MaxMessageSize; the
+	// edge would close the connection with 1009.
+	ErrTooLarge = errors.New("client: frame larger than MaxMessageSize")
+	// ErrInvalidOptions wraps every error of New's validation.
+	ErrInvalidOptions = errors.New("client: invalid options")
+)
+
+// HandshakeError is an edge's HTTP refusal of the WebSocket upgrade (401
+// missing or invalid token, 403 origin or forbidden, 429 too many, 503
+// authentication unavailable, ...).
+type HandshakeError struct {
+	StatusCode int
+	Body       string // the edge's short reason
+}
+
+// Error returns "client: handshake refused: <status> <body>".
+func (e *HandshakeError) Error() string {
+	return "client: handshake refused: " + strconv.Itoa(e.StatusCode) + " " + e.Body
+}
+
+// permanent reports whether retrying the same handshake right away cannot
+// help: a 4xx other than 408 and 429.
+func (e *HandshakeError) permanent() bool {
+	return e.StatusCode >= 400 && e.StatusCode < 500 && e.StatusCode != http.StatusRequestTimeout && e.StatusCode != http.StatusTooManyRequests
+}
+
+// State is where a client is in its life.
+type State uint8
+
+// The states, in the order a client goes through them. Reconnecting and
+// Open alternate until the client is closed.
+const (
+	// StateConnecting: the first connection is being made.
+	StateConnecting State = iota
+	// StateOpen: connected, rooms re-joined and state restored; sends are
+	// written as they come.
+	StateOpen
+	// StateReconnecting: the connection dropped with a code that asks for a
+	// reconnect; the client waits its backoff and dials again. Sends are
+	// buffered.
+	StateReconnecting
+	// StateClosed: Close was called, the edge closed with a terminal code,
+	// or reconnecting is disabled. Final.
+	StateClosed
+)
+
+// String returns the state's name.
+func (s State) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateOpen:
+		return "open"
+	case StateReconnecting:
+		return "reconnecting"
+	case StateClosed:
+		return "closed"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// CloseInfo tells why a connection ended. Code is the edge's close code, or
+// 1000 for Close, or 1006 (abnormal) when no close frame arrived; Err is the
+// error behind an abnormal end or a failed connection attempt.
+type CloseInfo struct {
+	Code   envelope.CloseCode
+	Reason string
+	Err    error
+}
+
+// CloseAbnormal is the code given to a connection that ended without a
+// close frame, as browsers do.
+const CloseAbnormal envelope.CloseCode = 1006
+
+// Defaults of Options.
+const (
+	DefaultBufferSize       = 1000
+	DefaultRPCTimeout       = 10 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultKeepAlive        = 25 * time.Second
+)
+
+// Fixed bounds.
+const (
+	// MaxInbound bounds the frames waiting for callbacks.
+	MaxInbound = 1024
+	// MaxServerRequests bounds the server-to-client requests handled at
+	// once (the edge asks at most 64 at a time); more are answered with
+	// RESOURCE_EXHAUSTED.
+	MaxServerRequests = 64
+	// maxReadSize bounds one inbound frame; the edge's own outbound limit
+	// is 1 MiB by default.
+	maxReadSize = 16 << 20
+	// ctrlQueue bounds the aborts and answers waiting for the writer of
+	// one connection.
+	ctrlQueue = 128
+)
+
+// Options configure a Client. Zero fields take the defaults given.
+type Options struct {
+	// Token returns the bearer token, sent as "Authorization: Bearer
+	// <token>". It is called before every connection attempt and by
+	// RefreshToken (also on $auth.expiring), so it can hand out fresh
+	// tokens; it must honour ctx. Default nil: no token. See StaticToken.
+	Token func(ctx context.Context) (string, error)
+	// User is the insecure dev-mode identity, sent as ?user=<id>. Edges not
+	// in dev mode ignore it. Default "".
+	User string
+	// Header holds extra handshake headers (Origin, cookies, ...).
+	Header http.Header
+	// Reconnect paces reconnects. Default nil: {Initial 250ms, Max 10s,
+	// Factor 2} with full jitter; set Disabled to turn reconnecting off.
+	Reconnect *Backoff
+	// BufferSize bounds the frames waiting to be written, while connected
+	// and while not; Send beyond it returns ErrBufferFull. Default 1000.
+	BufferSize int
+	// RPCTimeout is the deadline of a Call (and of Join, Leave, presence
+	// and refresh requests) whose ctx has none or a later one, and of
+	// Handle handlers when the edge gives none. Default 10s.
+	RPCTimeout time.Duration
+	// HandshakeTimeout bounds one connection attempt: token, dial, TLS and
+	// upgrade. Default 10s.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds writing one frame; a connection that cannot take
+	// a frame for this long is dropped and reconnected. Default 10s.
+	WriteTimeout time.Duration
+	// KeepAlive: after this long without any frame from the edge the
+	// client pings it, and after twice this long it drops the connection
+	// as dead and reconnects. Default 25s; negative: off.
+	KeepAlive time.Duration
+	// MaxMessageSize bounds one outbound frame, in bytes; larger sends fail
+	// with ErrTooLarge instead of making the edge close with 1009. Default
+	// envelope.DefaultMaxSize (the edge's default).
+	MaxMessageSize int
+	// OnState is called on every state change, from the callback
+	// goroutine: Connecting and Open with a zero CloseInfo, Reconnecting
+	// with why the connection dropped, Closed with why the client stopped.
+	OnState func(State, CloseInfo)
+	// Logger receives reconnects and failed re-joins. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// StaticToken returns a token function that always returns tok.
+func StaticToken(tok string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) { return tok, nil }
+}
+
+// Client is a connection to a Natter edge that reconnects by itself. Create
+// it with Dial or New; it is safe for concurrent use.
+type Client struct {
+	url     string
+	opts    Options
+	backoff Backoff
+	log     *slog.Logger
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+	opened chan struct{} // closed at the first Open
+	// attempts carries the latest failed connection attempt before the
+	// first Open, for Dial.
+	attempts chan error
+
+	queue  chan *outItem // frames waiting to be written, bounded
+	events eventQueue
+	sem    chan struct{} // server-to-client requests running
+
+	// mu guards the fields below. Lock order: mu, then hmu is never taken
+	// while mu is held and the other way round.
+	mu      sync.Mutex
+	state   State
+	sess    *session
+	pending map[string]*call
+	rooms   map[string]bool // remembered joins: room -> presence diffs
+	pstate  json.RawMessage // remembered $presence.state, nil: none
+	info    CloseInfo       // why the client closed
+	seq     uint64
+
+	hmu       sync.RWMutex
+	handlers  map[string][]*handler
+	presences map[string][]*presenceHandler
+	servers   map[string]HandlerFunc
+
+	held       *outItem // a frame taken from queue but not written; run goroutine only
+	refreshing atomic.Bool
+	closeOnce  sync.Once
+}
+
+// outItem is one frame waiting to be written; call is set for requests.
+type outItem struct {
+	frame []byte
+	call  *call
+}
+
+// Dial connects to an edge's WebSocket URL (ws:// or wss://) and returns
+// once the first connection is open, or with an error when ctx ends first,
+// when the edge refuses the handshake for good (an HTTP 4xx other than 408
+// and 429, as a *HandshakeError), or when reconnecting is disabled and the
+// first attempt fails. Later drops are reconnected automatically.
+func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
+	c, err := New(rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	var last error
+	for {
+		select {
+		case <-c.opened:
+			return c, nil
+		case err := <-c.attempts:
+			last = err
+			var he *HandshakeError
+			if errors.As(err, &he) && he.permanent() {
+				_ = c.Close()
+				return nil, err
+			}
+		case <-c.done:
+			info := c.closeInfo()
+			if info.Err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrClosed, info.Err)
+			}
+			return nil, fmt.Errorf("%w: close code %d %s", ErrClosed, info.Code, info.Reason)
+		case <-ctx.Done():
+			_ = c.Close()
+			if last != nil {
+				return nil, fmt.Errorf("client: dial: %w (last attempt: %v)", ctx.Err(), last)
+			}
+			return nil, fmt.Errorf("client: dial: %w", ctx.Err())
+		}
+	}
+}
+
+// New returns a client that connects to rawURL in the background and keeps
+// reconnecting; Send, Call and Join made before the connection is open are
+// buffered. It fails only on invalid options.
+func New(rawURL string, opts Options) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: url: %v", ErrInvalidOptions, err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return nil, fmt.Errorf("%w: url scheme must be ws or wss, not %q", ErrInvalidOptions, u.Scheme)
+	}
+	if opts.User != "" {
+		q := u.Query()
+		q.Set("user", opts.User)
+		u.RawQuery = q.Encode()
+	}
+	switch {
+	case opts.BufferSize < 0, opts.RPCTimeout < 0, opts.HandshakeTimeout < 0, opts.WriteTimeout < 0, opts.MaxMessageSize < 0:
+		return nil, fmt.Errorf("%w: sizes and durations must not be negative", ErrInvalidOptions)
+	}
+	if opts.BufferSize == 0 {
+		opts.BufferSize = DefaultBufferSize
+	}
+	if opts.RPCTimeout == 0 {
+		opts.RPCTimeout = DefaultRPCTimeout
+	}
+	if opts.HandshakeTimeout == 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = DefaultKeepAlive
+	}
+	if opts.MaxMessageSize == 0 {
+		opts.MaxMessageSize = envelope.DefaultMaxSize
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	var b Backoff
+	if opts.Reconnect != nil {
+		b = *opts.Reconnect
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		url:       u.String(),
+		opts:      opts,
+		backoff:   b.withDefaults(),
+		log:       opts.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		opened:    make(chan struct{}),
+		attempts:  make(chan error, 1),
+		queue:     make(chan *outItem, opts.BufferSize),
+		sem:       make(chan struct{}, MaxServerRequests),
+		pending:   make(map[string]*call),
+		rooms:     make(map[string]bool),
+		handlers:  make(map[string][]*handler),
+		presences: make(map[string][]*presenceHandler),
+		servers:   make(map[string]HandlerFunc),
+	}
+	c.events.init()
+	c.events.pushState(StateConnecting, CloseInfo{})
+	go c.dispatch()
+	go c.run()
+	return c, nil
+}
+
+// State returns the client's current state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+func (c *Client) closeInfo() CloseInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info
+}
+
+// Close closes the connection with 1000 and stops reconnecting. Calls in
+// flight and buffered frames fail (ErrClosed, rpc UNAVAILABLE). It waits
+// for the client's goroutines to stop and is idempotent; it returns nil.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.events.stop()
+		c.cancel()
+	})
+	<-c.done
+	return nil
+}
+
+// Done is closed once the client is closed, by Close or a terminal close
+// code.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Send writes a fire-and-forget message of type typ with payload encoded as
+// JSON (a json.RawMessage as is; nil leaves it out), and meta if given.
+// While the client is not open the frame is buffered and written, in
+// order, after the next connection's re-joins. It fails with ErrBufferFull
+// when Options.BufferSize frames wait, ErrTooLarge, ErrClosed, or an
+// envelope error for an invalid type or payload.
+func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
+	env, err := envelope.New(typ, payload)
+	if err != nil {
+		return err
+	}
+	if err := envelope.ValidateType(typ); err != nil {
+		return err
+	}
+	if len(meta) > 0 {
+		env.Meta = meta[0]
+	}
+	frame, err := envelope.Encode(env)
+	if err != nil {
+		return err
+	}
+	if len(frame) > c.opts.MaxMessageSize {
+		return ErrTooLarge
+	}
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	select {
+	case c.queue <- &outItem{frame: frame}:
+		return nil
+	default:
+		return ErrBufferFull
+	}
+}
+
+// run connects, serves each connection until it ends, and reconnects with
+// backoff until Close or a terminal close code. It owns the writes.
+func (c *Client) run() {
+	defer close(c.done)
+	attempt := 0
+	everOpen := false
+	var last CloseInfo
+	for {
+		s, err := c.connect()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				break
+			}
+			last = CloseInfo{Code: CloseAbnormal, Err: err}
+			if !everOpen {
+				select {
+				case <-c.attempts:
+				default:
+				}
+				c.attempts <- err
+			}
+			c.log.Debug("client: connection attempt failed", "attempt", attempt, "err", err)
+			if c.backoff.Disabled || !c.sleep(c.backoff.Delay(attempt)) {
+				break
+			}
+			attempt++
+			continue
+		}
+		info, opened := c.serve(s)
+		c.failSession(s)
+		last = info
+		if opened {
+			everOpen = true
+			attempt = 0
+		}
+		if c.ctx.Err() != nil || !info.Code.Reconnect() || c.backoff.Disabled {
+			break
+		}
+		c.log.Info("client: connection lost, reconnecting", "code", int(info.Code), "reason", info.Reason, "err", info.Err)
+		c.setState(StateReconnecting, info)
+		if !c.sleep(c.backoff.Delay(attempt)) {
+			break
+		}
+		attempt++
+	}
+	if c.ctx.Err() != nil {
+		last = CloseInfo{Code: envelope.CloseNormal}
+	}
+	c.cancel()
+	c.mu.Lock()
+	c.state = StateClosed
+	c.info = last
+	pending := c.pending
+	c.pending = map[string]*call{}
+	c.mu.Unlock()
+	for _, cl := range pending {
+		cl.fail(closedError())
+	}
+	c.events.pushState(StateClosed, last)
+	c.events.close()
+}
+
+// sleep waits d, or less when the client closes; it reports whether the
+// client is still running.
+func (c *Client) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+func (c *Client) setState(s State, info CloseInfo) {
+	c.mu.Lock()
+	c.state = s
+	c.mu.Unlock()
+	c.events.pushState(s, info)
+}
+
+func closedError() error {
+	return fmt.Errorf("%w: %w", ErrClosed, &rpc.Error{Code: envelope.CodeUnavailable, Message: "client closed"})
+}
