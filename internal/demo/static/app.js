@@ -101,7 +101,9 @@ function join(room) {
     room.joined = true;
     await loadMembers(room);
   })()
-    .catch((err) => showError(`Could not join ${room.name}: ${describe(err)}`))
+    .catch((err) => {
+      if (rooms.get(room.name) === room) showError(`Could not join ${room.name}: ${describe(err)}`); // else: left meanwhile
+    })
     .finally(() => {
       room.joining = undefined;
       renderRooms();
@@ -195,7 +197,7 @@ async function send(text) {
     await join(room);
     const reply = await client.rpc("chat.send", { room: room.name, text }, { timeoutMs: 5000 });
     msg.status = "sent";
-    msg.ts = reply?.ts ?? reply?.payload?.ts ?? msg.ts;
+    msg.ts = reply?.ts ?? msg.ts; // chat.sent {ts}: the worker's clock, as others see it
   } catch (err) {
     msg.status = "failed";
     msg.error = describe(err);
@@ -223,7 +225,8 @@ function stopTyping() {
 }
 
 function setState(state) {
-  // Best effort: while disconnected there is no state to keep anyway.
+  // Best effort: the client re-sends the last state after a reconnect, and
+  // a lost update costs only a typing hint.
   client.presence.setState(state).catch(() => {});
 }
 
