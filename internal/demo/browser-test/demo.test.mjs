@@ -20,6 +20,7 @@ const WAIT = 60_000; // a generous wait for any one thing on a busy machine
 const ROOM = "lobby-e2e";
 
 test("two browsers chat through the demo, across an edge restart", { timeout: 600_000 }, async () => {
+  for (const user of ["alice", "bob"]) await rm(join(artifacts, `failure-${user}.png`), { force: true }); // of an earlier run
   const tmp = await mkdtemp(join(tmpdir(), "natter-demo-"));
   const dataDir = join(tmp, "data");
   const edgeBin = join(tmp, "edge");
