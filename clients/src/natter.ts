@@ -264,6 +264,7 @@ export function connect(url: string, options: ConnectOptions = {}): Client {
 }
 
 const OPEN = 1; // WebSocket.OPEN
+const CONNECT_TIMEOUT_MS = 15000; // a handshake not done by then is given up and retried
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
 
@@ -439,15 +440,34 @@ class NatterClient implements Client {
       return;
     }
     this.#ws = ws;
-    ws.addEventListener("open", () => void this.#ready(gen));
+    // The socket ends once, whichever comes first: its close, an error
+    // (Node 20's WebSocket may fire "error" without "close" when a
+    // handshake fails), or a handshake that takes too long.
+    let ended = false;
+    const end = (code: number, reason: string) => {
+      if (ended) return;
+      ended = true;
+      clearTimeout(timer);
+      this.#dropped(gen, code, reason);
+      try {
+        ws.close();
+      } catch {
+        // Already closed.
+      }
+    };
+    const timer = setTimeout(() => end(1006, "connect timeout"), CONNECT_TIMEOUT_MS);
+    ws.addEventListener("open", () => {
+      clearTimeout(timer);
+      void this.#ready(gen);
+    });
     ws.addEventListener("message", (ev) => {
       const { data } = ev as { data: unknown };
       if (gen === this.#gen && typeof data === "string") this.#receive(data);
     });
-    // A failed handshake fires "error" and then "close" (1006): close is enough.
+    ws.addEventListener("error", () => end(1006, "connection error"));
     ws.addEventListener("close", (ev) => {
       const { code, reason } = ev as { code: number; reason: string };
-      this.#dropped(gen, code, reason);
+      end(code, reason);
     });
   }
 
@@ -459,16 +479,19 @@ class NatterClient implements Client {
   async #ready(gen: number): Promise<void> {
     if (gen !== this.#gen) return;
     this.#attempt = 0;
-    // Loop: a join() made during the sync is part of it.
+    // Loop: a join() made during the sync is part of it. Joins resolve
+    // once the client is open, so that `await join()` means both.
+    const done: (() => void)[] = [];
     for (;;) {
       const todo = [...this.#remembered.values()].filter((r) => r.gen !== gen);
       if (todo.length === 0) break;
       todo.sort((a, b) => (a.type === b.type ? 0 : a.type === "$presence.state" ? -1 : 1));
-      await Promise.all(todo.map((r) => this.#resend(r, gen)));
-      if (gen !== this.#gen) return;
+      for (const ok of await Promise.all(todo.map((r) => this.#resend(r, gen)))) if (ok) done.push(ok);
+      if (gen !== this.#gen) return; // waiters stay for the next socket
     }
     if (!this.#flush()) return; // the socket is going away; its close event follows
     this.#setState("open");
+    done.forEach((ok) => ok());
   }
 
   #dropped(gen: number, code: number, reason: string): void {
@@ -619,12 +642,15 @@ class NatterClient implements Client {
       r.gen = 0;
       r.waiters.push({ resolve, reject });
       // Otherwise #ready sends it on the next socket.
-      if (this.#state === "open") void this.#resend(r, this.#gen);
+      if (this.#state === "open") void this.#resend(r, this.#gen).then((ok) => ok?.());
     });
   }
 
-  /** Sends a remembered item on socket gen and settles its waiters. */
-  async #resend(r: Remembered, gen: number): Promise<void> {
+  /**
+   * Sends a remembered item on socket gen. A refusal rejects its waiters;
+   * success returns the function that resolves them.
+   */
+  async #resend(r: Remembered, gen: number): Promise<(() => void) | undefined> {
     r.gen = gen;
     const key = r.type === "$join" ? `$join:${(r.payload as { room: string }).room}` : r.type;
     try {
@@ -641,7 +667,7 @@ class NatterClient implements Client {
       // Left while the join was on its way.
       this.#transmit({ type: "$leave", payload: encode({ room: (r.payload as { room: string }).room }) });
     }
-    r.waiters.splice(0).forEach((w) => w.resolve());
+    return () => r.waiters.splice(0).forEach((w) => w.resolve());
   }
 
   // ------------------------------------------------------------ receiving

@@ -33,6 +33,10 @@ export function fakeWebSocket() {
     serverSend(env) {
       this.#fire("message", { data: JSON.stringify(env) });
     }
+    /** An error event alone, as Node 20's WebSocket sends for a failed handshake. */
+    fail() {
+      this.#fire("error", {});
+    }
     serverClose(code, reason = "") {
       if (this.readyState === 3) return;
       this.readyState = 3;

@@ -50,7 +50,6 @@ test("sends before open are buffered and flushed in order after the re-joins", a
   assert.equal(c.state, "connecting");
   ws.serverSend({ type: "$joined", meta: { correlationId: ws.sent[0].meta.correlationId, room: "lobby" }, payload: { room: "lobby" } });
   await joined;
-  await new Promise((r) => setTimeout(r, 0)); // #ready continues after the join's waiters
   assert.equal(c.state, "open");
   assert.deepEqual(ws.sent.slice(1), [
     { type: "a.one", payload: { n: 1 } },
@@ -135,6 +134,18 @@ test("requests: lost with the socket reject UNAVAILABLE; buffered ones survive i
   assert.equal(ws2.sent[0].type, "later");
   ws2.serverSend({ type: "later.ok", meta: { correlationId: ws2.sent[0].meta.correlationId }, payload: 42 });
   assert.equal(await later, 42);
+  c.close();
+});
+
+test("a failed handshake that fires only an error is retried", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const states = [];
+  c.onState((s, info) => states.push([s, info?.code]));
+  (await lastSocket(WS)).fail();
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(states, [["reconnecting", 1006], ["open", undefined]]);
   c.close();
 });
 
