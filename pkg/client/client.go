@@ -198,7 +198,6 @@ type Client struct {
 	// while mu is held and the other way round.
 	mu      sync.Mutex
 	state   State
-	sess    *session
 	pending map[string]*call
 	rooms   map[string]bool // remembered joins: room -> presence diffs
 	pstate  json.RawMessage // remembered $presence.state, nil: none
@@ -225,7 +224,9 @@ type outItem struct {
 // once the first connection is open, or with an error when ctx ends first,
 // when the edge refuses the handshake for good (an HTTP 4xx other than 408
 // and 429, as a *HandshakeError), or when reconnecting is disabled and the
-// first attempt fails. Later drops are reconnected automatically.
+// first attempt fails. Later drops are reconnected automatically; a refused
+// handshake on a reconnect is retried with backoff (Options.Token is asked
+// again each time), as browsers do.
 func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
 	c, err := New(rawURL, opts)
 	if err != nil {

@@ -490,7 +490,7 @@ func TestPresence(t *testing.T) {
 func TestCloseStopsEverything(t *testing.T) {
 	m := newMesh(t)
 	url := m.startEdge(t)
-	m.silent(t, "slow")
+	reqs := m.silent(t, "slow")
 	// Warm up: the edge's presence machinery starts goroutines of its own
 	// with the first connection.
 	warm := dial(t, url, client.Options{User: "warm"})
@@ -507,7 +507,9 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	block := make(chan struct{})
 	c.On("news", func(*envelope.Envelope) { <-block })
+	asked := make(chan struct{})
 	c.Handle("q", func(ctx context.Context, _ *envelope.Envelope) (any, error) {
+		close(asked)
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})
@@ -525,7 +527,18 @@ func TestCloseStopsEverything(t *testing.T) {
 	for range 3 {
 		_ = m.svc.Publish("natter.out.room.general", []byte(`{"type":"news"}`))
 	}
-	time.Sleep(50 * time.Millisecond) // let the calls and the question reach the edge; not a correctness wait
+	for range 3 {
+		select {
+		case <-reqs:
+		case <-time.After(wait):
+			t.Fatal("calls did not reach the service")
+		}
+	}
+	select {
+	case <-asked:
+	case <-time.After(wait):
+		t.Fatal("the question did not reach the handler")
+	}
 
 	if err := c.Close(); err != nil {
 		t.Fatal(err)

@@ -111,9 +111,6 @@ func (c *Client) connect() (*session, error) {
 // serve restores rooms and state on s, then writes frames until s ends.
 // It returns why s ended and whether it reached Open.
 func (c *Client) serve(s *session) (CloseInfo, bool) {
-	c.mu.Lock()
-	c.sess = s
-	c.mu.Unlock()
 	opened := false
 	if c.restore(s) {
 		opened = true
@@ -133,9 +130,6 @@ func (c *Client) serve(s *session) (CloseInfo, bool) {
 		}
 		<-s.done
 	}
-	c.mu.Lock()
-	c.sess = nil
-	c.mu.Unlock()
 	return s.info, opened
 }
 
