@@ -14,11 +14,13 @@ const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const tmp = mkdtempSync(join(tmpdir(), "natter-client-test-"));
 const running = new Set();
 
-// No stray processes, whatever happens to the test run.
+// No stray processes, whatever happens to the test run: "exit" covers
+// normal ends and uncaught errors, the signal handlers a killed runner.
 process.on("exit", () => {
   for (const p of running) p.kill("SIGKILL");
   rmSync(tmp, { recursive: true, force: true });
 });
+for (const sig of ["SIGINT", "SIGTERM"]) process.once(sig, () => process.exit(128 + (sig === "SIGINT" ? 2 : 15)));
 
 let built;
 /** Builds ./cmd/edge once per test process and returns the binary's path. */
