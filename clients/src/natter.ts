@@ -343,7 +343,7 @@ class NatterClient implements Client {
       },
       setState: (state) => this.#remember("$presence.state", "$presence.state", { state }),
     };
-    this.#dial();
+    void this.#dial();
   }
 
   get state(): State {
@@ -389,9 +389,10 @@ class NatterClient implements Client {
     const r = this.#remembered.get(`$join:${room}`);
     this.#remembered.delete(`$join:${room}`);
     r?.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
-    // Not open: the edge holds no membership of this client's, and the
-    // next (re)join no longer includes the room.
     if (this.#state === "open") await this.#request("$leave", { room });
+    // A socket being brought up to date may have re-joined it already.
+    else if (r && r.gen === this.#gen) this.#transmit({ type: "$leave", payload: encode({ room }) });
+    // Otherwise the next socket simply does not re-join it.
   }
 
   rooms(): string[] {

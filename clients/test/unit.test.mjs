@@ -73,6 +73,22 @@ test("sends before open are buffered and flushed in order after the re-joins", a
   assert.deepEqual(states.at(-1), ["closed", 1000]);
 });
 
+test("leave while the join is on its way: the join rejects CANCELLED and the edge gets $leave", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS });
+  const joining = c.join("hall");
+  const ws = await lastSocket(WS);
+  ws.open();
+  await c.leave("hall");
+  await assert.rejects(joining, { code: "CANCELLED" });
+  assert.deepEqual(c.rooms(), []);
+  ws.serverSend({ type: "$joined", meta: { correlationId: ws.sent[0].meta.correlationId }, payload: { room: "hall" } });
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(c.state, "open");
+  assert.deepEqual(ws.sent.map((e) => e.type).slice(0, 2), ["$join", "$leave"]);
+  c.close();
+});
+
 test("buffer overflow: error, drop-oldest, drop-newest", async () => {
   for (const overflow of ["error", "drop-oldest", "drop-newest"]) {
     const WS = fakeWebSocket();
