@@ -265,6 +265,7 @@ export function connect(url: string, options: ConnectOptions = {}): Client {
 
 const OPEN = 1; // WebSocket.OPEN
 const CONNECT_TIMEOUT_MS = 15000; // a handshake not done by then is given up and retried
+const STABLE_MS = 5000; // a connection open this long resets the backoff
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
 
@@ -307,7 +308,8 @@ class NatterClient implements Client {
   #state: State = "connecting";
   #ws: WebSocketLike | null = null;
   #gen = 0; // bumped for every socket and at close: events of older sockets are ignored
-  #attempt = 0; // failed attempts since the last open, for the backoff
+  #attempt = 0; // failed attempts since the last lasting connection, for the backoff
+  #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
   #retry: ReturnType<typeof setTimeout> | undefined;
   #seq = 0;
   readonly #pending = new Map<string, Pending>();
@@ -364,7 +366,7 @@ class NatterClient implements Client {
   }
 
   send<T extends ClientType>(type: T, payload?: ClientPayload<T>, meta?: Meta): void {
-    this.#checkOpen();
+    this.#checkNotClosed();
     this.#enqueue({ type, meta, payload: encode(payload) });
   }
 
@@ -479,7 +481,6 @@ class NatterClient implements Client {
    */
   async #ready(gen: number): Promise<void> {
     if (gen !== this.#gen) return;
-    this.#attempt = 0;
     // Loop: a join() made during the sync is part of it. Joins resolve
     // once the client is open, so that `await join()` means both.
     const done: (() => void)[] = [];
@@ -491,6 +492,7 @@ class NatterClient implements Client {
       if (gen !== this.#gen) return; // waiters stay for the next socket
     }
     if (!this.#flush()) return; // the socket is going away; its close event follows
+    this.#openedAt = Date.now();
     this.#setState("open");
     done.forEach((ok) => ok());
   }
@@ -505,6 +507,10 @@ class NatterClient implements Client {
       this.#shutdown(code, reason, "UNAVAILABLE");
       return;
     }
+    // The backoff starts over only after a connection that lasted: an edge
+    // that accepts and then drops every connection still gets backed off.
+    if (this.#openedAt > 0 && Date.now() - this.#openedAt >= STABLE_MS) this.#attempt = 0;
+    this.#openedAt = 0;
     this.#setState("reconnecting", { code, reason });
     this.#retry = setTimeout(() => void this.#dial(), backoffDelay(this.#attempt++, policy));
   }
@@ -527,7 +533,7 @@ class NatterClient implements Client {
     for (const fn of [...this.#stateListeners]) safely(() => fn(state, info));
   }
 
-  #checkOpen(): void {
+  #checkNotClosed(): void {
     if (this.#state === "closed") throw new NatterError("UNAVAILABLE", "the client is closed");
   }
 
@@ -588,7 +594,7 @@ class NatterClient implements Client {
   /** A request: buffered like a send, settled by its reply, an error, the deadline, an abort or a lost socket. */
   #request(type: string, payload: unknown, options: RpcOptions = {}, direct = false): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      this.#checkOpen();
+      this.#checkNotClosed();
       const { signal, onProgress } = options;
       if (signal?.aborted) throw new NatterError("CANCELLED", "aborted before it was sent");
       const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? 10000;
@@ -636,7 +642,7 @@ class NatterClient implements Client {
   /** Records a room or the presence state for every future socket, and sends it now when open. */
   #remember(key: string, type: Remembered["type"], payload: unknown): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.#checkOpen();
+      this.#checkNotClosed();
       let r = this.#remembered.get(key);
       if (!r) this.#remembered.set(key, (r = { type, payload, gen: 0, waiters: [] }));
       r.payload = payload;

@@ -46,6 +46,7 @@ export function connect(url, options = {}) {
 }
 const OPEN = 1; // WebSocket.OPEN
 const CONNECT_TIMEOUT_MS = 15000; // a handshake not done by then is given up and retried
+const STABLE_MS = 5000; // a connection open this long resets the backoff
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
 class NatterClient {
@@ -56,7 +57,8 @@ class NatterClient {
     #state = "connecting";
     #ws = null;
     #gen = 0; // bumped for every socket and at close: events of older sockets are ignored
-    #attempt = 0; // failed attempts since the last open, for the backoff
+    #attempt = 0; // failed attempts since the last lasting connection, for the backoff
+    #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
     #retry;
     #seq = 0;
     #pending = new Map();
@@ -112,7 +114,7 @@ class NatterClient {
         return () => void set.delete(l);
     }
     send(type, payload, meta) {
-        this.#checkOpen();
+        this.#checkNotClosed();
         this.#enqueue({ type, meta, payload: encode(payload) });
     }
     rpc(type, payload, options = {}) {
@@ -230,7 +232,6 @@ class NatterClient {
     async #ready(gen) {
         if (gen !== this.#gen)
             return;
-        this.#attempt = 0;
         // Loop: a join() made during the sync is part of it. Joins resolve
         // once the client is open, so that `await join()` means both.
         const done = [];
@@ -247,6 +248,7 @@ class NatterClient {
         }
         if (!this.#flush())
             return; // the socket is going away; its close event follows
+        this.#openedAt = Date.now();
         this.#setState("open");
         done.forEach((ok) => ok());
     }
@@ -263,6 +265,11 @@ class NatterClient {
             this.#shutdown(code, reason, "UNAVAILABLE");
             return;
         }
+        // The backoff starts over only after a connection that lasted: an edge
+        // that accepts and then drops every connection still gets backed off.
+        if (this.#openedAt > 0 && Date.now() - this.#openedAt >= STABLE_MS)
+            this.#attempt = 0;
+        this.#openedAt = 0;
         this.#setState("reconnecting", { code, reason });
         this.#retry = setTimeout(() => void this.#dial(), backoffDelay(this.#attempt++, policy));
     }
@@ -286,7 +293,7 @@ class NatterClient {
         for (const fn of [...this.#stateListeners])
             safely(() => fn(state, info));
     }
-    #checkOpen() {
+    #checkNotClosed() {
         if (this.#state === "closed")
             throw new NatterError("UNAVAILABLE", "the client is closed");
     }
@@ -355,7 +362,7 @@ class NatterClient {
     /** A request: buffered like a send, settled by its reply, an error, the deadline, an abort or a lost socket. */
     #request(type, payload, options = {}, direct = false) {
         return new Promise((resolve, reject) => {
-            this.#checkOpen();
+            this.#checkNotClosed();
             const { signal, onProgress } = options;
             if (signal?.aborted)
                 throw new NatterError("CANCELLED", "aborted before it was sent");
@@ -408,7 +415,7 @@ class NatterClient {
     /** Records a room or the presence state for every future socket, and sends it now when open. */
     #remember(key, type, payload) {
         return new Promise((resolve, reject) => {
-            this.#checkOpen();
+            this.#checkNotClosed();
             let r = this.#remembered.get(key);
             if (!r)
                 this.#remembered.set(key, (r = { type, payload, gen: 0, waiters: [] }));
