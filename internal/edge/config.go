@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/schema"
@@ -147,6 +148,8 @@ type Config struct {
 	Schemas *schema.Registry
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
+	// Registerer receives the edge's Prometheus metrics. Default nil: none.
+	Registerer prometheus.Registerer
 }
 
 func (c *Config) setDefaults() error {

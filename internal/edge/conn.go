@@ -257,6 +257,7 @@ func (c *conn) writeLoop() {
 			batch[i] = nil
 			written += len(f) + frameOverhead
 			c.e.stats.framesOut.Add(1)
+			c.e.stats.bytesOut.Add(int64(len(f)))
 		}
 		clear(batch)
 		if written > 0 {

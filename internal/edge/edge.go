@@ -13,6 +13,7 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/auth"
@@ -45,7 +46,10 @@ type Edge struct {
 	rpc           *rpcMux
 	presence      *presence.Service // nil when off
 	stats         counters
-	logLimit      *rate.Limiter // sampled warnings on the message path
+	// rpcLatency observes client RPCs from forward to reply; nil without
+	// Config.Registerer.
+	rpcLatency prometheus.Histogram
+	logLimit   *rate.Limiter // sampled warnings on the message path
 
 	gate     sync.RWMutex   // orders admissions against Shutdown
 	closing  atomic.Bool    // set under gate
@@ -70,6 +74,11 @@ func New(cfg Config) (*Edge, error) {
 	e.conns.init()
 	e.hub = newHub(e)
 	e.adm.init()
+	if cfg.Registerer != nil {
+		if err := e.registerMetrics(cfg.Registerer); err != nil {
+			return nil, err
+		}
+	}
 	e.origins = auth.Origins{Allowed: cfg.AllowedOrigins, Any: cfg.DevMode && len(cfg.AllowedOrigins) == 0}
 	opts := func(protocols []string) *gws.ServerOption {
 		return &gws.ServerOption{
@@ -297,12 +306,14 @@ type Stats struct {
 	InboundInvalid     int64 // client messages rejected by their schema
 	SlowConsumerCloses int64 // connections closed with 4001
 	RPCs               int64 // requests forwarded
+	BytesIn            int64 // payload bytes of client frames read
+	BytesOut           int64 // payload bytes of frames written to sockets
 	Refused            int64 // handshakes refused: auth, origin, limits
 	RateLimited        int64 // client messages refused by a rate limit
 }
 
 type counters struct {
-	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited atomic.Int64
+	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited, bytesIn, bytesOut atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -314,6 +325,7 @@ func (e *Edge) Stats() Stats {
 		Published: s.published.Load(), OutboundDropped: s.dropped.Load(), InboundInvalid: s.invalidIn.Load(),
 		SlowConsumerCloses: s.slow.Load(), RPCs: s.rpcs.Load(),
 		Refused: s.refused.Load(), RateLimited: s.rateLimited.Load(),
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
 	}
 }
 

@@ -56,6 +56,7 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
 	c.e.stats.framesIn.Add(1)
+	c.e.stats.bytesIn.Add(int64(len(msg.Bytes())))
 	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
 		c.e.stats.rateLimited.Add(1)
 		c.sendErrorPayload(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{

@@ -30,6 +30,7 @@ type call struct {
 	cid   string
 	reply string // the inbox subject the worker answers on
 	timer *time.Timer
+	start time.Time
 	mu    sync.Mutex // orders progress frames before the one reply
 	done  bool       // guarded by mu: the client got its one reply
 }
@@ -64,7 +65,7 @@ func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg
 		return
 	}
 	token := strconv.FormatUint(m.seq.Add(1), 36)
-	k := &call{c: c, cid: cid, reply: m.prefix + token}
+	k := &call{c: c, cid: cid, reply: m.prefix + token, start: time.Now()}
 	if c.calls == nil {
 		c.calls = make(map[string]*call)
 	}
@@ -130,6 +131,9 @@ func (m *rpcMux) finish(k *call, frame []byte, abort bool) {
 	k.c.rpcMu.Unlock()
 	if frame != nil {
 		k.c.send(frame)
+		if m.e.rpcLatency != nil {
+			m.e.rpcLatency.Observe(time.Since(k.start).Seconds())
+		}
 	}
 	if abort {
 		_ = m.e.nc.Publish(m.e.ns.Abort().String(), []byte(k.reply))

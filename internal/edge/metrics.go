@@ -1,0 +1,59 @@
+package edge
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// statsCollector exports Stats as Prometheus metrics at scrape time, so the
+// message path only bumps atomics. No label comes from a user, room or
+// subject.
+type statsCollector struct{ e *Edge }
+
+var statDescs = []struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(Stats) int64
+}{
+	{prometheus.NewDesc("natter_edge_connections", "WebSocket connections open now.", nil, nil), prometheus.GaugeValue, func(s Stats) int64 { return s.Connections }},
+	{prometheus.NewDesc("natter_edge_connections_accepted_total", "WebSocket connections accepted.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Accepted }},
+	{prometheus.NewDesc("natter_edge_handshakes_refused_total", "Handshakes refused: authentication, origin and limits.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Refused }},
+	{prometheus.NewDesc("natter_edge_frames_in_total", "Client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesIn }},
+	{prometheus.NewDesc("natter_edge_frames_out_total", "Frames written to sockets.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesOut }},
+	{prometheus.NewDesc("natter_edge_bytes_in_total", "Payload bytes of client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesIn }},
+	{prometheus.NewDesc("natter_edge_bytes_out_total", "Payload bytes of frames written to sockets.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesOut }},
+	{prometheus.NewDesc("natter_edge_published_total", "Client messages published to NATS.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Published }},
+	{prometheus.NewDesc("natter_edge_rpcs_total", "Client requests forwarded to workers.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RPCs }},
+	{prometheus.NewDesc("natter_edge_outbound_dropped_total", "Envelopes from NATS dropped: malformed or breaking their schema.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.OutboundDropped }},
+	{prometheus.NewDesc("natter_edge_inbound_invalid_total", "Client messages rejected by their schema.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.InboundInvalid }},
+	{prometheus.NewDesc("natter_edge_rate_limited_total", "Client messages refused by a rate limit.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RateLimited }},
+	{prometheus.NewDesc("natter_edge_slow_consumer_closes_total", "Connections closed with 4001 as slow consumers.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.SlowConsumerCloses }},
+}
+
+func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range statDescs {
+		ch <- d.desc
+	}
+}
+
+func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.e.Stats()
+	for _, d := range statDescs {
+		ch <- prometheus.MustNewConstMetric(d.desc, d.kind, float64(d.value(s)))
+	}
+}
+
+// registerMetrics registers the stats collector and the RPC latency
+// histogram.
+func (e *Edge) registerMetrics(reg prometheus.Registerer) error {
+	e.rpcLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "natter_edge_rpc_duration_seconds",
+		Help:    "Client RPCs from forwarding to the reply sent to the client (errors and timeouts included).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	for _, c := range []prometheus.Collector{statsCollector{e}, e.rpcLatency} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
