@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
@@ -27,8 +28,10 @@ func main() {
 		logLevel   slog.Level
 		natsFlags  natsopt.Options
 		secretFile string
+		logFormat  string
 	)
-	fs := flag.CommandLine
+	fs := flag.NewFlagSet("edge", flag.ExitOnError)
+	config.Register(fs, "edge")
 	fs.StringVar(&rc.Listen, "listen", ":8080", "HTTP address for WebSocket upgrades")
 	fs.StringVar(&rc.Edge.Path, "path", "/ws", "WebSocket upgrade path")
 	fs.StringVar(&rc.NATSURL, "nats", "", "NATS server URLs, comma-separated; empty runs single-binary mode with an embedded server")
@@ -82,11 +85,11 @@ func main() {
 	fs.StringVar(&rc.Edge.TokenSources.Query, "token-query", "token", "query parameter carrying the token")
 	fs.DurationVar(&rc.Edge.RefreshWindow, "refresh-window", 0, "send $auth.expiring this long before a token expires (default 30s)")
 	fs.Func("public-rooms", "comma-separated room patterns any connection may join (default none; * in single-binary mode)", func(v string) error {
-		rc.Edge.PublicRooms = splitList(v)
+		rc.Edge.PublicRooms = append(rc.Edge.PublicRooms, splitList(v)...)
 		return nil
 	})
 	fs.Func("allowed-origins", "comma-separated browser origins allowed to connect, like https://app.example.com or https://*.example.com (default: the edge's own origin; any in single-binary mode)", func(v string) error {
-		rc.Edge.AllowedOrigins = splitList(v)
+		rc.Edge.AllowedOrigins = append(rc.Edge.AllowedOrigins, splitList(v)...)
 		return nil
 	})
 
@@ -101,10 +104,22 @@ func main() {
 	fs.IntVar(&rc.MaxHeaderBytes, "max-header-bytes", 0, "largest handshake request headers; more get 431 (default 32768)")
 	fs.StringVar(&rc.Edge.ClientIPHeader, "client-ip-header", "", "header a trusted proxy sets to the client address, like X-Forwarded-For (last address taken)")
 	natsFlags.Register(fs)
-	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
-	flag.Parse()
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	// Operations.
+	fs.StringVar(&rc.AdminListen, "admin-listen", "", "admin address serving /healthz, /readyz and /metrics, like :9090 (default: none)")
+	fs.DurationVar(&rc.DrainDelay, "drain-delay", 0, "at SIGTERM, fail readiness this long before closing sockets, so load balancers stop routing first")
+	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	if err := config.Parse(fs, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+
+	log, err := newLogger(logFormat, logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	ns, err := envelope.NewNamespace(prefix)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -144,4 +159,16 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// newLogger is the process's structured logger on stderr.
+func newLogger(format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }

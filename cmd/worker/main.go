@@ -4,59 +4,91 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/internal/chat"
+	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
 
 func main() {
 	var (
-		url      string
-		prefix   string
-		queue    string
-		drainFor time.Duration
-		logLevel slog.Level
-		natsOpts natsopt.Options
+		url       string
+		prefix    string
+		queue     string
+		id        string
+		admin     string
+		logFormat string
+		drainFor  time.Duration
+		logLevel  slog.Level
+		natsOpts  natsopt.Options
 	)
-	flag.StringVar(&url, "nats", nats.DefaultURL, "NATS server URLs, comma-separated")
-	flag.StringVar(&prefix, "prefix", envelope.DefaultPrefix, "NATS subject prefix")
-	flag.StringVar(&queue, "queue", worker.DefaultQueue, "NATS queue group")
-	flag.DurationVar(&drainFor, "drain-timeout", 10*time.Second, "bound on draining in-flight messages at shutdown")
-	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
-	natsOpts.Register(flag.CommandLine)
-	flag.Parse()
+	fs := flag.NewFlagSet("worker", flag.ExitOnError)
+	config.Register(fs, "worker")
+	fs.StringVar(&url, "nats", nats.DefaultURL, "NATS server URLs, comma-separated")
+	fs.StringVar(&prefix, "prefix", envelope.DefaultPrefix, "NATS subject prefix")
+	fs.StringVar(&queue, "queue", worker.DefaultQueue, "NATS queue group")
+	fs.StringVar(&id, "worker-id", "", "id of this worker in logs and in the ping reply (default random)")
+	fs.DurationVar(&drainFor, "drain-timeout", 10*time.Second, "bound on draining in-flight messages at shutdown")
+	fs.StringVar(&admin, "admin-listen", "", "admin address serving /healthz, /readyz and /metrics, like :9090 (default: none)")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	natsOpts.Register(fs)
+	if err := config.Parse(fs, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	var log *slog.Logger
+	opts := &slog.HandlerOptions{Level: logLevel}
+	switch logFormat {
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	default:
+		fmt.Fprintf(os.Stderr, "--log-format %q: want text or json\n", logFormat)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, log, url, &natsOpts, prefix, queue, drainFor); err != nil {
+	err := run(ctx, log, runConfig{url: url, natsOpts: &natsOpts, prefix: prefix, queue: queue, id: id, admin: admin, drainFor: drainFor})
+	if err != nil {
 		log.Error("worker stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, url string, natsOpts *natsopt.Options, prefix, queue string, drainFor time.Duration) error {
-	ns, err := envelope.NewNamespace(prefix)
+type runConfig struct {
+	url, prefix, queue, id, admin string
+	natsOpts                      *natsopt.Options
+	drainFor                      time.Duration
+}
+
+func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
+	ns, err := envelope.NewNamespace(rc.prefix)
 	if err != nil {
 		return err
 	}
-	opts, err := natsOpts.NATS()
+	opts, err := rc.natsOpts.NATS()
 	if err != nil {
 		return err
 	}
 	closed := make(chan struct{})
-	nc, err := nats.Connect(url, append(opts, nats.Name("natter-worker"), nats.MaxReconnects(-1),
+	nc, err := nats.Connect(rc.url, append(opts, nats.Name("natter-worker"), nats.MaxReconnects(-1),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
 		// A permissions violation does not close the connection; say so.
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -70,7 +102,7 @@ func run(ctx context.Context, log *slog.Logger, url string, natsOpts *natsopt.Op
 		return fmt.Errorf("worker: connect NATS: %w", err)
 	}
 	defer nc.Close()
-	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: queue, Logger: log})
+	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: rc.queue, Logger: log, ID: rc.id})
 	if err != nil {
 		return err
 	}
@@ -80,10 +112,29 @@ func run(ctx context.Context, log *slog.Logger, url string, natsOpts *natsopt.Op
 	if err := w.Flush(ctx); err != nil {
 		return err
 	}
-	log.Info("worker ready", "nats", nc.ConnectedUrl(), "queue", queue)
+
+	srv := ops.New(rc.admin, log)
+	srv.Registry.MustRegister(ops.NATSCollector(nc))
+	var draining atomic.Bool
+	srv.AddCheck("nats", ops.NATSCheck(nc))
+	srv.AddCheck("drain", func() error {
+		if draining.Load() {
+			return errors.New("draining")
+		}
+		return nil
+	})
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = srv.Shutdown(context.Background()) }()
+
+	log.Info("worker ready", "nats", nc.ConnectedUrl(), "queue", rc.queue, "worker", w.ID())
 	<-ctx.Done()
+	// Readiness fails first; then in-flight handlers finish (up to
+	// --drain-timeout) and their replies are flushed before NATS closes.
+	draining.Store(true)
 	log.Info("worker draining")
-	dctx, cancel := context.WithTimeout(context.Background(), drainFor)
+	dctx, cancel := context.WithTimeout(context.Background(), rc.drainFor)
 	defer cancel()
 	err = w.Drain(dctx)
 	// Replies already handed to the connection go out before it closes.

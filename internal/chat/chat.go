@@ -5,7 +5,7 @@
 // Types:
 //
 //	echo         request -> reply "echo" with the same payload
-//	ping         request -> reply "pong" {"time": unix ms}
+//	ping         request -> reply "pong" {"time": unix ms, "worker": id}
 //	chat.join    {"room"} -> the worker joins the sender to room; reply {"room"}
 //	chat.leave   {"room"} -> the worker removes the sender from room
 //	chat.send    {"room","text"} -> members of room except the sender get
@@ -30,7 +30,7 @@ const MaxTextLen = 4096
 func Register(w *worker.Worker) error {
 	for typ, h := range map[string]worker.Handler{
 		"echo":       echo,
-		"ping":       ping,
+		"ping":       ping(w.ID()),
 		"chat.join":  join,
 		"chat.leave": leave,
 		"chat.send":  send,
@@ -49,11 +49,15 @@ func echo(_ context.Context, m *worker.Message) error {
 	return m.Reply("echo", m.Envelope.Payload)
 }
 
-func ping(_ context.Context, m *worker.Message) error {
-	if !m.IsRequest() {
-		return nil
+// ping answers with the clock and the id of the worker that answered, so
+// that load spread over workers can be seen from a client.
+func ping(id string) worker.Handler {
+	return func(_ context.Context, m *worker.Message) error {
+		if !m.IsRequest() {
+			return nil
+		}
+		return m.Reply("pong", map[string]any{"time": time.Now().UnixMilli(), "worker": id})
 	}
-	return m.Reply("pong", map[string]int64{"time": time.Now().UnixMilli()})
 }
 
 type roomReq struct {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,6 +19,7 @@ import (
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/demo"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
@@ -65,6 +67,13 @@ type RunConfig struct {
 	// JoinCallout asks natter.auth.join about client joins that no grant or
 	// public room allows.
 	JoinCallout bool
+	// AdminListen is the admin listener's address (/healthz, /readyz,
+	// /metrics). Empty: none.
+	AdminListen string
+	// DrainDelay is how long readiness reports failure before the edge
+	// stops accepting and closes sockets at shutdown, so that load
+	// balancers stop routing to it first. Default 0.
+	DrainDelay time.Duration
 	// CalloutTimeout bounds one callout request. Default 2s; no answer
 	// refuses (fails closed).
 	CalloutTimeout time.Duration
@@ -201,10 +210,25 @@ func Run(ctx context.Context, rc RunConfig) error {
 		}
 	}
 
+	admin := ops.New(rc.AdminListen, log)
+	rc.Edge.Registerer = admin.Registry
+	admin.Registry.MustRegister(ops.NATSCollector(nc))
+	var draining atomic.Bool
+	admin.AddCheck("nats", ops.NATSCheck(nc))
+	admin.AddCheck("drain", func() error {
+		if draining.Load() {
+			return errDraining
+		}
+		return nil
+	})
 	e, err := New(rc.Edge)
 	if err != nil {
 		return err
 	}
+	if err := admin.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = admin.Shutdown(context.Background()) }() // last: readiness answers until the end
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
@@ -246,7 +270,15 @@ func Run(ctx context.Context, rc RunConfig) error {
 	case err = <-serveErr:
 		log.Error("edge: http server stopped", "err", err)
 	}
-	log.Info("edge shutting down")
+	// The documented order: readiness fails, (DrainDelay), the listener
+	// stops accepting, sockets close with 4000 spread over ShutdownSpread,
+	// the built-in worker drains, NATS drains, the embedded server stops,
+	// the admin listener stops last.
+	draining.Store(true)
+	log.Info("edge shutting down", "drainDelay", rc.DrainDelay)
+	if rc.DrainDelay > 0 {
+		time.Sleep(rc.DrainDelay)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), rc.ShutdownTimeout)
 	defer cancel()
 	var errs []error
@@ -261,6 +293,8 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	return errors.Join(errs...)
 }
+
+var errDraining = errors.New("draining")
 
 // drain drains nc and waits for it to close, or for ctx.
 func drain(ctx context.Context, nc *nats.Conn) error {

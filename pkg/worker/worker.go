@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -46,6 +47,9 @@ type Config struct {
 	MaxTimeout time.Duration
 	// Logger receives handler panics and failures. Default slog.Default().
 	Logger *slog.Logger
+	// ID names this worker process in logs and replies that report it.
+	// Default: a random NUID.
+	ID string
 }
 
 // Handler handles one message. For a request (the client set
@@ -98,6 +102,9 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ID == "" {
+		cfg.ID = nuid.Next()
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	w := &Worker{
 		nc:   nc,
@@ -120,6 +127,9 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	w.abortSub = sub
 	return w, nil
 }
+
+// ID returns the worker's id (Config.ID).
+func (w *Worker) ID() string { return w.cfg.ID }
 
 // Publisher returns the worker's publisher, for use outside handlers.
 func (w *Worker) Publisher() *Publisher { return w.pub }

@@ -165,6 +165,10 @@ export interface Pong {
    * time is the worker's clock, in Unix milliseconds.
    */
   time?: number | string;
+  /**
+   * worker is the id of the worker that answered (cmd/worker --worker-id).
+   */
+  worker?: string;
 }
 
 /**
