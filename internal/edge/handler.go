@@ -127,6 +127,12 @@ func (c *conn) handle(data []byte) {
 			re := rpc.FromError(err)
 			c.sendError(cid, re.Code, re.Message)
 		}
+	case envelope.TypeError, envelope.TypeRPCError:
+		// From a client these only answer a server request (above). Any
+		// other, such as a late answer, is dropped without a reply: an
+		// error about an error could bounce between a client and the edge
+		// for ever.
+		c.e.stats.invalidIn.Add(1)
 	case envelope.TypeAuthRefresh:
 		c.refresh(cid, env.Payload)
 	case envelope.TypePresence:

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/internal/edge"
@@ -316,5 +317,27 @@ func TestRPCAckInStrictMode(t *testing.T) {
 	}
 	if got := c.Request(t, "chat.leave", map[string]string{"room": "r"}, wait); got.Type != envelope.TypeRPCOK {
 		t.Fatalf("leave: %s %s", got.Type, got.Payload)
+	}
+}
+
+// A client's late answer to a server request (an RPC_ERROR with the
+// request's srv- id, after the edge gave up) is dropped without a reply, so
+// a client that answers errors with errors cannot start a loop.
+func TestLateErrorAnswerIsDropped(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	c := m.dial(t, "alice")
+	tap, err := m.nats.SubscribeSync("natter.in.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = m.nats.Flush()
+	for _, typ := range []string{envelope.TypeRPCError, envelope.TypeError} {
+		c.SendRaw(t, gws.OpcodeText, []byte(`{"type":"`+typ+`","meta":{"correlationId":"srv-gone"},"payload":{"code":"UNIMPLEMENTED","message":"x"}}`))
+	}
+	if got := c.Request(t, envelope.TypeHeartbeat, nil, wait); got.Type != envelope.TypeHeartbeatAck {
+		t.Fatalf("after the late answers: %s %s", got.Type, got.Payload)
+	}
+	if msg, err := tap.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("a late answer was forwarded to %s", msg.Subject)
 	}
 }
