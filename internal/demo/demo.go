@@ -1,7 +1,9 @@
 package demo
 
 import (
+	"bytes"
 	"embed"
+	"html"
 	"io/fs"
 	"net/http"
 )
@@ -14,14 +16,21 @@ var static embed.FS
 // the page's host match 'self').
 const contentSecurityPolicy = "default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// Handler serves the demo page (index.html at "/") and its assets. Other
-// methods than GET and HEAD get 405. Responses are not cached, so a rebuilt
-// binary shows the new page at once.
-func Handler() http.Handler {
+// Handler serves the demo page (index.html at "/") and its assets, for an
+// edge whose WebSocket endpoint is wsPath. Other methods than GET and HEAD
+// get 405. Responses are not cached, so a rebuilt binary shows the new page
+// at once.
+func Handler(wsPath string) http.Handler {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // "static" is embedded above: unreachable
 	}
+	index, err := fs.ReadFile(sub, "index.html")
+	if err != nil {
+		panic(err) // embedded above: unreachable
+	}
+	index = bytes.Replace(index, []byte(`<meta name="natter-ws-path" content="/ws">`),
+		[]byte(`<meta name="natter-ws-path" content="`+html.EscapeString(wsPath)+`">`), 1)
 	files := http.FileServerFS(sub)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -33,6 +42,13 @@ func Handler() http.Handler {
 		h.Set("Cache-Control", "no-cache")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		if r.URL.Path == "/" || r.URL.Path == "/index.html" {
+			h.Set("Content-Type", "text/html; charset=utf-8")
+			if r.Method == http.MethodGet {
+				_, _ = w.Write(index)
+			}
+			return
+		}
 		files.ServeHTTP(w, r)
 	})
 }

@@ -12,7 +12,7 @@ import (
 )
 
 func TestHandler(t *testing.T) {
-	srv := httptest.NewServer(demo.Handler())
+	srv := httptest.NewServer(demo.Handler("/ws"))
 	defer srv.Close()
 	for _, tc := range []struct {
 		name, method, path string
@@ -60,7 +60,7 @@ func TestHandler(t *testing.T) {
 // TestPageReferences checks that every file the page and its module load
 // is served: a typo here is a blank page.
 func TestPageReferences(t *testing.T) {
-	srv := httptest.NewServer(demo.Handler())
+	srv := httptest.NewServer(demo.Handler("/ws"))
 	defer srv.Close()
 	get := func(path string) string {
 		t.Helper()
@@ -83,6 +83,23 @@ func TestPageReferences(t *testing.T) {
 				continue
 			}
 			get("/" + strings.TrimPrefix(ref, "./"))
+		}
+	}
+}
+
+// The page learns the edge's WebSocket path from the index it is served.
+func TestHandlerWritesWSPath(t *testing.T) {
+	srv := httptest.NewServer(demo.Handler(`/chat"x`))
+	defer srv.Close()
+	for _, path := range []string{"/", "/index.html"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), `<meta name="natter-ws-path" content="/chat&#34;x">`) {
+			t.Fatalf("%s: no escaped ws path meta in:\n%s", path, body)
 		}
 	}
 }

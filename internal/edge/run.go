@@ -232,10 +232,10 @@ func Run(ctx context.Context, rc RunConfig) error {
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
-	if rc.Edge.DevMode {
+	if rc.Edge.DevMode && e.Path() != "/" {
 		// The browser demo picks its user with ?user=, so it only makes
 		// sense (and is only served) in dev mode.
-		mux.Handle("/", demo.Handler())
+		mux.Handle("/", demo.Handler(e.Path()))
 	} else {
 		mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "Natter edge %s. WebSocket endpoint: %s\n", e.ID(), e.Path())

@@ -50,7 +50,9 @@ function start(user) {
   el("switch-user").hidden = false;
   el("chat").hidden = false;
 
-  const wsURL = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  // The edge writes its --path into this meta tag.
+  const path = document.querySelector('meta[name="natter-ws-path"]')?.content || "/ws";
+  const wsURL = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
   client = connect(wsURL, { user });
   showState(client.state);
   globalThis.natter = client; // for the console: natter.rpc("echo", {hi: 1}).then(console.log)
