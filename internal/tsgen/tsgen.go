@@ -42,6 +42,55 @@ type node struct {
 	MinLength     int              `json:"minLength"`
 	MinItems      int              `json:"minItems"`
 	MinProperties int              `json:"minProperties"`
+
+	additional *node // Additional, when it is a schema
+}
+
+// prepare parses the additionalProperties schemas under n and points the
+// document-root references ("#") of the type whose root message is root at
+// that message's definition, so that every reference names a message.
+func prepare(n *node, root string) error {
+	if n == nil {
+		return nil
+	}
+	if n.Ref == "#" {
+		n.Ref = "#/$defs/" + root
+	}
+	if len(n.Additional) > 0 && n.Additional[0] == '{' {
+		n.additional = &node{}
+		if err := json.Unmarshal(n.Additional, n.additional); err != nil {
+			return err
+		}
+	}
+	kids := []*node{n.Items, n.additional}
+	kids = append(kids, n.AnyOf...)
+	kids = append(kids, n.OneOf...)
+	for _, k := range n.Properties {
+		kids = append(kids, k)
+	}
+	for _, k := range n.Defs {
+		kids = append(kids, k)
+	}
+	for _, k := range kids {
+		if err := prepare(k, root); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reserved are names a message must not take as is: TypeScript's own
+// types and keywords, and the generated maps.
+var reserved = map[string]bool{
+	"ClientMessages": true, "ServerMessages": true,
+	"Record": true, "Partial": true, "Required": true, "Readonly": true, "Pick": true, "Omit": true,
+	"Array": true, "Object": true, "String": true, "Number": true, "Boolean": true, "Symbol": true,
+	"BigInt": true, "Date": true, "Map": true, "Set": true, "Promise": true, "Error": true, "Function": true,
+	"any": true, "unknown": true, "never": true, "void": true, "null": true, "undefined": true,
+	"string": true, "number": true, "boolean": true, "object": true, "symbol": true, "bigint": true,
+	"type": true, "interface": true, "class": true, "enum": true, "const": true, "let": true, "var": true,
+	"function": true, "export": true, "import": true, "default": true, "new": true, "delete": true,
+	"in": true, "of": true, "typeof": true, "keyof": true, "extends": true, "implements": true,
 }
 
 // typeList is JSON Schema's "type": a string or a list of them.
@@ -76,8 +125,13 @@ func Generate(types []schema.TypeInfo) ([]byte, error) {
 		if err := json.Unmarshal(ti.Schema, &n); err != nil {
 			return nil, fmt.Errorf("tsgen: %s: %w", ti.Type, err)
 		}
+		if err := prepare(&n, ti.Message); err != nil {
+			return nil, fmt.Errorf("tsgen: %s: %w", ti.Type, err)
+		}
 		for name, d := range n.Defs {
-			g.defs[name] = d
+			if _, ok := g.defs[name]; !ok {
+				g.defs[name] = d
+			}
 		}
 		n.Defs = nil
 		g.defs[ti.Message] = &n
@@ -117,7 +171,7 @@ func (g *gen) name() {
 	}
 	for s, fulls := range short {
 		for _, full := range fulls {
-			if len(fulls) == 1 {
+			if len(fulls) == 1 && !reserved[s] {
 				g.names[full] = s
 				continue
 			}
@@ -151,27 +205,20 @@ func (g *gen) writeInterface(b *bytes.Buffer, full string, n *node) {
 
 // additional is the index signature type of an open object, or "".
 func (g *gen) additional(n *node) string {
-	switch string(n.Additional) {
-	case "", "true":
-		if n.Properties != nil && string(n.Additional) == "" {
-			return "unknown" // an open message keeps unknown keys
-		}
+	switch {
+	case n.additional != nil:
+		return g.tsType(n.additional)
+	case string(n.Additional) == "false", string(n.Additional) == "true":
 		return ""
-	case "false":
-		return ""
+	case n.Properties != nil:
+		return "unknown" // an open message keeps unknown keys
 	}
-	var s node
-	if json.Unmarshal(n.Additional, &s) != nil {
-		return "unknown"
-	}
-	return g.tsType(&s)
+	return ""
 }
 
 // tsType is the TypeScript type of a schema.
 func (g *gen) tsType(n *node) string {
 	switch {
-	case n.Ref == "#":
-		return "unknown" // a message containing itself by the root: rare
 	case strings.HasPrefix(n.Ref, "#/$defs/"):
 		if name, ok := g.names[strings.TrimPrefix(n.Ref, "#/$defs/")]; ok {
 			return name
@@ -218,11 +265,11 @@ func (g *gen) tsType(n *node) string {
 			if n.Properties != nil {
 				ts = g.inline(n)
 			} else if extra := g.additional(n); extra != "" {
-				ts = "Record<string, " + extra + ">"
+				ts = "{ [key: string]: " + extra + " }"
 			} else if string(n.Additional) == "false" {
-				ts = "Record<string, never>"
+				ts = "{ [key: string]: never }"
 			} else {
-				ts = "Record<string, unknown>"
+				ts = "{ [key: string]: unknown }"
 			}
 		}
 		if ts != "" && !slices.Contains(alts, ts) {

@@ -62,12 +62,46 @@ func TestGolden(t *testing.T) {
 		`  items: Item[];`,                   // min_items 1: required
 		`  budgetCents?: number | string;`,   // int64 as protojson writes it
 		`  due?: string;`,                    // Timestamp
-		`  attrs?: Record<string, unknown>;`, // Struct
-		`  extras?: Record<string, Item>;`,
+		`  attrs?: { [key: string]: unknown };`, // Struct
+		`  extras?: { [key: string]: Item };`,
 		`  shipTo: Address;`, // buf.validate required
 	} {
 		if !strings.Contains(string(got), line+"\n") {
 			t.Errorf("missing line %q", line)
 		}
+	}
+}
+
+// Names TypeScript already uses are qualified, self-references stay typed
+// whichever type brought the message first, and maps of enums are typed.
+func TestTrickyShapes(t *testing.T) {
+	const golden = "testdata/tricky.gen.ts"
+	got := generate(t, "testdata/tricky")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("generated types differ from %s (go test ./internal/tsgen -update to accept):\n%s", golden, got)
+	}
+	for _, line := range []string{
+		`export interface TrickyV1Record {`,
+		`export interface TrickyV1ClientMessages {`,
+		`  kinds?: { [key: string]: "KIND_UNSPECIFIED" | "KIND_A" };`,
+		`  kids?: Node[];`,
+		`  root?: Node;`,
+		`  "tricky.record": TrickyV1Record;`,
+	} {
+		if !strings.Contains(string(got), line+"\n") {
+			t.Errorf("missing line %q", line)
+		}
+	}
+	if strings.Contains(string(got), "Record<") {
+		t.Error("uses Record<...>, which a message named Record would shadow")
 	}
 }

@@ -51,11 +51,11 @@ export interface Note {
  * @see acme.v1.Order
  */
 export interface Order {
-  attrs?: Record<string, unknown>;
+  attrs?: { [key: string]: unknown };
   budgetCents?: number | string;
   card?: string;
   due?: string;
-  extras?: Record<string, Item>;
+  extras?: { [key: string]: Item };
   invoice?: string;
   /**
    * items are what is ordered.
