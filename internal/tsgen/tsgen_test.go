@@ -59,9 +59,9 @@ func TestGolden(t *testing.T) {
 	}
 	for _, line := range []string{
 		`  "acme.order": Order;`,
-		`  items: Item[];`,                   // min_items 1: required
-		`  budgetCents?: number | string;`,   // int64 as protojson writes it
-		`  due?: string;`,                    // Timestamp
+		`  items: Item[];`,                      // min_items 1: required
+		`  budgetCents?: number | string;`,      // int64 as protojson writes it
+		`  due?: string;`,                       // Timestamp
 		`  attrs?: { [key: string]: unknown };`, // Struct
 		`  extras?: { [key: string]: Item };`,
 		`  shipTo: Address;`, // buf.validate required
