@@ -414,14 +414,13 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 		}
 	}
 	survivor := atEnd[w2.user] - atGone[w2.user]
-	t.Logf("worker kill: %d pings in all; failed: %d in flight at the kill, %d sent between the kill and the connection leaving (%s later); codes %v; %d sent after, %d failed; %s received %d after",
-		len(res), inFlight, window, gone.Sub(kill).Round(time.Millisecond), codes, later, laterFailed, w2.user, survivor)
+	t.Logf("worker kill: %d pings in all; failed: %d in flight at the kill, %d sent between the kill and the connection leaving (%s later); codes %v; %d sent after, %d failed; NATS delivered %d to %s after",
+		len(res), inFlight, window, gone.Sub(kill).Round(time.Millisecond), codes, later, laterFailed, survivor, w2.user)
 	fig.add("worker SIGKILL mid-stream (%d pings, %d/s): %d failed (%d in flight at the kill, %d sent before its connection left the cluster %s after the kill), codes %v; %d later pings all answered by %s: %v",
 		len(res), int(float64(len(callers))*float64(time.Second)/float64(every)), inFlight+window, inFlight, window,
 		gone.Sub(kill).Round(time.Millisecond), codes, later, w2.user, laterFailed == 0)
-	if survivor < int64(later) {
-		t.Errorf("%s received %d messages, fewer than the %d pings sent after the kill", w2.user, survivor, later)
-	}
+	// (survivor is only logged: its first snapshot is taken a little after
+	// gone, so it misses the pings answered in between.)
 	if late := answeredBy(lateRes); c.workerIDs && late[w2.user] != later {
 		t.Errorf("pings sent after the kill answered by %v, want all %d by %s", late, later, w2.user)
 	}
