@@ -96,10 +96,9 @@ func startCluster(t *testing.T) *Cluster {
 	}
 	c.urls = strings.Join(urls, ",")
 
-	// The edges start one after the other: two edges creating the R3
-	// presence bucket at the same moment on a fresh cluster both hang in
-	// CreateOrUpdateKeyValue (a JetStream stream update that gets no
-	// reply) and exit after 30s. Workers start meanwhile.
+	// The edges start together: two edges creating the R3 presence bucket
+	// at the same moment on a fresh cluster once both hung (a stream
+	// update that got no reply); presence now retries each attempt.
 	edgeAdmin := hasFlag(t, "edge", "admin-listen")
 	workerAdmin, workerID := hasFlag(t, "worker", "admin-listen"), hasFlag(t, "worker", "worker-id")
 	for _, user := range []string{"worker-1", "worker-2"} {
@@ -123,10 +122,11 @@ func startCluster(t *testing.T) *Cluster {
 			// Two edges on one machine cannot share an admin port.
 			args = append(args, "--admin-listen", "127.0.0.1:0")
 		}
-		e := &edgeProc{id: id, proc: testenv.Start(t, "edge", args...)}
+		c.edges = append(c.edges, &edgeProc{id: id, proc: testenv.Start(t, "edge", args...)})
+	}
+	for _, e := range c.edges {
 		m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
 		e.addr, e.url = m[1], "ws://"+m[1]+m[2]
-		c.edges = append(c.edges, e)
 	}
 	for _, w := range c.workers {
 		w.proc.WaitLog(t, `msg="worker ready"`, wait)

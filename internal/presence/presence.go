@@ -140,35 +140,42 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
 	bucket := name + "_presence"
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "Natter presence: one key per connection, conn.<id>",
-		// Some history, so that an edge whose watcher lags still sees every
-		// write of a connection (a create and the join right after it) and
-		// derives the same events as the others. Every write carries the TTL,
-		// so history does not pile up.
-		History:  10,
-		Storage:  jetstream.FileStorage,
-		Replicas: cfg.Replicas,
-		// With history, the server raises every message's TTL to at least
-		// the marker TTL, so the two are the same.
-		LimitMarkerTTL: cfg.TTL,
+	var kv jetstream.KeyValue
+	err = retry(ctx, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "Natter presence: one key per connection, conn.<id>",
+			// Some history, so that an edge whose watcher lags still sees every
+			// write of a connection (a create and the join right after it) and
+			// derives the same events as the others. Every write carries the TTL,
+			// so history does not pile up.
+			History:  10,
+			Storage:  jetstream.FileStorage,
+			Replicas: cfg.Replicas,
+			// With history, the server raises every message's TTL to at least
+			// the marker TTL, so the two are the same.
+			LimitMarkerTTL: cfg.TTL,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("presence: bucket %s: %w", bucket, err)
 	}
 	pfx := cfg.Namespace.Prefix()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        name + "_events",
-		Description: "Natter lifecycle events, deduplicated across edges and republished to " + pfx + ".evt.>",
-		Subjects:    []string{pfx + ".evtq.>"},
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    cfg.Replicas,
-		MaxAge:      5 * time.Minute,
-		MaxMsgs:     100_000,
-		MaxBytes:    64 << 20,
-		Duplicates:  2 * time.Minute,
-		RePublish:   &jetstream.RePublish{Source: pfx + ".evtq.>", Destination: pfx + ".evt.>"},
+	if err := retry(ctx, func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        name + "_events",
+			Description: "Natter lifecycle events, deduplicated across edges and republished to " + pfx + ".evt.>",
+			Subjects:    []string{pfx + ".evtq.>"},
+			Storage:     jetstream.MemoryStorage,
+			Replicas:    cfg.Replicas,
+			MaxAge:      5 * time.Minute,
+			MaxMsgs:     100_000,
+			MaxBytes:    64 << 20,
+			Duplicates:  2 * time.Minute,
+			RePublish:   &jetstream.RePublish{Source: pfx + ".evtq.>", Destination: pfx + ".evt.>"},
+		})
+		return err
 	}); err != nil {
 		return nil, fmt.Errorf("presence: event stream: %w", err)
 	}
@@ -729,4 +736,24 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// retry runs op with a 5s deadline per attempt until it succeeds or ctx
+// ends. Edges starting together on a fresh cluster race to create the same
+// replicated stream, and a create can wait forever on a reply lost in the
+// meta leader's churn; a new attempt gets through.
+func retry(ctx context.Context, op func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := op(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
