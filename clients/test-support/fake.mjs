@@ -49,8 +49,12 @@ export function fakeWebSocket() {
   return FakeWebSocket;
 }
 
-/** The last socket, once it exists. */
+/** Socket number count, once it exists (an error after 2 s, rather than a hang). */
 export async function lastSocket(WS, count = 1) {
-  while (WS.sockets.length < count) await new Promise((r) => setTimeout(r, 1));
+  const until = Date.now() + 2000;
+  while (WS.sockets.length < count) {
+    if (Date.now() > until) throw new Error(`no socket #${count} (${WS.sockets.length} made)`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
   return WS.sockets[count - 1];
 }

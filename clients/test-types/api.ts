@@ -40,3 +40,9 @@ void page;
 c.onPresence("general", (d) => d.joins.map((m) => m.user));
 const off: () => void = c.onState((state, info) => void [state === "reconnecting", info?.code]);
 off();
+
+// Options and members added by the review fixes.
+const paced = connect("ws://localhost:8080/ws", { sendRate: { perSecond: 50 }, heartbeatMs: 20_000, connectTimeoutMs: 5000 });
+connect("ws://localhost:8080/ws", { sendRate: false });
+const offError: () => void = paced.onError((e, info) => void [e.code, info.op === "join" && info.room, info.retrying]);
+offError();

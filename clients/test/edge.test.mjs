@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { headers } from "@nats-io/transport-node";
-import { connect } from "natter-client";
+import { connect, NatterError } from "natter-client";
 import { startEdge, service, waitState, nextFrame, connId, until, withTimeout } from "../test-support/edge.mjs";
 
 let edge;
@@ -216,4 +216,54 @@ test("close codes: 4003 reconnects, 4102 ends the client", async () => {
   assert.equal(c.state, "closed");
   assert.deepEqual(states.at(-1), ["closed", 4102, "bye"]);
   await assert.rejects(c.rpc("echo"), { code: "UNAVAILABLE" });
+});
+
+test("handle: an answer after the service gave up does not start a loop with the edge", async () => {
+  const c = client("late");
+  let calls = 0;
+  c.handle("geo.slow", async () => {
+    calls++;
+    await new Promise((r) => setTimeout(r, 400));
+    throw new NatterError("UNAVAILABLE", "too late anyway");
+  });
+  const conn = await connId(nc, c);
+  const h = headers();
+  h.set("Natter-Timeout-Ms", "100");
+  const reply = dec(await nc.request(`natter.out.conn.${conn}`, enc({ type: "geo.slow" }), { timeout: 10_000, headers: h }));
+  assert.equal(reply.payload.code, "DEADLINE_EXCEEDED");
+  // The late RPC_ERROR goes out at 400 ms; whatever the edge makes of it
+  // comes back as an error with the srv- id, which must not be answered.
+  let frames = 0;
+  c.on("*", () => frames++);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.ok(frames <= 2, `${frames} frames after the late answer`);
+  assert.equal(calls, 1);
+  assert.deepEqual(await c.rpc("echo", "still fine"), "still fine");
+});
+
+test("rooms: a worker's ctl join is remembered and re-joined after a reconnect; a ctl leave forgets", async () => {
+  const c = client("steered");
+  let conn = await connId(nc, c);
+  const ctl = async (op, room) => dec(await nc.request(`natter.ctl.conn.${conn}`, enc({ op, room }), { timeout: 10_000 }));
+  assert.deepEqual(await ctl("join", "steer-a"), { ok: true });
+  assert.deepEqual(await ctl("join", "steer-b"), { ok: true });
+  await until(() => c.rooms().length === 2, 10_000, "both ctl joins seen");
+  assert.deepEqual(await ctl("leave", "steer-b"), { ok: true });
+  await until(() => c.rooms().length === 1, 10_000, "the ctl leave seen");
+  assert.deepEqual(c.rooms(), ["steer-a"]);
+
+  nc.publish(`natter.ctl.conn.${conn}`, enc({ op: "close", code: 4003 }));
+  await waitState(c, "reconnecting");
+  await waitState(c, "open");
+  conn = await connId(nc, c);
+  const got = nextFrame(c, "steer.news");
+  nc.publish("natter.out.room.steer-a", enc({ type: "steer.news" }));
+  assert.equal((await got).meta.room, "steer-a");
+  const frames = [];
+  c.on("*", (_, e) => frames.push(e.type));
+  nc.publish("natter.out.room.steer-b", enc({ type: "steer.news" }));
+  const marker = nextFrame(c, "marker");
+  nc.publish(`natter.out.conn.${conn}`, enc({ type: "marker" }));
+  await marker;
+  assert.deepEqual(frames, ["marker"], "not re-joined to the room the worker removed");
 });

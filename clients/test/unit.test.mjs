@@ -191,3 +191,319 @@ test("close() rejects what waits with CANCELLED", async () => {
   await assert.rejects(j, { code: "CANCELLED" });
   assert.equal(c.state, "closed");
 });
+
+// ---------------------------------------------------------------- review fixes
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+/** The edge's answer to a request frame the client sent. */
+const answer = (ws, frame, type, payload) => ws.serverSend({ type, meta: { correlationId: frame.meta.correlationId }, payload });
+const refuse = (ws, frame, code, extra = {}) => answer(ws, frame, "RPC_ERROR", { code, message: code.toLowerCase(), ...extra });
+/** Opens ws and acknowledges every re-join and state it is sent. */
+function openAndAck(ws) {
+  ws.open();
+  for (const f of ws.sent) {
+    if (f.type === "$join") answer(ws, f, "$joined", { room: f.payload.room });
+    if (f.type === "$presence.state") answer(ws, f, "$presence.state", {});
+  }
+}
+
+test("an RPC_ERROR, ERROR or system frame with a srv- id is emitted, never answered (no loop)", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  const seen = [];
+  c.on("RPC_ERROR", (p) => seen.push(p.code));
+  c.on("ERROR", (p) => seen.push(p.code));
+  c.on("$ws:rpc-progress", () => seen.push("progress"));
+  // The edge's answer to a late answer of ours: UNAVAILABLE with the same srv- id.
+  ws.serverSend({ type: "RPC_ERROR", meta: { correlationId: "srv-1" }, payload: { code: "UNAVAILABLE", message: "no responders" } });
+  ws.serverSend({ type: "ERROR", meta: { correlationId: "srv-2" }, payload: { code: "INVALID_ARGUMENT", message: "x" } });
+  ws.serverSend({ type: "$ws:rpc-progress", meta: { correlationId: "srv-3" }, payload: {} });
+  ws.serverSend({ type: "__anything", meta: { correlationId: "srv-4" } });
+  await tick();
+  assert.deepEqual(ws.sent, []);
+  assert.deepEqual(seen, ["UNAVAILABLE", "INVALID_ARGUMENT", "progress"]);
+  // An app type is still a request: answered UNIMPLEMENTED without a handler.
+  ws.serverSend({ type: "geo.where", meta: { correlationId: "srv-5" } });
+  await tick();
+  assert.deepEqual(ws.sent.map((f) => [f.type, f.meta.correlationId, f.payload.code]), [["RPC_ERROR", "srv-5", "UNIMPLEMENTED"]]);
+  c.close();
+});
+
+test("a drop during the re-join keeps the rooms and the state for the next socket", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const joined = c.join("lobby");
+  const stated = c.presence.setState("away");
+  openAndAck(await lastSocket(WS));
+  await Promise.all([joined, stated]);
+  (await lastSocket(WS)).serverClose(4000);
+  // The second socket drops before the edge answers the re-join.
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(ws2.sent.map((f) => f.type).sort(), ["$join", "$presence.state"]);
+  ws2.serverClose(1006);
+  await tick();
+  assert.deepEqual(c.rooms(), ["lobby"]);
+  const ws3 = await lastSocket(WS, 3);
+  ws3.open();
+  assert.deepEqual(ws3.sent.map((f) => [f.type, f.payload]).sort(), [["$join", { room: "lobby" }], ["$presence.state", { state: "away" }]]);
+  openAndAck(ws3);
+  await tick();
+  assert.equal(c.state, "open");
+  assert.deepEqual(c.rooms(), ["lobby"]);
+  c.close();
+});
+
+test("a join made while open and cut off by a drop resolves once the next connection has joined", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  let settled = null;
+  const joining = c.join("hall").then(() => (settled = "ok"), (e) => (settled = e.code));
+  assert.equal(ws.sent[0].type, "$join");
+  ws.serverClose(1006);
+  await tick();
+  assert.equal(settled, null, "neither resolved nor rejected by the drop");
+  assert.deepEqual(c.rooms(), ["hall"]);
+  const ws2 = await lastSocket(WS, 2);
+  openAndAck(ws2);
+  await joining;
+  assert.equal(settled, "ok");
+  c.close();
+});
+
+test("re-joins: retried with backoff on UNAVAILABLE and RESOURCE_EXHAUSTED, forgotten on PERMISSION_DENIED, reported by onError", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const errors = [];
+  c.onError((e, info) => errors.push([info.op, info.room, e.code, info.retrying]));
+  const joins = ["a", "b", "c"].map((r) => c.join(r));
+  openAndAck(await lastSocket(WS));
+  await Promise.all(joins);
+  (await lastSocket(WS)).serverClose(4000);
+  const ws = await lastSocket(WS, 2);
+  ws.open();
+  const [a, b, cc] = ["a", "b", "c"].map((r) => ws.sent.find((f) => f.payload.room === r));
+  refuse(ws, a, "UNAVAILABLE");
+  refuse(ws, b, "RESOURCE_EXHAUSTED", { retryAfterMs: 60 });
+  refuse(ws, cc, "PERMISSION_DENIED");
+  await tick();
+  // The connection opens anyway; only c is forgotten.
+  assert.equal(c.state, "open");
+  assert.deepEqual(c.rooms().sort(), ["a", "b"]);
+  assert.deepEqual(errors.sort(), [["join", "a", "UNAVAILABLE", true], ["join", "b", "RESOURCE_EXHAUSTED", true], ["join", "c", "PERMISSION_DENIED", false]]);
+  // a comes again after the backoff (at most 5 ms), b not before 60 ms.
+  await tick(30);
+  assert.deepEqual(ws.sent.slice(3).map((f) => f.payload.room), ["a"]);
+  answer(ws, ws.sent[3], "$joined", { room: "a" });
+  await tick(60);
+  assert.deepEqual(ws.sent.slice(4).map((f) => f.payload.room), ["b"]);
+  answer(ws, ws.sent[4], "$joined", { room: "b" });
+  await tick();
+  assert.deepEqual(c.rooms().sort(), ["a", "b"]);
+  c.close();
+});
+
+test("sendRate: buffered sends are paced by a token bucket, and RESOURCE_EXHAUSTED pauses them", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, sendRate: { perSecond: 100, burst: 3 } });
+  for (let i = 0; i < 6; i++) c.send("m", i);
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  assert.equal(c.state, "open");
+  assert.deepEqual(ws.sent.map((f) => f.payload), [0, 1, 2], "the burst, then the rate");
+  c.send("m", 6); // waits behind the backlog
+  await tick(60);
+  assert.deepEqual(ws.sent.map((f) => f.payload), [0, 1, 2, 3, 4, 5, 6]);
+  // The edge's rate limit: nothing paced goes out before retryAfterMs.
+  ws.serverSend({ type: "ERROR", payload: { code: "RESOURCE_EXHAUSTED", message: "connection rate limit exceeded", retryAfterMs: 80 } });
+  c.send("m", 7);
+  await tick(40);
+  assert.equal(ws.sent.length, 7);
+  await tick(80);
+  assert.deepEqual(ws.sent.map((f) => f.payload).slice(7), [7]);
+  c.close();
+
+  // sendRate: false sends everything at once.
+  const WS2 = fakeWebSocket();
+  const c2 = connect("ws://edge.test/ws", { WebSocket: WS2, sendRate: false });
+  for (let i = 0; i < 300; i++) c2.send("m", i);
+  const ws2 = await lastSocket(WS2);
+  ws2.open();
+  assert.equal(ws2.sent.length, 300);
+  c2.close();
+});
+
+test("the default send rate lets 200 go at once, then 100/s", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS });
+  for (let i = 0; i < 220; i++) c.send("m", i);
+  const ws = await lastSocket(WS);
+  ws.open();
+  assert.equal(ws.sent.length, 200);
+  await tick(120);
+  assert.ok(ws.sent.length > 205 && ws.sent.length <= 214, `${ws.sent.length} after ~120 ms`);
+  c.close();
+});
+
+test("a failed automatic refresh is retried with backoff until the token expires", async () => {
+  const WS = fakeWebSocket();
+  let n = 0;
+  const token = () => {
+    n++;
+    if (n === 2) throw new Error("auth server down");
+    return `t${n}`;
+  };
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, token, reconnect: fast });
+  const errors = [];
+  c.onError((e, info) => errors.push([info.op, info.retrying]));
+  const ws = await lastSocket(WS);
+  ws.open();
+  ws.serverSend({ type: "$auth.expiring", payload: { expiresAt: Date.now() + 5000 } });
+  await tick(30);
+  assert.deepEqual(errors, [["refresh", true]]);
+  const refresh = ws.sent.filter((f) => f.type === "$auth.refresh");
+  assert.deepEqual(refresh.map((f) => f.payload.token), ["t3"]);
+  answer(ws, refresh[0], "$auth.refreshed", { user: "u", expiresAt: Date.now() + 3600_000 });
+  await tick(30);
+  assert.equal(ws.sent.filter((f) => f.type === "$auth.refresh").length, 1, "no more tries after success");
+  c.close();
+});
+
+test("4100: a token function reconnects once with a fresh token; a static token stays closed", async () => {
+  const WS = fakeWebSocket();
+  let n = 0;
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, token: () => `t${++n}`, reconnect: fast });
+  const states = [];
+  c.onState((s, info) => states.push([s, info?.code]));
+  (await lastSocket(WS)).open();
+  (await lastSocket(WS)).serverClose(4100, "token expired");
+  const ws2 = await lastSocket(WS, 2);
+  assert.deepEqual(ws2.protocols, ["natter", "bearer.t2"]);
+  ws2.open();
+  await tick();
+  assert.deepEqual(states, [["open", undefined], ["reconnecting", 4100], ["open", undefined]]);
+  // The next expiry: one more reconnect, whose handshake is refused (401): the end.
+  ws2.serverClose(4100, "token expired");
+  (await lastSocket(WS, 3)).fail();
+  await tick(20);
+  assert.deepEqual(states.slice(3), [["reconnecting", 4100], ["closed", 4100]]);
+  assert.equal(WS.sockets.length, 3);
+
+  const WS2 = fakeWebSocket();
+  const s = connect("ws://edge.test/ws", { WebSocket: WS2, token: "static", reconnect: fast });
+  (await lastSocket(WS2)).open();
+  const closed = new Promise((r) => s.onState((st, info) => st === "closed" && r(info)));
+  (await lastSocket(WS2)).serverClose(4100, "token expired");
+  assert.deepEqual(await closed, { code: 4100, reason: "token expired" });
+});
+
+test("join, leave, join within one round trip: no extra $leave, rooms() and the edge agree", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  const first = c.join("x");
+  const left = c.leave("x");
+  const second = c.join("x");
+  assert.deepEqual(ws.sent.map((f) => f.type), ["$join", "$leave", "$join"]);
+  answer(ws, ws.sent[0], "$joined", { room: "x" });
+  answer(ws, ws.sent[1], "$left", { room: "x" });
+  answer(ws, ws.sent[2], "$joined", { room: "x" });
+  await assert.rejects(first, { code: "CANCELLED" });
+  await left;
+  await second;
+  await tick();
+  assert.deepEqual(ws.sent.map((f) => f.type), ["$join", "$leave", "$join"]);
+  assert.deepEqual(c.rooms(), ["x"]);
+  c.close();
+});
+
+test("server-driven membership: a ctl join is remembered and re-joined, a ctl leave forgets", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  ws.serverSend({ type: "$joined", meta: { room: "ops" }, payload: { room: "ops" } });
+  ws.serverSend({ type: "$joined", meta: { room: "gone" }, payload: { room: "gone" } });
+  ws.serverSend({ type: "$left", meta: { room: "gone" }, payload: { room: "gone" } });
+  assert.deepEqual(c.rooms(), ["ops"]);
+  assert.deepEqual(ws.sent, []);
+  ws.serverClose(4000);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(ws2.sent.map((f) => [f.type, f.payload]), [["$join", { room: "ops" }]]);
+  c.close();
+});
+
+test("heartbeatMs sends __heartbeat while open; the acks are not delivered", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, heartbeatMs: 20 });
+  const frames = [];
+  c.on("__heartbeat_ack", () => frames.push("ack"));
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick(75);
+  const beats = ws.sent.filter((f) => f.type === "__heartbeat");
+  assert.ok(beats.length >= 2 && beats.length <= 4, `${beats.length} heartbeats`);
+  answer(ws, beats[0], "__heartbeat_ack", null);
+  assert.deepEqual(frames, []);
+  c.close();
+  const after = ws.sent.length;
+  await tick(50);
+  assert.equal(ws.sent.length, after, "none after close");
+});
+
+test("options.token() gets the connect timeout; a token that is no HTTP token closes with INVALID_ARGUMENT", async () => {
+  const WS = fakeWebSocket();
+  let calls = 0;
+  const c = connect("ws://edge.test/ws", {
+    WebSocket: WS, connectTimeoutMs: 30, reconnect: fast,
+    token: () => (++calls === 1 ? new Promise(() => {}) : "ok"),
+  });
+  const states = [];
+  c.onState((s, info) => states.push([s, info?.reason]));
+  (await lastSocket(WS)).open();
+  assert.equal(calls, 2);
+  assert.deepEqual(states[0], ["reconnecting", "connect timeout"]);
+  c.close();
+
+  const WS2 = fakeWebSocket();
+  const bad = connect("ws://edge.test/ws", { WebSocket: WS2, token: "abc/def+ghi==", reconnect: fast });
+  const joined = bad.join("r");
+  await assert.rejects(joined, { code: "INVALID_ARGUMENT" });
+  assert.equal(bad.state, "closed");
+  await tick(20);
+  assert.equal(WS2.sockets.length, 0);
+});
+
+test("setState: the refusal of an older value does not forget a newer accepted one", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  const big = c.presence.setState("x".repeat(300));
+  const small = c.presence.setState("away");
+  refuse(ws, ws.sent[0], "RESOURCE_EXHAUSTED");
+  answer(ws, ws.sent[1], "$presence.state", {});
+  await assert.rejects(big, { code: "RESOURCE_EXHAUSTED" });
+  await small;
+  // And the other way round: a refused newer value falls back to the accepted one.
+  const bigger = c.presence.setState("y".repeat(300));
+  refuse(ws, ws.sent[2], "RESOURCE_EXHAUSTED");
+  await assert.rejects(bigger, { code: "RESOURCE_EXHAUSTED" });
+  ws.serverClose(4000);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(ws2.sent.map((f) => [f.type, f.payload]), [["$presence.state", { state: "away" }]]);
+  c.close();
+});

@@ -45,27 +45,43 @@ export function connect(url, options = {}) {
     return new NatterClient(url, options);
 }
 const OPEN = 1; // WebSocket.OPEN
-const CONNECT_TIMEOUT_MS = 15000; // a handshake not done by then is given up and retried
+const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
+// A subprotocol must be an HTTP token (RFC 7230 tchar): base64url and JWTs are, base64's "/" and "=" are not.
+const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+// The codes that make a re-join (or the state's re-send) final: the edge will not change its mind.
+const FINAL_REFUSALS = new Set(["PERMISSION_DENIED", "INVALID_ARGUMENT", "NOT_FOUND"]);
+// Errors the client made up for a socket that went away: what waited on it is retried on the next one.
+const LOST = new WeakSet();
 class NatterClient {
     presence;
     #url;
     #opts;
     #WebSocket;
+    #rate;
     #state = "connecting";
     #ws = null;
-    #gen = 0; // bumped for every socket and at close: events of older sockets are ignored
+    #gen = 0; // bumped for every socket, at a drop and at close: events of older sockets are ignored
     #attempt = 0; // failed attempts since the last lasting connection, for the backoff
     #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
-    #retry;
+    #expired = false; // reconnecting after a 4100 with a fresh token: a failed handshake ends the client
+    #retry; // the next dial
+    #connectTimer;
+    #flushTimer; // the paced flush's next step
+    #refreshTimer; // the next try of a failed automatic refresh
+    #heartbeat;
+    #tokens = 0; // the send rate's token bucket
+    #tokensAt = 0;
     #seq = 0;
     #pending = new Map();
     #buffer = [];
     #remembered = new Map(); // key: "$presence.state" or "$join:<room>"
+    #leaving = new Map(); // rooms with a $leave of ours on its way
     #listeners = new Map();
     #stateListeners = new Set();
+    #errorListeners = new Set();
     #handlers = new Map();
     #presenceWatchers = new Map();
     constructor(url, options) {
@@ -75,6 +91,11 @@ class NatterClient {
             throw new TypeError("natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)");
         }
         this.#WebSocket = WS;
+        if (options.sendRate !== false) {
+            this.#rate = { perSecond: options.sendRate?.perSecond ?? 100, burst: options.sendRate?.burst ?? 200 };
+            this.#tokens = this.#rate.burst;
+            this.#tokensAt = Date.now();
+        }
         // Relative URLs resolve against the page, and http(s) becomes ws(s).
         const base = globalThis.location?.href;
         const u = new URL(url, base);
@@ -104,6 +125,10 @@ class NatterClient {
     onState(fn) {
         this.#stateListeners.add(fn);
         return () => void this.#stateListeners.delete(fn);
+    }
+    onError(fn) {
+        this.#errorListeners.add(fn);
+        return () => void this.#errorListeners.delete(fn);
     }
     on(type, fn) {
         let set = this.#listeners.get(type);
@@ -135,13 +160,34 @@ class NatterClient {
     async leave(room) {
         const r = this.#remembered.get(`$join:${room}`);
         this.#remembered.delete(`$join:${room}`);
-        r?.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
-        if (this.#state === "open")
-            await this.#request("$leave", { room });
-        // A socket being brought up to date may have re-joined it already.
-        else if (r && r.gen === this.#gen)
-            this.#transmit({ type: "$leave", payload: encode({ room }) });
-        // Otherwise the next socket simply does not re-join it.
+        if (r) {
+            clearTimeout(r.retry);
+            r.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
+        }
+        // Only a socket that is open, or being brought up to date and has sent
+        // the join already, needs a $leave; the next socket simply does not
+        // re-join. Like $join it bypasses the send buffer, so the edge sees
+        // joins and leaves in the order they were made and ends up where
+        // rooms() says: no extra $leave is needed when a join completes.
+        const open = this.#state === "open";
+        if (!open && r?.gen !== this.#gen)
+            return;
+        this.#leaving.set(room, (this.#leaving.get(room) ?? 0) + 1);
+        const sent = this.#request("$leave", { room }, {}, true).finally(() => {
+            const n = this.#leaving.get(room) - 1;
+            if (n > 0)
+                this.#leaving.set(room, n);
+            else
+                this.#leaving.delete(room);
+        });
+        // A lost socket left the room anyway. While the socket is being
+        // brought up to date, leave() does not wait for $left.
+        const done = sent.catch((err) => {
+            if (open && !LOST.has(err))
+                throw err;
+        });
+        if (open)
+            await done;
     }
     rooms() {
         return [...this.#remembered.values()].filter((r) => r.type === "$join").map((r) => r.payload.room);
@@ -160,13 +206,13 @@ class NatterClient {
         // Not open: the next (re)connect calls options.token() itself.
         if (this.#state !== "open")
             return;
-        await this.#request("$auth.refresh", { token: await token() });
+        await this.#request("$auth.refresh", { token: await timeLimit(token(), this.#connectTimeout(), "options.token()") });
     }
     close() {
         if (this.#state === "closed")
             return;
         const ws = this.#ws;
-        this.#shutdown(1000, "client closed", "CANCELLED");
+        this.#shutdown({ code: 1000, reason: "client closed" }, new NatterError("CANCELLED", "client closed"));
         try {
             ws?.close(1000, "client closed");
         }
@@ -175,25 +221,16 @@ class NatterClient {
         }
     }
     // ------------------------------------------------------------ socket
+    #connectTimeout() {
+        return this.#opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
+    }
     /** Opens a new socket; its events are ignored once #gen moves on. */
     async #dial() {
         const gen = ++this.#gen;
         let ws;
-        try {
-            const t = this.#opts.token;
-            const token = typeof t === "function" ? await t() : t;
-            if (gen !== this.#gen)
-                return; // closed while the token was fetched
-            ws = new this.#WebSocket(this.#url, token ? ["natter", `bearer.${token}`] : ["natter"]);
-        }
-        catch (err) {
-            this.#dropped(gen, 1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
-            return;
-        }
-        this.#ws = ws;
-        // The socket ends once, whichever comes first: its close, an error
-        // (Node 20's WebSocket may fire "error" without "close" when a
-        // handshake fails), or a handshake that takes too long.
+        // The attempt ends once, whichever comes first: the socket's close, an
+        // error (Node 20's WebSocket may fire "error" without "close" when a
+        // handshake fails), or a token() plus handshake that take too long.
         let ended = false;
         const end = (code, reason) => {
             if (ended)
@@ -202,24 +239,58 @@ class NatterClient {
             clearTimeout(timer);
             this.#dropped(gen, code, reason);
             try {
-                ws.close();
+                ws?.close();
             }
             catch {
                 // Already closed.
             }
         };
-        const timer = setTimeout(() => end(1006, "connect timeout"), CONNECT_TIMEOUT_MS);
-        ws.addEventListener("open", () => {
+        const timer = setTimeout(() => end(1006, "connect timeout"), this.#connectTimeout());
+        this.#connectTimer = timer; // for close()
+        let token;
+        try {
+            const t = this.#opts.token;
+            // Awaited even when static: a bad token then fails after connect()
+            // returned, so that onState listeners and a first join() see it.
+            token = await (typeof t === "function" ? t() : t);
+        }
+        catch (err) {
+            end(1006, `options.token() failed: ${err instanceof Error ? err.message : String(err)}`);
+            return;
+        }
+        if (ended || gen !== this.#gen)
+            return; // timed out or closed while the token was fetched
+        if (token && !HTTP_TOKEN.test(token)) {
+            // Retrying cannot help: the WebSocket refuses such a subprotocol.
             clearTimeout(timer);
+            const err = new NatterError("INVALID_ARGUMENT", "the token cannot be sent as a WebSocket subprotocol: use base64url (JWTs are)");
+            this.#report(err, { op: "connect", retrying: false });
+            this.#shutdown({ reason: err.message }, err);
+            return;
+        }
+        try {
+            ws = new this.#WebSocket(this.#url, token ? ["natter", `bearer.${token}`] : ["natter"]);
+        }
+        catch (err) {
+            end(1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
+            return;
+        }
+        const socket = ws;
+        this.#ws = socket;
+        socket.addEventListener("open", () => {
+            clearTimeout(timer);
+            if (gen !== this.#gen)
+                return;
+            this.#expired = false; // the fresh token was accepted
             void this.#ready(gen);
         });
-        ws.addEventListener("message", (ev) => {
+        socket.addEventListener("message", (ev) => {
             const { data } = ev;
             if (gen === this.#gen && typeof data === "string")
                 this.#receive(data);
         });
-        ws.addEventListener("error", () => end(1006, "connection error"));
-        ws.addEventListener("close", (ev) => {
+        socket.addEventListener("error", () => end(1006, "connection error"));
+        socket.addEventListener("close", (ev) => {
             const { code, reason } = ev;
             end(code, reason);
         });
@@ -233,7 +304,8 @@ class NatterClient {
         if (gen !== this.#gen)
             return;
         // Loop: a join() made during the sync is part of it. Joins resolve
-        // once the client is open, so that `await join()` means both.
+        // once the client is open, so that `await join()` means both. A re-join
+        // the edge refuses for now is retried later and does not hold this up.
         const done = [];
         for (;;) {
             const todo = [...this.#remembered.values()].filter((r) => r.gen !== gen);
@@ -249,22 +321,37 @@ class NatterClient {
         if (!this.#flush())
             return; // the socket is going away; its close event follows
         this.#openedAt = Date.now();
+        const every = this.#opts.heartbeatMs ?? 0;
+        if (every > 0) {
+            // For --idle-timeout: the ack carries one of our ids and is ignored like a late reply.
+            this.#heartbeat = setInterval(() => this.#transmit({ type: "__heartbeat", meta: { correlationId: this.#nextId() } }), every);
+        }
         this.#setState("open");
         done.forEach((ok) => ok());
     }
     #dropped(gen, code, reason) {
         if (gen !== this.#gen)
             return;
+        // A new generation at once: what was on its way on this socket counts
+        // as lost (not refused), and is sent again on the next one.
+        this.#gen++;
         this.#ws = null;
+        this.#stopTimers();
         const lost = new NatterError("UNAVAILABLE", `connection lost (${code}${reason ? ` ${reason}` : ""})`);
+        LOST.add(lost);
         for (const [cid, p] of this.#pending)
             if (p.gen === gen)
                 this.#settle(cid, lost);
         const policy = this.#opts.reconnect;
-        if (policy === false || !shouldReconnect(code)) {
-            this.#shutdown(code, reason, "UNAVAILABLE");
+        // 4100 (token expired) with a token function: one reconnect with a
+        // fresh token. If that handshake fails too (401), the client ends.
+        const refresh = code === 4100 && typeof this.#opts.token === "function" && !this.#expired;
+        if (this.#expired || policy === false || (!shouldReconnect(code) && !refresh)) {
+            const info = this.#expired ? { code: 4100, reason: "token expired; the fresh token was refused" } : { code, reason };
+            this.#shutdown(info, new NatterError("UNAVAILABLE", info.reason || `connection closed (${code})`));
             return;
         }
+        this.#expired = refresh;
         // The backoff starts over only after a connection that lasted: an edge
         // that accepts and then drops every connection still gets backed off.
         if (this.#openedAt > 0 && Date.now() - this.#openedAt >= STABLE_MS)
@@ -273,18 +360,28 @@ class NatterClient {
         this.#setState("reconnecting", { code, reason });
         this.#retry = setTimeout(() => void this.#dial(), backoffDelay(this.#attempt++, policy));
     }
-    /** Ends the client for good: every waiting promise rejects with code. */
-    #shutdown(closeCode, reason, code) {
+    /** Stops what runs per socket. */
+    #stopTimers() {
+        clearTimeout(this.#connectTimer);
+        clearTimeout(this.#flushTimer);
+        this.#flushTimer = undefined;
+        clearTimeout(this.#refreshTimer);
+        clearInterval(this.#heartbeat);
+        for (const r of this.#remembered.values())
+            clearTimeout(r.retry);
+    }
+    /** Ends the client for good: every waiting promise rejects with err. */
+    #shutdown(info, err) {
         this.#gen++;
         this.#ws = null;
         clearTimeout(this.#retry);
-        const err = new NatterError(code, reason || `connection closed (${closeCode})`);
+        this.#stopTimers();
         for (const cid of [...this.#pending.keys()])
             this.#settle(cid, err);
         this.#buffer = [];
         for (const r of this.#remembered.values())
             r.waiters.splice(0).forEach((w) => w.reject(err));
-        this.#setState("closed", { code: closeCode, reason });
+        this.#setState("closed", info);
     }
     #setState(state, info) {
         if (state === this.#state)
@@ -293,14 +390,29 @@ class NatterClient {
         for (const fn of [...this.#stateListeners])
             safely(() => fn(state, info));
     }
+    #report(error, info) {
+        for (const fn of [...this.#errorListeners])
+            safely(() => fn(error, info));
+    }
     #checkNotClosed() {
         if (this.#state === "closed")
             throw new NatterError("UNAVAILABLE", "the client is closed");
     }
+    #backoff(attempt, err) {
+        const policy = this.#opts.reconnect;
+        return Math.max(err?.retryAfterMs ?? 0, backoffDelay(attempt, policy === false ? {} : policy));
+    }
+    #nextId() {
+        return OUR_ID + (++this.#seq).toString(36);
+    }
     // ------------------------------------------------------------ sending
-    /** Sends q now when open, else buffers it under the overflow policy. */
+    /**
+     * Sends q now when open (and the send rate allows), else buffers it under
+     * the overflow policy. While open, a non-empty buffer means the rate
+     * holds sends back: q waits behind them, in order.
+     */
     #enqueue(q) {
-        if (this.#state === "open" && this.#transmit(q))
+        if (this.#state === "open" && this.#buffer.length === 0 && this.#wait() === 0 && this.#transmit(q))
             return;
         const { max = 1000, overflow = "error" } = this.#opts.buffer ?? {};
         if (this.#buffer.length >= max) {
@@ -320,8 +432,10 @@ class NatterClient {
             }
         }
         this.#buffer.push(q);
+        if (this.#state === "open" && this.#flushTimer === undefined)
+            this.#flush();
     }
-    /** Writes q to the socket if it is open; false when it is not. */
+    /** Writes q to the socket if it is open (taking a token of the send rate); false when it is not. */
     #transmit(q) {
         const ws = this.#ws;
         if (!ws || ws.readyState !== OPEN)
@@ -348,16 +462,57 @@ class NatterClient {
                 this.#pending.get(q.cid).gen = 0;
             return false;
         }
+        // Frames the client sends by itself (re-joins, aborts, answers) take a
+        // token too, possibly into debt: the edge counts every message.
+        if (this.#refill())
+            this.#tokens -= 1;
         return true;
     }
-    /** Sends the buffer in order; false if the socket closed on the way. */
+    /**
+     * Sends the buffer in order, as fast as the send rate allows (the rest
+     * follows from a timer); false if the socket closed on the way.
+     */
     #flush() {
+        clearTimeout(this.#flushTimer);
+        this.#flushTimer = undefined;
         while (this.#buffer.length > 0) {
+            const wait = this.#wait();
+            if (wait > 0) {
+                const gen = this.#gen;
+                this.#flushTimer = setTimeout(() => {
+                    this.#flushTimer = undefined;
+                    if (gen === this.#gen && this.#state === "open")
+                        this.#flush();
+                }, wait);
+                return true;
+            }
             if (!this.#transmit(this.#buffer[0]))
                 return false;
             this.#buffer.shift();
         }
         return true;
+    }
+    // The send rate: a token bucket like the edge's --rate-limit.
+    /** Adds the tokens earned since the last call; undefined without a send rate. */
+    #refill() {
+        const rate = this.#rate;
+        if (!rate)
+            return undefined;
+        const now = Date.now();
+        this.#tokens = Math.min(rate.burst, this.#tokens + ((now - this.#tokensAt) * rate.perSecond) / 1000);
+        this.#tokensAt = now;
+        return rate;
+    }
+    /** Ms until a send may go out; 0 now. */
+    #wait() {
+        const rate = this.#refill();
+        return !rate || this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) * 1000) / rate.perSecond);
+    }
+    /** The edge said RESOURCE_EXHAUSTED with retryAfterMs: send nothing paced before then. */
+    #pause(ms) {
+        const rate = this.#refill();
+        if (rate)
+            this.#tokens = Math.min(this.#tokens, 1 - (ms * rate.perSecond) / 1000);
     }
     /** A request: buffered like a send, settled by its reply, an error, the deadline, an abort or a lost socket. */
     #request(type, payload, options = {}, direct = false) {
@@ -368,7 +523,7 @@ class NatterClient {
                 throw new NatterError("CANCELLED", "aborted before it was sent");
             const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? 10000;
             const body = encode(payload);
-            const cid = OUR_ID + (++this.#seq).toString(36);
+            const cid = this.#nextId();
             const p = {
                 resolve, reject, onProgress, gen: 0,
                 deadline: Date.now() + timeoutMs,
@@ -383,8 +538,11 @@ class NatterClient {
             const q = { type, payload: body, cid };
             if (!direct)
                 this.#enqueue(q);
-            else if (!this.#transmit(q))
-                this.#settle(cid, new NatterError("UNAVAILABLE", "not connected"));
+            else if (!this.#transmit(q)) {
+                const lost = new NatterError("UNAVAILABLE", "not connected");
+                LOST.add(lost);
+                this.#settle(cid, lost);
+            }
         });
     }
     /** Gives up on a request: the edge cancels the worker's handler and its late reply is ignored. */
@@ -418,40 +576,116 @@ class NatterClient {
             this.#checkNotClosed();
             let r = this.#remembered.get(key);
             if (!r)
-                this.#remembered.set(key, (r = { type, payload, gen: 0, waiters: [] }));
+                this.#remembered.set(key, (r = { type, payload, gen: 0, version: 0, waiters: [], inflight: 0, attempt: 0 }));
             r.payload = payload;
             r.gen = 0;
-            r.waiters.push({ resolve, reject });
+            r.version++;
+            r.attempt = 0;
+            clearTimeout(r.retry);
+            r.waiters.push({ version: r.version, resolve, reject });
             // Otherwise #ready sends it on the next socket.
             if (this.#state === "open")
                 void this.#resend(r, this.#gen).then((ok) => ok?.());
         });
     }
     /**
-     * Sends a remembered item on socket gen. A refusal rejects its waiters;
-     * success returns the function that resolves them.
+     * Sends the current value of a remembered item on socket gen. Success
+     * returns the function that resolves the callers waiting for that value.
+     * A lost socket leaves everything to the next one. A refusal rejects the
+     * callers of that value; with nobody waiting (a re-join after a
+     * reconnect) it is retried with backoff unless final (FINAL_REFUSALS).
+     * A refused value is forgotten, or replaced by the value the edge
+     * accepted on this socket, unless a newer value was sent since.
      */
     async #resend(r, gen) {
         r.gen = gen;
-        const key = r.type === "$join" ? `$join:${r.payload.room}` : r.type;
+        const { version, payload } = r;
+        const room = r.type === "$join" ? payload.room : undefined;
+        const key = room === undefined ? r.type : `$join:${room}`;
+        const mine = () => this.#remembered.get(key) === r && r.version === version;
+        r.inflight++;
         try {
-            await this.#request(r.type, r.payload, {}, true);
+            await this.#request(r.type, payload, {}, true);
         }
-        catch (err) {
-            // A lost socket: the next one retries. Otherwise the edge refused
-            // (e.g. PERMISSION_DENIED), so forget it.
+        catch (e) {
+            const err = e;
+            if (gen !== this.#gen || LOST.has(err))
+                return undefined; // the next socket sends it again
+            const callers = r.waiters.filter((w) => w.version <= version);
+            const info = { op: room === undefined ? "state" : "join", retrying: false };
+            if (room !== undefined)
+                info.room = room;
+            if (callers.length === 0 && mine() && !FINAL_REFUSALS.has(err.code)) {
+                info.retrying = true;
+                this.#report(err, info);
+                r.retry = setTimeout(() => {
+                    if (gen === this.#gen && mine())
+                        void this.#resend(r, gen).then((ok) => ok?.());
+                }, this.#backoff(r.attempt++, err));
+                return undefined;
+            }
+            r.waiters = r.waiters.filter((w) => w.version > version);
+            callers.forEach((w) => w.reject(err));
+            if (mine()) {
+                if (r.accepted?.gen === gen)
+                    r.payload = r.accepted.payload; // the edge still has that
+                else
+                    this.#remembered.delete(key);
+                if (callers.length === 0)
+                    this.#report(err, info);
+            }
+            return undefined;
+        }
+        finally {
+            r.inflight--;
+        }
+        r.attempt = 0;
+        if (!r.accepted || r.accepted.version <= version)
+            r.accepted = { payload, gen, version };
+        return () => {
+            const callers = r.waiters.filter((w) => w.version <= version);
+            r.waiters = r.waiters.filter((w) => w.version > version);
+            callers.forEach((w) => w.resolve());
+        };
+    }
+    /**
+     * A $joined / $left without a correlation id: a worker or service joined
+     * or removed this connection (ctl). A server join is remembered (and so
+     * re-joined after a reconnect, with the client's own grants); a server
+     * leave forgets the room. A join or leave of ours that reaches the edge
+     * after the change decides instead.
+     */
+    #serverMembership(env) {
+        const room = env.payload?.room ?? env.meta?.room;
+        if (typeof room !== "string")
+            return;
+        const key = `$join:${room}`;
+        const r = this.#remembered.get(key);
+        if ((r && (r.inflight > 0 || r.gen !== this.#gen)) || this.#leaving.has(room))
+            return;
+        if (env.type === "$joined" && !r) {
+            const payload = { room };
+            this.#remembered.set(key, { type: "$join", payload, gen: this.#gen, version: 0, waiters: [], inflight: 0, attempt: 0, accepted: { payload, gen: this.#gen, version: 0 } });
+        }
+        else if (env.type === "$left" && r) {
+            clearTimeout(r.retry);
+            this.#remembered.delete(key);
+        }
+    }
+    /** After $auth.expiring: refreshes, and retries with backoff until the token expires. */
+    #autoRefresh(expiresAt, gen, attempt) {
+        clearTimeout(this.#refreshTimer);
+        this.refreshToken().catch((err) => {
             if (gen !== this.#gen)
                 return;
-            if (this.#remembered.get(key) === r)
-                this.#remembered.delete(key);
-            r.waiters.splice(0).forEach((w) => w.reject(err));
-            return;
-        }
-        if (this.#remembered.get(key) !== r && r.type === "$join" && gen === this.#gen) {
-            // Left while the join was on its way.
-            this.#transmit({ type: "$leave", payload: encode({ room: r.payload.room }) });
-        }
-        return () => r.waiters.splice(0).forEach((w) => w.resolve());
+            const e = err instanceof NatterError ? err : new NatterError("INTERNAL", String(err));
+            const delay = this.#backoff(attempt, e);
+            const retrying = Date.now() + delay < expiresAt;
+            this.#report(e, { op: "refresh", retrying });
+            // Otherwise the edge closes with 4100 at expiresAt (see #dropped).
+            if (retrying)
+                this.#refreshTimer = setTimeout(() => this.#autoRefresh(expiresAt, gen, attempt + 1), delay);
+        });
     }
     // ------------------------------------------------------------ receiving
     #receive(data) {
@@ -465,15 +699,27 @@ class NatterClient {
         if (typeof env !== "object" || env === null || typeof env.type !== "string")
             return;
         this.#emit("*", env);
+        const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
+        if (isError) {
+            // A rate limit: hold the paced sends back for as long as the edge asks.
+            const e = (env.payload ?? {});
+            if (e.code === "RESOURCE_EXHAUSTED" && typeof e.retryAfterMs === "number" && e.retryAfterMs > 0)
+                this.#pause(e.retryAfterMs);
+        }
         const cid = env.meta?.correlationId;
         if (typeof cid === "string") {
             const p = this.#pending.get(cid);
             if (p)
                 return this.#reply(cid, p, env);
-            if (cid.startsWith(SERVER_ID))
+            // A server-to-client request, but never an error or a system frame:
+            // answering the edge's RPC_ERROR for a late answer would start a loop.
+            if (cid.startsWith(SERVER_ID) && !isError && !isSystemType(env.type))
                 return void this.#answer(cid, env);
             if (cid.startsWith(OUR_ID))
                 return; // a late reply to a request given up on
+        }
+        else if (env.type === "$joined" || env.type === "$left") {
+            this.#serverMembership(env);
         }
         if (env.type === "$presence.diff") {
             const d = (env.payload ?? {});
@@ -483,8 +729,8 @@ class NatterClient {
                 safely(() => fn(diff));
         }
         else if (env.type === "$auth.expiring" && typeof this.#opts.token === "function") {
-            // On failure the edge closes with 4100 when the token expires.
-            this.refreshToken().catch(() => { });
+            const expiresAt = env.payload?.expiresAt;
+            this.#autoRefresh(typeof expiresAt === "number" ? expiresAt : 0, this.#gen, 0);
         }
         this.#emit(env.type, env);
     }
@@ -554,6 +800,18 @@ function isEnvelopeReply(v) {
         return false;
     const keys = Object.keys(v);
     return keys.length === 2 && "payload" in v && typeof v.type === "string";
+}
+/** System types start with "$" or "__" (docs/protocol.md#the-envelope). */
+function isSystemType(type) {
+    return type.startsWith("$") || type.startsWith("__");
+}
+/** Rejects with DEADLINE_EXCEEDED when v has not settled within ms. */
+function timeLimit(v, ms, what) {
+    let timer;
+    const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new NatterError("DEADLINE_EXCEEDED", `${what} did not finish within ${ms} ms`)), ms);
+    });
+    return Promise.race([Promise.resolve(v), late]).finally(() => clearTimeout(timer));
 }
 /** JSON of a payload; undefined leaves the key out. */
 function encode(payload) {
