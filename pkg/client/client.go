@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -63,8 +64,9 @@ const (
 	// written as they come.
 	StateOpen
 	// StateReconnecting: the connection dropped with a code that asks for a
-	// reconnect; the client waits its backoff and dials again. Sends are
-	// buffered.
+	// reconnect (or with 4100, token expired, when Options.Token can give
+	// a fresh token); the client waits its backoff and dials again. Sends
+	// are buffered.
 	StateReconnecting
 	// StateClosed: Close was called, the edge closed with a terminal code,
 	// or reconnecting is disabled. Final.
@@ -106,6 +108,13 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultWriteTimeout     = 10 * time.Second
 	DefaultKeepAlive        = 25 * time.Second
+	// DefaultSendRate is the edge's default rate limit per connection
+	// (--rate-limit 100). DefaultSendBurst is half the edge's burst (200):
+	// the edge's bucket starts when the first message is read, so frames
+	// of a burst that arrive late and together would exceed an equal
+	// burst; the margin absorbs up to a second of such delay.
+	DefaultSendRate  = 100
+	DefaultSendBurst = 100
 )
 
 // Fixed bounds.
@@ -122,6 +131,14 @@ const (
 	// ctrlQueue bounds the aborts and answers waiting for the writer of
 	// one connection.
 	ctrlQueue = 128
+	// stableAfter: a connection open this long resets the backoff, so an
+	// edge that accepts and then drops every connection is still backed
+	// off (as the TypeScript client does).
+	stableAfter = 5 * time.Second
+	// defaultRefreshWindow is how long an automatic refresh is retried
+	// when $auth.expiring carries no expiresAt (the edge's default
+	// --refresh-window).
+	defaultRefreshWindow = 30 * time.Second
 )
 
 // Options configure a Client. Zero fields take the defaults given.
@@ -129,7 +146,10 @@ type Options struct {
 	// Token returns the bearer token, sent as "Authorization: Bearer
 	// <token>". It is called before every connection attempt and by
 	// RefreshToken (also on $auth.expiring), so it can hand out fresh
-	// tokens; it must honour ctx. Default nil: no token. See StaticToken.
+	// tokens; it must honour ctx and must not call Close. With Token set,
+	// a close with 4100 (token expired) reconnects with a fresh token
+	// instead of closing the client (see RefreshToken). Default nil: no
+	// token. See StaticToken.
 	Token func(ctx context.Context) (string, error)
 	// User is the insecure dev-mode identity, sent as ?user=<id>. Edges not
 	// in dev mode ignore it. Default "".
@@ -160,14 +180,85 @@ type Options struct {
 	// with ErrTooLarge instead of making the edge close with 1009. Default
 	// envelope.DefaultMaxSize (the edge's default).
 	MaxMessageSize int
+	// SendRate paces the messages the client writes (sends, requests,
+	// re-joins, answers, aborts, heartbeats), in messages per second, so
+	// that the flush of a full send buffer after a reconnect, or any burst
+	// of sends, stays within the edge's per-connection rate limit instead
+	// of being dropped with RESOURCE_EXHAUSTED. Each connection starts
+	// with a full bucket of SendBurst. Default 0: the edge's default rate,
+	// 100/s, with bursts of 100 (DefaultSendBurst); negative: no pacing.
+	// Set it to the edge's --rate-limit when that differs.
+	SendRate float64
+	// SendBurst is the burst above SendRate; keep it below the edge's
+	// burst. Default 0: DefaultSendBurst with the default SendRate, else
+	// SendRate (at least 1).
+	SendBurst int
+	// Heartbeat, when positive, sends __heartbeat while the connection is
+	// open, so that at most Heartbeat passes between two messages the
+	// client writes (it is sent only when nothing else was written for
+	// Heartbeat/2). Edges running with --idle-timeout close connections
+	// that send no message for that long (4002), and WebSocket pings do
+	// not count there: set Heartbeat below the edge's idle timeout. The
+	// edge's __heartbeat_ack frames reach On handlers. Default 0 (or
+	// negative): off.
+	Heartbeat time.Duration
 	// OnState is called on every state change, from the callback
 	// goroutine: Connecting and Open with a zero CloseInfo, Reconnecting
 	// with why the connection dropped, Closed with why the client stopped.
 	OnState func(State, CloseInfo)
+	// OnError is called, from the callback goroutine, with the failures
+	// of what the client does by itself: re-joining rooms and restoring
+	// the presence state after a reconnect, and refreshing the token on
+	// $auth.expiring. The error is a *BackgroundError. Default nil: they
+	// are only logged.
+	OnError func(error)
 	// Logger receives reconnects and failed re-joins. Default
 	// slog.Default().
 	Logger *slog.Logger
 }
+
+// Operations of a BackgroundError.
+const (
+	// OpRejoin: re-joining a remembered room after a reconnect.
+	OpRejoin = "rejoin"
+	// OpRestoreState: re-sending the presence state after a reconnect.
+	OpRestoreState = "restore-state"
+	// OpRefresh: the automatic token refresh on $auth.expiring.
+	OpRefresh = "refresh"
+)
+
+// BackgroundError is a failure of something the client did by itself,
+// handed to Options.OnError.
+//
+// A re-join refused with PERMISSION_DENIED, INVALID_ARGUMENT or NOT_FOUND
+// forgets the room (Final); any other failure (RESOURCE_EXHAUSTED,
+// UNAVAILABLE, DEADLINE_EXCEEDED, ...) keeps it and retries with backoff,
+// no sooner than the error's RetryAfter, until it succeeds, the room is
+// left, or the connection ends (the next connection re-joins it again). A
+// failed refresh is retried with backoff until the token expires (Final on
+// the last attempt); the edge then closes with 4100 and the client
+// reconnects with a fresh token.
+type BackgroundError struct {
+	Op    string // OpRejoin, OpRestoreState or OpRefresh
+	Room  string // the room, for OpRejoin
+	Final bool   // the client gave up: the room is forgotten, the refresh stopped
+	Err   error  // usually an *rpc.Error
+}
+
+// Error describes the failure.
+func (e *BackgroundError) Error() string {
+	s := "client: " + e.Op
+	if e.Room != "" {
+		s += " " + e.Room
+	}
+	if e.Final {
+		s += " (gave up)"
+	}
+	return s + ": " + e.Err.Error()
+}
+
+// Unwrap returns Err.
+func (e *BackgroundError) Unwrap() error { return e.Err }
 
 // StaticToken returns a token function that always returns tok.
 func StaticToken(tok string) func(context.Context) (string, error) {
@@ -190,9 +281,13 @@ type Client struct {
 	// first Open, for Dial.
 	attempts chan error
 
-	queue  chan *outItem // frames waiting to be written, bounded
-	events eventQueue
-	sem    chan struct{} // server-to-client requests running
+	queue      chan *outItem // frames waiting to be written, bounded
+	events     eventQueue
+	dispatched chan struct{} // closed when the callback goroutine returns
+	sem        chan struct{} // server-to-client requests running
+	// wg counts the client's background goroutines: automatic refreshes
+	// and re-join retries.
+	wg sync.WaitGroup
 
 	// mu guards the fields below. Lock order: mu, then hmu is never taken
 	// while mu is held and the other way round.
@@ -200,6 +295,12 @@ type Client struct {
 	state   State
 	pending map[string]*call
 	rooms   map[string]bool // remembered joins: room -> presence diffs
+	// roomOps holds, per room, the sequence number of the latest Join or
+	// Leave not finished yet; a Join only records its room when it is
+	// still the latest call for it, and server-driven $joined/$left are
+	// ignored while a call is in flight (its answer comes after them).
+	roomOps map[string]uint64
+	roomSeq uint64
 	pstate  json.RawMessage // remembered $presence.state, nil: none
 	info    CloseInfo       // why the client closed
 	seq     uint64
@@ -215,9 +316,13 @@ type Client struct {
 }
 
 // outItem is one frame waiting to be written; call is set for requests.
+// A request's frame is encoded when it is written (env, deadline), so that
+// its meta.timeoutMs is what is left of the caller's deadline then.
 type outItem struct {
-	frame []byte
-	call  *call
+	frame    []byte
+	call     *call
+	env      *envelope.Envelope
+	deadline time.Time
 }
 
 // Dial connects to an edge's WebSocket URL (ws:// or wss://) and returns
@@ -226,7 +331,8 @@ type outItem struct {
 // and 429, as a *HandshakeError), or when reconnecting is disabled and the
 // first attempt fails. Later drops are reconnected automatically; a refused
 // handshake on a reconnect is retried with backoff (Options.Token is asked
-// again each time), as browsers do.
+// again each time), as browsers do, except a 401 right after a close with
+// 4100 (token expired), which closes the client.
 func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
 	c, err := New(rawURL, opts)
 	if err != nil {
@@ -277,8 +383,19 @@ func New(rawURL string, opts Options) (*Client, error) {
 		u.RawQuery = q.Encode()
 	}
 	switch {
-	case opts.BufferSize < 0, opts.RPCTimeout < 0, opts.HandshakeTimeout < 0, opts.WriteTimeout < 0, opts.MaxMessageSize < 0:
+	case opts.BufferSize < 0, opts.RPCTimeout < 0, opts.HandshakeTimeout < 0, opts.WriteTimeout < 0, opts.MaxMessageSize < 0, opts.SendBurst < 0:
 		return nil, fmt.Errorf("%w: sizes and durations must not be negative", ErrInvalidOptions)
+	case math.IsNaN(opts.SendRate) || math.IsInf(opts.SendRate, 0):
+		return nil, fmt.Errorf("%w: SendRate must be a number", ErrInvalidOptions)
+	}
+	switch {
+	case opts.SendRate == 0:
+		opts.SendRate = DefaultSendRate
+		if opts.SendBurst == 0 {
+			opts.SendBurst = DefaultSendBurst
+		}
+	case opts.SendRate > 0 && opts.SendBurst == 0:
+		opts.SendBurst = max(int(opts.SendRate), 1)
 	}
 	if opts.BufferSize == 0 {
 		opts.BufferSize = DefaultBufferSize
@@ -307,22 +424,24 @@ func New(rawURL string, opts Options) (*Client, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
-		url:       u.String(),
-		opts:      opts,
-		backoff:   b.withDefaults(),
-		log:       opts.Logger,
-		ctx:       ctx,
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		opened:    make(chan struct{}),
-		attempts:  make(chan error, 1),
-		queue:     make(chan *outItem, opts.BufferSize),
-		sem:       make(chan struct{}, MaxServerRequests),
-		pending:   make(map[string]*call),
-		rooms:     make(map[string]bool),
-		handlers:  make(map[string][]*handler),
-		presences: make(map[string][]*presenceHandler),
-		servers:   make(map[string]HandlerFunc),
+		url:        u.String(),
+		opts:       opts,
+		backoff:    b.withDefaults(),
+		log:        opts.Logger,
+		ctx:        ctx,
+		cancel:     cancel,
+		done:       make(chan struct{}),
+		opened:     make(chan struct{}),
+		attempts:   make(chan error, 1),
+		queue:      make(chan *outItem, opts.BufferSize),
+		dispatched: make(chan struct{}),
+		sem:        make(chan struct{}, MaxServerRequests),
+		pending:    make(map[string]*call),
+		rooms:      make(map[string]bool),
+		roomOps:    make(map[string]uint64),
+		handlers:   make(map[string][]*handler),
+		presences:  make(map[string][]*presenceHandler),
+		servers:    make(map[string]HandlerFunc),
 	}
 	c.events.init()
 	c.events.pushState(StateConnecting, CloseInfo{})
@@ -345,14 +464,30 @@ func (c *Client) closeInfo() CloseInfo {
 }
 
 // Close closes the connection with 1000 and stops reconnecting. Calls in
-// flight and buffered frames fail (ErrClosed, rpc UNAVAILABLE). It waits
-// for the client's goroutines to stop and is idempotent; it returns nil.
+// flight and buffered frames fail (ErrClosed, rpc UNAVAILABLE). It is
+// idempotent and returns nil.
+//
+// Close waits for the client's goroutines: the connection's reader and
+// writer, re-join retries, the automatic token refresh (Options.Token must
+// honour its ctx and must not call Close), and the callback goroutine,
+// which delivers the remaining state changes, Closed last. It does not
+// wait for user code that is running when it is called (Close may be
+// called from there): a callback running then finishes on its own and the
+// callback goroutine ends after it; Handle handlers running then have
+// their ctx cancelled, finish on their own, and their answers are dropped.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		c.events.stop()
+		c.events.stop() // no frame callback starts after this
 		c.cancel()
 	})
+	// A callback running now may be the caller: the callback goroutine
+	// cannot be waited for then.
+	waitCallbacks := !c.events.inCallback()
 	<-c.done
+	c.wg.Wait()
+	if waitCallbacks {
+		<-c.dispatched
+	}
 	return nil
 }
 
@@ -401,6 +536,9 @@ func (c *Client) run() {
 	defer close(c.done)
 	attempt := 0
 	everOpen := false
+	// afterExpiry: the last connection was closed with 4100 and the
+	// client reconnects once with a fresh token; a 401 then is final.
+	afterExpiry := false
 	var last CloseInfo
 	for {
 		s, err := c.connect()
@@ -408,7 +546,15 @@ func (c *Client) run() {
 			if c.ctx.Err() != nil {
 				break
 			}
-			last = CloseInfo{Code: CloseAbnormal, Err: err}
+			var he *HandshakeError
+			if afterExpiry && errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
+				c.log.Warn("client: the edge refused the fresh token after 4100; closing", "err", err)
+				last = CloseInfo{Code: envelope.CloseUnauthorized, Reason: last.Reason, Err: err}
+				break
+			}
+			if !afterExpiry {
+				last = CloseInfo{Code: CloseAbnormal, Err: err}
+			}
 			if !everOpen {
 				select {
 				case <-c.attempts:
@@ -423,15 +569,32 @@ func (c *Client) run() {
 			attempt++
 			continue
 		}
-		info, opened := c.serve(s)
+		info, openedAt := c.serve(s)
 		c.failSession(s)
 		last = info
+		opened := !openedAt.IsZero()
 		if opened {
 			everOpen = true
-			attempt = 0
+			// Only a connection that lasted starts the backoff over: an
+			// edge that accepts and then drops every connection (4004,
+			// 4001, ...) still gets backed off.
+			if time.Since(openedAt) >= stableAfter {
+				attempt = 0
+			}
 		}
-		if c.ctx.Err() != nil || !info.Code.Reconnect() || c.backoff.Disabled {
+		if c.ctx.Err() != nil || c.backoff.Disabled {
 			break
+		}
+		if !info.Code.Reconnect() {
+			// 4100: the token expired. With a token function the client
+			// reconnects with a fresh token, once per expiry: not again
+			// when the connection made for it never opened.
+			if info.Code != envelope.CloseUnauthorized || c.opts.Token == nil || (afterExpiry && !opened) {
+				break
+			}
+			afterExpiry = true
+		} else {
+			afterExpiry = false
 		}
 		c.log.Info("client: connection lost, reconnecting", "code", int(info.Code), "reason", info.Reason, "err", info.Err)
 		c.setState(StateReconnecting, info)
@@ -467,6 +630,26 @@ func (c *Client) sleep(d time.Duration) bool {
 		return true
 	case <-c.ctx.Done():
 		return false
+	}
+}
+
+// sleepCtx waits d, or less when ctx ends; it reports whether ctx is
+// still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// report logs nothing itself; it hands a background failure to OnError.
+func (c *Client) report(err *BackgroundError) {
+	if c.opts.OnError != nil {
+		c.events.pushError(err)
 	}
 }
 

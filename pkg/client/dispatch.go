@@ -71,6 +71,7 @@ type event struct {
 	isState  bool
 	state    State
 	info     CloseInfo
+	err      error // for OnError; env is nil and isState false
 }
 
 // eventQueue is the bounded queue between the read loops and the callback
@@ -83,6 +84,8 @@ type eventQueue struct {
 	frames   int
 	stopping bool // the client is closing: frames are dropped
 	closed   bool // no more events
+	// busy: the callback goroutine took an event and runs its callbacks.
+	busy bool
 }
 
 func (q *eventQueue) init() { q.cond = sync.NewCond(&q.mu) }
@@ -118,12 +121,32 @@ func (q *eventQueue) pushState(s State, info CloseInfo) {
 	q.cond.Broadcast()
 }
 
+// pushError queues a failure for OnError; beyond 64 queued non-frame
+// events it is dropped (it was logged).
+func (q *eventQueue) pushError(err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || q.stopping || len(q.items)-q.frames >= 64 {
+		return
+	}
+	q.items = append(q.items, event{err: err})
+	q.cond.Broadcast()
+}
+
+// inCallback reports whether the callback goroutine is running callbacks
+// (or about to). After stop, only state changes and errors are delivered.
+func (q *eventQueue) inCallback() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.busy
+}
+
 // stop drops queued frames and wakes read loops waiting for room.
 func (q *eventQueue) stop() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.stopping = true
-	q.items = slices.DeleteFunc(q.items, func(e event) bool { return !e.isState })
+	q.items = slices.DeleteFunc(q.items, func(e event) bool { return e.env != nil })
 	q.frames = 0
 	q.cond.Broadcast()
 }
@@ -136,9 +159,12 @@ func (q *eventQueue) close() {
 	q.cond.Broadcast()
 }
 
+// next returns the next event, marking the callback goroutine busy until
+// the following call.
 func (q *eventQueue) next() (event, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.busy = false
 	for len(q.items) == 0 && !q.closed {
 		q.cond.Wait()
 	}
@@ -148,7 +174,8 @@ func (q *eventQueue) next() (event, bool) {
 	e := q.items[0]
 	q.items[0] = event{}
 	q.items = q.items[1:]
-	if !e.isState {
+	q.busy = true
+	if e.env != nil {
 		q.frames--
 		q.cond.Broadcast()
 	}
@@ -157,6 +184,7 @@ func (q *eventQueue) next() (event, bool) {
 
 // dispatch runs callbacks, one at a time, until the queue is closed.
 func (c *Client) dispatch() {
+	defer close(c.dispatched)
 	for {
 		e, ok := c.events.next()
 		if !ok {
@@ -165,6 +193,12 @@ func (c *Client) dispatch() {
 		if e.isState {
 			if c.opts.OnState != nil {
 				c.safely("OnState", func() { c.opts.OnState(e.state, e.info) })
+			}
+			continue
+		}
+		if e.err != nil {
+			if c.opts.OnError != nil {
+				c.safely("OnError", func() { c.opts.OnError(e.err) })
 			}
 			continue
 		}

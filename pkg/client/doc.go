@@ -15,23 +15,59 @@
 //	var out json.RawMessage
 //	err = c.Call(ctx, "echo", map[string]string{"hello": "world"}, &out)
 //
+// # Reconnecting
+//
+// The client reconnects after a close code that asks for it (4000-4099, an
+// abnormal end) with backoff and full jitter (Options.Reconnect). The
+// backoff starts over only after a connection that stayed open for 5 s, so
+// an edge that accepts and then drops every connection still gets backed
+// off. After a reconnect the client re-joins its rooms and re-sends its
+// presence state before any buffered send is written. A re-join refused
+// with PERMISSION_DENIED, INVALID_ARGUMENT or NOT_FOUND forgets the room;
+// other failures keep it and are retried with backoff (no sooner than the
+// edge's retryAfterMs). Failures are logged and handed to Options.OnError
+// as *BackgroundError.
+//
+// The remembered rooms (Rooms) follow the last Join or Leave of each room,
+// whatever order their answers come in, and also the server's own
+// membership changes: a $joined or $left without a correlation id (a
+// worker or service joined or removed the connection through natter.ctl)
+// adds or forgets the room, unless a Join or Leave of it is in flight.
+//
+// Writes are paced to the edge's per-connection rate limit
+// (Options.SendRate, 100 messages/s by default), so that flushing the
+// buffer after a reconnect is not answered with RESOURCE_EXHAUSTED.
+// Options.Heartbeat sends __heartbeat for edges that run with
+// --idle-timeout (WebSocket pings do not count as activity there).
+//
+// Tokens: Options.Token is asked before every connection. On
+// $auth.expiring the client refreshes the token, retrying with backoff
+// until it expires; if the edge closes with 4100 anyway, the client
+// reconnects with a fresh token, once per expiry, and closes if the edge
+// refuses that handshake with 401.
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use. Each client owns one goroutine that
 // connects, restores rooms and state, and writes frames; one goroutine per
-// live connection that reads; and one goroutine that runs callbacks (On,
-// OnPresence, OnState) one at a time, in the order frames arrived. Handlers
-// registered with Handle run on a goroutine of their own per request (at most
-// MaxServerRequests at once). A callback may call any method of the client,
-// including Close; a callback that blocks delays the callbacks after it, and
-// once MaxInbound frames wait for it, the connection stops reading (the edge
-// then closes it as a slow consumer, 4001, and the client reconnects).
+// live connection that reads; one goroutine that runs callbacks (On,
+// OnPresence, OnState, OnError) one at a time, in the order frames
+// arrived; and, while needed, a goroutine that refreshes the token and one
+// that retries re-joins. Handlers registered with Handle run on a
+// goroutine of their own per request (at most MaxServerRequests at once).
+// A callback may call any method of the client, including Close; a
+// callback that blocks delays the callbacks after it, and once MaxInbound
+// frames wait for it, the connection stops reading (the edge then closes
+// it as a slow consumer, 4001, and the client reconnects).
 //
 // Every queue is bounded: sends wait in a buffer of Options.BufferSize frames
 // (ErrBufferFull beyond), inbound frames in a queue of MaxInbound, and
 // priority frames (aborts, answers) in a per-connection queue.
 //
-// Close stops the client's own goroutines and waits for them. Callbacks that
-// are running when Close is called finish on their own; the Closed state is
-// the last callback delivered.
+// Close stops the client's goroutines and waits for them, including the
+// callback goroutine, which delivers the remaining state changes with
+// Closed last. User code running when Close is called is not waited for
+// (Close may be called from it): a callback running then finishes on its
+// own, and the callback goroutine ends after it; Handle handlers running
+// then have their context cancelled, and their answers are dropped.
 package client

@@ -24,6 +24,8 @@ type call struct {
 	// sess is the connection the request was written on; guarded by
 	// Client.mu. nil while it waits in the buffer.
 	sess *session
+	// op is set for Join, Leave and background re-joins.
+	op *roomOp
 }
 
 func newCall(cid string) *call {
@@ -59,8 +61,9 @@ func WithProgress(f func(payload json.RawMessage)) CallOption {
 
 // Call sends req as a request of type typ and decodes the reply's payload
 // into resp (unless resp is nil; a *envelope.Envelope receives the whole
-// reply). The deadline is ctx's or RPCTimeout, whichever comes first, and
-// is sent to the edge as meta.timeoutMs.
+// reply). The deadline is ctx's or RPCTimeout, whichever comes first; what
+// is left of it when the frame is written (a call may wait in the send
+// buffer) is sent to the edge as meta.timeoutMs.
 //
 // Errors are *rpc.Error with the code the mesh or the handler gave, so
 // errors.Is with the rpc sentinels works: UNAVAILABLE when no worker
@@ -78,7 +81,7 @@ func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...Ca
 	if envelope.IsSystemType(typ) {
 		return fmt.Errorf("client: Call of system type %q: use the client's own methods", typ)
 	}
-	env, err := c.request(ctx, typ, req, o.progress)
+	env, err := c.request(ctx, typ, req, o.progress, nil)
 	if err != nil {
 		return err
 	}
@@ -86,8 +89,8 @@ func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...Ca
 }
 
 // request sends one request and waits for its reply envelope, which may be
-// RPC_ERROR.
-func (c *Client) request(ctx context.Context, typ string, payload any, progress func(json.RawMessage)) (*envelope.Envelope, error) {
+// RPC_ERROR. op, if not nil, is a room operation (see roomOp).
+func (c *Client) request(ctx context.Context, typ string, payload any, progress func(json.RawMessage), op *roomOp) (*envelope.Envelope, error) {
 	if err := envelope.ValidateType(typ); err != nil {
 		return nil, err
 	}
@@ -107,6 +110,8 @@ func (c *Client) request(ctx context.Context, typ string, payload any, progress 
 	cid := c.nextCIDLocked()
 	c.mu.Unlock()
 	env.Meta.CorrelationID = cid
+	// Checked here for the size; written again with the time left when
+	// the frame is written (writeItem).
 	env.Meta.TimeoutMs = max(time.Until(deadline).Milliseconds(), 1)
 	frame, err := envelope.Encode(env)
 	if err != nil {
@@ -116,17 +121,26 @@ func (c *Client) request(ctx context.Context, typ string, payload any, progress 
 		return nil, ErrTooLarge
 	}
 	cl := newCall(cid)
+	cl.op = op
 	defer close(cl.abandoned)
+	defer c.endRoomOp(op)
 	c.mu.Lock()
 	if c.state == StateClosed {
 		c.mu.Unlock()
 		return nil, closedError()
 	}
+	if op != nil && !c.beginRoomOpLocked(op) {
+		c.mu.Unlock()
+		return nil, errRoomSettled
+	}
 	c.pending[cid] = cl
-	c.mu.Unlock()
+	// Queued with c.mu held: room operations are queued in the order
+	// beginRoomOpLocked numbered them.
 	select {
-	case c.queue <- &outItem{frame: frame, call: cl}:
+	case c.queue <- &outItem{frame: frame, call: cl, env: env, deadline: deadline}:
+		c.mu.Unlock()
 	default:
+		c.mu.Unlock()
 		c.abandon(cl, false)
 		return nil, fmt.Errorf("%w: %w", ErrBufferFull, &rpc.Error{Code: envelope.CodeResourceExhausted, Message: "send buffer full"})
 	}
@@ -193,6 +207,9 @@ func (c *Client) deliverReply(env *envelope.Envelope) bool {
 	}
 	if env.Type != envelope.TypeRPCProgress {
 		delete(c.pending, cid)
+		if cl.op != nil {
+			c.settleRoomOpLocked(cl.op, env)
+		}
 	}
 	c.mu.Unlock()
 	select {

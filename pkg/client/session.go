@@ -11,10 +11,12 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lxzan/gws"
+	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -34,6 +36,11 @@ type session struct {
 	cancel context.CancelFunc
 	// lastRead is when anything last arrived, in Unix nanoseconds.
 	lastRead atomic.Int64
+	// lastWrite is when a message was last written; writer only.
+	lastWrite time.Time
+	// lim paces the messages written on this connection (Options.SendRate);
+	// nil: no pacing. Writer only.
+	lim *rate.Limiter
 	// byClient marks a close the client started (Close).
 	byClient atomic.Bool
 }
@@ -78,6 +85,11 @@ func (c *Client) connect() (*session, error) {
 	}
 	sctx, scancel := context.WithCancel(c.ctx)
 	s := &session{c: c, done: make(chan struct{}), ctrl: make(chan []byte, ctrlQueue), ctx: sctx, cancel: scancel}
+	if c.opts.SendRate > 0 {
+		// Full at first use, like the edge's (whose burst is larger by
+		// default: see DefaultSendBurst).
+		s.lim = rate.NewLimiter(rate.Limit(c.opts.SendRate), c.opts.SendBurst)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	ws, resp, err := gws.NewClientFromConn(s, &gws.ClientOption{
 		Addr:               c.url,
@@ -109,11 +121,11 @@ func (c *Client) connect() (*session, error) {
 }
 
 // serve restores rooms and state on s, then writes frames until s ends.
-// It returns why s ended and whether it reached Open.
-func (c *Client) serve(s *session) (CloseInfo, bool) {
-	opened := false
+// It returns why s ended and when it reached Open (zero: never).
+func (c *Client) serve(s *session) (CloseInfo, time.Time) {
+	var opened time.Time
 	if c.restore(s) {
-		opened = true
+		opened = time.Now()
 		c.setState(StateOpen, CloseInfo{})
 		select {
 		case <-c.opened:
@@ -149,8 +161,11 @@ func (c *Client) closeSession(s *session) {
 
 // restore re-joins the remembered rooms and re-sends the presence state on
 // a new connection, pipelined, and waits for the acks (at most
-// RPCTimeout). A refused join is forgotten. It reports false when the
-// connection ended or the client closed meanwhile.
+// RPCTimeout). A join refused for good (PERMISSION_DENIED,
+// INVALID_ARGUMENT, NOT_FOUND) forgets the room; other failures and joins
+// not acknowledged in time are retried in the background with backoff.
+// Failures go to the log and OnError. It reports false when the connection
+// ended or the client closed meanwhile.
 func (c *Client) restore(s *session) bool {
 	c.mu.Lock()
 	type step struct {
@@ -184,8 +199,12 @@ func (c *Client) restore(s *session) bool {
 		return true
 	}
 	for _, f := range frames {
-		c.write(s, f)
+		if !c.write(s, f) {
+			break // s ends: the loop below sees it
+		}
 	}
+	var retry []string
+	var after time.Duration
 	t := time.NewTimer(c.opts.RPCTimeout)
 	defer t.Stop()
 	for i, st := range steps {
@@ -194,13 +213,12 @@ func (c *Client) restore(s *session) bool {
 			if err := replyError(env); err != nil {
 				if st.room == "" {
 					c.log.Warn("client: restoring presence state failed", "err", err)
+					c.report(&BackgroundError{Op: OpRestoreState, Final: true, Err: err})
 					continue
 				}
-				c.log.Warn("client: re-join failed; the room is forgotten", "room", st.room, "err", err)
-				if !errors.Is(err, rpc.ErrUnavailable) {
-					c.mu.Lock()
-					delete(c.rooms, st.room)
-					c.mu.Unlock()
+				if c.rejoinFailed(st.room, err) {
+					retry = append(retry, st.room)
+					after = max(after, retryAfter(err))
 				}
 			}
 		case <-st.cl.failed:
@@ -218,20 +236,112 @@ func (c *Client) restore(s *session) bool {
 				}
 			}
 			c.mu.Unlock()
+			for _, st := range steps[i:] {
+				if st.room != "" {
+					c.rejoinFailed(st.room, &rpc.Error{Code: envelope.CodeDeadlineExceeded, Message: "re-join not acknowledged in time"})
+					retry = append(retry, st.room)
+				}
+			}
+			c.retryJoins(s, retry, after)
 			return true
 		}
 	}
+	c.retryJoins(s, retry, after)
 	return true
+}
+
+// permanentJoinError reports whether a refused join cannot succeed by
+// retrying it.
+func permanentJoinError(err error) bool {
+	return errors.Is(err, rpc.ErrPermissionDenied) || errors.Is(err, rpc.ErrInvalidArgument) || errors.Is(err, rpc.ErrNotFound)
+}
+
+// retryAfter returns the RetryAfter of an *rpc.Error, or 0.
+func retryAfter(err error) time.Duration {
+	var re *rpc.Error
+	if errors.As(err, &re) {
+		return re.RetryAfter
+	}
+	return 0
+}
+
+// rejoinFailed logs and reports a failed re-join of room, forgets the room
+// when the failure is permanent, and reports whether to retry.
+func (c *Client) rejoinFailed(room string, err error) (retry bool) {
+	final := permanentJoinError(err)
+	if final {
+		c.log.Warn("client: re-join refused; the room is forgotten", "room", room, "err", err)
+		c.mu.Lock()
+		if c.roomOps[room] == 0 { // else a Join or Leave in flight decides
+			delete(c.rooms, room)
+		}
+		c.mu.Unlock()
+	} else {
+		c.log.Warn("client: re-join failed; retrying", "room", room, "err", err)
+	}
+	c.report(&BackgroundError{Op: OpRejoin, Room: room, Final: final, Err: err})
+	return !final
+}
+
+// retryJoins re-joins rooms on s in the background, with backoff (no
+// sooner than after), until each succeeds, fails for good, is no longer
+// remembered, or s ends.
+func (c *Client) retryJoins(s *session, rooms []string, after time.Duration) {
+	if len(rooms) == 0 {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for n := 0; len(rooms) > 0; n++ {
+			if !sleepCtx(s.ctx, max(c.backoff.Delay(n), after)) {
+				return
+			}
+			after = 0
+			var mu sync.Mutex
+			var again []string
+			var wg sync.WaitGroup
+			for _, room := range rooms {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(s.ctx, c.opts.RPCTimeout)
+					defer cancel()
+					c.mu.Lock()
+					pres := c.rooms[room]
+					c.mu.Unlock()
+					op := &roomOp{kind: opRejoin, room: room}
+					_, err := c.system(ctx, envelope.TypeJoin, envelope.RoomPayload{Room: room, Presence: pres}, envelope.TypeJoined, op)
+					if err == nil || errors.Is(err, errRoomSettled) || s.ctx.Err() != nil {
+						return
+					}
+					if c.rejoinFailed(room, err) {
+						mu.Lock()
+						again = append(again, room)
+						after = max(after, retryAfter(err))
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			rooms = again
+		}
+	}()
 }
 
 // pump writes priority frames and the send buffer to s until s ends or the
 // client closes, and keeps the connection alive.
 func (c *Client) pump(s *session) {
-	var tick <-chan time.Time
+	var tick, hb <-chan time.Time
 	if c.opts.KeepAlive > 0 {
 		t := time.NewTicker(c.opts.KeepAlive / 4)
 		defer t.Stop()
 		tick = t.C
+	}
+	if c.opts.Heartbeat > 0 {
+		t := time.NewTicker(max(c.opts.Heartbeat/2, time.Millisecond))
+		defer t.Stop()
+		hb = t.C
 	}
 	for {
 		if it := c.held; it != nil {
@@ -248,6 +358,12 @@ func (c *Client) pump(s *session) {
 			return
 		case b := <-s.ctrl:
 			c.write(s, b)
+		case <-hb:
+			// Checked every Heartbeat/2: at most Heartbeat between two
+			// messages.
+			if time.Since(s.lastWrite) >= c.opts.Heartbeat/2 {
+				c.write(s, heartbeatFrame)
+			}
 		case it := <-c.queue:
 			if !c.writeItem(s, it) {
 				return
@@ -266,16 +382,23 @@ func (c *Client) pump(s *session) {
 	}
 }
 
+// heartbeatFrame keeps a connection alive under the edge's idle timeout.
+var heartbeatFrame = []byte(`{"type":"` + envelope.TypeHeartbeat + `"}`)
+
 // writeItem writes one buffered frame. A frame taken while s is already
 // gone is kept for the next connection, so buffered sends are not lost to
 // the race; it reports false then. A request its caller gave up on is
-// skipped.
+// skipped; a request's meta.timeoutMs is what is left of its deadline.
 func (c *Client) writeItem(s *session, it *outItem) bool {
 	select {
 	case <-s.done:
 		c.held = it
 		return false
 	default:
+	}
+	if !c.pace(s) {
+		c.held = it
+		return false
 	}
 	if it.call != nil {
 		c.mu.Lock()
@@ -285,16 +408,61 @@ func (c *Client) writeItem(s *session, it *outItem) bool {
 		}
 		c.mu.Unlock()
 		if !live {
+			// The token taken is lost; rare, and only slows down.
 			return true
 		}
 	}
-	c.write(s, it.frame)
+	frame := it.frame
+	if it.env != nil {
+		env := *it.env
+		env.Meta.TimeoutMs = max(time.Until(it.deadline).Milliseconds(), 1)
+		b, err := envelope.Encode(&env)
+		if err != nil {
+			return true // encoded once already; cannot happen
+		}
+		frame = b
+	}
+	c.writeNow(s, frame)
 	return true
 }
 
-// write writes one text frame. A failed write closes the socket; the read
-// loop then ends the session.
-func (c *Client) write(s *session, frame []byte) {
+// pace waits until s's rate limiter allows one more message; it reports
+// false when s ended or the client closed first.
+func (c *Client) pace(s *session) bool {
+	if s.lim == nil {
+		return true
+	}
+	r := s.lim.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.done:
+	case <-c.ctx.Done():
+	}
+	r.Cancel()
+	return false
+}
+
+// write paces and writes one text frame; it reports false when s ended
+// (or the client closed) before the frame could go.
+func (c *Client) write(s *session, frame []byte) bool {
+	if !c.pace(s) {
+		return false
+	}
+	c.writeNow(s, frame)
+	return true
+}
+
+// writeNow writes one text frame. A failed write closes the socket; the
+// read loop then ends the session.
+func (c *Client) writeNow(s *session, frame []byte) {
+	s.lastWrite = time.Now()
 	_ = s.ws.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout))
 	_ = s.ws.WriteMessage(gws.OpcodeText, frame)
 }
@@ -383,8 +551,24 @@ func (c *Client) route(s *session, env *envelope.Envelope) {
 			return
 		}
 	}
-	if env.Type == envelope.TypeAuthExpiring && c.opts.Token != nil && !c.refreshing.Swap(true) {
-		go c.autoRefresh()
+	switch env.Type {
+	case envelope.TypeAuthExpiring:
+		if c.opts.Token != nil && !c.refreshing.Swap(true) {
+			var p struct {
+				ExpiresAt int64 `json:"expiresAt"`
+			}
+			_ = json.Unmarshal(env.Payload, &p)
+			exp := time.Now().Add(defaultRefreshWindow)
+			if p.ExpiresAt > 0 {
+				exp = time.UnixMilli(p.ExpiresAt)
+			}
+			c.wg.Add(1)
+			go c.autoRefresh(s, exp)
+		}
+	case envelope.TypeJoined, envelope.TypeLeft:
+		if env.Meta.CorrelationID == "" {
+			c.serverMembership(env)
+		}
 	}
 	c.events.pushFrame(env, false)
 }
