@@ -124,10 +124,18 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Interested == nil {
 		cfg.Interested = func(string) bool { return false }
 	}
+	// A failed write (no stream leader for a while, after a node died)
+	// asks the refresher to rewrite the keys soon, rather than a third of a
+	// TTL later: keys must not expire while their connections live.
+	retrySoon := make(chan struct{}, 1)
 	newJS := func() (jetstream.JetStream, error) {
 		return jetstream.New(cfg.NATS, jetstream.WithPublishAsyncMaxPending(65536),
 			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 				cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
+				select {
+				case retrySoon <- struct{}{}:
+				default:
+				}
 			}))
 	}
 	js, err := newJS()
@@ -217,7 +225,7 @@ load:
 	s.wg.Add(4)
 	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
 	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
-	go func() { defer s.wg.Done(); every(wctx, cfg.TTL/3, s.refresh) }()
+	go func() { defer s.wg.Done(); s.refresher(wctx, retrySoon) }()
 	go func() { defer s.wg.Done(); every(wctx, cfg.DiffInterval, s.flushDiffs) }()
 	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
 	if err != nil {
@@ -352,8 +360,29 @@ func every(ctx context.Context, d time.Duration, f func()) {
 	}
 }
 
-// refresh rewrites every own key; it runs each TTL/3, so keys outlive two
-// missed refreshes and die within one TTL of the edge.
+// refresher runs refresh each TTL/3, so keys outlive two missed refreshes
+// and die within one TTL of the edge, and again a second after a failed
+// write, until writes succeed.
+func (s *Service) refresher(ctx context.Context, retrySoon <-chan struct{}) {
+	t := time.NewTicker(s.cfg.TTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-retrySoon:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		s.refresh()
+	}
+}
+
+// refresh rewrites every own key.
 func (s *Service) refresh() {
 	s.ownMu.Lock()
 	own := make([]ownEntry, 0, len(s.own))
