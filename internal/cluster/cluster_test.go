@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/pkg/client"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
@@ -347,7 +348,7 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 	// Spread.
 	before := c.delivered(t)
 	load := startLoad(callers, every)
-	eventually(t, wait, "200 pings", func() bool { return load.count(everything) >= 200 })
+	testenv.Eventually(t, wait, "200 pings", func() bool { return load.count(everything) >= 200 })
 	res := load.stop()
 	after := c.delivered(t)
 	for _, r := range res {
@@ -372,11 +373,11 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 
 	// Kill worker-1 mid-stream.
 	load = startLoad(callers, every)
-	eventually(t, wait, "100 pings before the kill", func() bool { return load.count(everything) >= 100 })
+	testenv.Eventually(t, wait, "100 pings before the kill", func() bool { return load.count(everything) >= 100 })
 	kill := time.Now()
 	sigkill(t, w1.proc)
 	var gone time.Time
-	eventually(t, wait, w1.user+"'s connection to leave the cluster", func() bool {
+	testenv.Eventually(t, wait, w1.user+"'s connection to leave the cluster", func() bool {
 		for _, users := range c.where(t) {
 			if slices.Contains(users, w1.user) {
 				return false
@@ -386,7 +387,7 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 		return true
 	})
 	atGone := c.delivered(t)
-	eventually(t, wait, "200 pings sent after the kill", func() bool {
+	testenv.Eventually(t, wait, "200 pings sent after the kill", func() bool {
 		return load.count(func(r rpcResult) bool { return r.sent.After(gone) }) >= 200
 	})
 	res = load.stop()
@@ -472,7 +473,7 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 
 	// Before: both users online with one connection each, both in r5.
 	var conns map[string]map[string]string // user -> conn -> edge
-	eventually(t, wait, "kate and kurt in presence", func() bool {
+	testenv.Eventually(t, wait, "kate and kurt in presence", func() bool {
 		conns = map[string]map[string]string{}
 		for _, u := range []string{"kate", "kurt"} {
 			conns[u] = connEdges(userInfo(t, s1, u))
@@ -481,7 +482,7 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 	})
 	events := watchEvents(t, s1)
 	rev0 := map[string]uint64{}
-	eventually(t, wait, "the presence keys in the bucket", func() bool {
+	testenv.Eventually(t, wait, "the presence keys in the bucket", func() bool {
 		revs, err := keyRevisions(js, conns)
 		for key, r := range revs {
 			rev0[key] = r.rev
@@ -537,12 +538,12 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 	// the edges' refreshes again, and still holds every key one TTL after
 	// the kill: only refreshes stored in time keep a key alive that long.
 	var kvBack, writesBack time.Time
-	eventually(t, wait, "presence keys readable from the bucket", func() bool {
+	testenv.Eventually(t, wait, "presence keys readable from the bucket", func() bool {
 		_, err := keyRevisions(js, conns)
 		kvBack = time.Now()
 		return err == nil
 	})
-	eventually(t, wait, "refreshes stored after the kill", func() bool {
+	testenv.Eventually(t, wait, "refreshes stored after the kill", func() bool {
 		revs, err := keyRevisions(js, conns)
 		if err != nil {
 			return false
@@ -555,7 +556,7 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 		writesBack = time.Now()
 		return true
 	})
-	eventually(t, wait, "refreshes stored one TTL after the kill", func() bool {
+	testenv.Eventually(t, wait, "refreshes stored one TTL after the kill", func() bool {
 		revs, err := keyRevisions(js, conns)
 		if err != nil {
 			return false
@@ -570,7 +571,7 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 	// The event pipeline works after the failover (so its silence about
 	// kate and kurt means something): a new user's online event arrives.
 	kim := dial(t, b.url, "kim")
-	eventually(t, wait, "kim's online event", func() bool { return len(events.find(of(presence.EventOnline, "kim"))) > 0 })
+	testenv.Eventually(t, wait, "kim's online event", func() bool { return len(events.find(of(presence.EventOnline, "kim"))) > 0 })
 	_ = kim
 	for _, u := range []string{"kate", "kurt"} {
 		for _, ev := range []string{presence.EventOffline, presence.EventDisconnect} {
@@ -732,7 +733,7 @@ func testEdgeSIGTERM(t *testing.T, c *Cluster, fig *figures) {
 	}
 	svc := connectNode(t, c.live()[0])
 	var before map[string]map[string]string
-	eventually(t, wait, "dave and frank in presence", func() bool {
+	testenv.Eventually(t, wait, "dave and frank in presence", func() bool {
 		before = map[string]map[string]string{"dave": connEdges(userInfo(t, svc, "dave")), "frank": connEdges(userInfo(t, svc, "frank"))}
 		return countEdge(before["dave"], a.id) == 2 && countEdge(before["frank"], a.id) == 1 && countEdge(before["frank"], b.id) == 1
 	})
@@ -743,7 +744,7 @@ func testEdgeSIGTERM(t *testing.T, c *Cluster, fig *figures) {
 	reopened := map[string]time.Duration{}
 	for i, m := range movers {
 		var closeCode envelope.CloseCode
-		eventually(t, wait, m.name+" to reconnect", func() bool {
+		testenv.Eventually(t, wait, m.name+" to reconnect", func() bool {
 			var dropped bool
 			for _, s := range m.stateLog() {
 				switch {
@@ -769,7 +770,7 @@ func testEdgeSIGTERM(t *testing.T, c *Cluster, fig *figures) {
 
 	// Presence moved: every connection on edge-b, the old ones gone.
 	var after map[string]map[string]string
-	eventually(t, wait, "presence to move to "+b.id, func() bool {
+	testenv.Eventually(t, wait, "presence to move to "+b.id, func() bool {
 		after = map[string]map[string]string{"dave": connEdges(userInfo(t, svc, "dave")), "frank": connEdges(userInfo(t, svc, "frank"))}
 		return len(after["dave"]) == 2 && countEdge(after["dave"], b.id) == 2 &&
 			len(after["frank"]) == 2 && countEdge(after["frank"], b.id) == 2
@@ -784,7 +785,7 @@ func testEdgeSIGTERM(t *testing.T, c *Cluster, fig *figures) {
 			if _, ok := after[u][conn]; ok {
 				t.Errorf("%s's old connection %s still in presence", u, conn)
 			}
-			eventually(t, wait, "the disconnect event of "+conn, func() bool {
+			testenv.Eventually(t, wait, "the disconnect event of "+conn, func() bool {
 				return len(events.find(func(e presence.Event) bool { return e.Event == presence.EventDisconnect && e.Conn == conn })) == 1
 			})
 		}

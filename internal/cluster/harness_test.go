@@ -219,7 +219,7 @@ no_auth_user: %q
 		n.proc.WaitLog(t, `Server is ready`, wait)
 	}
 	for _, n := range nodes {
-		eventually(t, wait, "node "+n.name+" healthy with a JetStream meta leader of 3", func() bool {
+		testenv.Eventually(t, wait, "node "+n.name+" healthy with a JetStream meta leader of 3", func() bool {
 			var jsz struct {
 				Meta *struct {
 					Leader string `json:"leader"`
@@ -269,19 +269,6 @@ func getJSON(url string, v any) error {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-// eventually polls cond every 10ms until it holds, or fails t after
-// timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // live returns the nodes not killed.

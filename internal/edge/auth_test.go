@@ -21,27 +21,12 @@ import (
 	"github.com/natter/natter/pkg/worker"
 )
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
+var testSecret = testenv.Secret
 
-// token signs an HS256 token for user, valid for ttl, with extra claims.
+// token signs an HS256 token with testSecret (testenv.Token).
 func token(t testing.TB, user string, ttl time.Duration, claims map[string]any) string {
 	t.Helper()
-	b := jwt.NewBuilder().Expiration(time.Now().Add(ttl)).IssuedAt(time.Now())
-	if user != "" {
-		b = b.Subject(user)
-	}
-	for k, v := range claims {
-		b = b.Claim(k, v)
-	}
-	tok, err := b.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256(), testSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(signed)
+	return testenv.Token(t, user, ttl, claims)
 }
 
 // authMesh is an embedded NATS server, an edge that is not in dev mode, and

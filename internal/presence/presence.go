@@ -225,8 +225,10 @@ load:
 	s.wg.Add(4)
 	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
 	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
-	go func() { defer s.wg.Done(); s.refresher(wctx, retrySoon) }()
-	go func() { defer s.wg.Done(); every(wctx, cfg.DiffInterval, s.flushDiffs) }()
+	// Refresh each TTL/3, so keys outlive two missed refreshes and die
+	// within one TTL of the edge, and a second after a failed write.
+	go func() { defer s.wg.Done(); every(wctx, cfg.TTL/3, retrySoon, s.refresh) }()
+	go func() { defer s.wg.Done(); every(wctx, cfg.DiffInterval, nil, s.flushDiffs) }()
 	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
 	if err != nil {
 		s.Stop()
@@ -346,8 +348,9 @@ func (s *Service) put(e *presence.Entry) {
 	}
 }
 
-// every calls f every d until ctx ends.
-func every(ctx context.Context, d time.Duration, f func()) {
+// every calls f every d until ctx ends, and a second after each signal on
+// soon (nil: none).
+func every(ctx context.Context, d time.Duration, soon <-chan struct{}, f func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -355,30 +358,14 @@ func every(ctx context.Context, d time.Duration, f func()) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			f()
-		}
-	}
-}
-
-// refresher runs refresh each TTL/3, so keys outlive two missed refreshes
-// and die within one TTL of the edge, and again a second after a failed
-// write, until writes succeed.
-func (s *Service) refresher(ctx context.Context, retrySoon <-chan struct{}) {
-	t := time.NewTicker(s.cfg.TTL / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-retrySoon:
+		case <-soon: // a nil channel never fires
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(time.Second):
 			}
 		}
-		s.refresh()
+		f()
 	}
 }
 

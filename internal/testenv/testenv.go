@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwt"
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/internal/chat"
@@ -322,4 +324,30 @@ func NPM(t testing.TB, dir, script string, timeout time.Duration) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
+
+// Secret is the HS256 secret of the tokens Token signs.
+var Secret = []byte("0123456789abcdef0123456789abcdef-test-secret")
+
+// Token signs an HS256 token with Secret for user (no sub claim when
+// empty), expiring after ttl (negative: already expired), with extra
+// claims.
+func Token(t testing.TB, user string, ttl time.Duration, claims map[string]any) string {
+	t.Helper()
+	b := jwt.NewBuilder().Expiration(time.Now().Add(ttl)).IssuedAt(time.Now())
+	if user != "" {
+		b = b.Subject(user)
+	}
+	for k, v := range claims {
+		b = b.Claim(k, v)
+	}
+	tok, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256(), Secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(signed)
 }

@@ -26,6 +26,26 @@ func generate(t *testing.T, dirs ...string) []byte {
 	return ts
 }
 
+// golden generates the types of dirs and compares them with the file
+// golden (rewritten with -update).
+func golden(t *testing.T, golden string, dirs ...string) []byte {
+	t.Helper()
+	got := generate(t, dirs...)
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("generated types differ from %s (go test ./internal/tsgen -update to accept):\n%s", golden, got)
+	}
+	return got
+}
+
 // The TypeScript client's payload types are generated from the shipped
 // schemas; a schema change without regenerating fails here.
 func TestClientTypesUpToDate(t *testing.T) {
@@ -43,20 +63,7 @@ func TestClientTypesUpToDate(t *testing.T) {
 // The user schemas of the schema tests cover nested, repeated, map, enum,
 // oneof, 64-bit and well-known fields.
 func TestGolden(t *testing.T) {
-	const golden = "testdata/user.gen.ts"
-	got := generate(t, "../schema/testdata/user")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("generated types differ from %s (go test ./internal/tsgen -update to accept):\n%s", golden, got)
-	}
+	got := golden(t, "testdata/user.gen.ts", "../schema/testdata/user")
 	for _, line := range []string{
 		`  "acme.order": Order;`,
 		`  items: Item[];`,                      // min_items 1: required
@@ -75,20 +82,7 @@ func TestGolden(t *testing.T) {
 // Names TypeScript already uses are qualified, self-references stay typed
 // whichever type brought the message first, and maps of enums are typed.
 func TestTrickyShapes(t *testing.T) {
-	const golden = "testdata/tricky.gen.ts"
-	got := generate(t, "testdata/tricky")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("generated types differ from %s (go test ./internal/tsgen -update to accept):\n%s", golden, got)
-	}
+	got := golden(t, "testdata/tricky.gen.ts", "testdata/tricky")
 	for _, line := range []string{
 		`export interface TrickyV1Record {`,
 		`export interface TrickyV1ClientMessages {`,

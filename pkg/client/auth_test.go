@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v3/jwa"
-	"github.com/lestrrat-go/jwx/v3/jwt"
-
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
@@ -19,20 +16,12 @@ import (
 	"github.com/natter/natter/pkg/rpc"
 )
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
+var testSecret = testenv.Secret
 
 // signToken signs an HS256 token for user, valid for ttl.
 func signToken(t testing.TB, user string, ttl time.Duration) string {
 	t.Helper()
-	tok, err := jwt.NewBuilder().Subject(user).Expiration(time.Now().Add(ttl)).IssuedAt(time.Now()).Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256(), testSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(signed)
+	return testenv.Token(t, user, ttl, nil)
 }
 
 // startJWTEdge serves an edge that is not in dev mode and verifies HS256
