@@ -131,7 +131,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	if secret := os.Getenv("NATTER_JWT_SECRET"); secretFile == "" && secret != "" {
+	if os.Getenv("NATTER_JWT_SECRET") != "" && secretFile != "" {
+		fmt.Fprintln(os.Stderr, "both NATTER_JWT_SECRET and --jwt-secret-file are set: choose one")
+		os.Exit(2)
+	}
+	if secret := os.Getenv("NATTER_JWT_SECRET"); secret != "" {
 		rc.JWT.HMACSecret = []byte(secret)
 	} else if secretFile != "" {
 		b, err := os.ReadFile(secretFile)
@@ -144,6 +148,8 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal starts the drain, a second one kills at once.
+	context.AfterFunc(ctx, stop)
 	if err := edge.Run(ctx, rc); err != nil {
 		log.Error("edge stopped", "err", err)
 		os.Exit(1)

@@ -65,6 +65,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal starts the drain, a second one kills at once.
+	context.AfterFunc(ctx, stop)
 	err := run(ctx, log, runConfig{url: url, natsOpts: &natsOpts, prefix: prefix, queue: queue, id: id, admin: admin, drainFor: drainFor})
 	if err != nil {
 		log.Error("worker stopped", "err", err)

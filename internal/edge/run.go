@@ -225,10 +225,6 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := admin.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = admin.Shutdown(context.Background()) }() // last: readiness answers until the end
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
@@ -247,6 +243,17 @@ func Run(ctx context.Context, rc RunConfig) error {
 			return fmt.Errorf("edge: listen: %w", err)
 		}
 	}
+	// The admin listener starts once the WebSocket port is open, so
+	// /readyz never answers for an edge that cannot serve, and stops after
+	// the edge and NATS have drained.
+	if err := admin.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = admin.Shutdown(actx)
+	}()
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: rc.HandshakeTimeout,

@@ -34,6 +34,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
@@ -128,28 +129,38 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	// asks the refresher to rewrite the keys soon, rather than a third of a
 	// TTL later: keys must not expire while their connections live.
 	retrySoon := make(chan struct{}, 1)
-	newJS := func() (jetstream.JetStream, error) {
+	warn := rate.NewLimiter(1, 5) // one line per failed write is too many
+	newJS := func(onErr func()) (jetstream.JetStream, error) {
 		return jetstream.New(cfg.NATS, jetstream.WithPublishAsyncMaxPending(65536),
+			// An ack that never comes (no stream leader) becomes an error
+			// too, releases its slot and triggers the early retry.
+			jetstream.WithPublishAsyncTimeout(min(cfg.TTL/3, 5*time.Second)),
 			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-				cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
-				select {
-				case retrySoon <- struct{}{}:
-				default:
+				if warn.Allow() {
+					cfg.Logger.Warn("presence: publish failed", "subject", m.Subject, "err", err)
+				}
+				if onErr != nil {
+					onErr()
 				}
 			}))
 	}
-	js, err := newJS()
+	js, err := newJS(func() {
+		select {
+		case retrySoon <- struct{}{}:
+		default:
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	evjs, err := newJS()
+	evjs, err := newJS(nil)
 	if err != nil {
 		return nil, err
 	}
 	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
 	bucket := name + "_presence"
 	var kv jetstream.KeyValue
-	err = retry(ctx, func(ctx context.Context) (err error) {
+	err = retry(ctx, cfg.Logger, func(ctx context.Context) (err error) {
 		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "Natter presence: one key per connection, conn.<id>",
@@ -170,7 +181,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("presence: bucket %s: %w", bucket, err)
 	}
 	pfx := cfg.Namespace.Prefix()
-	if err := retry(ctx, func(ctx context.Context) error {
+	if err := retry(ctx, cfg.Logger, func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:        name + "_events",
 			Description: "Natter lifecycle events, deduplicated across edges and republished to " + pfx + ".evt.>",
@@ -364,6 +375,7 @@ func every(ctx context.Context, d time.Duration, soon <-chan struct{}, f func())
 				return
 			case <-time.After(time.Second):
 			}
+			t.Reset(d) // no regular round right behind the early one
 		}
 		f()
 	}
@@ -757,18 +769,24 @@ func btoi(b bool) int {
 // retry runs op with a 5s deadline per attempt until it succeeds or ctx
 // ends. Edges starting together on a fresh cluster race to create the same
 // replicated stream, and a create can wait forever on a reply lost in the
-// meta leader's churn; a new attempt gets through.
-func retry(ctx context.Context, op func(context.Context) error) error {
+// meta leader's churn; a new attempt gets through. Each failed attempt is
+// logged; the error returned is the last one that is not a timeout.
+func retry(ctx context.Context, log *slog.Logger, op func(context.Context) error) error {
+	var last error
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := op(actx)
 		cancel()
-		if err == nil || ctx.Err() != nil {
-			return err
+		if err == nil {
+			return nil
 		}
+		if last == nil || !errors.Is(err, context.DeadlineExceeded) {
+			last = err
+		}
+		log.Warn("presence: set-up attempt failed; retrying", "err", err)
 		select {
 		case <-ctx.Done():
-			return err
+			return last
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
