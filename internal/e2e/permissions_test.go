@@ -104,11 +104,17 @@ func (a *asyncErrors) all() []string {
 	return append([]string(nil), a.errs...)
 }
 
-// connectAs connects as role with the role's seed file, through natsopt as
-// the commands do.
-func connectAs(t *testing.T, url, seed string, extra ...nats.Option) *nats.Conn {
+// inboxPrefix is each role's private reply prefix (--nats-inbox-prefix):
+// natter.conf lets a role subscribe only to its own.
+var inboxPrefix = map[string]string{
+	"edge": "_INBOX_EDGE", "worker": "_INBOX_WORKER", "auth": "_INBOX_AUTH", "service": "_INBOX_SERVICE",
+}
+
+// connectAs connects as role with the role's seed file and inbox prefix,
+// through natsopt as the commands do.
+func connectAs(t *testing.T, url string, seeds map[string]string, role string, extra ...nats.Option) *nats.Conn {
 	t.Helper()
-	opts, err := (&natsopt.Options{NKeySeedFile: seed}).NATS()
+	opts, err := (&natsopt.Options{NKeySeedFile: seeds[role], InboxPrefix: inboxPrefix[role]}).NATS()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,10 +170,10 @@ func TestDeployPermissions(t *testing.T) {
 			t.Errorf("NATS errors:\n%s", strings.Join(all, "\n"))
 		}
 	})
-	edgeNC := connectAs(t, url, seeds["edge"], errs.handler("edge"))
-	workerNC := connectAs(t, url, seeds["worker"], errs.handler("worker"))
-	authNC := connectAs(t, url, seeds["auth"], errs.handler("auth"))
-	serviceNC := connectAs(t, url, seeds["service"], errs.handler("service"))
+	edgeNC := connectAs(t, url, seeds, "edge", errs.handler("edge"))
+	workerNC := connectAs(t, url, seeds, "worker", errs.handler("worker"))
+	authNC := connectAs(t, url, seeds, "auth", errs.handler("auth"))
+	serviceNC := connectAs(t, url, seeds, "service", errs.handler("service"))
 	ns := envelope.DefaultNamespace
 
 	asked := authService(t, authNC)
@@ -303,7 +309,7 @@ func TestDeployPermissions(t *testing.T) {
 	// window at which the server asks the edge's watch for flow control:
 	// the edge answers on $JS.FC. (The entries are not presence entries; the
 	// watch skips them.) Alice's removal below is watched after them.
-	flood := connectAs(t, url, seeds["edge"], errs.handler("second edge"))
+	flood := connectAs(t, url, seeds, "edge", errs.handler("second edge"))
 	junk := make([]byte, 64<<10)
 	for range 24 {
 		if err := flood.Publish("$KV.natter_presence.conn.flood", junk); err != nil {
@@ -353,10 +359,19 @@ func TestDeployPermissions(t *testing.T) {
 			{"service", "publish natter.in.x", pub("natter.in.x")},
 			{"service", "publish natter.ctl.conn.x", pub("natter.ctl.conn.x")},
 			{"service", "subscribe natter.out.>", sub("natter.out.>", "")},
+			// Private inbox prefixes: no role reads replies meant for
+			// another, and only the auth service (and workers) answer
+			// the edge.
+			{"worker", "subscribe the edge's replies", sub("_INBOX_EDGE.>", "")},
+			{"service", "subscribe the edge's replies", sub("_INBOX_EDGE.>", "")},
+			{"auth", "subscribe the edge's replies", sub("_INBOX_EDGE.>", "")},
+			{"edge", "subscribe the workers' replies", sub("_INBOX_WORKER.>", "")},
+			{"service", "publish a reply to the edge", pub("_INBOX_EDGE.x")},
+			{"edge", "subscribe the shared _INBOX", sub("_INBOX.>", "")},
 		} {
 			t.Run(tc.role+" "+tc.what, func(t *testing.T) {
 				refused := make(chan error, 4)
-				nc := connectAs(t, url, seeds[tc.role], nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				nc := connectAs(t, url, seeds, tc.role, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 					refused <- err
 				}))
 				if err := tc.do(nc); err != nil {
@@ -397,9 +412,9 @@ func sub(subject, queue string) func(*nats.Conn) error {
 // users of deploy/nats/natter.conf, with --nats-nkey.
 func TestDeployProcesses(t *testing.T) {
 	url, seeds := deployServer(t)
-	w := testenv.Start(t, "worker", "--nats", url, "--nats-nkey", seeds["worker"])
+	w := testenv.Start(t, "worker", "--nats", url, "--nats-nkey", seeds["worker"], "--nats-inbox-prefix", inboxPrefix["worker"])
 	w.WaitLog(t, `msg="worker ready"`, wait)
-	e := testenv.Start(t, "edge", "--nats", url, "--nats-nkey", seeds["edge"], "--listen", "127.0.0.1:0",
+	e := testenv.Start(t, "edge", "--nats", url, "--nats-nkey", seeds["edge"], "--nats-inbox-prefix", inboxPrefix["edge"], "--listen", "127.0.0.1:0",
 		"--insecure-dev-users", "--shutdown-spread", "10ms")
 	m := e.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
 	alice := wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=alice"))
