@@ -3,7 +3,9 @@
 //
 //  1. a flag given on the command line;
 //  2. the environment variable NATTER_<NAME>, the flag's name in upper case
-//     with '-' as '_' (--presence-replicas: NATTER_PRESENCE_REPLICAS);
+//     with '-' as '_' (--presence-replicas: NATTER_PRESENCE_REPLICAS); a
+//     repeatable flag takes one value from its variable (use the file for
+//     more);
 //  3. the key <name> of the file named by --config (or NATTER_CONFIG), a
 //     YAML mapping of flag names to values; a list sets a repeatable flag
 //     once per item;
