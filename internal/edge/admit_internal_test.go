@@ -3,6 +3,8 @@ package edge
 import (
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 func TestIPKey(t *testing.T) {
@@ -40,5 +42,22 @@ func TestHandshakeLimiterOverflow(t *testing.T) {
 	}
 	if _, ok := e.allowHandshake("10.0.0.4", now); ok {
 		t.Fatal("a fourth address went unlimited past the bound")
+	}
+}
+
+// The rate limit check runs on every client frame; admitting one allocates
+// nothing.
+func TestDelayAdmitsWithoutAllocating(t *testing.T) {
+	lim := rate.NewLimiter(rate.Inf, 1)
+	now := time.Now()
+	if n := testing.AllocsPerRun(100, func() { delay(lim, now) }); n != 0 {
+		t.Fatalf("%v allocations per admitted frame", n)
+	}
+	slow := rate.NewLimiter(1, 1)
+	if _, ok := delay(slow, now); !ok {
+		t.Fatal("first token refused")
+	}
+	if wait, ok := delay(slow, now); ok || wait <= 0 || wait > time.Second {
+		t.Fatalf("second token: ok=%v wait=%v; want refused with a wait of at most 1s", ok, wait)
 	}
 }
