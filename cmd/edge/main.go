@@ -18,6 +18,7 @@ import (
 	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/pkg/envelope"
 )
 
@@ -115,7 +116,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	log, err := newLogger(logFormat, logLevel)
+	log, err := ops.NewLogger(logFormat, logLevel)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -165,16 +166,4 @@ func splitList(v string) []string {
 		}
 	}
 	return out
-}
-
-// newLogger is the process's structured logger on stderr.
-func newLogger(format string, level slog.Level) (*slog.Logger, error) {
-	opts := &slog.HandlerOptions{Level: level}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }

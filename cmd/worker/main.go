@@ -4,13 +4,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,22 +50,16 @@ func main() {
 		os.Exit(2)
 	}
 
-	var log *slog.Logger
-	opts := &slog.HandlerOptions{Level: logLevel}
-	switch logFormat {
-	case "text":
-		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
-	case "json":
-		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	default:
-		fmt.Fprintf(os.Stderr, "--log-format %q: want text or json\n", logFormat)
+	log, err := ops.NewLogger(logFormat, logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal starts the drain, a second one kills at once.
 	context.AfterFunc(ctx, stop)
-	err := run(ctx, log, runConfig{url: url, natsOpts: &natsOpts, prefix: prefix, queue: queue, id: id, admin: admin, drainFor: drainFor})
+	err = run(ctx, log, runConfig{url: url, natsOpts: &natsOpts, prefix: prefix, queue: queue, id: id, admin: admin, drainFor: drainFor})
 	if err != nil {
 		log.Error("worker stopped", "err", err)
 		os.Exit(1)
@@ -117,14 +109,9 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 
 	srv := ops.New(rc.admin, log)
 	srv.Registry.MustRegister(ops.NATSCollector(nc))
-	var draining atomic.Bool
+	var draining ops.Draining
 	srv.AddCheck("nats", ops.NATSCheck(nc))
-	srv.AddCheck("drain", func() error {
-		if draining.Load() {
-			return errors.New("draining")
-		}
-		return nil
-	})
+	srv.AddCheck("drain", draining.Check)
 	if err := srv.Start(); err != nil {
 		return err
 	}
@@ -134,7 +121,7 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 	<-ctx.Done()
 	// Readiness fails first; then in-flight handlers finish (up to
 	// --drain-timeout) and their replies are flushed before NATS closes.
-	draining.Store(true)
+	draining.Start()
 	log.Info("worker draining")
 	dctx, cancel := context.WithTimeout(context.Background(), rc.drainFor)
 	defer cancel()

@@ -234,8 +234,10 @@ func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
 	return id, err
 }
 
-// refuseHTTP answers a refused handshake with status and a short reason.
-func refuseHTTP(w http.ResponseWriter, status int, reason string, retryAfter time.Duration) {
+// refuse counts a refused handshake and answers it with status and a
+// short reason.
+func (e *Edge) refuse(w http.ResponseWriter, status int, reason string, retryAfter time.Duration) {
+	e.stats.refused.Add(1)
 	if retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
 	}

@@ -159,26 +159,22 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ip := e.clientIP(r)
 	if wait, ok := e.allowHandshake(ip, now); !ok {
-		e.stats.refused.Add(1)
-		refuseHTTP(w, http.StatusTooManyRequests, "too many handshakes", wait)
+		e.refuse(w, http.StatusTooManyRequests, "too many handshakes", wait)
 		return
 	}
 	if err := e.origins.Check(r); err != nil {
-		e.stats.refused.Add(1)
-		refuseHTTP(w, auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	id, err := e.authenticate(r)
 	if err != nil {
-		e.stats.refused.Add(1)
 		e.cfg.Logger.Debug("edge: handshake refused", "remote", r.RemoteAddr, "err", err)
-		refuseHTTP(w, auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	release, reason := e.reserve(ip, id.User)
 	if release == nil {
-		e.stats.refused.Add(1)
-		refuseHTTP(w, http.StatusTooManyRequests, reason, 0)
+		e.refuse(w, http.StatusTooManyRequests, reason, 0)
 		return
 	}
 	up := e.upgrader

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -213,14 +212,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	admin := ops.New(rc.AdminListen, log)
 	rc.Edge.Registerer = admin.Registry
 	admin.Registry.MustRegister(ops.NATSCollector(nc))
-	var draining atomic.Bool
+	var draining ops.Draining
 	admin.AddCheck("nats", ops.NATSCheck(nc))
-	admin.AddCheck("drain", func() error {
-		if draining.Load() {
-			return errDraining
-		}
-		return nil
-	})
+	admin.AddCheck("drain", draining.Check)
 	e, err := New(rc.Edge)
 	if err != nil {
 		return err
@@ -281,7 +275,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	// stops accepting, sockets close with 4000 spread over ShutdownSpread,
 	// the built-in worker drains, NATS drains, the embedded server stops,
 	// the admin listener stops last.
-	draining.Store(true)
+	draining.Start()
 	log.Info("edge shutting down", "drainDelay", rc.DrainDelay)
 	if rc.DrainDelay > 0 {
 		time.Sleep(rc.DrainDelay)
@@ -300,8 +294,6 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	return errors.Join(errs...)
 }
-
-var errDraining = errors.New("draining")
 
 // drain drains nc and waits for it to close, or for ctx.
 func drain(ctx context.Context, nc *nats.Conn) error {

@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -121,6 +123,37 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return s.srv.Shutdown(ctx)
+}
+
+// ErrDraining fails readiness once a shutdown has begun.
+var ErrDraining = errors.New("draining")
+
+// Draining is a readiness check that fails from Start on: the first step
+// of a graceful shutdown, so load balancers stop routing first.
+type Draining struct{ on atomic.Bool }
+
+// Start makes Check fail.
+func (d *Draining) Start() { d.on.Store(true) }
+
+// Check is the readiness check.
+func (d *Draining) Check() error {
+	if d.on.Load() {
+		return ErrDraining
+	}
+	return nil
+}
+
+// NewLogger is the process's structured logger on stderr, in format "text"
+// or "json" (--log-format).
+func NewLogger(format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // ErrNATSDisconnected fails readiness while the NATS connection is down.
