@@ -367,7 +367,7 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 	if n1 == 0 || n2 == 0 || n1+n2 < int64(len(res)) {
 		t.Errorf("pings not spread over both workers: NATS delivered %d to %s, %d to %s, for %d pings", n1, w1.user, n2, w2.user, len(res))
 	}
-	if c.workerIDs && (answered[w1.user] == 0 || answered[w2.user] == 0 || answered[w1.user]+answered[w2.user] != len(res)) {
+	if answered[w1.user] == 0 || answered[w2.user] == 0 || answered[w1.user]+answered[w2.user] != len(res) {
 		t.Errorf("pings not answered by both workers: %v of %d", answered, len(res))
 	}
 
@@ -422,7 +422,7 @@ func testRPCSpreadAndWorkerKill(t *testing.T, c *Cluster, fig *figures) {
 		gone.Sub(kill).Round(time.Millisecond), codes, later, w2.user, laterFailed == 0)
 	// (survivor is only logged: its first snapshot is taken a little after
 	// gone, so it misses the pings answered in between.)
-	if late := answeredBy(lateRes); c.workerIDs && late[w2.user] != later {
+	if late := answeredBy(lateRes); late[w2.user] != later {
 		t.Errorf("pings sent after the kill answered by %v, want all %d by %s", late, later, w2.user)
 	}
 }

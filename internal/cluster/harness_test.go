@@ -79,9 +79,6 @@ type Cluster struct {
 	edges   []*edgeProc
 	workers []*workerProc
 	urls    string // every node's client URL, comma-separated
-	// workerIDs: the workers run with --worker-id <their NATS user>, so a
-	// pong names the worker that answered.
-	workerIDs bool
 }
 
 // startCluster starts three NATS nodes, then two edges and two workers
@@ -99,16 +96,11 @@ func startCluster(t *testing.T) *Cluster {
 	// The edges start together: two edges creating the R3 presence bucket
 	// at the same moment on a fresh cluster once both hung (a stream
 	// update that got no reply); presence now retries each attempt.
-	edgeAdmin := hasFlag(t, "edge", "admin-listen")
-	workerAdmin, workerID := hasFlag(t, "worker", "admin-listen"), hasFlag(t, "worker", "worker-id")
+	// Workers run with --worker-id <their NATS user>, so a pong names the
+	// worker that answered. Each process gets its own admin port.
 	for _, user := range []string{"worker-1", "worker-2"} {
-		args := []string{"--nats", c.urls, "--nats-user", user, "--nats-password", natsPassword(user)}
-		if workerID {
-			args = append(args, "--worker-id", user)
-		}
-		if workerAdmin {
-			args = append(args, "--admin-listen", "127.0.0.1:0")
-		}
+		args := []string{"--nats", c.urls, "--nats-user", user, "--nats-password", natsPassword(user),
+			"--worker-id", user, "--admin-listen", "127.0.0.1:0"}
 		c.workers = append(c.workers, &workerProc{user: user, proc: testenv.Start(t, "worker", args...)})
 	}
 	for _, id := range []string{"edge-a", "edge-b"} {
@@ -116,11 +108,7 @@ func startCluster(t *testing.T) *Cluster {
 			"--nats", c.urls, "--nats-user", id, "--nats-password", natsPassword(id),
 			"--edge-id", id, "--listen", "127.0.0.1:0", "--insecure-dev-users",
 			"--presence-replicas", "3", "--presence-ttl", presenceTTL.String(),
-			"--shutdown-spread", "200ms",
-		}
-		if edgeAdmin {
-			// Two edges on one machine cannot share an admin port.
-			args = append(args, "--admin-listen", "127.0.0.1:0")
+			"--shutdown-spread", "200ms", "--admin-listen", "127.0.0.1:0",
 		}
 		c.edges = append(c.edges, &edgeProc{id: id, proc: testenv.Start(t, "edge", args...)})
 	}
@@ -131,19 +119,9 @@ func startCluster(t *testing.T) *Cluster {
 	for _, w := range c.workers {
 		w.proc.WaitLog(t, `msg="worker ready"`, wait)
 	}
-	c.workerIDs = workerID
-	t.Logf("cluster: nodes %s; edges %s at %s, %s at %s; admin listeners: edge %v, worker %v; worker ids: %v",
-		c.urls, c.edges[0].id, c.edges[0].url, c.edges[1].id, c.edges[1].url, edgeAdmin, workerAdmin, workerID)
+	t.Logf("cluster: nodes %s; edges %s at %s, %s at %s",
+		c.urls, c.edges[0].id, c.edges[0].url, c.edges[1].id, c.edges[1].url)
 	return c
-}
-
-// hasFlag reports whether the built binary (edge or worker) has --name,
-// from its -help output: the harness passes newer flags only to binaries
-// that have them.
-func hasFlag(t *testing.T, binary, name string) bool {
-	t.Helper()
-	out, _ := exec.Command(filepath.Join(testenv.Binaries(t), binary), "-help").CombinedOutput()
-	return strings.Contains(string(out), "-"+name+" ")
 }
 
 var natsBuild struct {
