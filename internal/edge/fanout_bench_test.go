@@ -153,6 +153,8 @@ func fanoutEdge(b *testing.B) (*testenv.Edge, *nats.Conn) {
 	srv := testenv.NATS(b)
 	e := testenv.StartEdge(b, edge.Config{
 		NATS:            testenv.Connect(b, srv.ClientURL()),
+		Anonymous:       true,
+		PublicRooms:     []string{"*"},
 		WriteQueueBytes: 4 << 20,
 		// No pings during the run: members only read, and 10,000 pings
 		// plus pongs would land in the measurement.
