@@ -1,8 +1,28 @@
 // Command bench generates load against a running edge over loopback and
-// prints one line of results per scenario.
+// prints one line of results per scenario and run (key=value fields), and a
+// median line per scenario when -runs is more than 1. See package
+// internal/bench for what each scenario measures and every field.
 //
-//	go run ./cmd/edge &
-//	go run ./cmd/bench -scenario rpc -rate 1000 -duration 10s
+// Build both binaries and start a single-binary edge with the limits that
+// would otherwise refuse the load: the per-IP handshake rate (50/s by
+// default; 0 turns it off) and, for the rpc closed loop, the per-connection
+// message rate (100/s by default; negative turns it off):
+//
+//	go build -o /tmp/natter-edge ./cmd/edge && go build -o /tmp/natter-bench ./cmd/bench
+//	/tmp/natter-edge --listen 127.0.0.1:8080 --data-dir "$(mktemp -d)" \
+//	    --handshake-rate 0 --rate-limit -1 --log-level warn &
+//
+// The edge's process is found by its listening port (or -pid). Then:
+//
+//	/tmp/natter-bench -scenario idle -conns 10000
+//	/tmp/natter-bench -scenario fanout -subs 1000 -rate 100 -duration 10s
+//	/tmp/natter-bench -scenario rpc -conns 20 -rate 1000 -inflight 4
+//	/tmp/natter-bench -scenario idle,fanout -server natter,floor -runs 3 -subs 1000 -rate 100
+//
+// -server floor runs the same load against the floor: a bare gws broadcast
+// server with no broker and no envelope work, started by the bench as a
+// child process (this binary with -serve-floor) so that its RSS and CPU
+// are read the same way as the edge's. The floor has no RPC.
 package main
 
 import (
@@ -11,26 +31,67 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/natter/natter/internal/bench"
 )
 
 func main() {
-	cfg := bench.Config{Out: os.Stdout}
+	cfg := bench.Config{Out: os.Stdout, Log: os.Stderr}
+	var scenarios, servers string
 	flag.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL")
-	flag.StringVar(&cfg.Scenario, "scenario", "rpc", "scenario: rpc")
-	flag.IntVar(&cfg.Conns, "conns", 20, "connections (rate/conns must stay under the edge's --rate-limit)")
-	flag.IntVar(&cfg.Rate, "rate", 1000, "requests per second, in total")
+	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, fanout, rpc")
+	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")
+	flag.IntVar(&cfg.Pid, "pid", 0, "the edge's pid (default: the process listening on -url's port)")
+	flag.IntVar(&cfg.Runs, "runs", 1, "runs of each scenario and server; more than 1 adds a median line")
+	flag.IntVar(&cfg.Conns, "conns", 0, "connections: idle (default 1000), rpc (default 20; rate/conns must stay under the edge's --rate-limit)")
+	flag.IntVar(&cfg.Subs, "subs", 100, "fanout subscribers")
+	flag.IntVar(&cfg.Rate, "rate", 0, "rpc: requests per second in total (default 1000); fanout: messages per second (default 100)")
 	flag.DurationVar(&cfg.Duration, "duration", 0, "measured time (default 10s)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 0, "unmeasured time first (default 1s)")
-	flag.StringVar(&cfg.Type, "type", "echo", "request type")
-	flag.IntVar(&cfg.PayloadSize, "payload-size", 64, "payload bytes")
-	flag.Parse()
+	flag.DurationVar(&cfg.Settle, "settle", 0, "idle: wait before reading RSS; also the pause between runs (default 2s)")
+	flag.StringVar(&cfg.Room, "room", "bench", "room joined by idle and fanout connections")
+	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 4, "spread connections over loopback source addresses 127.0.0.1..N")
+	flag.IntVar(&cfg.DialConcurrency, "dial-concurrency", 64, "handshakes (with their $join) in flight")
+	flag.StringVar(&cfg.Type, "type", "echo", "rpc request type")
+	flag.IntVar(&cfg.Inflight, "inflight", 4, "rpc closed loop: requests in flight per connection")
+	flag.IntVar(&cfg.PayloadSize, "payload-size", 64, "padding bytes in each request or fanout message")
+	flag.StringVar(&cfg.NATSURL, "nats", "nats://127.0.0.1:4222", "NATS URL of the fanout publisher (the single-binary edge's --nats-listen)")
+	flag.StringVar(&cfg.Prefix, "prefix", "natter", "NATS subject prefix (the edge's --prefix)")
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Hidden, not a flag of -help: the bench runs itself this way as the
+	// floor server child.
+	if len(os.Args) == 3 && os.Args[1] == "-serve-floor" {
+		if err := bench.ServeFloor(ctx, os.Args[2], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	flag.Parse()
+	cfg.Scenarios = splitList(scenarios)
+	cfg.Servers = splitList(servers)
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cfg.FloorCommand = []string{exe, "-serve-floor", "127.0.0.1:0"}
 	if _, err := bench.Run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+func splitList(v string) []string {
+	var out []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

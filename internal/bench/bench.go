@@ -1,10 +1,3 @@
-// Package bench generates load against a running edge over loopback and
-// prints one line of results per scenario. cmd/bench is its command.
-//
-// Scenario rpc: Conns connections send request envelopes of Type at a
-// steady total Rate (open loop: sends follow the schedule whatever the
-// replies do) for Duration, and the line gives the round-trip latency
-// percentiles from send to reply.
 package bench
 
 import (
@@ -12,199 +5,303 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/lxzan/gws"
-
-	"github.com/natter/natter/pkg/envelope"
 )
 
 // ErrInvalidConfig wraps configuration errors.
 var ErrInvalidConfig = errors.New("bench: invalid config")
 
-// Config configures a run.
+// Scenario and server names.
+const (
+	ScenarioIdle   = "idle"
+	ScenarioFanout = "fanout"
+	ScenarioRPC    = "rpc"
+	ServerNatter   = "natter"
+	ServerFloor    = "floor"
+)
+
+// Config configures a run. Zero values take the defaults given.
 type Config struct {
-	URL         string        // edge WebSocket URL, e.g. ws://127.0.0.1:8080/ws
-	Scenario    string        // "rpc"
-	Conns       int           // connections; default 20 (keep Rate/Conns under the edge's per-connection rate limit)
-	Rate        int           // requests per second in total; default 1000
+	URL       string   // edge WebSocket URL; default ws://127.0.0.1:8080/ws
+	Scenarios []string // idle, fanout, rpc, run in this order; default rpc
+	// Servers to load, each with the same scenarios and flags: natter (the
+	// edge at URL) and floor (a floor server child, see ServeFloor);
+	// default natter. The floor has no RPC.
+	Servers []string
+	// Pid is the edge's process id, whose RSS and CPU are read from /proc.
+	// 0: the process listening on URL's port.
+	Pid int
+	// FloorCommand runs a floor server on a free loopback port and prints
+	// its ready line (cmd/bench runs itself with -serve-floor 127.0.0.1:0).
+	// Needed for the floor server.
+	FloorCommand []string
+	Runs         int // runs of each scenario and server; a median line follows when > 1; default 1
+
+	// Connections.
+	SourceAddrs     int // loopback source addresses 127.0.0.1..N; default 4
+	DialConcurrency int // handshakes in flight; default 64
+	Room            string
+	// Conns is the idle scenario's connection count (default 1000) and the
+	// rpc scenario's (default 20; keep Rate/Conns under the edge's
+	// --rate-limit). 0 takes the scenario's default.
+	Conns int
+	Subs  int // fanout subscribers; default 100
+	// Rate is requests per second in total for rpc (default 1000) and
+	// messages per second for fanout (default 100). 0 takes the
+	// scenario's default.
+	Rate        int
 	Duration    time.Duration // measured time; default 10s
 	Warmup      time.Duration // unmeasured time before; default 1s
-	Type        string        // request type; default "echo"
-	PayloadSize int           // bytes of payload text; default 64
-	Out         io.Writer     // where the result line goes
+	Settle      time.Duration // idle: wait after the last join before reading RSS, and between runs; default 2s
+	Type        string        // rpc request type; default "echo"
+	Inflight    int           // rpc closed loop: requests in flight per connection; default 4
+	PayloadSize int           // bytes of padding in each request or tick; default 64
+	NATSURL     string        // fanout publisher's NATS; default nats://127.0.0.1:4222
+	Prefix      string        // NATS subject prefix; default natter
+
+	Out io.Writer // result lines; default io.Discard
+	Log io.Writer // diagnostics; default io.Discard
 }
 
-// Result is one scenario's outcome.
-type Result struct {
-	Sent, OK, Errors, Lost int
-	Latencies              []time.Duration // sorted
-}
-
-// Percentile returns the p-th percentile (0..100) of the latencies.
-func (r *Result) Percentile(p float64) time.Duration {
-	if len(r.Latencies) == 0 {
-		return 0
-	}
-	i := int(float64(len(r.Latencies)-1) * p / 100)
-	return r.Latencies[i]
-}
-
-// Run runs the scenario and writes its line to cfg.Out.
-func Run(ctx context.Context, cfg Config) (*Result, error) {
-	if cfg.Conns == 0 {
-		cfg.Conns = 20
-	}
-	if cfg.Rate == 0 {
-		cfg.Rate = 1000
-	}
-	if cfg.Duration == 0 {
-		cfg.Duration = 10 * time.Second
-	}
-	if cfg.Warmup == 0 {
-		cfg.Warmup = time.Second
-	}
-	if cfg.Type == "" {
-		cfg.Type = "echo"
-	}
-	if cfg.PayloadSize == 0 {
-		cfg.PayloadSize = 64
-	}
-	if cfg.Out == nil {
-		cfg.Out = io.Discard
-	}
-	if cfg.Scenario != "rpc" {
-		return nil, fmt.Errorf("%w: unknown scenario %q (have: rpc)", ErrInvalidConfig, cfg.Scenario)
-	}
-	if cfg.Conns < 1 || cfg.Rate < 1 || cfg.Rate < cfg.Conns {
-		return nil, fmt.Errorf("%w: need conns >= 1 and rate >= conns", ErrInvalidConfig)
-	}
-	return runRPC(ctx, cfg)
-}
-
-type rpcClient struct {
-	conn    *gws.Conn
-	mu      sync.Mutex
-	sent    map[string]time.Time
-	measure atomic.Bool
-	res     *collector
-}
-
-type collector struct {
-	mu   sync.Mutex
-	lat  []time.Duration
-	ok   int
-	errs int
-}
-
-func (c *rpcClient) OnOpen(*gws.Conn)             {}
-func (c *rpcClient) OnClose(*gws.Conn, error)     {}
-func (c *rpcClient) OnPing(s *gws.Conn, p []byte) { _ = s.WritePong(p) }
-func (c *rpcClient) OnPong(*gws.Conn, []byte)     {}
-func (c *rpcClient) OnMessage(_ *gws.Conn, m *gws.Message) {
-	now := time.Now()
-	var env envelope.Envelope
-	err := envelope.DecodeInto(&env, m.Bytes(), 1<<20)
-	m.Close()
-	if err != nil {
-		return
-	}
-	c.mu.Lock()
-	t0, ok := c.sent[env.Meta.CorrelationID]
-	delete(c.sent, env.Meta.CorrelationID)
-	c.mu.Unlock()
-	if !ok || !strings.HasPrefix(env.Meta.CorrelationID, "m") {
-		return // warm-up or unknown
-	}
-	c.res.mu.Lock()
-	if env.Type == envelope.TypeRPCError {
-		c.res.errs++
-	} else {
-		c.res.ok++
-		c.res.lat = append(c.res.lat, now.Sub(t0))
-	}
-	c.res.mu.Unlock()
-}
-
-func runRPC(ctx context.Context, cfg Config) (*Result, error) {
-	res := &collector{}
-	clients := make([]*rpcClient, cfg.Conns)
-	for i := range clients {
-		c := &rpcClient{sent: make(map[string]time.Time), res: res}
-		conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: cfg.URL})
-		if err != nil {
-			return nil, fmt.Errorf("bench: dial %s: %w", cfg.URL, err)
+func (c *Config) setDefaults() error {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
 		}
-		_ = conn.SetDeadline(time.Time{})
-		c.conn = conn
-		clients[i] = c
-		go conn.ReadLoop()
 	}
+	if c.URL == "" {
+		c.URL = "ws://127.0.0.1:8080/ws"
+	}
+	if len(c.Scenarios) == 0 {
+		c.Scenarios = []string{ScenarioRPC}
+	}
+	if len(c.Servers) == 0 {
+		c.Servers = []string{ServerNatter}
+	}
+	def(&c.Runs, 1)
+	def(&c.SourceAddrs, 4)
+	def(&c.DialConcurrency, 64)
+	def(&c.Subs, 100)
+	def(&c.Inflight, 4)
+	def(&c.PayloadSize, 64)
+	if c.Room == "" {
+		c.Room = "bench"
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Warmup == 0 {
+		c.Warmup = time.Second
+	}
+	if c.Settle == 0 {
+		c.Settle = 2 * time.Second
+	}
+	if c.Type == "" {
+		c.Type = "echo"
+	}
+	if c.NATSURL == "" {
+		c.NATSURL = "nats://127.0.0.1:4222"
+	}
+	if c.Prefix == "" {
+		c.Prefix = "natter"
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	for _, s := range c.Scenarios {
+		switch s {
+		case ScenarioIdle, ScenarioFanout, ScenarioRPC:
+		default:
+			return fmt.Errorf("%w: unknown scenario %q (have: idle, fanout, rpc)", ErrInvalidConfig, s)
+		}
+	}
+	for _, s := range c.Servers {
+		switch s {
+		case ServerNatter:
+		case ServerFloor:
+			if slices.Contains(c.Scenarios, ScenarioRPC) {
+				return fmt.Errorf("%w: the floor server has no RPC: run rpc against natter only", ErrInvalidConfig)
+			}
+			if len(c.FloorCommand) == 0 {
+				return fmt.Errorf("%w: the floor server needs FloorCommand", ErrInvalidConfig)
+			}
+		default:
+			return fmt.Errorf("%w: unknown server %q (have: natter, floor)", ErrInvalidConfig, s)
+		}
+	}
+	switch {
+	case c.Runs < 1, c.SourceAddrs < 1, c.DialConcurrency < 1, c.Subs < 1, c.Inflight < 1, c.PayloadSize < 0:
+		return fmt.Errorf("%w: runs, source-addrs, dial-concurrency, subs and inflight must be >= 1, payload-size >= 0", ErrInvalidConfig)
+	case c.Conns < 0, c.Rate < 0, c.Duration < 0, c.Warmup < 0, c.Settle < 0:
+		return fmt.Errorf("%w: negative conns, rate or durations", ErrInvalidConfig)
+	case c.Inflight > 64:
+		return fmt.Errorf("%w: the edge allows 64 RPCs in flight per connection", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// forScenario returns cfg with the scenario's defaults for Conns and Rate.
+func (c Config) forScenario(s string) (*Config, error) {
+	switch s {
+	case ScenarioIdle:
+		if c.Conns == 0 {
+			c.Conns = 1000
+		}
+	case ScenarioRPC:
+		if c.Conns == 0 {
+			c.Conns = 20
+		}
+		if c.Rate == 0 {
+			c.Rate = 1000
+		}
+		if c.Rate < c.Conns {
+			return nil, fmt.Errorf("%w: rpc needs rate >= conns", ErrInvalidConfig)
+		}
+	case ScenarioFanout:
+		if c.Rate == 0 {
+			c.Rate = 100
+		}
+	}
+	return &c, nil
+}
+
+// clientConns is how many sockets scenario s opens in this process.
+func (c *Config) clientConns(s string) int {
+	if s == ScenarioFanout {
+		return c.Subs
+	}
+	return c.Conns
+}
+
+// clientFileMargin is what this process needs besides its client sockets.
+const clientFileMargin = 64
+
+// target is a server under load.
+type target struct {
+	name    string
+	url     string
+	pid     int
+	baseRSS int64 // KiB, before its first idle run
+	floor   *floorProc
+}
+
+func (t *target) publisher(cfg *Config) (publisher, error) {
+	if t.floor != nil {
+		return &floorPublisher{addr: t.floor.addr, room: cfg.Room}, nil
+	}
+	return newNATSPublisher(cfg)
+}
+
+// Run runs every scenario against every server, cfg.Runs times each, and
+// writes one line per run to cfg.Out, plus a median line per scenario and
+// server when cfg.Runs > 1. It returns the results in the order written.
+func Run(ctx context.Context, cfg Config) ([]*Result, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	limit, err := RaiseFileLimit()
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range cfg.Scenarios {
+		sc, err := cfg.forScenario(s)
+		if err != nil {
+			return nil, err
+		}
+		if n := sc.clientConns(s); n+clientFileMargin > limit {
+			return nil, fmt.Errorf("%w: %d connections need about %d open files, but this process may open %d (the hard limit; see ulimit -Hn)", ErrInvalidConfig, n, n+clientFileMargin, limit)
+		}
+	}
+	targets := make([]*target, 0, len(cfg.Servers))
 	defer func() {
-		for _, c := range clients {
-			_ = c.conn.WriteClose(1000, nil)
+		for _, t := range targets {
+			if t.floor != nil {
+				t.floor.stop()
+			}
 		}
 	}()
-	payload := strconv.Quote(strings.Repeat("x", cfg.PayloadSize))
-	interval := time.Second * time.Duration(cfg.Conns) / time.Duration(cfg.Rate)
-	var sent atomic.Int64
-	run := func(prefix string, d time.Duration) {
-		var wg sync.WaitGroup
-		end := time.Now().Add(d)
-		for i, c := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				// Stagger the connections over one interval.
-				next := time.Now().Add(interval * time.Duration(i) / time.Duration(len(clients)))
-				for n := 0; ctx.Err() == nil; n++ {
-					time.Sleep(time.Until(next))
-					if time.Now().After(end) {
-						return
-					}
-					cid := fmt.Sprintf("%s%d-%d", prefix, i, n)
-					frame := `{"type":"` + cfg.Type + `","meta":{"correlationId":"` + cid + `"},"payload":` + payload + `}`
-					c.mu.Lock()
-					c.sent[cid] = time.Now()
-					c.mu.Unlock()
-					if prefix == "m" {
-						sent.Add(1)
-					}
-					if err := c.conn.WriteString(frame); err != nil {
-						return
-					}
-					next = next.Add(interval)
+	for _, name := range cfg.Servers {
+		t, err := newTarget(ctx, &cfg, name)
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, t)
+	}
+	var out []*Result
+	for _, s := range cfg.Scenarios {
+		sc, _ := cfg.forScenario(s)
+		for _, t := range targets {
+			var runs []*Result
+			for run := 1; run <= cfg.Runs; run++ {
+				if len(out) > 0 && !sleepCtx(ctx, cfg.Settle) {
+					return out, ctx.Err()
 				}
-			}()
+				r, err := runOne(ctx, sc, s, t, run)
+				if err != nil {
+					return out, fmt.Errorf("%s against %s: %w", s, t.name, err)
+				}
+				fmt.Fprintln(cfg.Out, r)
+				runs = append(runs, r)
+				out = append(out, r)
+			}
+			if len(runs) > 1 {
+				m := Median(runs)
+				fmt.Fprintln(cfg.Out, m)
+				out = append(out, m)
+			}
 		}
-		wg.Wait()
 	}
-	run("w", cfg.Warmup)
-	run("m", cfg.Duration)
-	// Let replies in flight arrive.
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		res.mu.Lock()
-		done := res.ok+res.errs >= int(sent.Load())
-		res.mu.Unlock()
-		if done {
-			break
+	return out, nil
+}
+
+func runOne(ctx context.Context, cfg *Config, scenario string, t *target, run int) (*Result, error) {
+	// The process may have gone since the last run.
+	if _, err := sampleProc(t.pid); err != nil {
+		return nil, err
+	}
+	switch scenario {
+	case ScenarioIdle:
+		return runIdle(ctx, cfg, t, run)
+	case ScenarioFanout:
+		return runFanout(ctx, cfg, t, run)
+	default:
+		return runRPC(ctx, cfg, t, run)
+	}
+}
+
+func newTarget(ctx context.Context, cfg *Config, name string) (*target, error) {
+	if name == ServerFloor {
+		p, err := startFloor(ctx, cfg.FloorCommand, cfg.Log)
+		if err != nil {
+			return nil, err
 		}
-		time.Sleep(10 * time.Millisecond)
+		return &target{name: name, url: "ws://" + p.addr + "/ws", pid: p.pid(), floor: p}, nil
 	}
-	res.mu.Lock()
-	r := &Result{Sent: int(sent.Load()), OK: res.ok, Errors: res.errs, Latencies: slices.Clone(res.lat)}
-	res.mu.Unlock()
-	r.Lost = r.Sent - r.OK - r.Errors
-	slices.Sort(r.Latencies)
-	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64) }
-	fmt.Fprintf(cfg.Out, "scenario=rpc type=%s conns=%d rate=%d/s duration=%s sent=%d ok=%d errors=%d lost=%d p50=%sms p90=%sms p99=%sms max=%sms\n",
-		cfg.Type, cfg.Conns, cfg.Rate, cfg.Duration, r.Sent, r.OK, r.Errors, r.Lost,
-		ms(r.Percentile(50)), ms(r.Percentile(90)), ms(r.Percentile(99)), ms(r.Percentile(100)))
-	return r, nil
+	t := &target{name: name, url: cfg.URL, pid: cfg.Pid}
+	if t.pid == 0 {
+		u, err := url.Parse(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("%w: url: %v", ErrInvalidConfig, err)
+		}
+		port, err := strconv.Atoi(u.Port())
+		if u.Port() == "" {
+			port, err = 80, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: url %q: port: %v", ErrInvalidConfig, cfg.URL, err)
+		}
+		if t.pid, err = listenerPid(port); err != nil {
+			return nil, fmt.Errorf("%w (is the edge running at %s?)", err, cfg.URL)
+		}
+	}
+	if _, err := sampleProc(t.pid); err != nil {
+		return nil, err
+	}
+	return t, nil
 }

@@ -1,7 +1,15 @@
 package bench_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"regexp"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -10,28 +18,284 @@ import (
 	"github.com/natter/natter/internal/testenv"
 )
 
-func TestRPCScenario(t *testing.T) {
+// TestMain lets the test binary serve as the floor server child, as
+// cmd/bench does: "<test binary> -serve-floor 127.0.0.1:0".
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == "-serve-floor" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := bench.ServeFloor(ctx, os.Args[2], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// fieldRE is one key=value field; values have no spaces.
+var fieldRE = regexp.MustCompile(`^[a-z0-9_]+=[^ =]+$`)
+
+// checkLine fails unless line is "scenario=<scenario> server=<server> ..."
+// made of key=value fields, and every key in numeric has a number.
+func checkLine(t *testing.T, r *bench.Result, scenario, server string, numeric ...string) {
+	t.Helper()
+	line := r.String()
+	t.Log(line)
+	if !strings.HasPrefix(line, "scenario="+scenario+" server="+server+" ") {
+		t.Fatalf("line: %q", line)
+	}
+	for f := range strings.FieldsSeq(line) {
+		if !fieldRE.MatchString(f) {
+			t.Fatalf("field %q in line %q", f, line)
+		}
+	}
+	for _, k := range numeric {
+		if _, ok := r.Number(k); !ok {
+			t.Fatalf("%s is not a number in %q", k, line)
+		}
+	}
+}
+
+func number(t *testing.T, r *bench.Result, key string) float64 {
+	t.Helper()
+	v, ok := r.Number(key)
+	if !ok {
+		t.Fatalf("no number %s in %q", key, r)
+	}
+	return v
+}
+
+// wantEqual checks integer fields.
+func wantEqual(t *testing.T, r *bench.Result, want map[string]float64) {
+	t.Helper()
+	for k, w := range want {
+		if got := number(t, r, k); got != w {
+			t.Errorf("%s = %v, want %v in %q", k, got, w, r)
+		}
+	}
+}
+
+func wantPositive(t *testing.T, r *bench.Result, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if v := number(t, r, k); v <= 0 {
+			t.Errorf("%s = %v, want > 0 in %q", k, v, r)
+		}
+	}
+}
+
+// startEdge starts an in-process edge with its NATS; the edge shares this
+// process, so the tests pass os.Getpid() as the server's pid.
+func startEdge(t *testing.T, cfg edge.Config) (*testenv.Edge, string) {
+	t.Helper()
 	srv := testenv.NATS(t)
 	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), Anonymous: true})
+	cfg.NATS = testenv.Connect(t, srv.ClientURL())
+	cfg.Anonymous = true
+	cfg.PublicRooms = []string{"*"}
+	return testenv.StartEdge(t, cfg), srv.ClientURL()
+}
+
+func TestRPCScenario(t *testing.T) {
+	e, _ := startEdge(t, edge.Config{RateLimit: -1})
 	var out strings.Builder
-	r, err := bench.Run(t.Context(), bench.Config{
-		URL: e.URL, Scenario: "rpc", Conns: 4, Rate: 200,
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"rpc"}, Conns: 4, Rate: 200,
 		Duration: 500 * time.Millisecond, Warmup: 100 * time.Millisecond, Out: &out,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Sent < 50 || r.OK != r.Sent || r.Errors != 0 || r.Lost != 0 {
-		t.Fatalf("result %+v", r)
+	if len(rs) != 1 || out.String() != rs[0].String()+"\n" {
+		t.Fatalf("results %v, output %q", rs, out.String())
 	}
+	r := rs[0]
+	checkLine(t, r, "rpc", "natter", "p50", "p99", "max_rate", "max_p50", "max_server_cpu_pct")
+	sent := number(t, r, "sent")
+	if sent < 50 {
+		t.Fatalf("sent %v", sent)
+	}
+	wantEqual(t, r, map[string]float64{"ok": sent, "errors": 0, "lost": 0, "max_errors": 0})
+	wantPositive(t, r, "max_rate", "max_ok", "p50", "max_p50")
 	if p50, p99 := r.Percentile(50), r.Percentile(99); p50 <= 0 || p99 < p50 {
 		t.Fatalf("percentiles p50 %s p99 %s", p50, p99)
 	}
-	if !strings.HasPrefix(out.String(), "scenario=rpc ") || !strings.Contains(out.String(), "p99=") {
-		t.Fatalf("line: %q", out.String())
+}
+
+// TestRPCRateLimited: the closed loop against an edge with its default
+// per-connection rate limit reports the refusals as max_errors.
+func TestRPCRateLimited(t *testing.T) {
+	e, _ := startEdge(t, edge.Config{RateLimit: 20, RateBurst: 1})
+	var log strings.Builder
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"rpc"}, Conns: 2, Rate: 10,
+		Duration: 500 * time.Millisecond, Warmup: 100 * time.Millisecond, Log: &log,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := bench.Run(t.Context(), bench.Config{URL: e.URL, Scenario: "nope"}); err == nil {
-		t.Fatal("unknown scenario accepted")
+	wantPositive(t, rs[0], "max_errors")
+	if !strings.Contains(log.String(), "--rate-limit") {
+		t.Fatalf("log: %q", log.String())
+	}
+}
+
+func TestIdleScenario(t *testing.T) {
+	e, _ := startEdge(t, edge.Config{}) // handshakes: 50/s per IP, bursts of 100
+	base := runtime.NumGoroutine()
+	var out strings.Builder
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"idle"}, Conns: 50, Runs: 2,
+		Settle: 100 * time.Millisecond, Out: &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 3 || strings.Count(out.String(), "\n") != 3 {
+		t.Fatalf("want 2 runs and a median, got %q", out.String())
+	}
+	for i, r := range rs[:2] {
+		checkLine(t, r, "idle", "natter", "rss_per_conn_kib", "rss_base_mib", "rss_after_mib", "server_cpu_s")
+		wantEqual(t, r, map[string]float64{"run": float64(i + 1), "conns": 50, "joined": 50, "failed": 0, "closed": 0})
+		wantPositive(t, r, "handshakes_per_s", "dial_s", "rss_base_mib", "rss_after_mib")
+	}
+	m := rs[2]
+	if m.Get("run") != "median" || m.Get("runs") != "2" || m.Get("joined") != "50" {
+		t.Fatalf("median line %q", m)
+	}
+	// Every connection was closed: the edge lets them go.
+	testenv.Eventually(t, 5*time.Second, "edge connections closed", func() bool { return e.Stats().Connections == 0 })
+	testenv.GoroutinesSettle(t, base, 5, 5*time.Second)
+}
+
+// TestIdleFailuresCounted: handshakes the edge refuses are counted, not
+// retried, and their kind is logged.
+func TestIdleFailuresCounted(t *testing.T) {
+	e, _ := startEdge(t, edge.Config{HandshakeRate: 1, HandshakeBurst: 5})
+	var log strings.Builder
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"idle"}, Conns: 20, SourceAddrs: 1,
+		Settle: 10 * time.Millisecond, Log: &log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rs[0]
+	joined, failed := number(t, r, "joined"), number(t, r, "failed")
+	if joined < 5 || failed < 1 || joined+failed != 20 {
+		t.Fatalf("line %q", r)
+	}
+	if !strings.Contains(log.String(), "HTTP 429") {
+		t.Fatalf("log: %q", log.String())
+	}
+}
+
+func TestFanoutScenario(t *testing.T) {
+	e, natsURL := startEdge(t, edge.Config{})
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"fanout"}, NATSURL: natsURL,
+		Subs: 20, Rate: 50, Duration: time.Second, Warmup: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rs[0]
+	checkLine(t, r, "fanout", "natter", "p50", "p99", "max", "pub_lag_max", "server_cpu_s", "server_cpu_pct", "cpu_s_per_million", "bench_cpu_s")
+	wantEqual(t, r, map[string]float64{"subs": 20, "sent": 50, "expected": 1000, "delivered": 1000, "lost": 0, "closed": 0})
+	wantPositive(t, r, "deliveries_per_s", "p50", "p99", "max")
+	if len(r.Latencies) != 1000 || r.Latencies[0] <= 0 {
+		t.Fatalf("%d latencies, first %v", len(r.Latencies), r.Latencies)
+	}
+}
+
+// TestFloor runs idle and fanout against the floor server as a child
+// process (this test binary) and against the edge alike.
+func TestFloor(t *testing.T) {
+	e, natsURL := startEdge(t, edge.Config{})
+	var out strings.Builder
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), NATSURL: natsURL,
+		Scenarios: []string{"idle", "fanout"}, Servers: []string{"natter", "floor"},
+		FloorCommand: []string{os.Args[0], "-serve-floor", "127.0.0.1:0"},
+		Conns:        30, Subs: 10, Rate: 50, Duration: time.Second, Warmup: 200 * time.Millisecond,
+		Settle: 100 * time.Millisecond, Out: &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 4 {
+		t.Fatalf("output %q", out.String())
+	}
+	for i, want := range []struct{ scenario, server string }{{"idle", "natter"}, {"idle", "floor"}, {"fanout", "natter"}, {"fanout", "floor"}} {
+		r := rs[i]
+		if r.Scenario != want.scenario || r.Server != want.server {
+			t.Fatalf("result %d is %s/%s, want %s/%s", i, r.Scenario, r.Server, want.scenario, want.server)
+		}
+		if want.scenario == "idle" {
+			checkLine(t, r, "idle", want.server, "rss_per_conn_kib", "server_cpu_s")
+			wantEqual(t, r, map[string]float64{"joined": 30, "failed": 0, "closed": 0})
+			wantPositive(t, r, "handshakes_per_s", "rss_after_mib")
+		} else {
+			checkLine(t, r, "fanout", want.server, "p50", "p99", "cpu_s_per_million")
+			wantEqual(t, r, map[string]float64{"subs": 10, "expected": 500, "delivered": 500, "lost": 0, "closed": 0})
+			wantPositive(t, r, "p50", "max")
+		}
+	}
+	// The floor's RSS is its own process's, not this one's.
+	if rs[0].Get("rss_after_mib") == rs[1].Get("rss_after_mib") && rs[0].Get("rss_base_mib") == rs[1].Get("rss_base_mib") {
+		t.Fatalf("floor and natter have the same RSS: %q / %q", rs[0], rs[1])
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	floorCmd := []string{os.Args[0], "-serve-floor", "127.0.0.1:0"}
+	tests := []struct {
+		name string
+		cfg  bench.Config
+	}{
+		{"unknown scenario", bench.Config{Scenarios: []string{"nope"}}},
+		{"unknown server", bench.Config{Servers: []string{"nope"}}},
+		{"floor has no rpc", bench.Config{Scenarios: []string{"rpc"}, Servers: []string{"floor"}, FloorCommand: floorCmd}},
+		{"floor without command", bench.Config{Scenarios: []string{"idle"}, Servers: []string{"floor"}}},
+		{"more connections than files", bench.Config{Scenarios: []string{"idle"}, Conns: 1 << 30}},
+		{"rate under conns", bench.Config{Scenarios: []string{"rpc"}, Conns: 10, Rate: 5}},
+		{"source addresses need a loopback IP", bench.Config{URL: "ws://localhost:1/ws", Scenarios: []string{"idle"}, Pid: os.Getpid(), Conns: 1}},
+		{"inflight over the edge's cap", bench.Config{Inflight: 65}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := bench.Run(t.Context(), tt.cfg)
+			if !errors.Is(err, bench.ErrInvalidConfig) {
+				t.Fatalf("err %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+}
+
+// TestNoServer: without a process on the URL's port the bench fails
+// instead of printing zero figures.
+func TestNoServer(t *testing.T) {
+	_, err := bench.Run(t.Context(), bench.Config{URL: "ws://127.0.0.1:1/ws", Scenarios: []string{"idle"}})
+	if !errors.Is(err, bench.ErrNoProcess) {
+		t.Fatalf("err %v, want ErrNoProcess", err)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	mk := func(run, p50, rate string) *bench.Result {
+		return &bench.Result{Scenario: "fanout", Server: "natter", Fields: []bench.Field{
+			{"scenario", "fanout"}, {"server", "natter"}, {"run", run}, {"rate", "100/s"},
+			{"p50", p50}, {"deliveries_per_s", rate}, {"note", "x" + run},
+		}}
+	}
+	m := bench.Median([]*bench.Result{mk("1", "3.000ms", "100"), mk("2", "1.500ms", "90"), mk("3", "2.250ms", "95")})
+	want := "scenario=fanout server=natter run=median runs=3 rate=100/s p50=2.250ms deliveries_per_s=95 note=mixed"
+	if m.String() != want {
+		t.Fatalf("median\n got %q\nwant %q", m, want)
+	}
+	m = bench.Median([]*bench.Result{mk("1", "1.000ms", "100"), mk("2", "2.000ms", "91")})
+	if m.Get("p50") != "1.500ms" || m.Get("deliveries_per_s") != "95.5" {
+		t.Fatalf("even median %q", m)
 	}
 }

@@ -1,0 +1,351 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+const (
+	dialTimeout      = 5 * time.Second  // TCP connect
+	handshakeTimeout = 5 * time.Second  // WebSocket upgrade
+	joinTimeout      = 10 * time.Second // $join until $joined
+	closeWait        = 10 * time.Second // read loops ending after the close frames
+)
+
+// dialer opens WebSocket connections to one URL, spreading them over
+// loopback source addresses 127.0.0.1, 127.0.0.2, ... so that per-address
+// limits (ephemeral ports, the edge's per-IP caps) apply to a share only.
+type dialer struct {
+	url   string
+	addrs []net.IP // nil: let the kernel choose
+}
+
+func newDialer(rawURL string, sourceAddrs int) (*dialer, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: url: %v", ErrInvalidConfig, err)
+	}
+	if u.Scheme != "ws" {
+		return nil, fmt.Errorf("%w: url %q: want ws://", ErrInvalidConfig, rawURL)
+	}
+	d := &dialer{url: rawURL}
+	if sourceAddrs <= 1 {
+		return d, nil
+	}
+	ip := net.ParseIP(u.Hostname())
+	if ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("%w: -source-addrs %d needs a 127.x.x.x URL host, not %q (or use -source-addrs 1)", ErrInvalidConfig, sourceAddrs, u.Hostname())
+	}
+	if sourceAddrs > 254 {
+		return nil, fmt.Errorf("%w: at most 254 source addresses", ErrInvalidConfig)
+	}
+	for i := range sourceAddrs {
+		d.addrs = append(d.addrs, net.IPv4(127, 0, 0, byte(1+i)))
+	}
+	return d, nil
+}
+
+// dial opens connection number i and starts its read loop, which ends
+// when the connection closes; wg counts it.
+func (d *dialer) dial(i int, h gws.Event, wg *sync.WaitGroup) (*gws.Conn, error) {
+	opt := &gws.ClientOption{Addr: d.url, HandshakeTimeout: handshakeTimeout}
+	if d.addrs != nil {
+		local := &net.TCPAddr{IP: d.addrs[i%len(d.addrs)]}
+		opt.NewDialer = func() (gws.Dialer, error) {
+			return &net.Dialer{Timeout: dialTimeout, LocalAddr: local}, nil
+		}
+	} else {
+		opt.NewDialer = func() (gws.Dialer, error) { return &net.Dialer{Timeout: dialTimeout}, nil }
+	}
+	conn, resp, err := gws.NewClient(h, opt)
+	if err != nil {
+		if resp != nil && resp.StatusCode != 101 {
+			return nil, fmt.Errorf("handshake: HTTP %d", resp.StatusCode)
+		}
+		return nil, err
+	}
+	wg.Go(conn.ReadLoop)
+	return conn, nil
+}
+
+// errorKind names an error for counting: the errno or HTTP status, without
+// the addresses that make every message unique.
+func errorKind(err error) string {
+	var errno syscall.Errno
+	var ne net.Error
+	switch {
+	case errors.As(err, &errno):
+		return errno.Error()
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return err.Error()
+}
+
+// errorCounts counts failures by kind.
+type errorCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+	n  int
+}
+
+func (e *errorCounts) add(kind string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]int{}
+	}
+	e.m[kind]++
+	e.n++
+}
+
+func (e *errorCounts) total() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+// String lists the kinds, most frequent first.
+func (e *errorCounts) String() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	kinds := make([]string, 0, len(e.m))
+	for k := range e.m {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool { return e.m[kinds[i]] > e.m[kinds[j]] })
+	var parts []string
+	for _, k := range kinds {
+		parts = append(parts, fmt.Sprintf("%d× %s", e.m[k], k))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// member is a connection that joins a room and then counts the bench's
+// tick messages. Its read loop is the only writer of lat and other; read
+// them after the loop has ended.
+type member struct {
+	conn   *gws.Conn
+	joined chan struct{} // closed at $joined
+	failed chan string   // the first error frame before $joined
+	state  atomic.Int32  // 0 joining, 1 joined, 2 failed
+	closed atomic.Bool   // closed by the server or the network, not by us
+	byUs   atomic.Bool
+
+	// Tick counting: sequence numbers in [lo, hi) are measured.
+	lo, hi int64
+	got    atomic.Int64    // measured ticks received
+	lat    []time.Duration // their latencies
+}
+
+func newMember(lo, hi int64) *member {
+	return &member{
+		joined: make(chan struct{}), failed: make(chan string, 1),
+		lo: lo, hi: hi, lat: make([]time.Duration, 0, hi-lo),
+	}
+}
+
+var (
+	tickKey   = []byte(`{"t":`)
+	seqKey    = []byte(`,"n":`)
+	joinedKey = []byte(`"$joined"`)
+)
+
+func (m *member) OnOpen(*gws.Conn) {}
+func (m *member) OnClose(*gws.Conn, error) {
+	if !m.byUs.Load() {
+		m.closed.Store(true)
+	}
+}
+func (m *member) OnPing(c *gws.Conn, p []byte) { _ = c.WritePong(p) }
+func (m *member) OnPong(*gws.Conn, []byte)     {}
+
+// OnMessage reads a tick's send time and sequence number with two
+// bytes.Index calls and no decoding: the bench shares the machine with the
+// server, so its cost per message is kept small.
+func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
+	now := time.Now().UnixNano()
+	b := msg.Bytes()
+	if i := bytes.Index(b, tickKey); i >= 0 {
+		t, rest, ok1 := leadingInt(b[i+len(tickKey):])
+		n, _, ok2 := int64(0), rest, false
+		if j := bytes.Index(rest, seqKey); j >= 0 {
+			n, _, ok2 = leadingInt(rest[j+len(seqKey):])
+		}
+		if ok1 && ok2 {
+			if n >= m.lo && n < m.hi {
+				m.lat = append(m.lat, time.Duration(now-t))
+				m.got.Add(1)
+			}
+		}
+		msg.Close()
+		return
+	}
+	if m.state.Load() == 0 {
+		if bytes.Contains(b, joinedKey) {
+			if m.state.CompareAndSwap(0, 1) {
+				close(m.joined)
+			}
+		} else if m.state.CompareAndSwap(0, 2) {
+			m.failed <- "join: " + truncate(string(b), 120)
+		}
+	}
+	msg.Close()
+}
+
+// leadingInt parses the decimal integer at the start of b.
+func leadingInt(b []byte) (int64, []byte, bool) {
+	var n int64
+	i := 0
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		n = n*10 + int64(b[i]-'0')
+		i++
+	}
+	return n, b[i:], i > 0
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// joinFrame is the $join every member sends, as the issue's clients do.
+func joinFrame(room string) string {
+	return `{"type":"$join","meta":{"correlationId":"j"},"payload":{"room":` + strconv.Quote(room) + `}}`
+}
+
+// pool is a set of members and the read loops they run.
+type pool struct {
+	members []*member
+	loops   sync.WaitGroup
+	errs    errorCounts
+	first   time.Time // first dial
+	last    time.Time // last $joined
+}
+
+// dialMembers connects n members with at most concurrency handshakes at a
+// time; each sends $join and waits for $joined before its worker dials the
+// next. Failures are counted, never retried. The members measure ticks
+// with sequence numbers in [lo, hi).
+func dialMembers(ctx context.Context, d *dialer, n, concurrency int, room string, lo, hi int64) *pool {
+	p := &pool{members: make([]*member, n)}
+	next := atomic.Int64{}
+	var lastNs atomic.Int64
+	frame := joinFrame(room)
+	p.first = time.Now()
+	var workers sync.WaitGroup
+	for range min(concurrency, n) {
+		workers.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				m := newMember(lo, hi)
+				if err := p.join(ctx, d, i, m, frame); err != nil {
+					p.errs.add(err.Error())
+					continue
+				}
+				p.members[i] = m
+				now := time.Now().UnixNano()
+				for {
+					old := lastNs.Load()
+					if now <= old || lastNs.CompareAndSwap(old, now) {
+						break
+					}
+				}
+			}
+		})
+	}
+	workers.Wait()
+	p.last = time.Unix(0, lastNs.Load())
+	p.members = compact(p.members)
+	return p
+}
+
+func compact(ms []*member) []*member {
+	out := ms[:0]
+	for _, m := range ms {
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame string) error {
+	conn, err := d.dial(i, m, &p.loops)
+	if err != nil {
+		return fmt.Errorf("dial: %s", errorKind(err))
+	}
+	m.conn = conn
+	if err := conn.WriteString(frame); err != nil {
+		m.byUs.Store(true)
+		_ = conn.NetConn().Close()
+		return fmt.Errorf("join: write: %s", errorKind(err))
+	}
+	t := time.NewTimer(joinTimeout)
+	defer t.Stop()
+	select {
+	case <-m.joined:
+		return nil
+	case reason := <-m.failed:
+		err = errors.New(reason)
+	case <-t.C:
+		err = errors.New("join: no $joined in time")
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	m.byUs.Store(true)
+	_ = conn.WriteClose(1000, nil)
+	return err
+}
+
+// closedByServer counts members the server or the network closed.
+func (p *pool) closedByServer() int {
+	n := 0
+	for _, m := range p.members {
+		if m.closed.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// close sends every member a close frame with code 1000 and waits (bounded)
+// for the read loops to end.
+func (p *pool) close() {
+	for _, m := range p.members {
+		m.byUs.Store(true)
+		_ = m.conn.WriteClose(1000, nil)
+	}
+	waitBounded(&p.loops, closeWait)
+}
+
+// waitBounded waits for wg, at most d; read loops end once their sockets
+// close, which WriteClose does at once.
+func waitBounded(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

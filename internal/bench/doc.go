@@ -1,0 +1,68 @@
+// Package bench generates load against a running edge over loopback and
+// prints one line of results per scenario and run; cmd/bench is its
+// command (its doc gives the edge command line the bench expects). Lines
+// are space-separated key=value fields; numbers carry their unit (12.5ms,
+// 100/s, 10s) or, without one, a unit in the key (_s seconds, _kib KiB of
+// 1024 bytes, _mib MiB, _pct percent of one core). With Runs > 1 every run
+// has run=N and a last line has run=median and the median of each numeric
+// field (docs quote medians of at least 3 runs).
+//
+// Server figures come from /proc of the server's process: RSS is VmRSS of
+// /proc/<pid>/status, CPU is utime+stime of /proc/<pid>/stat in 100 Hz
+// ticks (getconf CLK_TCK), so CPU figures have 10 ms resolution. The edge's
+// pid is Config.Pid or found from its listening port. A single-binary edge
+// holds the embedded nats-server and the built-in worker too, so its
+// figures include theirs. The bench itself shares the machine: bench_cpu_s
+// and max_bench_cpu_pct say how much it took.
+//
+// Connections are spread over loopback source addresses 127.0.0.1..N
+// (SourceAddrs), dialled DialConcurrency at a time, each sending
+// {"type":"$join","meta":{"correlationId":"j"},"payload":{"room":Room}}
+// and waiting for $joined before its dialler moves on. Nothing is retried:
+// failures are counted and their kinds written to Log.
+//
+// Scenario idle: Conns connections join Room. handshakes_per_s is the
+// joined connections over the time from the first dial to the last
+// $joined. After Settle, rss_per_conn_kib is (VmRSS now - rss_base) /
+// joined, where rss_base is the server's VmRSS before its first idle run in
+// this Run: a Go heap keeps freed memory for a while, so later runs reuse
+// what the first one grew and measuring from their own start would give
+// near zero. Start a fresh server for idle figures. server_cpu_s covers the
+// dials.
+//
+// Scenario fanout: Subs members join Room, then a publisher sends Rate
+// messages per second for Warmup+Duration on an absolute schedule (open
+// loop: late sends go at once, pub_lag_max says how late). Against natter
+// it publishes {"type":"bench.tick","payload":{"t":<unix ns>,"n":<seq>,
+// "pad":"x..."}} on NATS subject <prefix>.out.room.<Room> (the edge adds
+// meta.room, as for any service's message); against the floor, the floor
+// server generates the frame the edge would deliver itself. Members read t
+// and n with bytes.Index and no decoding, and count the messages sent in
+// the window after the warm-up: delivered, lost = subs x sent - delivered
+// (after up to 2 s for messages in flight), latency p50/p99/max = receive
+// time - t. server_cpu_s spans from the window's start to the last
+// delivery (or the 2 s); cpu_s_per_million is server_cpu_s per million
+// deliveries. closed counts members the server closed (4001: slow
+// consumer).
+//
+// Scenario rpc: Conns connections send request envelopes of Type at a
+// steady total Rate (open loop) for Duration after Warmup; p50..max are
+// round trips from send to reply. Then a closed loop on the same
+// connections keeps Inflight requests in flight on each, the next sent
+// from the read loop as soon as a reply arrives; max_rate is the replies
+// per second in its Duration window. The edge's --rate-limit (100/s per
+// connection by default) caps it: max_errors counts the refusals; run the
+// edge with --rate-limit -1 for the maximum.
+//
+// The floor (Servers "floor") is the baseline: ServeFloor, a server that
+// answers $join and broadcasts with gws's Broadcaster, nothing else. The
+// bench starts it as a child process (FloorCommand; cmd/bench runs itself
+// with -serve-floor) so that its RSS and CPU are read as the edge's are,
+// kills it when Run returns, and the kernel kills it if the bench dies.
+// idle and fanout run against it with the same settings and print
+// server=floor. For fanout it is told over HTTP what to publish (see
+// ServeFloor).
+//
+// Run is not safe for concurrent use with itself in one process: it
+// raises the process's open-file limit and reads process-wide CPU time.
+package bench
