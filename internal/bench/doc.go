@@ -38,11 +38,15 @@
 // meta.room, as for any service's message); against the floor, the floor
 // server generates the frame the edge would deliver itself. Members read t
 // and n with bytes.Index and no decoding, and count the messages sent in
-// the window after the warm-up: delivered, lost = subs x sent - delivered
-// (after up to 2 s for messages in flight), latency p50/p99/max = receive
-// time - t. server_cpu_s spans from the window's start to the last
-// delivery (or the 2 s); cpu_s_per_million is server_cpu_s per million
-// deliveries. closed counts members the server closed (4001: slow
+// the window after the warm-up. delivered counts those received by the
+// last expected delivery or 2 s after the last send, whichever comes
+// first; deliveries_per_s is delivered over Duration. An overloaded server
+// may deliver later: late counts what still arrives while deliveries keep
+// coming (each within 1 s of the previous one, for at most 20 s), and lost
+// = subs x sent - delivered - late. Latency p50/p99/max = receive time - t
+// over delivered and late messages. server_cpu_s spans from the window's
+// start to the end of delivered; cpu_s_per_million is server_cpu_s per
+// million delivered. closed counts members the server closed (4001: slow
 // consumer).
 //
 // Scenario rpc: Conns connections send request envelopes of Type at a
