@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lxzan/gws"
@@ -14,6 +15,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/rpc"
 )
 
 // frameOverhead is charged per queued frame on top of its bytes, so that a
@@ -22,10 +24,9 @@ const frameOverhead = 64
 
 // conn is one WebSocket connection.
 //
-// Its write queue is the only way data frames and pings reach the socket:
-// frames are shared between connections and never modified, the queue is
-// bounded in bytes, and one writer goroutine exists only while there is
-// something to write.
+// Its write queue is the only way data frames, pings and pongs reach the
+// socket: frames are shared between connections and never modified, and
+// the queue is bounded in bytes. writer.go writes it.
 type conn struct {
 	e      *Edge
 	socket *gws.Conn
@@ -48,10 +49,13 @@ type conn struct {
 
 	subs [2]*nats.Subscription // <prefix>.out.conn.<id> and <prefix>.ctl.conn.<id>
 
+	raw   syscall.RawConn // the socket's descriptor, for writes that never block; nil: writeLoop writes
+	shard int             // the writer pool shard
+
 	wmu         sync.Mutex
-	queue       [][]byte
-	pending     int // bytes in queue plus frameOverhead per frame
-	writing     bool
+	queue       [][]byte // complete WebSocket frames, shared and never modified
+	pending     int      // bytes in queue plus frameOverhead per frame
+	writing     bool     // a pool worker or writeLoop owns the socket's writes
 	pingDue     bool
 	closing     bool
 	closeCode   envelope.CloseCode
@@ -65,6 +69,10 @@ type conn struct {
 	connectedAt int64               // Unix ms
 	presenceSeq uint64              // guarded by hub.mu: orders presence updates
 
+	ctlMu      sync.Mutex
+	ctlQueue   []*nats.Msg // control messages waiting, in order
+	ctlRunning bool        // a goroutine is working through ctlQueue
+
 	rpcMu   sync.Mutex
 	calls   map[string]*call // client requests in flight, by correlationId
 	asks    map[string]*ask  // server-to-client requests waiting, by correlationId
@@ -75,6 +83,10 @@ func newConn(e *Edge, socket *gws.Conn, id string, ident *auth.Identity, release
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{e: e, socket: socket, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
 	c.ident.Store(ident)
+	if sc, ok := socket.NetConn().(syscall.Conn); ok && nonblockingWrites && !e.cfg.Compression {
+		c.raw, _ = sc.SyscallConn()
+	}
+	c.shard = int(e.nextShard.Add(1) % uint32(len(e.writers.shards)))
 	if e.cfg.RateLimit > 0 {
 		c.limit = rate.NewLimiter(rate.Limit(e.cfg.RateLimit), e.cfg.RateBurst)
 	}
@@ -99,11 +111,11 @@ func (c *conn) register() error {
 	if err != nil {
 		return err
 	}
-	if c.subs[0], err = c.e.nc.Subscribe(out.String(), c.onOut); err != nil {
+	if c.subs[0], err = c.e.disp.subscribe(c.e.nc, out.String(), c.shard, c.onOut); err != nil {
 		return err
 	}
-	if c.subs[1], err = c.e.nc.Subscribe(ctl.String(), c.control); err != nil {
-		_ = c.subs[0].Unsubscribe()
+	if c.subs[1], err = c.e.disp.subscribe(c.e.nc, ctl.String(), c.shard, c.onCtl); err != nil {
+		c.e.disp.unsubscribe(c.subs[0])
 		return err
 	}
 	if c.user != "" {
@@ -124,7 +136,7 @@ func (c *conn) register() error {
 func (c *conn) unsubscribe() {
 	for _, s := range c.subs {
 		if s != nil {
-			_ = s.Unsubscribe()
+			c.e.disp.unsubscribe(s)
 		}
 	}
 }
@@ -155,11 +167,17 @@ func (c *conn) unregister() {
 	c.wmu.Unlock()
 }
 
-// send queues one encoded frame. It never blocks: a connection whose queue
-// would pass Config.WriteQueueBytes is closed as a slow consumer instead. A
-// frame always fits an empty queue, so no valid frame by itself closes a
-// client that keeps up.
-func (c *conn) send(frame []byte) {
+// send queues one encoded envelope as a text frame.
+func (c *conn) send(envelope []byte) {
+	c.sendFrame(wsFrame(opText, envelope))
+}
+
+// sendFrame queues one complete frame (see wsFrame), which may be shared
+// with other connections. It never blocks: a connection whose queue would
+// pass Config.WriteQueueBytes is closed as a slow consumer instead. A frame
+// always fits an empty queue, so no valid frame by itself closes a client
+// that keeps up.
+func (c *conn) sendFrame(frame []byte) {
 	c.wmu.Lock()
 	if c.closing {
 		c.wmu.Unlock()
@@ -213,71 +231,55 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 	c.closeTimer = time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, func() { _ = c.socket.NetConn().Close() })
 }
 
+// startWriterLocked schedules the connection on its writer shard unless a
+// writer owns it already; c.wmu must be held.
 func (c *conn) startWriterLocked() {
 	if c.writing {
 		return
 	}
 	c.writing = true
-	c.e.wg.Add(1)
-	go c.writeLoop()
+	c.e.writers.schedule(c)
 }
 
-// writeLoop drains the queue and exits when it is empty. Frames are written
-// in order, each with its own write deadline; a ping goes out after the
-// frames queued before it, and a close after them too, unless the close
-// dropped them. The deadline is cleared when the writer goes idle, so that
-// pongs and gws's own close frames are not failed by a stale one.
-func (c *conn) writeLoop() {
-	defer c.e.wg.Done()
-	var batch [][]byte
-	for {
-		c.wmu.Lock()
-		batch, c.queue = c.queue, batch[:0]
-		ping := c.pingDue
-		c.pingDue = false
-		closing, code, reason := c.closing, c.closeCode, c.closeReason
-		if len(batch) == 0 && !ping && !closing {
-			c.writing = false
-			c.wmu.Unlock()
-			_ = c.socket.SetWriteDeadline(time.Time{})
-			return
-		}
-		c.wmu.Unlock()
+// maxCtlQueue bounds the control messages waiting for one connection.
+const maxCtlQueue = 256
 
-		written := 0
-		for i, f := range batch {
-			if c.dropped.Load() {
-				break
-			}
-			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			if err := c.socket.WriteMessage(gws.OpcodeText, f); err != nil {
-				c.abandon()
-				return
-			}
-			batch[i] = nil
-			written += len(f) + frameOverhead
-			c.e.stats.framesOut.Add(1)
-			c.e.stats.bytesOut.Add(int64(len(f)))
-		}
-		clear(batch)
-		if written > 0 {
-			c.wmu.Lock()
-			c.pending = max(c.pending-written, 0)
-			c.wmu.Unlock()
-		}
-		if ping {
-			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			if err := c.socket.WritePing(nil); err != nil {
-				c.abandon()
-				return
-			}
-		}
-		if closing && (len(batch) == 0 || c.dropped.Load()) {
-			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			_ = c.socket.WriteClose(uint16(code), []byte(reason))
-			c.abandon()
+// onCtl queues a control message from a worker or service. Control can
+// wait (a join confirms its subscription, a join as the client may ask the
+// authorizer), so it runs on a goroutine of the connection's own, which
+// exists only while messages wait, and never on the dispatcher.
+func (c *conn) onCtl(msg *nats.Msg) {
+	c.ctlMu.Lock()
+	if len(c.ctlQueue) >= maxCtlQueue {
+		c.ctlMu.Unlock()
+		replyControl(msg, &rpc.Error{Code: envelope.CodeResourceExhausted, Message: "too many control messages waiting for this connection"})
+		return
+	}
+	c.ctlQueue = append(c.ctlQueue, msg)
+	start := !c.ctlRunning
+	c.ctlRunning = true
+	c.ctlMu.Unlock()
+	if start {
+		c.e.wg.Add(1)
+		go c.runControl()
+	}
+}
+
+func (c *conn) runControl() {
+	defer c.e.wg.Done()
+	for {
+		c.ctlMu.Lock()
+		if len(c.ctlQueue) == 0 {
+			c.ctlQueue = nil
+			c.ctlRunning = false
+			c.ctlMu.Unlock()
 			return
 		}
+		msg := c.ctlQueue[0]
+		c.ctlQueue[0] = nil
+		c.ctlQueue = c.ctlQueue[1:]
+		c.ctlMu.Unlock()
+		c.control(msg)
 	}
 }
 

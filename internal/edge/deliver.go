@@ -14,8 +14,10 @@ import (
 )
 
 // outbound checks an envelope published toward clients and returns the
-// frame to send, encoded once for every local recipient. Room deliveries get
-// meta.room. Invalid envelopes are dropped and counted.
+// WebSocket frame to send, encoded once for every local recipient. Room
+// deliveries get meta.room. Invalid envelopes are dropped and counted,
+// envelopes that are not UTF-8 among them (browsers fail a connection on
+// such a text frame).
 func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.MaxOutboundSize); err != nil {
@@ -35,11 +37,15 @@ func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 			return nil, nil, false
 		}
 	}
+	if !utf8.Valid(frame) {
+		e.stats.dropped.Add(1)
+		return nil, nil, false
+	}
 	var exclude []string
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
 		exclude = strings.Split(x, ",")
 	}
-	return frame, exclude, true
+	return wsFrame(opText, frame), exclude, true
 }
 
 // deliverGroup fans a room or user message out to the local members.
@@ -56,7 +62,7 @@ func (e *Edge) deliverGroup(g *group, msg *nats.Msg) {
 	defer g.mu.RUnlock()
 	for c := range g.members {
 		if exclude == nil || !slices.Contains(exclude, c.id) {
-			c.send(frame)
+			c.sendFrame(frame)
 		}
 	}
 }
@@ -71,15 +77,16 @@ func (e *Edge) deliverDiff(room string, d any) {
 		return
 	}
 	payload, _ := json.Marshal(d)
-	frame, err := envelope.Encode(&envelope.Envelope{Type: envelope.TypePresenceDiff, Meta: envelope.Meta{Room: room}, Payload: payload})
+	b, err := envelope.Encode(&envelope.Envelope{Type: envelope.TypePresenceDiff, Meta: envelope.Meta{Room: room}, Payload: payload})
 	if err != nil {
 		return
 	}
+	frame := wsFrame(opText, b)
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for c, watch := range g.members {
 		if watch {
-			c.send(frame)
+			c.sendFrame(frame)
 		}
 	}
 }
@@ -92,7 +99,7 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 	}
 	e.conns.each(func(c *conn) {
 		if exclude == nil || !slices.Contains(exclude, c.id) {
-			c.send(frame)
+			c.sendFrame(frame)
 		}
 	})
 }
@@ -102,7 +109,7 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 func (c *conn) onOut(msg *nats.Msg) {
 	if msg.Reply == "" {
 		if frame, _, ok := c.e.outbound(msg, ""); ok {
-			c.send(frame)
+			c.sendFrame(frame)
 		}
 		return
 	}
@@ -163,6 +170,11 @@ func (c *conn) control(msg *nats.Msg) {
 	} else {
 		err = &rpc.Error{Code: envelope.CodeInvalidArgument, Message: "control body must be JSON"}
 	}
+	replyControl(msg, err)
+}
+
+// replyControl answers a control message that asked for a reply.
+func replyControl(msg *nats.Msg, err error) {
 	if msg.Reply == "" {
 		return
 	}

@@ -46,6 +46,9 @@ type Edge struct {
 	rpc           *rpcMux
 	presence      *presence.Service // nil when off
 	stats         counters
+	writers       *writerPool
+	disp          *dispatcher
+	nextShard     atomic.Uint32
 	// rpcLatency observes client RPCs from forward to reply; nil without
 	// Config.Registerer.
 	rpcLatency prometheus.Histogram
@@ -124,6 +127,8 @@ func New(cfg Config) (*Edge, error) {
 			return nil, err
 		}
 	}
+	e.writers = newWriterPool()
+	e.disp = newDispatcher()
 	e.wg.Add(1)
 	go e.tick()
 	return e, nil
@@ -241,6 +246,8 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 			e.presence.Stop()
 		}
 		e.wg.Wait()
+		e.disp.close()
+		e.writers.close()
 		close(done)
 	}()
 	select {
@@ -303,7 +310,7 @@ type Stats struct {
 	SlowConsumerCloses int64 // connections closed with 4001
 	RPCs               int64 // requests forwarded
 	BytesIn            int64 // payload bytes of client frames read
-	BytesOut           int64 // payload bytes of frames written to sockets
+	BytesOut           int64 // bytes written to sockets, frame headers and pings included
 	Refused            int64 // handshakes refused: auth, origin, limits
 	RateLimited        int64 // client messages refused by a rate limit
 }

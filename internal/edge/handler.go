@@ -36,6 +36,8 @@ func (h *handler) OnClose(socket *gws.Conn, err error) {
 func (h *handler) OnPing(socket *gws.Conn, payload []byte) {
 	if c := h.conn(socket); c != nil {
 		c.lastRead.Store(time.Now().UnixNano())
+		c.sendFrame(wsFrame(opPong, payload)) // through the queue, never between a frame's parts
+		return
 	}
 	_ = socket.WritePong(payload)
 }

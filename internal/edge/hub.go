@@ -143,7 +143,7 @@ func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watc
 			return nil, err
 		}
 		g = &group{id: id, room: room, members: make(map[*conn]bool), ready: make(chan struct{})}
-		g.sub, err = h.e.nc.Subscribe(subj.String(), func(msg *nats.Msg) { h.e.deliverGroup(g, msg) })
+		g.sub, err = h.e.disp.subscribe(h.e.nc, subj.String(), h.e.conns.shard(id), func(msg *nats.Msg) { h.e.deliverGroup(g, msg) })
 		if err != nil {
 			return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
 		}
@@ -183,7 +183,7 @@ func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
 	g.mu.Unlock()
 	if empty {
 		delete(m, id)
-		_ = g.sub.Unsubscribe()
+		h.e.disp.unsubscribe(g.sub)
 	}
 }
 

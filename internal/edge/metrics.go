@@ -20,7 +20,7 @@ var statDescs = []struct {
 	{prometheus.NewDesc("natter_edge_frames_in_total", "Client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesIn }},
 	{prometheus.NewDesc("natter_edge_frames_out_total", "Frames written to sockets.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesOut }},
 	{prometheus.NewDesc("natter_edge_bytes_in_total", "Payload bytes of client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesIn }},
-	{prometheus.NewDesc("natter_edge_bytes_out_total", "Payload bytes of frames written to sockets.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesOut }},
+	{prometheus.NewDesc("natter_edge_bytes_out_total", "Bytes written to sockets, WebSocket frame headers included.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesOut }},
 	{prometheus.NewDesc("natter_edge_published_total", "Client messages published to NATS.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Published }},
 	{prometheus.NewDesc("natter_edge_rpcs_total", "Client requests forwarded to workers.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RPCs }},
 	{prometheus.NewDesc("natter_edge_outbound_dropped_total", "Envelopes from NATS dropped: malformed or breaking their schema.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.OutboundDropped }},

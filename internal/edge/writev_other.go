@@ -1,0 +1,14 @@
+//go:build !linux
+
+package edge
+
+import "errors"
+
+// writev is never called off Linux: connections there have no raw
+// descriptor and use their own writer goroutine.
+func (s *writerShard) writev(uintptr) bool {
+	s.err = errors.ErrUnsupported
+	return true
+}
+
+const nonblockingWrites = false
