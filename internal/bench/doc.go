@@ -35,8 +35,11 @@
 // loop: late sends go at once, pub_lag_max says how late). Against natter
 // it publishes {"type":"bench.tick","payload":{"t":<unix ns>,"n":<seq>,
 // "pad":"x..."}} on NATS subject <prefix>.out.room.<Room> (the edge adds
-// meta.room, as for any service's message); against the floor, the floor
-// server generates the frame the edge would deliver itself. Members read t
+// meta.room, as for any service's message), t being the time of the
+// publish; against the floor, the floor server generates the frame the
+// edge would deliver itself, t being the time the tick was due (a floor
+// behind schedule is charged for it, as an edge whose NATS input queues
+// up is). Members read t
 // and n with bytes.Index and no decoding, and count the messages sent in
 // the window after the warm-up. delivered counts those received by the
 // last expected delivery or 2 s after the last send, whichever comes

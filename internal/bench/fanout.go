@@ -36,7 +36,7 @@ func appendTick(b []byte, t, n int64, pad string) []byte {
 // pace calls send for n = 0..count-1, send n being due at start +
 // n/rate: an open loop that catches up at once when late. It returns how
 // far behind schedule a send started, at most.
-func pace(ctx context.Context, start time.Time, rate int, count int64, send func(n int64) error) (time.Duration, error) {
+func pace(ctx context.Context, start time.Time, rate int, count int64, send func(n int64, due time.Time) error) (time.Duration, error) {
 	var lag time.Duration
 	for n := range count {
 		due := start.Add(time.Duration(n * int64(time.Second) / int64(rate)))
@@ -47,7 +47,7 @@ func pace(ctx context.Context, start time.Time, rate int, count int64, send func
 		} else {
 			lag = max(lag, -d)
 		}
-		if err := send(n); err != nil {
+		if err := send(n, due); err != nil {
 			return lag, err
 		}
 	}
@@ -91,7 +91,7 @@ func (p *natsPublisher) publish(ctx context.Context, start time.Time, rate int, 
 	padding := strings.Repeat("x", pad)
 	prefix := `{"type":"` + tickType + `","payload":`
 	buf := make([]byte, 0, len(prefix)+pad+64)
-	lag, err := pace(ctx, start, rate, count, func(n int64) error {
+	lag, err := pace(ctx, start, rate, count, func(n int64, _ time.Time) error {
 		b := append(buf[:0], prefix...)
 		b = appendTick(b, time.Now().UnixNano(), n, padding)
 		b = append(b, '}')
@@ -124,9 +124,15 @@ func (p *floorPublisher) publish(ctx context.Context, start time.Time, rate int,
 	if err != nil {
 		return 0, err
 	}
-	c := &http.Client{Timeout: time.Until(start) + time.Duration(count)*time.Second/time.Duration(rate) + 30*time.Second}
+	// The floor generates the ticks itself and may fall behind; it has
+	// until the late deliveries would stop being counted, and a margin.
+	bound := time.Until(start) + time.Duration(count)*time.Second/time.Duration(rate) + drainWait + lateWait + 10*time.Second
+	c := &http.Client{Timeout: bound}
 	resp, err := c.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			return 0, fmt.Errorf("bench: floor publish did not finish within %s (the floor cannot keep up with this load): %w", bound.Round(time.Second), err)
+		}
 		return 0, fmt.Errorf("bench: floor publish: %w", err)
 	}
 	defer resp.Body.Close()

@@ -42,7 +42,10 @@ const floorReadBufferSize = 2048
 //     publisher (tick n due at start + n/rate), each the frame the edge would
 //     deliver ({"type":"bench.tick","meta":{"room":..},"payload":{"t","n","pad"}}),
 //     encoded once and sent to every member with gws's Broadcaster; it
-//     answers {"sent":n,"lagMaxNs":..} when done.
+//     answers {"sent":n,"lagMaxNs":..} when done. A tick's t is the time
+//     it was due, not when the floor got round to it: the edge's input
+//     waits in NATS when the edge falls behind, and the floor's must count
+//     the same.
 //
 // Once listening, it writes "floor listening on <host:port>" and a newline
 // to ready. Like the edge, it raises its open-file limit to the hard limit.
@@ -182,12 +185,15 @@ func (f *floor) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	padding := strings.Repeat("x", pad)
 	prefix := `{"type":"` + tickType + `","meta":{"room":` + strconv.Quote(room) + `},"payload":`
-	lag, err := pace(r.Context(), time.Unix(0, start), rate, count, func(n int64) error {
+	lag, err := pace(r.Context(), time.Unix(0, start), rate, count, func(n int64, due time.Time) error {
 		// A new buffer per tick: the Broadcaster keeps it until its
 		// frames are written.
 		b := make([]byte, 0, len(prefix)+pad+64)
 		b = append(b, prefix...)
-		b = appendTick(b, time.Now().UnixNano(), n, padding)
+		// The tick's time is when it was due: when a broker would have
+		// handed it to the server. A floor that falls behind its schedule
+		// is late, as an edge whose NATS input queues up is.
+		b = appendTick(b, due.UnixNano(), n, padding)
 		b = append(b, '}')
 		bc := gws.NewBroadcaster(gws.OpcodeText, b)
 		f.mu.RLock()
