@@ -63,6 +63,7 @@ func main() {
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
 	fs.BoolVar(&rc.Edge.PresenceOpen, "presence-open", false, "let clients list the members of rooms they are not in")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
+	fs.IntVar(&rc.Edge.ReadBufferSize, "read-buffer-size", 1024, "bytes of each connection's read buffer (larger frames are still read whole)")
 	fs.IntVar(&rc.Edge.MaxRoomsPerConn, "max-rooms", 128, "rooms one connection may be in; more joins get RESOURCE_EXHAUSTED")
 
 	// Authentication and authorization.
@@ -107,6 +108,7 @@ func main() {
 	natsFlags.Register(fs)
 
 	// Operations.
+	fs.BoolVar(&rc.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the admin listener (keep it private)")
 	fs.StringVar(&rc.AdminListen, "admin-listen", "", "admin address serving /healthz, /readyz and /metrics, like :9090 (default: none)")
 	fs.DurationVar(&rc.DrainDelay, "drain-delay", 0, "at SIGTERM, fail readiness this long before closing sockets, so load balancers stop routing first")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -255,7 +255,7 @@ func (c *conn) authorizeJoin(room string) error {
 		return nil
 	}
 	c.e.hub.mu.Lock()
-	_, member := c.rooms[room]
+	member := c.rooms.has(room)
 	c.e.hub.mu.Unlock()
 	if member {
 		return nil

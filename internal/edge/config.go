@@ -69,7 +69,10 @@ type Config struct {
 	// RateBurst is how many messages a connection may send at once above
 	// RateLimit. Default 2*RateLimit.
 	RateBurst int
-	// ReadBufferSize is each connection's read buffer, in bytes. Default 2048.
+	// ReadBufferSize is each connection's read buffer, in bytes. Larger
+	// frames are still read whole; the buffer only sets how much one read
+	// takes. It is held for the connection's life, so it is a large part
+	// of an idle connection's memory. Default 1024.
 	ReadBufferSize int
 	// Compression offers permessage-deflate (without context takeover).
 	// Default off.
@@ -186,7 +189,7 @@ func (c *Config) setDefaults() error {
 	defInt(&c.WriteQueueBytes, 1<<20)
 	defInt(&c.MaxInflightRPC, 64)
 	defInt(&c.MaxRoomsPerConn, 128)
-	defInt(&c.ReadBufferSize, 2048)
+	defInt(&c.ReadBufferSize, 1024)
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.PingInterval, 25*time.Second)
 	def(&c.PongTimeout, 20*time.Second)

@@ -63,11 +63,11 @@ type conn struct {
 	closeTimer  *time.Timer
 	dropped     atomic.Bool // the close discards queued frames
 
-	rooms       map[string]struct{} // guarded by hub.mu
-	gone        bool                // guarded by hub.mu: left every room for good
-	state       json.RawMessage     // guarded by hub.mu: client-set presence state
-	connectedAt int64               // Unix ms
-	presenceSeq uint64              // guarded by hub.mu: orders presence updates
+	rooms       roomSet         // guarded by hub.mu
+	gone        bool            // guarded by hub.mu: left every room for good
+	state       json.RawMessage // guarded by hub.mu: client-set presence state
+	connectedAt int64           // Unix ms
+	presenceSeq uint64          // guarded by hub.mu: orders presence updates
 
 	ctlMu      sync.Mutex
 	ctlQueue   []*nats.Msg // control messages waiting, in order

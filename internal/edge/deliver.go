@@ -149,7 +149,7 @@ func (c *conn) control(msg *nats.Msg) {
 			}
 		case envelope.OpMember:
 			c.e.hub.mu.Lock()
-			_, member := c.rooms[ctl.Room]
+			member := c.rooms.has(ctl.Room)
 			c.e.hub.mu.Unlock()
 			if !member || ctl.Room == "" {
 				err = &rpc.Error{Code: envelope.CodePermissionDenied, Message: "not a member of this room"}

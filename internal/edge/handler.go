@@ -224,7 +224,7 @@ func (c *conn) queryPresence(cid string, payload json.RawMessage) {
 	var reply any
 	if q.Room != "" {
 		c.e.hub.mu.Lock()
-		_, member := c.rooms[q.Room]
+		member := c.rooms.has(q.Room)
 		c.e.hub.mu.Unlock()
 		if !member && !c.e.cfg.PresenceOpen {
 			c.sendError(cid, envelope.CodePermissionDenied, "not a member of room "+q.Room)

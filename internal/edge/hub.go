@@ -2,7 +2,6 @@ package edge
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -54,11 +53,11 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 		h.mu.Unlock()
 		return &rpc.Error{Code: envelope.CodeNotFound, Message: "connection closed"}
 	}
-	if _, ok := c.rooms[room]; !ok && len(c.rooms) >= h.e.cfg.MaxRoomsPerConn {
+	had := c.rooms.has(room)
+	if !had && len(c.rooms) >= h.e.cfg.MaxRoomsPerConn {
 		h.mu.Unlock()
 		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
 	}
-	_, had := c.rooms[room]
 	if byServer && had {
 		if g := h.rooms[room]; g != nil {
 			g.mu.RLock()
@@ -69,10 +68,7 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 	g, err := h.addLocked(h.rooms, room, true, c, watch)
 	var entry *presence.Entry
 	if err == nil {
-		if c.rooms == nil {
-			c.rooms = make(map[string]struct{})
-		}
-		c.rooms[room] = struct{}{}
+		c.rooms = c.rooms.add(room)
 		if !had {
 			entry = c.entryLocked()
 		}
@@ -92,8 +88,8 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 func (h *hub) leave(c *conn, room, cid string) {
 	h.mu.Lock()
 	var entry *presence.Entry
-	if _, ok := c.rooms[room]; ok {
-		delete(c.rooms, room)
+	if c.rooms.has(room) {
+		c.rooms = c.rooms.remove(room)
 		h.removeLocked(h.rooms, room, c)
 		entry = c.entryLocked()
 	}
@@ -106,7 +102,7 @@ func (h *hub) leave(c *conn, room, cid string) {
 func (h *hub) leaveAll(c *conn) {
 	h.mu.Lock()
 	c.gone = true
-	for room := range c.rooms {
+	for _, room := range c.rooms {
 		h.removeLocked(h.rooms, room, c)
 	}
 	c.rooms = nil
@@ -206,7 +202,7 @@ func (c *conn) entryLocked() *presence.Entry {
 	c.presenceSeq++
 	e := &presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt, State: c.state, Seq: c.presenceSeq}
 	if len(c.rooms) > 0 {
-		e.Rooms = slices.Sorted(maps.Keys(c.rooms))
+		e.Rooms = slices.Clone(c.rooms)
 	}
 	return e
 }
@@ -222,4 +218,28 @@ func (h *hub) watching(room string) bool {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	return g.watchers > 0
+}
+
+// roomSet is a connection's rooms, sorted: a few strings cost less memory
+// than a map on every connection.
+type roomSet []string
+
+func (s roomSet) has(room string) bool {
+	_, ok := slices.BinarySearch(s, room)
+	return ok
+}
+
+func (s roomSet) add(room string) roomSet {
+	i, ok := slices.BinarySearch(s, room)
+	if ok {
+		return s
+	}
+	return slices.Insert(s, i, room)
+}
+
+func (s roomSet) remove(room string) roomSet {
+	if i, ok := slices.BinarySearch(s, room); ok {
+		return slices.Delete(s, i, i+1)
+	}
+	return s
 }

@@ -69,6 +69,8 @@ type RunConfig struct {
 	// AdminListen is the admin listener's address (/healthz, /readyz,
 	// /metrics). Empty: none.
 	AdminListen string
+	// Pprof serves net/http/pprof on the admin listener.
+	Pprof bool
 	// DrainDelay is how long readiness reports failure before the edge
 	// stops accepting and closes sockets at shutdown, so that load
 	// balancers stop routing to it first. Default 0.
@@ -210,6 +212,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 
 	admin := ops.New(rc.AdminListen, log)
+	if rc.Pprof {
+		admin.EnablePprof()
+	}
 	rc.Edge.Registerer = admin.Registry
 	admin.Registry.MustRegister(ops.NATSCollector(nc))
 	var draining ops.Draining
