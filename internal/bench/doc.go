@@ -42,8 +42,9 @@
 // up is). Members read t
 // and n with bytes.Index and no decoding, and count the messages sent in
 // the window after the warm-up. delivered counts those received by the
-// last expected delivery or 2 s after the last send, whichever comes
-// first; deliveries_per_s is delivered over Duration. An overloaded server
+// last expected delivery or 2 s after the last tick was due, whichever
+// comes first (also when the publisher is behind); deliveries_per_s is
+// delivered over Duration. An overloaded server
 // may deliver later: late counts what still arrives while deliveries keep
 // coming (each within 1 s of the previous one, for at most 20 s), and lost
 // = subs x sent - delivered - late. Latency p50/p99/max = receive time - t

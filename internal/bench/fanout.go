@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -194,21 +193,28 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	}
 	start := time.Now().Add(100 * time.Millisecond)
 	done := make(chan pubResult, 1)
+	var pr *pubResult // the publisher's result, once in
+	pctx, cancelPub := context.WithCancel(ctx)
 	go func() {
-		lag, err := pub.publish(ctx, start, cfg.Rate, warm+measured, cfg.PayloadSize)
+		lag, err := pub.publish(pctx, start, cfg.Rate, warm+measured, cfg.PayloadSize)
 		done <- pubResult{lag, err}
 	}()
+	defer func() {
+		// On early returns, stop the publisher and wait for it.
+		cancelPub()
+		if pr == nil {
+			<-done
+		}
+	}()
 	if !sleepCtx(ctx, time.Until(start.Add(cfg.Warmup))) {
-		<-done
 		return nil, ctx.Err()
 	}
-	s0, err0 := sampleProc(t.pid)
-	b0 := selfCPUSeconds()
-	w0 := time.Now()
-	pr := <-done
-	if err := errors.Join(err0, pr.err); err != nil {
+	s0, err := sampleProc(t.pid)
+	if err != nil {
 		return nil, err
 	}
+	b0 := selfCPUSeconds()
+	w0 := time.Now()
 	expected := int64(len(p.members)) * measured
 	got := func() int64 {
 		var n int64
@@ -217,7 +223,25 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 		}
 		return n
 	}
-	for deadline := time.Now().Add(drainWait); got() < expected && time.Now().Before(deadline) && ctx.Err() == nil; {
+	// The window ends at the last expected delivery, or drainWait after
+	// the last tick was due, whether or not the publisher has caught up.
+	poll := func() error {
+		if pr == nil {
+			select {
+			case r := <-done:
+				pr = &r
+			default:
+			}
+		}
+		if pr != nil && pr.err != nil {
+			return pr.err
+		}
+		return ctx.Err()
+	}
+	for deadline := start.Add(cfg.Warmup + cfg.Duration + drainWait); got() < expected && time.Now().Before(deadline); {
+		if err := poll(); err != nil {
+			return nil, err
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	s1, err := sampleProc(t.pid)
@@ -230,11 +254,21 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	// An overloaded server may still be delivering: those messages are
 	// late, not lost. Count them while they keep coming.
 	progress, last := time.Now(), delivered
-	for deadline := progress.Add(lateWait); last < expected && time.Since(progress) < time.Second && time.Now().Before(deadline) && ctx.Err() == nil; {
+	for deadline := progress.Add(lateWait); last < expected && time.Since(progress) < time.Second && time.Now().Before(deadline); {
+		if err := poll(); err != nil {
+			return nil, err
+		}
 		time.Sleep(20 * time.Millisecond)
 		if n := got(); n != last {
 			progress, last = time.Now(), n
 		}
+	}
+	if pr == nil {
+		r := <-done // bounded: see the publishers
+		pr = &r
+	}
+	if pr.err != nil {
+		return nil, pr.err
 	}
 	closed := p.closedByServer()
 	p.close() // the read loops have ended: their latencies can be read
