@@ -25,14 +25,15 @@ import (
 const floorReadyPrefix = "floor listening on "
 
 // floorReadBufferSize is the floor's per-connection read buffer, the same
-// as the edge's default, so that RSS compares everything else.
-const floorReadBufferSize = 2048
+// as the edge's default (--read-buffer-size), so that RSS compares
+// everything else.
+const floorReadBufferSize = 1024
 
 // ServeFloor runs the floor server on addr until ctx ends: the baseline the
 // edge is measured against. It has no broker and does no envelope work:
 //
 //   - it upgrades WebSocket requests on any path with gws.NewUpgrader and
-//     gws's default options, except ReadBufferSize (2048, the edge's
+//     gws's default options, except ReadBufferSize (1024, the edge's
 //     default);
 //   - it answers a text frame holding a $join envelope with a $joined
 //     envelope, as the edge does, and remembers the socket as a member of
