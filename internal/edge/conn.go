@@ -52,16 +52,18 @@ type conn struct {
 	raw   syscall.RawConn // the socket's descriptor, for writes that never block; nil: writeLoop writes
 	shard int             // the writer pool shard
 
-	wmu         sync.Mutex
-	queue       [][]byte // complete WebSocket frames, shared and never modified
-	pending     int      // bytes in queue plus frameOverhead per frame
-	writing     bool     // a pool worker or writeLoop owns the socket's writes
-	pingDue     bool
-	closing     bool
-	closeCode   envelope.CloseCode
-	closeReason string
-	closeTimer  *time.Timer
-	dropped     atomic.Bool // the close discards queued frames
+	wmu          sync.Mutex
+	queue        [][]byte // complete WebSocket frames, shared and never modified
+	pending      int      // bytes in queue plus frameOverhead per frame
+	writing      bool     // a pool worker or writeLoop owns the socket's writes
+	tail         []byte   // the unwritten rest of a partly written frame; goes first, even past a drop
+	unregistered bool     // the socket is gone: write nothing more
+	pingDue      bool
+	closing      bool
+	closeCode    envelope.CloseCode
+	closeReason  string
+	closeTimer   *time.Timer
+	dropped      atomic.Bool // the close discards queued frames
 
 	rooms       roomSet         // guarded by hub.mu
 	gone        bool            // guarded by hub.mu: left every room for good
@@ -159,6 +161,7 @@ func (c *conn) unregister() {
 	c.e.stats.connections.Add(-1)
 	c.wmu.Lock()
 	c.closing = true
+	c.unregistered = true
 	c.queue = nil
 	c.pending = 0
 	if c.closeTimer != nil {
@@ -252,6 +255,9 @@ func (c *conn) onCtl(msg *nats.Msg) {
 	c.ctlMu.Lock()
 	if len(c.ctlQueue) >= maxCtlQueue {
 		c.ctlMu.Unlock()
+		if c.e.logLimit.Allow() {
+			c.e.cfg.Logger.Warn("edge: control queue full, refused", "conn", c.id, "reply", msg.Reply != "")
+		}
 		replyControl(msg, &rpc.Error{Code: envelope.CodeResourceExhausted, Message: "too many control messages waiting for this connection"})
 		return
 	}

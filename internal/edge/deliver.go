@@ -16,8 +16,8 @@ import (
 // outbound checks an envelope published toward clients and returns the
 // WebSocket frame to send, encoded once for every local recipient. Room
 // deliveries get meta.room. Invalid envelopes are dropped and counted,
-// envelopes that are not UTF-8 among them (browsers fail a connection on
-// such a text frame).
+// envelopes that are not UTF-8 among them (DecodeInto refuses them: a
+// browser fails a connection on such a text frame).
 func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.MaxOutboundSize); err != nil {
@@ -36,10 +36,6 @@ func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 			e.stats.dropped.Add(1)
 			return nil, nil, false
 		}
-	}
-	if !utf8.Valid(frame) {
-		e.stats.dropped.Add(1)
-		return nil, nil, false
 	}
 	var exclude []string
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {

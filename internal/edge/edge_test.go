@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +297,56 @@ func TestControlSubject(t *testing.T) {
 	}
 	if code := c.WaitClose(t, wait); code != uint16(envelope.CloseKicked) {
 		t.Fatalf("close code %d", code)
+	}
+}
+
+// A backlog far larger than the socket buffers, queued while the client
+// does not read, arrives whole and in order once it reads: the writer pool's
+// non-blocking writev takes what fits, and the connection's own writer
+// finishes the partly written frame and the rest before handing the
+// connection back. Pings sent meanwhile must not land inside a frame.
+func TestBacklogPastSocketBuffersArrivesInOrder(t *testing.T) {
+	m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, PingInterval: 50 * time.Millisecond, PongTimeout: time.Minute})
+	c := wstest.DialRaw(t, m.edge.URL, 16<<10)
+	if err := c.WriteText([]byte(`{"type":"$join","payload":{"room":"backlog"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, wait, "joined", func() bool { return m.edge.Stats().FramesOut >= 1 })
+	const n = 400 // 400 x ~30 KB = 12 MB, past any loopback socket buffer
+	pad := strings.Repeat("y", 30000)
+	for i := range n {
+		if err := m.nats.Publish("natter.out.room.backlog", []byte(`{"type":"seq","payload":{"i":`+strconv.Itoa(i)+`,"pad":"`+pad+`"}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.nats.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the pool hits a full socket; pings queue up
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	next := 0
+	for next < n {
+		op, p, err := c.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d frames: %v", next, err)
+		}
+		if op != 0x1 {
+			if op != 0x9 {
+				t.Fatalf("after %d frames: opcode %#x", next, op)
+			}
+			continue // a ping, between frames
+		}
+		env, err := envelope.Decode(p, 1<<20)
+		if err != nil {
+			t.Fatalf("frame %d: %v", next, err)
+		}
+		if env.Type == envelope.TypeJoined {
+			continue
+		}
+		want := `{"i":` + strconv.Itoa(next) + `,"pad":"` + pad + `"}`
+		if string(env.Payload) != want {
+			t.Fatalf("frame %d: got %.40s...", next, env.Payload)
+		}
+		next++
 	}
 }

@@ -1,10 +1,11 @@
 package edge_test
 
 // Room fan-out benchmarks: the cost on the edge of one envelope published on
-// natter.out.room.<room> reaching N local members. The edge's NATS callback
-// decodes and validates it once, sets meta.room (one re-encode), queues the
-// shared frame on each member's bounded write queue, and per-connection
-// writer goroutines write the WebSocket frames.
+// natter.out.room.<room> reaching N local members. The edge's dispatcher
+// decodes and validates it once, sets meta.room (one re-encode), builds one
+// WebSocket frame, queues that shared frame on each member's bounded write
+// queue, and the writer pool writes each member's queue in one non-blocking
+// writev (see writer.go).
 //
 // How the members are connected, and why:
 //
@@ -119,9 +120,11 @@ func BenchmarkRoomFanout(b *testing.B) {
 
 // BenchmarkRoomFanoutEncode is BenchmarkRoomFanout with each socket replaced
 // by an in-memory sink: the edge's own work (NATS callback, decode,
-// re-encode, enqueue, writer goroutines, gws framing) without the kernel
-// and the clients. The sinks' byte-for-byte check of every frame is timed
-// with it.
+// re-encode, enqueue) without the kernel and the clients. The sinks' byte-
+// for-byte check of every frame is timed with it. A sink has no file
+// descriptor, so its frames take the fallback path: each connection's own
+// writer goroutine with blocking writes, as every connection did before
+// the writer pool; compare it with BenchmarkRoomFanout for the pool.
 func BenchmarkRoomFanoutEncode(b *testing.B) {
 	for _, n := range fanoutSizes {
 		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {

@@ -78,6 +78,7 @@ func framePayload(f []byte) []byte {
 type writerPool struct {
 	shards []writerShard
 	stop   chan struct{}
+	once   sync.Once
 	wg     sync.WaitGroup
 }
 
@@ -110,7 +111,7 @@ func newWriterPool() *writerPool {
 
 // close stops the workers; connections scheduled later are not written.
 func (p *writerPool) close() {
-	close(p.stop)
+	p.once.Do(func() { close(p.stop) })
 	p.wg.Wait()
 }
 
@@ -156,7 +157,14 @@ func (p *writerPool) run(s *writerShard) {
 // goroutine.
 func (c *conn) flush(s *writerShard) {
 	c.wmu.Lock()
-	if c.closing || c.raw == nil {
+	if c.unregistered {
+		// The socket is gone: nothing to write, and Shutdown may be
+		// waiting on the edge's WaitGroup, so start no writeLoop.
+		c.queue = nil
+		c.wmu.Unlock()
+		return
+	}
+	if c.closing || c.raw == nil || c.tail != nil {
 		c.wmu.Unlock()
 		c.e.wg.Add(1)
 		go c.writeLoop()
@@ -164,32 +172,40 @@ func (c *conn) flush(s *writerShard) {
 	}
 	q := c.queue
 	c.queue = nil
-	ping := c.pingDue
-	if ping {
+	if c.pingDue {
 		c.pingDue = false
 		q = append(q, pingFrame)
 		c.pending += len(pingFrame) + frameOverhead
 	}
 	c.wmu.Unlock()
 
-	n, err := s.writeNonblocking(c.raw, q)
+	offered := q[:min(len(q), maxIovecs)]
+	n, err := s.writeNonblocking(c.raw, offered)
 	if err != nil {
 		c.abandon()
 		return
 	}
-	done, rest := c.account(q, n, ping)
-	if len(rest) > 0 {
+	done, tail := c.account(offered, n)
+	if tail != nil || done < len(offered) {
 		// The socket's buffer is full: the connection's own goroutine
-		// finishes, starting with the rest of a partly written frame.
+		// finishes, starting with the rest of a partly written frame,
+		// which nothing may precede or drop.
 		c.wmu.Lock()
-		c.queue = append(rest, c.queue...)
+		c.tail = tail
+		c.queue = append(q[done+boolInt(tail != nil):len(q):len(q)], c.queue...)
 		c.wmu.Unlock()
 		c.e.wg.Add(1)
 		go c.writeLoop()
 		return
 	}
-	clear(q[:done])
 	c.wmu.Lock()
+	if done < len(q) {
+		// More than one writev holds, and the socket took all it was
+		// offered: the rest waits its turn like new frames.
+		c.queue = append(q[done:len(q):len(q)], c.queue...)
+	} else {
+		clear(q)
+	}
 	if len(c.queue) > 0 || c.pingDue || c.closing {
 		c.e.writers.schedule(c) // still ours: to the back of the line
 	} else {
@@ -201,11 +217,18 @@ func (c *conn) flush(s *writerShard) {
 	c.wmu.Unlock()
 }
 
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // account books n bytes of q as written: the queue's byte count and the
-// counters. It returns how many frames went whole and the unwritten rest,
-// whose first frame may be a tail. ping says q's last frame is a ping,
-// which is not counted as a frame out.
-func (c *conn) account(q [][]byte, n int, ping bool) (int, [][]byte) {
+// counters (every frame counts, pings and pongs too). It returns how many
+// frames went whole and, when the next one went in part, its unwritten
+// rest.
+func (c *conn) account(q [][]byte, n int) (int, []byte) {
 	written, frames := n, 0
 	for _, f := range q {
 		if n < len(f) {
@@ -214,25 +237,15 @@ func (c *conn) account(q [][]byte, n int, ping bool) (int, [][]byte) {
 		n -= len(f)
 		frames++
 	}
-	data := frames
-	if ping && frames == len(q) {
-		data--
-	}
 	c.wmu.Lock()
 	c.pending = max(c.pending-written-frames*frameOverhead, 0)
 	c.wmu.Unlock()
-	if data > 0 {
-		c.e.stats.framesOut.Add(int64(data))
+	c.e.stats.framesOut.Add(int64(frames))
+	c.e.stats.bytesOut.Add(int64(written))
+	if frames < len(q) && n > 0 {
+		return frames, q[frames][n:]
 	}
-	if written > 0 {
-		c.e.stats.bytesOut.Add(int64(written))
-	}
-	if frames == len(q) {
-		return frames, nil
-	}
-	rest := q[frames:]
-	rest[0] = rest[0][n:]
-	return frames, rest
+	return frames, nil
 }
 
 // writeNonblocking hands up to maxIovecs frames of q to the socket in one
@@ -250,56 +263,60 @@ func (s *writerShard) writeNonblocking(raw syscall.RawConn, q [][]byte) (int, er
 	return s.n, s.err
 }
 
+// writeChunk bounds the bytes one blocking write may take: each chunk gets
+// its own write timeout, as each frame did before frames were batched, and
+// a close that drops the queue is seen between chunks.
+const writeChunk = 64 << 10
+
 // writeLoop is the connection's own writer: it finishes what the socket
-// would not take at once, pings and closes. Frames are written in order
-// with a write deadline per batch; a ping goes out after the frames queued
-// before it, and a close after them too, unless the close dropped them.
-// It hands the connection back to the pool once its queue is empty. The
-// deadline is cleared then, so that gws's own close frames are not failed
-// by a stale one.
+// would not take at once, pings and closes. It writes, in order: the rest
+// of a partly written frame, always, even when a close dropped the queue
+// (a close frame inside another frame would garble both); then the queue
+// in chunks of whole frames, each with the write timeout; a ping after the
+// frames queued before it; and a close after them too, unless the close
+// dropped them. It hands the connection back to the pool once its queue is
+// empty. The deadline is cleared after each write, while the loop still
+// owns the socket, so no stale one fails a later write.
 func (c *conn) writeLoop() {
 	defer c.e.wg.Done()
 	nc := c.socket.NetConn()
-	var batch [][]byte
+	var batch, scratch [][]byte
 	for {
 		c.wmu.Lock()
+		tail := c.tail
+		c.tail = nil
 		batch, c.queue = c.queue, batch[:0]
 		ping := c.pingDue
 		c.pingDue = false
 		closing, code, reason := c.closing, c.closeCode, c.closeReason
-		if len(batch) == 0 && !ping && !closing {
+		if tail == nil && len(batch) == 0 && !ping && !closing {
 			c.writing = false
 			c.wmu.Unlock()
-			_ = nc.SetWriteDeadline(time.Time{})
 			return
 		}
 		c.wmu.Unlock()
 
-		if len(batch) > 0 && !c.dropped.Load() {
-			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			var n int
-			var err error
-			if c.raw == nil && c.e.cfg.Compression {
-				n, err = c.writeCompressed(batch)
-			} else {
-				bufs := net.Buffers(batch)
-				var n64 int64
-				n64, err = bufs.WriteTo(nc) // consumes bufs, not batch
-				n = int(n64)
-			}
-			if err != nil {
-				c.abandon()
+		if tail != nil {
+			if !c.writeBlocking(nc, [][]byte{tail}, &scratch) {
 				return
 			}
-			c.account(batch, n, false)
+		}
+		for len(batch) > 0 && !c.dropped.Load() {
+			k, size := 0, 0
+			for k < len(batch) && (k == 0 || size+len(batch[k]) <= writeChunk) && k < maxIovecs {
+				size += len(batch[k])
+				k++
+			}
+			if !c.writeBlocking(nc, batch[:k], &scratch) {
+				return
+			}
+			clear(batch[:k])
+			batch = batch[k:]
 		}
 		clear(batch)
-		if ping {
-			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			if _, err := nc.Write(pingFrame); err != nil {
-				c.abandon()
-				return
-			}
+		batch = batch[:0]
+		if ping && !c.writeBlocking(nc, [][]byte{pingFrame}, &scratch) {
+			return
 		}
 		if closing {
 			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
@@ -310,9 +327,34 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// writeBlocking writes frames (a tail counts as one) with the write
+// timeout and books them; on failure it abandons the connection.
+func (c *conn) writeBlocking(nc net.Conn, frames [][]byte, scratch *[][]byte) bool {
+	_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+	var n int
+	var err error
+	if c.raw == nil && c.e.cfg.Compression {
+		n, err = c.writeCompressed(frames)
+	} else {
+		// WriteTo consumes the slice it is given: a copy keeps frames intact
+		// for account.
+		*scratch = append((*scratch)[:0], frames...)
+		var n64 int64
+		n64, err = (*net.Buffers)(scratch).WriteTo(nc)
+		n = int(n64)
+	}
+	_ = nc.SetWriteDeadline(time.Time{})
+	if err != nil {
+		c.abandon()
+		return false
+	}
+	c.account(frames, n)
+	return true
+}
+
 // writeCompressed writes batch through gws, which compresses each
 // message when the client negotiated permessage-deflate. It reports the
-// frames' own lengths as written, for account.
+// frames' own, uncompressed lengths as written, for account.
 func (c *conn) writeCompressed(batch [][]byte) (int, error) {
 	n := 0
 	for _, f := range batch {

@@ -238,7 +238,7 @@ func DecodeInto(e *Envelope, data []byte, maxSize int) error {
 	if len(data) > maxSize {
 		return ErrTooLarge
 	}
-	if !json.Valid(data) {
+	if !json.Valid(data) || !utf8.Valid(data) { // JSON text is UTF-8 (RFC 8259); json.Valid lets invalid bytes in strings pass
 		return ErrMalformed
 	}
 	*e = Envelope{}
