@@ -190,9 +190,13 @@ func (c *conn) flush(s *writerShard) {
 		// The socket's buffer is full: the connection's own goroutine
 		// finishes, starting with the rest of a partly written frame,
 		// which nothing may precede or drop.
+		next := done // the first frame not touched
+		if tail != nil {
+			next++
+		}
 		c.wmu.Lock()
 		c.tail = tail
-		c.queue = append(q[done+boolInt(tail != nil):len(q):len(q)], c.queue...)
+		c.queue = append(q[next:len(q):len(q)], c.queue...)
 		c.wmu.Unlock()
 		c.e.wg.Add(1)
 		go c.writeLoop()
@@ -215,13 +219,6 @@ func (c *conn) flush(s *writerShard) {
 		}
 	}
 	c.wmu.Unlock()
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // account books n bytes of q as written: the queue's byte count and the
