@@ -45,12 +45,19 @@ export class NatterError extends Error implements ErrorPayload {
   }
 }
 
-/** An envelope's meta. The edge sets `room` on room deliveries; other keys pass untouched. */
+/**
+ * An envelope's meta. The edge sets `room` on room deliveries, and `offset`
+ * and `epoch` on deliveries in durable rooms; other keys pass untouched.
+ */
 export interface Meta {
   correlationId?: string;
   timeoutMs?: number;
   timestamp?: number;
   room?: string;
+  /** The message's place in a durable room's history: larger is later (not contiguous). */
+  offset?: number;
+  /** The durable room history's incarnation; it changes when history is reset. */
+  epoch?: string;
   [key: string]: unknown;
 }
 
@@ -104,9 +111,81 @@ export interface PresenceDiff {
   states: PresenceMember[];
 }
 
+/**
+ * A place in a durable room's history: the `meta.offset` and `meta.epoch`
+ * of a delivery. Opaque beyond "a larger offset of the same epoch is later".
+ */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** The payload of `$joined`; durable rooms add their position, and `recovered` answers a join with `since`. */
+export interface JoinedPayload {
+  room: string;
+  /** True for a durable room; offset and epoch are then the position to continue from. */
+  durable?: boolean;
+  offset?: number;
+  epoch?: string;
+  /** Present when the join had `since`: whether every message after it was replayed. */
+  recovered?: boolean;
+}
+
+/**
+ * The outcome of a join of a durable room with `since` (every re-join after
+ * a reconnect of a room with a known position, and join(room, {since})).
+ */
+export interface RecoveryInfo {
+  room: string;
+  /**
+   * true: every message after `since` was delivered (before this event), in
+   * order, without duplicates. false: a gap; messages were missed (the
+   * position is older than the retained history, or history was reset), so
+   * the application should refetch the room's state.
+   */
+  recovered: boolean;
+  /** The position sent as `since`. */
+  since: Position;
+  /** The room's position now, to continue from. */
+  position: Position;
+}
+
+export interface JoinOptions {
+  /** Subscribes to the room's `$presence.diff` frames. */
+  presence?: boolean;
+  /**
+   * Durable rooms: replay what came after this position (e.g. one the
+   * application saved from position()) before live delivery; onRecovery
+   * reports the outcome. Ignored by rooms that are not durable.
+   */
+  since?: Position;
+}
+
+export interface HistoryOptions {
+  /** Messages per page, 1..1000. Default (the edge's) 100. */
+  limit?: number;
+  /** Page forward: the first `limit` messages after this offset (0: from the oldest kept). */
+  since?: number;
+  /** Page backward: the last `limit` messages before this offset. Without since or before: the newest. */
+  before?: number;
+  /** Deadline in ms. Default options.rpcTimeoutMs. */
+  timeoutMs?: number;
+  signal?: AbortSignalLike;
+}
+
+/** A page of a durable room's history, oldest first. */
+export interface HistoryPage<P = unknown> {
+  room: string;
+  epoch: string;
+  /** Each with meta.room, meta.offset and meta.epoch. */
+  messages: Envelope<P>[];
+  /** Whether another page exists in the direction asked. */
+  more: boolean;
+}
+
 /** Payloads of the frames the edge itself sends. */
 export interface SystemServerMessages {
-  "$joined": { room: string };
+  "$joined": JoinedPayload;
   "$left": { room: string };
   "$presence.diff": PresenceDiff;
   "$auth.expiring": { expiresAt: number };
@@ -237,12 +316,18 @@ export interface Client {
   rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options?: RpcOptions): Promise<R>;
   /** Answers server-to-client requests of this type; one handler per type. */
   handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void;
-  /** Joins a room; remembered and re-joined after every reconnect. */
-  join(room: string, options?: { presence?: boolean }): Promise<void>;
+  /** Joins a room; remembered and re-joined after every reconnect (durable rooms with since: their last position). */
+  join(room: string, options?: JoinOptions): Promise<void>;
   /** Leaves a room and forgets it. */
   leave(room: string): Promise<void>;
   /** The rooms this client is in or is joining. */
   rooms(): string[];
+  /** The last position seen in a durable room this client is in or is joining; undefined for other rooms. */
+  position(room: string): Position | undefined;
+  /** Calls fn with the outcome of every join of a durable room with since (recovered or a gap); returns the unsubscribe function. */
+  onRecovery(fn: (info: RecoveryInfo) => void): () => void;
+  /** A page of a durable room's history (`$history`). */
+  history<P = unknown>(room: string, options?: HistoryOptions): Promise<HistoryPage<P>>;
   readonly presence: PresenceApi;
   /** Calls fn with the `$presence.diff` batches of a room joined with presence: true. */
   onPresence(room: string, fn: (diff: PresenceDiff) => void): () => void;
@@ -330,6 +415,8 @@ interface Remembered {
   inflight: number; // sends waiting for the edge's answer
   attempt: number; // failed re-sends in a row, for the backoff
   retry?: ReturnType<typeof setTimeout>;
+  replay?: boolean; // $join: join() was given since; send it even to a room this socket is in
+  since?: Position; // $join: the since last sent, for onRecovery
 }
 
 type Listener = (payload: unknown, envelope: Envelope) => void;
@@ -360,6 +447,8 @@ class NatterClient implements Client {
   #buffer: Queued[] = [];
   readonly #remembered = new Map<string, Remembered>(); // key: "$presence.state" or "$join:<room>"
   readonly #leaving = new Map<string, number>(); // rooms with a $leave of ours on its way
+  readonly #positions = new Map<string, Position>(); // durable rooms in #remembered: the last position seen
+  readonly #recoveryListeners = new Set<(info: RecoveryInfo) => void>();
   readonly #listeners = new Map<string, Set<Listener>>();
   readonly #stateListeners = new Set<(state: State, info?: StateInfo) => void>();
   readonly #errorListeners = new Set<(error: NatterError, info: BackgroundErrorInfo) => void>();
@@ -438,14 +527,21 @@ class NatterClient implements Client {
     };
   }
 
-  join(room: string, options: { presence?: boolean } = {}): Promise<void> {
+  join(room: string, options: JoinOptions = {}): Promise<void> {
     const payload = options.presence ? { room, presence: true } : { room };
-    return this.#remember(`$join:${room}`, "$join", payload);
+    const { since } = options;
+    if (since !== undefined) {
+      if (!isPosition(since)) return Promise.reject(new NatterError("INVALID_ARGUMENT", "since must be {offset: number, epoch: string}"));
+      // The application's word replaces what the client saw: replay from there.
+      this.#positions.set(room, { offset: since.offset, epoch: since.epoch });
+    }
+    return this.#remember(`$join:${room}`, "$join", payload, since !== undefined);
   }
 
   async leave(room: string): Promise<void> {
     const r = this.#remembered.get(`$join:${room}`);
     this.#remembered.delete(`$join:${room}`);
+    this.#positions.delete(room);
     if (r) {
       clearTimeout(r.retry);
       r.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
@@ -473,6 +569,29 @@ class NatterClient implements Client {
 
   rooms(): string[] {
     return [...this.#remembered.values()].filter((r) => r.type === "$join").map((r) => (r.payload as { room: string }).room);
+  }
+
+  position(room: string): Position | undefined {
+    const p = this.#positions.get(room);
+    return p && { ...p };
+  }
+
+  onRecovery(fn: (info: RecoveryInfo) => void): () => void {
+    this.#recoveryListeners.add(fn);
+    return () => void this.#recoveryListeners.delete(fn);
+  }
+
+  async history<P = unknown>(room: string, options: HistoryOptions = {}): Promise<HistoryPage<P>> {
+    const { limit, since, before, timeoutMs, signal } = options;
+    const query: { room: string; limit?: number; since?: number; before?: number } = { room };
+    if (limit !== undefined) query.limit = limit;
+    if (since !== undefined) query.since = since;
+    if (before !== undefined) query.before = before;
+    const rpc: RpcOptions = {};
+    if (timeoutMs !== undefined) rpc.timeoutMs = timeoutMs;
+    if (signal !== undefined) rpc.signal = signal;
+    const h = ((await this.#request("$history", query, rpc)) ?? {}) as Partial<HistoryPage<P>>;
+    return { room: h.room ?? room, epoch: h.epoch ?? "", messages: h.messages ?? [], more: h.more === true };
   }
 
   onPresence(room: string, fn: (diff: PresenceDiff) => void): () => void {
@@ -827,12 +946,13 @@ class NatterClient implements Client {
   // ------------------------------------------------------------ remembered state
 
   /** Records a room or the presence state for every future socket, and sends it now when open. */
-  #remember(key: string, type: Remembered["type"], payload: unknown): Promise<void> {
+  #remember(key: string, type: Remembered["type"], payload: unknown, replay = false): Promise<void> {
     return new Promise((resolve, reject) => {
       this.#checkNotClosed();
       let r = this.#remembered.get(key);
       if (!r) this.#remembered.set(key, (r = { type, payload, gen: 0, version: 0, waiters: [], inflight: 0, attempt: 0 }));
       r.payload = payload;
+      r.replay = replay;
       r.gen = 0;
       r.version++;
       r.attempt = 0;
@@ -858,9 +978,21 @@ class NatterClient implements Client {
     const room = r.type === "$join" ? (payload as { room: string }).room : undefined;
     const key = room === undefined ? r.type : `$join:${room}`;
     const mine = () => this.#remembered.get(key) === r && r.version === version;
+    let wire = payload;
+    if (room !== undefined) {
+      // A durable room continues from the last position seen: on a re-join
+      // after a reconnect, or when join() was given since. A join of a
+      // room this socket is in already (say, to turn presence on) does
+      // not ask for a replay: what it would replay is still on its way.
+      const since = this.#positions.get(room);
+      if (since && (r.replay || r.accepted?.gen !== gen)) {
+        wire = { ...(payload as object), since };
+        r.since = since;
+      }
+    }
     r.inflight++;
     try {
-      await this.#request(r.type, payload, {}, true);
+      await this.#request(r.type, wire, {}, true);
     } catch (e) {
       const err = e as NatterError;
       if (gen !== this.#gen || LOST.has(err)) return undefined; // the next socket sends it again
@@ -879,7 +1011,10 @@ class NatterClient implements Client {
       callers.forEach((w) => w.reject(err));
       if (mine()) {
         if (r.accepted?.gen === gen) r.payload = r.accepted.payload; // the edge still has that
-        else this.#remembered.delete(key);
+        else {
+          this.#remembered.delete(key);
+          if (room !== undefined) this.#positions.delete(room);
+        }
         if (callers.length === 0) this.#report(err, info);
       }
       return undefined;
@@ -887,6 +1022,7 @@ class NatterClient implements Client {
       r.inflight--;
     }
     r.attempt = 0;
+    if (r.version === version) r.replay = false;
     if (!r.accepted || r.accepted.version <= version) r.accepted = { payload, gen, version };
     return () => {
       const callers = r.waiters.filter((w) => w.version <= version);
@@ -914,6 +1050,7 @@ class NatterClient implements Client {
     } else if (env.type === "$left" && r) {
       clearTimeout(r.retry);
       this.#remembered.delete(key);
+      this.#positions.delete(room);
     }
   }
 
@@ -941,6 +1078,11 @@ class NatterClient implements Client {
       return; // the edge sends JSON only
     }
     if (typeof env !== "object" || env === null || typeof env.type !== "string") return;
+    const cid = env.meta?.correlationId;
+    // Server-driven membership first, so that a durable room's position
+    // (tracked below, before any listener sees the frame) has its room.
+    if (typeof cid !== "string" && (env.type === "$joined" || env.type === "$left")) this.#serverMembership(env);
+    this.#track(env);
     this.#emit("*", env);
     const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
     if (isError) {
@@ -948,7 +1090,6 @@ class NatterClient implements Client {
       const e = (env.payload ?? {}) as Partial<ErrorPayload>;
       if (e.code === "RESOURCE_EXHAUSTED" && typeof e.retryAfterMs === "number" && e.retryAfterMs > 0) this.#pause(e.retryAfterMs);
     }
-    const cid = env.meta?.correlationId;
     if (typeof cid === "string") {
       const p = this.#pending.get(cid);
       if (p) return this.#reply(cid, p, env);
@@ -956,8 +1097,6 @@ class NatterClient implements Client {
       // answering the edge's RPC_ERROR for a late answer would start a loop.
       if (cid.startsWith(SERVER_ID) && !isError && !isSystemType(env.type)) return void this.#answer(cid, env);
       if (cid.startsWith(OUR_ID)) return; // a late reply to a request given up on
-    } else if (env.type === "$joined" || env.type === "$left") {
-      this.#serverMembership(env);
     }
     if (env.type === "$presence.diff") {
       const d = (env.payload ?? {}) as Partial<PresenceDiff>;
@@ -969,6 +1108,47 @@ class NatterClient implements Client {
       this.#autoRefresh(typeof expiresAt === "number" ? expiresAt : 0, this.#gen, 0);
     }
     this.#emit(env.type, env);
+  }
+
+  /**
+   * Durable rooms: keeps the last position of every room in #remembered.
+   * Deliveries only advance it within an epoch (a delivery of another
+   * epoch was not announced by a $joined: the next re-join reports the
+   * gap); a $joined sets the position to continue from, of a new epoch
+   * too, and answers a join with since, reported to onRecovery before the
+   * join resolves and before any later frame is delivered.
+   */
+  #track(env: Envelope): void {
+    if (env.type === "$joined") {
+      const j = (env.payload ?? {}) as Partial<JoinedPayload>;
+      const room = j.room ?? env.meta?.room;
+      if (typeof room !== "string") return;
+      const r = this.#remembered.get(`$join:${room}`);
+      if (!r) return; // left meanwhile
+      if (j.durable !== true) {
+        this.#positions.delete(room); // not (or no longer) durable
+        return;
+      }
+      // No offset: the room has no history yet (the edge omits a zero).
+      const at = { offset: j.offset ?? 0, epoch: j.epoch };
+      if (isPosition(at)) this.#advance(room, at, true);
+      const position = this.#positions.get(room);
+      if (typeof j.recovered === "boolean" && position) {
+        const info: RecoveryInfo = { room, recovered: j.recovered, since: { ...(r.since ?? position) }, position: { ...position } };
+        for (const fn of [...this.#recoveryListeners]) safely(() => fn(info));
+      }
+      return;
+    }
+    const meta = env.meta;
+    if (!meta || typeof meta.room !== "string" || !this.#remembered.has(`$join:${meta.room}`)) return;
+    const at = { offset: meta.offset, epoch: meta.epoch };
+    if (isPosition(at)) this.#advance(meta.room, at, false);
+  }
+
+  /** Moves a room's position forward: a larger offset of the same epoch, or (newEpoch) another epoch. */
+  #advance(room: string, at: Position, newEpoch: boolean): void {
+    const p = this.#positions.get(room);
+    if (!p || (p.epoch === at.epoch ? at.offset > p.offset : newEpoch)) this.#positions.set(room, at);
   }
 
   #emit(type: string, env: Envelope): void {
@@ -1029,6 +1209,11 @@ function isEnvelopeReply(v: unknown): v is { type: string; payload: unknown } {
   if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
   const keys = Object.keys(v);
   return keys.length === 2 && "payload" in v && typeof (v as { type?: unknown }).type === "string";
+}
+
+/** Whether v is a usable position: a non-negative integer offset and a string epoch. */
+function isPosition(v: { offset?: unknown; epoch?: unknown } | null | undefined): v is Position {
+  return typeof v === "object" && v !== null && Number.isSafeInteger(v.offset) && (v.offset as number) >= 0 && typeof v.epoch === "string";
 }
 
 /** System types start with "$" or "__" (docs/protocol.md#the-envelope). */

@@ -1,6 +1,6 @@
 // Compile-time checks of the public API's types (npm run typecheck): the
 // generated payload types apply to known types, unknown to the others.
-import { connect, NatterError, type WebSocketConstructor, type RoomPage } from "natter-client";
+import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage } from "natter-client";
 
 const W: WebSocketConstructor = WebSocket; // the browser's constructor fits
 const c = connect("ws://localhost:8080/ws", { WebSocket: W, token: async () => "t", reconnect: { maxDelayMs: 5000 } });
@@ -46,3 +46,25 @@ const paced = connect("ws://localhost:8080/ws", { sendRate: { perSecond: 50 }, h
 connect("ws://localhost:8080/ws", { sendRate: false });
 const offError: () => void = paced.onError((e, info) => void [e.code, info.op === "join" && info.room, info.retrying]);
 offError();
+
+// Durable rooms: positions, recovery events, explicit since, history.
+const at: Position | undefined = c.position("support-1");
+void c.join("support-1", { since: { offset: 42, epoch: "e1" }, presence: true });
+// @ts-expect-error a position needs its epoch
+void c.join("support-1", { since: { offset: 42 } });
+const offRecovery: () => void = c.onRecovery((info: RecoveryInfo) => {
+  const gap: boolean = !info.recovered;
+  const next: number = info.position.offset;
+  void [gap, next, info.room, info.since.epoch, at];
+});
+offRecovery();
+const hist: Promise<HistoryPage<{ text: string }>> = c.history<{ text: string }>("support-1", { limit: 50, before: 100, timeoutMs: 2000 });
+void hist.then((h) => {
+  const epoch: string = h.epoch;
+  const more: boolean = h.more;
+  const offset: number | undefined = h.messages[0]?.meta?.offset;
+  const text: string | undefined = h.messages[0]?.payload?.text;
+  void [epoch, more, offset, text];
+});
+c.on("$joined", (p) => void [p.durable, p.offset, p.epoch, p.recovered]);
+c.on("chat.message", (_, env) => void [env.meta?.offset, env.meta?.epoch]);

@@ -532,3 +532,209 @@ test("setState: the refusal of an older value does not forget a newer accepted o
   assert.deepEqual(ws2.sent.map((f) => [f.type, f.payload]), [["$presence.state", { state: "away" }]]);
   c.close();
 });
+
+// ---------------------------------------------------------------- durable rooms
+
+/** A delivery in a durable room. */
+const delivery = (room, offset, epoch, n) => ({ type: "dur.msg", meta: { room, offset, epoch }, payload: { n } });
+/** The durable $joined answer to a $join frame. */
+const joinedDurable = (ws, frame, offset, epoch, recovered) =>
+  answer(ws, frame, "$joined", { room: frame.payload.room, durable: true, offset, epoch, ...(recovered === undefined ? {} : { recovered }) });
+
+test("durable rooms: positions advance with deliveries and $joined; a re-join sends since and reports recovered", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const events = [];
+  c.onRecovery((info) => events.push(["recovery", info]));
+  c.on("dur.msg", (p, env) => events.push(["msg", p.n, c.position(env.meta.room)?.offset]));
+  const joining = c.join("dur-a");
+  const plain = c.join("plain");
+  const ws = await lastSocket(WS);
+  ws.open();
+  assert.deepEqual(ws.sent.map((f) => f.payload), [{ room: "dur-a" }, { room: "plain" }], "no since without a position");
+  joinedDurable(ws, ws.sent[0], 10, "e1");
+  answer(ws, ws.sent[1], "$joined", { room: "plain" });
+  await Promise.all([joining, plain]);
+  assert.deepEqual(c.position("dur-a"), { offset: 10, epoch: "e1" });
+  assert.equal(c.position("plain"), undefined);
+
+  ws.serverSend(delivery("dur-a", 12, "e1", 1));
+  ws.serverSend(delivery("dur-a", 11, "e1", 0)); // never backwards
+  ws.serverSend(delivery("dur-a", 99, "e2", 9)); // another epoch without a $joined: not adopted
+  ws.serverSend(delivery("elsewhere", 50, "e1", 5)); // not a room of ours
+  ws.serverSend({ type: "plain.msg", meta: { room: "plain" }, payload: {} });
+  assert.deepEqual(c.position("dur-a"), { offset: 12, epoch: "e1" });
+  assert.equal(c.position("elsewhere"), undefined);
+  assert.equal(c.position("plain"), undefined);
+  // Listeners see the position of the frame they get.
+  assert.deepEqual(events, [["msg", 1, 12], ["msg", 0, 12], ["msg", 9, 12], ["msg", 5, undefined]]);
+  events.length = 0;
+  // The copy handed out is not the client's own.
+  c.position("dur-a").offset = 0;
+  assert.equal(c.position("dur-a").offset, 12);
+
+  // A reconnect: the durable room re-joins with since, the other without.
+  ws.serverClose(4000);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  const rejoin = ws2.sent.find((f) => f.payload.room === "dur-a");
+  assert.deepEqual(rejoin.payload, { room: "dur-a", since: { offset: 12, epoch: "e1" } });
+  assert.deepEqual(ws2.sent.find((f) => f.payload.room === "plain").payload, { room: "plain" });
+  // The replay comes before $joined, then the event, before the next frame.
+  ws2.serverSend(delivery("dur-a", 14, "e1", 2));
+  ws2.serverSend(delivery("dur-a", 15, "e1", 3));
+  joinedDurable(ws2, rejoin, 15, "e1", true);
+  ws2.serverSend(delivery("dur-a", 16, "e1", 4));
+  answer(ws2, ws2.sent.find((f) => f.payload.room === "plain"), "$joined", { room: "plain" });
+  await eventually(() => c.state === "open", "open");
+  assert.deepEqual(events, [
+    ["msg", 2, 14],
+    ["msg", 3, 15],
+    ["recovery", { room: "dur-a", recovered: true, since: { offset: 12, epoch: "e1" }, position: { offset: 15, epoch: "e1" } }],
+    ["msg", 4, 16],
+  ]);
+});
+
+test("durable rooms: a gap (recovered false, a new epoch) is reported, and the new epoch is adopted", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const events = [];
+  c.onRecovery((info) => events.push(info));
+  const joining = c.join("dur-b", { presence: true });
+  const ws = await lastSocket(WS);
+  ws.open();
+  joinedDurable(ws, ws.sent[0], 7, "old");
+  await joining;
+  ws.serverClose(1006);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(ws2.sent[0].payload, { room: "dur-b", presence: true, since: { offset: 7, epoch: "old" } });
+  // History was reset: a smaller offset of another epoch.
+  joinedDurable(ws2, ws2.sent[0], 3, "new", false);
+  await eventually(() => c.state === "open", "open");
+  assert.deepEqual(events, [{ room: "dur-b", recovered: false, since: { offset: 7, epoch: "old" }, position: { offset: 3, epoch: "new" } }]);
+  assert.deepEqual(c.position("dur-b"), { offset: 3, epoch: "new" });
+  // Deliveries of the new epoch advance it now.
+  ws2.serverSend(delivery("dur-b", 4, "new", 1));
+  assert.deepEqual(c.position("dur-b"), { offset: 4, epoch: "new" });
+  // A drop while the re-join is on its way: the next socket asks from the same place.
+  ws2.serverClose(1006);
+  const ws3 = await lastSocket(WS, 3);
+  ws3.open();
+  ws3.serverSend(delivery("dur-b", 6, "new", 2)); // replayed, then the socket drops before $joined
+  ws3.serverClose(1006);
+  const ws4 = await lastSocket(WS, 4);
+  ws4.open();
+  assert.deepEqual(ws4.sent[0].payload.since, { offset: 6, epoch: "new" });
+  joinedDurable(ws4, ws4.sent[0], 6, "new", true);
+  await eventually(() => events.length === 2, "second event");
+  assert.deepEqual(events[1], { room: "dur-b", recovered: true, since: { offset: 6, epoch: "new" }, position: { offset: 6, epoch: "new" } });
+});
+
+test("durable rooms: join with since; no since to a room the socket is in; leave and refusals forget the position", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const events = [];
+  c.onRecovery((info) => events.push(info));
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  await assert.rejects(c.join("dur-c", { since: { offset: 1 } }), { code: "INVALID_ARGUMENT" });
+  assert.deepEqual(ws.sent, []);
+
+  // Explicit since: sent, and the position is the application's.
+  const first = c.join("dur-c", { since: { offset: 40, epoch: "e" } });
+  assert.deepEqual(c.position("dur-c"), { offset: 40, epoch: "e" });
+  assert.deepEqual(ws.sent[0].payload, { room: "dur-c", since: { offset: 40, epoch: "e" } });
+  ws.serverSend(delivery("dur-c", 41, "e", 1));
+  joinedDurable(ws, ws.sent[0], 41, "e", true);
+  await first;
+  assert.deepEqual(events.map((e) => [e.since.offset, e.position.offset, e.recovered]), [[40, 41, true]]);
+
+  // Joining again on the same socket (presence on) asks for no replay...
+  const again = c.join("dur-c", { presence: true });
+  assert.deepEqual(ws.sent[1].payload, { room: "dur-c", presence: true });
+  joinedDurable(ws, ws.sent[1], 41, "e");
+  await again;
+  // ... unless told to.
+  const told = c.join("dur-c", { since: { offset: 30, epoch: "e" } });
+  assert.deepEqual(ws.sent[2].payload, { room: "dur-c", since: { offset: 30, epoch: "e" } });
+  joinedDurable(ws, ws.sent[2], 41, "e", true);
+  await told;
+  assert.deepEqual(c.position("dur-c"), { offset: 41, epoch: "e" });
+  assert.equal(events.length, 2);
+
+  // Leaving forgets the position; so does a refused join and a ctl $left.
+  const left = c.leave("dur-c");
+  answer(ws, ws.sent[3], "$left", { room: "dur-c" });
+  await left;
+  assert.equal(c.position("dur-c"), undefined);
+  ws.serverSend(delivery("dur-c", 50, "e", 2));
+  assert.equal(c.position("dur-c"), undefined, "no position for a room left");
+
+  const refused = c.join("dur-d", { since: { offset: 5, epoch: "e" } });
+  refuse(ws, ws.sent[4], "PERMISSION_DENIED");
+  await assert.rejects(refused, { code: "PERMISSION_DENIED" });
+  assert.equal(c.position("dur-d"), undefined);
+
+  // A ctl join of a durable room has a position too, and a ctl leave drops it.
+  ws.serverSend({ type: "$joined", meta: { room: "dur-e" }, payload: { room: "dur-e", durable: true, offset: 9, epoch: "e" } });
+  assert.deepEqual(c.position("dur-e"), { offset: 9, epoch: "e" });
+  ws.serverSend({ type: "$left", meta: { room: "dur-e" }, payload: { room: "dur-e" } });
+  assert.equal(c.position("dur-e"), undefined);
+
+  // An empty durable room: $joined has no offset (zero), and a re-join asks from 0.
+  const empty = c.join("dur-empty");
+  answer(ws, ws.sent.at(-1), "$joined", { room: "dur-empty", durable: true, epoch: "e" });
+  await empty;
+  assert.deepEqual(c.position("dur-empty"), { offset: 0, epoch: "e" });
+
+  // A room that turns out not to be durable keeps no position.
+  const nd = c.join("notdur", { since: { offset: 5, epoch: "e" } });
+  answer(ws, ws.sent.at(-1), "$joined", { room: "notdur" });
+  await nd;
+  assert.equal(c.position("notdur"), undefined);
+  assert.equal(events.length, 2);
+
+  // After a drop: since only where there is a position.
+  ws.serverClose(4000);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.deepEqual(ws2.sent.map((f) => f.payload).sort((a, b) => a.room.localeCompare(b.room)), [
+    { room: "dur-empty", since: { offset: 0, epoch: "e" } },
+    { room: "notdur" },
+  ]);
+});
+
+test("history: $history with the query; the page normalized; errors reject; no position taken from it", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const queued = c.history("dur-h", { limit: 2, before: 30 });
+  const ws = await lastSocket(WS);
+  ws.open();
+  await tick();
+  const joined = c.join("dur-h");
+  joinedDurable(ws, ws.sent.find((f) => f.type === "$join"), 30, "e");
+  await joined;
+  const h = ws.sent.find((f) => f.type === "$history");
+  assert.deepEqual(h.payload, { room: "dur-h", limit: 2, before: 30 });
+  assert.equal(typeof h.meta.correlationId, "string");
+  const msgs = [20, 25].map((o) => ({ type: "dur.msg", meta: { room: "dur-h", offset: o, epoch: "e" }, payload: { o } }));
+  answer(ws, h, "$history", { room: "dur-h", epoch: "e", messages: msgs, more: true });
+  assert.deepEqual(await queued, { room: "dur-h", epoch: "e", messages: msgs, more: true });
+
+  const forward = c.history("dur-h", { since: 0 });
+  const f = ws.sent.at(-1);
+  assert.deepEqual(f.payload, { room: "dur-h", since: 0 });
+  answer(ws, f, "$history", { room: "dur-h", epoch: "e", messages: null, more: false });
+  assert.deepEqual(await forward, { room: "dur-h", epoch: "e", messages: [], more: false });
+  // A reply with offsets far ahead does not move the position.
+  const ahead = c.history("dur-h");
+  answer(ws, ws.sent.at(-1), "$history", { room: "dur-h", epoch: "e", messages: [{ type: "x", meta: { room: "dur-h", offset: 99, epoch: "e" } }], more: false });
+  await ahead;
+  assert.deepEqual(c.position("dur-h"), { offset: 30, epoch: "e" });
+
+  const refused = c.history("plain");
+  answer(ws, ws.sent.at(-1), "RPC_ERROR", { code: "FAILED_PRECONDITION", message: "plain is not a durable room" });
+  await assert.rejects(refused, (e) => e instanceof NatterError && e.code === "FAILED_PRECONDITION");
+});

@@ -79,6 +79,8 @@ class NatterClient {
     #buffer = [];
     #remembered = new Map(); // key: "$presence.state" or "$join:<room>"
     #leaving = new Map(); // rooms with a $leave of ours on its way
+    #positions = new Map(); // durable rooms in #remembered: the last position seen
+    #recoveryListeners = new Set();
     #listeners = new Map();
     #stateListeners = new Set();
     #errorListeners = new Set();
@@ -155,11 +157,19 @@ class NatterClient {
     }
     join(room, options = {}) {
         const payload = options.presence ? { room, presence: true } : { room };
-        return this.#remember(`$join:${room}`, "$join", payload);
+        const { since } = options;
+        if (since !== undefined) {
+            if (!isPosition(since))
+                return Promise.reject(new NatterError("INVALID_ARGUMENT", "since must be {offset: number, epoch: string}"));
+            // The application's word replaces what the client saw: replay from there.
+            this.#positions.set(room, { offset: since.offset, epoch: since.epoch });
+        }
+        return this.#remember(`$join:${room}`, "$join", payload, since !== undefined);
     }
     async leave(room) {
         const r = this.#remembered.get(`$join:${room}`);
         this.#remembered.delete(`$join:${room}`);
+        this.#positions.delete(room);
         if (r) {
             clearTimeout(r.retry);
             r.waiters.splice(0).forEach((w) => w.reject(new NatterError("CANCELLED", `left ${room} before the join completed`)));
@@ -191,6 +201,31 @@ class NatterClient {
     }
     rooms() {
         return [...this.#remembered.values()].filter((r) => r.type === "$join").map((r) => r.payload.room);
+    }
+    position(room) {
+        const p = this.#positions.get(room);
+        return p && { ...p };
+    }
+    onRecovery(fn) {
+        this.#recoveryListeners.add(fn);
+        return () => void this.#recoveryListeners.delete(fn);
+    }
+    async history(room, options = {}) {
+        const { limit, since, before, timeoutMs, signal } = options;
+        const query = { room };
+        if (limit !== undefined)
+            query.limit = limit;
+        if (since !== undefined)
+            query.since = since;
+        if (before !== undefined)
+            query.before = before;
+        const rpc = {};
+        if (timeoutMs !== undefined)
+            rpc.timeoutMs = timeoutMs;
+        if (signal !== undefined)
+            rpc.signal = signal;
+        const h = ((await this.#request("$history", query, rpc)) ?? {});
+        return { room: h.room ?? room, epoch: h.epoch ?? "", messages: h.messages ?? [], more: h.more === true };
     }
     onPresence(room, fn) {
         let set = this.#presenceWatchers.get(room);
@@ -571,13 +606,14 @@ class NatterClient {
     }
     // ------------------------------------------------------------ remembered state
     /** Records a room or the presence state for every future socket, and sends it now when open. */
-    #remember(key, type, payload) {
+    #remember(key, type, payload, replay = false) {
         return new Promise((resolve, reject) => {
             this.#checkNotClosed();
             let r = this.#remembered.get(key);
             if (!r)
                 this.#remembered.set(key, (r = { type, payload, gen: 0, version: 0, waiters: [], inflight: 0, attempt: 0 }));
             r.payload = payload;
+            r.replay = replay;
             r.gen = 0;
             r.version++;
             r.attempt = 0;
@@ -603,9 +639,21 @@ class NatterClient {
         const room = r.type === "$join" ? payload.room : undefined;
         const key = room === undefined ? r.type : `$join:${room}`;
         const mine = () => this.#remembered.get(key) === r && r.version === version;
+        let wire = payload;
+        if (room !== undefined) {
+            // A durable room continues from the last position seen: on a re-join
+            // after a reconnect, or when join() was given since. A join of a
+            // room this socket is in already (say, to turn presence on) does
+            // not ask for a replay: what it would replay is still on its way.
+            const since = this.#positions.get(room);
+            if (since && (r.replay || r.accepted?.gen !== gen)) {
+                wire = { ...payload, since };
+                r.since = since;
+            }
+        }
         r.inflight++;
         try {
-            await this.#request(r.type, payload, {}, true);
+            await this.#request(r.type, wire, {}, true);
         }
         catch (e) {
             const err = e;
@@ -629,8 +677,11 @@ class NatterClient {
             if (mine()) {
                 if (r.accepted?.gen === gen)
                     r.payload = r.accepted.payload; // the edge still has that
-                else
+                else {
                     this.#remembered.delete(key);
+                    if (room !== undefined)
+                        this.#positions.delete(room);
+                }
                 if (callers.length === 0)
                     this.#report(err, info);
             }
@@ -640,6 +691,8 @@ class NatterClient {
             r.inflight--;
         }
         r.attempt = 0;
+        if (r.version === version)
+            r.replay = false;
         if (!r.accepted || r.accepted.version <= version)
             r.accepted = { payload, gen, version };
         return () => {
@@ -670,6 +723,7 @@ class NatterClient {
         else if (env.type === "$left" && r) {
             clearTimeout(r.retry);
             this.#remembered.delete(key);
+            this.#positions.delete(room);
         }
     }
     /** After $auth.expiring: refreshes, and retries with backoff until the token expires. */
@@ -698,6 +752,12 @@ class NatterClient {
         }
         if (typeof env !== "object" || env === null || typeof env.type !== "string")
             return;
+        const cid = env.meta?.correlationId;
+        // Server-driven membership first, so that a durable room's position
+        // (tracked below, before any listener sees the frame) has its room.
+        if (typeof cid !== "string" && (env.type === "$joined" || env.type === "$left"))
+            this.#serverMembership(env);
+        this.#track(env);
         this.#emit("*", env);
         const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
         if (isError) {
@@ -706,7 +766,6 @@ class NatterClient {
             if (e.code === "RESOURCE_EXHAUSTED" && typeof e.retryAfterMs === "number" && e.retryAfterMs > 0)
                 this.#pause(e.retryAfterMs);
         }
-        const cid = env.meta?.correlationId;
         if (typeof cid === "string") {
             const p = this.#pending.get(cid);
             if (p)
@@ -717,9 +776,6 @@ class NatterClient {
                 return void this.#answer(cid, env);
             if (cid.startsWith(OUR_ID))
                 return; // a late reply to a request given up on
-        }
-        else if (env.type === "$joined" || env.type === "$left") {
-            this.#serverMembership(env);
         }
         if (env.type === "$presence.diff") {
             const d = (env.payload ?? {});
@@ -733,6 +789,52 @@ class NatterClient {
             this.#autoRefresh(typeof expiresAt === "number" ? expiresAt : 0, this.#gen, 0);
         }
         this.#emit(env.type, env);
+    }
+    /**
+     * Durable rooms: keeps the last position of every room in #remembered.
+     * Deliveries only advance it within an epoch (a delivery of another
+     * epoch was not announced by a $joined: the next re-join reports the
+     * gap); a $joined sets the position to continue from, of a new epoch
+     * too, and answers a join with since, reported to onRecovery before the
+     * join resolves and before any later frame is delivered.
+     */
+    #track(env) {
+        if (env.type === "$joined") {
+            const j = (env.payload ?? {});
+            const room = j.room ?? env.meta?.room;
+            if (typeof room !== "string")
+                return;
+            const r = this.#remembered.get(`$join:${room}`);
+            if (!r)
+                return; // left meanwhile
+            if (j.durable !== true) {
+                this.#positions.delete(room); // not (or no longer) durable
+                return;
+            }
+            // No offset: the room has no history yet (the edge omits a zero).
+            const at = { offset: j.offset ?? 0, epoch: j.epoch };
+            if (isPosition(at))
+                this.#advance(room, at, true);
+            const position = this.#positions.get(room);
+            if (typeof j.recovered === "boolean" && position) {
+                const info = { room, recovered: j.recovered, since: { ...(r.since ?? position) }, position: { ...position } };
+                for (const fn of [...this.#recoveryListeners])
+                    safely(() => fn(info));
+            }
+            return;
+        }
+        const meta = env.meta;
+        if (!meta || typeof meta.room !== "string" || !this.#remembered.has(`$join:${meta.room}`))
+            return;
+        const at = { offset: meta.offset, epoch: meta.epoch };
+        if (isPosition(at))
+            this.#advance(meta.room, at, false);
+    }
+    /** Moves a room's position forward: a larger offset of the same epoch, or (newEpoch) another epoch. */
+    #advance(room, at, newEpoch) {
+        const p = this.#positions.get(room);
+        if (!p || (p.epoch === at.epoch ? at.offset > p.offset : newEpoch))
+            this.#positions.set(room, at);
     }
     #emit(type, env) {
         for (const fn of [...(this.#listeners.get(type) ?? [])])
@@ -800,6 +902,10 @@ function isEnvelopeReply(v) {
         return false;
     const keys = Object.keys(v);
     return keys.length === 2 && "payload" in v && typeof v.type === "string";
+}
+/** Whether v is a usable position: a non-negative integer offset and a string epoch. */
+function isPosition(v) {
+    return typeof v === "object" && v !== null && Number.isSafeInteger(v.offset) && v.offset >= 0 && typeof v.epoch === "string";
 }
 /** System types start with "$" or "__" (docs/protocol.md#the-envelope). */
 function isSystemType(type) {
