@@ -212,6 +212,13 @@ type Options struct {
 	// $auth.expiring. The error is a *BackgroundError. Default nil: they
 	// are only logged.
 	OnError func(error)
+	// OnRecovery is called, from the callback goroutine, after every join
+	// of a durable room from a position: the client's own re-joins after
+	// a reconnect (from the room's last Position) and Joins WithSince. It
+	// comes after the callbacks of the replayed messages and before those
+	// of the messages that follow; Recovery.Recovered false is a gap, and
+	// the application should refetch the room's state. Default nil.
+	OnRecovery func(Recovery)
 	// Logger receives reconnects and failed re-joins. Default
 	// slog.Default().
 	Logger *slog.Logger
@@ -301,9 +308,12 @@ type Client struct {
 	// ignored while a call is in flight (its answer comes after them).
 	roomOps map[string]uint64
 	roomSeq uint64
-	pstate  json.RawMessage // remembered $presence.state, nil: none
-	info    CloseInfo       // why the client closed
-	seq     uint64
+	// positions holds the last position seen per durable room, for the
+	// rooms remembered or being joined (see Position).
+	positions map[string]Position
+	pstate    json.RawMessage // remembered $presence.state, nil: none
+	info      CloseInfo       // why the client closed
+	seq       uint64
 
 	hmu       sync.RWMutex
 	handlers  map[string][]*handler
@@ -439,6 +449,7 @@ func New(rawURL string, opts Options) (*Client, error) {
 		pending:    make(map[string]*call),
 		rooms:      make(map[string]bool),
 		roomOps:    make(map[string]uint64),
+		positions:  make(map[string]Position),
 		handlers:   make(map[string][]*handler),
 		presences:  make(map[string][]*presenceHandler),
 		servers:    make(map[string]HandlerFunc),
@@ -650,6 +661,18 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func (c *Client) report(err *BackgroundError) {
 	if c.opts.OnError != nil {
 		c.events.pushError(err)
+	}
+}
+
+// reportRecovery logs a gap and hands the outcome of a join from a
+// position to OnRecovery. It runs on the read goroutine, so that the
+// report is queued between the replayed messages and the later ones.
+func (c *Client) reportRecovery(rec *Recovery) {
+	if !rec.Recovered {
+		c.log.Info("client: durable room joined with a gap", "room", rec.Room, "since", rec.Since.Offset, "epoch", rec.Since.Epoch, "rejoin", rec.Rejoin)
+	}
+	if c.opts.OnRecovery != nil {
+		c.events.pushRecovery(rec)
 	}
 }
 

@@ -71,8 +71,13 @@ type event struct {
 	isState  bool
 	state    State
 	info     CloseInfo
-	err      error // for OnError; env is nil and isState false
+	err      error     // for OnError; env is nil and isState false
+	rec      *Recovery // for OnRecovery; queued like a frame
 }
+
+// inbound reports whether e counts against MaxInbound: frames, and
+// recovery reports, which must not be dropped while the client runs.
+func (e *event) inbound() bool { return e.env != nil || e.rec != nil }
 
 // eventQueue is the bounded queue between the read loops and the callback
 // goroutine. Frames wait while MaxInbound frames are queued; state changes
@@ -100,6 +105,22 @@ func (q *eventQueue) pushFrame(env *envelope.Envelope, consumed bool) {
 		return
 	}
 	q.items = append(q.items, event{env: env, consumed: consumed})
+	q.frames++
+	q.cond.Broadcast()
+}
+
+// pushRecovery queues a recovery report in order with the frames, waiting
+// like pushFrame while MaxInbound wait.
+func (q *eventQueue) pushRecovery(rec *Recovery) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.frames >= MaxInbound && !q.stopping {
+		q.cond.Wait()
+	}
+	if q.stopping {
+		return
+	}
+	q.items = append(q.items, event{rec: rec})
 	q.frames++
 	q.cond.Broadcast()
 }
@@ -146,7 +167,7 @@ func (q *eventQueue) stop() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.stopping = true
-	q.items = slices.DeleteFunc(q.items, func(e event) bool { return e.env != nil })
+	q.items = slices.DeleteFunc(q.items, func(e event) bool { return e.inbound() })
 	q.frames = 0
 	q.cond.Broadcast()
 }
@@ -175,7 +196,7 @@ func (q *eventQueue) next() (event, bool) {
 	q.items[0] = event{}
 	q.items = q.items[1:]
 	q.busy = true
-	if e.env != nil {
+	if e.inbound() {
 		q.frames--
 		q.cond.Broadcast()
 	}
@@ -200,6 +221,10 @@ func (c *Client) dispatch() {
 			if c.opts.OnError != nil {
 				c.safely("OnError", func() { c.opts.OnError(e.err) })
 			}
+			continue
+		}
+		if e.rec != nil {
+			c.safely("OnRecovery", func() { c.opts.OnRecovery(*e.rec) })
 			continue
 		}
 		c.deliver(e)

@@ -3,8 +3,9 @@
 // or the connection drops, and offers what the TypeScript client offers:
 // fire-and-forget sends buffered while disconnected, handlers by message
 // type, RPC with progress, deadlines and aborts, answers to server-to-client
-// requests, rooms that are re-joined after a reconnect, presence queries,
-// state and diffs, and token refresh.
+// requests, rooms that are re-joined after a reconnect, recovery and
+// history of durable rooms, presence queries, state and diffs, and token
+// refresh.
 //
 //	c, err := client.Dial(ctx, "ws://localhost:8080/ws", client.Options{Token: client.StaticToken(jwt)})
 //	if err != nil { ... }
@@ -34,6 +35,28 @@
 // worker or service joined or removed the connection through natter.ctl)
 // adds or forgets the room, unless a Join or Leave of it is in flight.
 //
+// # Durable rooms
+//
+// Rooms matching the edge's --durable-rooms patterns keep their messages,
+// and every delivery carries its Position (meta.offset and meta.epoch, see
+// OffsetOf). The client remembers the last position per durable room
+// (Position), from deliveries and from the $joined of its joins, and
+// re-joins such a room after a reconnect from there: the edge replays what
+// was missed, in order and before the re-join is acknowledged, then goes on
+// live without a gap or a duplicate at the seam. Options.OnRecovery then
+// gets a Recovery: Recovered, or a gap (the position was older than the
+// retained history, or the history was reset), after which the
+// application should refetch the room's state. Join WithSince joins from a
+// position saved earlier; History reads pages of a room's history.
+//
+//	c, err := client.Dial(ctx, url, client.Options{OnRecovery: func(r client.Recovery) {
+//		if !r.Recovered {
+//			reload(r.Room) // e.g. c.History(ctx, r.Room, client.HistoryQuery{Limit: 50})
+//		}
+//	}})
+//	_ = c.Join(ctx, "orders-42")
+//	pos, _ := c.Position("orders-42") // save it; later: c.Join(ctx, "orders-42", client.WithSince(pos))
+//
 // Writes are paced to the edge's per-connection rate limit
 // (Options.SendRate, 100 messages/s by default), so that flushing the
 // buffer after a reconnect is not answered with RESOURCE_EXHAUSTED.
@@ -51,9 +74,9 @@
 // A Client is safe for concurrent use. Each client owns one goroutine that
 // connects, restores rooms and state, and writes frames; one goroutine per
 // live connection that reads; one goroutine that runs callbacks (On,
-// OnPresence, OnState, OnError) one at a time, in the order frames
-// arrived; and, while needed, a goroutine that refreshes the token and one
-// that retries re-joins. Handlers registered with Handle run on a
+// OnPresence, OnState, OnError, OnRecovery) one at a time, in the order
+// frames arrived; and, while needed, a goroutine that refreshes the token
+// and one that retries re-joins. Handlers registered with Handle run on a
 // goroutine of their own per request (at most MaxServerRequests at once).
 // A callback may call any method of the client, including Close; a
 // callback that blocks delays the callbacks after it, and once MaxInbound

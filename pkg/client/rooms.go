@@ -13,11 +13,23 @@ import (
 )
 
 // JoinOption tunes one Join.
-type JoinOption func(*envelope.RoomPayload)
+type JoinOption func(*joinOptions)
+
+type joinOptions struct {
+	presence bool
+	since    *Position
+}
 
 // WithPresence asks for the room's $presence.diff frames (see OnPresence).
 func WithPresence() JoinOption {
-	return func(p *envelope.RoomPayload) { p.Presence = true }
+	return func(o *joinOptions) { o.presence = true }
+}
+
+// joinPayload is the payload of $join.
+type joinPayload struct {
+	Room     string    `json:"room"`
+	Presence bool      `json:"presence,omitempty"`
+	Since    *Position `json:"since,omitempty"`
 }
 
 // system sends a system request and returns its reply, or the reply's
@@ -42,7 +54,10 @@ type roomOp struct {
 	kind     uint8 // opJoin, opLeave, opRejoin
 	room     string
 	presence bool
-	seq      uint64 // set when queued, for opJoin and opLeave
+	// since is the position a join of a durable room starts from; its
+	// outcome is reported to Options.OnRecovery.
+	since *Position
+	seq   uint64 // set when queued, for opJoin and opLeave
 }
 
 const (
@@ -65,6 +80,7 @@ func (c *Client) beginRoomOpLocked(op *roomOp) bool {
 		return ok && c.roomOps[op.room] == 0
 	case opLeave:
 		delete(c.rooms, op.room)
+		delete(c.positions, op.room)
 	}
 	c.roomSeq++
 	op.seq = c.roomSeq
@@ -74,15 +90,25 @@ func (c *Client) beginRoomOpLocked(op *roomOp) bool {
 
 // settleRoomOpLocked runs with c.mu held when op's reply arrives, before
 // any later frame is read: a Join that is still the last call for its
-// room records it.
-func (c *Client) settleRoomOpLocked(op *roomOp, reply *envelope.Envelope) {
+// room records it. A Leave's reply forgets the room's position, whatever
+// call came after it: frames of a later Join come after this reply. It
+// returns the Recovery to report for a join from a position.
+func (c *Client) settleRoomOpLocked(op *roomOp, reply *envelope.Envelope) *Recovery {
+	var rec *Recovery
+	switch {
+	case reply.Type == envelope.TypeJoined && op.kind != opLeave:
+		rec = c.joinedLocked(op, reply)
+	case reply.Type == envelope.TypeLeft && op.kind == opLeave:
+		delete(c.positions, op.room)
+	}
 	if op.seq == 0 || c.roomOps[op.room] != op.seq {
-		return
+		return rec
 	}
 	delete(c.roomOps, op.room)
 	if op.kind == opJoin && reply.Type == envelope.TypeJoined {
 		c.rooms[op.room] = op.presence
 	}
+	return rec
 }
 
 // endRoomOp forgets op when its call ended without a reply.
@@ -93,6 +119,10 @@ func (c *Client) endRoomOp(op *roomOp) {
 	c.mu.Lock()
 	if c.roomOps[op.room] == op.seq {
 		delete(c.roomOps, op.room)
+		if op.kind == opLeave {
+			// Deliveries that came while the Leave was in flight.
+			delete(c.positions, op.room)
+		}
 	}
 	c.mu.Unlock()
 }
@@ -122,9 +152,11 @@ func (c *Client) serverMembership(env *envelope.Envelope) {
 		if _, ok := c.rooms[room]; !ok {
 			c.rooms[room] = false
 		}
+		c.serverJoinedLocked(room, env)
 		return
 	}
 	delete(c.rooms, room)
+	delete(c.positions, room)
 }
 
 // Join joins room with $join and returns once the edge acknowledged it: a
@@ -136,19 +168,25 @@ func (c *Client) serverMembership(env *envelope.Envelope) {
 // Join and Leave of the same room may race: the remembered rooms follow
 // the call made last (the one whose frame was queued last), whatever order
 // their answers come in.
+//
+// For a durable room the client keeps the last Position it saw, and
+// re-joins from it after a reconnect; WithSince joins from a position
+// given. See Options.OnRecovery.
 func (c *Client) Join(ctx context.Context, room string, opts ...JoinOption) error {
 	if err := envelope.ValidateID(room); err != nil {
 		return err
 	}
-	p := envelope.RoomPayload{Room: room}
+	var o joinOptions
 	for _, f := range opts {
-		f(&p)
+		f(&o)
 	}
-	_, err := c.system(ctx, envelope.TypeJoin, p, envelope.TypeJoined, &roomOp{kind: opJoin, room: room, presence: p.Presence})
+	p := joinPayload{Room: room, Presence: o.presence, Since: o.since}
+	_, err := c.system(ctx, envelope.TypeJoin, p, envelope.TypeJoined, &roomOp{kind: opJoin, room: room, presence: o.presence, since: o.since})
 	return err
 }
 
-// Leave leaves room and forgets it at once, so it is not re-joined.
+// Leave leaves room and forgets it at once, so it is not re-joined, and
+// forgets its Position (read it first to join again WithSince later).
 func (c *Client) Leave(ctx context.Context, room string) error {
 	if err := envelope.ValidateID(room); err != nil {
 		return err
@@ -157,6 +195,7 @@ func (c *Client) Leave(ctx context.Context, room string) error {
 	if errors.Is(err, ErrClosed) {
 		c.mu.Lock()
 		delete(c.rooms, room)
+		delete(c.positions, room)
 		c.mu.Unlock()
 	}
 	return err

@@ -205,13 +205,17 @@ func (c *Client) deliverReply(env *envelope.Envelope) bool {
 		c.mu.Unlock()
 		return false
 	}
+	var rec *Recovery
 	if env.Type != envelope.TypeRPCProgress {
 		delete(c.pending, cid)
 		if cl.op != nil {
-			c.settleRoomOpLocked(cl.op, env)
+			rec = c.settleRoomOpLocked(cl.op, env)
 		}
 	}
 	c.mu.Unlock()
+	if rec != nil {
+		c.reportRecovery(rec)
+	}
 	select {
 	case cl.frames <- env:
 	case <-cl.abandoned:

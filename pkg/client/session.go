@@ -174,7 +174,7 @@ func (c *Client) restore(s *session) bool {
 	}
 	steps := make([]step, 0, len(c.rooms)+1)
 	frames := make([][]byte, 0, len(c.rooms)+1)
-	add := func(room, typ string, payload any) {
+	add := func(op *roomOp, typ string, payload any) {
 		cid := c.nextCIDLocked()
 		env, _ := envelope.New(typ, payload)
 		env.Meta = envelope.Meta{CorrelationID: cid, TimeoutMs: c.opts.RPCTimeout.Milliseconds()}
@@ -184,15 +184,21 @@ func (c *Client) restore(s *session) bool {
 		}
 		cl := newCall(cid)
 		cl.sess = s
+		cl.op = op
 		c.pending[cid] = cl
+		room := ""
+		if op != nil {
+			room = op.room
+		}
 		steps = append(steps, step{room, cl})
 		frames = append(frames, frame)
 	}
 	for room, pres := range c.rooms {
-		add(room, envelope.TypeJoin, envelope.RoomPayload{Room: room, Presence: pres})
+		since := c.sinceLocked(room)
+		add(&roomOp{kind: opRejoin, room: room, since: since}, envelope.TypeJoin, joinPayload{Room: room, Presence: pres, Since: since})
 	}
 	if c.pstate != nil {
-		add("", envelope.TypePresenceState, map[string]json.RawMessage{"state": c.pstate})
+		add(nil, envelope.TypePresenceState, map[string]json.RawMessage{"state": c.pstate})
 	}
 	c.mu.Unlock()
 	if len(steps) == 0 {
@@ -274,6 +280,7 @@ func (c *Client) rejoinFailed(room string, err error) (retry bool) {
 		c.mu.Lock()
 		if c.roomOps[room] == 0 { // else a Join or Leave in flight decides
 			delete(c.rooms, room)
+			delete(c.positions, room)
 		}
 		c.mu.Unlock()
 	} else {
@@ -281,6 +288,16 @@ func (c *Client) rejoinFailed(room string, err error) (retry bool) {
 	}
 	c.report(&BackgroundError{Op: OpRejoin, Room: room, Final: final, Err: err})
 	return !final
+}
+
+// sinceLocked returns the position a re-join of room starts from, nil for
+// a room without one. c.mu is held.
+func (c *Client) sinceLocked(room string) *Position {
+	p, ok := c.positions[room]
+	if !ok {
+		return nil
+	}
+	return &p
 }
 
 // retryJoins re-joins rooms on s in the background, with backoff (no
@@ -309,9 +326,10 @@ func (c *Client) retryJoins(s *session, rooms []string, after time.Duration) {
 					defer cancel()
 					c.mu.Lock()
 					pres := c.rooms[room]
+					since := c.sinceLocked(room)
 					c.mu.Unlock()
-					op := &roomOp{kind: opRejoin, room: room}
-					_, err := c.system(ctx, envelope.TypeJoin, envelope.RoomPayload{Room: room, Presence: pres}, envelope.TypeJoined, op)
+					op := &roomOp{kind: opRejoin, room: room, since: since}
+					_, err := c.system(ctx, envelope.TypeJoin, joinPayload{Room: room, Presence: pres, Since: since}, envelope.TypeJoined, op)
 					if err == nil || errors.Is(err, errRoomSettled) || s.ctx.Err() != nil {
 						return
 					}
@@ -550,6 +568,9 @@ func (c *Client) route(s *session, env *envelope.Envelope) {
 			c.events.pushFrame(env, true)
 			return
 		}
+	}
+	if env.Meta.Room != "" && env.Meta.Extra != nil {
+		c.trackDelivery(env)
 	}
 	switch env.Type {
 	case envelope.TypeAuthExpiring:
