@@ -372,3 +372,52 @@ func TestOffsetOf(t *testing.T) {
 		})
 	}
 }
+
+// A re-join that fails and is retried in the background still starts from
+// the room's position, and reports its outcome once.
+func TestDurableRejoinRetryKeepsSince(t *testing.T) {
+	var mu sync.Mutex
+	var sinces []*client.Position // on connection 2
+	f := startFakeEdge(t, nil, func(n int, ws *gws.Conn, env *envelope.Envelope) {
+		if env.Type != envelope.TypeJoin {
+			return
+		}
+		j := joinOf(t, env)
+		if n == 1 {
+			answer(ws, env, envelope.TypeJoined, durableJoined{Room: j.Room, Durable: true, Offset: 4, Epoch: "e1"})
+			return
+		}
+		mu.Lock()
+		sinces = append(sinces, j.Since)
+		k := len(sinces)
+		mu.Unlock()
+		if k == 1 {
+			answerError(ws, env, envelope.CodeUnavailable, 0)
+			return
+		}
+		answer(ws, env, envelope.TypeJoined, durableJoined{Room: j.Room, Durable: true, Offset: 4, Epoch: "e1", Recovered: ptr(true)})
+	})
+	tl := newTimeline(nil)
+	st := newStates()
+	c := dial(t, f.URL, client.Options{OnState: st.record, OnRecovery: tl.recovery, OnError: func(error) {}})
+	if err := c.Join(context.Background(), "dur-r"); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	first := f.live[0]
+	f.mu.Unlock()
+	_ = first.WriteClose(uint16(envelope.CloseServer), nil)
+	st.await(t, client.StateReconnecting)
+	tl.expect(t, "recovery dur-r true")
+	tl.expectNothing(t, 100*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sinces) != 2 {
+		t.Fatalf("%d re-joins, want 2", len(sinces))
+	}
+	for i, s := range sinces {
+		if s == nil || *s != (client.Position{Offset: 4, Epoch: "e1"}) {
+			t.Errorf("re-join %d: since %v, want 4 e1", i, s)
+		}
+	}
+}
