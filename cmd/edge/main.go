@@ -61,6 +61,20 @@ func main() {
 	fs.BoolVar(&rc.Edge.Presence, "presence", true, "keep presence in JetStream KV and emit lifecycle events (needs JetStream)")
 	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
+	fs.Func("durable-rooms", "comma-separated patterns of durable rooms: history in JetStream, positions on deliveries, recovery on $join with since (default none)", func(v string) error {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				rc.Edge.DurableRooms = append(rc.Edge.DurableRooms, p)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&rc.Edge.DurableMaxAge, "durable-max-age", 0, "how long durable room messages are kept (default 24h)")
+	fs.Int64Var(&rc.Edge.DurableRoomMaxMsgs, "durable-room-max-msgs", 0, "messages kept per durable room (default 1000, -1 unlimited)")
+	fs.Int64Var(&rc.Edge.DurableMaxMsgs, "durable-max-msgs", 0, "messages kept in all durable rooms together (default unlimited)")
+	fs.Int64Var(&rc.Edge.DurableMaxBytes, "durable-max-bytes", 0, "bytes kept in all durable rooms together (default 1 GiB, -1 unlimited)")
+	fs.IntVar(&rc.Edge.DurableReplicas, "durable-replicas", 1, "replicas of the durable rooms stream")
+	fs.BoolVar(&rc.Edge.DurableNoCapture, "durable-no-capture", false, "do not store core publishes to natter.out.room.<durable room> from this edge (others in the queue group still do)")
 	fs.BoolVar(&rc.Edge.PresenceOpen, "presence-open", false, "let clients list the members of rooms they are not in")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
 	fs.IntVar(&rc.Edge.ReadBufferSize, "read-buffer-size", 1024, "bytes of each connection's read buffer (larger frames are still read whole)")

@@ -143,7 +143,7 @@ func authService(t *testing.T, nc *nats.Conn) *sync.Map {
 		case "natter.auth.join":
 			var req auth.JoinRequest
 			_ = json.Unmarshal(m.Data, &req)
-			reply = auth.JoinReply{Allow: req.Room == "vip"}
+			reply = auth.JoinReply{Allow: req.Room == "vip" || req.Room == "dur-news"}
 		}
 		b, _ := json.Marshal(reply)
 		_ = m.Respond(b)
@@ -208,7 +208,7 @@ func TestDeployPermissions(t *testing.T) {
 	callout := &auth.Callout{NATS: edgeNC, Namespace: ns, Edge: "edge1"}
 	e := testenv.StartEdge(t, edge.Config{
 		NATS: edgeNC, EdgeID: "edge1", Presence: true, PresenceTTL: 2 * time.Second,
-		Auth: callout, JoinAuthorizer: callout,
+		Auth: callout, JoinAuthorizer: callout, DurableRooms: []string{"dur-*"},
 	})
 	alice := wstest.Dial(t, e.URL+"?token=alice")
 	bob := wstest.Dial(t, e.URL+"?token=bob")
@@ -292,6 +292,34 @@ func TestDeployPermissions(t *testing.T) {
 	if got := bob.AwaitType(t, "news", wait); string(got.Payload) != `{"headline":"up"}` {
 		t.Fatalf("news: %s", got.Payload)
 	}
+	// Durable rooms: the edge's stream, capture lease, replay and history;
+	// a service's acknowledged publish and a captured core publish.
+	if got := bob.Request(t, envelope.TypeJoin, envelope.RoomPayload{Room: "dur-news"}, wait); got.Type != envelope.TypeJoined {
+		t.Fatalf("$join dur-news: %s %s", got.Type, got.Payload)
+	}
+	svc := worker.NewPublisher(serviceNC, ns)
+	if _, err := svc.ToDurableRoom(t.Context(), "dur-news", env); err != nil {
+		t.Fatalf("service ToDurableRoom: %v", err)
+	}
+	if _, err := worker.NewPublisher(workerNC, ns).ToDurableRoom(t.Context(), "dur-news", env); err != nil {
+		t.Fatalf("worker ToDurableRoom: %v", err)
+	}
+	captured, _ := envelope.New("captured", nil)
+	if err := svc.ToRoom("dur-news", captured); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"news", "news", "captured"} {
+		if got := bob.Next(t, wait); got.Type != typ || got.Meta.Extra["offset"] == nil {
+			t.Fatalf("durable delivery: want %s with meta.offset, got %s %+v", typ, got.Type, got.Meta)
+		}
+	}
+	if got := bob.Request(t, envelope.TypeHistory, map[string]any{"room": "dur-news", "since": 0}, wait); got.Type != envelope.TypeHistory {
+		t.Fatalf("$history: %s %s", got.Type, got.Payload)
+	}
+	if got := bob.Request(t, envelope.TypeJoin, map[string]any{"room": "dur-news", "since": map[string]any{"offset": 1, "epoch": "x"}}, wait); got.Type != envelope.TypeJoined {
+		t.Fatalf("$join dur-news since: %s %s", got.Type, got.Payload)
+	}
+
 	answer := make(chan error, 1)
 	var where struct{ Lat float64 }
 	go func() {

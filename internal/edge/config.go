@@ -94,6 +94,26 @@ type Config struct {
 	// PresenceReplicas is the replication of the bucket and event stream.
 	// Default 1; 3 on a 3-node cluster.
 	PresenceReplicas int
+	// DurableRooms are the patterns of durable rooms (see auth.Grants for
+	// the syntax): their messages are kept in the <prefix>_rooms stream,
+	// deliveries carry meta.offset and meta.epoch, and a $join with since
+	// replays what a client missed. None by default.
+	DurableRooms []string
+	// DurableMaxAge bounds how long a durable message is kept. Default 24h.
+	DurableMaxAge time.Duration
+	// DurableRoomMaxMsgs bounds the messages kept per durable room. Default
+	// 1,000; negative is unlimited.
+	DurableRoomMaxMsgs int64
+	// DurableMaxMsgs and DurableMaxBytes bound the whole stream. Defaults
+	// unlimited and 1 GiB; negative is unlimited.
+	DurableMaxMsgs  int64
+	DurableMaxBytes int64
+	// DurableReplicas is the stream's replication. Default 1.
+	DurableReplicas int
+	// DurableNoCapture turns off this edge's capturer, which stores core
+	// publishes to natter.out.room.<durable room> in the stream (a queue
+	// group across edges).
+	DurableNoCapture bool
 	// PresenceOpen lets clients query any room's members with $presence;
 	// by default only rooms they are in (PERMISSION_DENIED otherwise).
 	PresenceOpen bool
@@ -219,6 +239,20 @@ func (c *Config) setDefaults() error {
 	if c.Auth == nil && !c.Anonymous {
 		return fmt.Errorf("%w: no authentication: set Auth (JWT or callout) or allow Anonymous", ErrInvalidConfig)
 	}
+	if err := auth.ValidatePatterns(c.DurableRooms); err != nil {
+		return fmt.Errorf("%w: DurableRooms: %v", ErrInvalidConfig, err)
+	}
+	def(&c.DurableMaxAge, 24*time.Hour)
+	if c.DurableRoomMaxMsgs == 0 {
+		c.DurableRoomMaxMsgs = 1000
+	}
+	if c.DurableMaxMsgs == 0 {
+		c.DurableMaxMsgs = -1
+	}
+	if c.DurableMaxBytes == 0 {
+		c.DurableMaxBytes = 1 << 30
+	}
+	defInt(&c.DurableReplicas, 1)
 	if err := auth.ValidatePatterns(c.PublicRooms); err != nil {
 		return fmt.Errorf("%w: PublicRooms: %v", ErrInvalidConfig, err)
 	}

@@ -200,6 +200,29 @@ func (c *conn) sendFrame(frame []byte) {
 	c.wmu.Unlock()
 }
 
+// waitRoom waits until the connection's queue is below half its bound, so
+// that a replay of many messages is paced by the client instead of closing
+// it as a slow consumer. It reports false once the connection closes or
+// ctx ends.
+func (c *conn) waitRoom(ctx context.Context) bool {
+	for {
+		c.wmu.Lock()
+		closing, pending := c.closing, c.pending
+		c.wmu.Unlock()
+		if closing {
+			return false
+		}
+		if pending <= c.e.cfg.WriteQueueBytes/2 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
 // ping asks the writer to send a ping frame after the frames queued now.
 func (c *conn) ping(now int64) {
 	c.wmu.Lock()

@@ -29,8 +29,20 @@ func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 		return nil, nil, false
 	}
 	frame := msg.Data
-	if room != "" && env.Meta.Room != room {
-		env.Meta.Room = room
+	forged := false
+	if len(env.Meta.Extra) > 0 {
+		// Positions are the edge's to give, in durable rooms only.
+		for _, k := range [...]string{"offset", "epoch"} {
+			if _, ok := env.Meta.Extra[k]; ok {
+				delete(env.Meta.Extra, k)
+				forged = true
+			}
+		}
+	}
+	if forged || room != "" && env.Meta.Room != room {
+		if room != "" {
+			env.Meta.Room = room
+		}
 		var err error
 		if frame, err = envelope.Encode(&env); err != nil {
 			e.stats.dropped.Add(1)
@@ -139,7 +151,7 @@ func (c *conn) control(msg *nats.Msg) {
 						break
 					}
 				}
-				err = c.e.hub.joinAs(c, ctl.Room, "", false, true)
+				err = c.e.hub.joinAs(c, ctl.Room, "", false, true, nil)
 			} else {
 				c.e.hub.leave(c, ctl.Room, "")
 			}

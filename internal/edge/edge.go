@@ -45,6 +45,7 @@ type Edge struct {
 	allSub        *nats.Subscription
 	rpc           *rpcMux
 	presence      *presence.Service // nil when off
+	dur           *durable          // nil without durable rooms
 	stats         counters
 	writers       *writerPool
 	disp          *dispatcher
@@ -124,6 +125,19 @@ func New(cfg Config) (*Edge, error) {
 		if err != nil {
 			_ = sub.Unsubscribe()
 			_ = e.rpc.sub.Unsubscribe()
+			return nil, err
+		}
+	}
+	if len(cfg.DurableRooms) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		e.dur, err = startDurable(ctx, e)
+		cancel()
+		if err != nil {
+			_ = sub.Unsubscribe()
+			_ = e.rpc.sub.Unsubscribe()
+			if e.presence != nil {
+				e.presence.Stop()
+			}
 			return nil, err
 		}
 	}
@@ -242,6 +256,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		e.stopOnce.Do(func() { close(e.stopTick) })
 		_ = e.allSub.Unsubscribe()
 		_ = e.rpc.sub.Unsubscribe()
+		if e.dur != nil {
+			e.dur.stop()
+		}
 		if e.presence != nil {
 			e.presence.Stop()
 		}

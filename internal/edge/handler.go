@@ -121,7 +121,7 @@ func (c *conn) handle(data []byte) {
 				c.sendError(cid, codeOf(aerr), auth.Reason(aerr))
 				return
 			}
-			err = c.e.hub.join(c, p.Room, cid, p.Presence)
+			err = c.e.hub.join(c, p.Room, cid, p.Presence, p.Since)
 		} else {
 			c.e.hub.leave(c, p.Room, cid)
 		}
@@ -139,6 +139,8 @@ func (c *conn) handle(data []byte) {
 		c.refresh(cid, env.Payload)
 	case envelope.TypePresence:
 		c.queryPresence(cid, env.Payload)
+	case envelope.TypeHistory:
+		c.queryHistory(cid, env.Payload)
 	case envelope.TypePresenceState:
 		c.setState(cid, env.Payload)
 	case envelope.TypeHeartbeat:

@@ -32,6 +32,7 @@ type group struct {
 	mu       sync.RWMutex
 	members  map[*conn]bool // true: wants $presence.diff frames
 	watchers int            // members with true, guarded by mu
+	log      *roomLog       // durable rooms only, guarded by mu
 }
 
 func newHub(e *Edge) *hub {
@@ -40,13 +41,14 @@ func newHub(e *Edge) *hub {
 
 // join adds c to room and acknowledges with $joined once the subscription is
 // in place, so publishes made after the ack reach c.
-func (h *hub) join(c *conn, room, cid string, watch bool) error {
-	return h.joinAs(c, room, cid, watch, false)
+func (h *hub) join(c *conn, room, cid string, watch bool, since *envelope.Position) error {
+	return h.joinAs(c, room, cid, watch, false, since)
 }
 
 // joinAs is join; a server-side join (byServer) keeps a member's own
-// choice of presence diffs.
-func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
+// choice of presence diffs. In a durable room, since asks for the messages
+// after it to be replayed first.
+func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool, since *envelope.Position) error {
 	h.mu.Lock()
 	if c.gone {
 		// A ctl join raced with the connection closing.
@@ -65,7 +67,7 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 			g.mu.RUnlock()
 		}
 	}
-	g, err := h.addLocked(h.rooms, room, true, c, watch)
+	g, rec, err := h.addLocked(h.rooms, room, true, c, watch, since != nil)
 	var entry *presence.Entry
 	if err == nil {
 		c.rooms = c.rooms.add(room)
@@ -79,6 +81,10 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool) error {
 	}
 	h.e.setPresence(entry)
 	h.waitReady(g)
+	if g.log != nil {
+		h.e.dur.join(c, g, rec, cid, since)
+		return nil
+	}
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
 	return nil
 }
@@ -111,7 +117,7 @@ func (h *hub) leaveAll(c *conn) {
 
 func (h *hub) addUser(c *conn) error {
 	h.mu.Lock()
-	_, err := h.addLocked(h.users, c.user, false, c, false)
+	_, _, err := h.addLocked(h.users, c.user, false, c, false, false)
 	h.mu.Unlock()
 	return err
 }
@@ -124,24 +130,34 @@ func (h *hub) removeUser(c *conn) {
 
 // addLocked adds c to the group id of m, subscribing when it is the first
 // local member. The flush that confirms the subscription runs outside the
-// lock; waitReady waits for it.
-func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watch bool) (*group, error) {
+// lock; waitReady waits for it. In a durable room, recover registers c's
+// replay in the same step, so that no live message reaches c before it.
+func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watch, recover bool) (*group, *recovery, error) {
 	g := m[id]
 	if g == nil {
 		var subj envelope.Subject
 		var err error
-		if room {
+		durable := room && h.e.dur.isDurable(id)
+		switch {
+		case durable:
+			subj, err = h.e.ns.DurableLive(id)
+		case room:
 			subj, err = h.e.ns.Room(id)
-		} else {
+		default:
 			subj, err = h.e.ns.User(id)
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		g = &group{id: id, room: room, members: make(map[*conn]bool), ready: make(chan struct{})}
-		g.sub, err = h.e.disp.subscribe(h.e.nc, subj.String(), h.e.conns.shard(id), func(msg *nats.Msg) { h.e.deliverGroup(g, msg) })
+		f := func(msg *nats.Msg) { h.e.deliverGroup(g, msg) }
+		if durable {
+			g.log = &roomLog{recovering: make(map[*conn]*recovery)}
+			f = func(msg *nats.Msg) { h.e.dur.deliverLive(g, msg) }
+		}
+		g.sub, err = h.e.disp.subscribe(h.e.nc, subj.String(), h.e.conns.shard(id), f)
 		if err != nil {
-			return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
+			return nil, nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
 		}
 		m[id] = g
 		h.e.wg.Add(1)
@@ -161,8 +177,13 @@ func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watc
 	if watch {
 		g.watchers++
 	}
+	var r *recovery
+	if recover && g.log != nil && g.log.recovering[c] == nil {
+		r = &recovery{}
+		g.log.recovering[c] = r
+	}
 	g.mu.Unlock()
-	return g, nil
+	return g, r, nil
 }
 
 func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
@@ -175,6 +196,9 @@ func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
 		g.watchers--
 	}
 	delete(g.members, c)
+	if g.log != nil {
+		delete(g.log.recovering, c)
+	}
 	empty := len(g.members) == 0
 	g.mu.Unlock()
 	if empty {

@@ -1,5 +1,7 @@
 package envelope
 
+import "encoding/json"
+
 // Control is the JSON body of a message on <prefix>.ctl.conn.<id>. Any
 // service may send one; the edge that holds the connection acts on it and,
 // when the message has a reply subject, answers with a ControlReply.
@@ -38,8 +40,51 @@ type ControlReply struct {
 }
 
 // RoomPayload is the payload of $join, $leave, $joined and $left.
-// Presence, on $join, asks for $presence.diff frames of the room.
+// Presence, on $join, asks for $presence.diff frames of the room. Since, on
+// $join of a durable room, is the last position the client saw: the edge
+// replays what it missed.
 type RoomPayload struct {
-	Room     string `json:"room"`
-	Presence bool   `json:"presence,omitempty"`
+	Room     string    `json:"room"`
+	Presence bool      `json:"presence,omitempty"`
+	Since    *Position `json:"since,omitempty"`
+}
+
+// Position is a place in a durable room's history: the stream sequence of
+// a message (meta.offset) and the history's epoch (meta.epoch), which
+// changes when history is reset.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// Joined is the payload of $joined. Durable rooms set Durable and the
+// position to continue from; Recovered answers a $join with since: true
+// when every message after it was replayed, false when recovery is
+// incomplete and the application should refetch its state.
+type Joined struct {
+	Room      string `json:"room"`
+	Durable   bool   `json:"durable,omitempty"`
+	Offset    uint64 `json:"offset,omitempty"`
+	Epoch     string `json:"epoch,omitempty"`
+	Recovered *bool  `json:"recovered,omitempty"`
+}
+
+// HistoryQuery is the payload of $history: the first Limit messages after
+// Since (0: from the oldest kept), or else the last Limit messages before
+// Before (the newest when zero).
+type HistoryQuery struct {
+	Room   string  `json:"room"`
+	Limit  int     `json:"limit,omitempty"`
+	Since  *uint64 `json:"since,omitempty"`
+	Before uint64  `json:"before,omitempty"`
+}
+
+// History answers $history: messages oldest first, each with meta.room,
+// meta.offset and meta.epoch; More tells whether another page exists in
+// the direction asked.
+type History struct {
+	Room     string            `json:"room"`
+	Epoch    string            `json:"epoch"`
+	Messages []json.RawMessage `json:"messages"`
+	More     bool              `json:"more"`
 }

@@ -37,6 +37,7 @@ const (
 	TypeJoined       = "$joined"
 	TypeLeave        = "$leave"
 	TypeLeft         = "$left"
+	TypeHistory      = "$history"
 	TypeHeartbeat    = "__heartbeat"
 	TypeHeartbeatAck = "__heartbeat_ack"
 	// TypeRPCProgress frames carry a worker's progress on a request, with

@@ -149,6 +149,23 @@ func (n Namespace) User(id string) (Subject, error) { return n.idSubject(".out.u
 // Room is <prefix>.out.room.<id>: deliveries to every member of a room.
 func (n Namespace) Room(id string) (Subject, error) { return n.idSubject(".out.room.", id) }
 
+// DurableRoom is <prefix>.durable.room.<id>: the subject of a durable
+// room's messages in the rooms stream. Publish here with JetStream.
+func (n Namespace) DurableRoom(id string) (Subject, error) { return n.idSubject(".durable.room.", id) }
+
+// RoomsStream is the JetStream stream of durable rooms: <prefix>_rooms,
+// dots replaced by underscores.
+func (n Namespace) RoomsStream() string { return strings.ReplaceAll(n.prefix, ".", "_") + "_rooms" }
+
+// RoomsStreamPatterns is the rooms stream's metadata key that lists the
+// durable room patterns, comma-separated, as the edges were configured.
+const RoomsStreamPatterns = "natter.durable-rooms"
+
+// DurableLive is <prefix>.durable.live.<id>: the rooms stream republishes
+// every stored message of a durable room here, with its sequence in
+// headers; edges with members listen.
+func (n Namespace) DurableLive(id string) (Subject, error) { return n.idSubject(".durable.live.", id) }
+
 // All is <prefix>.out.all: deliveries to every connection.
 func (n Namespace) All() Subject { return Subject(n.prefix + ".out.all") }
 

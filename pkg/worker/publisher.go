@@ -5,9 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -19,6 +24,13 @@ import (
 type Publisher struct {
 	nc *nats.Conn
 	ns envelope.Namespace
+
+	jsOnce   sync.Once
+	js       jetstream.JetStream
+	jsErr    error
+	mu       sync.Mutex
+	patterns []string  // durable room patterns, from the rooms stream
+	checked  time.Time // when patterns were read
 }
 
 // NewPublisher returns a Publisher on nc for namespace ns.
@@ -55,26 +67,109 @@ func (p *Publisher) ToRoom(room string, env *envelope.Envelope, exclude ...strin
 	return p.publish(subj, env, exclude)
 }
 
+// ToDurableRoom stores env in the history of a durable room and returns
+// its position (meta.offset). Unlike ToRoom it is acknowledged and
+// deduplicated: it retries with one message id until the stream has the
+// message or ctx ends, so a NATS node failure neither loses nor doubles
+// it. A room that is not durable (the patterns the edges store in the
+// rooms stream) fails with FAILED_PRECONDITION; use ToRoom for those.
+func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelope.Envelope, exclude ...string) (uint64, error) {
+	subj, err := p.ns.DurableRoom(room)
+	if err != nil {
+		return 0, err
+	}
+	msg, err := p.message(subj, env, exclude)
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rpc.DefaultTimeout)
+		defer cancel()
+	}
+	if err := p.checkDurable(ctx, room); err != nil {
+		return 0, err
+	}
+	id := nuid.Next()
+	for {
+		ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(p.ns.RoomsStream()))
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, rpc.FromError(fmt.Errorf("%w: %v", ctx.Err(), err))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// checkDurable fails unless room matches the durable patterns in the rooms
+// stream's metadata, read at most every 30 seconds.
+func (p *Publisher) checkDurable(ctx context.Context, room string) error {
+	p.jsOnce.Do(func() { p.js, p.jsErr = jetstream.New(p.nc) })
+	if p.jsErr != nil {
+		return p.jsErr
+	}
+	p.mu.Lock()
+	patterns, fresh := p.patterns, time.Since(p.checked) < 30*time.Second
+	p.mu.Unlock()
+	if !fresh {
+		for {
+			s, err := p.js.Stream(ctx, p.ns.RoomsStream())
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				return &rpc.Error{Code: envelope.CodeFailedPrecondition, Message: "no durable rooms: stream " + p.ns.RoomsStream() + " not found"}
+			}
+			if err == nil {
+				patterns = strings.Split(s.CachedInfo().Config.Metadata[envelope.RoomsStreamPatterns], ",")
+				p.mu.Lock()
+				p.patterns, p.checked = patterns, time.Now()
+				p.mu.Unlock()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return rpc.FromError(fmt.Errorf("%w: %v", ctx.Err(), err))
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	for _, pat := range patterns {
+		if ok, _ := path.Match(pat, room); ok && pat != "" {
+			return nil
+		}
+	}
+	return &rpc.Error{Code: envelope.CodeFailedPrecondition, Message: "room " + room + " is not durable"}
+}
+
 // ToAll delivers env to every connection on every edge, except exclude.
 func (p *Publisher) ToAll(env *envelope.Envelope, exclude ...string) error {
 	return p.publish(p.ns.All(), env, exclude)
 }
 
 func (p *Publisher) publish(subj envelope.Subject, env *envelope.Envelope, exclude []string) error {
-	data, err := envelope.Encode(env)
+	msg, err := p.message(subj, env, exclude)
 	if err != nil {
 		return err
+	}
+	return p.nc.PublishMsg(msg)
+}
+
+func (p *Publisher) message(subj envelope.Subject, env *envelope.Envelope, exclude []string) (*nats.Msg, error) {
+	data, err := envelope.Encode(env)
+	if err != nil {
+		return nil, err
 	}
 	msg := &nats.Msg{Subject: subj.String(), Data: data}
 	if len(exclude) > 0 {
 		for _, id := range exclude {
 			if err := envelope.ValidateID(id); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		msg.Header = nats.Header{envelope.HeaderExclude: []string{strings.Join(exclude, ",")}}
 	}
-	return p.nc.PublishMsg(msg)
+	return msg, nil
 }
 
 // Join adds conn to room and returns once the edge holding conn has
