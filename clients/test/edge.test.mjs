@@ -267,3 +267,14 @@ test("rooms: a worker's ctl join is remembered and re-joined after a reconnect; 
   await marker;
   assert.deepEqual(frames, ["marker"], "not re-joined to the room the worker removed");
 });
+
+test("durable rooms: an edge without --durable-rooms answers history UNIMPLEMENTED and keeps no positions", async () => {
+  const c = client("nodurable");
+  await c.join("dur-none");
+  await assert.rejects(c.history("dur-none"), { code: "UNIMPLEMENTED" });
+  const got = nextFrame(c, "dur.msg");
+  nc.publish("natter.out.room.dur-none", enc({ type: "dur.msg" }));
+  const env = await got;
+  assert.equal(env.meta.offset, undefined);
+  assert.equal(c.position("dur-none"), undefined);
+});
