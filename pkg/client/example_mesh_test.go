@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -34,7 +36,7 @@ func startExampleMesh() (url string, stop func()) {
 	must(err)
 	must(chat.Register(w))
 	must(nc.Flush())
-	e, err := edge.New(edge.Config{NATS: nc, DevMode: true, Logger: quiet, ShutdownSpread: time.Millisecond})
+	e, err := edge.New(edge.Config{NATS: nc, DevMode: true, DurableRooms: []string{"orders-*"}, Logger: quiet, ShutdownSpread: time.Millisecond})
 	must(err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)
@@ -58,6 +60,13 @@ func startExampleMesh() (url string, stop func()) {
 // publishNews publishes a "news" envelope to a room, as any service can.
 func publishNews(room, payload string) {
 	must(exampleNATS.Publish("natter.out.room."+room, []byte(`{"type":"news","payload":`+payload+`}`)))
+}
+
+// publishOrder stores an "order" envelope in a durable room, acknowledged,
+// as a Go service does.
+func publishOrder(room, payload string) {
+	_, err := worker.NewPublisher(exampleNATS, envelope.DefaultNamespace).ToDurableRoom(context.Background(), room, &envelope.Envelope{Type: "order", Payload: json.RawMessage(payload)})
+	must(err)
 }
 
 func must(err error) {
