@@ -16,7 +16,7 @@ import (
 // once it stops, which is how they "reconnect through the other edge".
 type front struct {
 	ln       net.Listener
-	backends []string
+	backends []string // guarded by mu
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -59,7 +59,10 @@ func (f *front) serve() {
 func (f *front) handle(c net.Conn) {
 	defer f.wg.Done()
 	var b net.Conn
-	for _, addr := range f.backends {
+	f.mu.Lock()
+	backends := f.backends
+	f.mu.Unlock()
+	for _, addr := range backends {
 		var err error
 		if b, err = net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
 			break
@@ -84,6 +87,19 @@ func (f *front) handle(c net.Conn) {
 	_ = b.Close()
 	<-done
 	f.untrack(c, b)
+}
+
+// route sends new connections to backends (none: every connection is
+// closed at once, an outage) and, with drop, cuts the current ones.
+func (f *front) route(drop bool, backends ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.backends = backends
+	if drop {
+		for c := range f.conns {
+			_ = c.Close()
+		}
+	}
 }
 
 func (f *front) track(cs ...net.Conn) bool {

@@ -56,6 +56,7 @@ type natsNode struct {
 	proc      *testenv.Process
 	clientURL string // nats://127.0.0.1:port
 	monURL    string // http://127.0.0.1:port
+	conf      string // its configuration file
 	dead      bool   // killed by a test
 }
 
@@ -109,6 +110,7 @@ func startCluster(t *testing.T) *Cluster {
 			"--edge-id", id, "--listen", "127.0.0.1:0", "--insecure-dev-users",
 			"--presence-replicas", "3", "--presence-ttl", presenceTTL.String(),
 			"--shutdown-spread", "200ms", "--admin-listen", "127.0.0.1:0",
+			"--durable-rooms", "dur-*", "--durable-replicas", "3",
 		}
 		c.edges = append(c.edges, &edgeProc{id: id, proc: testenv.Start(t, "edge", args...)})
 	}
@@ -191,6 +193,7 @@ no_auth_user: %q
 			proc:      testenv.Start(t, "nats-server", "-c", path),
 			clientURL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]),
 			monURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+1]),
+			conf:      path,
 		}
 	}
 	for _, n := range nodes {

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -38,12 +39,17 @@ import (
 // Non-durable rooms are untouched: no stream, no header parsing.
 
 const (
-	// replayBatch is how many messages one fetch of a replay asks for.
-	replayBatch = 256
+	// fetchBatch is how many messages one pull of a replay, history page
+	// or backfill asks for: at most 64 MiB at the largest message size.
+	fetchBatch = 64
 	// maxHistory is the largest page of $history.
 	maxHistory = 1000
-	// durableTimeout bounds one recovery, backfill or history query.
+	// durableTimeout bounds one recovery or history query.
 	durableTimeout = 10 * time.Second
+	// backfillTimeout bounds one attempt to fill a hole in a room's live
+	// chain; backfillRetry spaces the attempts while the stream fails.
+	backfillTimeout = 2 * time.Second
+	backfillRetry   = time.Second
 )
 
 // durable is an edge's side of durable rooms; nil without patterns.
@@ -68,7 +74,10 @@ const (
 	// leaseTTL is how long a capture lease outlives its holder.
 	leaseTTL   = 3 * time.Second
 	leaseRenew = time.Second
-	leaseKey   = "leader"
+	// leaseMargin: a holder stops capturing this long before its lease
+	// could expire, for clock rates and the server's expiry timer.
+	leaseMargin = 500 * time.Millisecond
+	leaseKey    = "leader"
 )
 
 func startDurable(ctx context.Context, e *Edge) (*durable, error) {
@@ -103,27 +112,25 @@ func startDurable(ctx context.Context, e *Edge) (*durable, error) {
 		Metadata:          map[string]string{envelope.RoomsStreamPatterns: strings.Join(cfg.DurableRooms, ",")},
 	}
 	var s jetstream.Stream
-	for {
-		if s, err = js.CreateOrUpdateStream(ctx, sc); err == nil {
-			break
-		}
-		cfg.Logger.Warn("edge: durable rooms stream, retrying", "stream", d.name, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("edge: durable rooms stream %s: %w", d.name, err)
-		case <-time.After(500 * time.Millisecond):
-		}
+	if err := natsopt.Retry(ctx, cfg.Logger, "durable rooms stream", func(ctx context.Context) (err error) {
+		s, err = js.CreateOrUpdateStream(ctx, sc)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("edge: durable rooms stream %s: %w", d.name, err)
 	}
 	d.setEpoch(s.CachedInfo())
 	if !cfg.DurableNoCapture {
 		bucket := strings.ReplaceAll(pfx, ".", "_") + "_capture"
-		d.lease, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "Natter: which edge captures core publishes to durable rooms",
-			History:     1,
-			TTL:         leaseTTL,
-			Storage:     jetstream.MemoryStorage,
-			Replicas:    cfg.DurableReplicas,
+		err = natsopt.Retry(ctx, cfg.Logger, "durable capture lease", func(ctx context.Context) (err error) {
+			d.lease, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      bucket,
+				Description: "Natter: which edge captures core publishes to durable rooms",
+				History:     1,
+				TTL:         leaseTTL,
+				Storage:     jetstream.MemoryStorage,
+				Replicas:    cfg.DurableReplicas,
+			})
+			return err
 		})
 		if err != nil {
 			return nil, fmt.Errorf("edge: durable capture lease %s: %w", bucket, err)
@@ -140,30 +147,37 @@ func startDurable(ctx context.Context, e *Edge) (*durable, error) {
 func (d *durable) lead() {
 	defer close(d.done)
 	var rev uint64
-	var renewed time.Time
+	var renewed time.Time // when the last successful renewal was sent
 	tick := time.NewTicker(leaseRenew)
 	defer tick.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+		if rev != 0 && time.Since(renewed) > leaseTTL-leaseMargin {
+			// Ours may run out before another renewal gets through: stop
+			// before another edge can start.
+			rev = 0
+			d.stopCapture()
+		}
 		if rev == 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+			sent := time.Now()
 			if r, err := d.lease.Create(ctx, leaseKey, []byte(d.e.cfg.EdgeID)); err == nil {
-				rev, renewed = r, time.Now()
+				rev, renewed = r, sent
 				d.startCapture()
 			}
+			cancel()
 		} else {
+			ctx, cancel := context.WithDeadline(context.Background(), renewed.Add(leaseTTL-leaseMargin))
+			sent := time.Now()
 			r, err := d.lease.Update(ctx, leaseKey, []byte(d.e.cfg.EdgeID), rev)
-			var apiErr *jetstream.APIError
+			cancel()
 			switch {
 			case err == nil:
-				rev, renewed = r, time.Now()
-			case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence,
-				time.Since(renewed) > leaseTTL-leaseRenew:
-				// Another edge holds it, or ours has run out.
-				rev = 0
+				rev, renewed = r, sent
+			case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyNotFound):
+				rev = 0 // another edge holds it, or ours ran out
 				d.stopCapture()
 			}
 		}
-		cancel()
 		select {
 		case <-d.quit:
 			d.stopCapture()
@@ -245,17 +259,27 @@ func (d *durable) captureMsg(msg *nats.Msg) {
 type roomLog struct {
 	last       uint64              // the last sequence delivered live
 	recovering map[*conn]*recovery // members whose replay is running
+	// floor is, for members whose replay ended past last, the last
+	// sequence replayed to them: a hole filled later must not repeat it.
+	floor map[*conn]uint64
+	// retryAt: a hole could not be filled; until the stream answers
+	// again, live messages wait in the stream, and a new attempt is made
+	// at most every backfillRetry.
+	retryAt time.Time
 }
 
-// recovery buffers a member's live messages while its replay runs.
+// recovery buffers a member's live messages while its replay runs, up to
+// Config.WriteQueueBytes; past that it keeps nothing and the replay goes
+// another round.
 type recovery struct {
-	buf []seqFrame
+	buf      []seqFrame
+	bytes    int
+	overflow bool
 }
 
 type seqFrame struct {
-	seq     uint64
-	frame   []byte
-	exclude string
+	seq   uint64
+	frame []byte
 }
 
 // frame encodes a stored message for delivery: meta.room, meta.offset and
@@ -289,7 +313,12 @@ func headerSeq(h nats.Header, key string) uint64 {
 }
 
 // deliverLive handles a republished message of a durable room: it fills a
-// hole in the room's chain from the stream first, then delivers.
+// hole in the room's chain from the stream first, then delivers. It runs
+// on the room's dispatcher goroutine, which a backfill holds for at most
+// backfillTimeout; while the stream does not answer, the room's live
+// messages are not delivered (they are in the stream) and a backfill is
+// tried again at most every backfillRetry, so that the shard's other rooms
+// keep flowing.
 func (d *durable) deliverLive(g *group, msg *nats.Msg) {
 	seq := headerSeq(msg.Header, jetstream.SequenceHeader)
 	if seq == 0 {
@@ -298,22 +327,35 @@ func (d *durable) deliverLive(g *group, msg *nats.Msg) {
 	}
 	prev := headerSeq(msg.Header, "Nats-Last-Sequence")
 	g.mu.RLock()
-	last := g.log.last
+	last, retryAt := g.log.last, g.log.retryAt
 	g.mu.RUnlock()
 	if seq <= last {
 		return // a republish seen already (after a reconnect, a backfill)
 	}
-	if last != 0 && prev > last {
+	if last != 0 && (prev > last || !retryAt.IsZero()) {
 		// Republishes are core NATS: one was lost (a NATS node failed, the
-		// edge reconnected). The stream has it.
-		ctx, cancel := context.WithTimeout(context.Background(), durableTimeout)
+		// stream changed leader, the edge reconnected). The stream has it.
+		if time.Now().Before(retryAt) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), backfillTimeout)
 		err := d.fetch(ctx, g.id, last+1, seq-1, func(s uint64, data []byte, h nats.Header) bool {
 			d.deliverStored(g, s, data, h.Get(envelope.HeaderExclude))
 			return true
 		})
 		cancel()
-		if err != nil && d.e.logLimit.Allow() {
-			d.e.cfg.Logger.Warn("edge: durable backfill failed", "room", g.id, "from", last+1, "to", seq-1, "err", err)
+		g.mu.Lock()
+		if err != nil {
+			g.log.retryAt = time.Now().Add(backfillRetry)
+		} else {
+			g.log.retryAt = time.Time{}
+		}
+		g.mu.Unlock()
+		if err != nil {
+			if d.e.logLimit.Allow() {
+				d.e.cfg.Logger.Warn("edge: durable backfill failed; retrying", "room", g.id, "from", last+1, "to", seq, "err", err)
+			}
+			return
 		}
 	}
 	d.deliverStored(g, seq, msg.Data, msg.Header.Get(envelope.HeaderExclude))
@@ -324,13 +366,10 @@ func (d *durable) deliverLive(g *group, msg *nats.Msg) {
 // Members still replaying get it buffered.
 func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude string) {
 	b, ok := d.frame(g.id, seq, data)
-	if !ok {
-		g.mu.Lock()
-		g.log.last = max(g.log.last, seq)
-		g.mu.Unlock()
-		return
+	var frame []byte
+	if ok {
+		frame = wsFrame(opText, b)
 	}
-	frame := wsFrame(opText, b)
 	var ex []string
 	if exclude != "" {
 		ex = strings.Split(exclude, ",")
@@ -341,20 +380,38 @@ func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude strin
 		return
 	}
 	g.log.last = seq
+	if frame == nil {
+		return
+	}
 	for c := range g.members {
 		if ex != nil && slices.Contains(ex, c.id) {
 			continue
 		}
 		if r := g.log.recovering[c]; r != nil {
-			r.buf = append(r.buf, seqFrame{seq: seq, frame: frame})
+			if !r.overflow {
+				r.buf = append(r.buf, seqFrame{seq: seq, frame: frame})
+				r.bytes += len(frame)
+				if r.bytes > d.e.cfg.WriteQueueBytes {
+					r.buf, r.bytes, r.overflow = nil, 0, true
+				}
+			}
 			continue
+		}
+		if f, ok := g.log.floor[c]; ok {
+			if seq <= f {
+				continue // replayed to c already
+			}
+			delete(g.log.floor, c)
 		}
 		c.sendFrame(frame)
 	}
 }
 
 // fetch calls f with the stored messages of room from sequence from to to
-// (0: the end), in order, until f returns false.
+// (0: the end of the stream when the read starts), in order, until f
+// returns false. It reads with an ephemeral pull consumer, in batches of
+// at most fetchBatch messages, and deletes it after. It fails unless it
+// read everything it set out to read before ctx ended.
 func (d *durable) fetch(ctx context.Context, room string, from, to uint64, f func(seq uint64, data []byte, h nats.Header) bool) error {
 	if to != 0 && to < from {
 		return nil
@@ -363,39 +420,55 @@ func (d *durable) fetch(ctx context.Context, room string, from, to uint64, f fun
 	if err != nil {
 		return err
 	}
-	cons, err := d.js.OrderedConsumer(ctx, d.name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subj.String()},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    max(from, 1),
-	})
-	if err != nil {
-		return err
-	}
-	prev := max(from, 1) - 1
+	var cons jetstream.Consumer
 	for {
-		batch, err := cons.FetchNoWait(replayBatch)
+		// Retried: right after a NATS node failure the stream may still be
+		// electing a leader.
+		cons, err = d.js.CreateConsumer(ctx, d.name, jetstream.ConsumerConfig{
+			FilterSubject:     subj.String(),
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       max(from, 1),
+			AckPolicy:         jetstream.AckNonePolicy,
+			InactiveThreshold: 30 * time.Second,
+			MemoryStorage:     true,
+			Replicas:          1,
+		})
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("consumer: %w", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = d.js.DeleteConsumer(dctx, d.name, cons.CachedInfo().Name)
+		cancel()
+	}()
+	pending := cons.CachedInfo().NumPending // matching messages from `from` on
+	prev := max(from, 1) - 1
+	for pending > 0 {
+		wait := time.Until(deadline(ctx, 5*time.Second))
+		batch, err := cons.Fetch(int(min(pending, fetchBatch)), jetstream.FetchMaxWait(max(wait, time.Millisecond)))
 		if err != nil {
 			return err
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
+			pending--
 			md, err := m.Metadata()
 			if err != nil {
 				return err
 			}
 			seq := md.Sequence.Stream
 			if seq <= prev {
-				continue // never twice, whatever the consumer does on a reset
+				continue
 			}
 			prev = seq
-			if to != 0 && seq > to {
-				return nil
-			}
-			if !f(seq, m.Data(), m.Headers()) {
-				return nil
-			}
-			if md.NumPending == 0 {
+			if to != 0 && seq > to || !f(seq, m.Data(), m.Headers()) {
 				return nil
 			}
 		}
@@ -403,12 +476,18 @@ func (d *durable) fetch(ctx context.Context, room string, from, to uint64, f fun
 			return err
 		}
 		if n == 0 {
-			return nil
-		}
-		if err := ctx.Err(); err != nil {
-			return err
+			return fmt.Errorf("read stopped at %d with %d messages to go: %w", prev, pending, context.DeadlineExceeded)
 		}
 	}
+	return nil
+}
+
+// deadline is ctx's deadline, or d from now.
+func deadline(ctx context.Context, d time.Duration) time.Time {
+	if t, ok := ctx.Deadline(); ok {
+		return t
+	}
+	return time.Now().Add(d)
 }
 
 // roomState is what a recovery or history query needs of the stream.
@@ -419,6 +498,7 @@ type roomState struct {
 	count     uint64 // messages of the room
 	firstRoom uint64 // the room's first sequence, 0 with none
 	lastRoom  uint64 // the room's last sequence, 0 with none
+	roomLimit int64  // the stream's per-room count limit (-1: none)
 }
 
 func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
@@ -434,7 +514,10 @@ func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &roomState{epoch: d.setEpoch(info), first: info.State.FirstSeq, last: info.State.LastSeq, count: info.State.Subjects[subj.String()]}
+	st := &roomState{
+		epoch: d.setEpoch(info), first: info.State.FirstSeq, last: info.State.LastSeq,
+		count: info.State.Subjects[subj.String()], roomLimit: info.Config.MaxMsgsPerSubject,
+	}
 	if st.count > 0 {
 		m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj.String()))
 		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -462,77 +545,107 @@ func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
 //   - else, if nothing after since was removed globally and the room is
 //     below its count limit, the per-room limit never removed one after
 //     since either. At the limit it cannot tell, and says no.
-func (st *roomState) complete(since uint64, roomLimit int64) bool {
+func (st *roomState) complete(since uint64) bool {
+	roomLimit := st.roomLimit
 	if since > st.last {
 		return false // a position this history never had
 	}
 	if st.firstRoom != 0 && st.firstRoom <= since {
 		return true
 	}
-	return since+1 >= st.first && (roomLimit < 0 || st.count < uint64(roomLimit))
+	return since+1 >= st.first && (roomLimit <= 0 || st.count < uint64(roomLimit))
 }
 
 // join finishes a $join (or a server-side join) of a durable room: c is a
 // member of g already, with r registered when since was given. It replays
 // the messages after since, acknowledges with the position, then releases
-// the live messages buffered meanwhile.
+// the live messages buffered meanwhile. When the buffer overflowed, it
+// replays another round from where it got to instead.
 func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelope.Position) {
 	ctx, cancel := context.WithTimeout(context.Background(), durableTimeout)
 	defer cancel()
 	ack := envelope.Joined{Room: g.id, Durable: true}
-	last := uint64(0)
 	st, err := d.state(ctx, g.id)
 	if err != nil {
 		d.e.cfg.Logger.Warn("edge: durable room state", "room", g.id, "err", err)
 	} else {
 		ack.Epoch = st.epoch
-		last = st.lastRoom
+		ack.Offset = st.lastRoom
 	}
-	if r != nil {
-		ok := err == nil && since.Epoch == st.epoch
-		if ok {
-			ok = st.complete(since.Offset, d.e.cfg.DurableRoomMaxMsgs)
-			last = since.Offset
-			ferr := d.fetch(ctx, g.id, since.Offset+1, 0, func(seq uint64, data []byte, h nats.Header) bool {
-				if x := h.Get(envelope.HeaderExclude); x != "" && slices.Contains(strings.Split(x, ","), c.id) {
-					last = seq
-					return true
-				}
+	if r == nil {
+		d.ack(c, g, cid, &ack)
+		return
+	}
+	ok := err == nil && since.Epoch == st.epoch && since.Offset <= st.last
+	if !ok {
+		// Another history, or a position it never had: nothing to replay.
+		ack.Recovered = &ok
+		d.finish(c, g, r, cid, &ack, ack.Offset)
+		return
+	}
+	ok = st.complete(since.Offset)
+	last := since.Offset
+	for {
+		stopped := false
+		ferr := d.fetch(ctx, g.id, last+1, 0, func(seq uint64, data []byte, h nats.Header) bool {
+			if x := h.Get(envelope.HeaderExclude); x == "" || !slices.Contains(strings.Split(x, ","), c.id) {
 				if b, ok := d.frame(g.id, seq, data); ok {
 					if !c.waitRoom(ctx) {
+						stopped = true
 						return false
 					}
 					c.send(b)
 				}
-				last = seq
-				return true
-			})
-			if ferr != nil {
-				d.e.cfg.Logger.Warn("edge: durable replay failed", "room", g.id, "conn", c.id, "err", ferr)
-				ok = false
 			}
+			last = seq
+			return true
+		})
+		if ferr != nil || stopped {
+			d.e.cfg.Logger.Warn("edge: durable replay incomplete", "room", g.id, "conn", c.id, "err", ferr)
+			ok = false
+			break
 		}
-		ack.Recovered = &ok
+		g.mu.Lock()
+		again := r.overflow
+		r.overflow = false // buf and bytes were emptied when it overflowed
+		g.mu.Unlock()
+		if !again {
+			break
+		}
 	}
+	ack.Recovered = &ok
 	ack.Offset = last
+	d.finish(c, g, r, cid, &ack, last)
+}
+
+// ack sends $joined.
+func (d *durable) ack(c *conn, g *group, cid string, ack *envelope.Joined) {
 	payload, _ := json.Marshal(ack)
-	ackFrame, _ := envelope.Encode(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: g.id}, Payload: payload})
+	b, _ := envelope.Encode(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: g.id}, Payload: payload})
+	c.send(b)
+}
+
+// finish acknowledges a join from a position and hands c over to live
+// delivery: the buffered messages past last first, and nothing at or
+// before last later.
+func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelope.Joined, last uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	c.send(ackFrame)
-	if r == nil {
-		return
+	if g.log.recovering[c] != r {
+		return // c left the room meanwhile
 	}
-	if g.log.recovering[c] == r {
-		delete(g.log.recovering, c)
-	}
-	if _, member := g.members[c]; !member {
-		return
-	}
+	delete(g.log.recovering, c)
+	d.ack(c, g, cid, ack)
 	for _, sf := range r.buf {
 		if sf.seq > last {
 			c.sendFrame(sf.frame)
 		}
+	}
+	if last > g.log.last {
+		if g.log.floor == nil {
+			g.log.floor = make(map[*conn]uint64)
+		}
+		g.log.floor[c] = last
 	}
 }
 

@@ -28,7 +28,7 @@ type durableMesh struct {
 	nc   *nats.Conn
 }
 
-func newDurableMesh(t *testing.T, cfg edge.Config) *durableMesh {
+func newDurableMesh(t testing.TB, cfg edge.Config) *durableMesh {
 	t.Helper()
 	srv := testenv.NATS(t)
 	cfg.DevMode = true

@@ -198,6 +198,7 @@ func (h *hub) removeLocked(m map[string]*group, id string, c *conn) {
 	delete(g.members, c)
 	if g.log != nil {
 		delete(g.log.recovering, c)
+		delete(g.log.floor, c)
 	}
 	empty := len(g.members) == 0
 	g.mu.Unlock()

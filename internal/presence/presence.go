@@ -36,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
+	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 )
@@ -160,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
 	bucket := name + "_presence"
 	var kv jetstream.KeyValue
-	err = retry(ctx, cfg.Logger, func(ctx context.Context) (err error) {
+	err = natsopt.Retry(ctx, cfg.Logger, "presence", func(ctx context.Context) (err error) {
 		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "Natter presence: one key per connection, conn.<id>",
@@ -181,7 +182,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("presence: bucket %s: %w", bucket, err)
 	}
 	pfx := cfg.Namespace.Prefix()
-	if err := retry(ctx, cfg.Logger, func(ctx context.Context) error {
+	if err := natsopt.Retry(ctx, cfg.Logger, "presence", func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:        name + "_events",
 			Description: "Natter lifecycle events, deduplicated across edges and republished to " + pfx + ".evt.>",
@@ -764,30 +765,4 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// retry runs op with a 5s deadline per attempt until it succeeds or ctx
-// ends. Edges starting together on a fresh cluster race to create the same
-// replicated stream, and a create can wait forever on a reply lost in the
-// meta leader's churn; a new attempt gets through. Each failed attempt is
-// logged; the error returned is the last one that is not a timeout.
-func retry(ctx context.Context, log *slog.Logger, op func(context.Context) error) error {
-	var last error
-	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := op(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if last == nil || !errors.Is(err, context.DeadlineExceeded) {
-			last = err
-		}
-		log.Warn("presence: set-up attempt failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return last
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }

@@ -67,6 +67,11 @@ func (p *Publisher) ToRoom(room string, env *envelope.Envelope, exclude ...strin
 	return p.publish(subj, env, exclude)
 }
 
+// dupWindow is the rooms stream's duplicate window (the edge sets it to
+// two minutes, or the history's age when shorter), minus a margin:
+// ToDurableRoom retries one message id no longer than this.
+const dupWindow = 110 * time.Second
+
 // ToDurableRoom stores env in the history of a durable room and returns
 // its position (meta.offset). Unlike ToRoom it is acknowledged and
 // deduplicated: it retries with one message id until the stream has the
@@ -90,15 +95,22 @@ func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelop
 	if err := p.checkDurable(ctx, room); err != nil {
 		return 0, err
 	}
+	// Retries reuse the id only within the stream's duplicate window.
+	ctx, cancel := context.WithTimeout(ctx, dupWindow)
+	defer cancel()
 	id := nuid.Next()
 	for {
 		ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(p.ns.RoomsStream()))
 		if err == nil {
 			return ack.Sequence, nil
 		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code != 503 || errors.Is(err, nats.ErrMaxPayload) {
+			return 0, err // refused (too large, wrong stream): retrying changes nothing
+		}
 		select {
 		case <-ctx.Done():
-			return 0, rpc.FromError(fmt.Errorf("%w: %v", ctx.Err(), err))
+			return 0, fmt.Errorf("worker: durable publish to %s not acknowledged: %w (last error: %w)", room, ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
