@@ -20,11 +20,14 @@ let current = null; // name of the room on screen
 let typingIn = null; // room our presence state says we type in, or null
 let typingTimer;
 let everOpen = false;
+let following = true; // the message list was at its end before this frame's new messages: scroll there again
+let scrollQueued = false; // a frame callback will scroll the message list (if following)
 const me = new URLSearchParams(location.search).get("user");
 
 /**
  * @typedef {{conn: string, user?: string, state?: any}} Member
- * @typedef {{user: string, text: string, ts: number, mine?: boolean, status?: string, notice?: boolean, node?: Element}} Message
+ * @typedef {{user: string, text: string, ts: number, mine?: boolean, status?: string, notice?: boolean,
+ *   recovery?: "recovered" | "gap", node?: Element}} Message
  * @typedef {{name: string, custom: boolean, joined: boolean, joining?: Promise<void>,
  *   members: Map<string, Member>, more: number, messages: Message[], unread: number,
  *   offPresence?: () => void}} Room
@@ -63,6 +66,7 @@ function start(user) {
     everOpen = true;
   });
   client.on("chat.message", receive);
+  client.onRecovery(recovery);
 
   for (const name of DEFAULT_ROOMS) addRoom(name, false);
   show(DEFAULT_ROOMS[0]);
@@ -173,8 +177,18 @@ function receive(payload) {
   add(room, { user: payload.user || "anonymous", text: payload.text, ts: payload.ts });
 }
 
-function notice(room, text) {
-  add(room, { user: "", text, ts: Date.now(), notice: true });
+function notice(room, text, recovery) {
+  add(room, { user: "", text, ts: Date.now(), notice: true, recovery });
+}
+
+// recovery reports the re-join of a durable room (an edge started with
+// --durable-rooms): the edge replayed what the room got while we were away,
+// before this call, or could not (too old, or history was reset).
+function recovery({ room: name, recovered }) {
+  const room = rooms.get(name);
+  if (!room) return;
+  if (recovered) notice(room, "caught up: every message sent while away was replayed", "recovered");
+  else notice(room, "some messages sent while away are missing (too old, or history was reset)", "gap");
 }
 
 function add(room, msg) {
@@ -281,23 +295,35 @@ function renderRoom() {
       "."));
   }
   for (const msg of room.messages) appendMessage(msg);
+  following = true; // a room just put on screen shows its newest messages
   renderPresence();
 }
 
 function appendMessage(msg) {
   const list = el("messages");
   list.querySelector(".empty")?.remove();
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  if (!scrollQueued) {
+    // Once per frame, before its first new message: reading the scroll
+    // position lays out the whole list (several ms with hundreds of
+    // messages), too slow to do per message in a busy room.
+    following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      if (following) list.scrollTop = list.scrollHeight;
+    });
+  }
   msg.node = renderMessage(msg, h("li"));
   list.append(msg.node);
-  if (atBottom || msg.mine) list.scrollTop = list.scrollHeight;
+  if (msg.mine) following = true;
 }
 
 function renderMessage(msg, node) {
   const time = new Date(msg.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   if (msg.notice) {
-    node.className = "notice";
+    node.className = "notice" + (msg.recovery === "gap" ? " gap" : "");
     node.dataset.testid = "notice";
+    if (msg.recovery) node.dataset.recovery = msg.recovery; // "recovered" or "gap"
     node.replaceChildren(msg.text, h("time", {}, time));
     return node;
   }
