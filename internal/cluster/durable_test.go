@@ -209,7 +209,7 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 // until the cluster is whole and JetStream current on every node.
 func restartNode(t *testing.T, c *Cluster, n *natsNode) {
 	t.Helper()
-	n.proc = testenv.Start(t, "nats-server", "-c", n.conf)
+	n.proc = testenv.Start(c.t, "nats-server", "-c", n.conf) // the later tests need it
 	n.proc.WaitLog(t, `Server is ready`, wait)
 	n.dead = false
 	for _, n := range c.nodes {

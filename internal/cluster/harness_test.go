@@ -79,7 +79,8 @@ type Cluster struct {
 	nodes   []*natsNode
 	edges   []*edgeProc
 	workers []*workerProc
-	urls    string // every node's client URL, comma-separated
+	urls    string     // every node's client URL, comma-separated
+	t       *testing.T // the test that started the cluster: processes restarted by subtests outlive them
 }
 
 // startCluster starts three NATS nodes, then two edges and two workers
@@ -87,7 +88,7 @@ type Cluster struct {
 // killed by t's cleanup; process logs are printed if t failed.
 func startCluster(t *testing.T) *Cluster {
 	t.Helper()
-	c := &Cluster{nodes: startNATS(t)}
+	c := &Cluster{nodes: startNATS(t), t: t}
 	var urls []string
 	for _, n := range c.nodes {
 		urls = append(urls, n.clientURL)

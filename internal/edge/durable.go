@@ -44,8 +44,10 @@ const (
 	fetchBatch = 64
 	// maxHistory is the largest page of $history.
 	maxHistory = 1000
-	// durableTimeout bounds one recovery or history query.
-	durableTimeout = 10 * time.Second
+	// durableTimeout bounds one recovery or history query: below the
+	// clients' default request timeout (10s), so that a join from a
+	// position is answered, recovered or not, before the client gives up.
+	durableTimeout = 8 * time.Second
 	// backfillTimeout bounds one attempt to fill a hole in a room's live
 	// chain; backfillRetry spaces the attempts while the stream fails.
 	backfillTimeout = 2 * time.Second
@@ -501,7 +503,26 @@ type roomState struct {
 	roomLimit int64  // the stream's per-room count limit (-1: none)
 }
 
+// state reads the stream's state for room. Right after a NATS node
+// failure a request can go unanswered while the stream elects a leader, so
+// each attempt gets 2s and is retried until ctx ends.
 func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := d.stateOnce(actx, room)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (d *durable) stateOnce(ctx context.Context, room string) (*roomState, error) {
 	subj, err := d.e.ns.DurableRoom(room)
 	if err != nil {
 		return nil, err

@@ -244,6 +244,14 @@ func (c *Client) restore(s *session) bool {
 			c.mu.Unlock()
 			for _, st := range steps[i:] {
 				if st.room != "" {
+					if op := st.cl.op; op != nil && op.since != nil {
+						// The edge may have replayed part and gone on live:
+						// what arrived cannot be told complete.
+						c.mu.Lock()
+						pos := c.positions[st.room]
+						c.mu.Unlock()
+						c.reportRecovery(&Recovery{Room: st.room, Since: *op.since, Position: pos, Rejoin: true})
+					}
 					c.rejoinFailed(st.room, &rpc.Error{Code: envelope.CodeDeadlineExceeded, Message: "re-join not acknowledged in time"})
 					retry = append(retry, st.room)
 				}

@@ -100,7 +100,11 @@ func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelop
 	defer cancel()
 	id := nuid.Next()
 	for {
-		ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(p.ns.RoomsStream()))
+		// Each attempt waits 2s: an acknowledgement lost to a NATS node
+		// failure or a leader election is not awaited for ever.
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		ack, err := p.js.PublishMsg(actx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(p.ns.RoomsStream()))
+		acancel()
 		if err == nil {
 			return ack.Sequence, nil
 		}
