@@ -141,7 +141,14 @@ func send(ctx context.Context, m *worker.Message) error {
 	if m.Conn != "" {
 		exclude = []string{m.Conn}
 	}
-	if err := m.Publisher().ToRoom(r.Room, env, exclude...); err != nil {
+	// Durable rooms get the acknowledged path: the message is stored (or
+	// the sender gets an error), whichever edge captures core publishes.
+	pub := m.Publisher()
+	if pub.IsDurable(ctx, r.Room) {
+		if _, err := pub.ToDurableRoom(ctx, r.Room, env, exclude...); err != nil {
+			return err
+		}
+	} else if err := pub.ToRoom(r.Room, env, exclude...); err != nil {
 		return err
 	}
 	if m.IsRequest() {

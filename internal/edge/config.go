@@ -110,9 +110,9 @@ type Config struct {
 	DurableMaxBytes int64
 	// DurableReplicas is the stream's replication. Default 1.
 	DurableReplicas int
-	// DurableNoCapture turns off this edge's capturer, which stores core
-	// publishes to natter.out.room.<durable room> in the stream (a queue
-	// group across edges).
+	// DurableNoCapture keeps this edge from capturing: storing core
+	// publishes to natter.out.room.<durable room> in the stream, which one
+	// edge at a time does, the holder of a lease.
 	DurableNoCapture bool
 	// PresenceOpen lets clients query any room's members with $presence;
 	// by default only rooms they are in (PERMISSION_DENIED otherwise).

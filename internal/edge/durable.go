@@ -67,6 +67,9 @@ type durable struct {
 	// back-to-back publishes to two edges, which could store them in
 	// either order.
 	lease   jetstream.KeyValue
+	// dropLive makes the next republishes vanish, as a NATS failure would;
+	// tests set it (export_test.go) to exercise hole filling.
+	dropLive atomic.Int32
 	capture *nats.Subscription // guarded by the lead goroutine
 	quit    chan struct{}
 	done    chan struct{}
@@ -322,6 +325,9 @@ func headerSeq(h nats.Header, key string) uint64 {
 // tried again at most every backfillRetry, so that the shard's other rooms
 // keep flowing.
 func (d *durable) deliverLive(g *group, msg *nats.Msg) {
+	if d.dropLive.Load() > 0 && d.dropLive.Add(-1) >= 0 {
+		return
+	}
 	seq := headerSeq(msg.Header, jetstream.SequenceHeader)
 	if seq == 0 {
 		d.e.stats.dropped.Add(1)

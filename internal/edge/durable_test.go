@@ -437,3 +437,63 @@ func TestDurableManyJoinersAtTheSeam(t *testing.T) {
 		t.Run(strconv.Itoa(k), func(t *testing.T) { checkExactlyOnce(t, got, total) })
 	}
 }
+
+// Republished messages an edge misses (a NATS node failure, a stream leader
+// change) are read from the stream when the next one shows the hole:
+// members still get every message once, in order, including a member whose
+// replay ended past the hole.
+func TestDurableHoleFilledFromTheStream(t *testing.T) {
+	m := newDurableMesh(t, edge.Config{})
+	const room = "dur-holes"
+	steady := wstest.Dial(t, m.a.URL)
+	_, j := joinSince(t, steady, room, nil)
+	start := envelope.Position{Offset: j.Offset, Epoch: j.Epoch}
+	publishNum(t, m.pub, room, 0)
+	got := []numbered{readNumbered(t, steady.AwaitType(t, "num", wait))}
+
+	edge.DropLiveRepublishes(m.a.Edge, 3)
+	for i := 1; i <= 3; i++ {
+		publishNum(t, m.pub, room, i) // lost on the way to edge A
+	}
+	// A member joining now replays 0..3 from the stream, past what the
+	// room's live chain delivered on this edge.
+	late := wstest.Dial(t, m.a.URL)
+	lateGot, lj := joinSince(t, late, room, &start)
+	if lj.Recovered == nil || !*lj.Recovered || len(lateGot) != 4 {
+		t.Fatalf("late joiner: recovered=%v replayed %v", lj.Recovered, lateGot)
+	}
+	for i := 4; i < 8; i++ {
+		publishNum(t, m.pub, room, i) // 4 shows the hole: 1..3 come from the stream first
+	}
+	for len(got) < 8 {
+		got = append(got, readNumbered(t, steady.AwaitType(t, "num", wait)))
+	}
+	checkExactlyOnce(t, got, 8)
+	for len(lateGot) < 8 {
+		lateGot = append(lateGot, readNumbered(t, late.AwaitType(t, "num", wait)))
+	}
+	checkExactlyOnce(t, lateGot, 8)
+	for _, c := range []*wstest.Client{steady, late} {
+		if !c.Quiet(200 * time.Millisecond) {
+			t.Fatalf("a frame after the last: %s", c.Next(t, wait).Payload)
+		}
+	}
+}
+
+// The built-in chat handler stores messages of durable rooms with the
+// acknowledged publish: they arrive with positions even with no edge
+// capturing core publishes.
+func TestDurableChatUsesTheAcknowledgedPath(t *testing.T) {
+	m := newDurableMesh(t, edge.Config{DurableNoCapture: true})
+	testenv.Worker(t, m.nc)
+	alice, bob := wstest.Dial(t, m.a.URL+"?user=alice"), wstest.Dial(t, m.b.URL+"?user=bob")
+	joinSince(t, alice, "dur-chat", nil)
+	joinSince(t, bob, "dur-chat", nil)
+	if got := alice.Request(t, "chat.send", map[string]string{"room": "dur-chat", "text": "kept"}, wait); got.Type != "chat.sent" {
+		t.Fatalf("chat.send: %s %s", got.Type, got.Payload)
+	}
+	got := bob.AwaitType(t, "chat.message", wait)
+	if pos := position(t, got); pos.Offset == 0 {
+		t.Fatalf("no position on %s", got.Payload)
+	}
+}

@@ -120,8 +120,16 @@ func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelop
 	}
 }
 
+// IsDurable reports whether room is durable, by the patterns the edges
+// store in the rooms stream (read at most every 30 seconds). Without the
+// stream, or when it cannot be read, no room is.
+func (p *Publisher) IsDurable(ctx context.Context, room string) bool {
+	return p.checkDurable(ctx, room) == nil
+}
+
 // checkDurable fails unless room matches the durable patterns in the rooms
-// stream's metadata, read at most every 30 seconds.
+// stream's metadata, read at most every 30 seconds. A missing stream, or
+// JetStream off, counts as no durable rooms for as long.
 func (p *Publisher) checkDurable(ctx context.Context, room string) error {
 	p.jsOnce.Do(func() { p.js, p.jsErr = jetstream.New(p.nc) })
 	if p.jsErr != nil {
@@ -133,11 +141,12 @@ func (p *Publisher) checkDurable(ctx context.Context, room string) error {
 	if !fresh {
 		for {
 			s, err := p.js.Stream(ctx, p.ns.RoomsStream())
-			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				return &rpc.Error{Code: envelope.CodeFailedPrecondition, Message: "no durable rooms: stream " + p.ns.RoomsStream() + " not found"}
-			}
-			if err == nil {
-				patterns = strings.Split(s.CachedInfo().Config.Metadata[envelope.RoomsStreamPatterns], ",")
+			if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+				errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+				patterns = nil
+				if err == nil {
+					patterns = strings.Split(s.CachedInfo().Config.Metadata[envelope.RoomsStreamPatterns], ",")
+				}
 				p.mu.Lock()
 				p.patterns, p.checked = patterns, time.Now()
 				p.mu.Unlock()
