@@ -66,13 +66,13 @@ type durable struct {
 	// the <prefix>_capture bucket: a queue group would hand two
 	// back-to-back publishes to two edges, which could store them in
 	// either order.
-	lease   jetstream.KeyValue
+	lease jetstream.KeyValue
 	// dropLive makes the next republishes vanish, as a NATS failure would;
 	// tests set it (export_test.go) to exercise hole filling.
 	dropLive atomic.Int32
-	capture *nats.Subscription // guarded by the lead goroutine
-	quit    chan struct{}
-	done    chan struct{}
+	capture  *nats.Subscription // guarded by the lead goroutine
+	quit     chan struct{}
+	done     chan struct{}
 }
 
 const (
