@@ -995,6 +995,14 @@ class NatterClient implements Client {
       await this.#request(r.type, wire, {}, true);
     } catch (e) {
       const err = e as NatterError;
+      if (room !== undefined && r.since && err.code === "DEADLINE_EXCEEDED" && wire !== payload) {
+        // A join from a position that was not answered in time: the edge
+        // may have replayed part and gone on live, so what arrived cannot
+        // be told complete. Report a gap; the retry continues from there.
+        const position = this.#positions.get(room) ?? r.since;
+        const info: RecoveryInfo = { room, recovered: false, since: { ...r.since }, position: { ...position } };
+        for (const fn of [...this.#recoveryListeners]) safely(() => fn(info));
+      }
       if (gen !== this.#gen || LOST.has(err)) return undefined; // the next socket sends it again
       const callers = r.waiters.filter((w) => w.version <= version);
       const info: BackgroundErrorInfo = { op: room === undefined ? "state" : "join", retrying: false };

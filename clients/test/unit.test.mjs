@@ -631,6 +631,46 @@ test("durable rooms: a gap (recovered false, a new epoch) is reported, and the n
   assert.deepEqual(events[1], { room: "dur-b", recovered: true, since: { offset: 6, epoch: "new" }, position: { offset: 6, epoch: "new" } });
 });
 
+test("durable rooms: a re-join with since that times out is reported as a gap, then retried from the position reached", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast, rpcTimeoutMs: 40 });
+  const events = [];
+  const errors = [];
+  c.onRecovery((info) => events.push(info));
+  c.onError((e, info) => errors.push([info.op, info.room, e.code, info.retrying]));
+  const joining = c.join("dur-t");
+  const ws = await lastSocket(WS);
+  ws.open();
+  joinedDurable(ws, ws.sent[0], 20, "e1");
+  await joining;
+  ws.serverSend(delivery("dur-t", 21, "e1", 1));
+  assert.deepEqual(c.position("dur-t"), { offset: 21, epoch: "e1" });
+
+  ws.serverClose(1006);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.equal(ws2.sent.length, 1);
+  assert.deepEqual(ws2.sent[0].payload, { room: "dur-t", since: { offset: 21, epoch: "e1" } });
+  // The edge replays part, then never answers the join.
+  ws2.serverSend(delivery("dur-t", 22, "e1", 2));
+  assert.equal(events.length, 0, "nothing reported before the deadline");
+  await eventually(() => events.length === 1, "the gap after the client's deadline");
+  assert.deepEqual(events[0], { room: "dur-t", recovered: false, since: { offset: 21, epoch: "e1" }, position: { offset: 22, epoch: "e1" } });
+  assert.deepEqual(errors, [["join", "dur-t", "DEADLINE_EXCEEDED", true]]);
+  await eventually(() => c.state === "open", "open without the join");
+  assert.deepEqual(c.rooms(), ["dur-t"]);
+
+  // The retry asks from the position reached; its answer is reported too.
+  await eventually(() => ws2.sent.length === 2, "the retried $join");
+  assert.deepEqual(ws2.sent[1].payload, { room: "dur-t", since: { offset: 22, epoch: "e1" } });
+  ws2.serverSend(delivery("dur-t", 23, "e1", 3));
+  joinedDurable(ws2, ws2.sent[1], 23, "e1", true);
+  await eventually(() => events.length === 2, "the retry's recovery");
+  assert.deepEqual(events[1], { room: "dur-t", recovered: true, since: { offset: 22, epoch: "e1" }, position: { offset: 23, epoch: "e1" } });
+  assert.deepEqual(c.position("dur-t"), { offset: 23, epoch: "e1" });
+  assert.equal(errors.length, 1);
+});
+
 test("durable rooms: join with since; no since to a room the socket is in; leave and refusals forget the position", async () => {
   const WS = fakeWebSocket();
   const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });

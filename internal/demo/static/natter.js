@@ -657,6 +657,15 @@ class NatterClient {
         }
         catch (e) {
             const err = e;
+            if (room !== undefined && r.since && err.code === "DEADLINE_EXCEEDED" && wire !== payload) {
+                // A join from a position that was not answered in time: the edge
+                // may have replayed part and gone on live, so what arrived cannot
+                // be told complete. Report a gap; the retry continues from there.
+                const position = this.#positions.get(room) ?? r.since;
+                const info = { room, recovered: false, since: { ...r.since }, position: { ...position } };
+                for (const fn of [...this.#recoveryListeners])
+                    safely(() => fn(info));
+            }
             if (gen !== this.#gen || LOST.has(err))
                 return undefined; // the next socket sends it again
             const callers = r.waiters.filter((w) => w.version <= version);
