@@ -166,8 +166,10 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: no stop_grace_period", command)
 		}
 		if command == "edge" {
-			if env["NATTER_PRESENCE_REPLICAS"] != "3" {
-				t.Errorf("edge: NATTER_PRESENCE_REPLICAS %q, want 3", env["NATTER_PRESENCE_REPLICAS"])
+			for _, k := range []string{"NATTER_PRESENCE_REPLICAS", "NATTER_DURABLE_REPLICAS"} {
+				if env[k] != "3" {
+					t.Errorf("edge: %s %q, want 3", k, env[k])
+				}
 			}
 			checkSecretFile(t, p, s, env["NATTER_JWT_SECRET_FILE"], "NATTER_JWT_SECRET", dotEnv)
 		}

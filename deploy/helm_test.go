@@ -610,8 +610,10 @@ func checkApps(t *testing.T, m *manifest, full string) {
 			if grace <= sleep+shutdown {
 				t.Errorf("edge: terminationGracePeriodSeconds %v <= preStop %v + shutdown %v", grace, sleep, shutdown)
 			}
-			if cfg["presence-replicas"] != 3.0 {
-				t.Errorf("edge: presence-replicas %v, want 3 on a 3-node cluster", cfg["presence-replicas"])
+			for _, k := range []string{"presence-replicas", "durable-replicas"} {
+				if cfg[k] != 3.0 {
+					t.Errorf("edge: %s %v, want 3 on a 3-node cluster", k, cfg[k])
+				}
 			}
 			if u := d.Spec.Strategy.RollingUpdate; u == nil || u.MaxUnavailable == nil || u.MaxUnavailable.IntValue() != 0 {
 				t.Error("edge: a rolling update may drop capacity (maxUnavailable != 0)")

@@ -96,22 +96,16 @@ type eventQueue struct {
 func (q *eventQueue) init() { q.cond = sync.NewCond(&q.mu) }
 
 func (q *eventQueue) pushFrame(env *envelope.Envelope, consumed bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for q.frames >= MaxInbound && !q.stopping {
-		q.cond.Wait()
-	}
-	if q.stopping {
-		return
-	}
-	q.items = append(q.items, event{env: env, consumed: consumed})
-	q.frames++
-	q.cond.Broadcast()
+	q.pushInbound(event{env: env, consumed: consumed})
 }
 
 // pushRecovery queues a recovery report in order with the frames, waiting
 // like pushFrame while MaxInbound wait.
-func (q *eventQueue) pushRecovery(rec *Recovery) {
+func (q *eventQueue) pushRecovery(rec *Recovery) { q.pushInbound(event{rec: rec}) }
+
+// pushInbound queues a frame or a recovery report, waiting while
+// MaxInbound of them are queued; after stop it drops e.
+func (q *eventQueue) pushInbound(e event) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for q.frames >= MaxInbound && !q.stopping {
@@ -120,7 +114,7 @@ func (q *eventQueue) pushRecovery(rec *Recovery) {
 	if q.stopping {
 		return
 	}
-	q.items = append(q.items, event{rec: rec})
+	q.items = append(q.items, e)
 	q.frames++
 	q.cond.Broadcast()
 }
