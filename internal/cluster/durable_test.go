@@ -108,12 +108,13 @@ func (r *durableReader) check(t *testing.T, name string, total int) {
 }
 
 // testDurableResume: a service publishes a steady numbered stream into a
-// durable room (replicated three times). A client on edge A is cut off for
-// a few seconds; it comes back through edge B, re-joins from its last
+// durable room (replicated three times). The edge A of a client dies
+// (SIGKILL; restarted afterwards for the tests that follow); the client
+// comes back a few seconds later through edge B, re-joins from its last
 // position and sees every message exactly once, in order. Another client
-// stays on edge B all along. With killNode, the NATS node leading the
-// rooms stream is killed during the outage (and restarted afterwards, for
-// the tests that follow).
+// stays on edge B all along. With killNode, edge A lives and the client is
+// only cut off from it, while the NATS node leading the rooms stream is
+// killed (and restarted afterwards).
 func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 	a, b := c.edges[0], c.edges[1]
 	room, total := "dur-resume", 1500
@@ -151,8 +152,11 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 	}()
 
 	testenv.Eventually(t, wait, "200 messages before the outage", func() bool { return mover.count() >= 200 })
-	f.route(true) // the outage: the socket is cut, reconnects are refused
+	f.route(true) // the outage: reconnects are refused
 	cut := time.Now()
+	if !killNode {
+		sigkill(t, a.proc) // the mover's edge dies
+	}
 	var victim *natsNode
 	if killNode {
 		s1 := connectNode(t, c.live()[0])
@@ -192,9 +196,9 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 	if !rec.Recovered || !rec.Rejoin || n != 1 {
 		t.Fatalf("mover's recovery: %+v (%d reports), want one recovered re-join", rec, n)
 	}
-	what := "edge A cut off 3 s, back through edge B"
+	what := "edge A SIGKILLed, client back 3 s later through edge B"
 	if killNode {
-		what += ", the rooms stream's leader node killed"
+		what = "client cut off from edge A for 3 s, back through edge B, the rooms stream's leader node killed meanwhile"
 	}
 	// Only this room is written to meanwhile, so offsets count messages.
 	fig.add("durable room, %s: %d messages replayed at the seam (of %d published); joined again %s after the route came back (reconnect backoff included); slowest acknowledged publish %s",
@@ -202,7 +206,18 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 
 	if victim != nil {
 		restartNode(t, c, victim)
+	} else {
+		restartEdge(t, c, a)
 	}
+}
+
+// restartEdge starts a killed edge again (on a new port) for the tests
+// that follow.
+func restartEdge(t *testing.T, c *Cluster, e *edgeProc) {
+	t.Helper()
+	e.proc = testenv.Start(c.t, "edge", e.args...)
+	m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
+	e.addr, e.url = m[1], "ws://"+m[1]+m[2]
 }
 
 // restartNode starts a killed node again from its configuration and waits

@@ -63,6 +63,7 @@ type natsNode struct {
 // edgeProc is one cmd/edge process.
 type edgeProc struct {
 	id   string // --edge-id, also its NATS user
+	args []string
 	proc *testenv.Process
 	addr string // HTTP listen address
 	url  string // ws://addr/ws
@@ -113,7 +114,7 @@ func startCluster(t *testing.T) *Cluster {
 			"--shutdown-spread", "200ms", "--admin-listen", "127.0.0.1:0",
 			"--durable-rooms", "dur-*", "--durable-replicas", "3",
 		}
-		c.edges = append(c.edges, &edgeProc{id: id, proc: testenv.Start(t, "edge", args...)})
+		c.edges = append(c.edges, &edgeProc{id: id, args: args, proc: testenv.Start(t, "edge", args...)})
 	}
 	for _, e := range c.edges {
 		m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
