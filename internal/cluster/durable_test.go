@@ -156,6 +156,7 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 	cut := time.Now()
 	if !killNode {
 		sigkill(t, a.proc) // the mover's edge dies
+		defer restartEdge(t, c, a)
 	}
 	var victim *natsNode
 	if killNode {
@@ -168,6 +169,7 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 		moveLeader(t, s1, js, "natter_rooms", victim.name)
 		sigkill(t, victim.proc)
 		victim.dead = true
+		defer restartNode(t, c, victim) // even when this test fails: the later tests need three nodes
 		t.Logf("killed %s, the natter_rooms leader, %s into the outage", victim.name, time.Since(cut).Round(time.Millisecond))
 	}
 	time.Sleep(3*time.Second - time.Since(cut))
@@ -204,11 +206,6 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 	fig.add("durable room, %s: %d messages replayed at the seam (of %d published); joined again %s after the route came back (reconnect backoff included); slowest acknowledged publish %s",
 		what, rec.Position.Offset-rec.Since.Offset, total, recAt.Sub(back).Round(time.Millisecond), retried.Round(time.Millisecond))
 
-	if victim != nil {
-		restartNode(t, c, victim)
-	} else {
-		restartEdge(t, c, a)
-	}
 }
 
 // restartEdge starts a killed edge again (on a new port) for the tests

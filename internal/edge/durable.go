@@ -583,32 +583,43 @@ func (st *roomState) complete(since uint64) bool {
 	return since+1 >= st.first && (roomLimit <= 0 || st.count < uint64(roomLimit))
 }
 
+// errHistoryUnavailable fails a join from a position whose history cannot
+// be read now (the stream electing a leader after a NATS node failure): the
+// client is not a member and retries with the same since, rather than be
+// told that messages are lost.
+var errHistoryUnavailable = &rpc.Error{Code: envelope.CodeUnavailable, Message: "room history unavailable; retry the join", RetryAfter: time.Second}
+
 // join finishes a $join (or a server-side join) of a durable room: c is a
 // member of g already, with r registered when since was given. It replays
 // the messages after since, acknowledges with the position, then releases
 // the live messages buffered meanwhile. When the buffer overflowed, it
-// replays another round from where it got to instead.
-func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelope.Position) {
+// replays another round from where it got to instead. When the history
+// cannot be read, a join from a position fails with errHistoryUnavailable
+// and the caller removes c from the room.
+func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelope.Position) error {
 	ctx, cancel := context.WithTimeout(context.Background(), durableTimeout)
 	defer cancel()
 	ack := envelope.Joined{Room: g.id, Durable: true}
 	st, err := d.state(ctx, g.id)
 	if err != nil {
 		d.e.cfg.Logger.Warn("edge: durable room state", "room", g.id, "err", err)
+		if r != nil {
+			return errHistoryUnavailable
+		}
 	} else {
 		ack.Epoch = st.epoch
 		ack.Offset = st.lastRoom
 	}
 	if r == nil {
 		d.ack(c, g, cid, &ack)
-		return
+		return nil
 	}
-	ok := err == nil && since.Epoch == st.epoch && since.Offset <= st.last
+	ok := since.Epoch == st.epoch && since.Offset <= st.last
 	if !ok {
 		// Another history, or a position it never had: nothing to replay.
 		ack.Recovered = &ok
 		d.finish(c, g, r, cid, &ack, ack.Offset)
-		return
+		return nil
 	}
 	ok = st.complete(since.Offset)
 	last := since.Offset
@@ -627,10 +638,18 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 			last = seq
 			return true
 		})
-		if ferr != nil || stopped {
-			d.e.cfg.Logger.Warn("edge: durable replay incomplete", "room", g.id, "conn", c.id, "err", ferr)
+		if stopped {
+			// The client does not read: it keeps what it got, and learns
+			// that it is not everything.
+			d.e.cfg.Logger.Warn("edge: durable replay incomplete", "room", g.id, "conn", c.id)
 			ok = false
 			break
+		}
+		if ferr != nil {
+			// What was replayed is in order; the retry goes on from the
+			// client's position.
+			d.e.cfg.Logger.Warn("edge: durable replay failed", "room", g.id, "conn", c.id, "err", ferr)
+			return errHistoryUnavailable
 		}
 		g.mu.Lock()
 		again := r.overflow
@@ -643,6 +662,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 	ack.Recovered = &ok
 	ack.Offset = last
 	d.finish(c, g, r, cid, &ack, last)
+	return nil
 }
 
 // ack sends $joined.

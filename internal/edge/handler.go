@@ -126,8 +126,7 @@ func (c *conn) handle(data []byte) {
 			c.e.hub.leave(c, p.Room, cid)
 		}
 		if err != nil {
-			re := rpc.FromError(err)
-			c.sendError(cid, re.Code, re.Message)
+			c.sendErrorPayload(cid, rpc.FromError(err).Payload())
 		}
 	case envelope.TypeError, envelope.TypeRPCError:
 		// From a client these only answer a server request (above). Any

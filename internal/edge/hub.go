@@ -82,7 +82,10 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool, since *env
 	h.e.setPresence(entry)
 	h.waitReady(g)
 	if g.log != nil {
-		h.e.dur.join(c, g, rec, cid, since)
+		if err := h.e.dur.join(c, g, rec, cid, since); err != nil {
+			h.drop(c, room)
+			return err
+		}
 		return nil
 	}
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
@@ -102,6 +105,20 @@ func (h *hub) leave(c *conn, room, cid string) {
 	h.mu.Unlock()
 	h.e.setPresence(entry)
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeLeft, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
+}
+
+// drop removes c from room without a $left: a join that failed after the
+// member was added.
+func (h *hub) drop(c *conn, room string) {
+	h.mu.Lock()
+	var entry *presence.Entry
+	if c.rooms.has(room) {
+		c.rooms = c.rooms.remove(room)
+		h.removeLocked(h.rooms, room, c)
+		entry = c.entryLocked()
+	}
+	h.mu.Unlock()
+	h.e.setPresence(entry)
 }
 
 // leaveAll removes c from every room, on close.
