@@ -24,8 +24,9 @@ import (
 //
 //   - The stream <prefix>_rooms holds <prefix>.durable.room.<room>. Services
 //     publish there with JetStream (acknowledged, deduplicated by
-//     Nats-Msg-Id); the capturer, a queue group across edges, stores core
-//     publishes to <prefix>.out.room.<room> of durable rooms there too.
+//     Nats-Msg-Id); the capturer, on the one edge that holds a lease,
+//     stores core publishes to <prefix>.out.room.<room> of durable rooms
+//     there too, in arrival order.
 //   - The stream republishes every stored message to
 //     <prefix>.durable.live.<room> with Nats-Sequence and
 //     Nats-Last-Sequence (the room's previous sequence). An edge with
@@ -35,6 +36,8 @@ import (
 //   - A $join with since subscribes first, buffers the member's live
 //     messages, replays the stream after since, then flushes the buffer
 //     past the last replayed sequence: no gap and no duplicate at the seam.
+//     When the history cannot be read, the join fails with UNAVAILABLE
+//     and the client retries from the same position.
 //
 // Non-durable rooms are untouched: no stream, no header parsing.
 
