@@ -699,57 +699,63 @@ func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelo
 	}
 }
 
-// history answers $history for room.
+// history answers $history for room. A page holds at most Limit messages
+// and at most MaxOutboundSize bytes of them; More says another page
+// exists in the direction asked.
 func (d *durable) history(ctx context.Context, q *envelope.HistoryQuery) (*envelope.History, error) {
 	st, err := d.state(ctx, q.Room)
 	if err != nil {
 		return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "history unavailable: " + err.Error()}
 	}
 	h := &envelope.History{Room: q.Room, Epoch: st.epoch, Messages: []json.RawMessage{}}
-	add := func(seq uint64, data []byte) {
-		if b, ok := d.frame(q.Room, seq, data); ok {
-			h.Messages = append(h.Messages, b)
-		}
-	}
+	budget := d.e.cfg.MaxOutboundSize
 	if q.Since != nil {
-		n := 0
 		err = d.fetch(ctx, q.Room, *q.Since+1, 0, func(seq uint64, data []byte, _ nats.Header) bool {
-			if n == q.Limit {
+			b, ok := d.frame(q.Room, seq, data)
+			if !ok {
+				return true
+			}
+			if len(h.Messages) == q.Limit || len(b) > budget && len(h.Messages) > 0 {
 				h.More = true
 				return false
 			}
-			n++
-			add(seq, data)
+			budget -= len(b)
+			h.Messages = append(h.Messages, b)
 			return true
 		})
 		return h, err
 	}
-	// The last Limit before Before: JetStream reads forward only, so scan
-	// the room (bounded by the per-room limit) keeping a ring of Limit.
-	type stored struct {
-		seq  uint64
-		data []byte
-	}
-	ring := make([]stored, 0, q.Limit)
-	seen := 0
 	if st.count == 0 {
 		return h, nil
 	}
+	// The last Limit before Before: JetStream reads forward only, so scan
+	// the room (bounded by the per-room limit) keeping the last Limit in
+	// a ring.
+	ring := make([]json.RawMessage, q.Limit)
+	n := 0
 	err = d.fetch(ctx, q.Room, st.firstRoom, 0, func(seq uint64, data []byte, _ nats.Header) bool {
 		if q.Before != 0 && seq >= q.Before {
 			return false
 		}
-		if len(ring) == q.Limit {
-			ring = append(ring[:0:0], ring[1:]...)
+		if b, ok := d.frame(q.Room, seq, data); ok {
+			ring[n%q.Limit] = b
+			n++
 		}
-		ring = append(ring, stored{seq, slices.Clone(data)})
-		seen++
 		return true
 	})
-	h.More = seen > len(ring)
-	for _, s := range ring {
-		add(s.seq, s.data)
+	kept := min(n, q.Limit)
+	msgs := make([]json.RawMessage, 0, kept)
+	for i := n - kept; i < n; i++ {
+		msgs = append(msgs, ring[i%q.Limit])
 	}
+	// Newest first within the byte budget, the page stays oldest first.
+	size, from := 0, len(msgs)
+	for from > 0 && (size+len(msgs[from-1]) <= budget || from == len(msgs)) {
+		from--
+		size += len(msgs[from])
+	}
+	h.Messages = append(h.Messages, msgs[from:]...)
+	h.More = n > len(h.Messages)
 	return h, err
 }
 
