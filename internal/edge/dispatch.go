@@ -74,6 +74,19 @@ func (d *dispatcher) unsubscribe(sub *nats.Subscription) {
 	}
 }
 
+// inject queues msg (whose Sub is the subscription it stands for) on
+// shard as if NATS had delivered it, so that its handler runs in order
+// with the subscription's messages. It never blocks: on a full channel
+// msg is dropped and inject reports false.
+func (d *dispatcher) inject(msg *nats.Msg, shard int) bool {
+	select {
+	case d.chans[shard%len(d.chans)] <- msg:
+		return true
+	default:
+		return false
+	}
+}
+
 func (d *dispatcher) run(ch chan *nats.Msg) {
 	defer d.wg.Done()
 	for {

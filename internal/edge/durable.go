@@ -70,9 +70,11 @@ type durable struct {
 	// back-to-back publishes to two edges, which could store them in
 	// either order.
 	lease jetstream.KeyValue
-	// dropLive makes the next republishes vanish, as a NATS failure would;
-	// tests set it (export_test.go) to exercise hole filling.
-	dropLive atomic.Int32
+	// dropLive makes the next republishes vanish, as a NATS failure would,
+	// and failFetch the next backfills fail; tests set them
+	// (export_test.go) to exercise hole filling.
+	dropLive  atomic.Int32
+	failFetch atomic.Int32
 	capture  *nats.Subscription // guarded by the lead goroutine
 	quit     chan struct{}
 	done     chan struct{}
@@ -272,8 +274,10 @@ type roomLog struct {
 	floor map[*conn]uint64
 	// retryAt: a hole could not be filled; until the stream answers
 	// again, live messages wait in the stream, and a new attempt is made
-	// at most every backfillRetry.
-	retryAt time.Time
+	// at most every backfillRetry: on the next republish, or on a retry
+	// queued by a timer (retrying) when none comes.
+	retryAt  time.Time
+	retrying bool
 }
 
 // recovery buffers a member's live messages while its replay runs, up to
@@ -328,6 +332,10 @@ func headerSeq(h nats.Header, key string) uint64 {
 // tried again at most every backfillRetry, so that the shard's other rooms
 // keep flowing.
 func (d *durable) deliverLive(g *group, msg *nats.Msg) {
+	if msg.Header.Get(retryHeader) != "" {
+		d.retryBackfill(g)
+		return
+	}
 	if d.dropLive.Load() > 0 && d.dropLive.Add(-1) >= 0 {
 		return
 	}
@@ -346,30 +354,67 @@ func (d *durable) deliverLive(g *group, msg *nats.Msg) {
 	if last != 0 && (prev > last || !retryAt.IsZero()) {
 		// Republishes are core NATS: one was lost (a NATS node failed, the
 		// stream changed leader, the edge reconnected). The stream has it.
-		if time.Now().Before(retryAt) {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), backfillTimeout)
-		err := d.fetch(ctx, g.id, last+1, seq-1, func(s uint64, data []byte, h nats.Header) bool {
-			d.deliverStored(g, s, data, h.Get(envelope.HeaderExclude))
-			return true
-		})
-		cancel()
-		g.mu.Lock()
-		if err != nil {
-			g.log.retryAt = time.Now().Add(backfillRetry)
-		} else {
-			g.log.retryAt = time.Time{}
-		}
-		g.mu.Unlock()
-		if err != nil {
-			if d.e.logLimit.Allow() {
-				d.e.cfg.Logger.Warn("edge: durable backfill failed; retrying", "room", g.id, "from", last+1, "to", seq, "err", err)
-			}
+		if time.Now().Before(retryAt) || !d.backfill(g, last, seq-1) {
 			return
 		}
 	}
 	d.deliverStored(g, seq, msg.Data, msg.Header.Get(envelope.HeaderExclude))
+}
+
+// retryHeader marks a message the edge queues itself on a durable room's
+// dispatcher: try the failed backfill again.
+const retryHeader = "Natter-Backfill-Retry"
+
+// retryBackfill reads everything after the last delivered message when a
+// backfill failed and no republish came to retry it.
+func (d *durable) retryBackfill(g *group) {
+	g.mu.Lock()
+	g.log.retrying = false
+	last, held := g.log.last, !g.log.retryAt.IsZero()
+	g.mu.Unlock()
+	if held {
+		d.backfill(g, last, 0)
+	}
+}
+
+// backfill delivers the stored messages of g after last up to to (0: the
+// end), on the room's dispatcher goroutine. On failure it holds the room
+// (retryAt) and queues a retry for backfillRetry later.
+func (d *durable) backfill(g *group, last, to uint64) bool {
+	var err error
+	if d.failFetch.Load() > 0 && d.failFetch.Add(-1) >= 0 {
+		err = errors.New("test: backfill made to fail")
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), backfillTimeout)
+		err = d.fetch(ctx, g.id, last+1, to, func(s uint64, data []byte, h nats.Header) bool {
+			d.deliverStored(g, s, data, h.Get(envelope.HeaderExclude))
+			return true
+		})
+		cancel()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err == nil {
+		g.log.retryAt = time.Time{}
+		return true
+	}
+	if d.e.logLimit.Allow() {
+		d.e.cfg.Logger.Warn("edge: durable backfill failed; retrying", "room", g.id, "after", last, "err", err)
+	}
+	g.log.retryAt = time.Now().Add(backfillRetry)
+	if !g.log.retrying {
+		g.log.retrying = true
+		sub, shard := g.sub, d.e.conns.shard(g.id)
+		time.AfterFunc(backfillRetry, func() {
+			msg := &nats.Msg{Subject: sub.Subject, Sub: sub, Header: nats.Header{retryHeader: []string{"1"}}}
+			if !d.e.disp.inject(msg, shard) {
+				g.mu.Lock()
+				g.log.retrying = false
+				g.mu.Unlock()
+			}
+		})
+	}
+	return false
 }
 
 // deliverStored delivers stored message seq to the group's members, in

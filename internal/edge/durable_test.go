@@ -542,3 +542,24 @@ func TestDurableHistoryPageBytes(t *testing.T) {
 		t.Fatalf("forward %v\nbackward %v", fwd, back)
 	}
 }
+
+// A hole that cannot be filled at once (the stream electing a leader) holds
+// the room's live messages back; they arrive by themselves once the stream
+// answers, even when no later message comes to trigger the retry.
+func TestDurableHeldRoomCatchesUpWithoutNewMessages(t *testing.T) {
+	m := newDurableMesh(t, edge.Config{})
+	const room = "dur-held"
+	c := wstest.Dial(t, m.a.URL)
+	joinSince(t, c, room, nil)
+	publishNum(t, m.pub, room, 0)
+	got := []numbered{readNumbered(t, c.AwaitType(t, "num", wait))}
+	edge.DropLiveRepublishes(m.a.Edge, 2)
+	edge.FailBackfills(m.a.Edge, 2)
+	for i := 1; i <= 4; i++ {
+		publishNum(t, m.pub, room, i) // 1, 2 lost; 3 finds the hole, its backfill fails; 4 is held
+	}
+	for len(got) < 5 {
+		got = append(got, readNumbered(t, c.AwaitType(t, "num", wait)))
+	}
+	checkExactlyOnce(t, got, 5)
+}

@@ -3,3 +3,7 @@ package edge
 // DropLiveRepublishes makes e lose the next n republished messages of
 // durable rooms, as a NATS node failure or a stream leader change can.
 func DropLiveRepublishes(e *Edge, n int32) { e.dur.dropLive.Store(n) }
+
+// FailBackfills makes e's next n attempts to fill a hole fail, as they do
+// while the stream elects a leader.
+func FailBackfills(e *Edge, n int32) { e.dur.failFetch.Store(n) }
