@@ -75,9 +75,9 @@ type durable struct {
 	// (export_test.go) to exercise hole filling.
 	dropLive  atomic.Int32
 	failFetch atomic.Int32
-	capture  *nats.Subscription // guarded by the lead goroutine
-	quit     chan struct{}
-	done     chan struct{}
+	capture   *nats.Subscription // guarded by the lead goroutine
+	quit      chan struct{}
+	done      chan struct{}
 }
 
 const (
