@@ -663,6 +663,10 @@ test("durable rooms: a re-join with since that times out is reported as a gap, t
   // The retry asks from the position reached; its answer is reported too.
   await eventually(() => ws2.sent.length === 2, "the retried $join");
   assert.deepEqual(ws2.sent[1].payload, { room: "dur-t", since: { offset: 22, epoch: "e1" } });
+  // The timed-out join's answer turns up late: reported once already.
+  joinedDurable(ws2, ws2.sent[0], 22, "e1", false);
+  await tick();
+  assert.equal(events.length, 1, "a late answer is not reported again");
   ws2.serverSend(delivery("dur-t", 23, "e1", 3));
   joinedDurable(ws2, ws2.sent[1], 23, "e1", true);
   await eventually(() => events.length === 2, "the retry's recovery");

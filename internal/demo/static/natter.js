@@ -825,7 +825,11 @@ class NatterClient {
             if (isPosition(at))
                 this.#advance(room, at, true);
             const position = this.#positions.get(room);
-            if (typeof j.recovered === "boolean" && position) {
+            // A late answer to a join that timed out was reported as a gap then;
+            // its retry reports the outcome.
+            const cid = env.meta?.correlationId;
+            const late = typeof cid === "string" && !this.#pending.has(cid);
+            if (typeof j.recovered === "boolean" && position && !late) {
                 const info = { room, recovered: j.recovered, since: { ...(r.since ?? position) }, position: { ...position } };
                 for (const fn of [...this.#recoveryListeners])
                     safely(() => fn(info));
