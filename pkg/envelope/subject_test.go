@@ -201,11 +201,13 @@ func TestNamespaceSubjects(t *testing.T) {
 	}
 	type builder func(envelope.Namespace, string) (envelope.Subject, error)
 	builders := map[string]builder{
-		"Conn":  envelope.Namespace.Conn,
-		"User":  envelope.Namespace.User,
-		"Room":  envelope.Namespace.Room,
-		"Ctl":   envelope.Namespace.Ctl,
-		"Event": envelope.Namespace.Event,
+		"Conn":        envelope.Namespace.Conn,
+		"User":        envelope.Namespace.User,
+		"Room":        envelope.Namespace.Room,
+		"Ctl":         envelope.Namespace.Ctl,
+		"Event":       envelope.Namespace.Event,
+		"DurableRoom": envelope.Namespace.DurableRoom,
+		"DurableLive": envelope.Namespace.DurableLive,
 	}
 	tests := []struct {
 		name   string
@@ -221,6 +223,8 @@ func TestNamespaceSubjects(t *testing.T) {
 		{name: "event", ns: envelope.DefaultNamespace, method: "Event", arg: "connect", want: "natter.evt.connect"},
 		{name: "custom prefix room", ns: custom, method: "Room", arg: "r_1", want: "acme.rt.out.room.r_1"},
 		{name: "custom prefix ctl", ns: custom, method: "Ctl", arg: "C", want: "acme.rt.ctl.conn.C"},
+		{name: "durable room", ns: envelope.DefaultNamespace, method: "DurableRoom", arg: "support-1", want: "natter.durable.room.support-1"},
+		{name: "durable live", ns: custom, method: "DurableLive", arg: "support-1", want: "acme.rt.durable.live.support-1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -331,12 +335,14 @@ func TestNamespaceIn(t *testing.T) {
 func TestZeroNamespace(t *testing.T) {
 	var ns envelope.Namespace
 	calls := map[string]func() (envelope.Subject, error){
-		"In":    func() (envelope.Subject, error) { return ns.In("chat.send") },
-		"Conn":  func() (envelope.Subject, error) { return ns.Conn("c") },
-		"User":  func() (envelope.Subject, error) { return ns.User("u") },
-		"Room":  func() (envelope.Subject, error) { return ns.Room("r") },
-		"Ctl":   func() (envelope.Subject, error) { return ns.Ctl("c") },
-		"Event": func() (envelope.Subject, error) { return ns.Event("connect") },
+		"In":          func() (envelope.Subject, error) { return ns.In("chat.send") },
+		"Conn":        func() (envelope.Subject, error) { return ns.Conn("c") },
+		"User":        func() (envelope.Subject, error) { return ns.User("u") },
+		"Room":        func() (envelope.Subject, error) { return ns.Room("r") },
+		"Ctl":         func() (envelope.Subject, error) { return ns.Ctl("c") },
+		"Event":       func() (envelope.Subject, error) { return ns.Event("connect") },
+		"DurableRoom": func() (envelope.Subject, error) { return ns.DurableRoom("r") },
+		"DurableLive": func() (envelope.Subject, error) { return ns.DurableLive("r") },
 	}
 	for name, call := range calls {
 		s, err := call()
