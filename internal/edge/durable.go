@@ -260,9 +260,13 @@ func (d *durable) captureMsg(msg *nats.Msg) {
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
 		out.Header = nats.Header{envelope.HeaderExclude: []string{x}}
 	}
-	if _, err := d.js.PublishMsgAsync(out); err != nil && d.e.logLimit.Allow() {
-		d.e.cfg.Logger.Warn("edge: durable capture failed", "room", room, "err", err)
+	if _, err := d.js.PublishMsgAsync(out); err != nil {
+		if d.e.logLimit.Allow() {
+			d.e.cfg.Logger.Warn("edge: durable capture failed", "room", room, "err", err)
+		}
+		return
 	}
+	d.e.stats.captured.Add(1)
 }
 
 // roomLog is the durable state of a local room group, guarded by group.mu.
@@ -395,9 +399,11 @@ func (d *durable) backfill(g *group, last, to uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if err == nil {
+		d.e.stats.backfills.Add(1)
 		g.log.retryAt = time.Time{}
 		return true
 	}
+	d.e.stats.backfillFails.Add(1)
 	if d.e.logLimit.Allow() {
 		d.e.cfg.Logger.Warn("edge: durable backfill failed; retrying", "room", g.id, "after", last, "err", err)
 	}
@@ -652,6 +658,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 	if err != nil {
 		d.e.cfg.Logger.Warn("edge: durable room state", "room", g.id, "err", err)
 		if r != nil {
+			d.e.stats.recoveryRetries.Add(1)
 			return errHistoryUnavailable
 		}
 	} else {
@@ -697,6 +704,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 			// What was replayed is in order; the retry goes on from the
 			// client's position.
 			d.e.cfg.Logger.Warn("edge: durable replay failed", "room", g.id, "conn", c.id, "err", ferr)
+			d.e.stats.recoveryRetries.Add(1)
 			return errHistoryUnavailable
 		}
 		g.mu.Lock()
@@ -724,6 +732,11 @@ func (d *durable) ack(c *conn, g *group, cid string, ack *envelope.Joined) {
 // delivery: the buffered messages past last first, and nothing at or
 // before last later.
 func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelope.Joined, last uint64) {
+	if *ack.Recovered {
+		d.e.stats.recovered.Add(1)
+	} else {
+		d.e.stats.gaps.Add(1)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.log.recovering[c] != r {

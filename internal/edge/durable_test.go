@@ -226,6 +226,9 @@ func TestDurableIncompleteRecovery(t *testing.T) {
 			t.Fatalf("replayed %v, want the 5 kept (8..12)", replayed)
 		}
 	})
+	if s := m.b.Stats(); s.RecoveryGaps != 1 || s.Recoveries != 1 {
+		t.Errorf("edge B stats: %d recovered, %d gaps; want 1, 1", s.Recoveries, s.RecoveryGaps)
+	}
 	t.Run("other epoch", func(t *testing.T) {
 		c := wstest.Dial(t, m.b.URL)
 		replayed, j := joinSince(t, c, room, &envelope.Position{Offset: atThree.Offset, Epoch: "other"})
@@ -369,6 +372,9 @@ func TestDurableCaptureAndForgedPositions(t *testing.T) {
 		}
 		last = got.pos.Offset
 	}
+	if n := m.a.Stats().Captured + m.b.Stats().Captured; n != 3 {
+		t.Errorf("%d captured, want 3", n)
+	}
 	forged := &envelope.Envelope{Type: "num", Payload: []byte(`{"n":7}`), Meta: envelope.Meta{Extra: map[string]json.RawMessage{"offset": []byte("99"), "epoch": []byte(`"x"`), "keep": []byte("1")}}}
 	if err := m.pub.ToRoom("lobby", forged); err != nil {
 		t.Fatal(err)
@@ -473,6 +479,10 @@ func TestDurableHoleFilledFromTheStream(t *testing.T) {
 		lateGot = append(lateGot, readNumbered(t, late.AwaitType(t, "num", wait)))
 	}
 	checkExactlyOnce(t, lateGot, 8)
+	testenv.Eventually(t, wait, "1 backfill and 1 recovery in the stats", func() bool {
+		s := m.a.Stats()
+		return s.Backfills == 1 && s.BackfillFails == 0 && s.Recoveries == 1
+	})
 	for _, c := range []*wstest.Client{steady, late} {
 		if !c.Quiet(200 * time.Millisecond) {
 			t.Fatalf("a frame after the last: %s", c.Next(t, wait).Payload)
@@ -562,4 +572,9 @@ func TestDurableHeldRoomCatchesUpWithoutNewMessages(t *testing.T) {
 		got = append(got, readNumbered(t, c.AwaitType(t, "num", wait)))
 	}
 	checkExactlyOnce(t, got, 5)
+	// Counted after the messages went out.
+	testenv.Eventually(t, wait, "1 backfill and 2 failed in the stats", func() bool {
+		s := m.a.Stats()
+		return s.BackfillFails == 2 && s.Backfills == 1
+	})
 }

@@ -330,10 +330,18 @@ type Stats struct {
 	BytesOut           int64 // bytes written to sockets, frame headers and pings included
 	Refused            int64 // handshakes refused: auth, origin, limits
 	RateLimited        int64 // client messages refused by a rate limit
+	// Durable rooms.
+	Recoveries      int64 // joins from a position answered recovered
+	RecoveryGaps    int64 // joins from a position answered recovered false
+	RecoveryRetries int64 // joins from a position failed UNAVAILABLE (history unreadable)
+	Backfills       int64 // holes in a room's live chain filled from the stream
+	BackfillFails   int64 // attempts to fill one that failed
+	Captured        int64 // core publishes to durable rooms stored by this edge
 }
 
 type counters struct {
 	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited, bytesIn, bytesOut atomic.Int64
+	recovered, gaps, recoveryRetries, backfills, backfillFails, captured                                                           atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -346,6 +354,8 @@ func (e *Edge) Stats() Stats {
 		SlowConsumerCloses: s.slow.Load(), RPCs: s.rpcs.Load(),
 		Refused: s.refused.Load(), RateLimited: s.rateLimited.Load(),
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
+		Recoveries: s.recovered.Load(), RecoveryGaps: s.gaps.Load(), RecoveryRetries: s.recoveryRetries.Load(),
+		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
 	}
 }
 

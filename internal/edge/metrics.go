@@ -27,6 +27,12 @@ var statDescs = []struct {
 	{prometheus.NewDesc("natter_edge_inbound_invalid_total", "Client messages rejected by their schema.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.InboundInvalid }},
 	{prometheus.NewDesc("natter_edge_rate_limited_total", "Client messages refused by a rate limit.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RateLimited }},
 	{prometheus.NewDesc("natter_edge_slow_consumer_closes_total", "Connections closed with 4001 as slow consumers.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.SlowConsumerCloses }},
+	{prometheus.NewDesc("natter_edge_durable_recoveries_total", "Joins of durable rooms from a position answered recovered.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Recoveries }},
+	{prometheus.NewDesc("natter_edge_durable_recovery_gaps_total", "Joins of durable rooms from a position answered recovered false (incomplete).", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RecoveryGaps }},
+	{prometheus.NewDesc("natter_edge_durable_recovery_retries_total", "Joins of durable rooms from a position failed UNAVAILABLE: history unreadable, the client retries.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.RecoveryRetries }},
+	{prometheus.NewDesc("natter_edge_durable_backfills_total", "Holes in a durable room's live messages filled from the stream.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Backfills }},
+	{prometheus.NewDesc("natter_edge_durable_backfill_failures_total", "Attempts to fill a hole that failed (retried).", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BackfillFails }},
+	{prometheus.NewDesc("natter_edge_durable_captured_total", "Core publishes to durable rooms this edge stored in the stream.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Captured }},
 }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
