@@ -789,22 +789,29 @@ func (d *durable) history(ctx context.Context, q *envelope.HistoryQuery) (*envel
 	// The last Limit before Before: JetStream reads forward only, so scan
 	// the room (bounded by the per-room limit) keeping the last Limit in
 	// a ring.
-	ring := make([]json.RawMessage, q.Limit)
+	type stored struct {
+		seq  uint64
+		data []byte
+	}
+	ring := make([]stored, q.Limit)
 	n := 0
 	err = d.fetch(ctx, q.Room, st.firstRoom, 0, func(seq uint64, data []byte, _ nats.Header) bool {
 		if q.Before != 0 && seq >= q.Before {
 			return false
 		}
-		if b, ok := d.frame(q.Room, seq, data); ok {
-			ring[n%q.Limit] = b
-			n++
-		}
+		ring[n%q.Limit] = stored{seq, data}
+		n++
 		return true
 	})
+	// Only the kept ones are encoded.
 	kept := min(n, q.Limit)
 	msgs := make([]json.RawMessage, 0, kept)
 	for i := n - kept; i < n; i++ {
-		msgs = append(msgs, ring[i%q.Limit])
+		if b, ok := d.frame(q.Room, ring[i%q.Limit].seq, ring[i%q.Limit].data); ok {
+			msgs = append(msgs, b)
+		} else {
+			n-- // an invalid one is not a message of the page, nor of another
+		}
 	}
 	// Newest first within the byte budget, the page stays oldest first.
 	size, from := 0, len(msgs)

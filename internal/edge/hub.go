@@ -95,20 +95,12 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool, since *env
 // leave removes c from room and acknowledges with $left. Leaving a room one
 // is not in is not an error.
 func (h *hub) leave(c *conn, room, cid string) {
-	h.mu.Lock()
-	var entry *presence.Entry
-	if c.rooms.has(room) {
-		c.rooms = c.rooms.remove(room)
-		h.removeLocked(h.rooms, room, c)
-		entry = c.entryLocked()
-	}
-	h.mu.Unlock()
-	h.e.setPresence(entry)
+	h.drop(c, room)
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeLeft, Meta: envelope.Meta{CorrelationID: cid, Room: room}, Payload: roomPayload(room)})
 }
 
-// drop removes c from room without a $left: a join that failed after the
-// member was added.
+// drop removes c from room without a $left (leave sends it; a join that
+// failed after the member was added does not).
 func (h *hub) drop(c *conn, room string) {
 	h.mu.Lock()
 	var entry *presence.Entry
