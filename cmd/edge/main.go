@@ -74,7 +74,14 @@ func main() {
 	fs.Int64Var(&rc.Edge.DurableMaxMsgs, "durable-max-msgs", 0, "messages kept in all durable rooms together (default unlimited)")
 	fs.Int64Var(&rc.Edge.DurableMaxBytes, "durable-max-bytes", 0, "bytes kept in all durable rooms together (default 1 GiB, -1 unlimited)")
 	fs.IntVar(&rc.Edge.DurableReplicas, "durable-replicas", 1, "replicas of the durable rooms stream")
-	fs.BoolVar(&rc.Edge.DurableNoCapture, "durable-no-capture", false, "do not store core publishes to natter.out.room.<durable room> from this edge (others in the queue group still do)")
+	fs.BoolVar(&rc.Edge.DurableNoCapture, "durable-no-capture", false, "do not store core publishes to natter.out.room.<durable room> from this edge (another edge that holds the capture lease does)")
+	fs.Func("durable-types", "comma-separated patterns of durable message types: stored in the JetStream work queue natter_work until a worker acknowledges them, deduplicated by meta.idempotencyKey (default none)", func(v string) error {
+		rc.Edge.DurableTypes = append(rc.Edge.DurableTypes, splitList(v)...)
+		return nil
+	})
+	fs.DurationVar(&rc.Edge.DurableWorkMaxAge, "durable-work-max-age", 0, "how long an unhandled durable message is kept (default 0: until handled)")
+	fs.Int64Var(&rc.Edge.DurableWorkMaxBytes, "durable-work-max-bytes", 0, "bytes of unhandled durable messages kept; when full, new ones get RESOURCE_EXHAUSTED (default 1 GiB, -1 unlimited)")
+	fs.DurationVar(&rc.Edge.DurableDedupeWindow, "durable-dedupe-window", 0, "how long an idempotency key of a durable message is remembered (default 10m)")
 	fs.BoolVar(&rc.Edge.PresenceOpen, "presence-open", false, "let clients list the members of rooms they are not in")
 	fs.BoolVar(&rc.Edge.Compression, "compression", false, "offer permessage-deflate")
 	fs.IntVar(&rc.Edge.ReadBufferSize, "read-buffer-size", 1024, "bytes of each connection's read buffer (larger frames are still read whole)")

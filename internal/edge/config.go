@@ -114,6 +114,23 @@ type Config struct {
 	// publishes to natter.out.room.<durable room> in the stream, which one
 	// edge at a time does, the holder of a lease.
 	DurableNoCapture bool
+	// DurableTypes are the patterns of durable message types (the syntax
+	// of DurableRooms, on types): a client message of such a type is
+	// stored in the work-queue stream <prefix>_work as
+	// <prefix>.work.<type> until a worker acknowledges it, instead of
+	// being published on <prefix>.in.<type>. None by default.
+	DurableTypes []string
+	// DurableWorkMaxAge bounds how long an unhandled durable message is
+	// kept. Default 0: until a worker acknowledges it.
+	DurableWorkMaxAge time.Duration
+	// DurableWorkMaxBytes bounds the work stream; when it is full, new
+	// durable messages are refused with RESOURCE_EXHAUSTED, never
+	// dropped. Default 1 GiB.
+	DurableWorkMaxBytes int64
+	// DurableDedupeWindow is how long the work stream remembers an
+	// idempotency key. Default 10m; at most DurableWorkMaxAge when that
+	// is set.
+	DurableDedupeWindow time.Duration
 	// PresenceOpen lets clients query any room's members with $presence;
 	// by default only rooms they are in (PERMISSION_DENIED otherwise).
 	PresenceOpen bool
@@ -253,6 +270,19 @@ func (c *Config) setDefaults() error {
 		c.DurableMaxBytes = 1 << 30
 	}
 	defInt(&c.DurableReplicas, 1)
+	if err := auth.ValidatePatterns(c.DurableTypes); err != nil {
+		return fmt.Errorf("%w: DurableTypes: %v", ErrInvalidConfig, err)
+	}
+	if c.DurableWorkMaxAge < 0 {
+		return fmt.Errorf("%w: DurableWorkMaxAge %v is negative", ErrInvalidConfig, c.DurableWorkMaxAge)
+	}
+	if c.DurableWorkMaxBytes == 0 {
+		c.DurableWorkMaxBytes = 1 << 30
+	}
+	def(&c.DurableDedupeWindow, 10*time.Minute)
+	if c.DurableWorkMaxAge > 0 {
+		c.DurableDedupeWindow = min(c.DurableDedupeWindow, c.DurableWorkMaxAge)
+	}
 	if err := auth.ValidatePatterns(c.PublicRooms); err != nil {
 		return fmt.Errorf("%w: PublicRooms: %v", ErrInvalidConfig, err)
 	}

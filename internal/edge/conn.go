@@ -71,6 +71,8 @@ type conn struct {
 	connectedAt int64           // Unix ms
 	presenceSeq uint64          // guarded by hub.mu: orders presence updates
 
+	workPending atomic.Int32 // durable messages waiting for the work stream
+
 	ctlMu      sync.Mutex
 	ctlQueue   []*nats.Msg // control messages waiting, in order
 	ctlRunning bool        // a goroutine is working through ctlQueue

@@ -46,6 +46,7 @@ type Edge struct {
 	rpc           *rpcMux
 	presence      *presence.Service // nil when off
 	dur           *durable          // nil without durable rooms
+	work          *work             // nil without durable types
 	stats         counters
 	writers       *writerPool
 	disp          *dispatcher
@@ -137,6 +138,22 @@ func New(cfg Config) (*Edge, error) {
 			_ = e.rpc.sub.Unsubscribe()
 			if e.presence != nil {
 				e.presence.Stop()
+			}
+			return nil, err
+		}
+	}
+	if len(cfg.DurableTypes) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		e.work, err = startWork(ctx, e)
+		cancel()
+		if err != nil {
+			_ = sub.Unsubscribe()
+			_ = e.rpc.sub.Unsubscribe()
+			if e.presence != nil {
+				e.presence.Stop()
+			}
+			if e.dur != nil {
+				e.dur.stop()
 			}
 			return nil, err
 		}
@@ -337,11 +354,16 @@ type Stats struct {
 	Backfills       int64 // holes in a room's live chain filled from the stream
 	BackfillFails   int64 // attempts to fill one that failed
 	Captured        int64 // core publishes to durable rooms stored by this edge
+	// Durable types.
+	WorkStored     int64 // client messages of durable types stored in the work stream (duplicates included)
+	WorkDuplicates int64 // of those, resends the stream recognized by their idempotency key
+	WorkRefused    int64 // client messages of durable types the stream did not store
 }
 
 type counters struct {
 	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited, bytesIn, bytesOut atomic.Int64
 	recovered, gaps, recoveryRetries, backfills, backfillFails, captured                                                           atomic.Int64
+	workStored, workDuplicates, workRefused                                                                                        atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -356,6 +378,7 @@ func (e *Edge) Stats() Stats {
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
 		Recoveries: s.recovered.Load(), RecoveryGaps: s.gaps.Load(), RecoveryRetries: s.recoveryRetries.Load(),
 		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
+		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
 	}
 }
 

@@ -153,6 +153,10 @@ func (c *conn) handle(data []byte) {
 			c.sendErrorPayload(cid, err)
 			return
 		}
+		if c.e.work.isDurable(env.Type) {
+			c.e.work.store(c, &env, data)
+			return
+		}
 		c.forward(&env, data)
 	}
 }

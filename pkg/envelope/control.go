@@ -1,6 +1,9 @@
 package envelope
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"fmt"
+)
 
 // Control is the JSON body of a message on <prefix>.ctl.conn.<id>. Any
 // service may send one; the edge that holds the connection acts on it and,
@@ -87,4 +90,41 @@ type History struct {
 	Epoch    string            `json:"epoch"`
 	Messages []json.RawMessage `json:"messages"`
 	More     bool              `json:"more"`
+}
+
+// Accepted is the payload of $ws:accepted, the answer to a request of a
+// durable type: Seq is its place in the work stream, and Duplicate says
+// that a message with the same meta.idempotencyKey from the same user was
+// already stored within the dedupe window, so this one was not.
+type Accepted struct {
+	Seq       uint64 `json:"seq"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+// MetaIdempotencyKey is the meta key of a durable message's idempotency
+// key: the work stream stores one message per key and user within its
+// dedupe window.
+const MetaIdempotencyKey = "idempotencyKey"
+
+// MaxIdempotencyKey bounds an idempotency key, in bytes.
+const MaxIdempotencyKey = 128
+
+// IdempotencyKey returns m's meta.idempotencyKey: "" when there is none,
+// and an error unless it is a string of 1 to MaxIdempotencyKey printable
+// ASCII characters.
+func (m *Meta) IdempotencyKey() (string, error) {
+	raw, ok := m.Extra[MetaIdempotencyKey]
+	if !ok {
+		return "", nil
+	}
+	var key string
+	if err := json.Unmarshal(raw, &key); err != nil || key == "" || len(key) > MaxIdempotencyKey {
+		return "", fmt.Errorf("%w: meta.idempotencyKey must be a string of 1-%d characters", ErrInvalidMeta, MaxIdempotencyKey)
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return "", fmt.Errorf("%w: meta.idempotencyKey must be printable ASCII without spaces", ErrInvalidMeta)
+		}
+	}
+	return key, nil
 }

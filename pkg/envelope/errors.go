@@ -46,6 +46,9 @@ const (
 	// TypeRPCOK is the reply a worker sends for a request its handler
 	// finished without a reply of its own.
 	TypeRPCOK = "$ws:rpc-ok"
+	// TypeAccepted answers a request of a durable type once the work
+	// stream has stored it; a worker handles it later (Accepted).
+	TypeAccepted = "$ws:accepted"
 	// TypeAbort from a client cancels its request meta.correlationId.
 	TypeAbort = "$ws:abort"
 	// TypePresence queries presence (a room's members, a user's status).

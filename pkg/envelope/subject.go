@@ -166,6 +166,23 @@ const RoomsStreamPatterns = "natter.durable-rooms"
 // headers; edges with members listen.
 func (n Namespace) DurableLive(id string) (Subject, error) { return n.idSubject(".durable.live.", id) }
 
+// Work is <prefix>.work.<type>: client messages of a durable type, stored
+// in the work stream until a worker acknowledges them.
+func (n Namespace) Work(t string) (Subject, error) {
+	if _, err := n.In(t); err != nil {
+		return "", err
+	}
+	return Subject(n.prefix + ".work." + t), nil
+}
+
+// WorkStream is the JetStream work-queue stream of durable types:
+// <prefix>_work, dots replaced by underscores.
+func (n Namespace) WorkStream() string { return strings.ReplaceAll(n.prefix, ".", "_") + "_work" }
+
+// WorkStreamPatterns is the work stream's metadata key that lists the
+// durable type patterns, comma-separated, as the edges were configured.
+const WorkStreamPatterns = "natter.durable-types"
+
 // All is <prefix>.out.all: deliveries to every connection.
 func (n Namespace) All() Subject { return Subject(n.prefix + ".out.all") }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/natter/natter/pkg/envelope"
@@ -68,9 +69,10 @@ type Worker struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	mu      sync.Mutex
-	subs    []*nats.Subscription
-	stopped bool // no handler starts once set
+	mu        sync.Mutex
+	subs      []*nats.Subscription
+	consumers []jetstream.ConsumeContext // of HandleDurable
+	stopped   bool                       // no handler starts once set
 
 	abortSub *nats.Subscription
 	aborts   sync.Map // reply subject -> context.CancelFunc of a request in flight
@@ -167,15 +169,24 @@ func (w *Worker) Flush(ctx context.Context) error {
 // cancelled and Drain returns ctx's error without waiting further.
 func (w *Worker) Drain(ctx context.Context) error {
 	w.mu.Lock()
-	subs := w.subs
-	w.subs = nil
+	subs, consumers := w.subs, w.consumers
+	w.subs, w.consumers = nil, nil
 	w.mu.Unlock()
 	for _, s := range subs {
 		_ = s.Drain()
 	}
+	for _, c := range consumers {
+		c.Drain()
+	}
 	for _, s := range subs {
 		for s.IsValid() && ctx.Err() == nil {
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, c := range consumers {
+		select {
+		case <-c.Closed():
+		case <-ctx.Done():
 		}
 	}
 	w.mu.Lock()
@@ -293,6 +304,10 @@ type Message struct {
 	// headers; a client cannot forge them. User is empty for anonymous
 	// connections; all three are empty for messages from plain NATS clients.
 	Conn, User, Edge string
+	// Attempt counts the deliveries of a durable message (HandleDurable):
+	// 1 the first time, more after a worker failed or died handling it.
+	// It is 0 for other messages.
+	Attempt int
 
 	msg     *nats.Msg
 	pub     *Publisher

@@ -1,0 +1,189 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/pkg/envelope"
+)
+
+// Durable types (docs/protocol.md, "Durable messages").
+//
+// A client message whose type matches Config.DurableTypes is not published
+// on <prefix>.in.<type>. The edge stores it in the work-queue stream
+// <prefix>_work as <prefix>.work.<type>, with the sender's identity in
+// headers and a Nats-Msg-Id made of the sender's user (or, anonymous, its
+// connection) and meta.idempotencyKey, so that a client's resend within
+// the dedupe window is stored once. Workers take it from a durable
+// consumer (worker.HandleDurable) and acknowledge it when handled; a worker
+// that dies holding it lets it go to another after the consumer's ack wait.
+//
+// A request (meta.correlationId) is answered $ws:accepted {seq, duplicate}
+// once the stream has the message, or with an error saying why it does not:
+// UNAVAILABLE (stream unreachable: resend with the same key), or
+// RESOURCE_EXHAUSTED (the stream is full, or the connection has too many
+// messages waiting for the stream). A message that is not a request gets
+// the same errors, without a correlationId.
+
+const (
+	// workMaxPending bounds an edge's durable messages waiting for the
+	// stream's acknowledgement; workConnPending a connection's share, so
+	// that one client cannot take them all.
+	workMaxPending  = 4096
+	workConnPending = 256
+	// workAckTimeout bounds the wait for the stream's acknowledgement.
+	workAckTimeout = 5 * time.Second
+	// workRetryAfter is the retryAfterMs of UNAVAILABLE and of a full
+	// connection.
+	workRetryAfter = time.Second
+)
+
+// work is an edge's side of durable types; nil without patterns.
+type work struct {
+	e        *Edge
+	js       jetstream.JetStream
+	patterns []string
+}
+
+func startWork(ctx context.Context, e *Edge) (*work, error) {
+	cfg := &e.cfg
+	js, err := jetstream.New(e.nc,
+		jetstream.WithPublishAsyncMaxPending(workMaxPending),
+		jetstream.WithPublishAsyncTimeout(workAckTimeout))
+	if err != nil {
+		return nil, err
+	}
+	pfx := e.ns.Prefix()
+	name := e.ns.WorkStream()
+	sc := jetstream.StreamConfig{
+		Name:        name,
+		Description: "Natter durable messages: client messages of durable types, " + pfx + ".work.<type>, until a worker acknowledges them",
+		Subjects:    []string{pfx + ".work.>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.DurableReplicas,
+		MaxAge:      cfg.DurableWorkMaxAge,
+		MaxBytes:    cfg.DurableWorkMaxBytes,
+		MaxMsgSize:  int32(min(cfg.MaxMessageSize, 1<<30)),
+		// Refuse new work when full: never drop work that was accepted.
+		Discard:    jetstream.DiscardNew,
+		Duplicates: cfg.DurableDedupeWindow,
+		Metadata:   map[string]string{envelope.WorkStreamPatterns: strings.Join(cfg.DurableTypes, ",")},
+	}
+	if err := natsopt.Retry(ctx, cfg.Logger, "durable work stream", func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, sc)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("edge: durable work stream %s: %w", name, err)
+	}
+	return &work{e: e, js: js, patterns: cfg.DurableTypes}, nil
+}
+
+// isDurable reports whether typ matches the durable type patterns.
+func (w *work) isDurable(typ string) bool { return w != nil && auth.Grants(w.patterns, typ) }
+
+// store sends a client message of a durable type to the work stream and
+// answers the client when the stream has acknowledged it. data is only
+// valid during the call.
+func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
+	cid := env.Meta.CorrelationID
+	key, err := env.Meta.IdempotencyKey()
+	if err != nil {
+		c.sendError(cid, envelope.CodeInvalidArgument, err.Error())
+		return
+	}
+	subj, err := w.e.ns.Work(env.Type)
+	if err != nil {
+		c.sendError(cid, envelope.CodeInvalidArgument, err.Error())
+		return
+	}
+	if !w.e.nc.IsConnected() {
+		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "message bus unavailable", RetryAfterMs: workRetryAfter.Milliseconds()})
+		return
+	}
+	if c.workPending.Add(1) > workConnPending {
+		c.workPending.Add(-1)
+		c.sendErrorPayload(cid, &envelope.ErrorPayload{
+			Code: envelope.CodeResourceExhausted, RetryAfterMs: workRetryAfter.Milliseconds(),
+			Message: fmt.Sprintf("more than %d durable messages of this connection wait for the stream", workConnPending),
+		})
+		return
+	}
+	// The message ID scopes the key to the sender: one user's key never
+	// suppresses another's message. Without a key, it only guards the
+	// client library's own retries of this one publish.
+	id := "k:" + nuid.Next()
+	if key != "" {
+		if c.user != "" {
+			id = "u:" + c.user + ":" + key
+		} else {
+			id = "c:" + c.id + ":" + key
+		}
+	}
+	hdr := nats.Header{
+		envelope.HeaderConn: []string{c.id},
+		envelope.HeaderEdge: []string{w.e.cfg.EdgeID},
+	}
+	if c.user != "" {
+		hdr[envelope.HeaderUser] = []string{c.user}
+	}
+	// The publisher keeps the message for its retries: a copy, not the
+	// socket's buffer.
+	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: bytes.Clone(data)}
+	f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(w.e.ns.WorkStream()))
+	if err != nil {
+		c.workPending.Add(-1)
+		w.refused(c, cid, err)
+		return
+	}
+	w.e.stats.workStored.Add(1)
+	go func() {
+		defer c.workPending.Add(-1)
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				w.e.stats.workDuplicates.Add(1)
+			}
+			if cid != "" {
+				payload, _ := json.Marshal(envelope.Accepted{Seq: ack.Sequence, Duplicate: ack.Duplicate})
+				c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeAccepted, Meta: envelope.Meta{CorrelationID: cid}, Payload: payload})
+			}
+		case err := <-f.Err():
+			w.e.stats.workStored.Add(-1)
+			w.refused(c, cid, err)
+		}
+	}()
+}
+
+// refused tells the client why its durable message was not stored.
+func (w *work) refused(c *conn, cid string, err error) {
+	w.e.stats.workRefused.Add(1)
+	p := &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "durable message not stored: " + err.Error(), RetryAfterMs: workRetryAfter.Milliseconds()}
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "exceeded"):
+		// The stream is full (DiscardNew): workers are behind.
+		p.Code = envelope.CodeResourceExhausted
+	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "message size"):
+		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, 0
+	case errors.Is(err, jetstream.ErrTooManyStalledMsgs):
+		p.Code = envelope.CodeResourceExhausted
+	case errors.As(err, &apiErr):
+		p.Code, p.RetryAfterMs = envelope.CodeInternal, 0
+	}
+	if w.e.logLimit.Allow() {
+		w.e.cfg.Logger.Warn("edge: durable message not stored", "conn", c.id, "err", err)
+	}
+	c.sendErrorPayload(cid, p)
+}
