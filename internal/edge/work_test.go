@@ -1,0 +1,295 @@
+package edge_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/internal/wstest"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// workMesh is one NATS server with one edge whose job.* types are durable
+// (plus the built-in handlers), and a NATS URL for workers.
+type workMesh struct {
+	*mesh
+	url string
+}
+
+func newWorkMesh(t *testing.T, cfg edge.Config) *workMesh {
+	t.Helper()
+	srv := testenv.NATS(t)
+	cfg.NATS = testenv.Connect(t, srv.ClientURL())
+	cfg.DevMode = true
+	cfg.DurableTypes = []string{"job.*"}
+	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
+	m := &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
+	return &workMesh{mesh: m, url: srv.ClientURL()}
+}
+
+// handled is what a durable handler saw of one message.
+type handled struct {
+	user, key string
+	attempt   int
+	n         int
+}
+
+// durableWorker starts a worker handling typ durably with h, after which
+// it records the message unless h failed.
+func (m *workMesh) durableWorker(t *testing.T, typ string, opts worker.DurableOptions, h worker.Handler) (<-chan handled, *worker.Worker) {
+	t.Helper()
+	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), Queue: "jobs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan handled, 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	err = w.HandleDurable(ctx, typ, func(ctx context.Context, msg *worker.Message) error {
+		if h != nil {
+			if err := h(ctx, msg); err != nil {
+				return err
+			}
+		}
+		key, _ := msg.Envelope.Meta.IdempotencyKey()
+		var p struct{ N int }
+		_ = json.Unmarshal(msg.Envelope.Payload, &p)
+		out <- handled{user: msg.User, key: key, attempt: msg.Attempt, n: p.N}
+		return nil
+	}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = w.Drain(ctx)
+	})
+	return out, w
+}
+
+// sendDurable sends a durable request with meta.idempotencyKey (none when
+// key is "") and returns the answer.
+func sendDurable(t *testing.T, c *wstest.Client, typ, cid, key string, n int) *envelope.Envelope {
+	t.Helper()
+	meta := envelope.Meta{CorrelationID: cid}
+	if key != "" {
+		meta.Extra = map[string]json.RawMessage{envelope.MetaIdempotencyKey: wstest.JSON(t, key)}
+	}
+	c.Send(t, typ, meta, map[string]int{"n": n})
+	return c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == cid })
+}
+
+func accepted(t *testing.T, got *envelope.Envelope) envelope.Accepted {
+	t.Helper()
+	var a envelope.Accepted
+	if got.Type != envelope.TypeAccepted {
+		t.Fatalf("got %s %s, want %s", got.Type, got.Payload, envelope.TypeAccepted)
+	}
+	if err := json.Unmarshal(got.Payload, &a); err != nil || a.Seq == 0 {
+		t.Fatalf("accepted payload %s: %v", got.Payload, err)
+	}
+	return a
+}
+
+func collect(t *testing.T, ch <-chan handled, n int) []handled {
+	t.Helper()
+	var got []handled
+	for len(got) < n {
+		select {
+		case h := <-ch:
+			got = append(got, h)
+		case <-time.After(wait):
+			t.Fatalf("handled %d of %d: %+v", len(got), n, got)
+		}
+	}
+	return got
+}
+
+// TestDurableTypeStoredDeduplicatedHandled: a durable message is stored
+// before any worker runs, answered $ws:accepted, deduplicated per user by
+// its idempotency key, and handled once a worker starts.
+func TestDurableTypeStoredDeduplicatedHandled(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{})
+	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
+
+	// No worker yet: still accepted, not UNAVAILABLE as a request would be.
+	first := accepted(t, sendDurable(t, alice, "job.run", "a1", "order-1", 1))
+	if first.Duplicate {
+		t.Fatalf("first send reported duplicate: %+v", first)
+	}
+	// The client's resend (a reconnect, a lost answer) is stored once.
+	again := accepted(t, sendDurable(t, alice, "job.run", "a2", "order-1", 1))
+	if !again.Duplicate || again.Seq != first.Seq {
+		t.Fatalf("resend: %+v, first %+v", again, first)
+	}
+	// Keys belong to their user: bob's order-1 is another message.
+	if b := accepted(t, sendDurable(t, bob, "job.run", "b1", "order-1", 2)); b.Duplicate || b.Seq == first.Seq {
+		t.Fatalf("bob's order-1: %+v", b)
+	}
+	// Without a key, and without a correlationId: stored, no answer.
+	alice.Send(t, "job.run", envelope.Meta{}, map[string]int{"n": 3})
+	// A durable message is never a worker's request, and a plain type is
+	// untouched: echo still answers.
+	if got := alice.Request(t, "echo", "hi", wait); got.Type != "echo" {
+		t.Fatalf("echo: %s %s", got.Type, got.Payload)
+	}
+	// Bad keys are refused before anything is stored.
+	for _, key := range []json.RawMessage{wstest.JSON(t, 7), wstest.JSON(t, ""), wstest.JSON(t, "has space"), wstest.JSON(t, strings.Repeat("k", 129))} {
+		alice.Send(t, "job.run", envelope.Meta{CorrelationID: "bad", Extra: map[string]json.RawMessage{envelope.MetaIdempotencyKey: key}}, map[string]int{"n": 9})
+		got := alice.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "bad" })
+		assertRPCError(t, got, envelope.CodeInvalidArgument)
+	}
+
+	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
+	got := collect(t, ch, 3)
+	seen := map[string]int{}
+	for _, h := range got {
+		seen[fmt.Sprintf("%s/%s/%d", h.user, h.key, h.n)]++
+		if h.attempt != 1 {
+			t.Errorf("attempt %d, want 1: %+v", h.attempt, h)
+		}
+	}
+	want := map[string]int{"alice/order-1/1": 1, "bob/order-1/2": 1, "alice//3": 1}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("handled %v, want %v", seen, want)
+	}
+	select {
+	case h := <-ch:
+		t.Fatalf("handled more than sent: %+v", h)
+	case <-time.After(300 * time.Millisecond):
+	}
+	s := m.edge.Stats()
+	if s.WorkStored != 4 || s.WorkDuplicates != 1 || s.WorkRefused != 0 {
+		t.Fatalf("stats stored %d duplicates %d refused %d, want 4 1 0", s.WorkStored, s.WorkDuplicates, s.WorkRefused)
+	}
+	// Acknowledged work leaves the work queue.
+	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.nats) == 0 })
+}
+
+// workMsgs is how many messages the work stream holds.
+func workMsgs(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := js.Stream(ctx, envelope.DefaultNamespace.WorkStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestDurableTypeFullStreamRefusesLosesNothing: with workers behind and
+// the stream full, a client is told RESOURCE_EXHAUSTED, and every message
+// it was told was accepted is handled.
+func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{DurableWorkMaxBytes: 4096})
+	c := m.dial(t, "alice")
+	var kept []int
+	for n := 1; ; n++ {
+		got := sendDurable(t, c, "job.run", fmt.Sprintf("c%d", n), fmt.Sprintf("k%d", n), n)
+		if got.Type == envelope.TypeAccepted {
+			kept = append(kept, n)
+			continue
+		}
+		assertRPCError(t, got, envelope.CodeResourceExhausted)
+		var p envelope.ErrorPayload
+		_ = json.Unmarshal(got.Payload, &p)
+		if p.RetryAfterMs <= 0 {
+			t.Fatalf("RESOURCE_EXHAUSTED without retryAfterMs: %s", got.Payload)
+		}
+		break
+	}
+	if len(kept) < 5 {
+		t.Fatalf("only %d messages fit 4 KiB", len(kept))
+	}
+	if s := m.edge.Stats(); s.WorkRefused != 1 {
+		t.Fatalf("WorkRefused %d, want 1", s.WorkRefused)
+	}
+	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
+	got := collect(t, ch, len(kept))
+	done := map[int]bool{}
+	for _, h := range got {
+		done[h.n] = true
+	}
+	for _, n := range kept {
+		if !done[n] {
+			t.Fatalf("accepted message %d not handled; handled %v", n, done)
+		}
+	}
+	// Room again once the workers caught up.
+	accepted(t, sendDurable(t, c, "job.run", "after", "k-after", 0))
+}
+
+// TestDurableTypeRetriesAndDrops: a handler's transient error or panic
+// retries the message, with Attempt counting; a client's error drops it.
+func TestDurableTypeRetriesAndDrops(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{})
+	var mu sync.Mutex
+	attempts := map[int][]int{}
+	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{Backoff: 20 * time.Millisecond, MaxAttempts: 3}, func(_ context.Context, msg *worker.Message) error {
+		var p struct{ N int }
+		_ = json.Unmarshal(msg.Envelope.Payload, &p)
+		mu.Lock()
+		attempts[p.N] = append(attempts[p.N], msg.Attempt)
+		mu.Unlock()
+		switch {
+		case p.N == 1 && msg.Attempt == 1:
+			return rpc.Errorf(envelope.CodeUnavailable, "database down")
+		case p.N == 2 && msg.Attempt < 3:
+			panic("bug that a deploy fixes")
+		case p.N == 3:
+			return rpc.Errorf(envelope.CodeInvalidArgument, "no such product")
+		case p.N == 4:
+			return errors.New("always fails")
+		}
+		return nil
+	})
+	c := m.dial(t, "alice")
+	for n := 1; n <= 5; n++ {
+		accepted(t, sendDurable(t, c, "job.run", fmt.Sprintf("c%d", n), fmt.Sprintf("k%d", n), n))
+	}
+	got := collect(t, ch, 3) // 1, 2 and 5 succeed in the end
+	done := map[int]int{}
+	for _, h := range got {
+		done[h.n] = h.attempt
+	}
+	if fmt.Sprint(done) != fmt.Sprint(map[int]int{1: 2, 2: 3, 5: 1}) {
+		t.Fatalf("succeeded (n: attempt) %v", done)
+	}
+	// 4 fails all 3 attempts and stays in the stream; 3 is dropped after one.
+	testenv.Eventually(t, wait, "4 attempted 3 times", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(attempts[4]) == 3
+	})
+	time.Sleep(200 * time.Millisecond) // a further attempt would come within a backoff
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts[3]) != 1 || len(attempts[4]) != 3 {
+		t.Fatalf("attempts %v: 3 once, 4 three times", attempts)
+	}
+	if n := workMsgs(t, m.nats); n != 1 {
+		t.Fatalf("the work stream holds %d messages, want 1 (the one that failed every attempt)", n)
+	}
+}
