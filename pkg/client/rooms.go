@@ -35,7 +35,7 @@ type joinPayload struct {
 // system sends a system request and returns its reply, or the reply's
 // error as *rpc.Error. op, if not nil, makes it a room operation.
 func (c *Client) system(ctx context.Context, typ string, payload any, want string, op *roomOp) (*envelope.Envelope, error) {
-	env, err := c.request(ctx, typ, payload, nil, op)
+	env, err := c.request(ctx, typ, payload, &callOpts{}, op)
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,14 @@ type CallOption func(*callOpts)
 
 type callOpts struct {
 	progress func(json.RawMessage)
+	key      string
+}
+
+// WithIdempotencyKey sends key as meta.idempotencyKey: for a durable type
+// (SendDurable), the edge's work stream stores one message per key and
+// user within its dedupe window; workers see the key of other types too.
+func WithIdempotencyKey(key string) CallOption {
+	return func(o *callOpts) { o.key = key }
 }
 
 // WithProgress receives the payloads of the $ws:rpc-progress frames the
@@ -81,7 +89,7 @@ func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...Ca
 	if envelope.IsSystemType(typ) {
 		return fmt.Errorf("client: Call of system type %q: use the client's own methods", typ)
 	}
-	env, err := c.request(ctx, typ, req, o.progress, nil)
+	env, err := c.request(ctx, typ, req, &o, nil)
 	if err != nil {
 		return err
 	}
@@ -90,13 +98,19 @@ func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...Ca
 
 // request sends one request and waits for its reply envelope, which may be
 // RPC_ERROR. op, if not nil, is a room operation (see roomOp).
-func (c *Client) request(ctx context.Context, typ string, payload any, progress func(json.RawMessage), op *roomOp) (*envelope.Envelope, error) {
+func (c *Client) request(ctx context.Context, typ string, payload any, o *callOpts, op *roomOp) (*envelope.Envelope, error) {
 	if err := envelope.ValidateType(typ); err != nil {
 		return nil, err
 	}
 	env, err := envelope.New(typ, payload)
 	if err != nil {
 		return nil, err
+	}
+	if o.key != "" {
+		env.Meta.Extra = map[string]json.RawMessage{envelope.MetaIdempotencyKey: mustMarshal(o.key)}
+		if _, err := env.Meta.IdempotencyKey(); err != nil {
+			return nil, err
+		}
 	}
 	deadline := time.Now().Add(c.opts.RPCTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -150,8 +164,8 @@ func (c *Client) request(ctx context.Context, typ string, payload any, progress 
 		select {
 		case e := <-cl.frames:
 			if e.Type == envelope.TypeRPCProgress {
-				if progress != nil {
-					progress(e.Payload)
+				if o.progress != nil {
+					o.progress(e.Payload)
 				}
 				continue
 			}
