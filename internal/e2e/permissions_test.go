@@ -208,8 +208,17 @@ func TestDeployPermissions(t *testing.T) {
 	callout := &auth.Callout{NATS: edgeNC, Namespace: ns, Edge: "edge1"}
 	e := testenv.StartEdge(t, edge.Config{
 		NATS: edgeNC, EdgeID: "edge1", Presence: true, PresenceTTL: 2 * time.Second,
-		Auth: callout, JoinAuthorizer: callout, DurableRooms: []string{"dur-*"},
+		Auth: callout, JoinAuthorizer: callout, DurableRooms: []string{"dur-*"}, DurableTypes: []string{"job.*"},
 	})
+	// The edges create the work queue that durable handlers consume.
+	jobs := make(chan string, 4)
+	if err := w.HandleDurable(t.Context(), "job.run", func(_ context.Context, m *worker.Message) error {
+		key, _ := m.Envelope.Meta.IdempotencyKey()
+		jobs <- m.User + "/" + key
+		return nil
+	}, worker.DurableOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	alice := wstest.Dial(t, e.URL+"?token=alice")
 	bob := wstest.Dial(t, e.URL+"?token=bob")
 
@@ -320,6 +329,21 @@ func TestDeployPermissions(t *testing.T) {
 		t.Fatalf("$join dur-news since: %s %s", got.Type, got.Payload)
 	}
 
+	// Durable types: the edge's work queue, the worker's consumer, its
+	// pull and its ack.
+	alice.Send(t, "job.run", envelope.Meta{CorrelationID: "j1", Extra: map[string]json.RawMessage{envelope.MetaIdempotencyKey: json.RawMessage(`"k1"`)}}, nil)
+	if got := alice.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "j1" }); got.Type != envelope.TypeAccepted {
+		t.Fatalf("durable job.run: %s %s", got.Type, got.Payload)
+	}
+	select {
+	case job := <-jobs:
+		if job != "alice/k1" {
+			t.Fatalf("durable job handled as %s", job)
+		}
+	case <-time.After(wait):
+		t.Fatal("the durable job did not reach the worker")
+	}
+
 	answer := make(chan error, 1)
 	var where struct{ Lat float64 }
 	go func() {
@@ -385,6 +409,8 @@ func TestDeployPermissions(t *testing.T) {
 			{"auth", "publish natter.out.all", pub("natter.out.all")},
 			{"auth", "subscribe natter.in.>", sub("natter.in.>", "")},
 			{"service", "publish natter.in.x", pub("natter.in.x")},
+			{"service", "publish natter.work.x (forge a durable message)", pub("natter.work.x")},
+			{"worker", "publish natter.work.x (forge a durable message)", pub("natter.work.x")},
 			{"service", "publish natter.ctl.conn.x", pub("natter.ctl.conn.x")},
 			{"service", "subscribe natter.out.>", sub("natter.out.>", "")},
 			// Private inbox prefixes: no role reads replies meant for
