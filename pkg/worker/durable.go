@@ -76,7 +76,8 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       opts.AckWait,
 		MaxDeliver:    opts.MaxAttempts,
-		MaxAckPending: w.cfg.MaxConcurrent,
+		// MaxAckPending is the whole group's: left at the server's
+		// default (1,000). Each worker takes at most MaxConcurrent at once.
 	}
 	var cons jetstream.Consumer
 	for {
