@@ -4,7 +4,8 @@
 // fire-and-forget sends buffered while disconnected, handlers by message
 // type, RPC with progress, deadlines and aborts, answers to server-to-client
 // requests, rooms that are re-joined after a reconnect, recovery and
-// history of durable rooms, presence queries, state and diffs, and token
+// history of durable rooms, durable messages stored before they are
+// acknowledged (SendDurable), presence queries, state and diffs, and token
 // refresh.
 //
 //	c, err := client.Dial(ctx, "ws://localhost:8080/ws", client.Options{Token: client.StaticToken(jwt)})

@@ -1,6 +1,8 @@
 // Package worker is Natter's Go SDK for stateless workers: register a
 // handler per message type, in a NATS queue group, and reply, publish to
-// connections, users and rooms, or join and remove connections.
+// connections, users and rooms, or join and remove connections. Durable
+// types (HandleDurable) come from the edges' work queue instead, at least
+// once, so that a worker crash loses nothing.
 //
 // A Worker is safe for concurrent use. Handlers run on their own goroutines,
 // at most Config.MaxConcurrent at once; Drain stops intake and waits for the
