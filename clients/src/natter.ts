@@ -58,6 +58,8 @@ export interface Meta {
   offset?: number;
   /** The durable room history's incarnation; it changes when history is reset. */
   epoch?: string;
+  /** A durable message's key: the edge's work stream stores one message per key and user within its dedupe window. */
+  idempotencyKey?: string;
   [key: string]: unknown;
 }
 
@@ -290,6 +292,33 @@ export interface RpcOptions {
   signal?: AbortSignalLike;
   /** Called with each `$ws:rpc-progress` payload, in order, before the promise settles. */
   onProgress?: (payload: unknown) => void;
+  /**
+   * Sent as meta.idempotencyKey (1-128 printable ASCII characters, no
+   * spaces): for a durable type, the edge stores one message per key and
+   * user within its dedupe window. See sendDurable.
+   */
+  idempotencyKey?: string;
+}
+
+export interface DurableOptions {
+  /**
+   * The message's idempotency key (1-128 printable ASCII characters, no
+   * spaces): a resend with the same key within the edge's dedupe window
+   * (10 min by default) is stored once. Default: a fresh random key.
+   */
+  idempotencyKey?: string;
+  /** The overall deadline in ms, resends included. Default 30000. */
+  timeoutMs?: number;
+  /** Aborting stops the resends and rejects with CANCELLED (a message sent already may still be stored). */
+  signal?: AbortSignalLike;
+}
+
+/** The edge's `$ws:accepted`: the work stream has stored a durable message. */
+export interface Accepted {
+  /** The message's sequence number in the work stream. */
+  seq: number;
+  /** True when the stream had this user's message with this key already (seq is then the original's). */
+  duplicate: boolean;
 }
 
 /** What a handler of server-to-client requests may return: a payload, or an envelope to choose the type. */
@@ -314,6 +343,17 @@ export interface Client {
   send<T extends ClientType>(type: T, payload?: ClientPayload<T>, meta?: Meta): void;
   /** Sends a request and resolves with the reply's payload. */
   rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options?: RpcOptions): Promise<R>;
+  /**
+   * Sends a message of a durable type (the edge's --durable-types) and
+   * resolves once the edge's work stream has stored it, with {seq,
+   * duplicate}. Resends with the same idempotency key, so that the stream
+   * stores it once, while the edge asks to retry (UNAVAILABLE or
+   * RESOURCE_EXHAUSTED with retryAfterMs), an attempt finds no answer in
+   * time (rpcTimeoutMs) or the connection drops, until options.timeoutMs;
+   * any other error rejects at once. Workers' results come as publishes:
+   * a durable message has no reply.
+   */
+  sendDurable<T extends ClientType>(type: T, payload?: ClientPayload<T>, options?: DurableOptions): Promise<Accepted>;
   /** Answers server-to-client requests of this type; one handler per type. */
   handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void;
   /** Joins a room; remembered and re-joined after every reconnect (durable rooms with since: their last position). */
@@ -375,6 +415,9 @@ export function connect(url: string, options: ConnectOptions = {}): Client {
 
 const OPEN = 1; // WebSocket.OPEN
 const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
+const RPC_TIMEOUT_MS = 10000; // the default request deadline
+const DURABLE_TIMEOUT_MS = 30000; // sendDurable's default overall deadline
+const ACCEPTED = "$ws:accepted"; // the edge's answer to a stored durable message
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
@@ -394,6 +437,14 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
   gen: number; // the socket it went out on; 0 while buffered
   cleanup?: () => void;
+  key?: string | undefined; // meta.idempotencyKey, on every send of it
+  envelope?: boolean | undefined; // resolve with the reply's envelope, not its payload
+}
+
+/** A request's options, with the client's own. */
+interface RequestOptions extends RpcOptions {
+  /** Resolve with the reply's envelope rather than its payload. */
+  envelope?: boolean;
 }
 
 /** A frame waiting in the send buffer. */
@@ -454,6 +505,7 @@ class NatterClient implements Client {
   readonly #errorListeners = new Set<(error: NatterError, info: BackgroundErrorInfo) => void>();
   readonly #handlers = new Map<string, Handler>();
   readonly #presenceWatchers = new Map<string, Set<(diff: PresenceDiff) => void>>();
+  readonly #sleepers = new Set<(err: NatterError) => void>(); // sendDurable's waits between attempts: #shutdown ends them
 
   constructor(url: string, options: ConnectOptions) {
     this.#opts = options;
@@ -517,6 +569,42 @@ class NatterClient implements Client {
 
   rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options: RpcOptions = {}): Promise<R> {
     return this.#request(type, payload, options) as Promise<R>;
+  }
+
+  async sendDurable<T extends ClientType>(type: T, payload?: ClientPayload<T>, options: DurableOptions = {}): Promise<Accepted> {
+    const { signal, timeoutMs = DURABLE_TIMEOUT_MS } = options;
+    // One key for every attempt: a resend of a message whose answer was
+    // lost is stored once, and answered duplicate with the original's seq.
+    const key = options.idempotencyKey ?? randomKey();
+    const end = Date.now() + timeoutMs;
+    const attemptMs = this.#opts.rpcTimeoutMs ?? RPC_TIMEOUT_MS;
+    for (let refusals = 0; ;) {
+      const rpc: RequestOptions = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true };
+      if (signal) rpc.signal = signal;
+      let err: NatterError;
+      try {
+        const env = (await this.#request(type, payload, rpc)) as Envelope;
+        if (env.type !== ACCEPTED) {
+          // A worker answered: the edge did not store it.
+          throw new NatterError("FAILED_PRECONDITION", `${type} was answered with ${env.type}, not ${ACCEPTED}: it is not one of the edge's --durable-types`);
+        }
+        const a = (env.payload ?? {}) as { seq?: unknown; duplicate?: unknown };
+        return { seq: Number.isSafeInteger(a.seq) ? (a.seq as number) : 0, duplicate: a.duplicate === true };
+      } catch (e) {
+        err = e as NatterError;
+      }
+      // What may still be stored by a resend: the edge's "retry after"
+      // (stream unreachable or full, a rate limit), an attempt without an
+      // answer in time, a connection lost while it was out. The resend
+      // waits in the send buffer until the client is open again.
+      const refused = (err.code === "UNAVAILABLE" || err.code === "RESOURCE_EXHAUSTED") && err.retryAfterMs !== undefined;
+      if (!refused && !LOST.has(err) && err.code !== "DEADLINE_EXCEEDED") throw err;
+      const wait = refused ? this.#backoff(refusals++, err) : 0;
+      if (Date.now() + wait >= end) {
+        throw err.code === "DEADLINE_EXCEEDED" ? new NatterError("DEADLINE_EXCEEDED", `${type} not stored within ${timeoutMs} ms`) : err;
+      }
+      if (wait > 0) await this.#sleep(wait, signal);
+    }
   }
 
   handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void {
@@ -765,6 +853,7 @@ class NatterClient implements Client {
     clearTimeout(this.#retry);
     this.#stopTimers();
     for (const cid of [...this.#pending.keys()]) this.#settle(cid, err);
+    for (const stop of [...this.#sleepers]) stop(err);
     this.#buffer = [];
     for (const r of this.#remembered.values()) r.waiters.splice(0).forEach((w) => w.reject(err));
     this.#setState("closed", info);
@@ -787,6 +876,27 @@ class NatterClient implements Client {
   #backoff(attempt: number, err?: NatterError): number {
     const policy = this.#opts.reconnect;
     return Math.max(err?.retryAfterMs ?? 0, backoffDelay(attempt, policy === false ? {} : policy));
+  }
+
+  /** Resolves after ms; rejects with CANCELLED when signal aborts, and with #shutdown's error when the client ends. */
+  #sleep(ms: number, signal?: AbortSignalLike): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) throw new NatterError("CANCELLED", "aborted");
+      const stop = (err: NatterError) => {
+        clearTimeout(timer);
+        this.#sleepers.delete(stop);
+        signal?.removeEventListener("abort", onAbort);
+        reject(err);
+      };
+      const onAbort = () => stop(new NatterError("CANCELLED", "aborted"));
+      const timer = setTimeout(() => {
+        this.#sleepers.delete(stop);
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      this.#sleepers.add(stop);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
   }
 
   #nextId(): string {
@@ -829,6 +939,7 @@ class NatterClient implements Client {
       if (!p) return true; // settled (timed out, aborted) while buffered
       // The edge's deadline counts from arrival: send what is left of ours.
       meta = { correlationId: q.cid, timeoutMs: Math.max(1, p.deadline - Date.now()) };
+      if (p.key !== undefined) meta.idempotencyKey = p.key;
       p.gen = this.#gen;
     }
     let frame = `{"type":${JSON.stringify(q.type)}`;
@@ -894,16 +1005,16 @@ class NatterClient implements Client {
   }
 
   /** A request: buffered like a send, settled by its reply, an error, the deadline, an abort or a lost socket. */
-  #request(type: string, payload: unknown, options: RpcOptions = {}, direct = false): Promise<unknown> {
+  #request(type: string, payload: unknown, options: RequestOptions = {}, direct = false): Promise<unknown> {
     return new Promise((resolve, reject) => {
       this.#checkNotClosed();
-      const { signal, onProgress } = options;
+      const { signal, onProgress, idempotencyKey, envelope } = options;
       if (signal?.aborted) throw new NatterError("CANCELLED", "aborted before it was sent");
-      const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? 10000;
+      const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? RPC_TIMEOUT_MS;
       const body = encode(payload);
       const cid = this.#nextId();
       const p: Pending = {
-        resolve, reject, onProgress, gen: 0,
+        resolve, reject, onProgress, gen: 0, key: idempotencyKey, envelope,
         deadline: Date.now() + timeoutMs,
         timer: setTimeout(() => this.#settle(cid, new NatterError("DEADLINE_EXCEEDED", `no reply within ${timeoutMs} ms`)), timeoutMs),
       };
@@ -1181,7 +1292,7 @@ class NatterClient implements Client {
       this.#settle(cid, new NatterError(e.code ?? "INTERNAL", e.message ?? "", extra));
       return;
     }
-    this.#settle(cid, { ok: env.payload });
+    this.#settle(cid, { ok: p.envelope ? env : env.payload });
   }
 
   /** Answers a server-to-client request on the socket it came from. */
@@ -1240,6 +1351,20 @@ function timeLimit<T>(v: T | Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new NatterError("DEADLINE_EXCEEDED", `${what} did not finish within ${ms} ms`)), ms);
   });
   return Promise.race([Promise.resolve(v), late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * randomKey returns a fresh idempotency key: a random UUID, or 32 random
+ * hex digits where crypto.randomUUID is missing (browsers outside secure
+ * contexts).
+ */
+function randomKey(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string; getRandomValues?: (a: Uint8Array) => Uint8Array } }).crypto;
+  if (typeof c?.randomUUID === "function") return c.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (typeof c?.getRandomValues === "function") c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** JSON of a payload; undefined leaves the key out. */

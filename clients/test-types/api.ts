@@ -1,6 +1,6 @@
 // Compile-time checks of the public API's types (npm run typecheck): the
 // generated payload types apply to known types, unknown to the others.
-import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage } from "natter-client";
+import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage, type Accepted, type DurableOptions } from "natter-client";
 
 const W: WebSocketConstructor = WebSocket; // the browser's constructor fits
 const c = connect("ws://localhost:8080/ws", { WebSocket: W, token: async () => "t", reconnect: { maxDelayMs: 5000 } });
@@ -68,3 +68,19 @@ void hist.then((h) => {
 });
 c.on("$joined", (p) => void [p.durable, p.offset, p.epoch, p.recovered]);
 c.on("chat.message", (_, env) => void [env.meta?.offset, env.meta?.epoch]);
+
+// Durable messages: sendDurable resolves with {seq, duplicate}; rpc takes an idempotency key.
+const durable: DurableOptions = { idempotencyKey: "order-17", timeoutMs: 60_000, signal: ac.signal };
+const accepted: Promise<Accepted> = c.sendDurable("job.run", { order: 17 }, durable);
+void accepted.then(({ seq, duplicate }) => {
+  const n: number = seq;
+  const again: boolean = duplicate;
+  void [n, again];
+});
+void c.sendDurable("chat.send", { room: "r", text: "t" });
+// @ts-expect-error text is required by the chat.send schema
+void c.sendDurable("chat.send", { room: "r" });
+// @ts-expect-error the key is a string
+void c.sendDurable("job.run", {}, { idempotencyKey: 17 });
+void c.rpc("job.run", {}, { idempotencyKey: "order-17", timeoutMs: 500 });
+c.send("job.run", {}, { idempotencyKey: "order-17" });

@@ -782,3 +782,142 @@ test("history: $history with the query; the page normalized; errors reject; no p
   answer(ws, ws.sent.at(-1), "RPC_ERROR", { code: "FAILED_PRECONDITION", message: "plain is not a durable room" });
   await assert.rejects(refused, (e) => e instanceof NatterError && e.code === "FAILED_PRECONDITION");
 });
+
+// ---------------------------------------------------------------- durable messages
+
+/** The frames of type the client sent on ws, once there are n of them. */
+async function sentOf(ws, type, n) {
+  await eventually(() => ws.sent.filter((f) => f.type === type).length >= n, `${n} ${type} frame(s)`);
+  return ws.sent.filter((f) => f.type === type);
+}
+const KEY = /^[\x21-\x7e]{1,128}$/;
+
+test("sendDurable: resends with the same key after UNAVAILABLE with retryAfterMs, a late answer and a lost socket; resolves {seq, duplicate}", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast, rpcTimeoutMs: 100 });
+  const ws = await lastSocket(WS);
+  ws.open();
+  const t0 = Date.now();
+  const stored = c.sendDurable("job.run", { n: 1 });
+  // 1: the edge cannot reach the stream now.
+  const [first] = await sentOf(ws, "job.run", 1);
+  assert.deepEqual(first.payload, { n: 1 });
+  const key = first.meta.idempotencyKey;
+  assert.match(key, KEY);
+  refuse(ws, first, "UNAVAILABLE", { retryAfterMs: 30 });
+  // 2: not before retryAfterMs; then no answer within rpcTimeoutMs (100 ms).
+  const [, second] = await sentOf(ws, "job.run", 2);
+  assert.ok(Date.now() - t0 >= 29, "the resend waited retryAfterMs");
+  // 3: right after that attempt's deadline; the socket drops while it is out.
+  const [, , third] = await sentOf(ws, "job.run", 3);
+  assert.ok(Date.now() - t0 >= 129, "the third attempt followed the second's deadline");
+  answer(ws, second, "$ws:accepted", { seq: 6 }); // too late: ignored
+  ws.serverClose(1006);
+  // 4: on the next socket, and stored once: the edge says duplicate.
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  const [fourth] = await sentOf(ws2, "job.run", 1);
+  answer(ws2, fourth, "$ws:accepted", { seq: 6, duplicate: true });
+  assert.deepEqual(await stored, { seq: 6, duplicate: true });
+  const frames = [first, second, third, fourth];
+  assert.deepEqual(frames.map((f) => f.meta.idempotencyKey), [key, key, key, key], "one key for every attempt");
+  assert.equal(new Set(frames.map((f) => f.meta.correlationId)).size, 4, "a request per attempt");
+  assert.ok(frames.every((f) => f.meta.timeoutMs <= 100));
+
+  // An explicit key; duplicate is false unless the edge says true.
+  const again = c.sendDurable("job.run", undefined, { idempotencyKey: "order-17" });
+  const [, f] = await sentOf(ws2, "job.run", 2);
+  assert.equal(f.meta.idempotencyKey, "order-17");
+  assert.equal("payload" in f, false);
+  answer(ws2, f, "$ws:accepted", { seq: 7 });
+  assert.deepEqual(await again, { seq: 7, duplicate: false });
+  // A fresh key per call.
+  const other = c.sendDurable("job.run", {});
+  const [, , g] = await sentOf(ws2, "job.run", 3);
+  assert.match(g.meta.idempotencyKey, KEY);
+  assert.notEqual(g.meta.idempotencyKey, key);
+  answer(ws2, g, "$ws:accepted", { seq: 8 });
+  assert.deepEqual(await other, { seq: 8, duplicate: false });
+});
+
+test("sendDurable: RESOURCE_EXHAUSTED with retryAfterMs is retried until timeoutMs; other errors reject at once", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast, sendRate: false });
+  const ws = await lastSocket(WS);
+  ws.open();
+  // The stream stays full: resends every retryAfterMs until timeoutMs, then the last refusal.
+  let refusals = 0;
+  const full = (f) => {
+    if (f.type !== "job.run") return;
+    refusals++;
+    refuse(ws, f, "RESOURCE_EXHAUSTED", { retryAfterMs: 20 });
+  };
+  const send = ws.send.bind(ws);
+  ws.send = (data) => {
+    send(data);
+    queueMicrotask(() => full(JSON.parse(data)));
+  };
+  const t0 = Date.now();
+  await assert.rejects(c.sendDurable("job.run", { n: 1 }, { timeoutMs: 150 }), (e) => e instanceof NatterError && e.code === "RESOURCE_EXHAUSTED" && e.retryAfterMs === 20);
+  const took = Date.now() - t0;
+  assert.ok(took >= 125 && took < 1000, `gave up after ${took} ms`);
+  assert.ok(refusals >= 3 && refusals <= 8, `${refusals} attempts`);
+  assert.equal(new Set(ws.sent.map((f) => f.meta.idempotencyKey)).size, 1);
+  ws.send = send;
+
+  // Without retryAfterMs (too large), INVALID_ARGUMENT, a worker's answer: once, at once.
+  for (const [code, extra] of [["RESOURCE_EXHAUSTED", {}], ["INVALID_ARGUMENT", {}], ["INTERNAL", {}], ["UNAVAILABLE", {}]]) {
+    const n = ws.sent.length;
+    const p = c.sendDurable("job.run", {}, { idempotencyKey: "bad key" });
+    refuse(ws, ws.sent.at(-1), code, extra);
+    await assert.rejects(p, { code });
+    await tick(20);
+    assert.equal(ws.sent.length, n + 1, `${code}: no resend`);
+  }
+  const p = c.sendDurable("job.plain", {});
+  answer(ws, ws.sent.at(-1), "job.plain", { done: true });
+  await assert.rejects(p, (e) => e.code === "FAILED_PRECONDITION" && /--durable-types/.test(e.message));
+});
+
+test("sendDurable: the overall timeout rejects DEADLINE_EXCEEDED while away; abort and close() end it between attempts", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: false, rpcTimeoutMs: 40 });
+  await lastSocket(WS); // never opens
+  const t0 = Date.now();
+  await assert.rejects(c.sendDurable("job.run", {}, { timeoutMs: 150 }), (e) => e.code === "DEADLINE_EXCEEDED" && /150 ms/.test(e.message));
+  assert.ok(Date.now() - t0 >= 145, "not before timeoutMs");
+
+  const ws = await lastSocket(WS);
+  ws.open();
+  const ac = new AbortController();
+  const aborted = c.sendDurable("job.run", {}, { signal: ac.signal });
+  refuse(ws, ws.sent.at(-1), "UNAVAILABLE", { retryAfterMs: 5000 });
+  await tick(5);
+  ac.abort();
+  await assert.rejects(aborted, { code: "CANCELLED" });
+  await assert.rejects(c.sendDurable("job.run", {}, { signal: ac.signal }), { code: "CANCELLED" });
+
+  const closing = c.sendDurable("job.run", {});
+  refuse(ws, ws.sent.at(-1), "UNAVAILABLE", { retryAfterMs: 5000 });
+  await tick(5);
+  c.close();
+  await assert.rejects(closing, { code: "CANCELLED" });
+  await assert.rejects(c.sendDurable("job.run", {}), { code: "UNAVAILABLE" });
+});
+
+test("rpc: idempotencyKey is sent as meta.idempotencyKey, on the send from the buffer too", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS });
+  const buffered = c.rpc("job.run", { n: 1 }, { idempotencyKey: "k-1" });
+  const ws = await lastSocket(WS);
+  ws.open();
+  const plain = c.rpc("calc.add", {});
+  const [f, g] = ws.sent;
+  assert.equal(f.meta.idempotencyKey, "k-1");
+  assert.equal(typeof f.meta.correlationId, "string");
+  assert.equal("idempotencyKey" in g.meta, false);
+  answer(ws, f, "$ws:accepted", { seq: 3 });
+  assert.deepEqual(await buffered, { seq: 3 });
+  answer(ws, g, "calc.add", 1);
+  assert.equal(await plain, 1);
+});

@@ -46,6 +46,9 @@ export function connect(url, options = {}) {
 }
 const OPEN = 1; // WebSocket.OPEN
 const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
+const RPC_TIMEOUT_MS = 10000; // the default request deadline
+const DURABLE_TIMEOUT_MS = 30000; // sendDurable's default overall deadline
+const ACCEPTED = "$ws:accepted"; // the edge's answer to a stored durable message
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 const OUR_ID = "nc-"; // prefix of this client's correlation ids
 const SERVER_ID = "srv-"; // prefix of the edge's, on server-to-client requests
@@ -86,6 +89,7 @@ class NatterClient {
     #errorListeners = new Set();
     #handlers = new Map();
     #presenceWatchers = new Map();
+    #sleepers = new Set(); // sendDurable's waits between attempts: #shutdown ends them
     constructor(url, options) {
         this.#opts = options;
         const WS = options.WebSocket ?? globalThis.WebSocket;
@@ -146,6 +150,45 @@ class NatterClient {
     }
     rpc(type, payload, options = {}) {
         return this.#request(type, payload, options);
+    }
+    async sendDurable(type, payload, options = {}) {
+        const { signal, timeoutMs = DURABLE_TIMEOUT_MS } = options;
+        // One key for every attempt: a resend of a message whose answer was
+        // lost is stored once, and answered duplicate with the original's seq.
+        const key = options.idempotencyKey ?? randomKey();
+        const end = Date.now() + timeoutMs;
+        const attemptMs = this.#opts.rpcTimeoutMs ?? RPC_TIMEOUT_MS;
+        for (let refusals = 0;;) {
+            const rpc = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true };
+            if (signal)
+                rpc.signal = signal;
+            let err;
+            try {
+                const env = (await this.#request(type, payload, rpc));
+                if (env.type !== ACCEPTED) {
+                    // A worker answered: the edge did not store it.
+                    throw new NatterError("FAILED_PRECONDITION", `${type} was answered with ${env.type}, not ${ACCEPTED}: it is not one of the edge's --durable-types`);
+                }
+                const a = (env.payload ?? {});
+                return { seq: Number.isSafeInteger(a.seq) ? a.seq : 0, duplicate: a.duplicate === true };
+            }
+            catch (e) {
+                err = e;
+            }
+            // What may still be stored by a resend: the edge's "retry after"
+            // (stream unreachable or full, a rate limit), an attempt without an
+            // answer in time, a connection lost while it was out. The resend
+            // waits in the send buffer until the client is open again.
+            const refused = (err.code === "UNAVAILABLE" || err.code === "RESOURCE_EXHAUSTED") && err.retryAfterMs !== undefined;
+            if (!refused && !LOST.has(err) && err.code !== "DEADLINE_EXCEEDED")
+                throw err;
+            const wait = refused ? this.#backoff(refusals++, err) : 0;
+            if (Date.now() + wait >= end) {
+                throw err.code === "DEADLINE_EXCEEDED" ? new NatterError("DEADLINE_EXCEEDED", `${type} not stored within ${timeoutMs} ms`) : err;
+            }
+            if (wait > 0)
+                await this.#sleep(wait, signal);
+        }
     }
     handle(type, fn) {
         const h = fn;
@@ -413,6 +456,8 @@ class NatterClient {
         this.#stopTimers();
         for (const cid of [...this.#pending.keys()])
             this.#settle(cid, err);
+        for (const stop of [...this.#sleepers])
+            stop(err);
         this.#buffer = [];
         for (const r of this.#remembered.values())
             r.waiters.splice(0).forEach((w) => w.reject(err));
@@ -436,6 +481,27 @@ class NatterClient {
     #backoff(attempt, err) {
         const policy = this.#opts.reconnect;
         return Math.max(err?.retryAfterMs ?? 0, backoffDelay(attempt, policy === false ? {} : policy));
+    }
+    /** Resolves after ms; rejects with CANCELLED when signal aborts, and with #shutdown's error when the client ends. */
+    #sleep(ms, signal) {
+        return new Promise((resolve, reject) => {
+            if (signal?.aborted)
+                throw new NatterError("CANCELLED", "aborted");
+            const stop = (err) => {
+                clearTimeout(timer);
+                this.#sleepers.delete(stop);
+                signal?.removeEventListener("abort", onAbort);
+                reject(err);
+            };
+            const onAbort = () => stop(new NatterError("CANCELLED", "aborted"));
+            const timer = setTimeout(() => {
+                this.#sleepers.delete(stop);
+                signal?.removeEventListener("abort", onAbort);
+                resolve();
+            }, ms);
+            this.#sleepers.add(stop);
+            signal?.addEventListener("abort", onAbort, { once: true });
+        });
     }
     #nextId() {
         return OUR_ID + (++this.#seq).toString(36);
@@ -482,6 +548,8 @@ class NatterClient {
                 return true; // settled (timed out, aborted) while buffered
             // The edge's deadline counts from arrival: send what is left of ours.
             meta = { correlationId: q.cid, timeoutMs: Math.max(1, p.deadline - Date.now()) };
+            if (p.key !== undefined)
+                meta.idempotencyKey = p.key;
             p.gen = this.#gen;
         }
         let frame = `{"type":${JSON.stringify(q.type)}`;
@@ -553,14 +621,14 @@ class NatterClient {
     #request(type, payload, options = {}, direct = false) {
         return new Promise((resolve, reject) => {
             this.#checkNotClosed();
-            const { signal, onProgress } = options;
+            const { signal, onProgress, idempotencyKey, envelope } = options;
             if (signal?.aborted)
                 throw new NatterError("CANCELLED", "aborted before it was sent");
-            const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? 10000;
+            const timeoutMs = options.timeoutMs ?? this.#opts.rpcTimeoutMs ?? RPC_TIMEOUT_MS;
             const body = encode(payload);
             const cid = this.#nextId();
             const p = {
-                resolve, reject, onProgress, gen: 0,
+                resolve, reject, onProgress, gen: 0, key: idempotencyKey, envelope,
                 deadline: Date.now() + timeoutMs,
                 timer: setTimeout(() => this.#settle(cid, new NatterError("DEADLINE_EXCEEDED", `no reply within ${timeoutMs} ms`)), timeoutMs),
             };
@@ -870,7 +938,7 @@ class NatterClient {
             this.#settle(cid, new NatterError(e.code ?? "INTERNAL", e.message ?? "", extra));
             return;
         }
-        this.#settle(cid, { ok: env.payload });
+        this.#settle(cid, { ok: p.envelope ? env : env.payload });
     }
     /** Answers a server-to-client request on the socket it came from. */
     async #answer(cid, env) {
@@ -931,6 +999,23 @@ function timeLimit(v, ms, what) {
         timer = setTimeout(() => reject(new NatterError("DEADLINE_EXCEEDED", `${what} did not finish within ${ms} ms`)), ms);
     });
     return Promise.race([Promise.resolve(v), late]).finally(() => clearTimeout(timer));
+}
+/**
+ * randomKey returns a fresh idempotency key: a random UUID, or 32 random
+ * hex digits where crypto.randomUUID is missing (browsers outside secure
+ * contexts).
+ */
+function randomKey() {
+    const c = globalThis.crypto;
+    if (typeof c?.randomUUID === "function")
+        return c.randomUUID();
+    const bytes = new Uint8Array(16);
+    if (typeof c?.getRandomValues === "function")
+        c.getRandomValues(bytes);
+    else
+        for (let i = 0; i < bytes.length; i++)
+            bytes[i] = Math.floor(Math.random() * 256);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 /** JSON of a payload; undefined leaves the key out. */
 function encode(payload) {
