@@ -36,6 +36,7 @@ func TestCluster(t *testing.T) {
 	t.Run("RPCSpreadAndWorkerKill", func(t *testing.T) { testRPCSpreadAndWorkerKill(t, c, fig) })
 	t.Run("DurableResumeThroughOtherEdge", func(t *testing.T) { testDurableResume(t, c, fig, false) })
 	t.Run("DurableResumeNATSNodeKilled", func(t *testing.T) { testDurableResume(t, c, fig, true) })
+	t.Run("DurableMessagesNATSNodeKilled", func(t *testing.T) { testDurableMessagesNodeKilled(t, c, fig) })
 	t.Run("NATSNodeKill", func(t *testing.T) { testNATSNodeKill(t, c, fig) })
 	t.Run("EdgeSIGTERM", func(t *testing.T) { testEdgeSIGTERM(t, c, fig) })
 	fig.report(t)

@@ -112,7 +112,11 @@ func startCluster(t *testing.T) *Cluster {
 			"--edge-id", id, "--listen", "127.0.0.1:0", "--insecure-dev-users",
 			"--presence-replicas", "3", "--presence-ttl", presenceTTL.String(),
 			"--shutdown-spread", "200ms", "--admin-listen", "127.0.0.1:0",
-			"--durable-rooms", "dur-*", "--durable-replicas", "3",
+			"--durable-rooms", "dur-*", "--durable-types", "job.*", "--durable-replicas", "3",
+			// JetStream reserves each stream's max bytes on every
+			// replica: the 1 GiB rooms stream already fills these
+			// nodes' 1 GB file stores.
+			"--durable-max-bytes", "268435456", "--durable-work-max-bytes", "134217728",
 		}
 		c.edges = append(c.edges, &edgeProc{id: id, args: args, proc: testenv.Start(t, "edge", args...)})
 	}

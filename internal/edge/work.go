@@ -42,11 +42,15 @@ const (
 	// that one client cannot take them all.
 	workMaxPending  = 4096
 	workConnPending = 256
-	// workAckTimeout bounds the wait for the stream's acknowledgement.
-	workAckTimeout = 5 * time.Second
-	// workRetryAfter is the retryAfterMs of UNAVAILABLE and of a full
-	// connection.
-	workRetryAfter = time.Second
+	// workAckTimeout bounds the wait for the stream's acknowledgement: a
+	// stored message is acknowledged in milliseconds, and one that is not
+	// (a stream leader lost mid-publish) is better resent with its key
+	// soon, as the client does after UNAVAILABLE.
+	workAckTimeout = 2 * time.Second
+	// workRetryAfter is the retryAfterMs of a full stream or connection;
+	// workRetryUnavailable that of UNAVAILABLE.
+	workRetryAfter       = time.Second
+	workRetryUnavailable = 250 * time.Millisecond
 )
 
 // work is an edge's side of durable types; nil without patterns.
@@ -109,7 +113,7 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 		return
 	}
 	if !w.e.nc.IsConnected() {
-		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "message bus unavailable", RetryAfterMs: workRetryAfter.Milliseconds()})
+		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "message bus unavailable", RetryAfterMs: workRetryUnavailable.Milliseconds()})
 		return
 	}
 	if c.workPending.Add(1) > workConnPending {
@@ -169,16 +173,16 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 // refused tells the client why its durable message was not stored.
 func (w *work) refused(c *conn, cid string, err error) {
 	w.e.stats.workRefused.Add(1)
-	p := &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "durable message not stored: " + err.Error(), RetryAfterMs: workRetryAfter.Milliseconds()}
+	p := &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "durable message not stored: " + err.Error(), RetryAfterMs: workRetryUnavailable.Milliseconds()}
 	var apiErr *jetstream.APIError
 	switch {
 	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "exceeded"):
 		// The stream is full (DiscardNew): workers are behind.
-		p.Code = envelope.CodeResourceExhausted
+		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, workRetryAfter.Milliseconds()
 	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "message size"):
 		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, 0
 	case errors.Is(err, jetstream.ErrTooManyStalledMsgs):
-		p.Code = envelope.CodeResourceExhausted
+		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, workRetryAfter.Milliseconds()
 	case errors.As(err, &apiErr):
 		p.Code, p.RetryAfterMs = envelope.CodeInternal, 0
 	}
