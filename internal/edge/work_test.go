@@ -237,7 +237,8 @@ func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
 			t.Fatalf("accepted message %d not handled; handled %v", n, done)
 		}
 	}
-	// Room again once the workers caught up.
+	// Room again once the workers caught up (their acks processed).
+	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.nats) == 0 })
 	accepted(t, sendDurable(t, c, "job.run", "after", "k-after", 0))
 }
 
@@ -283,13 +284,60 @@ func TestDurableTypeRetriesAndDrops(t *testing.T) {
 		defer mu.Unlock()
 		return len(attempts[4]) == 3
 	})
-	time.Sleep(200 * time.Millisecond) // a further attempt would come within a backoff
+	// 1, 2, 3 and 5 leave the stream; 4 stays there after its last attempt.
+	testenv.Eventually(t, wait, "one message left in the work stream", func() bool { return workMsgs(t, m.nats) == 1 })
+	time.Sleep(300 * time.Millisecond) // a further attempt would come within a backoff (at most 80 ms)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(attempts[3]) != 1 || len(attempts[4]) != 3 {
 		t.Fatalf("attempts %v: 3 once, 4 three times", attempts)
 	}
-	if n := workMsgs(t, m.nats); n != 1 {
-		t.Fatalf("the work stream holds %d messages, want 1 (the one that failed every attempt)", n)
+}
+
+// TestDurableTypeSlowHandlersNoRedelivery: messages waiting for one of a
+// worker's few handler slots are not redelivered meanwhile, however long
+// the handlers take beyond the ack wait: each is handled once, at its
+// first attempt.
+func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{})
+	c := m.dial(t, "alice")
+	const total = 8
+	for n := 1; n <= total; n++ {
+		accepted(t, sendDurable(t, c, "job.run", fmt.Sprintf("c%d", n), fmt.Sprintf("k%d", n), n))
+	}
+	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Drain(context.Background()) })
+	var mu sync.Mutex
+	seen := map[int][]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	// 8 messages, 2 at a time, 600 ms each: the last ones wait 1.8 s, past
+	// the 1 s ack wait.
+	err = w.HandleDurable(ctx, "job.run", func(_ context.Context, msg *worker.Message) error {
+		var p struct{ N int }
+		_ = json.Unmarshal(msg.Envelope.Payload, &p)
+		mu.Lock()
+		seen[p.N] = append(seen[p.N], msg.Attempt)
+		mu.Unlock()
+		time.Sleep(600 * time.Millisecond)
+		return nil
+	}, worker.DurableOptions{AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.HandleDurable(ctx, "job.run", func(context.Context, *worker.Message) error { return nil }, worker.DurableOptions{}); err == nil {
+		t.Error("a second HandleDurable of the same type was accepted")
+	}
+	testenv.Eventually(t, 10*time.Second, "every message handled and acknowledged", func() bool { return workMsgs(t, m.nats) == 0 })
+	time.Sleep(time.Second) // a redelivery would come within the ack wait
+	mu.Lock()
+	defer mu.Unlock()
+	for n := 1; n <= total; n++ {
+		if fmt.Sprint(seen[n]) != "[1]" {
+			t.Errorf("message %d handled at attempts %v, want once at 1", n, seen[n])
+		}
 	}
 }

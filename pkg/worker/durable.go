@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -65,11 +64,22 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 	if opts.Backoff <= 0 {
 		opts.Backoff = time.Second
 	}
+	w.mu.Lock()
+	switch {
+	case w.draining:
+		w.mu.Unlock()
+		return errors.New("worker: HandleDurable after Drain")
+	case w.durable[typ]:
+		w.mu.Unlock()
+		return fmt.Errorf("worker: durable type %s is handled already", typ)
+	}
+	w.durable[typ] = true
+	w.mu.Unlock()
 	js, err := jetstream.New(w.nc)
 	if err != nil {
 		return err
 	}
-	cc := jetstream.ConsumerConfig{
+	p := &puller{w: w, h: h, opts: opts, js: js, stream: w.cfg.Namespace.WorkStream(), cc: jetstream.ConsumerConfig{
 		Durable:       consumerName(w.cfg.Queue, typ),
 		Description:   "Natter workers of durable type " + typ + ", queue " + w.cfg.Queue,
 		FilterSubject: subj.String(),
@@ -77,49 +87,189 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 		AckWait:       opts.AckWait,
 		MaxDeliver:    opts.MaxAttempts,
 		// MaxAckPending is the whole group's: left at the server's
-		// default (1,000). Each worker takes at most MaxConcurrent at once.
-	}
-	var cons jetstream.Consumer
-	for {
-		cons, err = js.CreateOrUpdateConsumer(ctx, w.cfg.Namespace.WorkStream(), cc)
-		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("worker: no work stream %s (start an edge with --durable-types): %w", w.cfg.Namespace.WorkStream(), ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("worker: consumer %s: %w", cc.Durable, err)
-	}
-	consume, err := cons.Consume(func(msg jetstream.Msg) { w.dispatchDurable(h, msg, &opts) },
-		jetstream.PullMaxMessages(min(w.cfg.MaxConcurrent, 256)))
-	if err != nil {
-		return fmt.Errorf("worker: consume %s: %w", cc.Durable, err)
+		// default (1,000). Each worker holds at most MaxConcurrent.
+	}}
+	if err := p.consumer(ctx); err != nil {
+		w.mu.Lock()
+		delete(w.durable, typ)
+		w.mu.Unlock()
+		return err
 	}
 	w.mu.Lock()
-	w.consumers = append(w.consumers, consume)
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	if w.draining {
+		delete(w.durable, typ)
+		return errors.New("worker: HandleDurable after Drain")
+	}
+	w.pulling.Add(1)
+	go p.run()
 	return nil
 }
 
-// consumerName is <queue>_<type> with dots made underscores, and a hash of
-// both so that "a.b" and "a_b" stay apart.
+const (
+	// durablePoll is the life of one waiting pull request.
+	durablePoll = 5 * time.Second
+	// durableBatch bounds the messages one pull asks for.
+	durableBatch = 64
+)
+
+// puller pulls one durable type's messages for a Worker.
+type puller struct {
+	w      *Worker
+	h      Handler
+	opts   DurableOptions
+	js     jetstream.JetStream
+	stream string
+	cc     jetstream.ConsumerConfig
+
+	cons    jetstream.Consumer
+	ackWait time.Duration // the consumer's, which another worker of the group may have set
+}
+
+// consumer creates or updates the group's consumer, waiting until ctx ends
+// for the work stream, which the edges create.
+func (p *puller) consumer(ctx context.Context) error {
+	for {
+		cons, err := p.js.CreateOrUpdateConsumer(ctx, p.stream, p.cc)
+		if err == nil {
+			p.cons, p.ackWait = cons, cons.CachedInfo().Config.AckWait
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("worker: consumer %s: %w", p.cc.Durable, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("worker: no work stream %s (start an edge with --durable-types): %w", p.stream, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// run pulls until Drain. A message is pulled only once a handler slot is
+// free for it, so no message waits in this worker without the progress
+// reports that keep it from going to another worker. While nothing is
+// waiting, the loop holds one slot in a pull that lasts durablePoll.
+func (p *puller) run() {
+	w := p.w
+	defer w.pulling.Done()
+	for {
+		select {
+		case w.sem <- struct{}{}:
+		case <-w.pullStop:
+			return
+		}
+		// A backlog is taken in batches, as far as free slots go.
+		n := 1
+		for n < durableBatch && p.tryAcquire() {
+			n++
+		}
+		batch, err := p.cons.FetchNoWait(n)
+		got := 0
+		if err == nil {
+			got, err = p.handle(batch)
+		}
+		n -= got
+		if got == 0 && err == nil {
+			// Nothing waiting: keep one slot and wait for a message.
+			for ; n > 1; n-- {
+				<-w.sem
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), durablePoll)
+			go func() {
+				select {
+				case <-w.pullStop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			batch, err = p.cons.Fetch(1, jetstream.FetchContext(ctx))
+			if err == nil {
+				got, err = p.handle(batch)
+				n -= got
+			}
+			cancel()
+		}
+		for ; n > 0; n-- {
+			<-w.sem
+		}
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			p.failed(err)
+		}
+	}
+}
+
+func (p *puller) tryAcquire() bool {
+	select {
+	case p.w.sem <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// handle starts a handler for each message of batch, each on a slot the
+// caller holds, and returns how many it started.
+func (p *puller) handle(batch jetstream.MessageBatch) (int, error) {
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		p.start(msg)
+	}
+	return got, batch.Error()
+}
+
+// failed logs a failed pull and, after a pause, recreates the consumer
+// when it or the stream is gone (deleted, or the stream re-created).
+func (p *puller) failed(err error) {
+	w := p.w
+	w.cfg.Logger.Warn("worker: durable pull failed", "consumer", p.cc.Durable, "err", err)
+	for {
+		select {
+		case <-w.pullStop:
+			return
+		case <-time.After(time.Second):
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrConsumerDeleted) &&
+			!errors.Is(err, jetstream.ErrStreamNotFound) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = p.consumer(ctx)
+		cancel()
+		if err == nil {
+			w.cfg.Logger.Info("worker: durable consumer re-created", "consumer", p.cc.Durable)
+			return
+		}
+		w.cfg.Logger.Warn("worker: durable consumer not re-created", "consumer", p.cc.Durable, "err", err)
+	}
+}
+
+// consumerName is <queue>_<type>, with every character that a consumer
+// name may not hold made an underscore, cut to fit, and a hash of both so
+// that "a.b" and "a_b" stay apart.
 func consumerName(queue, typ string) string {
 	h := fnv.New32a()
 	h.Write([]byte(queue + "\x00" + typ))
-	clean := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_").Replace(queue + "_" + typ)
+	clean := []byte(queue + "_" + typ)
+	for i, c := range clean {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			clean[i] = '_'
+		}
+	}
+	if len(clean) > 200 {
+		clean = clean[:200]
+	}
 	return fmt.Sprintf("%s_%08x", clean, h.Sum32())
 }
 
-// dispatchDurable runs h on one durable message, then acknowledges,
-// drops or retries it. It runs on the consumer's goroutine and waits for
-// a handler slot, which holds back further messages.
-func (w *Worker) dispatchDurable(h Handler, msg jetstream.Msg, opts *DurableOptions) {
+// start runs the handler of one durable message on a slot the caller
+// holds, then acknowledges, drops or retries the message.
+func (p *puller) start(msg jetstream.Msg) {
+	w := p.w
 	md, err := msg.Metadata()
 	if err != nil {
+		<-w.sem
 		_ = msg.Term()
 		return
 	}
@@ -135,33 +285,23 @@ func (w *Worker) dispatchDurable(h Handler, msg jetstream.Msg, opts *DurableOpti
 	}
 	env, err := envelope.Decode(msg.Data(), w.cfg.MaxMessageSize)
 	if err != nil {
+		<-w.sem
 		w.cfg.Logger.Warn("worker: undecodable durable message dropped", "subject", msg.Subject(), "err", err)
 		_ = msg.TermWithReason("undecodable")
 		return
 	}
 	m.Envelope = env
-	select {
-	case w.sem <- struct{}{}:
-	case <-w.ctx.Done():
-		return // not acknowledged: redelivered to a worker that runs
-	}
-	w.mu.Lock()
-	if w.stopped {
-		w.mu.Unlock()
-		<-w.sem
-		_ = msg.Nak() // to another worker, at once
-		return
-	}
 	w.wg.Add(1)
-	w.mu.Unlock()
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.sem }()
 		ctx, cancel := context.WithCancel(w.ctx)
-		defer cancel()
-		// Keep the message while the handler runs.
+		// Keep the message while the handler runs; stopped before the
+		// ack or nak, whose timing a late progress report would undo.
+		reporting := make(chan struct{})
 		go func() {
-			t := time.NewTicker(opts.AckWait / 3)
+			defer close(reporting)
+			t := time.NewTicker(max(p.ackWait/3, 10*time.Millisecond))
 			defer t.Stop()
 			for {
 				select {
@@ -172,8 +312,9 @@ func (w *Worker) dispatchDurable(h Handler, msg jetstream.Msg, opts *DurableOpti
 				}
 			}
 		}()
-		err := w.call(ctx, h, m)
+		err := w.call(ctx, p.h, m)
 		cancel()
+		<-reporting
 		switch {
 		case err == nil:
 			actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -181,12 +322,15 @@ func (w *Worker) dispatchDurable(h Handler, msg jetstream.Msg, opts *DurableOpti
 			if err := msg.DoubleAck(actx); err != nil {
 				w.cfg.Logger.Warn("worker: durable ack failed; the message may be handled again", "type", env.Type, "err", err)
 			}
+		case w.ctx.Err() != nil:
+			// Drain gave up on the handler: to another worker at once.
+			_ = msg.Nak()
 		case permanent(err):
 			w.cfg.Logger.Warn("worker: durable message dropped", "type", env.Type, "attempt", m.Attempt, "err", err)
 			_ = msg.TermWithReason(string(rpc.FromError(err).Code))
 		default:
-			delay := min(opts.Backoff<<min(max(m.Attempt-1, 0), 16), time.Minute)
-			if opts.MaxAttempts > 0 && m.Attempt >= opts.MaxAttempts {
+			delay := min(p.opts.Backoff<<min(max(m.Attempt-1, 0), 16), time.Minute)
+			if p.opts.MaxAttempts > 0 && m.Attempt >= p.opts.MaxAttempts {
 				w.cfg.Logger.Error("worker: durable message failed its last attempt; it stays in the stream", "type", env.Type, "seq", md.Sequence.Stream, "attempt", m.Attempt, "err", err)
 			} else {
 				w.cfg.Logger.Warn("worker: durable message failed; retrying", "type", env.Type, "attempt", m.Attempt, "in", delay, "err", err)

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/natter/natter/pkg/envelope"
@@ -71,10 +70,14 @@ type Worker struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	mu        sync.Mutex
-	subs      []*nats.Subscription
-	consumers []jetstream.ConsumeContext // of HandleDurable
-	stopped   bool                       // no handler starts once set
+	mu       sync.Mutex
+	subs     []*nats.Subscription
+	durable  map[string]bool // types registered with HandleDurable
+	draining bool            // Drain began: no HandleDurable
+	stopped  bool            // no handler starts once set
+	// The pull loops of HandleDurable end when pullStop closes.
+	pullStop chan struct{}
+	pulling  sync.WaitGroup
 
 	abortSub *nats.Subscription
 	aborts   sync.Map // reply subject -> context.CancelFunc of a request in flight
@@ -111,12 +114,14 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	w := &Worker{
-		nc:   nc,
-		cfg:  cfg,
-		pub:  NewPublisher(nc, cfg.Namespace),
-		sem:  make(chan struct{}, cfg.MaxConcurrent),
-		ctx:  ctx,
-		stop: stop,
+		nc:       nc,
+		cfg:      cfg,
+		pub:      NewPublisher(nc, cfg.Namespace),
+		sem:      make(chan struct{}, cfg.MaxConcurrent),
+		pullStop: make(chan struct{}),
+		durable:  map[string]bool{},
+		ctx:      ctx,
+		stop:     stop,
 	}
 	// Every worker hears every abort; only the one running the request acts.
 	sub, err := nc.Subscribe(cfg.Namespace.Abort().String(), func(msg *nats.Msg) {
@@ -171,25 +176,26 @@ func (w *Worker) Flush(ctx context.Context) error {
 // cancelled and Drain returns ctx's error without waiting further.
 func (w *Worker) Drain(ctx context.Context) error {
 	w.mu.Lock()
-	subs, consumers := w.subs, w.consumers
-	w.subs, w.consumers = nil, nil
+	subs := w.subs
+	w.subs = nil
+	if !w.draining {
+		w.draining = true
+		close(w.pullStop)
+	}
 	w.mu.Unlock()
 	for _, s := range subs {
 		_ = s.Drain()
-	}
-	for _, c := range consumers {
-		c.Drain()
 	}
 	for _, s := range subs {
 		for s.IsValid() && ctx.Err() == nil {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	for _, c := range consumers {
-		select {
-		case <-c.Closed():
-		case <-ctx.Done():
-		}
+	pulled := make(chan struct{})
+	go func() { w.pulling.Wait(); close(pulled) }()
+	select {
+	case <-pulled:
+	case <-ctx.Done():
 	}
 	w.mu.Lock()
 	w.stopped = true
