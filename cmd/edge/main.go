@@ -73,7 +73,7 @@ func main() {
 	fs.Int64Var(&rc.Edge.DurableRoomMaxMsgs, "durable-room-max-msgs", 0, "messages kept per durable room (default 1000, -1 unlimited)")
 	fs.Int64Var(&rc.Edge.DurableMaxMsgs, "durable-max-msgs", 0, "messages kept in all durable rooms together (default unlimited)")
 	fs.Int64Var(&rc.Edge.DurableMaxBytes, "durable-max-bytes", 0, "bytes kept in all durable rooms together (default 1 GiB, -1 unlimited)")
-	fs.IntVar(&rc.Edge.DurableReplicas, "durable-replicas", 1, "replicas of the durable rooms stream")
+	fs.IntVar(&rc.Edge.DurableReplicas, "durable-replicas", 1, "replicas of the durable rooms stream and the durable messages work queue")
 	fs.BoolVar(&rc.Edge.DurableNoCapture, "durable-no-capture", false, "do not store core publishes to natter.out.room.<durable room> from this edge (another edge that holds the capture lease does)")
 	fs.Func("durable-types", "comma-separated patterns of durable message types: stored in the JetStream work queue natter_work until a worker acknowledges them, deduplicated by meta.idempotencyKey (default none)", func(v string) error {
 		rc.Edge.DurableTypes = append(rc.Edge.DurableTypes, splitList(v)...)

@@ -279,6 +279,9 @@ func (c *Config) setDefaults() error {
 	if c.DurableWorkMaxBytes == 0 {
 		c.DurableWorkMaxBytes = 1 << 30
 	}
+	if c.DurableDedupeWindow < 0 {
+		return fmt.Errorf("%w: DurableDedupeWindow %v is negative", ErrInvalidConfig, c.DurableDedupeWindow)
+	}
 	def(&c.DurableDedupeWindow, 10*time.Minute)
 	if c.DurableWorkMaxAge > 0 {
 		c.DurableDedupeWindow = min(c.DurableDedupeWindow, c.DurableWorkMaxAge)

@@ -276,6 +276,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		if e.dur != nil {
 			e.dur.stop()
 		}
+		if e.work != nil {
+			e.work.stop(ctx)
+		}
 		if e.presence != nil {
 			e.presence.Stop()
 		}

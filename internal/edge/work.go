@@ -51,6 +51,13 @@ const (
 	// workRetryUnavailable that of UNAVAILABLE.
 	workRetryAfter       = time.Second
 	workRetryUnavailable = 250 * time.Millisecond
+	// jsStoreFailed is the JetStream API's error code for a message the
+	// stream did not store: its limits reached (with DiscardNew, "maximum
+	// bytes exceeded"), or its store failing.
+	jsStoreFailed jetstream.ErrorCode = 10077
+	// workHeaderRoom is what the stream allows beyond --max-message-size:
+	// the server counts headers (identity, message id) in a message's size.
+	workHeaderRoom = 4096
 )
 
 // work is an edge's side of durable types; nil without patterns.
@@ -79,7 +86,7 @@ func startWork(ctx context.Context, e *Edge) (*work, error) {
 		Replicas:    cfg.DurableReplicas,
 		MaxAge:      cfg.DurableWorkMaxAge,
 		MaxBytes:    cfg.DurableWorkMaxBytes,
-		MaxMsgSize:  int32(min(cfg.MaxMessageSize, 1<<30)),
+		MaxMsgSize:  int32(min(cfg.MaxMessageSize+workHeaderRoom, 1<<30)),
 		// Refuse new work when full: never drop work that was accepted.
 		Discard:    jetstream.DiscardNew,
 		Duplicates: cfg.DurableDedupeWindow,
@@ -92,6 +99,17 @@ func startWork(ctx context.Context, e *Edge) (*work, error) {
 		return nil, fmt.Errorf("edge: durable work stream %s: %w", name, err)
 	}
 	return &work{e: e, js: js, patterns: cfg.DurableTypes}, nil
+}
+
+// stop waits, until ctx ends, for the stream's answers to the durable
+// messages still on their way (they end within workAckTimeout), then
+// releases the publisher's reply subscription.
+func (w *work) stop(ctx context.Context) {
+	select {
+	case <-w.js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
+	w.js.CleanupPublisher()
 }
 
 // isDurable reports whether typ matches the durable type patterns.
@@ -124,15 +142,17 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 		})
 		return
 	}
-	// The message ID scopes the key to the sender: one user's key never
-	// suppresses another's message. Without a key, it only guards the
-	// client library's own retries of this one publish.
+	// The message ID scopes the key to the sender and the type: one
+	// user's key never suppresses another user's message, nor a message
+	// of another type. An anonymous sender is known by its connection
+	// only, so its resend after a reconnect is not recognized. Without a
+	// key, the ID only guards the publisher's own retries.
 	id := "k:" + nuid.Next()
 	if key != "" {
 		if c.user != "" {
-			id = "u:" + c.user + ":" + key
+			id = "u:" + c.user + ":" + env.Type + ":" + key
 		} else {
-			id = "c:" + c.id + ":" + key
+			id = "c:" + c.id + ":" + env.Type + ":" + key
 		}
 	}
 	hdr := nats.Header{
@@ -175,15 +195,18 @@ func (w *work) refused(c *conn, cid string, err error) {
 	w.e.stats.workRefused.Add(1)
 	p := &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "durable message not stored: " + err.Error(), RetryAfterMs: workRetryUnavailable.Milliseconds()}
 	var apiErr *jetstream.APIError
+	isAPI := errors.As(err, &apiErr)
 	switch {
-	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "exceeded"):
-		// The stream is full (DiscardNew): workers are behind.
+	case isAPI && apiErr.ErrorCode == jsStoreFailed, errors.Is(err, jetstream.ErrTooManyStalledMsgs):
+		// The stream is full (DiscardNew: workers are behind), or the
+		// edge has too many messages waiting for it.
 		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, workRetryAfter.Milliseconds()
-	case errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "message size"):
+	case isAPI && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum, errors.Is(err, nats.ErrMaxPayload):
+		// No resend helps.
 		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, 0
-	case errors.Is(err, jetstream.ErrTooManyStalledMsgs):
-		p.Code, p.RetryAfterMs = envelope.CodeResourceExhausted, workRetryAfter.Milliseconds()
-	case errors.As(err, &apiErr):
+	case isAPI && apiErr.Code == 503:
+		// JetStream temporarily unavailable: UNAVAILABLE, as set.
+	case isAPI:
 		p.Code, p.RetryAfterMs = envelope.CodeInternal, 0
 	}
 	if w.e.logLimit.Allow() {

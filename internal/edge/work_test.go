@@ -341,3 +341,32 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 		}
 	}
 }
+
+// TestDurableTypeKeysPerTypeAndFullSizeFrames: a key is one user's for one
+// type, and a frame at the edge's size limit is stored whatever the
+// headers (identity, message id) add to it.
+func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{MaxMessageSize: 2048})
+	user := strings.Repeat("u", 128)
+	c := m.dial(t, user)
+	key := strings.Repeat("k", envelope.MaxIdempotencyKey)
+	run := accepted(t, sendDurable(t, c, "job.run", "a", key, 1))
+	other := accepted(t, sendDurable(t, c, "job.other", "b", key, 1))
+	if other.Duplicate || other.Seq == run.Seq {
+		t.Fatalf("the same key on another type: %+v, first %+v", other, run)
+	}
+	// A frame of exactly 2048 bytes.
+	meta := envelope.Meta{CorrelationID: "full", Extra: map[string]json.RawMessage{envelope.MetaIdempotencyKey: wstest.JSON(t, strings.Repeat("f", envelope.MaxIdempotencyKey))}}
+	frame := func(pad int) []byte {
+		env, _ := envelope.New("job.run", map[string]string{"pad": strings.Repeat("x", pad)})
+		env.Meta = meta
+		b, _ := envelope.Encode(env)
+		return b
+	}
+	pad := 2048 - len(frame(0))
+	if b := frame(pad); len(b) != 2048 {
+		t.Fatalf("frame of %d bytes", len(b))
+	}
+	c.SendRaw(t, 1, frame(pad)) // 1: a text frame
+	accepted(t, c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "full" }))
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -33,6 +34,9 @@ func (c *Client) SendDurable(ctx context.Context, typ string, payload any, opts 
 	var o callOpts
 	for _, f := range opts {
 		f(&o)
+	}
+	if envelope.IsSystemType(typ) {
+		return envelope.Accepted{}, fmt.Errorf("client: SendDurable of system type %q", typ)
 	}
 	if o.key == "" {
 		o.key = nuid.Next()

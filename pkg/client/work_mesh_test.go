@@ -99,7 +99,7 @@ func TestSendDurableWaitsOutTheRateLimit(t *testing.T) {
 	m := newMesh(t)
 	cfg := m.devEdge(t)
 	cfg.DurableTypes = []string{"job.*"}
-	cfg.RateLimit, cfg.RateBurst = 20, 1
+	cfg.RateLimit, cfg.RateBurst = 5, 1 // 10 sends need 2 s: some are refused however slow the machine
 	e := testenv.StartEdge(t, cfg)
 	c := dial(t, e.URL, client.Options{User: "alice"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -76,6 +76,7 @@ type crashWorker struct {
 	mu    sync.Mutex
 	lines []string
 	ready chan struct{}
+	eof   chan struct{} // closed when all its output is read
 }
 
 func startCrashWorker(t *testing.T, url string) *crashWorker {
@@ -90,10 +91,9 @@ func startCrashWorker(t *testing.T, url string) *crashWorker {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	w := &crashWorker{cmd: cmd, ready: make(chan struct{})}
-	done := make(chan struct{})
+	w := &crashWorker{cmd: cmd, ready: make(chan struct{}), eof: make(chan struct{})}
 	go func() {
-		defer close(done)
+		defer close(w.eof)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if sc.Text() == "ready - 0" {
@@ -108,7 +108,7 @@ func startCrashWorker(t *testing.T, url string) *crashWorker {
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		<-done
+		<-w.eof
 	})
 	select {
 	case <-w.ready:
@@ -176,6 +176,7 @@ func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	<-a.eof // every line it wrote, before Wait closes the pipe
 	_ = a.cmd.Wait()
 	startedA, doneA := a.tally()
 	var cut []string // started by A, never finished
