@@ -28,7 +28,8 @@ const durableTimeout = 30 * time.Second
 // RESOURCE_EXHAUSTED with a retry delay: the stream is full or the
 // connection's rate limit), until ctx ends; without a deadline on ctx, 30s.
 // A resend of a message that was stored is not stored again: it returns
-// Duplicate true and the first one's Seq. Other errors (INVALID_ARGUMENT,
+// Duplicate true and the first one's Seq. (For a user; an anonymous
+// connection's keys hold only until it reconnects.) Other errors (INVALID_ARGUMENT,
 // a message too large) return at once.
 func (c *Client) SendDurable(ctx context.Context, typ string, payload any, opts ...CallOption) (envelope.Accepted, error) {
 	var o callOpts
