@@ -58,7 +58,7 @@ export interface Meta {
   offset?: number;
   /** The durable room history's incarnation; it changes when history is reset. */
   epoch?: string;
-  /** A durable message's key: the edge's work stream stores one message per key and user within its dedupe window. */
+  /** A durable message's key: the edge's work stream stores one message per user, type and key within its dedupe window. */
   idempotencyKey?: string;
   [key: string]: unknown;
 }
@@ -294,8 +294,8 @@ export interface RpcOptions {
   onProgress?: (payload: unknown) => void;
   /**
    * Sent as meta.idempotencyKey (1-128 printable ASCII characters, no
-   * spaces): for a durable type, the edge stores one message per key and
-   * user within its dedupe window. See sendDurable.
+   * spaces): for a durable type, the edge stores one message per user, type
+   * and key within its dedupe window. See sendDurable.
    */
   idempotencyKey?: string;
 }
