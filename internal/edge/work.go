@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,6 +52,8 @@ const (
 	// workRetryUnavailable that of UNAVAILABLE.
 	workRetryAfter       = time.Second
 	workRetryUnavailable = 250 * time.Millisecond
+	// workRepairEvery spaces attempts to re-create a missing work stream.
+	workRepairEvery = time.Second
 	// jsStoreFailed is the JetStream API's error code for a message the
 	// stream did not store: its limits reached (with DiscardNew, "maximum
 	// bytes exceeded"), or its store failing.
@@ -64,7 +67,11 @@ const (
 type work struct {
 	e        *Edge
 	js       jetstream.JetStream
+	sc       jetstream.StreamConfig
 	patterns []string
+	// repairing is set while the stream is being re-created, and for
+	// workRepairEvery after.
+	repairing atomic.Bool
 }
 
 func startWork(ctx context.Context, e *Edge) (*work, error) {
@@ -98,7 +105,27 @@ func startWork(ctx context.Context, e *Edge) (*work, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("edge: durable work stream %s: %w", name, err)
 	}
-	return &work{e: e, js: js, patterns: cfg.DurableTypes}, nil
+	return &work{e: e, js: js, sc: sc, patterns: cfg.DurableTypes}, nil
+}
+
+// repair creates the work stream again, at most once per
+// workRepairEvery: when it was deleted, durable messages get UNAVAILABLE
+// until then, and clients resend them. On a stream that exists it changes
+// nothing.
+func (w *work) repair() {
+	if !w.repairing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer time.AfterFunc(workRepairEvery, func() { w.repairing.Store(false) })
+		ctx, cancel := context.WithTimeout(context.Background(), workAckTimeout)
+		defer cancel()
+		if _, err := w.js.CreateOrUpdateStream(ctx, w.sc); err != nil {
+			w.e.cfg.Logger.Warn("edge: durable work stream not re-created", "err", err)
+			return
+		}
+		w.e.cfg.Logger.Info("edge: durable work stream re-created or confirmed", "stream", w.sc.Name)
+	}()
 }
 
 // stop waits, until ctx ends, for the stream's answers to the durable
@@ -208,6 +235,9 @@ func (w *work) refused(c *conn, cid string, err error) {
 		// JetStream temporarily unavailable: UNAVAILABLE, as set.
 	case isAPI:
 		p.Code, p.RetryAfterMs = envelope.CodeInternal, 0
+	}
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		w.repair() // nothing listens on the stream's subjects: deleted?
 	}
 	if w.e.logLimit.Allow() {
 		w.e.cfg.Logger.Warn("edge: durable message not stored", "conn", c.id, "err", err)

@@ -370,3 +370,41 @@ func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
 	c.SendRaw(t, 1, frame(pad)) // 1: a text frame
 	accepted(t, c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "full" }))
 }
+
+// TestDurableTypeStreamDeletedIsRecreated: with the work stream deleted
+// (by an operator), durable messages get UNAVAILABLE with retryAfterMs,
+// and the edge re-creates the stream, so that a resend is stored.
+func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{})
+	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
+	c := m.dial(t, "alice")
+	accepted(t, sendDurable(t, c, "job.run", "before", "k0", 0))
+	collect(t, ch, 1)
+	js, err := jetstream.New(m.nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(t.Context(), envelope.DefaultNamespace.WorkStream()); err != nil {
+		t.Fatal(err)
+	}
+	got := sendDurable(t, c, "job.run", "during", "k1", 1)
+	assertRPCError(t, got, envelope.CodeUnavailable)
+	var p envelope.ErrorPayload
+	if err := json.Unmarshal(got.Payload, &p); err != nil || p.RetryAfterMs <= 0 {
+		t.Fatalf("UNAVAILABLE without retryAfterMs: %s", got.Payload)
+	}
+	for try := 0; ; try++ {
+		got := sendDurable(t, c, "job.run", fmt.Sprintf("again%d", try), "k1", 1)
+		if got.Type == envelope.TypeAccepted {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("still not stored: %s %s", got.Type, got.Payload)
+		}
+		time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond)
+	}
+	// The worker re-creates its consumer on the new stream.
+	if h := collect(t, ch, 1); h[0].key != "k1" {
+		t.Fatalf("handled %+v, want k1", h[0])
+	}
+}

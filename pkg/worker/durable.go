@@ -230,8 +230,9 @@ func (p *puller) failed(err error) {
 			return
 		case <-time.After(time.Second):
 		}
+		// No responders: the consumer is gone, with its stream or alone.
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrConsumerDeleted) &&
-			!errors.Is(err, jetstream.ErrStreamNotFound) {
+			!errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, nats.ErrNoResponders) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
