@@ -114,6 +114,17 @@ func New(cfg Config) (*Edge, error) {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("edge: subscribe inbox: %w", err)
 	}
+	// undo stops what started before a later part failed.
+	undo := func() {
+		_ = sub.Unsubscribe()
+		_ = e.rpc.sub.Unsubscribe()
+		if e.presence != nil {
+			e.presence.Stop()
+		}
+		if e.dur != nil {
+			e.dur.stop()
+		}
+	}
 	if cfg.Presence {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		e.presence, err = presence.Start(ctx, presence.Config{
@@ -124,8 +135,7 @@ func New(cfg Config) (*Edge, error) {
 		})
 		cancel()
 		if err != nil {
-			_ = sub.Unsubscribe()
-			_ = e.rpc.sub.Unsubscribe()
+			undo()
 			return nil, err
 		}
 	}
@@ -134,11 +144,7 @@ func New(cfg Config) (*Edge, error) {
 		e.dur, err = startDurable(ctx, e)
 		cancel()
 		if err != nil {
-			_ = sub.Unsubscribe()
-			_ = e.rpc.sub.Unsubscribe()
-			if e.presence != nil {
-				e.presence.Stop()
-			}
+			undo()
 			return nil, err
 		}
 	}
@@ -147,14 +153,7 @@ func New(cfg Config) (*Edge, error) {
 		e.work, err = startWork(ctx, e)
 		cancel()
 		if err != nil {
-			_ = sub.Unsubscribe()
-			_ = e.rpc.sub.Unsubscribe()
-			if e.presence != nil {
-				e.presence.Stop()
-			}
-			if e.dur != nil {
-				e.dur.stop()
-			}
+			undo()
 			return nil, err
 		}
 	}

@@ -182,21 +182,7 @@ func TestDurableTypeStoredDeduplicatedHandled(t *testing.T) {
 // workMsgs is how many messages the work stream holds.
 func workMsgs(t *testing.T, nc *nats.Conn) uint64 {
 	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := js.Stream(ctx, envelope.DefaultNamespace.WorkStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return testenv.StreamMsgs(t, nc, envelope.DefaultNamespace.WorkStream())
 }
 
 // TestDurableTypeFullStreamRefusesLosesNothing: with workers behind and

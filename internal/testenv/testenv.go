@@ -24,6 +24,7 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/edge"
@@ -127,6 +128,26 @@ func Worker(t testing.TB, nc *nats.Conn) *worker.Worker {
 		_ = w.Drain(ctx)
 	})
 	return w
+}
+
+// StreamMsgs returns how many messages the JetStream stream holds.
+func StreamMsgs(t testing.TB, nc *nats.Conn, stream string) uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	return info.State.Msgs
 }
 
 // Eventually polls cond every 5ms until it holds or timeout passes.

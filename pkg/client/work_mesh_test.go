@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/pkg/client"
 	"github.com/natter/natter/pkg/envelope"
@@ -18,21 +16,7 @@ import (
 // them in these tests).
 func (m *mesh) workMsgs(t *testing.T) uint64 {
 	t.Helper()
-	js, err := jetstream.New(m.svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := js.Stream(ctx, envelope.DefaultNamespace.WorkStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return testenv.StreamMsgs(t, m.svc, envelope.DefaultNamespace.WorkStream())
 }
 
 // SendDurable returns once the work stream has the message; a resend with

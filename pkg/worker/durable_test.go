@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
@@ -217,19 +216,9 @@ func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 	if twice > 4 {
 		t.Errorf("%d messages handled twice; at most the 4 in flight may be", twice)
 	}
-	js, err := jetstream.New(testenv.Connect(t, srv.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := testenv.Connect(t, srv.ClientURL())
 	testenv.Eventually(t, 10*time.Second, "an empty work queue", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, envelope.DefaultNamespace.WorkStream())
-		if err != nil {
-			return false
-		}
-		info, err := s.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+		return testenv.StreamMsgs(t, svc, envelope.DefaultNamespace.WorkStream()) == 0
 	})
 	if t.Failed() {
 		t.Logf("worker B:\n%s", strings.Join(b.lines, "\n"))
