@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,6 +73,27 @@ type work struct {
 	// repairing is set while the stream is being re-created, and for
 	// workRepairEvery after.
 	repairing atomic.Bool
+
+	// The goroutines that wait for the stream's answers and re-create it,
+	// which stop waits for; none starts once closing is set.
+	mu      sync.Mutex
+	closing bool
+	bg      sync.WaitGroup
+}
+
+// spawn runs f on a goroutine that stop waits for, unless stop began.
+func (w *work) spawn(f func()) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closing {
+		return false
+	}
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		f()
+	}()
+	return true
 }
 
 func startWork(ctx context.Context, e *Edge) (*work, error) {
@@ -116,7 +138,7 @@ func (w *work) repair() {
 	if !w.repairing.CompareAndSwap(false, true) {
 		return
 	}
-	go func() {
+	w.spawn(func() {
 		defer time.AfterFunc(workRepairEvery, func() { w.repairing.Store(false) })
 		ctx, cancel := context.WithTimeout(context.Background(), workAckTimeout)
 		defer cancel()
@@ -125,18 +147,27 @@ func (w *work) repair() {
 			return
 		}
 		w.e.cfg.Logger.Info("edge: durable work stream re-created or confirmed", "stream", w.sc.Name)
-	}()
+	})
 }
 
 // stop waits, until ctx ends, for the stream's answers to the durable
 // messages still on their way (they end within workAckTimeout), then
 // releases the publisher's reply subscription.
 func (w *work) stop(ctx context.Context) {
+	w.mu.Lock()
+	w.closing = true
+	w.mu.Unlock()
 	select {
 	case <-w.js.PublishAsyncComplete():
 	case <-ctx.Done():
 	}
-	w.js.CleanupPublisher()
+	w.js.CleanupPublisher() // fails what still waits: its goroutine ends
+	done := make(chan struct{})
+	go func() { w.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // isDurable reports whether typ matches the durable type patterns.
@@ -199,7 +230,7 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 		return
 	}
 	w.e.stats.workStored.Add(1)
-	go func() {
+	wait := func() {
 		defer c.workPending.Add(-1)
 		select {
 		case ack := <-f.Ok():
@@ -214,7 +245,10 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 			w.e.stats.workStored.Add(-1)
 			w.refused(c, cid, err)
 		}
-	}()
+	}
+	if !w.spawn(wait) {
+		c.workPending.Add(-1) // the edge is stopping: its connections are gone
+	}
 }
 
 // refused tells the client why its durable message was not stored.

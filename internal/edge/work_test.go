@@ -394,3 +394,52 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 		t.Fatalf("handled %+v, want k1", h[0])
 	}
 }
+
+// TestDurableTypeIdleHoldsNoSlot: a worker with one handler slot and an
+// idle durable type still answers its plain requests at once (an idle
+// durable pull holds no slot), and handles the durable messages too.
+func TestDurableTypeIdleHoldsNoSlot(t *testing.T) {
+	m := newWorkMesh(t, edge.Config{})
+	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 1, Queue: "one-slot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Drain(context.Background()) })
+	jobs := make(chan int, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := w.HandleDurable(ctx, "job.run", func(_ context.Context, msg *worker.Message) error {
+		var p struct{ N int }
+		_ = json.Unmarshal(msg.Envelope.Payload, &p)
+		jobs <- p.N
+		return nil
+	}, worker.DurableOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Handle("slot.ping", func(_ context.Context, msg *worker.Message) error { return msg.Reply("slot.pong", nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := m.dial(t, "alice")
+	for i := range 5 {
+		// 1 s is far more than a ping takes, and far less than the 5 s
+		// an idle durable pull would hold the only slot.
+		cid := fmt.Sprintf("p%d", i)
+		c.Send(t, "slot.ping", envelope.Meta{CorrelationID: cid, TimeoutMs: 1000}, nil)
+		if got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == cid }); got.Type != "slot.pong" {
+			t.Fatalf("ping %d: %s %s", i, got.Type, got.Payload)
+		}
+		time.Sleep(300 * time.Millisecond)
+		accepted(t, sendDurable(t, c, "job.run", fmt.Sprintf("j%d", i), fmt.Sprintf("k%d", i), i))
+		select {
+		case n := <-jobs:
+			if n != i {
+				t.Fatalf("job %d handled, want %d", n, i)
+			}
+		case <-time.After(wait):
+			t.Fatalf("job %d not handled", i)
+		}
+	}
+}

@@ -39,8 +39,11 @@ type DurableOptions struct {
 // (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION,
 // ALREADY_EXISTS, UNAUTHENTICATED, UNIMPLEMENTED) drops it, as a retry
 // would fail the same way; any other error or a panic retries it after
-// Backoff. A worker that dies or hangs mid-handler lets it go to another
-// after AckWait. Handling is therefore at least once: Message.Attempt
+// Backoff. A worker that dies or loses its NATS connection mid-handler
+// lets it go to another after AckWait. (A handler that hangs in a live
+// worker keeps its message, since the worker reports progress while it
+// runs: bound handlers with deadlines of their own.) Handling is
+// therefore at least once: Message.Attempt
 // above 1 says that an earlier attempt may have done some of the work,
 // and meta.idempotencyKey (Envelope.Meta.IdempotencyKey) names the
 // client's operation. Durable messages are never requests: the client got
@@ -48,6 +51,8 @@ type DurableOptions struct {
 //
 // The consumer is <queue>_<type>, shared by the queue group; a work queue
 // allows one consumer per type, so one queue group handles a durable type.
+// Every worker of the group writes the consumer's AckWait and MaxAttempts
+// when it starts: give them all the same DurableOptions.
 // HandleDurable waits, until ctx ends, for the work stream to exist; the
 // edges create it.
 func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts DurableOptions) error {
@@ -86,8 +91,11 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       opts.AckWait,
 		MaxDeliver:    opts.MaxAttempts,
-		// MaxAckPending is the whole group's: left at the server's
-		// default (1,000). Each worker holds at most MaxConcurrent.
+		// The group's limit would stall pulls (a no-wait pull at the limit
+		// waits a second), and messages waiting out a retry's backoff
+		// count toward it: unlimited. Each worker holds at most
+		// MaxConcurrent, plus one waiting for a slot.
+		MaxAckPending: -1,
 	}}
 	if err := p.consumer(ctx); err != nil {
 		w.mu.Lock()
@@ -147,56 +155,88 @@ func (p *puller) consumer(ctx context.Context) error {
 }
 
 // run pulls until Drain. A message is pulled only once a handler slot is
-// free for it, so no message waits in this worker without the progress
-// reports that keep it from going to another worker. While nothing is
-// waiting, the loop holds one slot in a pull that lasts durablePoll.
+// free for it, or, from the one waiting pull held while the type is idle,
+// gets progress reports until a slot is: no message waits in this worker
+// while its ack wait runs out and it goes to another worker. An idle type
+// holds no slot, so plain handlers never wait for it.
 func (p *puller) run() {
 	w := p.w
 	defer w.pulling.Done()
+	batchUp := false // the last pull came back full: a backlog
 	for {
 		select {
-		case w.sem <- struct{}{}:
 		case <-w.pullStop:
 			return
+		case w.sem <- struct{}{}:
+		}
+		if p.stopping() || !p.connected() {
+			<-w.sem
+			continue
 		}
 		// A backlog is taken in batches, as far as free slots go.
 		n := 1
-		for n < durableBatch && p.tryAcquire() {
+		for batchUp && n < durableBatch && p.tryAcquire() {
 			n++
 		}
 		batch, err := p.cons.FetchNoWait(n)
 		got := 0
 		if err == nil {
-			got, err = p.handle(batch)
+			got, err = p.handle(batch, true)
 		}
-		n -= got
+		batchUp = got == n
+		for n -= got; n > 0; n-- {
+			<-w.sem
+		}
 		if got == 0 && err == nil {
-			// Nothing waiting: keep one slot and wait for a message.
-			for ; n > 1; n-- {
-				<-w.sem
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), durablePoll)
-			go func() {
-				select {
-				case <-w.pullStop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
+			// Nothing waiting: one pull waits for the next message,
+			// holding no slot.
+			ctx, cancel := p.pullCtx(durablePoll)
 			batch, err = p.cons.Fetch(1, jetstream.FetchContext(ctx))
 			if err == nil {
-				got, err = p.handle(batch)
-				n -= got
+				_, err = p.handle(batch, false)
 			}
 			cancel()
-		}
-		for ; n > 0; n-- {
-			<-w.sem
 		}
 		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			p.failed(err)
 		}
 	}
+}
+
+// stopping reports whether Drain began.
+func (p *puller) stopping() bool {
+	select {
+	case <-p.w.pullStop:
+		return true
+	default:
+		return false
+	}
+}
+
+// connected waits a little while the NATS connection is down (pulls would
+// pile up in the reconnect buffer), and reports whether it is up.
+func (p *puller) connected() bool {
+	if p.w.nc.IsConnected() {
+		return true
+	}
+	select {
+	case <-p.w.pullStop:
+	case <-time.After(250 * time.Millisecond):
+	}
+	return false
+}
+
+// pullCtx is a context that ends after d or when Drain begins.
+func (p *puller) pullCtx(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	go func() {
+		select {
+		case <-p.w.pullStop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 func (p *puller) tryAcquire() bool {
@@ -208,41 +248,77 @@ func (p *puller) tryAcquire() bool {
 	}
 }
 
-// handle starts a handler for each message of batch, each on a slot the
-// caller holds, and returns how many it started.
-func (p *puller) handle(batch jetstream.MessageBatch) (int, error) {
+// handle starts a handler for each message of batch and returns how many
+// it started. With held, each runs on a slot the caller holds; otherwise
+// each waits for a slot, with progress reports, and goes back at once
+// when Drain begins.
+func (p *puller) handle(batch jetstream.MessageBatch, held bool) (int, error) {
 	got := 0
 	for msg := range batch.Messages() {
+		if !held && !p.acquireFor(msg) {
+			continue
+		}
 		got++
 		p.start(msg)
 	}
 	return got, batch.Error()
 }
 
-// failed logs a failed pull and, after a pause, recreates the consumer
-// when it or the stream is gone (deleted, or the stream re-created).
+// acquireFor takes a handler slot for msg, keeping msg meanwhile.
+func (p *puller) acquireFor(msg jetstream.Msg) bool {
+	w := p.w
+	select {
+	case w.sem <- struct{}{}:
+		return true
+	default:
+	}
+	_ = msg.InProgress()
+	t := time.NewTicker(p.reportEvery())
+	defer t.Stop()
+	for {
+		select {
+		case w.sem <- struct{}{}:
+			return true
+		case <-t.C:
+			_ = msg.InProgress()
+		case <-w.pullStop:
+			_ = msg.Nak()
+			return false
+		}
+	}
+}
+
+// reportEvery is the period of progress reports: a third of the ack wait.
+func (p *puller) reportEvery() time.Duration { return max(p.ackWait/3, 10*time.Millisecond) }
+
+// failed logs a failed pull and pauses; when the consumer or its stream is
+// gone (deleted, or the stream re-created), it re-creates the consumer,
+// retrying every second until it can or Drain begins.
 func (p *puller) failed(err error) {
 	w := p.w
 	w.cfg.Logger.Warn("worker: durable pull failed", "consumer", p.cc.Durable, "err", err)
+	// No responders: the consumer is gone, with its stream or alone.
+	gone := errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders)
 	for {
 		select {
 		case <-w.pullStop:
 			return
 		case <-time.After(time.Second):
 		}
-		// No responders: the consumer is gone, with its stream or alone.
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrConsumerDeleted) &&
-			!errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, nats.ErrNoResponders) {
+		if !gone || w.nc.IsClosed() {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = p.consumer(ctx)
+		ctx, cancel := p.pullCtx(5 * time.Second)
+		err := p.consumer(ctx)
 		cancel()
 		if err == nil {
 			w.cfg.Logger.Info("worker: durable consumer re-created", "consumer", p.cc.Durable)
 			return
 		}
-		w.cfg.Logger.Warn("worker: durable consumer not re-created", "consumer", p.cc.Durable, "err", err)
+		if !p.stopping() {
+			w.cfg.Logger.Warn("worker: durable consumer not re-created; retrying", "consumer", p.cc.Durable, "err", err)
+		}
 	}
 }
 
@@ -292,7 +368,17 @@ func (p *puller) start(msg jetstream.Msg) {
 		return
 	}
 	m.Envelope = env
+	w.mu.Lock()
+	if w.stopped {
+		// Drain gave up waiting for the pulls: to another worker at once.
+		w.mu.Unlock()
+		<-w.sem
+		_ = msg.Nak()
+		return
+	}
 	w.wg.Add(1)
+	w.mu.Unlock()
+	every := p.reportEvery()
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.sem }()
@@ -302,7 +388,7 @@ func (p *puller) start(msg jetstream.Msg) {
 		reporting := make(chan struct{})
 		go func() {
 			defer close(reporting)
-			t := time.NewTicker(max(p.ackWait/3, 10*time.Millisecond))
+			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
 				select {
@@ -330,7 +416,11 @@ func (p *puller) start(msg jetstream.Msg) {
 			w.cfg.Logger.Warn("worker: durable message dropped", "type", env.Type, "attempt", m.Attempt, "err", err)
 			_ = msg.TermWithReason(string(rpc.FromError(err).Code))
 		default:
-			delay := min(p.opts.Backoff<<min(max(m.Attempt-1, 0), 16), time.Minute)
+			delay := p.opts.Backoff
+			for i := 1; i < m.Attempt && delay < time.Minute; i++ {
+				delay *= 2
+			}
+			delay = min(delay, time.Minute)
 			if p.opts.MaxAttempts > 0 && m.Attempt >= p.opts.MaxAttempts {
 				w.cfg.Logger.Error("worker: durable message failed its last attempt; it stays in the stream", "type", env.Type, "seq", md.Sequence.Stream, "attempt", m.Attempt, "err", err)
 			} else {
