@@ -389,9 +389,15 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 		}
 		time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond)
 	}
-	// The worker re-creates its consumer on the new stream.
-	if h := collect(t, ch, 1); h[0].key != "k1" {
-		t.Fatalf("handled %+v, want k1", h[0])
+	// The worker re-creates its consumer on the new stream, once its
+	// waiting pull (5 s) ended and a new one found nobody answering.
+	select {
+	case h := <-ch:
+		if h.key != "k1" {
+			t.Fatalf("handled %+v, want k1", h)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the message stored in the re-created stream was not handled")
 	}
 }
 

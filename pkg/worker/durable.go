@@ -154,50 +154,56 @@ func (p *puller) consumer(ctx context.Context) error {
 	}
 }
 
-// run pulls until Drain. A message is pulled only once a handler slot is
-// free for it, or, from the one waiting pull held while the type is idle,
-// gets progress reports until a slot is: no message waits in this worker
-// while its ack wait runs out and it goes to another worker. An idle type
-// holds no slot, so plain handlers never wait for it.
+// run pulls until Drain. While messages wait in the stream, they are
+// pulled in batches as large as the free handler slots; otherwise one pull
+// waits for the next message, holding no slot, so plain handlers never
+// wait for an idle type, and the message it brings gets progress reports
+// until a slot frees. No message waits in this worker while its ack wait
+// runs out and it goes to another worker.
 func (p *puller) run() {
 	w := p.w
 	defer w.pulling.Done()
-	batchUp := false // the last pull came back full: a backlog
-	for {
-		select {
-		case <-w.pullStop:
-			return
-		case w.sem <- struct{}{}:
-		}
-		if p.stopping() || !p.connected() {
-			<-w.sem
+	backlog := false // the last message pulled had others behind it
+	for !p.stopping() {
+		if !p.connected() {
 			continue
 		}
-		// A backlog is taken in batches, as far as free slots go.
-		n := 1
-		for batchUp && n < durableBatch && p.tryAcquire() {
-			n++
-		}
-		batch, err := p.cons.FetchNoWait(n)
-		got := 0
-		if err == nil {
-			got, err = p.handle(batch, true)
-		}
-		batchUp = got == n
-		for n -= got; n > 0; n-- {
-			<-w.sem
-		}
-		if got == 0 && err == nil {
-			// Nothing waiting: one pull waits for the next message,
-			// holding no slot.
-			ctx, cancel := p.pullCtx(durablePoll)
-			batch, err = p.cons.Fetch(1, jetstream.FetchContext(ctx))
+		var got int
+		var err error
+		if backlog {
+			// Take a batch as large as the free slots, without waiting.
+			select {
+			case w.sem <- struct{}{}:
+			case <-w.pullStop:
+				return
+			}
+			n := 1
+			for n < durableBatch && p.tryAcquire() {
+				n++
+			}
+			var batch jetstream.MessageBatch
+			batch, err = p.cons.FetchNoWait(n)
 			if err == nil {
-				_, err = p.handle(batch, false)
+				got, backlog, err = p.handle(batch, true)
+			}
+			for n -= got; n > 0; n-- {
+				<-w.sem
+			}
+			if got == 0 {
+				backlog = false
+			}
+		} else {
+			// One pull waits for the next message, holding no slot.
+			ctx, cancel := p.pullCtx(durablePoll)
+			batch, ferr := p.cons.Fetch(1, jetstream.FetchContext(ctx))
+			err = ferr
+			if err == nil {
+				_, backlog, err = p.handle(batch, false)
 			}
 			cancel()
 		}
 		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			backlog = false
 			p.failed(err)
 		}
 	}
@@ -249,19 +255,21 @@ func (p *puller) tryAcquire() bool {
 }
 
 // handle starts a handler for each message of batch and returns how many
-// it started. With held, each runs on a slot the caller holds; otherwise
+// it started, and whether more messages wait behind the last one. With held, each runs on a slot the caller holds; otherwise
 // each waits for a slot, with progress reports, and goes back at once
 // when Drain begins.
-func (p *puller) handle(batch jetstream.MessageBatch, held bool) (int, error) {
-	got := 0
+func (p *puller) handle(batch jetstream.MessageBatch, held bool) (got int, more bool, err error) {
 	for msg := range batch.Messages() {
+		if md, err := msg.Metadata(); err == nil {
+			more = md.NumPending > 0
+		}
 		if !held && !p.acquireFor(msg) {
 			continue
 		}
 		got++
 		p.start(msg)
 	}
-	return got, batch.Error()
+	return got, more, batch.Error()
 }
 
 // acquireFor takes a handler slot for msg, keeping msg meanwhile.
