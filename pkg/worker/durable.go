@@ -177,6 +177,10 @@ func (p *puller) run() {
 			case <-w.pullStop:
 				return
 			}
+			if p.stopping() { // both were ready: Drain wins
+				<-w.sem
+				return
+			}
 			n := 1
 			for n < durableBatch && p.tryAcquire() {
 				n++
