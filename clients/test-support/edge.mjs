@@ -142,3 +142,17 @@ export async function connId(nc, client, probe = `test.whoami${++probes}`) {
   for await (const m of sub) return m.headers?.get("Natter-Conn");
   throw new Error("no probe message");
 }
+
+/**
+ * A WebSocket constructor with a gate: while closed, every new socket goes
+ * to a port nothing listens on, so the client keeps failing to reconnect.
+ */
+export function gatedWebSocket() {
+  let closed = false;
+  class Gated extends WebSocket {
+    constructor(url, protocols) {
+      super(closed ? "ws://127.0.0.1:1/ws" : url, protocols);
+    }
+  }
+  return { WebSocket: Gated, close: () => void (closed = true), open: () => void (closed = false) };
+}

@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { headers } from "@nats-io/transport-node";
 import { connect } from "natter-client";
-import { startEdge, service, waitState, connId, until, withTimeout } from "../test-support/edge.mjs";
+import { startEdge, service, waitState, connId, until, withTimeout, gatedWebSocket } from "../test-support/edge.mjs";
 
 const enc = (v) => JSON.stringify(v);
 const dec = (m) => JSON.parse(new TextDecoder().decode(m.data));
@@ -28,20 +28,6 @@ after(async () => {
   await nc?.close();
   await edge?.stop();
 });
-
-/**
- * A WebSocket constructor with a gate: while closed, every new socket goes
- * to a port nothing listens on, so the client keeps failing to reconnect.
- */
-function gatedWebSocket() {
-  let closed = false;
-  class Gated extends WebSocket {
-    constructor(url, protocols) {
-      super(closed ? "ws://127.0.0.1:1/ws" : url, protocols);
-    }
-  }
-  return { WebSocket: Gated, close: () => void (closed = true), open: () => void (closed = false) };
-}
 
 /** A client for this file, closed at the end, that records deliveries and recoveries. */
 function client(user, WebSocket) {

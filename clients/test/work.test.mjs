@@ -7,7 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { connect, NatterError } from "natter-client";
-import { startEdge, service, waitState, connId, until, withTimeout } from "../test-support/edge.mjs";
+import { startEdge, service, waitState, connId, until, withTimeout, gatedWebSocket } from "../test-support/edge.mjs";
 
 const enc = (v) => JSON.stringify(v);
 const dec = (m) => JSON.parse(new TextDecoder().decode(m.data));
@@ -53,20 +53,6 @@ async function watch(type) {
   cleanup.push(() => sub.unsubscribe());
   await nc.flush();
   return seen;
-}
-
-/**
- * A WebSocket constructor with a gate: while closed, every new socket goes
- * to a port nothing listens on, so the client keeps failing to reconnect.
- */
-function gatedWebSocket() {
-  let closed = false;
-  class Gated extends WebSocket {
-    constructor(url, protocols) {
-      super(closed ? "ws://127.0.0.1:1/ws" : url, protocols);
-    }
-  }
-  return { WebSocket: Gated, close: () => void (closed = true), open: () => void (closed = false) };
 }
 
 /**
