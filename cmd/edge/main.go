@@ -62,11 +62,7 @@ func main() {
 	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
 	fs.Func("durable-rooms", "comma-separated patterns of durable rooms: history in JetStream, positions on deliveries, recovery on $join with since (default none)", func(v string) error {
-		for _, p := range strings.Split(v, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				rc.Edge.DurableRooms = append(rc.Edge.DurableRooms, p)
-			}
-		}
+		rc.Edge.DurableRooms = append(rc.Edge.DurableRooms, splitList(v)...)
 		return nil
 	})
 	fs.DurationVar(&rc.Edge.DurableMaxAge, "durable-max-age", 0, "how long durable room messages are kept (default 24h)")
