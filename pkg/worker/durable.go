@@ -69,6 +69,10 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 	if opts.Backoff <= 0 {
 		opts.Backoff = time.Second
 	}
+	js, err := jetstream.New(w.nc)
+	if err != nil {
+		return err
+	}
 	w.mu.Lock()
 	switch {
 	case w.draining:
@@ -80,10 +84,6 @@ func (w *Worker) HandleDurable(ctx context.Context, typ string, h Handler, opts 
 	}
 	w.durable[typ] = true
 	w.mu.Unlock()
-	js, err := jetstream.New(w.nc)
-	if err != nil {
-		return err
-	}
 	p := &puller{w: w, h: h, opts: opts, js: js, stream: w.cfg.Namespace.WorkStream(), cc: jetstream.ConsumerConfig{
 		Durable:       consumerName(w.cfg.Queue, typ),
 		Description:   "Natter workers of durable type " + typ + ", queue " + w.cfg.Queue,
@@ -131,7 +131,7 @@ type puller struct {
 	cc     jetstream.ConsumerConfig
 
 	cons    jetstream.Consumer
-	ackWait time.Duration // the consumer's, which another worker of the group may have set
+	ackWait time.Duration // the consumer's, as the server returned it
 }
 
 // consumer creates or updates the group's consumer, waiting until ctx ends
