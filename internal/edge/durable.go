@@ -38,12 +38,16 @@ import (
 //     past the last replayed sequence: no gap and no duplicate at the seam.
 //     When the history cannot be read, the join fails with UNAVAILABLE
 //     and the client retries from the same position.
+//   - $history reads a page with direct gets (ADR-31): forward, one batch
+//     of the room's next messages; backward, the room's last message up
+//     to a sequence, one request per message. What it reads from
+//     JetStream is what the page returns, plus at most one message.
 //
 // Non-durable rooms are untouched: no stream, no header parsing.
 
 const (
-	// fetchBatch is how many messages one pull of a replay, history page
-	// or backfill asks for: at most 64 MiB at the largest message size.
+	// fetchBatch is how many messages one pull of a replay or backfill
+	// asks for: at most 64 MiB at the largest message size.
 	fetchBatch = 64
 	// maxHistory is the largest page of $history.
 	maxHistory = 1000
@@ -558,18 +562,18 @@ type roomState struct {
 	first     uint64 // the stream's first sequence
 	last      uint64 // the stream's last sequence
 	count     uint64 // messages of the room
-	firstRoom uint64 // the room's first sequence, 0 with none
-	lastRoom  uint64 // the room's last sequence, 0 with none
+	firstRoom uint64 // the room's first sequence, 0 with none or not read
 	roomLimit int64  // the stream's per-room count limit (-1: none)
 }
 
-// state reads the stream's state for room. Right after a NATS node
+// state reads the stream's state for room, and the room's first sequence
+// when withFirst (a direct get of that message). Right after a NATS node
 // failure a request can go unanswered while the stream elects a leader, so
 // each attempt gets 2s and is retried until ctx ends.
-func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
+func (d *durable) state(ctx context.Context, room string, withFirst bool) (*roomState, error) {
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := d.stateOnce(actx, room)
+		st, err := d.stateOnce(actx, room, withFirst)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return st, err
@@ -582,7 +586,7 @@ func (d *durable) state(ctx context.Context, room string) (*roomState, error) {
 	}
 }
 
-func (d *durable) stateOnce(ctx context.Context, room string) (*roomState, error) {
+func (d *durable) stateOnce(ctx context.Context, room string, withFirst bool) (*roomState, error) {
 	subj, err := d.e.ns.DurableRoom(room)
 	if err != nil {
 		return nil, err
@@ -599,20 +603,13 @@ func (d *durable) stateOnce(ctx context.Context, room string) (*roomState, error
 		epoch: d.setEpoch(info), first: info.State.FirstSeq, last: info.State.LastSeq,
 		count: info.State.Subjects[subj.String()], roomLimit: info.Config.MaxMsgsPerSubject,
 	}
-	if st.count > 0 {
+	if withFirst && st.count > 0 {
 		m, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj.String()))
 		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil, err
 		}
 		if m != nil {
 			st.firstRoom = m.Sequence
-		}
-		m, err = s.GetLastMsgForSubject(ctx, subj.String())
-		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, err
-		}
-		if m != nil {
-			st.lastRoom = m.Sequence
 		}
 	}
 	return st, nil
@@ -654,7 +651,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 	ctx, cancel := context.WithTimeout(context.Background(), durableTimeout)
 	defer cancel()
 	ack := envelope.Joined{Room: g.id, Durable: true}
-	st, err := d.state(ctx, g.id)
+	st, err := d.state(ctx, g.id, r != nil)
 	if err != nil {
 		d.e.cfg.Logger.Warn("edge: durable room state", "room", g.id, "err", err)
 		if r != nil {
@@ -662,8 +659,14 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 			return errHistoryUnavailable
 		}
 	} else {
+		// The end of history: the stream's last sequence, read after c's
+		// subscription was in place, so every message of the room stored
+		// later has a larger offset and a re-join from it replays exactly
+		// those. The room's own last offset (0 for an empty room) would
+		// replay the same ones, but once the stream has dropped older
+		// messages a re-join from it could not prove that none was lost.
 		ack.Epoch = st.epoch
-		ack.Offset = st.lastRoom
+		ack.Offset = st.last
 	}
 	if r == nil {
 		d.ack(c, g, cid, &ack)
@@ -721,9 +724,19 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 	return nil
 }
 
-// ack sends $joined.
+// ack sends $joined. With a position (an epoch), offset is always there,
+// 0 included: envelope.Joined omits a zero offset, which a client would
+// read as "no position".
 func (d *durable) ack(c *conn, g *group, cid string, ack *envelope.Joined) {
-	payload, _ := json.Marshal(ack)
+	var payload []byte
+	if ack.Epoch != "" {
+		payload, _ = json.Marshal(struct {
+			*envelope.Joined
+			Offset uint64 `json:"offset"`
+		}{ack, ack.Offset})
+	} else {
+		payload, _ = json.Marshal(ack)
+	}
 	b, _ := envelope.Encode(&envelope.Envelope{Type: envelope.TypeJoined, Meta: envelope.Meta{CorrelationID: cid, Room: g.id}, Payload: payload})
 	c.send(b)
 }
@@ -759,69 +772,195 @@ func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelo
 
 // history answers $history for room. A page holds at most Limit messages
 // and at most MaxOutboundSize bytes of them; More says another page
-// exists in the direction asked.
+// exists in the direction asked. Positions are taken as they come, any
+// uint64: a since at or past the end gives an empty page (since+1 must not
+// wrap to the oldest), a before past the end the newest page, a before of 1
+// an empty one.
 func (d *durable) history(ctx context.Context, q *envelope.HistoryQuery) (*envelope.History, error) {
-	st, err := d.state(ctx, q.Room)
+	st, err := d.state(ctx, q.Room, false)
 	if err != nil {
 		return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "history unavailable: " + err.Error()}
 	}
 	h := &envelope.History{Room: q.Room, Epoch: st.epoch, Messages: []json.RawMessage{}}
-	budget := d.e.cfg.MaxOutboundSize
-	if q.Since != nil {
-		err = d.fetch(ctx, q.Room, *q.Since+1, 0, func(seq uint64, data []byte, _ nats.Header) bool {
-			b, ok := d.frame(q.Room, seq, data)
-			if !ok {
-				return true
+	if st.count == 0 || q.Since != nil && *q.Since >= st.last {
+		return h, nil // nothing stored, or nothing after since
+	}
+	r, err := d.newPageReader(q.Room)
+	if err == nil {
+		defer r.close()
+		if q.Since != nil {
+			err = d.pageAfter(ctx, r, h, q.Limit, *q.Since+1)
+		} else {
+			upTo := st.last
+			if q.Before != 0 {
+				upTo = min(upTo, q.Before-1)
 			}
-			if len(h.Messages) == q.Limit || len(b) > budget && len(h.Messages) > 0 {
-				h.More = true
-				return false
+			err = d.pageBefore(ctx, r, h, q.Limit, upTo)
+		}
+	}
+	if err != nil {
+		return nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "history unavailable: " + err.Error()}
+	}
+	return h, nil
+}
+
+// pageAfter fills h with the first messages of the room from sequence
+// from on: batches of direct gets asking for what the page still lacks,
+// in count and in bytes. The server stops a batch after the message that
+// reaches the byte bound, so a page reads at most one message more than it
+// holds; whether another page exists comes from the number of the room's
+// messages left after the batch, not from reading one. Messages the edge
+// does not deliver (invalid envelopes) are skipped and do not count.
+func (d *durable) pageAfter(ctx context.Context, r *pageReader, h *envelope.History, limit int, from uint64) error {
+	budget := d.e.cfg.MaxOutboundSize
+	for {
+		read, full := 0, false
+		pending, err := r.get(ctx, &directGet{Seq: from, NextFor: r.subj, Batch: limit - len(h.Messages), MaxBytes: max(budget, 1)}, func(seq uint64, m *nats.Msg) {
+			if full || seq < from {
+				return
+			}
+			read++
+			from = seq + 1
+			b, ok := d.frame(h.Room, seq, m.Data)
+			if !ok {
+				return
+			}
+			if len(b) > budget && len(h.Messages) > 0 {
+				h.More, full = true, true
+				return
 			}
 			budget -= len(b)
 			h.Messages = append(h.Messages, b)
-			return true
 		})
-		return h, err
-	}
-	if st.count == 0 {
-		return h, nil
-	}
-	// The last Limit before Before: JetStream reads forward only, so scan
-	// the room (bounded by the per-room limit) keeping the last Limit in
-	// a ring.
-	type stored struct {
-		seq  uint64
-		data []byte
-	}
-	ring := make([]stored, q.Limit)
-	n := 0
-	err = d.fetch(ctx, q.Room, st.firstRoom, 0, func(seq uint64, data []byte, _ nats.Header) bool {
-		if q.Before != 0 && seq >= q.Before {
-			return false
+		switch {
+		case err != nil:
+			return err
+		case full || read == 0:
+			return nil
+		case len(h.Messages) == limit || pending == 0:
+			h.More = pending > 0
+			return nil
 		}
-		ring[n%q.Limit] = stored{seq, data}
-		n++
-		return true
-	})
-	// Only the kept ones are encoded.
-	kept := min(n, q.Limit)
-	msgs := make([]json.RawMessage, 0, kept)
-	for i := n - kept; i < n; i++ {
-		if b, ok := d.frame(q.Room, ring[i%q.Limit].seq, ring[i%q.Limit].data); ok {
-			msgs = append(msgs, b)
-		} else {
-			n-- // an invalid one is not a message of the page, nor of another
+		// Skipped messages, or a batch cut by bytes below the page's bound:
+		// ask for the rest.
+	}
+}
+
+// pageBefore fills h with the newest messages of the room at or before
+// sequence upTo, oldest first. JetStream reads batches forward only, so it
+// walks backward with one direct get per message (the room's last message
+// up to a sequence), newest first, until the page is full in count or in
+// bytes: it reads at most one message more than the page holds, the one
+// that tells whether another page exists. Messages the edge does not
+// deliver are skipped and do not count.
+func (d *durable) pageBefore(ctx context.Context, r *pageReader, h *envelope.History, limit int, upTo uint64) error {
+	budget := d.e.cfg.MaxOutboundSize
+	var page []json.RawMessage // newest first
+	// upTo stays above 0: up_to_seq 0 would mean the stream's end.
+	for upTo > 0 {
+		var seq uint64
+		var data []byte
+		if _, err := r.get(ctx, &directGet{MultiLast: []string{r.subj}, UpToSeq: upTo, Batch: 1}, func(s uint64, m *nats.Msg) {
+			seq, data = s, m.Data
+		}); err != nil {
+			return err
 		}
+		if seq == 0 {
+			break // none left
+		}
+		if seq > upTo {
+			return fmt.Errorf("direct get up to %d answered %d", upTo, seq)
+		}
+		if len(page) == limit {
+			h.More = true
+			break
+		}
+		upTo = seq - 1
+		b, ok := d.frame(h.Room, seq, data)
+		if !ok {
+			continue
+		}
+		if len(b) > budget && len(page) > 0 {
+			h.More = true
+			break
+		}
+		budget -= len(b)
+		page = append(page, b)
 	}
-	// Newest first within the byte budget, the page stays oldest first.
-	size, from := 0, len(msgs)
-	for from > 0 && (size+len(msgs[from-1]) <= budget || from == len(msgs)) {
-		from--
-		size += len(msgs[from])
+	slices.Reverse(page)
+	h.Messages = append(h.Messages, page...)
+	return nil
+}
+
+// directGet is a direct get request (ADR-31, nats-server 2.11): the next
+// Batch messages of NextFor from Seq on, at most about MaxBytes of them, or
+// the last message of each MultiLast subject at or before UpToSeq. nats.go
+// has no call for either.
+type directGet struct {
+	Seq       uint64   `json:"seq,omitempty"`
+	NextFor   string   `json:"next_by_subj,omitempty"`
+	Batch     int      `json:"batch,omitempty"`
+	MaxBytes  int      `json:"max_bytes,omitempty"`
+	MultiLast []string `json:"multi_last,omitempty"`
+	UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+}
+
+// pageReader sends the direct gets of one $history page, one at a time,
+// and reads their answers on one reply subscription.
+type pageReader struct {
+	nc   *nats.Conn
+	api  string // the stream's direct get subject
+	subj string // the room's subject in the stream
+	sub  *nats.Subscription
+}
+
+func (d *durable) newPageReader(room string) (*pageReader, error) {
+	subj, err := d.e.ns.DurableRoom(room)
+	if err != nil {
+		return nil, err
 	}
-	h.Messages = append(h.Messages, msgs[from:]...)
-	h.More = n > len(h.Messages)
-	return h, err
+	sub, err := d.e.nc.SubscribeSync(d.e.nc.NewInbox())
+	if err != nil {
+		return nil, err
+	}
+	return &pageReader{nc: d.e.nc, api: jetstream.DefaultAPIPrefix + "DIRECT.GET." + d.name, subj: subj.String(), sub: sub}, nil
+}
+
+func (r *pageReader) close() { _ = r.sub.Unsubscribe() }
+
+// get sends req and calls f with each message of the answer, in order, up
+// to its end. It returns the number of matching messages left after the
+// last one sent (the end-of-batch header), 0 when none matched. One
+// request is answered in full before the next is sent, so answers never
+// mix on the subscription.
+func (r *pageReader) get(ctx context.Context, req *directGet, f func(seq uint64, m *nats.Msg)) (uint64, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: r.api, Reply: r.sub.Subject, Data: b}); err != nil {
+		return 0, err
+	}
+	for {
+		m, err := r.sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
+			switch status {
+			case "204": // end of the batch
+				return headerSeq(m.Header, "Nats-Num-Pending"), nil
+			case "404": // nothing matched
+				return 0, nil
+			}
+			return 0, fmt.Errorf("direct get: %s %s", status, m.Header.Get("Description"))
+		}
+		seq := headerSeq(m.Header, jetstream.SequenceHeader)
+		if seq == 0 {
+			return 0, errors.New("direct get: a message without a sequence")
+		}
+		f(seq, m)
+	}
 }
 
 // queryHistory answers a client's $history.

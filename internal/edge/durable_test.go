@@ -24,6 +24,7 @@ import (
 // pub-dur-*, and a publisher.
 type durableMesh struct {
 	a, b *testenv.Edge
+	aNC  *nats.Conn // edge A's connection
 	pub  *worker.Publisher
 	nc   *nats.Conn
 }
@@ -37,7 +38,7 @@ func newDurableMesh(t testing.TB, cfg edge.Config) *durableMesh {
 	cfgA.NATS = testenv.Connect(t, srv.ClientURL())
 	cfgB.NATS = testenv.Connect(t, srv.ClientURL())
 	nc := testenv.Connect(t, srv.ClientURL())
-	return &durableMesh{a: testenv.StartEdge(t, cfgA), b: testenv.StartEdge(t, cfgB), pub: worker.NewPublisher(nc, envelope.DefaultNamespace), nc: nc}
+	return &durableMesh{a: testenv.StartEdge(t, cfgA), b: testenv.StartEdge(t, cfgB), aNC: cfgA.NATS, pub: worker.NewPublisher(nc, envelope.DefaultNamespace), nc: nc}
 }
 
 // numbered is a durable room message as a test sees it.
