@@ -33,7 +33,7 @@ func main() {
 	)
 	fs := flag.NewFlagSet("edge", flag.ExitOnError)
 	config.Register(fs, "edge")
-	fs.StringVar(&rc.Listen, "listen", ":8080", "HTTP address for WebSocket upgrades")
+	fs.StringVar(&rc.Listen, "listen", "", "HTTP address for WebSocket upgrades (default "+edge.DefaultListen+"; "+edge.DefaultDevListen+", loopback only, in dev mode: single-binary mode without auth flags, or --insecure-dev-users)")
 	fs.StringVar(&rc.Edge.Path, "path", "/ws", "WebSocket upgrade path")
 	fs.StringVar(&rc.NATSURL, "nats", "", "NATS server URLs, comma-separated; empty runs single-binary mode with an embedded server")
 	fs.StringVar(&rc.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS client address (single-binary mode)")
@@ -57,7 +57,7 @@ func main() {
 		return nil
 	})
 	fs.BoolVar(&rc.StrictTypes, "strict-types", false, "reject message types that have no schema")
-	fs.BoolVar(&rc.Edge.DevMode, "insecure-dev-users", false, "INSECURE dev mode with --nats, as single-binary mode without auth flags: the user id comes from ?user=, anonymous connections are admitted, every room is public (unless --public-rooms) and any origin may connect (unless --allowed-origins)")
+	fs.BoolVar(&rc.Edge.DevMode, "insecure-dev-users", false, "INSECURE dev mode with --nats, as single-binary mode without auth flags, for local set-ups of several processes: the user id comes from ?user=, anonymous connections are admitted, every room is public (unless --public-rooms), any origin may connect (unless --allowed-origins), the demo page is served at /, and the default --listen is loopback")
 	fs.BoolVar(&rc.Edge.Presence, "presence", true, "keep presence in JetStream KV and emit lifecycle events (needs JetStream)")
 	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")

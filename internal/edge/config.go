@@ -77,8 +77,11 @@ type Config struct {
 	// Compression offers permessage-deflate (without context takeover).
 	// Default off.
 	Compression bool
-	// DevMode allows the insecure ?user=<id> query parameter. Only
-	// single-binary mode turns it on; never expose a dev-mode edge.
+	// DevMode allows the insecure ?user=<id> query parameter, and implies
+	// Anonymous, every room public (unless PublicRooms) and any origin
+	// (unless AllowedOrigins). Run turns it on in single-binary mode
+	// without authentication, and cmd/edge with --insecure-dev-users;
+	// never expose a dev-mode edge (Run listens on loopback by default).
 	DevMode bool
 	// UserParam is the dev-mode query parameter carrying a user id.
 	// Default "user".

@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
@@ -18,17 +21,27 @@ import (
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/demo"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
 
+// Default HTTP addresses of Run. A dev-mode edge (anyone may claim any
+// user) listens on loopback unless told otherwise.
+const (
+	DefaultListen    = ":8080"
+	DefaultDevListen = "127.0.0.1:8080"
+)
+
 // RunConfig is what cmd/edge gives Run: the edge's own Config (without a
-// NATS connection) plus the process around it.
+// NATS connection) plus the process around it. Its fields are the
+// command's flags, and Run's errors name the flags.
 type RunConfig struct {
 	Edge Config
-	// Listen is the HTTP address for WebSocket upgrades. Default ":8080".
+	// Listen is the HTTP address for WebSocket upgrades. Default
+	// DefaultListen, or DefaultDevListen in dev mode.
 	Listen string
 	// Listener, when set, is used instead of listening on Listen.
 	Listener net.Listener
@@ -126,9 +139,6 @@ func Run(ctx context.Context, rc RunConfig) error {
 		log = slog.Default()
 		rc.Edge.Logger = log
 	}
-	if rc.Listen == "" {
-		rc.Listen = ":8080"
-	}
 	if rc.DataDir == "" {
 		rc.DataDir = "natter-data"
 	}
@@ -142,6 +152,11 @@ func Run(ctx context.Context, rc RunConfig) error {
 		rc.MaxHeaderBytes = 32 << 10
 	}
 
+	single := rc.NATSURL == ""
+	if !single && !rc.hasAuth() && !rc.Edge.Anonymous && !rc.Edge.DevMode {
+		return errNoAuth
+	}
+
 	reg, err := schema.Load(schema.Config{Dirs: rc.SchemaDirs, Strict: rc.StrictTypes})
 	if err != nil {
 		return err
@@ -149,7 +164,12 @@ func Run(ctx context.Context, rc RunConfig) error {
 	rc.Edge.Schemas = reg
 	log.Info("schemas loaded", "types", len(reg.Types()), "dirs", rc.SchemaDirs, "strict", rc.StrictTypes)
 
-	single := rc.NATSURL == ""
+	// setup bounds everything before the edge serves: it ends with ctx (a
+	// signal), or at once with a permissions violation that NATS reports
+	// meanwhile (it comes to the error handler, not as the failed call's
+	// error, which would only time out).
+	setup, failSetup := context.WithCancelCause(ctx)
+	defer failSetup(nil)
 	var embedded *natsd.Server
 	var nc *nats.Conn
 	errLimit := rate.NewLimiter(1, 5)
@@ -158,6 +178,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 		// Permission violations and slow-consumer errors arrive here, not
 		// as call errors; log them, sampled.
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				failSetup(err) // no effect once set up
+			}
 			if errLimit.Allow() {
 				subject := ""
 				if sub != nil {
@@ -193,9 +216,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	defer nc.Close()
 	rc.Edge.NATS = nc
-	closeAuth, err := rc.authenticator(ctx, nc)
+	closeAuth, err := rc.authenticator(setup, nc)
 	if err != nil {
-		return err
+		return rc.setupError(ctx, err)
 	}
 	defer closeAuth()
 	log.Info("authentication", "jwt", rc.Edge.Auth != nil && !rc.AuthCallout, "callout", rc.AuthCallout,
@@ -220,10 +243,11 @@ func Run(ctx context.Context, rc RunConfig) error {
 	var draining ops.Draining
 	admin.AddCheck("nats", ops.NATSCheck(nc))
 	admin.AddCheck("drain", draining.Check)
-	e, err := New(rc.Edge)
+	e, err := New(setup, rc.Edge)
 	if err != nil {
-		return err
+		return rc.setupError(ctx, err)
 	}
+	failSetup(nil) // set up: later permission violations are only logged
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
@@ -238,8 +262,14 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	ln := rc.Listener
 	if ln == nil {
+		if rc.Listen == "" {
+			rc.Listen = DefaultListen
+			if rc.Edge.DevMode {
+				rc.Listen = DefaultDevListen
+			}
+		}
 		if ln, err = net.Listen("tcp", rc.Listen); err != nil {
-			return fmt.Errorf("edge: listen: %w", err)
+			return fmt.Errorf("edge: listen (--listen %s): %w", rc.Listen, err)
 		}
 	}
 	// The admin listener starts once the WebSocket port is open, so
@@ -266,9 +296,22 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if embedded != nil {
 		natsURL = embedded.ClientURL()
 	}
-	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single)
+	serves := e.Path() + " (WebSocket), /schemas"
+	if rc.Edge.DevMode {
+		serves += ", / (demo page)"
+	}
+	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single,
+		"devMode", rc.Edge.DevMode, "loopbackOnly", isLoopback(ln.Addr().String()), "serves", serves)
 	if rc.Edge.DevMode {
 		log.Info("demo page", "url", demoURL(ln.Addr()))
+		if !isLoopback(ln.Addr().String()) {
+			log.Warn("dev mode edge listens beyond loopback: whoever reaches "+ln.Addr().String()+" can connect as any user with ?user= and join any room; "+
+				"listen on loopback (--listen "+DefaultDevListen+") or configure authentication", "addr", ln.Addr().String())
+		}
+	}
+	if embedded != nil && !isLoopback(embedded.ClientURL()) {
+		log.Warn("embedded NATS listens beyond loopback without authentication: whoever reaches it can read and publish every message; "+
+			"keep --nats-listen on loopback", "url", embedded.ClientURL())
 	}
 
 	select {
@@ -281,6 +324,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	// the built-in worker drains, NATS drains, the embedded server stops,
 	// the admin listener stops last.
 	draining.Start()
+	e.Drain() // new handshakes are refused with 503 from now on, as readiness is
 	log.Info("edge shutting down", "drainDelay", rc.DrainDelay)
 	if rc.DrainDelay > 0 {
 		time.Sleep(rc.DrainDelay)
@@ -313,6 +357,63 @@ func drain(ctx context.Context, nc *nats.Conn) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// errNoAuth is Run's refusal to start an edge on --nats that nobody
+// could connect to.
+var errNoAuth = fmt.Errorf("%w: no authentication for an edge with --nats: pass --jwt-secret-file (or NATTER_JWT_SECRET), "+
+	"--jwt-public-key or --jwks-url to verify tokens, --auth-callout to ask an auth service, or --anonymous to admit connections "+
+	"without a token (and without a user id); for local development only, --insecure-dev-users (INSECURE: ?user= sets the user id, "+
+	"any room and origin, the demo page)", ErrInvalidConfig)
+
+// setupError explains a failed set-up with the flags that fix it. ctx is
+// Run's: when it ended, a signal interrupted the set-up.
+func (rc *RunConfig) setupError(ctx context.Context, err error) error {
+	var needs, off []string
+	if rc.Edge.Presence {
+		needs, off = append(needs, "presence"), append(off, "--presence=false")
+	}
+	if len(rc.Edge.DurableRooms) > 0 {
+		needs, off = append(needs, "durable rooms"), append(off, "no --durable-rooms")
+	}
+	if len(rc.Edge.DurableTypes) > 0 {
+		needs, off = append(needs, "durable messages"), append(off, "no --durable-types")
+	}
+	without := ""
+	if len(needs) > 0 {
+		without = fmt.Sprintf(", or do without %s (%s)", strings.Join(needs, " and "), strings.Join(off, ", "))
+	}
+	switch {
+	case errors.Is(err, natsopt.ErrNoJetStream):
+		fix := "run the NATS server with JetStream: nats-server -js (or a jetstream block in its configuration)"
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			fix = "enable JetStream for the edge's NATS account in the server's configuration"
+		}
+		return fmt.Errorf("edge: JetStream is not available to this edge: %s%s: %w", fix, without, err)
+	case errors.Is(err, nats.ErrPermissionViolation):
+		return fmt.Errorf("edge: NATS denied a permission during set-up: give the edge's NATS user the edge role's permissions "+
+			"(deploy/nats: among others the JetStream API, $JS.API.>)%s: %w", without, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("edge: set-up interrupted: %w", err)
+	}
+	return err
+}
+
+// isLoopback reports whether a listener's address (host:port, or a URL
+// such as nats://host:port) is on loopback only.
+func isLoopback(addr string) bool {
+	if u, err := url.Parse(addr); err == nil && u.Host != "" {
+		addr = u.Host
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // demoURL is where a browser on this machine finds the demo page.

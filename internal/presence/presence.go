@@ -100,7 +100,10 @@ type Service struct {
 }
 
 // Start ensures the bucket and the event stream, loads the mirror and
-// starts the watcher, the refresher and the query responder.
+// starts the watcher, the refresher and the query responder. Setting up
+// retries passing failures until ctx ends (then the error wraps
+// context.Cause(ctx)); without JetStream it fails at once with an error
+// wrapping natsopt.ErrNoJetStream. ctx bounds only the set-up.
 func Start(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.NATS == nil {
 		return nil, fmt.Errorf("%w: NATS is required", ErrInvalidConfig)
@@ -231,7 +234,7 @@ load:
 		case <-ctx.Done():
 			_ = w.Stop()
 			cancel()
-			return nil, fmt.Errorf("presence: initial load: %w", ctx.Err())
+			return nil, fmt.Errorf("presence: initial load: %w", context.Cause(ctx))
 		}
 	}
 	s.wg.Add(4)
