@@ -10,11 +10,22 @@
 //	chat.leave   {"room"} -> the worker removes the sender from room
 //	chat.send    {"room","text"} -> members of room except the sender get
 //	             "chat.message" {"room","text","user","conn","ts"}; a request
-//	             gets "chat.sent" {"ts"}
+//	             gets "chat.sent" {"ts"}. Only members of room may send:
+//	             PERMISSION_DENIED "join room <room> before sending to it"
+//
+// A request (meta.correlationId set) that fails gets RPC_ERROR, as from any
+// worker. A plain message that fails is not dropped in silence either: the
+// sending connection gets an ERROR frame with the same code and
+// details {"type": <the message's type>}, published to its
+// natter.out.conn.<conn> subject.
+//
+// The handlers keep no state; they are safe to run on many workers at once.
 package chat
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"time"
 	"unicode/utf8"
 
@@ -35,11 +46,34 @@ func Register(w *worker.Worker) error {
 		"chat.leave": leave,
 		"chat.send":  send,
 	} {
-		if err := w.Handle(typ, h); err != nil {
+		if err := w.Handle(typ, reportErrors(h)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// reportErrors sends a failed plain message's error to the connection that
+// sent it. The worker SDK answers a request's error with RPC_ERROR but has
+// nobody to tell about a plain message's, so without this a client whose
+// chat.send was refused would never learn it.
+func reportErrors(h worker.Handler) worker.Handler {
+	return func(ctx context.Context, m *worker.Message) error {
+		err := h(ctx, m)
+		if err == nil || m.IsRequest() || m.Conn == "" {
+			return err
+		}
+		re := *rpc.FromError(err) // a copy: sentinels are shared
+		if len(re.Details) == 0 {
+			re.Details, _ = json.Marshal(map[string]string{"type": m.Envelope.Type})
+		}
+		env := &envelope.Envelope{Type: envelope.TypeError}
+		env.Payload, _ = json.Marshal(re.Payload())
+		if perr := m.Publisher().ToConn(m.Conn, env); perr != nil {
+			return errors.Join(err, perr)
+		}
+		return err
+	}
 }
 
 func echo(_ context.Context, m *worker.Message) error {
@@ -129,6 +163,9 @@ func send(ctx context.Context, m *worker.Message) error {
 		// Only members post: a client cannot write into rooms it may not
 		// read. (Messages from services, without a connection, may.)
 		if err := m.Publisher().RequireMember(ctx, m.Conn, r.Room); err != nil {
+			if errors.Is(err, rpc.ErrPermissionDenied) {
+				return rpc.Errorf(envelope.CodePermissionDenied, "join room %s before sending to it", r.Room)
+			}
 			return err
 		}
 	}

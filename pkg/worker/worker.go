@@ -7,6 +7,10 @@
 // A Worker is safe for concurrent use. Handlers run on their own goroutines,
 // at most Config.MaxConcurrent at once; Drain stops intake and waits for the
 // handlers in flight.
+//
+// The module github.com/natter/natter is not published: a worker in a
+// module of its own depends on it through a replace directive pointing at a
+// clone (or a go.work workspace), as docs/worker-module.md shows.
 package worker
 
 import (
