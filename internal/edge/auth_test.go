@@ -133,9 +133,13 @@ func TestHandshakeAuthentication(t *testing.T) {
 			t.Fatalf("user %q, want alice", got)
 		}
 	})
-	// Every 401 above was counted; the subprotocol mismatch is gws's own 400.
-	if n := m.edge.Stats().Refused; n != 7 {
-		t.Fatalf("refused %d handshakes, want 7", n)
+	// Every refusal above was counted: seven 401s and the subprotocol
+	// mismatch's 400.
+	if n := m.edge.Stats().Refused; n != 8 {
+		t.Fatalf("refused %d handshakes, want 8", n)
+	}
+	if by := m.edge.Stats().RefusedBy; by["unauthenticated"] != 7 || by["bad_handshake"] != 1 {
+		t.Fatalf("refused by reason %v, want 7 unauthenticated and 1 bad_handshake", by)
 	}
 }
 
@@ -158,7 +162,7 @@ func TestAnonymous(t *testing.T) {
 	if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
 		t.Fatalf("bad token with anonymous on: %d, want 401", status)
 	}
-	if _, err := edge.New(edge.Config{NATS: m.nats}); err == nil {
+	if _, err := edge.New(t.Context(), edge.Config{NATS: m.nats}); err == nil {
 		t.Fatal("an edge with neither Auth nor Anonymous started")
 	}
 }

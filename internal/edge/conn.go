@@ -28,14 +28,16 @@ const frameOverhead = 64
 // socket: frames are shared between connections and never modified, and
 // the queue is bounded in bytes. writer.go writes it.
 type conn struct {
-	e      *Edge
-	socket *gws.Conn
-	id     string
-	user   string
-	ctx    context.Context // ends when the connection closes
-	cancel context.CancelFunc
-	limit  *rate.Limiter // inbound messages; nil when unlimited
-	ulimit *rate.Limiter // the user's inbound messages on this edge, shared; nil when off
+	e         *Edge
+	socket    *gws.Conn
+	wire      *wireConn // the socket under gws: frame checks and the lingering close
+	unregOnce atomic.Bool
+	id        string
+	user      string
+	ctx       context.Context // ends when the connection closes
+	cancel    context.CancelFunc
+	limit     *rate.Limiter // inbound messages; nil when unlimited
+	ulimit    *rate.Limiter // the user's inbound messages on this edge, shared; nil when off
 
 	ident     atomic.Pointer[auth.Identity] // replaced by a token refresh; user never changes
 	authMu    sync.Mutex
@@ -83,11 +85,12 @@ type conn struct {
 	rpcGone bool             // no new call or ask once set
 }
 
-func newConn(e *Edge, socket *gws.Conn, id string, ident *auth.Identity, release func()) *conn {
+func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.Identity, release func()) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &conn{e: e, socket: socket, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
+	c := &conn{e: e, socket: socket, wire: wire, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
 	c.ident.Store(ident)
-	if sc, ok := socket.NetConn().(syscall.Conn); ok && nonblockingWrites && !e.cfg.Compression {
+	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
+	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.Compression {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.shard = int(e.nextShard.Add(1) % uint32(len(e.writers.shards)))
@@ -145,8 +148,12 @@ func (c *conn) unsubscribe() {
 	}
 }
 
-// unregister undoes register and leaves every room. Called once, from OnClose.
+// unregister undoes register and leaves every room. Called from OnClose,
+// or after a panic in the read loop; only the first call acts.
 func (c *conn) unregister() {
+	if !c.unregOnce.CompareAndSwap(false, true) {
+		return
+	}
 	c.cancel()
 	c.stopAuth()
 	c.release()
@@ -256,7 +263,7 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 	c.startWriterLocked()
 	// Whatever the writer does, the socket is gone after one write timeout
 	// more; unregister stops the timer once it is.
-	c.closeTimer = time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, func() { _ = c.socket.NetConn().Close() })
+	c.closeTimer = time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, c.wire.abort)
 }
 
 // startWriterLocked schedules the connection on its writer shard unless a
@@ -314,13 +321,28 @@ func (c *conn) runControl() {
 	}
 }
 
-// abandon ends the writer for good after a failed write or a close.
+// abandon ends the writer for good after a failed write: the socket
+// closes at once.
 func (c *conn) abandon() {
+	c.stopWriting()
+	c.wire.abort()
+}
+
+// stopWriting ends the writer for good: after a failed write, or after
+// the close frame, whose socket then lingers (wireConn.Close).
+func (c *conn) stopWriting() {
 	c.wmu.Lock()
 	c.closing = true
 	c.queue = nil
 	c.pending = 0
 	c.writing = true // no writer will start again
 	c.wmu.Unlock()
-	_ = c.socket.NetConn().Close()
+}
+
+// isClosing reports whether the connection is closing: frames that still
+// arrive are not acted on.
+func (c *conn) isClosing() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.closing
 }

@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,14 +59,26 @@ type Edge struct {
 
 	gate     sync.RWMutex   // orders admissions against Shutdown
 	closing  atomic.Bool    // set under gate
+	draining atomic.Bool    // Drain: refuse new handshakes, keep the open ones
 	wg       sync.WaitGroup // handshakes, read loops, writers, RPCs and the ticker
 	stopTick chan struct{}
 	stopOnce sync.Once
 }
 
+// setupTimeout bounds each JetStream set-up step of New (presence, durable
+// rooms, durable messages) within the caller's context.
+const setupTimeout = 30 * time.Second
+
 // New builds an edge and subscribes it to the everyone subject. It accepts
 // connections as soon as it is served.
-func New(cfg Config) (*Edge, error) {
+//
+// Setting up what needs JetStream (presence, durable rooms, durable
+// messages) retries passing failures for up to 30s per step, and ends as
+// soon as ctx does, with context.Cause(ctx). Errors no retry can mend end
+// it at once: without JetStream on the server or account, the error wraps
+// natsopt.ErrNoJetStream. ctx only bounds New: the edge's life is not tied
+// to it.
+func New(ctx context.Context, cfg Config) (*Edge, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -89,11 +102,13 @@ func New(cfg Config) (*Edge, error) {
 		return &gws.ServerOption{
 			ReadMaxPayloadSize: cfg.MaxMessageSize,
 			ReadBufferSize:     cfg.ReadBufferSize,
-			CheckUtf8Enabled:   true,
-			Recovery:           gws.Recovery,
-			Logger:             gwsLogger{cfg.Logger},
-			NewSession:         func() gws.SessionStorage { return new(slot) },
-			SubProtocols:       protocols,
+			CheckUtf8Enabled:   false, // handler.OnMessage checks text frames
+			// No Recovery: a panic in the read loop, gws's own or in a
+			// callback, reaches conn.readLoop, which closes only that
+			// connection.
+			Logger:       gwsLogger{cfg.Logger},
+			NewSession:   func() gws.SessionStorage { return new(slot) },
+			SubProtocols: protocols,
 			PermessageDeflate: gws.PermessageDeflate{
 				Enabled:               cfg.Compression,
 				ServerContextTakeover: false,
@@ -126,8 +141,8 @@ func New(cfg Config) (*Edge, error) {
 		}
 	}
 	if cfg.Presence {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		e.presence, err = presence.Start(ctx, presence.Config{
+		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+		e.presence, err = presence.Start(sctx, presence.Config{
 			NATS: e.nc, Namespace: e.ns, Edge: cfg.EdgeID, TTL: cfg.PresenceTTL,
 			Replicas: cfg.PresenceReplicas, Logger: cfg.Logger,
 			Diff:       func(room string, d *presence.Diff) { e.deliverDiff(room, d) },
@@ -140,8 +155,8 @@ func New(cfg Config) (*Edge, error) {
 		}
 	}
 	if len(cfg.DurableRooms) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		e.dur, err = startDurable(ctx, e)
+		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+		e.dur, err = startDurable(sctx, e)
 		cancel()
 		if err != nil {
 			undo()
@@ -149,8 +164,8 @@ func New(cfg Config) (*Edge, error) {
 		}
 	}
 	if len(cfg.DurableTypes) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		e.work, err = startWork(ctx, e)
+		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+		e.work, err = startWork(sctx, e)
 		cancel()
 		if err != nil {
 			undo()
@@ -183,9 +198,9 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Every handshake counts in wg before Shutdown can start waiting, and
 	// none starts after it began.
 	e.gate.RLock()
-	if e.closing.Load() {
+	if e.closing.Load() || e.draining.Load() {
 		e.gate.RUnlock()
-		http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
+		e.refuse(w, refusedDraining, http.StatusServiceUnavailable, "edge is shutting down", time.Second)
 		return
 	}
 	e.wg.Add(1)
@@ -194,40 +209,44 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ip := e.clientIP(r)
 	if wait, ok := e.allowHandshake(ip, now); !ok {
-		e.refuse(w, http.StatusTooManyRequests, "too many handshakes", wait)
+		e.refuse(w, refusedRate, http.StatusTooManyRequests, "too many handshakes", wait)
+		return
+	}
+	if herr := checkHandshake(r); herr != nil {
+		if herr.status == http.StatusUpgradeRequired || herr.status == http.StatusBadRequest {
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		e.refuse(w, refusedBadRequest, herr.status, herr.reason, 0)
 		return
 	}
 	if err := e.origins.Check(r); err != nil {
-		e.refuse(w, auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, refusedOrigin, auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	id, err := e.authenticate(r)
 	if err != nil {
 		e.cfg.Logger.Debug("edge: handshake refused", "remote", r.RemoteAddr, "err", err)
-		e.refuse(w, auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, authRefusal(err), auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	release, reason := e.reserve(ip, id.User)
 	if release == nil {
-		e.refuse(w, http.StatusTooManyRequests, reason, 0)
+		e.refuse(w, refusedLimit, http.StatusTooManyRequests, reason, 0)
 		return
 	}
-	up := e.upgrader
-	if r.Header.Get("Sec-WebSocket-Protocol") != "" {
-		up = e.upgraderProto // selects "natter"; a bearer.<token> entry is never echoed
-	}
-	socket, err := up.Upgrade(w, r)
+	socket, wire, err := e.upgrade(w, r)
 	if err != nil {
 		release()
 		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := newConn(e, socket, nuid.Next(), id, release)
+	c := newConn(e, socket, wire, nuid.Next(), id, release)
 	socket.Session().Store(sessionKey, c)
 	if err := c.register(); err != nil {
 		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
 		_ = socket.WriteClose(uint16(envelope.CloseInternal), []byte("internal error"))
+		wire.linger()
 		return
 	}
 	c.setIdentity(id)
@@ -237,11 +256,35 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
 	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		socket.ReadLoop()
-	}()
+	go c.readLoop()
 }
+
+// readLoop runs gws's read loop for c and then lets the socket linger
+// until its close frame is read (wireConn.linger). A panic anywhere in it,
+// in gws's parsing or in the edge's callbacks, ends only this connection:
+// it is logged with its stack, counted, and the client gets 1011.
+func (c *conn) readLoop() {
+	defer c.e.wg.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			c.e.stats.panics.Add(1)
+			c.e.cfg.Logger.Error("edge: panic in a connection's read loop; closing it with 1011",
+				"conn", c.id, "panic", v, "stack", string(debug.Stack()))
+			c.closeWith(envelope.CloseServerError, "internal error", true)
+			<-c.wire.closing // the close frame is written, or the edge gave up on it
+			c.unregister()   // gws's read loop ended without OnClose
+		}
+		c.wire.linger()
+	}()
+	c.socket.ReadLoop()
+}
+
+// Drain makes the edge refuse new handshakes with 503 and Retry-After,
+// while the connections it holds stay open. The edge's process calls it
+// when readiness starts failing, before the drain delay, so that a client
+// routed here in that window goes to another edge at once instead of being
+// accepted and then closed with 4000.
+func (e *Edge) Drain() { e.draining.Store(true) }
 
 // Shutdown stops accepting connections, closes every socket with 4000
 // (reconnect) spread over Config.ShutdownSpread, and waits for them to go,
@@ -291,7 +334,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, c := range e.conns.snapshot() {
-			_ = c.socket.NetConn().Close()
+			c.wire.abort()
 		}
 		return ctx.Err()
 	}
@@ -348,7 +391,11 @@ type Stats struct {
 	BytesIn            int64 // payload bytes of client frames read
 	BytesOut           int64 // bytes written to sockets, frame headers and pings included
 	Refused            int64 // handshakes refused: auth, origin, limits
-	RateLimited        int64 // client messages refused by a rate limit
+	// RefusedBy splits Refused by reason (the label values of
+	// natter_edge_handshakes_refused_total).
+	RefusedBy   map[string]int64
+	Panics      int64 // connections closed with 1011 after a panic in their read loop
+	RateLimited int64 // client messages refused by a rate limit
 	// Durable rooms.
 	Recoveries      int64 // joins from a position answered recovered
 	RecoveryGaps    int64 // joins from a position answered recovered false
@@ -366,6 +413,8 @@ type counters struct {
 	connections, accepted, framesIn, framesOut, published, dropped, invalidIn, slow, rpcs, refused, rateLimited, bytesIn, bytesOut atomic.Int64
 	recovered, gaps, recoveryRetries, backfills, backfillFails, captured                                                           atomic.Int64
 	workStored, workDuplicates, workRefused                                                                                        atomic.Int64
+	refusedBy                                                                                                                      [numRefusals]atomic.Int64
+	panics                                                                                                                         atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -381,7 +430,16 @@ func (e *Edge) Stats() Stats {
 		Recoveries: s.recovered.Load(), RecoveryGaps: s.gaps.Load(), RecoveryRetries: s.recoveryRetries.Load(),
 		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
 		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
+		RefusedBy: s.refusals(), Panics: s.panics.Load(),
 	}
+}
+
+func (s *counters) refusals() map[string]int64 {
+	m := make(map[string]int64, numRefusals)
+	for i := range s.refusedBy {
+		m[refusalNames[i]] = s.refusedBy[i].Load()
+	}
+	return m
 }
 
 // registry is the edge's set of connections, sharded to keep the handshake

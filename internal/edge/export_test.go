@@ -7,3 +7,7 @@ func DropLiveRepublishes(e *Edge, n int32) { e.dur.dropLive.Store(n) }
 // FailBackfills makes e's next n attempts to fill a hole fail, as they do
 // while the stream elects a leader.
 func FailBackfills(e *Edge, n int32) { e.dur.failFetch.Store(n) }
+
+// SetCheckFrames turns the frame header checks off (or back on) for every
+// edge of the test binary, to reach a panic inside gws.
+func SetCheckFrames(on bool) { skipFrameChecks.Store(!on) }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
@@ -51,7 +52,13 @@ func (h *handler) OnPong(socket *gws.Conn, payload []byte) {
 func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
 	c := h.conn(socket)
-	if c == nil {
+	if c == nil || c.isClosing() {
+		return // frames after a close are drained, not acted on
+	}
+	if msg.Opcode == gws.OpcodeText && !utf8.Valid(msg.Bytes()) {
+		// Checked here rather than by gws, so that the close goes through
+		// the connection's writer like every other.
+		c.closeWith(envelope.CloseInvalidUTF8, "invalid UTF-8", true)
 		return
 	}
 	now := time.Now().UnixNano()

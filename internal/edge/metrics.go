@@ -16,7 +16,7 @@ var statDescs = []struct {
 }{
 	{prometheus.NewDesc("natter_edge_connections", "WebSocket connections open now.", nil, nil), prometheus.GaugeValue, func(s Stats) int64 { return s.Connections }},
 	{prometheus.NewDesc("natter_edge_connections_accepted_total", "WebSocket connections accepted.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Accepted }},
-	{prometheus.NewDesc("natter_edge_handshakes_refused_total", "Handshakes refused: authentication, origin and limits.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Refused }},
+	{prometheus.NewDesc("natter_edge_read_panics_total", "Connections closed with 1011 after a panic in their read loop (logged with its stack).", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Panics }},
 	{prometheus.NewDesc("natter_edge_frames_in_total", "Client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesIn }},
 	{prometheus.NewDesc("natter_edge_frames_out_total", "Frames written to sockets.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.FramesOut }},
 	{prometheus.NewDesc("natter_edge_bytes_in_total", "Payload bytes of client frames read.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BytesIn }},
@@ -38,16 +38,25 @@ var statDescs = []struct {
 	{prometheus.NewDesc("natter_edge_durable_work_refused_total", "Client messages of durable types the work stream did not store.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.WorkRefused }},
 }
 
+// refusedDesc counts refused handshakes by reason, one of refusalNames.
+var refusedDesc = prometheus.NewDesc("natter_edge_handshakes_refused_total",
+	"Handshakes refused, by reason: bad_handshake (400, 405, 426), handshake_rate (429), origin (403), unauthenticated (401), forbidden (403), auth_unavailable (503), connection_limit (429), draining (503).",
+	[]string{"reason"}, nil)
+
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range statDescs {
 		ch <- d.desc
 	}
+	ch <- refusedDesc
 }
 
 func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.e.Stats()
 	for _, d := range statDescs {
 		ch <- prometheus.MustNewConstMetric(d.desc, d.kind, float64(d.value(s)))
+	}
+	for i, name := range refusalNames {
+		ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.CounterValue, float64(c.e.stats.refusedBy[i].Load()), name)
 	}
 }
 

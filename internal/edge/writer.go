@@ -2,6 +2,7 @@ package edge
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"runtime"
 	"sync"
@@ -276,7 +277,7 @@ const writeChunk = 64 << 10
 // owns the socket, so no stale one fails a later write.
 func (c *conn) writeLoop() {
 	defer c.e.wg.Done()
-	nc := c.socket.NetConn()
+	nc := c.wire.Conn // whole frames only: the wire's Write is gws's
 	var batch, scratch [][]byte
 	for {
 		c.wmu.Lock()
@@ -316,9 +317,15 @@ func (c *conn) writeLoop() {
 			return
 		}
 		if closing {
-			_ = c.socket.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-			_ = c.socket.WriteClose(uint16(code), []byte(reason))
-			c.abandon()
+			// gws writes the close frame and closes the wire, which
+			// lingers so that the frame reaches the client.
+			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+			c.wire.ownClose.Store(true)
+			if err := c.socket.WriteClose(uint16(code), []byte(reason)); err != nil && !errors.Is(err, gws.ErrConnClosed) {
+				c.abandon()
+				return
+			}
+			c.stopWriting()
 			return
 		}
 	}

@@ -2,7 +2,10 @@
 
 package edge
 
-import "errors"
+import (
+	"errors"
+	"syscall"
+)
 
 // writev is never called off Linux: connections there have no raw
 // descriptor and use their own writer goroutine.
@@ -12,3 +15,6 @@ func (s *writerShard) writev(uintptr) bool {
 }
 
 const nonblockingWrites = false
+
+// unsent cannot tell the unacknowledged bytes of a send queue here.
+func unsent(syscall.Conn) (int, bool) { return 0, false }

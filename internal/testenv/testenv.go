@@ -84,7 +84,7 @@ func StartEdge(t testing.TB, cfg edge.Config) *Edge {
 	if cfg.ShutdownSpread == 0 {
 		cfg.ShutdownSpread = time.Millisecond
 	}
-	e, err := edge.New(cfg)
+	e, err := edge.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,7 +62,7 @@ func serveEdgeAt(t *testing.T, addr string, cfg edge.Config) *servedEdge {
 		cfg.Logger = testenv.Logger(t)
 	}
 	cfg.ShutdownSpread = time.Millisecond
-	e, err := edge.New(cfg)
+	e, err := edge.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

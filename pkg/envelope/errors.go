@@ -33,6 +33,10 @@ const (
 
 // System message types the edge handles itself.
 const (
+	// TypeConnected is the first frame the edge sends on every connection,
+	// before any other: {"connectionId": id, "user"?: id}. Services address
+	// the connection as natter.out.conn.<connectionId>.
+	TypeConnected    = "$connected"
 	TypeJoin         = "$join"
 	TypeJoined       = "$joined"
 	TypeLeave        = "$leave"
@@ -135,6 +139,7 @@ const (
 	CloseProtocol     CloseCode = 1002
 	CloseInvalidUTF8  CloseCode = 1007
 	CloseTooLarge     CloseCode = 1009
+	CloseServerError  CloseCode = 1011 // the edge failed on this connection (a recovered panic): reconnect with backoff
 	CloseShutdown     CloseCode = 4000 // the edge is going away: reconnect, to another edge
 	CloseSlowConsumer CloseCode = 4001 // the client did not read fast enough: reconnect
 	CloseIdle         CloseCode = 4002 // no message within the inactivity timeout: reconnect when needed
