@@ -205,6 +205,11 @@ func TestHostileClients(t *testing.T) {
 			{0x89, 0xFE, 0x00, 0xC8, 0, 0, 0, 0},  // ping of 200 bytes (control max 125)
 			{0x81, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}, // 2^63-byte frame
 			{0x88, 0x81, 0, 0, 0, 0, 0x03},                                           // close with a 1-byte body
+			// The three frames that took gws v1.9.1 (and every connection
+			// of the edge) down: 64-bit lengths with the top bit set.
+			{0x81, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0},
+			{0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+			{0x80, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xF0, 0, 0, 0, 0},
 		}
 		for i, f := range frames {
 			raw := wstest.DialRaw(t, url+"?token="+token(t, "mallory", time.Hour, nil), 0)
