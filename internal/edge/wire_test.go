@@ -468,7 +468,12 @@ func TestClosesArrive(t *testing.T) {
 // waits in the edge's send buffer, which a reset would discard.
 func flooded(t *testing.T, m *mesh, n int) *wstest.RawConn {
 	t.Helper()
-	raw := wstest.DialRaw(t, m.edge.URL, 64<<10)
+	return floodedAt(t, m, m.edge.URL, n)
+}
+
+func floodedAt(t *testing.T, m *mesh, url string, n int) *wstest.RawConn {
+	t.Helper()
+	raw := wstest.DialRaw(t, url, 64<<10)
 	if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -548,6 +553,15 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		}
 		testenv.Eventually(t, wait, "the slow consumer close", func() bool { return m.edge.Stats().SlowConsumerCloses == 1 })
 		expectClose(t, raw, envelope.CloseSlowConsumer)
+	})
+	t.Run("4100, token expiry of a client that keeps sending", func(t *testing.T) {
+		am := newAuthMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second, PublicRooms: []string{"flood"}})
+		m := &mesh{nats: am.nats, edge: am.edge}
+		// JWT expiry has whole seconds: 3 s leave the flood time to back up.
+		raw := floodedAt(t, m, m.edge.URL+"?token="+token(t, "alice", 3*time.Second, nil), flood)
+		stop := keepSending(raw)
+		defer stop()
+		expectClose(t, raw, envelope.CloseUnauthorized)
 	})
 	t.Run("4000, shutdown of an edge whose client keeps sending", func(t *testing.T) {
 		m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
