@@ -69,8 +69,11 @@ func FuzzWire(f *testing.F) {
 			if op != 0x8 {
 				continue
 			}
+			if len(p) == 0 {
+				break // the echo of a client's own close frame without a code
+			}
 			if len(p) < 2 {
-				t.Fatalf("close frame without a code: %x", p)
+				t.Fatalf("close frame with a 1-byte body: %x", p)
 			}
 			switch code := binary.BigEndian.Uint16(p); code {
 			case 1000, 1002, 1007, 1009:
