@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"encoding/json"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -47,14 +50,15 @@ func newRPCMux(e *Edge) (*rpcMux, error) {
 }
 
 // start sends a client request. It answers RESOURCE_EXHAUSTED past the
-// in-flight bound and INVALID_ARGUMENT for a correlation id already in
-// flight on this connection.
+// in-flight bound, and refuses a correlation id already in flight on this
+// connection with an ERROR ALREADY_EXISTS that does not carry the id (see
+// refuseDuplicate).
 func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg) {
 	c.rpcMu.Lock()
 	switch {
 	case c.calls[cid] != nil:
 		c.rpcMu.Unlock()
-		c.sendError(cid, envelope.CodeInvalidArgument, "correlationId already in flight")
+		c.refuseDuplicate(cid)
 		return
 	case len(c.calls) >= m.e.cfg.MaxInflightRPC:
 		c.rpcMu.Unlock()
@@ -97,7 +101,7 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 	case msg.Header.Get("Status") == "503":
 		m.finish(k, envelope.ErrorFrame(k.cid, envelope.CodeUnavailable, "no worker for this type"), false)
 	case msg.Header.Get(envelope.HeaderProgress) != "":
-		if frame, ok := m.e.relay(k.cid, msg.Data, envelope.TypeRPCProgress); ok {
+		if frame, err := m.e.relay(k.cid, msg.Data, envelope.TypeRPCProgress); err == nil {
 			k.mu.Lock()
 			if !k.done {
 				k.c.send(frame) // never blocks
@@ -105,12 +109,41 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 			k.mu.Unlock()
 		}
 	default:
-		frame, ok := m.e.relay(k.cid, msg.Data, "")
-		if !ok {
-			frame = envelope.ErrorFrame(k.cid, envelope.CodeInternal, "invalid reply from worker")
+		frame, err := m.e.relay(k.cid, msg.Data, "")
+		if err != nil {
+			frame = m.e.invalidReply(k.cid, err)
 		}
 		m.finish(k, frame, false)
 	}
+}
+
+// refuseDuplicate answers a request whose correlation id is already in
+// flight on c. The refusal is an ERROR without meta.correlationId, so that
+// no request of the client's matches it: the request in flight keeps its
+// one reply, which a refusal carrying the id could be mistaken for. The id
+// is in details, for the client's logs.
+func (c *conn) refuseDuplicate(cid string) {
+	details, _ := json.Marshal(map[string]string{"correlationId": cid})
+	c.sendErrorPayload("", &envelope.ErrorPayload{
+		Code:    envelope.CodeAlreadyExists,
+		Message: "correlationId already in flight",
+		Details: details,
+	})
+}
+
+// invalidReply is the client's RPC_ERROR INTERNAL for a worker reply that
+// relay refused. Why is logged (sampled); in DevMode it is also in
+// details.reason, for the developer of the worker. A production edge keeps
+// it to its log: it can name schemas and internals.
+func (e *Edge) invalidReply(cid string, why error) []byte {
+	if e.logLimit.Allow() {
+		e.cfg.Logger.Warn("edge: invalid reply from worker", "err", why)
+	}
+	p := &envelope.ErrorPayload{Code: envelope.CodeInternal, Message: "invalid reply from worker"}
+	if e.cfg.DevMode {
+		p.Details, _ = json.Marshal(map[string]string{"reason": why.Error()})
+	}
+	return envelope.EncodeError(cid, p)
 }
 
 // finish ends a call once: it sends frame (if any) to the client and, with
@@ -173,22 +206,35 @@ func (m *rpcMux) dropConn(c *conn) {
 
 // relay checks a worker's reply or progress envelope and returns it as the
 // client must see it: carrying the client's correlation id, and of type typ
-// when typ is set. Server-direction schemas apply to replies.
-func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, bool) {
+// when typ is set. Server-direction schemas apply to replies. The error
+// says why an envelope is unfit.
+func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, error) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, e.cfg.MaxOutboundSize); err != nil || (typ != "" && env.Type != typ) {
+	if err := envelope.DecodeInto(&env, data, e.cfg.MaxOutboundSize); err != nil {
 		e.stats.dropped.Add(1)
-		return nil, false
+		return nil, err
+	}
+	if typ != "" && env.Type != typ {
+		e.stats.dropped.Add(1)
+		return nil, fmt.Errorf("type %q where %q was expected", env.Type, typ)
 	}
 	if env.Type != envelope.TypeRPCError && env.Type != envelope.TypeError && !e.validOut(&env) {
-		return nil, false
+		// validOut counted and logged it; the schema's words are wanted
+		// only on this rare path, so they are asked for again here.
+		if err := e.cfg.Schemas.Validate(schema.Server, env.Type, env.Payload); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("reply of type %q breaks its schema", env.Type)
 	}
 	if env.Meta.CorrelationID == cid {
-		return data, true
+		return data, nil
 	}
 	env.Meta.CorrelationID = cid
 	b, err := envelope.Encode(&env)
-	return b, err == nil
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // ask is a server-to-client request waiting for the client's answer.

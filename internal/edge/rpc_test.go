@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 	"github.com/natter/natter/pkg/worker"
@@ -43,6 +45,12 @@ func rpcMesh(t *testing.T, cfg edge.Config, handlers map[string]worker.Handler) 
 	return m
 }
 
+// nextFrame returns the client's next frame other than the edge's $connected.
+func nextFrame(t *testing.T, c *wstest.Client) *envelope.Envelope {
+	t.Helper()
+	return c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Type != envelope.TypeConnected })
+}
+
 func TestRPCProgressInOrderBeforeReply(t *testing.T) {
 	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
 		"job.run": func(_ context.Context, msg *worker.Message) error {
@@ -57,14 +65,14 @@ func TestRPCProgressInOrderBeforeReply(t *testing.T) {
 	c := m.dial(t, "")
 	c.Send(t, "job.run", envelope.Meta{CorrelationID: "j1"}, nil)
 	for i := range 20 {
-		got := c.Next(t, wait)
+		got := nextFrame(t, c)
 		var p struct{ Step int }
 		_ = json.Unmarshal(got.Payload, &p)
 		if got.Type != envelope.TypeRPCProgress || got.Meta.CorrelationID != "j1" || p.Step != i {
 			t.Fatalf("frame %d: %s %s %s", i, got.Type, got.Meta.CorrelationID, got.Payload)
 		}
 	}
-	if got := c.Next(t, wait); got.Type != "job.done" || got.Meta.CorrelationID != "j1" {
+	if got := nextFrame(t, c); got.Type != "job.done" || got.Meta.CorrelationID != "j1" {
 		t.Fatalf("reply: %s %s", got.Type, got.Payload)
 	}
 
@@ -95,7 +103,7 @@ func TestRPCAbortCancelsHandler(t *testing.T) {
 	c.Send(t, "long.task", envelope.Meta{CorrelationID: "a1", TimeoutMs: 30_000}, nil)
 	<-started
 	c.Send(t, envelope.TypeAbort, envelope.Meta{CorrelationID: "a1"}, nil)
-	assertRPCError(t, c.Next(t, wait), envelope.CodeCanceled)
+	assertRPCError(t, nextFrame(t, c), envelope.CodeCanceled)
 	select {
 	case err := <-ended:
 		if !errors.Is(err, context.Canceled) {
@@ -156,16 +164,118 @@ func TestRPCNoResponderFast(t *testing.T) {
 	}
 }
 
+// A request whose correlationId is already in flight is refused with an
+// ERROR that does not carry the id, so that the request in flight is not
+// disturbed: the only frame with that id is the worker's reply.
 func TestRPCDuplicateCorrelationID(t *testing.T) {
+	started := make(chan struct{}, 2)
 	release := make(chan struct{})
 	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
-		"hold": func(_ context.Context, msg *worker.Message) error { <-release; return msg.Reply("held", nil) },
+		"hold": func(_ context.Context, msg *worker.Message) error {
+			started <- struct{}{}
+			<-release
+			return msg.Reply("held", map[string]int{"n": 1})
+		},
 	})
-	defer close(release)
 	c := m.dial(t, "")
-	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup"}, nil)
-	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup"}, nil)
-	assertRPCError(t, c.Next(t, wait), envelope.CodeInvalidArgument)
+	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup", TimeoutMs: 30_000}, nil)
+	select {
+	case <-started:
+	case <-time.After(wait):
+		t.Fatal("the first request did not reach the worker")
+	}
+	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup", TimeoutMs: 30_000}, nil)
+
+	refusal := nextFrame(t, c)
+	if refusal.Type != envelope.TypeError || refusal.Meta.CorrelationID != "" {
+		t.Fatalf("refusal: %s with correlationId %q (%s); want ERROR without one", refusal.Type, refusal.Meta.CorrelationID, refusal.Payload)
+	}
+	var p struct {
+		Code    envelope.Code
+		Details struct{ CorrelationID string }
+	}
+	if err := json.Unmarshal(refusal.Payload, &p); err != nil || p.Code != envelope.CodeAlreadyExists || p.Details.CorrelationID != "dup" {
+		t.Fatalf("refusal payload %s (%v); want ALREADY_EXISTS with details.correlationId dup", refusal.Payload, err)
+	}
+
+	// The original completes normally, and nothing else carries its id:
+	// the heartbeat's ack, sent after the reply, is the sentinel.
+	close(release)
+	if got := nextFrame(t, c); got.Type != "held" || got.Meta.CorrelationID != "dup" || string(got.Payload) != `{"n":1}` {
+		t.Fatalf("reply: %s %q %s", got.Type, got.Meta.CorrelationID, got.Payload)
+	}
+	c.Send(t, envelope.TypeHeartbeat, envelope.Meta{CorrelationID: "sentinel"}, nil)
+	for {
+		got := nextFrame(t, c)
+		if got.Meta.CorrelationID == "sentinel" {
+			break
+		}
+		t.Fatalf("frame after the reply: %s %q %s", got.Type, got.Meta.CorrelationID, got.Payload)
+	}
+	select {
+	case <-started:
+		t.Fatal("the duplicate reached the worker")
+	default:
+	}
+}
+
+// An invalid worker reply is INTERNAL for the client; in dev mode its
+// details say why, for the worker's developer; in production they do not,
+// since the reason can name schemas and internals.
+func TestRPCInvalidReplyReason(t *testing.T) {
+	respond := func(t *testing.T, nc *nats.Conn) {
+		t.Helper()
+		for typ, reply := range map[string]string{
+			"bad.json":   `{"type":"x","payload":`,
+			"bad.schema": `{"type":"test.reply","payload":{"text":""}}`,
+		} {
+			if _, err := nc.Subscribe("natter.in."+typ, func(msg *nats.Msg) { _ = msg.Respond([]byte(reply)) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reason := func(t *testing.T, got *envelope.Envelope) (string, bool) {
+		t.Helper()
+		assertRPCError(t, got, envelope.CodeInternal)
+		var p struct {
+			Message string
+			Details *struct{ Reason string }
+		}
+		if err := json.Unmarshal(got.Payload, &p); err != nil || p.Message != "invalid reply from worker" {
+			t.Fatalf("payload %s (%v)", got.Payload, err)
+		}
+		if p.Details == nil {
+			return "", false
+		}
+		return p.Details.Reason, true
+	}
+
+	t.Run("dev mode", func(t *testing.T) {
+		m := newMesh(t, edge.Config{Schemas: loadSchemas(t, false)})
+		respond(t, m.nats)
+		c := m.dial(t, "")
+		for typ, want := range map[string]string{"bad.json": "malformed JSON", "bad.schema": "text"} {
+			r, ok := reason(t, c.Request(t, typ, nil, wait))
+			if !ok || !strings.Contains(r, want) {
+				t.Errorf("%s: details.reason %q (present %v); want it to mention %q", typ, r, ok, want)
+			}
+		}
+	})
+	t.Run("production", func(t *testing.T) {
+		srv := testenv.NATS(t)
+		nc := testenv.Connect(t, srv.ClientURL())
+		respond(t, nc)
+		e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), Anonymous: true, Schemas: loadSchemas(t, false)})
+		c := wstest.Dial(t, e.URL)
+		for _, typ := range []string{"bad.json", "bad.schema"} {
+			if r, ok := reason(t, c.Request(t, typ, nil, wait)); ok {
+				t.Errorf("%s: details.reason %q on a production edge", typ, r)
+			}
+		}
+	})
 }
 
 // A service that is not the SDK answers a client's RPC by following
@@ -288,7 +398,7 @@ func TestRPCNoProgressAfterReply(t *testing.T) {
 		cid := fmt.Sprintf("f%d", i)
 		c.Send(t, "flood", envelope.Meta{CorrelationID: cid, TimeoutMs: 30}, nil)
 		for {
-			got := c.Next(t, wait)
+			got := nextFrame(t, c)
 			if got.Meta.CorrelationID != cid {
 				t.Fatalf("call %s: a frame of %s (%s) after its reply", cid, got.Meta.CorrelationID, got.Type)
 			}
