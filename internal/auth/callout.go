@@ -133,12 +133,22 @@ func (c *Callout) connect(ctx context.Context, op string, req *ConnectRequest) (
 }
 
 // AuthorizeJoin asks <prefix>.auth.join whether a client may join room.
-// A denial is ErrForbidden.
+// A denial is ErrForbidden; no usable answer is ErrUnavailable, with a
+// reason that names the join authorizer (the connection itself is
+// authenticated already).
 func (c *Callout) AuthorizeJoin(ctx context.Context, req JoinRequest) error {
 	req.Edge = c.Edge
 	var rep JoinReply
 	if err := c.ask(ctx, envelope.AuthJoin, &req, &rep); err != nil {
-		return err
+		reason := "join authorizer unavailable"
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			subj, _ := c.Namespace.Auth(envelope.AuthJoin) // ask built it: valid
+			reason = "no join authorizer is running: nothing answers " + subj.String()
+		case errors.Is(err, context.DeadlineExceeded):
+			reason = "the join authorizer did not answer in time"
+		}
+		return refuse(ErrUnavailable, reason, err)
 	}
 	if !rep.Allow {
 		return refuse(ErrForbidden, clientReason(rep.Reason, "not allowed to join "+req.Room), nil)

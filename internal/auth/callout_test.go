@@ -300,16 +300,34 @@ func TestCalloutAuthorizeJoin(t *testing.T) {
 		wantRefusal(t, join("other"), auth.ErrForbidden, "not allowed to join other")
 		<-got
 	})
+	// The connection is authenticated: a join refused for want of an
+	// answer names the join authorizer, not authentication.
 	t.Run("timeout", func(t *testing.T) {
 		err := join("silent")
-		wantRefusal(t, err, auth.ErrUnavailable, "authentication unavailable")
+		wantRefusal(t, err, auth.ErrUnavailable, "the join authorizer did not answer in time")
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("cause = %v; want the deadline", err)
 		}
 		<-got
 	})
 	t.Run("malformed reply", func(t *testing.T) {
-		wantRefusal(t, join("garbled"), auth.ErrUnavailable, "authentication unavailable")
+		wantRefusal(t, join("garbled"), auth.ErrUnavailable, "join authorizer unavailable")
 		<-got
+	})
+	t.Run("no authorizer running", func(t *testing.T) {
+		ns, err := envelope.NewNamespace("nobody")
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone := &auth.Callout{NATS: env.edge, Namespace: ns, Edge: "edge-1", Timeout: 5 * time.Second}
+		start := time.Now()
+		err = alone.AuthorizeJoin(ctx, auth.JoinRequest{Conn: "c1", User: "alice", Room: "r"})
+		wantRefusal(t, err, auth.ErrUnavailable, "no join authorizer is running: nothing answers nobody.auth.join")
+		if !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatalf("cause = %v; want no responders", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("refused after %s; want at once", d)
+		}
 	})
 }

@@ -15,8 +15,11 @@ type Origins struct {
 	// Allowed are origin patterns such as "https://app.example.com" or
 	// "https://*.example.com" ('*' matches within the host; "*" alone is any
 	// origin; every other character is literal, so "http://[::1]:3000"
-	// works). Empty: only the edge's own origin (Origin's host equals the
-	// request's Host), the rule browsers apply to most other requests.
+	// works), allowed in addition to the edge's own origin (Origin's host
+	// equals the request's Host), which is always allowed: a page served
+	// by the edge's own host cannot hijack anything, and the same-origin
+	// rule is the one browsers apply to most other requests. Empty: only
+	// the edge's own origin.
 	Allowed []string
 	// Any allows every origin (dev mode).
 	Any bool
@@ -33,11 +36,8 @@ func (o Origins) Check(r *http.Request) error {
 	if err != nil || u.Host == "" {
 		return refuse(ErrForbidden, "origin not allowed", err)
 	}
-	if len(o.Allowed) == 0 {
-		if strings.EqualFold(u.Host, r.Host) {
-			return nil
-		}
-		return refuse(ErrForbidden, "origin not allowed", nil)
+	if strings.EqualFold(u.Host, r.Host) {
+		return nil
 	}
 	norm := strings.ToLower(u.Scheme + "://" + u.Host)
 	for _, p := range o.Allowed {
