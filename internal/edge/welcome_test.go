@@ -1,0 +1,51 @@
+package edge_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/pkg/envelope"
+)
+
+// The first frame of every connection is $connected with the connection's
+// id (the one natter.out.conn.<id> reaches and workers see in Natter-Conn)
+// and its user, even when the client sends at once.
+func TestWelcomeFirstFrame(t *testing.T) {
+	m := newMesh(t, edge.Config{})
+	for _, user := range []string{"alice", ""} {
+		t.Run("user="+user, func(t *testing.T) {
+			c := m.dial(t, user)
+			c.Send(t, envelope.TypeHeartbeat, envelope.Meta{CorrelationID: "hb"}, nil)
+			first := c.Next(t, wait)
+			if first.Type != envelope.TypeConnected || !first.Meta.IsZero() {
+				t.Fatalf("first frame: %s meta %+v %s; want %s", first.Type, first.Meta, first.Payload, envelope.TypeConnected)
+			}
+			var p map[string]string
+			if err := json.Unmarshal(first.Payload, &p); err != nil {
+				t.Fatalf("payload %s: %v", first.Payload, err)
+			}
+			id := p["connectionId"]
+			if envelope.ValidateID(id) != nil {
+				t.Fatalf("connectionId %q is not an id", id)
+			}
+			if u, ok := p["user"]; u != user || ok != (user != "") {
+				t.Fatalf("payload %s; want user %q", first.Payload, user)
+			}
+			if got := c.Next(t, wait); got.Type != envelope.TypeHeartbeatAck {
+				t.Fatalf("second frame: %s %s", got.Type, got.Payload)
+			}
+
+			// The id is the one services use: the publish reaches this client.
+			if err := m.nats.Publish("natter.out.conn."+id, []byte(`{"type":"for.you","payload":{"n":7}}`)); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Next(t, wait); got.Type != "for.you" || string(got.Payload) != `{"n":7}` {
+				t.Fatalf("after a publish to natter.out.conn.%s: %s %s", id, got.Type, got.Payload)
+			}
+			if h := connID(t, m.nats, c); h != id {
+				t.Fatalf("Natter-Conn %q, $connected said %q", h, id)
+			}
+		})
+	}
+}
