@@ -60,7 +60,8 @@ type State uint8
 const (
 	// StateConnecting: the first connection is being made.
 	StateConnecting State = iota
-	// StateOpen: connected, rooms re-joined and state restored; sends are
+	// StateOpen: connected (the edge's $connected told the connection's
+	// id, see ConnID), rooms re-joined and state restored; sends are
 	// written as they come.
 	StateOpen
 	// StateReconnecting: the connection dropped with a code that asks for a
@@ -167,7 +168,9 @@ type Options struct {
 	// Handle handlers when the edge gives none. Default 10s.
 	RPCTimeout time.Duration
 	// HandshakeTimeout bounds one connection attempt: token, dial, TLS and
-	// upgrade. Default 10s.
+	// upgrade; and then the wait for the edge's first frame, $connected,
+	// after which an edge that sent none is used without a ConnID.
+	// Default 10s.
 	HandshakeTimeout time.Duration
 	// WriteTimeout bounds writing one frame; a connection that cannot take
 	// a frame for this long is dropped and reconnected. Default 10s.
@@ -312,6 +315,7 @@ type Client struct {
 	// rooms remembered or being joined (see Position).
 	positions map[string]Position
 	pstate    json.RawMessage // remembered $presence.state, nil: none
+	connID    string          // the current connection's id, from its $connected; "" if none
 	info      CloseInfo       // why the client closed
 	seq       uint64
 
@@ -466,6 +470,18 @@ func (c *Client) State() State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state
+}
+
+// ConnID returns the id the edge gave the current connection, in its first
+// frame ($connected): services reach this client at natter.out.conn.<id>
+// (rpc.Ask, worker.Publisher.ToConn) and see it in the Natter-Conn header
+// of what it sends. It is known once the client is Open (when Dial
+// returns, say), "" while it is not connected, and new after every
+// reconnect; On(envelope.TypeConnected, f) sees each new one.
+func (c *Client) ConnID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connID
 }
 
 func (c *Client) closeInfo() CloseInfo {

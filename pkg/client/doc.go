@@ -17,6 +17,10 @@
 //	var out json.RawMessage
 //	err = c.Call(ctx, "echo", map[string]string{"hello": "world"}, &out)
 //
+// The edge's first frame on every connection, $connected, tells the
+// connection's id; the client is Open only once it has it. ConnID returns
+// it: services reach this client at natter.out.conn.<id>.
+//
 // # Reconnecting
 //
 // The client reconnects after a close code that asks for it (4000-4099, an

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,8 @@ import (
 type fakeEdge struct {
 	URL   string
 	conns atomic.Int32
+	// silent: no $connected on open, as an edge that does not send it.
+	silent atomic.Bool
 
 	onOpen    func(n int, ws *gws.Conn)
 	onMessage func(n int, ws *gws.Conn, env *envelope.Envelope)
@@ -35,6 +38,10 @@ type fakeConn struct {
 }
 
 func (h *fakeConn) OnOpen(ws *gws.Conn) {
+	if !h.f.silent.Load() {
+		// As the edge does, first of all: the connection's id, "fake-<n>".
+		_ = ws.WriteMessage(gws.OpcodeText, []byte(`{"type":"`+envelope.TypeConnected+`","payload":{"connectionId":"fake-`+strconv.Itoa(h.n)+`"}}`))
+	}
 	if h.f.onOpen != nil {
 		h.f.onOpen(h.n, ws)
 	}

@@ -43,6 +43,10 @@ type session struct {
 	lim *rate.Limiter
 	// byClient marks a close the client started (Close).
 	byClient atomic.Bool
+	// welcome is closed when the edge's $connected arrives; welcomed is
+	// its read goroutine's note that it did.
+	welcome  chan struct{}
+	welcomed bool
 }
 
 // connect makes one connection attempt: token, dial, TLS, upgrade.
@@ -84,7 +88,7 @@ func (c *Client) connect() (*session, error) {
 		conn = tc
 	}
 	sctx, scancel := context.WithCancel(c.ctx)
-	s := &session{c: c, done: make(chan struct{}), ctrl: make(chan []byte, ctrlQueue), ctx: sctx, cancel: scancel}
+	s := &session{c: c, done: make(chan struct{}), ctrl: make(chan []byte, ctrlQueue), ctx: sctx, cancel: scancel, welcome: make(chan struct{})}
 	if c.opts.SendRate > 0 {
 		// Full at first use, like the edge's (whose burst is larger by
 		// default: see DefaultSendBurst).
@@ -120,11 +124,12 @@ func (c *Client) connect() (*session, error) {
 	return s, nil
 }
 
-// serve restores rooms and state on s, then writes frames until s ends.
-// It returns why s ended and when it reached Open (zero: never).
+// serve waits for the edge's $connected, restores rooms and state on s,
+// then writes frames until s ends. It returns why s ended and when it
+// reached Open (zero: never).
 func (c *Client) serve(s *session) (CloseInfo, time.Time) {
 	var opened time.Time
-	if c.restore(s) {
+	if c.awaitWelcome(s) && c.restore(s) {
 		opened = time.Now()
 		c.setState(StateOpen, CloseInfo{})
 		select {
@@ -143,6 +148,27 @@ func (c *Client) serve(s *session) (CloseInfo, time.Time) {
 		<-s.done
 	}
 	return s.info, opened
+}
+
+// awaitWelcome waits for the edge's first frame, $connected, which tells
+// the connection's id (ConnID), so that the client is Open only once it
+// knows it. An edge that sends none within HandshakeTimeout gets the
+// connection anyway, without an id. It reports false when s ended or the
+// client closed first.
+func (c *Client) awaitWelcome(s *session) bool {
+	t := time.NewTimer(c.opts.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-s.welcome:
+		return true
+	case <-t.C:
+		c.log.Warn("client: the edge sent no $connected; the connection id is unknown", "waited", c.opts.HandshakeTimeout)
+		return true
+	case <-s.done:
+		return false
+	case <-c.ctx.Done():
+		return false
+	}
 }
 
 // closeSession sends the close frame 1000 and waits for the read loop.
@@ -505,6 +531,7 @@ func (s *session) sendCtrl(frame []byte) {
 // failSession fails the requests written on s: their replies cannot come.
 func (c *Client) failSession(s *session) {
 	c.mu.Lock()
+	c.connID = ""
 	var lost []*call
 	for cid, cl := range c.pending {
 		if cl.sess == s {
@@ -581,6 +608,19 @@ func (c *Client) route(s *session, env *envelope.Envelope) {
 		c.trackDelivery(env)
 	}
 	switch env.Type {
+	case envelope.TypeConnected:
+		var p struct {
+			ConnectionID string `json:"connectionId"`
+		}
+		if json.Unmarshal(env.Payload, &p) == nil && p.ConnectionID != "" {
+			c.mu.Lock()
+			c.connID = p.ConnectionID
+			c.mu.Unlock()
+		}
+		if !s.welcomed {
+			s.welcomed = true
+			close(s.welcome)
+		}
 	case envelope.TypeAuthExpiring:
 		if c.opts.Token != nil && !c.refreshing.Swap(true) {
 			var p struct {
