@@ -185,8 +185,17 @@ export interface HistoryPage<P = unknown> {
   more: boolean;
 }
 
+/** The payload of `$connected`, the first frame of every connection. */
+export interface ConnectedPayload {
+  /** The connection's id: services reach it at natter.out.conn.<connectionId>. */
+  connectionId: string;
+  /** The connection's user; absent for anonymous connections. */
+  user?: string;
+}
+
 /** Payloads of the frames the edge itself sends. */
 export interface SystemServerMessages {
+  "$connected": ConnectedPayload;
   "$joined": JoinedPayload;
   "$left": { room: string };
   "$presence.diff": PresenceDiff;
@@ -263,7 +272,7 @@ export interface ConnectOptions {
   buffer?: BufferOptions;
   /** Default RPC deadline, in ms. Default 10000. */
   rpcTimeoutMs?: number;
-  /** Time allowed for options.token() plus the handshake, in ms. Default 15000. */
+  /** Time allowed for options.token(), the handshake and the edge's `$connected`, in ms. Default 15000. */
   connectTimeoutMs?: number;
   /** Client-side pacing of sends (the edge's default --rate-limit), or false. Default {perSecond: 100, burst: 200}. */
   sendRate?: false | SendRateOptions;
@@ -335,6 +344,14 @@ export interface PresenceApi {
 
 export interface Client {
   readonly state: State;
+  /**
+   * The id the edge gave the current connection (its first frame,
+   * `$connected`): services reach this client at natter.out.conn.<id>.
+   * Set before the state becomes "open"; undefined before the first
+   * connection and while reconnecting; a new one on every reconnect
+   * (`on("$connected", fn)` sees each).
+   */
+  readonly connectionId: string | undefined;
   /** Calls fn on every state change; returns the unsubscribe function. */
   onState(fn: (state: State, info?: StateInfo) => void): () => void;
   /** Calls fn for every frame of this type that is not a reply to this client's own request; "*" gets every frame. */
@@ -485,6 +502,8 @@ class NatterClient implements Client {
   #gen = 0; // bumped for every socket, at a drop and at close: events of older sockets are ignored
   #attempt = 0; // failed attempts since the last lasting connection, for the backoff
   #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
+  #connectionId: string | undefined; // from the current socket's $connected
+  #welcoming = 0; // the socket whose handshake is done and whose $connected is awaited, 0 if none
   #expired = false; // reconnecting after a 4100 with a fresh token: a failed handshake ends the client
   #retry: ReturnType<typeof setTimeout> | undefined; // the next dial
   #connectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -542,6 +561,10 @@ class NatterClient implements Client {
 
   get state(): State {
     return this.#state;
+  }
+
+  get connectionId(): string | undefined {
+    return this.#connectionId;
   }
 
   onState(fn: (state: State, info?: StateInfo) => void): () => void {
@@ -733,7 +756,10 @@ class NatterClient implements Client {
         // Already closed.
       }
     };
-    const timer = setTimeout(() => end(1006, "connect timeout"), this.#connectTimeout());
+    // One deadline for token(), the handshake and the edge's $connected.
+    // An edge that opens the socket but sends no $connected by then gets
+    // the connection anyway, without a connectionId.
+    const timer = setTimeout(() => (this.#welcoming === gen ? this.#welcomed(gen) : end(1006, "connect timeout")), this.#connectTimeout());
     this.#connectTimer = timer; // for close()
     let token: string | undefined;
     try {
@@ -763,10 +789,10 @@ class NatterClient implements Client {
     const socket = ws;
     this.#ws = socket;
     socket.addEventListener("open", () => {
-      clearTimeout(timer);
       if (gen !== this.#gen) return;
       this.#expired = false; // the fresh token was accepted
-      void this.#ready(gen);
+      // The edge's first frame, $connected, completes the connect (#welcomed).
+      this.#welcoming = gen;
     });
     socket.addEventListener("message", (ev) => {
       const { data } = ev as { data: unknown };
@@ -777,6 +803,14 @@ class NatterClient implements Client {
       const { code, reason } = ev as { code: number; reason: string };
       end(code, reason);
     });
+  }
+
+  /** The connect of socket gen is complete: its $connected came, or the connect deadline passed without one. */
+  #welcomed(gen: number): void {
+    if (this.#welcoming !== gen || gen !== this.#gen) return;
+    this.#welcoming = 0;
+    clearTimeout(this.#connectTimer);
+    void this.#ready(gen);
   }
 
   /**
@@ -814,6 +848,7 @@ class NatterClient implements Client {
     // as lost (not refused), and is sent again on the next one.
     this.#gen++;
     this.#ws = null;
+    this.#connectionId = undefined;
     this.#stopTimers();
     const lost = new NatterError("UNAVAILABLE", `connection lost (${code}${reason ? ` ${reason}` : ""})`);
     LOST.add(lost);
@@ -850,6 +885,7 @@ class NatterClient implements Client {
   #shutdown(info: StateInfo, err: NatterError): void {
     this.#gen++;
     this.#ws = null;
+    this.#connectionId = undefined;
     clearTimeout(this.#retry);
     this.#stopTimers();
     for (const cid of [...this.#pending.keys()]) this.#settle(cid, err);
@@ -1225,6 +1261,13 @@ class NatterClient implements Client {
     } else if (env.type === "$auth.expiring" && typeof this.#opts.token === "function") {
       const expiresAt = (env.payload as { expiresAt?: unknown } | undefined)?.expiresAt;
       this.#autoRefresh(typeof expiresAt === "number" ? expiresAt : 0, this.#gen, 0);
+    } else if (env.type === "$connected") {
+      const id = (env.payload as { connectionId?: unknown } | undefined)?.connectionId;
+      if (typeof id === "string") this.#connectionId = id;
+      const gen = this.#gen;
+      this.#emit(env.type, env);
+      this.#welcomed(gen); // the connection goes on to "open" after the listeners saw the id
+      return;
     }
     this.#emit(env.type, env);
   }

@@ -26,9 +26,15 @@ export function fakeWebSocket() {
     }
 
     // Test controls.
-    open() {
+    /**
+     * Completes the handshake and, as an edge does, sends $connected with
+     * the id "fake-<n>" (n counts sockets from 1); welcome false leaves it
+     * to the test.
+     */
+    open({ welcome = true } = {}) {
       this.readyState = 1;
       this.#fire("open", {});
+      if (welcome) this.serverSend({ type: "$connected", payload: { connectionId: `fake-${FakeWebSocket.sockets.indexOf(this) + 1}` } });
     }
     serverSend(env) {
       this.#fire("message", { data: JSON.stringify(env) });

@@ -20,6 +20,15 @@ c.on("$joined", (p) => {
   void r;
 });
 c.on("*", (p, env) => void [p, env.type]);
+c.on("$connected", (p) => {
+  const id: string = p.connectionId;
+  const user: string | undefined = p.user;
+  void id, user;
+});
+const connID: string | undefined = c.connectionId;
+// @ts-expect-error undefined until the edge's $connected
+const sure: string = c.connectionId;
+void connID, sure;
 
 const ac = new AbortController();
 const sum: Promise<{ sum: number }> = c.rpc<"calc.add", { sum: number }>("calc.add", { a: 1 }, {

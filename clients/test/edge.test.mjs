@@ -44,6 +44,28 @@ test("sends made before open arrive in order", async () => {
   assert.equal(c.state, "open");
 });
 
+test("connectionId: the id services reach the client by, told again at every reconnect", async () => {
+  const c = client("idris");
+  await waitState(c, "open");
+  const first = c.connectionId;
+  assert.equal(first, await connId(nc, c));
+  const direct = nextFrame(c, "direct");
+  nc.publish(`natter.out.conn.${first}`, enc({ type: "direct", payload: { n: 1 } }));
+  assert.deepEqual((await direct).payload, { n: 1 });
+
+  const told = nextFrame(c, "$connected");
+  const away = waitState(c, "reconnecting");
+  nc.publish(`natter.ctl.conn.${first}`, enc({ op: "close", code: 4003 }));
+  await away;
+  assert.equal(c.connectionId, undefined);
+  const again = await told;
+  await waitState(c, "open");
+  const second = c.connectionId;
+  assert.ok(second && second !== first, `${first} then ${second}`);
+  assert.deepEqual(again.payload, { connectionId: second, user: "idris" });
+  assert.equal(second, await connId(nc, c));
+});
+
 test("rpc: echo resolves with the reply's payload", async () => {
   const c = client("alice");
   assert.deepEqual(await c.rpc("echo", { hello: "world" }), { hello: "world" });

@@ -83,6 +83,47 @@ test("sends before open are buffered and flushed in order after the re-joins", a
   assert.deepEqual(states.at(-1), ["closed", 1000]);
 });
 
+test("connectionId: the edge's $connected completes the connect; undefined while away, the new one after a reconnect", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast });
+  const told = [];
+  c.on("$connected", (p) => told.push([p.connectionId, c.connectionId, c.state]));
+  const ws = await lastSocket(WS);
+  assert.equal(c.connectionId, undefined);
+  ws.open({ welcome: false });
+  assert.equal(c.state, "connecting", "the handshake alone does not open the client");
+  assert.equal(c.connectionId, undefined);
+  ws.serverSend({ type: "$connected", payload: { connectionId: "conn-1", user: "alice" } });
+  assert.equal(c.state, "open");
+  assert.equal(c.connectionId, "conn-1");
+  assert.deepEqual(told, [["conn-1", "conn-1", "connecting"]], "listeners see the id before the client opens");
+  assert.deepEqual(ws.sent, [], "$connected is not answered");
+
+  ws.serverClose(4001, "slow");
+  assert.equal(c.state, "reconnecting");
+  assert.equal(c.connectionId, undefined);
+  const ws2 = await lastSocket(WS, 2);
+  ws2.open();
+  assert.equal(c.state, "open");
+  assert.equal(c.connectionId, "fake-2");
+  c.close();
+  assert.equal(c.connectionId, undefined);
+});
+
+test("connectionId: an edge that sends no $connected opens the client at the connect deadline, without one", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast, connectTimeoutMs: 30 });
+  const ws = await lastSocket(WS);
+  const opened = new Promise((resolve) => c.onState((s) => s === "open" && resolve()));
+  const t0 = Date.now();
+  ws.open({ welcome: false });
+  assert.equal(c.state, "connecting", "waiting for $connected");
+  await opened;
+  assert.ok(Date.now() - t0 >= 25, `opened after ${Date.now() - t0} ms, at the deadline`);
+  assert.equal(c.connectionId, undefined);
+  assert.equal(WS.sockets.length, 1, "not given up and redialled");
+});
+
 test("leave while the join is on its way: the join rejects CANCELLED and the edge gets $leave", async () => {
   const WS = fakeWebSocket();
   const c = connect("ws://edge.test/ws", { WebSocket: WS });

@@ -69,6 +69,8 @@ class NatterClient {
     #gen = 0; // bumped for every socket, at a drop and at close: events of older sockets are ignored
     #attempt = 0; // failed attempts since the last lasting connection, for the backoff
     #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
+    #connectionId; // from the current socket's $connected
+    #welcoming = 0; // the socket whose handshake is done and whose $connected is awaited, 0 if none
     #expired = false; // reconnecting after a 4100 with a fresh token: a failed handshake ends the client
     #retry; // the next dial
     #connectTimer;
@@ -127,6 +129,9 @@ class NatterClient {
     }
     get state() {
         return this.#state;
+    }
+    get connectionId() {
+        return this.#connectionId;
     }
     onState(fn) {
         this.#stateListeners.add(fn);
@@ -323,7 +328,10 @@ class NatterClient {
                 // Already closed.
             }
         };
-        const timer = setTimeout(() => end(1006, "connect timeout"), this.#connectTimeout());
+        // One deadline for token(), the handshake and the edge's $connected.
+        // An edge that opens the socket but sends no $connected by then gets
+        // the connection anyway, without a connectionId.
+        const timer = setTimeout(() => (this.#welcoming === gen ? this.#welcomed(gen) : end(1006, "connect timeout")), this.#connectTimeout());
         this.#connectTimer = timer; // for close()
         let token;
         try {
@@ -356,11 +364,11 @@ class NatterClient {
         const socket = ws;
         this.#ws = socket;
         socket.addEventListener("open", () => {
-            clearTimeout(timer);
             if (gen !== this.#gen)
                 return;
             this.#expired = false; // the fresh token was accepted
-            void this.#ready(gen);
+            // The edge's first frame, $connected, completes the connect (#welcomed).
+            this.#welcoming = gen;
         });
         socket.addEventListener("message", (ev) => {
             const { data } = ev;
@@ -372,6 +380,14 @@ class NatterClient {
             const { code, reason } = ev;
             end(code, reason);
         });
+    }
+    /** The connect of socket gen is complete: its $connected came, or the connect deadline passed without one. */
+    #welcomed(gen) {
+        if (this.#welcoming !== gen || gen !== this.#gen)
+            return;
+        this.#welcoming = 0;
+        clearTimeout(this.#connectTimer);
+        void this.#ready(gen);
     }
     /**
      * Brings a new socket up to date before it counts as open: the presence
@@ -414,6 +430,7 @@ class NatterClient {
         // as lost (not refused), and is sent again on the next one.
         this.#gen++;
         this.#ws = null;
+        this.#connectionId = undefined;
         this.#stopTimers();
         const lost = new NatterError("UNAVAILABLE", `connection lost (${code}${reason ? ` ${reason}` : ""})`);
         LOST.add(lost);
@@ -452,6 +469,7 @@ class NatterClient {
     #shutdown(info, err) {
         this.#gen++;
         this.#ws = null;
+        this.#connectionId = undefined;
         clearTimeout(this.#retry);
         this.#stopTimers();
         for (const cid of [...this.#pending.keys()])
@@ -864,6 +882,15 @@ class NatterClient {
         else if (env.type === "$auth.expiring" && typeof this.#opts.token === "function") {
             const expiresAt = env.payload?.expiresAt;
             this.#autoRefresh(typeof expiresAt === "number" ? expiresAt : 0, this.#gen, 0);
+        }
+        else if (env.type === "$connected") {
+            const id = env.payload?.connectionId;
+            if (typeof id === "string")
+                this.#connectionId = id;
+            const gen = this.#gen;
+            this.#emit(env.type, env);
+            this.#welcomed(gen); // the connection goes on to "open" after the listeners saw the id
+            return;
         }
         this.#emit(env.type, env);
     }
