@@ -159,9 +159,10 @@ func newMember(lo, hi int64) *member {
 }
 
 var (
-	tickKey   = []byte(`{"t":`)
-	seqKey    = []byte(`,"n":`)
-	joinedKey = []byte(`"$joined"`)
+	tickKey      = []byte(`{"t":`)
+	seqKey       = []byte(`,"n":`)
+	joinedKey    = []byte(`"$joined"`)
+	connectedKey = []byte(`"$connected"`)
 )
 
 func (m *member) OnOpen(*gws.Conn) {}
@@ -195,6 +196,10 @@ func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
 		return
 	}
 	if m.state.Load() == 0 {
+		if bytes.Contains(b, connectedKey) {
+			msg.Close() // $connected, the edge's first frame
+			return
+		}
 		if bytes.Contains(b, joinedKey) {
 			if m.state.CompareAndSwap(0, 1) {
 				close(m.joined)

@@ -487,7 +487,18 @@ func TestREADMEWebSocketExample(t *testing.T) {
 	check := func(who string, c *wstest.Client, block string) {
 		t.Helper()
 		for want := range strings.Lines(block) {
-			got, err := envelope.Encode(c.Next(t, wait))
+			next := func() *envelope.Envelope { return c.Next(t, wait) }
+			if strings.Contains(want, `"$connected"`) {
+				// wstest keeps the edge's first frame apart from the others.
+				next = func() *envelope.Envelope {
+					env, before := c.Welcome(t, wait)
+					if before != 0 {
+						t.Fatalf("%s: $connected after %d frames", who, before)
+					}
+					return env
+				}
+			}
+			got, err := envelope.Encode(next())
 			if err != nil {
 				t.Fatal(err)
 			}

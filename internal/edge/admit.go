@@ -262,14 +262,19 @@ func (c *conn) authorizeJoin(room string) error {
 		return nil
 	}
 	if c.e.cfg.JoinAuthorizer == nil {
-		return errNotGranted
+		return notGranted(room)
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, c.e.cfg.AuthTimeout)
 	defer cancel()
 	return c.e.cfg.JoinAuthorizer.AuthorizeJoin(ctx, auth.JoinRequest{Conn: c.id, User: c.user, Room: room, Rooms: id.Rooms})
 }
 
-var errNotGranted = &auth.Error{Kind: auth.ErrForbidden, Reason: "not allowed to join this room"}
+// notGranted refuses a join that no grant or public room allows, on an
+// edge without a join authorizer to ask: it names the ways to allow it.
+func notGranted(room string) error {
+	return &auth.Error{Kind: auth.ErrForbidden, Reason: "no grant allows joining room " + room +
+		": add it to the token's rooms claim, to --public-rooms, or run a join authorizer (--join-callout)"}
+}
 
 // codeOf maps an auth refusal to an error code.
 func codeOf(err error) envelope.Code {

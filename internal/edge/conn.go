@@ -110,6 +110,8 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 // addressed to the connection always finds it. The two subjects are exact:
 // a wildcard would also match a client's own natter.in.conn.<id>.
 func (c *conn) register() error {
+	// $connected goes first, before any subscription can deliver a frame.
+	c.sendWelcome()
 	out, err := c.e.ns.Conn(c.id)
 	if err != nil {
 		return err

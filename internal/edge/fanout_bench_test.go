@@ -463,8 +463,8 @@ func TestFanoutClientProcess(t *testing.T) {
 	// The process exits now; the edge sees every connection end.
 }
 
-// fanoutMember is one client of the child process: its first frame must be
-// $joined, every later one the room frame.
+// fanoutMember is one client of the child process: after $connected its
+// first frame must be $joined, every later one the room frame.
 type fanoutMember struct {
 	frame     []byte
 	joined    *counter
@@ -480,6 +480,9 @@ func (m *fanoutMember) OnPong(*gws.Conn, []byte)     {}
 
 func (m *fanoutMember) OnMessage(_ *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
+	if !m.isMember && bytes.Contains(msg.Bytes(), []byte(`"$connected"`)) {
+		return // the edge's first frame
+	}
 	if !m.isMember {
 		m.isMember = true
 		if env, err := envelope.Decode(msg.Bytes(), 0); err != nil || env.Type != envelope.TypeJoined {
@@ -590,6 +593,7 @@ func (c *sinkConn) Write(p []byte) (int, error) {
 		}
 		c.upgraded.Store(true)
 	case len(p) < 2 || p[0] != 0x81: // not a final text frame: close, pong
+	case !c.isMember.Load() && bytes.Contains(p, []byte(`"$connected"`)): // the edge's first frame
 	case !c.isMember.Load():
 		c.isMember.Store(true)
 		c.set.joined.add()
@@ -601,6 +605,10 @@ func (c *sinkConn) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// CloseWrite is the edge's half-close after its close frame: the sink
+// hangs up at once, as a client does.
+func (c *sinkConn) CloseWrite() error { return c.Close() }
 
 func (c *sinkConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })

@@ -68,10 +68,10 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	c.e.stats.bytesIn.Add(int64(len(msg.Bytes())))
 	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
 		c.e.stats.rateLimited.Add(1)
-		c.sendErrorPayload(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{
+		c.send(c.refusal(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{
 			Code: envelope.CodeResourceExhausted, Message: scope + " rate limit exceeded",
 			RetryAfterMs: max(wait.Milliseconds(), 1),
-		})
+		}))
 		return
 	}
 	if msg.Opcode != gws.OpcodeText {
@@ -102,12 +102,18 @@ func (c *conn) rateLimited(now time.Time) (time.Duration, string) {
 func (c *conn) handle(data []byte) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxMessageSize); err != nil {
-		c.sendError(envelope.CorrelationID(data), envelope.CodeOf(err), err.Error())
+		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{Code: envelope.CodeOf(err), Message: err.Error()}))
 		return
 	}
 	cid := env.Meta.CorrelationID
 	if cid != "" && c.answer(&env, data) {
 		return // the client's answer to a server-to-client request
+	}
+	if env.Type != envelope.TypeAbort && c.inFlight(cid) {
+		// Whatever it is, its answer would carry the id of a request still
+		// waiting: refused without it (see refuseDuplicate).
+		c.refuseDuplicate(cid)
+		return
 	}
 	switch env.Type {
 	case envelope.TypeAbort:

@@ -117,6 +117,28 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 	}
 }
 
+// inFlight reports whether cid names a request of c's still waiting for
+// its reply: another frame must not carry it back.
+func (c *conn) inFlight(cid string) bool {
+	if cid == "" {
+		return false
+	}
+	c.rpcMu.Lock()
+	defer c.rpcMu.Unlock()
+	return c.calls[cid] != nil
+}
+
+// refusal is p addressed to cid, unless cid is in flight: then it goes
+// without it, in details.correlationId, so that the request waiting under
+// that id is not settled by an error that is not its own.
+func (c *conn) refusal(cid string, p *envelope.ErrorPayload) []byte {
+	if c.inFlight(cid) {
+		p.Details, _ = json.Marshal(map[string]string{"correlationId": cid})
+		cid = ""
+	}
+	return envelope.EncodeError(cid, p)
+}
+
 // refuseDuplicate answers a request whose correlation id is already in
 // flight on c. The refusal is an ERROR without meta.correlationId, so that
 // no request of the client's matches it: the request in flight keeps its

@@ -185,17 +185,24 @@ func TestRPCDuplicateCorrelationID(t *testing.T) {
 		t.Fatal("the first request did not reach the worker")
 	}
 	c.Send(t, "hold", envelope.Meta{CorrelationID: "dup", TimeoutMs: 30_000}, nil)
+	// The same id on a request the edge answers itself ($presence, here
+	// with presence off) or refuses as malformed is refused the same way:
+	// no frame but the worker's reply may carry it.
+	c.Send(t, envelope.TypePresence, envelope.Meta{CorrelationID: "dup"}, nil)
+	c.SendRaw(t, gws.OpcodeText, []byte(`{"type":"not a type","meta":{"correlationId":"dup"}}`))
 
-	refusal := nextFrame(t, c)
-	if refusal.Type != envelope.TypeError || refusal.Meta.CorrelationID != "" {
-		t.Fatalf("refusal: %s with correlationId %q (%s); want ERROR without one", refusal.Type, refusal.Meta.CorrelationID, refusal.Payload)
-	}
-	var p struct {
-		Code    envelope.Code
-		Details struct{ CorrelationID string }
-	}
-	if err := json.Unmarshal(refusal.Payload, &p); err != nil || p.Code != envelope.CodeAlreadyExists || p.Details.CorrelationID != "dup" {
-		t.Fatalf("refusal payload %s (%v); want ALREADY_EXISTS with details.correlationId dup", refusal.Payload, err)
+	for i, code := range []envelope.Code{envelope.CodeAlreadyExists, envelope.CodeAlreadyExists, envelope.CodeInvalidArgument} {
+		refusal := nextFrame(t, c)
+		if refusal.Type != envelope.TypeError || refusal.Meta.CorrelationID != "" {
+			t.Fatalf("refusal %d: %s with correlationId %q (%s); want ERROR without one", i, refusal.Type, refusal.Meta.CorrelationID, refusal.Payload)
+		}
+		var p struct {
+			Code    envelope.Code
+			Details struct{ CorrelationID string }
+		}
+		if err := json.Unmarshal(refusal.Payload, &p); err != nil || p.Code != code || p.Details.CorrelationID != "dup" {
+			t.Fatalf("refusal %d payload %s (%v); want %s with details.correlationId dup", i, refusal.Payload, err, code)
+		}
 	}
 
 	// The original completes normally, and nothing else carries its id:

@@ -17,10 +17,8 @@ type welcome struct {
 }
 
 // sendWelcome queues $connected, which tells the client its connection id
-// and user. ServeHTTP calls it once, right after the connection is
-// registered and before its read loop starts, so it is queued before any
-// reply to the client; a publish to the connection's user or to every
-// connection that races the registration can still come first.
+// and user. register calls it once, before it subscribes the connection's
+// subjects and before the read loop starts, so it is the first frame.
 func (c *conn) sendWelcome() {
 	b, err := json.Marshal(welcome{ConnectionID: c.id, User: c.user})
 	if err != nil {

@@ -17,9 +17,9 @@ func TestWelcomeFirstFrame(t *testing.T) {
 		t.Run("user="+user, func(t *testing.T) {
 			c := m.dial(t, user)
 			c.Send(t, envelope.TypeHeartbeat, envelope.Meta{CorrelationID: "hb"}, nil)
-			first := c.Next(t, wait)
-			if first.Type != envelope.TypeConnected || !first.Meta.IsZero() {
-				t.Fatalf("first frame: %s meta %+v %s; want %s", first.Type, first.Meta, first.Payload, envelope.TypeConnected)
+			first, before := c.Welcome(t, wait)
+			if before != 0 || !first.Meta.IsZero() {
+				t.Fatalf("$connected after %d frames, meta %+v; want it first, without meta", before, first.Meta)
 			}
 			var p map[string]string
 			if err := json.Unmarshal(first.Payload, &p); err != nil {

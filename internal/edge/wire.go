@@ -304,8 +304,8 @@ func (w *wireConn) Write(b []byte) (int, error) {
 }
 
 // rewordClose returns the close frame f in the edge's terms, or nil if it
-// is already. gws's own errors reach here only from the inflate step and
-// the UTF-8 check of a close frame's reason.
+// is already. gws's own close frames come from the inflate step and from
+// answering a client's close frame.
 func rewordClose(f []byte) []byte {
 	code := envelope.CloseCode(binary.BigEndian.Uint16(f[2:4]))
 	reason, ours := strings.CutPrefix(string(f[4:]), "gws: ")
@@ -318,6 +318,11 @@ func rewordClose(f []byte) []byte {
 		code, reason = envelope.CloseInvalidUTF8, "invalid compressed data"
 	case ours:
 		reason = closeReasons[code]
+	case reason == "" && code >= 3000:
+		// gws echoes a client's own close code of 3000 and above; the
+		// edge answers a client's close with 1000, as it does for the
+		// codes below (RFC 6455 section 5.5.1: usually the echo).
+		code = envelope.CloseNormal
 	default:
 		return nil
 	}

@@ -34,6 +34,12 @@ type Client struct {
 	closed  bool
 	code    uint16
 	nextCID int
+
+	// The edge's $connected, kept out of frames: welcome is the frame,
+	// welcomeAfter how many frames came before it, received all of them.
+	welcome      []byte
+	welcomeAfter int
+	received     int
 }
 
 // Dial connects to url (ws://host/path?query) and fails the test on error.
@@ -73,9 +79,57 @@ func (c *Client) OnMessage(_ *gws.Conn, m *gws.Message) {
 	b := append([]byte(nil), m.Bytes()...)
 	m.Close()
 	c.mu.Lock()
-	c.frames = append(c.frames, b)
+	defer c.mu.Unlock()
 	c.cond.Broadcast()
-	c.mu.Unlock()
+	if c.welcome == nil {
+		if env, err := envelope.Decode(b, 1<<30); err == nil && env.Type == envelope.TypeConnected {
+			c.welcome, c.welcomeAfter = b, c.received
+			c.received++
+			return
+		}
+	}
+	c.received++
+	c.frames = append(c.frames, b)
+}
+
+// Welcome waits for the edge's $connected frame, which the client keeps
+// out of Next, Await and NextRaw, and returns it with the number of frames
+// that arrived before it.
+func (c *Client) Welcome(t testing.TB, timeout time.Duration) (*envelope.Envelope, int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer timer.Stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.welcome == nil {
+		if c.closed || !time.Now().Before(deadline) {
+			t.Fatalf("wstest: no $connected within %s", timeout)
+		}
+		c.cond.Wait()
+	}
+	env, err := envelope.Decode(c.welcome, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, c.welcomeAfter
+}
+
+// ConnID waits for $connected and returns the connection's id.
+func (c *Client) ConnID(t testing.TB) string {
+	t.Helper()
+	env, _ := c.Welcome(t, 5*time.Second)
+	var p struct {
+		ConnectionID string `json:"connectionId"`
+	}
+	if err := json.Unmarshal(env.Payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p.ConnectionID
 }
 func (c *Client) OnClose(_ *gws.Conn, err error) {
 	c.mu.Lock()
