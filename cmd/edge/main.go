@@ -107,7 +107,7 @@ func main() {
 		rc.Edge.PublicRooms = append(rc.Edge.PublicRooms, splitList(v)...)
 		return nil
 	})
-	fs.Func("allowed-origins", "comma-separated browser origins allowed to connect, like https://app.example.com or https://*.example.com (default: the edge's own origin; any in single-binary mode)", func(v string) error {
+	fs.Func("allowed-origins", "comma-separated browser origins allowed to connect, like https://app.example.com or https://*.example.com in addition to the edge's own origin, which is always allowed (default: only it; any in single-binary mode)", func(v string) error {
 		rc.Edge.AllowedOrigins = append(rc.Edge.AllowedOrigins, splitList(v)...)
 		return nil
 	})

@@ -160,8 +160,9 @@ type Config struct {
 	// nor PublicRooms allows (natter.auth.join). Server-side joins never
 	// ask.
 	JoinAuthorizer JoinAuthorizer
-	// AllowedOrigins are the browser origins allowed to connect (see
-	// auth.Origins). Default: only the edge's own origin; any in DevMode.
+	// AllowedOrigins are browser origins allowed to connect in addition to
+	// the edge's own, which always is (see auth.Origins). Default: none,
+	// only the edge's own origin; any in DevMode.
 	AllowedOrigins []string
 	// UserRateLimit bounds the messages all connections of one user on this
 	// edge may send per second together. Default 0: off.
