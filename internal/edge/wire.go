@@ -305,7 +305,10 @@ func (w *wireConn) Write(b []byte) (int, error) {
 
 // rewordClose returns the close frame f in the edge's terms, or nil if it
 // is already. gws's own close frames come from the inflate step and from
-// answering a client's close frame.
+// answering a client's close frame: that answer echoes the client's code
+// when it is 3000 or above (RFC 6455 section 5.5.1), which clients rely on
+// (a client closing with 4000 reads 4000 and reconnects), and is 1000 or
+// 1002 below.
 func rewordClose(f []byte) []byte {
 	code := envelope.CloseCode(binary.BigEndian.Uint16(f[2:4]))
 	reason, ours := strings.CutPrefix(string(f[4:]), "gws: ")
@@ -318,11 +321,6 @@ func rewordClose(f []byte) []byte {
 		code, reason = envelope.CloseInvalidUTF8, "invalid compressed data"
 	case ours:
 		reason = closeReasons[code]
-	case reason == "" && code >= 3000:
-		// gws echoes a client's own close code of 3000 and above; the
-		// edge answers a client's close with 1000, as it does for the
-		// codes below (RFC 6455 section 5.5.1: usually the echo).
-		code = envelope.CloseNormal
 	default:
 		return nil
 	}
