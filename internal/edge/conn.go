@@ -90,6 +90,7 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 	c := &conn{e: e, socket: socket, wire: wire, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
 	c.ident.Store(ident)
 	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
+	wire.onClose = c.stopWriting
 	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.Compression {
 		c.raw, _ = sc.SyscallConn()
 	}
@@ -327,7 +328,13 @@ func (c *conn) runControl() {
 // closes at once.
 func (c *conn) abandon() {
 	c.stopWriting()
-	c.wire.abort()
+	select {
+	case <-c.wire.closing:
+		// The close frame is out (gws wrote it): a write that failed
+		// after it must not cut the lingering short.
+	default:
+		c.wire.abort()
+	}
 }
 
 // stopWriting ends the writer for good: after a failed write, or after

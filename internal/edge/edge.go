@@ -62,7 +62,10 @@ type Edge struct {
 	draining atomic.Bool    // Drain: refuse new handshakes, keep the open ones
 	wg       sync.WaitGroup // handshakes, read loops, writers, RPCs and the ticker
 	stopTick chan struct{}
-	stopOnce sync.Once
+	// lingerStop ends the lingering closes when Shutdown's context ends.
+	lingerStop     chan struct{}
+	lingerStopOnce sync.Once
+	stopOnce       sync.Once
 }
 
 // setupTimeout bounds each JetStream set-up step of New (presence, durable
@@ -83,11 +86,12 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		return nil, err
 	}
 	e := &Edge{
-		cfg:      cfg,
-		nc:       cfg.NATS,
-		ns:       cfg.Namespace,
-		stopTick: make(chan struct{}),
-		logLimit: rate.NewLimiter(1, 1),
+		cfg:        cfg,
+		nc:         cfg.NATS,
+		ns:         cfg.Namespace,
+		stopTick:   make(chan struct{}),
+		lingerStop: make(chan struct{}),
+		logLimit:   rate.NewLimiter(1, 1),
 	}
 	e.conns.init()
 	e.hub = newHub(e)
@@ -333,6 +337,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		e.lingerStopOnce.Do(func() { close(e.lingerStop) })
 		for _, c := range e.conns.snapshot() {
 			c.wire.abort()
 		}
@@ -366,6 +371,7 @@ func (e *Edge) tick() {
 				switch {
 				case sent > last && time.Duration(n-sent) > e.cfg.PongTimeout:
 					e.cfg.Logger.Debug("edge: dead peer", "conn", c.id)
+					c.wire.noLinger.Store(true) // a dead peer reads nothing
 					c.closeWith(envelope.CloseIdle, "no pong", true)
 				case e.cfg.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.IdleTimeout:
 					c.closeWith(envelope.CloseIdle, "idle timeout", false)

@@ -86,7 +86,7 @@ func checkHandshake(r *http.Request) *handshakeError {
 	if len(keys) != 1 || !validKey(keys[0]) {
 		return bad("Sec-WebSocket-Key must be one header of 16 bytes in base64")
 	}
-	if offered := r.Header.Values("Sec-WebSocket-Protocol"); len(offered) > 0 && !offersNatter(offered) {
+	if protocols := r.Header.Values("Sec-WebSocket-Protocol"); offered(protocols) && !offersNatter(protocols) {
 		return bad(`subprotocols offered without "natter"; offer "natter" (and bearer.<token> if the token travels there)`)
 	}
 	return nil
@@ -108,6 +108,19 @@ func headerHasToken(h http.Header, name, token string) bool {
 	for _, v := range h.Values(name) {
 		for t := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// offered reports whether values list any subprotocol: an empty header
+// offers none.
+func offered(values []string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.TrimSpace(t) != "" {
 				return true
 			}
 		}
@@ -145,7 +158,16 @@ func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wire
 	}
 	// As gws decides it (Upgrader.getPermessageDeflate).
 	deflate := e.cfg.Compression && strings.Contains(r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
-	wire := newWireConn(nc, pre, e.cfg.MaxMessageSize, deflate, e.cfg.WriteTimeout)
+	wire := newWireConn(nc, pre, e.cfg.MaxMessageSize, deflate, min(closeLinger, e.cfg.WriteTimeout), e.lingerStop)
+	// gws reads only the first value of each header: give it the values
+	// checkHandshake accepted, however the client spread or listed them.
+	r.Header.Set("Upgrade", "websocket")
+	r.Header.Set("Connection", "Upgrade")
+	if offered(r.Header.Values("Sec-WebSocket-Protocol")) {
+		r.Header.Set("Sec-WebSocket-Protocol", auth.Subprotocol)
+	} else {
+		r.Header.Del("Sec-WebSocket-Protocol")
+	}
 	up := e.upgrader
 	if r.Header.Get("Sec-WebSocket-Protocol") != "" {
 		up = e.upgraderProto // selects "natter"; a bearer.<token> entry is never echoed

@@ -50,7 +50,18 @@ type wireConn struct {
 	msgSize   uint64 // its payload bytes so far
 	deflate   bool   // permessage-deflate was negotiated: RSV1 allowed on data frames
 	maxSize   uint64
-	lingerFor time.Duration // the bound of linger: the write timeout
+	lingerFor time.Duration // the bound of linger
+	// lingerStop ends every linger at once: the edge's Shutdown closes it
+	// when its context ends.
+	lingerStop <-chan struct{}
+	noLinger   atomic.Bool // a dead peer: nothing to wait for
+	// onClose runs once when the wire closes: the connection's writer
+	// stops, so that nothing follows a close frame gws wrote itself.
+	onClose func()
+	// ready holds checked bytes a read shorter than a header could not
+	// take; readErr the error that came with them.
+	ready   []byte
+	readErr error
 
 	// violation closes the connection through the edge's writer, which
 	// writes the close frame after any frame partly written. It is set
@@ -77,17 +88,49 @@ var skipFrameChecks atomic.Bool
 // errWireClosed ends gws's read loop once the connection is closing.
 var errWireClosed = io.EOF
 
-func newWireConn(c net.Conn, pre []byte, maxSize int, deflate bool, linger time.Duration) *wireConn {
-	return &wireConn{Conn: c, pre: pre, maxSize: uint64(maxSize), deflate: deflate, lingerFor: linger, closing: make(chan struct{})}
+func newWireConn(c net.Conn, pre []byte, maxSize int, deflate bool, linger time.Duration, stop <-chan struct{}) *wireConn {
+	return &wireConn{Conn: c, pre: pre, maxSize: uint64(maxSize), deflate: deflate, lingerFor: linger, lingerStop: stop, closing: make(chan struct{})}
 }
+
+// closeLinger bounds a lingering close: long enough for a client that
+// reads to take the close frame behind a backlog, short enough that a
+// client that does not costs little (see linger).
+const closeLinger = 2 * time.Second
 
 // Read hands gws the socket's bytes, each frame header checked first. A
 // header that is not complete yet is held back until it is: gws never sees
 // a length it cannot handle.
 func (w *wireConn) Read(p []byte) (int, error) {
+	if len(w.ready) > 0 {
+		n := copy(p, w.ready)
+		w.ready = w.ready[n:]
+		return n, nil
+	}
+	if w.readErr != nil {
+		err := w.readErr
+		w.readErr = nil
+		return 0, err
+	}
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if len(p) < maxHeader {
+		// A header must fit whole: read through a buffer that holds one
+		// and keep what p does not take. gws reads through a far larger
+		// buffer, so this is for other readers.
+		var buf [2 * maxHeader]byte
+		n, err := w.read(buf[:])
+		k := copy(p, buf[:n])
+		if k < n {
+			w.ready, w.readErr = append([]byte(nil), buf[k:n]...), err
+			return k, nil
+		}
+		return k, err
+	}
+	return w.read(p)
+}
+
+func (w *wireConn) read(p []byte) (int, error) {
 	for {
 		select {
 		case <-w.closing:
@@ -97,14 +140,7 @@ func (w *wireConn) Read(p []byte) (int, error) {
 		if skipFrameChecks.Load() {
 			return w.readRaw(p)
 		}
-		n := copy(p, w.hold[:w.nhold])
-		if n < w.nhold {
-			// p cannot take the held header: gws reads through a buffer far
-			// larger than a header, so this is never hit in practice.
-			copy(w.hold[:], w.hold[n:w.nhold])
-			w.nhold -= n
-			return n, nil
-		}
+		n := copy(p, w.hold[:w.nhold]) // p holds at least maxHeader bytes
 		w.nhold = 0
 		m, err := w.readRaw(p[n:])
 		total := n + m
@@ -347,6 +383,9 @@ func (w *wireConn) Close() error {
 	w.closeOnce.Do(func() {
 		w.closedAt.Store(time.Now().UnixNano())
 		close(w.closing)
+		if w.onClose != nil {
+			w.onClose()
+		}
 		if cw, ok := w.Conn.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		}
@@ -362,24 +401,40 @@ func (w *wireConn) Close() error {
 // is still in the send queue, the close frame included). It stops at the
 // peer's end of stream (a client answers the close frame and hangs up),
 // once the peer has acknowledged everything sent (a client that keeps
-// sending: closing then costs it nothing), or after the linger bound.
+// sending: closing then costs it nothing), when the peer has not taken a
+// byte for lingerStall (it does not read: the frame cannot arrive), after
+// lingerFor, or when the edge's Shutdown gives up. It looks at the send
+// queue at growing intervals, so that many lingering sockets cost little.
 // Then the socket closes for good.
 func (w *wireConn) linger() {
-	if at := w.closedAt.Load(); at != 0 {
+	if at := w.closedAt.Load(); at != 0 && !w.noLinger.Load() {
 		end := time.Unix(0, at).Add(w.lingerFor)
 		sc, _ := w.Conn.(syscall.Conn)
 		var buf [512]byte
+		poll, last, lastMoved := lingerPoll, -1, time.Now()
 	drain:
-		for time.Now().Before(end) {
+		for now := time.Now(); now.Before(end); now = time.Now() {
+			select {
+			case <-w.lingerStop:
+				break drain
+			default:
+			}
 			if sc != nil {
-				if n, ok := unsent(sc); ok && n == 0 {
-					break
+				n, ok := unsent(sc)
+				switch {
+				case ok && n == 0:
+					break drain
+				case ok && n != last:
+					last, lastMoved = n, now
+				case ok && now.Sub(lastMoved) > lingerStall:
+					break drain
 				}
 			}
-			next := time.Now().Add(lingerPoll)
+			next := now.Add(poll)
 			if next.After(end) {
 				next = end
 			}
+			poll = min(2*poll, lingerPollMax)
 			_ = w.Conn.SetReadDeadline(next)
 			for {
 				if _, err := w.Conn.Read(buf[:]); err != nil {
@@ -394,8 +449,13 @@ func (w *wireConn) linger() {
 	w.abort()
 }
 
-// lingerPoll is how often a lingering socket checks its send queue.
-const lingerPoll = 20 * time.Millisecond
+// The pace of linger: the first look at the send queue, the longest wait
+// between two, and how long a queue that does not shrink is waited for.
+const (
+	lingerPoll    = 10 * time.Millisecond
+	lingerPollMax = 250 * time.Millisecond
+	lingerStall   = 500 * time.Millisecond
+)
 
 func isTimeout(err error) bool {
 	var ne net.Error

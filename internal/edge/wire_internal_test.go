@@ -1,8 +1,13 @@
 package edge
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
+	"net"
 	"testing"
+
+	"github.com/natter/natter/pkg/envelope"
 )
 
 // BenchmarkWireScan measures the header checks the wire adds to every
@@ -18,7 +23,7 @@ func BenchmarkWireScan(b *testing.B) {
 	for range 64 {
 		buf = append(buf, frame...)
 	}
-	w := newWireConn(nil, nil, 64<<10, false, 0)
+	w := newWireConn(nil, nil, 64<<10, false, 0, nil)
 	b.SetBytes(int64(len(buf)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -48,7 +53,7 @@ func TestWireScanSplitHeaders(t *testing.T) {
 		stream = append(append(stream, append(h, 9, 9, 9, 9)...), make([]byte, n)...)
 	}
 	for _, chunk := range []int{1, 2, 3, 7, 13, 14, 15, 100, 4096} {
-		w := newWireConn(nil, nil, 1<<20, false, 0)
+		w := newWireConn(nil, nil, 1<<20, false, 0, nil)
 		var passed, held []byte
 		for i := 0; i < len(stream); i += chunk {
 			in := append(held, stream[i:min(i+chunk, len(stream))]...)
@@ -65,5 +70,41 @@ func TestWireScanSplitHeaders(t *testing.T) {
 		if len(held) != 0 || string(passed) != string(stream) {
 			t.Fatalf("chunk %d: passed %d of %d bytes, %d held", chunk, len(passed), len(stream), len(held))
 		}
+	}
+}
+
+// TestWireSmallReads reads a stream of frames through reads shorter than
+// a header: every byte arrives once, in order, and a bad header still
+// stops the stream.
+func TestWireSmallReads(t *testing.T) {
+	frame := append([]byte{0x81, 0x80 | 126, 0x01, 0x00, 1, 2, 3, 4}, make([]byte, 256)...)
+	stream := append(append(append([]byte(nil), frame...), frame...), frame...)
+	client, server := net.Pipe()
+	defer client.Close()
+	go func() { _, _ = client.Write(stream) }()
+	w := newWireConn(server, nil, 1<<20, false, 0, nil)
+	var got []byte
+	for len(got) < len(stream) {
+		p := make([]byte, 1+len(got)%5) // 1 to 5 bytes
+		n, err := w.Read(p)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+		got = append(got, p[:n]...)
+	}
+	if !bytes.Equal(got, stream) {
+		t.Fatal("bytes lost, repeated or out of order")
+	}
+
+	var refused error
+	w.violation = func(code envelope.CloseCode, reason string) {
+		refused = errors.New(reason)
+		_ = w.Close()
+	}
+	go func() {
+		_, _ = client.Write([]byte{0x81, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0})
+	}()
+	if n, err := w.Read(make([]byte, 3)); err == nil || n != 0 || refused == nil {
+		t.Fatalf("a crash header through a 3-byte read: %d %v, refused %v", n, err, refused)
 	}
 }

@@ -284,6 +284,9 @@ func TestHandshakeConformance(t *testing.T) {
 		{"two versions", good("HTTP/1.1", key, v13, "Sec-WebSocket-Version: 8\r\n", "\r\n"), http.StatusUpgradeRequired, true},
 		{"no version", good("HTTP/1.1", key, "\r\n"), http.StatusBadRequest, true},
 		{"subprotocols without natter", good("HTTP/1.1", key, v13, "Sec-WebSocket-Protocol: graphql-ws, bearer.abc\r\n\r\n"), http.StatusBadRequest, true},
+		{"valid, natter on a second subprotocol line", good("HTTP/1.1", key, v13, "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: natter\r\n\r\n"), http.StatusSwitchingProtocols, false},
+		{"valid, an empty subprotocol header", good("HTTP/1.1", key, v13, "Sec-WebSocket-Protocol: \r\n\r\n"), http.StatusSwitchingProtocols, false},
+		{"valid, Upgrade lists another protocol too", "GET /ws?user=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket, foo/1\r\nConnection: keep-alive, Upgrade\r\n" + key + v13 + "\r\n", http.StatusSwitchingProtocols, false},
 		{"no Upgrade header", "GET /ws?user=alice HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n" + key + v13 + "\r\n", http.StatusBadRequest, true},
 		{"POST", "POST /ws?user=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n" + key + v13 + "\r\n", http.StatusMethodNotAllowed, false},
 	}
@@ -477,7 +480,7 @@ func floodedAt(t *testing.T, m *mesh, url string, n int) *wstest.RawConn {
 	if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 1 })
+	testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 2 }) // $connected, $joined
 	before := m.edge.Stats().BytesOut
 	payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`)
 	for sent := 0; sent < n; sent += len(payload) {
@@ -542,7 +545,7 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 			t.Fatal(err)
 		}
-		testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 1 })
+		testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 2 }) // $connected, $joined
 		stop := keepSending(raw)
 		defer stop()
 		payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`)
@@ -589,4 +592,20 @@ func expectClose(t *testing.T, raw *wstest.RawConn, code envelope.CloseCode) {
 	if err != nil || got != uint16(code) {
 		t.Fatalf("close %d %q (err %v), want %d", got, reason, err, code)
 	}
+}
+
+// TestShutdownWithAStalledClient: a client that stopped reading, with a
+// backlog queued, cannot hold Shutdown past its lingering bound: the close
+// is given up when the peer takes nothing.
+func TestShutdownWithAStalledClient(t *testing.T) {
+	m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
+	raw := flooded(t, m, 4<<20)
+	defer raw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := m.edge.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v after %s", err, time.Since(start))
+	}
+	t.Logf("Shutdown with a stalled client took %s", time.Since(start))
 }
