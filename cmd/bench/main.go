@@ -18,6 +18,21 @@
 //	/tmp/natter-bench -scenario fanout -subs 1000 -rate 100 -duration 10s
 //	/tmp/natter-bench -scenario rpc -conns 20 -rate 1000 -inflight 4
 //	/tmp/natter-bench -scenario idle,fanout -server natter,floor -runs 3 -subs 1000 -rate 100
+//	/tmp/natter-bench -scenario idlecost -conns 10000 -hold 60s -runs 3
+//
+// idlecost holds the joined connections idle and reports the edge's CPU
+// during the hold, its RSS per connection after it and the JetStream
+// messages written during it, read over -nats (the edge's NATS). Presence
+// is the edge's: start it with --presence=false to measure without. For an
+// edge on an external NATS (--nats), -nats points at that NATS and
+// -nats-pids lists its servers' pids, whose CPU is reported too:
+//
+//	/tmp/natter-bench -scenario idlecost -conns 10000 -nats nats://127.0.0.1:4222 \
+//	    -nats-pids "$(pgrep -d, -x nats-server)"
+//
+// Runs against a fresh edge each are separate bench processes; -median
+// reads their lines on stdin and prints the median line (scripts/bench.sh
+// does this for idle and idlecost).
 //
 // -server floor runs the same load against the floor: a bare gws broadcast
 // server with no broker and no envelope work, started by the bench as a
@@ -31,6 +46,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -40,25 +56,38 @@ import (
 func main() {
 	cfg := bench.Config{Out: os.Stdout, Log: os.Stderr}
 	var scenarios, servers string
+	var median bool
 	flag.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL")
-	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, fanout, rpc")
+	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc")
 	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")
 	flag.IntVar(&cfg.Pid, "pid", 0, "the edge's pid (default: the process listening on -url's port)")
 	flag.IntVar(&cfg.Runs, "runs", 1, "runs of each scenario and server; more than 1 adds a median line")
-	flag.IntVar(&cfg.Conns, "conns", 0, "connections: idle (default 1000), rpc (default 20; rate/conns must stay under the edge's --rate-limit)")
+	flag.IntVar(&cfg.Conns, "conns", 0, "connections: idle and idlecost (default 1000), rpc (default 20; rate/conns must stay under the edge's --rate-limit)")
 	flag.IntVar(&cfg.Subs, "subs", 100, "fanout subscribers")
 	flag.IntVar(&cfg.Rate, "rate", 0, "rpc: requests per second in total (default 1000); fanout: messages per second (default 100)")
 	flag.DurationVar(&cfg.Duration, "duration", 0, "measured time (default 10s)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 0, "unmeasured time first (default 1s)")
-	flag.DurationVar(&cfg.Settle, "settle", 0, "idle: wait before reading RSS; also the pause between runs (default 2s)")
-	flag.StringVar(&cfg.Room, "room", "bench", "room joined by idle and fanout connections")
+	flag.DurationVar(&cfg.Settle, "settle", 0, "idle: wait before reading RSS; idlecost: wait before the hold; also the pause between runs (default 2s)")
+	flag.DurationVar(&cfg.Hold, "hold", 0, "idlecost: how long the joined connections are held idle and measured (default 60s)")
+	flag.StringVar(&cfg.Room, "room", "bench", "room joined by idle, idlecost and fanout connections")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 4, "spread connections over loopback source addresses 127.0.0.1..N")
 	flag.IntVar(&cfg.DialConcurrency, "dial-concurrency", 64, "handshakes (with their $join) in flight")
 	flag.StringVar(&cfg.Type, "type", "echo", "rpc request type")
 	flag.IntVar(&cfg.Inflight, "inflight", 4, "rpc closed loop: requests in flight per connection")
 	flag.IntVar(&cfg.PayloadSize, "payload-size", 64, "padding bytes in each request or fanout message")
-	flag.StringVar(&cfg.NATSURL, "nats", "nats://127.0.0.1:4222", "NATS URL of the fanout publisher (the single-binary edge's --nats-listen)")
+	flag.StringVar(&cfg.NATSURL, "nats", "nats://127.0.0.1:4222", "the edge's NATS URL (a single-binary edge's --nats-listen): fanout publishes there, idlecost reads JetStream streams there")
+	flag.Func("nats-pids", "idlecost: comma-separated pids of external NATS servers whose CPU is reported too (an edge run with --nats; none for a single-binary edge)", func(v string) error {
+		for _, p := range splitList(v) {
+			pid, err := strconv.Atoi(p)
+			if err != nil || pid < 1 {
+				return fmt.Errorf("not a pid: %q", p)
+			}
+			cfg.NATSPids = append(cfg.NATSPids, pid)
+		}
+		return nil
+	})
 	flag.StringVar(&cfg.Prefix, "prefix", "natter", "NATS subject prefix (the edge's --prefix)")
+	flag.BoolVar(&median, "median", false, "run nothing: read result lines on stdin (runs made by separate bench processes) and print the median line of each scenario and server")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -72,6 +101,13 @@ func main() {
 		return
 	}
 	flag.Parse()
+	if median {
+		if err := bench.MedianLines(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg.Scenarios = splitList(scenarios)
 	cfg.Servers = splitList(servers)
 	exe, err := os.Executable()

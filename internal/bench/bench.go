@@ -16,20 +16,21 @@ var ErrInvalidConfig = errors.New("bench: invalid config")
 
 // Scenario and server names.
 const (
-	ScenarioIdle   = "idle"
-	ScenarioFanout = "fanout"
-	ScenarioRPC    = "rpc"
-	ServerNatter   = "natter"
-	ServerFloor    = "floor"
+	ScenarioIdle     = "idle"
+	ScenarioFanout   = "fanout"
+	ScenarioRPC      = "rpc"
+	ScenarioIdleCost = "idlecost"
+	ServerNatter     = "natter"
+	ServerFloor      = "floor"
 )
 
 // Config configures a run. Zero values take the defaults given.
 type Config struct {
 	URL       string   // edge WebSocket URL; default ws://127.0.0.1:8080/ws
-	Scenarios []string // idle, fanout, rpc, run in this order; default rpc
+	Scenarios []string // idle, idlecost, fanout, rpc, run in the order given; default rpc
 	// Servers to load, each with the same scenarios and flags: natter (the
 	// edge at URL) and floor (a floor server child, see ServeFloor);
-	// default natter. The floor has no RPC.
+	// default natter. The floor has no RPC and no NATS (no idlecost).
 	Servers []string
 	// Pid is the edge's process id, whose RSS and CPU are read from /proc.
 	// 0: the process listening on URL's port.
@@ -44,9 +45,9 @@ type Config struct {
 	SourceAddrs     int // loopback source addresses 127.0.0.1..N; default 4
 	DialConcurrency int // handshakes in flight; default 64
 	Room            string
-	// Conns is the idle scenario's connection count (default 1000) and the
-	// rpc scenario's (default 20; keep Rate/Conns under the edge's
-	// --rate-limit). 0 takes the scenario's default.
+	// Conns is the idle and idlecost scenarios' connection count (default
+	// 1000) and the rpc scenario's (default 20; keep Rate/Conns under the
+	// edge's --rate-limit). 0 takes the scenario's default.
 	Conns int
 	Subs  int // fanout subscribers; default 100
 	// Rate is requests per second in total for rpc (default 1000) and
@@ -55,12 +56,20 @@ type Config struct {
 	Rate        int
 	Duration    time.Duration // measured time; default 10s
 	Warmup      time.Duration // unmeasured time before; default 1s
-	Settle      time.Duration // idle: wait after the last join before reading RSS, and between runs; default 2s
+	Settle      time.Duration // idle, idlecost: wait after the last join before reading RSS or holding, and between runs; default 2s
+	Hold        time.Duration // idlecost: how long the joined connections are held idle and measured; default 60s
 	Type        string        // rpc request type; default "echo"
 	Inflight    int           // rpc closed loop: requests in flight per connection; default 4
 	PayloadSize int           // bytes of padding in each request or tick; default 64
-	NATSURL     string        // fanout publisher's NATS; default nats://127.0.0.1:4222
-	Prefix      string        // NATS subject prefix; default natter
+	// NATSURL is the edge's NATS: fanout publishes there and idlecost reads
+	// the JetStream streams' states there. Default nats://127.0.0.1:4222,
+	// a single-binary edge's default --nats-listen.
+	NATSURL string
+	// NATSPids are the process ids of external NATS servers (an edge run
+	// with --nats) whose CPU idlecost reports besides the edge's. None for
+	// a single-binary edge, whose process holds its NATS.
+	NATSPids []int
+	Prefix   string // NATS subject prefix; default natter
 
 	Out io.Writer // result lines; default io.Discard
 	Log io.Writer // diagnostics; default io.Discard
@@ -99,6 +108,9 @@ func (c *Config) setDefaults() error {
 	if c.Settle == 0 {
 		c.Settle = 2 * time.Second
 	}
+	if c.Hold == 0 {
+		c.Hold = 60 * time.Second
+	}
 	if c.Type == "" {
 		c.Type = "echo"
 	}
@@ -116,9 +128,9 @@ func (c *Config) setDefaults() error {
 	}
 	for _, s := range c.Scenarios {
 		switch s {
-		case ScenarioIdle, ScenarioFanout, ScenarioRPC:
+		case ScenarioIdle, ScenarioIdleCost, ScenarioFanout, ScenarioRPC:
 		default:
-			return fmt.Errorf("%w: unknown scenario %q (have: idle, fanout, rpc)", ErrInvalidConfig, s)
+			return fmt.Errorf("%w: unknown scenario %q (have: idle, idlecost, fanout, rpc)", ErrInvalidConfig, s)
 		}
 	}
 	for _, s := range c.Servers {
@@ -127,6 +139,9 @@ func (c *Config) setDefaults() error {
 		case ServerFloor:
 			if slices.Contains(c.Scenarios, ScenarioRPC) {
 				return fmt.Errorf("%w: the floor server has no RPC: run rpc against natter only", ErrInvalidConfig)
+			}
+			if slices.Contains(c.Scenarios, ScenarioIdleCost) {
+				return fmt.Errorf("%w: the floor server has no NATS: run idlecost against natter only", ErrInvalidConfig)
 			}
 			if len(c.FloorCommand) == 0 {
 				return fmt.Errorf("%w: the floor server needs FloorCommand", ErrInvalidConfig)
@@ -138,10 +153,15 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.Runs < 1, c.SourceAddrs < 1, c.DialConcurrency < 1, c.Subs < 1, c.Inflight < 1, c.PayloadSize < 0:
 		return fmt.Errorf("%w: runs, source-addrs, dial-concurrency, subs and inflight must be >= 1, payload-size >= 0", ErrInvalidConfig)
-	case c.Conns < 0, c.Rate < 0, c.Duration < 0, c.Warmup < 0, c.Settle < 0:
+	case c.Conns < 0, c.Rate < 0, c.Duration < 0, c.Warmup < 0, c.Settle < 0, c.Hold < 0:
 		return fmt.Errorf("%w: negative conns, rate or durations", ErrInvalidConfig)
 	case c.Inflight > 64:
 		return fmt.Errorf("%w: the edge allows 64 RPCs in flight per connection", ErrInvalidConfig)
+	}
+	for _, pid := range c.NATSPids {
+		if pid < 1 {
+			return fmt.Errorf("%w: NATS pid %d", ErrInvalidConfig, pid)
+		}
 	}
 	return nil
 }
@@ -149,7 +169,7 @@ func (c *Config) setDefaults() error {
 // forScenario returns cfg with the scenario's defaults for Conns and Rate.
 func (c Config) forScenario(s string) (*Config, error) {
 	switch s {
-	case ScenarioIdle:
+	case ScenarioIdle, ScenarioIdleCost:
 		if c.Conns == 0 {
 			c.Conns = 1000
 		}
@@ -268,6 +288,8 @@ func runOne(ctx context.Context, cfg *Config, scenario string, t *target, run in
 	switch scenario {
 	case ScenarioIdle:
 		return runIdle(ctx, cfg, t, run)
+	case ScenarioIdleCost:
+		return runIdleCost(ctx, cfg, t, run)
 	case ScenarioFanout:
 		return runFanout(ctx, cfg, t, run)
 	default:

@@ -1,25 +1,33 @@
 package bench_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"regexp"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/natter/natter/internal/bench"
 	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/testenv"
 )
 
 // TestMain lets the test binary serve as the floor server child, as
-// cmd/bench does: "<test binary> -serve-floor 127.0.0.1:0".
+// cmd/bench does: "<test binary> -serve-floor 127.0.0.1:0", and as an
+// external NATS server: "<test binary> -serve-nats <store dir>".
 func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == "-serve-floor" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -30,7 +38,70 @@ func TestMain(m *testing.M) {
 		}
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == "-serve-nats" {
+		serveNATS(os.Args[2])
+		return
+	}
 	os.Exit(m.Run())
+}
+
+// natsReadyPrefix starts the line a -serve-nats child prints with its URL.
+const natsReadyPrefix = "nats listening on "
+
+// serveNATS runs an embedded nats-server with JetStream in storeDir on a
+// free loopback port until SIGTERM or SIGKILL.
+func serveNATS(storeDir string) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s, err := natsd.Start(natsd.Config{Addr: "127.0.0.1:0", StoreDir: storeDir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(natsReadyPrefix + s.ClientURL())
+	<-ctx.Done()
+	s.Shutdown()
+}
+
+// startNATSProcess runs this test binary as an external NATS server (a
+// child process, killed at cleanup) and returns its URL and pid.
+func startNATSProcess(t *testing.T) (string, int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-serve-nats", t.TempDir())
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	ready := make(chan string, 1)
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), natsReadyPrefix); ok {
+				ready <- u
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	select {
+	case u := <-ready:
+		return u, cmd.Process.Pid
+	case <-done:
+		t.Fatal("NATS child exited before listening")
+	case <-time.After(10 * time.Second):
+		t.Fatal("NATS child did not listen within 10s")
+	}
+	return "", 0
 }
 
 // fieldRE is one key=value field; values have no spaces.
@@ -90,11 +161,18 @@ func wantPositive(t *testing.T, r *bench.Result, keys ...string) {
 func startEdge(t *testing.T, cfg edge.Config) (*testenv.Edge, string) {
 	t.Helper()
 	srv := testenv.NATS(t)
-	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	cfg.NATS = testenv.Connect(t, srv.ClientURL())
+	return startEdgeOn(t, srv.ClientURL(), cfg), srv.ClientURL()
+}
+
+// startEdgeOn starts an in-process edge and the built-in worker on the
+// NATS server at natsURL.
+func startEdgeOn(t *testing.T, natsURL string, cfg edge.Config) *testenv.Edge {
+	t.Helper()
+	testenv.Worker(t, testenv.Connect(t, natsURL))
+	cfg.NATS = testenv.Connect(t, natsURL)
 	cfg.Anonymous = true
 	cfg.PublicRooms = []string{"*"}
-	return testenv.StartEdge(t, cfg), srv.ClientURL()
+	return testenv.StartEdge(t, cfg)
 }
 
 func TestRPCScenario(t *testing.T) {
@@ -269,6 +347,10 @@ func TestConfigErrors(t *testing.T) {
 		{"rate under conns", bench.Config{Scenarios: []string{"rpc"}, Conns: 10, Rate: 5}},
 		{"source addresses need a loopback IP", bench.Config{URL: "ws://localhost:1/ws", Scenarios: []string{"idle"}, Pid: os.Getpid(), Conns: 1}},
 		{"inflight over the edge's cap", bench.Config{Inflight: 65}},
+		{"floor has no idlecost", bench.Config{Scenarios: []string{"idlecost"}, Servers: []string{"floor"}, FloorCommand: floorCmd}},
+		{"negative hold", bench.Config{Scenarios: []string{"idlecost"}, Hold: -time.Second}},
+		{"NATS pid not a pid", bench.Config{Scenarios: []string{"idlecost"}, NATSPids: []int{0}}},
+		{"NATS pid is the edge's", bench.Config{Scenarios: []string{"idlecost"}, Pid: os.Getpid(), NATSPids: []int{os.Getpid()}, Conns: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -289,6 +371,151 @@ func TestNoServer(t *testing.T) {
 	}
 }
 
+// TestIdleCostScenario holds joined connections on a real edge and checks
+// the line: CPU of the edge (and of an external NATS), RSS per connection
+// and the JetStream writes of the hold, per stream. A stream of the
+// test's, written at a steady rate through the whole run, shows that
+// writes during the hold are counted. The edge's own writes depend on its
+// presence design: the test reports them and checks only that they are
+// counted per stream and add up.
+func TestIdleCostScenario(t *testing.T) {
+	tests := []struct {
+		name      string
+		presence  bool
+		childNATS bool // NATS in a child process, its pid in NATSPids
+		runs      int
+		hold      time.Duration
+	}{
+		{"presence off, NATS in this process", false, false, 2, 2 * time.Second},
+		// With today's presence (keys rewritten every TTL/3) a 3 s TTL
+		// and a 4 s hold write every connection's key several times.
+		{"presence on, external NATS", true, true, 1, 4 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var natsURL string
+			var natsPids []int
+			if tt.childNATS {
+				u, pid := startNATSProcess(t)
+				natsURL, natsPids = u, []int{pid}
+			} else {
+				natsURL = testenv.NATS(t).ClientURL()
+			}
+			e := startEdgeOn(t, natsURL, edge.Config{Presence: tt.presence, PresenceTTL: 3 * time.Second})
+			published := publishSteadily(t, natsURL, "bench_test", 20*time.Millisecond)
+
+			var out strings.Builder
+			rs, err := bench.Run(t.Context(), bench.Config{
+				URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"idlecost"}, Conns: 50, Runs: tt.runs,
+				Hold: tt.hold, Settle: 200 * time.Millisecond, NATSURL: natsURL, NATSPids: natsPids, Out: &out,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := published()
+			if want := tt.runs + min(tt.runs-1, 1); len(rs) != want || strings.Count(out.String(), "\n") != want {
+				t.Fatalf("want %d runs and a median if more than 1, got %q", tt.runs, out.String())
+			}
+			for _, r := range rs[:tt.runs] {
+				checkLine(t, r, "idlecost", "natter", "handshakes_per_s", "rss_base_mib", "rss_joined_mib", "rss_after_mib",
+					"rss_per_conn_joined_kib", "rss_per_conn_kib", "server_cpu_s", "server_cpu_pct", "js_streams", "js_writes",
+					"js_writes_per_s", "js_writes_bench_test", "bench_cpu_s")
+				wantEqual(t, r, map[string]float64{"conns": 50, "joined": 50, "failed": 0, "closed": 0})
+				wantPositive(t, r, "handshakes_per_s", "rss_after_mib", "js_streams")
+				if h := r.Get("hold"); h != tt.hold.String() {
+					t.Errorf("hold %q, want %s", h, tt.hold)
+				}
+				for _, k := range []string{"server_cpu_s", "server_cpu_pct", "bench_cpu_s"} {
+					if v := number(t, r, k); v < 0 {
+						t.Errorf("%s = %v < 0", k, v)
+					}
+				}
+				// The test's stream: written about 100 times in a 2 s hold.
+				if n := number(t, r, "js_writes_bench_test"); n < 10 || n > float64(sent) {
+					t.Errorf("js_writes_bench_test = %v, want 10..%d (published in the whole run)", n, sent)
+				}
+				// Every stream has its field, and they add up.
+				var sum float64
+				streams := 0
+				for _, f := range r.Fields {
+					if k, ok := strings.CutPrefix(f.Key, "js_writes_"); ok && k != "per_s" {
+						sum += number(t, r, f.Key)
+						streams++
+					}
+				}
+				if js := number(t, r, "js_writes"); sum != js || float64(streams) != number(t, r, "js_streams") {
+					t.Errorf("js_writes %v, per stream %v in %d fields, js_streams %v", js, sum, streams, number(t, r, "js_streams"))
+				}
+				_, presenceField := r.Number("js_writes_kv_natter_presence")
+				if presenceField != tt.presence {
+					t.Errorf("js_writes_kv_natter_presence in the line: %v, presence %v", presenceField, tt.presence)
+				}
+				if tt.presence {
+					// Today's figure, for the record; the presence
+					// rewrite (issue 16) brings it down to O(edges).
+					t.Logf("presence writes in a %s hold of 50 connections: %s to KV_natter_presence, %s to natter_events",
+						tt.hold, r.Get("js_writes_kv_natter_presence"), r.Get("js_writes_natter_events"))
+				}
+				if tt.childNATS {
+					wantEqual(t, r, map[string]float64{"nats_servers": 1})
+					for _, k := range []string{"nats_cpu_s", "nats_cpu_pct", "nats_cpu_pct_max"} {
+						if v := number(t, r, k); v < 0 {
+							t.Errorf("%s = %v < 0", k, v)
+						}
+					}
+				} else if r.Get("nats_cpu_s") != "" {
+					t.Errorf("nats_cpu_s without NATS pids: %q", r)
+				}
+			}
+			if tt.runs > 1 {
+				if m := rs[tt.runs]; m.Get("run") != "median" || m.Get("joined") != "50" || m.Get("hold") != tt.hold.String() {
+					t.Fatalf("median line %q", m)
+				}
+			}
+			testenv.Eventually(t, 5*time.Second, "edge connections closed", func() bool { return e.Stats().Connections == 0 })
+		})
+	}
+}
+
+// publishSteadily creates stream name (subject name) and publishes to it
+// every interval until the test ends; the returned func stops the
+// publisher and returns how many messages it published.
+func publishSteadily(t *testing.T, natsURL, name string, interval time.Duration) func() int {
+	t.Helper()
+	js, err := jetstream.New(testenv.Connect(t, natsURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: name, Subjects: []string{name}, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			if _, err := js.Publish(ctx, name, []byte("x")); err == nil {
+				n.Add(1)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	stop := func() int {
+		cancel()
+		<-done
+		return int(n.Load())
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
 func TestMedian(t *testing.T) {
 	mk := func(run, p50, rate string) *bench.Result {
 		return &bench.Result{Scenario: "fanout", Server: "natter", Fields: []bench.Field{
@@ -304,5 +531,62 @@ func TestMedian(t *testing.T) {
 	m = bench.Median([]*bench.Result{mk("1", "1.000ms", "100"), mk("2", "2.000ms", "91")})
 	if m.Get("p50") != "1.500ms" || m.Get("deliveries_per_s") != "95.5" {
 		t.Fatalf("even median %q", m)
+	}
+}
+
+func TestParseResult(t *testing.T) {
+	tests := []struct {
+		name, line string
+		ok         bool
+	}{
+		{"as written", "scenario=idlecost server=natter conns=10 js_writes_kv_natter_presence=3", true},
+		{"script fields first", "run=2 presence=false scenario=idle server=floor rss_per_conn_kib=9.5", true},
+		{"no server", "scenario=idle conns=10", false},
+		{"no scenario", "server=natter conns=10", false},
+		{"not key=value", "scenario=idle server=natter oops", false},
+		{"empty value", "scenario=idle server=natter conns=", false},
+		{"empty key", "scenario=idle server=natter =3", false},
+		{"key twice", "scenario=idle server=natter conns=1 conns=2", false},
+		{"empty", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := bench.ParseResult(tt.line)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err %v, want ok %v", err, tt.ok)
+			}
+			if tt.ok && r.String() != tt.line {
+				t.Fatalf("round trip %q, want %q", r, tt.line)
+			}
+		})
+	}
+	r, _ := bench.ParseResult("run=1 scenario=idlecost server=natter x=1")
+	if r.Scenario != "idlecost" || r.Server != "natter" {
+		t.Fatalf("scenario %q server %q", r.Scenario, r.Server)
+	}
+}
+
+// TestMedianLines: lines of separate runs, as scripts/bench.sh collects
+// them, give one median line per scenario and server.
+func TestMedianLines(t *testing.T) {
+	in := `# 2026-12-07 a comment
+run=1 presence=true scenario=idlecost server=natter hold=1m0s server_cpu_pct=9.10 js_writes=120000
+run=2 presence=true scenario=idlecost server=natter hold=1m0s server_cpu_pct=8.50 js_writes=120010
+
+run=1 scenario=idle server=floor rss_per_conn_kib=9.00
+run=3 presence=true scenario=idlecost server=natter hold=1m0s server_cpu_pct=10.00 js_writes=119990
+run=median runs=3 presence=true scenario=idlecost server=natter hold=1m0s server_cpu_pct=1.00 js_writes=1
+`
+	var out strings.Builder
+	if err := bench.MedianLines(strings.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	want := "run=median runs=3 presence=true scenario=idlecost server=natter hold=1m0s server_cpu_pct=9.10 js_writes=120000\n" +
+		"run=median runs=1 scenario=idle server=floor rss_per_conn_kib=9.00\n"
+	if out.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", out.String(), want)
+	}
+	if err := bench.MedianLines(strings.NewReader("scenario=idle\n"), &out); err == nil {
+		t.Fatal("a line without server: no error")
 	}
 }

@@ -278,7 +278,10 @@ func dialMembers(ctx context.Context, d *dialer, n, concurrency int, room string
 		})
 	}
 	workers.Wait()
-	p.last = time.Unix(0, lastNs.Load())
+	p.last = p.first // none joined
+	if ns := lastNs.Load(); ns != 0 {
+		p.last = time.Unix(0, ns)
+	}
 	p.members = compact(p.members)
 	return p
 }

@@ -30,6 +30,29 @@
 // near zero. Start a fresh server for idle figures. server_cpu_s covers the
 // dials.
 //
+// Scenario idlecost: Conns connections join Room as in idle; after Settle
+// they are held idle for Hold (nothing is sent but the pongs that answer
+// the edge's pings) and the line reports what the hold cost.
+// server_cpu_s is the edge process's utime+stime over the hold and
+// server_cpu_pct that over the hold's wall time, in percent of one core.
+// With NATSPids (external NATS servers, an edge run with --nats),
+// nats_cpu_s and nats_cpu_pct are the same summed over those processes and
+// nats_cpu_pct_max is the busiest one's; a single-binary edge's figures
+// hold its embedded NATS. rss_per_conn_kib is (VmRSS after the hold -
+// rss_base) / joined, rss_per_conn_joined_kib the same at the start of
+// the hold, rss_base as in idle. js_writes is the number of messages
+// JetStream stored during the hold: the sum over all streams of the change
+// of State.LastSeq, read with ListStreams over a NATS connection to
+// NATSURL (the edge's NATS) just before and just after the CPU window. A
+// stream's sequence counts every message stored, removed since or not,
+// and the server's own markers; a stream created during the hold counts
+// from 0; a replicated stream's message counts once, not once per
+// replica. js_writes_<stream> (lower case, bytes other than a-z, 0-9 and _
+// as _) breaks it down per stream, for every stream of the account:
+// js_writes_kv_natter_presence, js_writes_natter_events, and so on;
+// js_streams counts them. Without JetStream js_writes is 0. closed counts
+// connections the server ended by the end of the hold.
+//
 // Scenario fanout: Subs members join Room, then a publisher sends Rate
 // messages per second for Warmup+Duration on an absolute schedule (open
 // loop: late sends go at once, pub_lag_max says how late). Against natter

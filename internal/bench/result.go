@@ -1,6 +1,9 @@
 package bench
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -165,4 +168,76 @@ func Median(runs []*Result) *Result {
 		}
 	}
 	return m
+}
+
+// ParseResult parses a result line as String writes it: space-separated
+// key=value fields, among them scenario and server (in any place, so that
+// a script may put fields of its own first).
+func ParseResult(s string) (*Result, error) {
+	r := &Result{}
+	for f := range strings.FieldsSeq(s) {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("bench: result line: field %q is not key=value", f)
+		}
+		if r.Get(k) != "" {
+			return nil, fmt.Errorf("bench: result line: %s twice", k)
+		}
+		r.Fields = append(r.Fields, Field{k, v})
+		switch k {
+		case "scenario":
+			r.Scenario = v
+		case "server":
+			r.Server = v
+		}
+	}
+	if r.Scenario == "" || r.Server == "" {
+		return nil, fmt.Errorf("bench: result line %q has no scenario or server", s)
+	}
+	return r, nil
+}
+
+// MedianLines reads result lines from r, one per run, and writes to w the
+// median line (see Median) of each scenario and server, in the order they
+// first appear. Empty lines, lines starting with # and median lines
+// (run=median) are skipped. It is for runs made by separate bench
+// processes, such as those scripts/bench.sh makes against a fresh edge
+// each.
+func MedianLines(r io.Reader, w io.Writer) error {
+	type group struct {
+		key  string
+		runs []*Result
+	}
+	var groups []*group
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		res, err := ParseResult(s)
+		if err != nil {
+			return err
+		}
+		if res.Get("run") == "median" {
+			continue
+		}
+		key := res.Scenario + " " + res.Server
+		i := slices.IndexFunc(groups, func(g *group) bool { return g.key == key })
+		if i < 0 {
+			i = len(groups)
+			groups = append(groups, &group{key: key})
+		}
+		groups[i].runs = append(groups[i].runs, res)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("bench: read result lines: %w", err)
+	}
+	for _, g := range groups {
+		if _, err := fmt.Fprintln(w, Median(g.runs)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
