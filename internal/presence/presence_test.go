@@ -87,27 +87,6 @@ func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
 	}
 }
 
-func TestExpiryWithoutRefresh(t *testing.T) {
-	srv := testenv.NATS(t)
-	watcher := start(t, srv.ClientURL(), "edgeB", 2*time.Second)
-	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
-	dead, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "edgeA", TTL: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead.Set(pub.Entry{Conn: "c9", User: "bob"})
-	testenv.Eventually(t, 5*time.Second, "online", func() bool { return ev.count("online") == 1 })
-	dead.Stop() // no more refreshes: as if the edge died
-	start := time.Now()
-	testenv.Eventually(t, 10*time.Second, "offline by expiry", func() bool { return ev.count("offline") == 1 })
-	if d := time.Since(start); d > 2*time.Second+3*time.Second {
-		t.Fatalf("offline after %s with a 2s TTL", d)
-	}
-	if watcher.User("bob").Online {
-		t.Fatal("bob still online in the mirror")
-	}
-}
-
 func TestRoomPaging(t *testing.T) {
 	srv := testenv.NATS(t)
 	s := start(t, srv.ClientURL(), "edgeA", 10*time.Second)

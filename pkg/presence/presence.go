@@ -20,8 +20,10 @@ import (
 )
 
 // Bucket is the KV bucket of the default namespace. Its keys are
-// conn.<connection id>, one per connection, each with its own TTL that the
-// owning edge refreshes.
+// conn.<connection id>, one per connection (an Entry, written by its edge
+// when it changes, without a TTL), and edge.<edge id>, one lease per edge
+// (a key with a TTL that the edge refreshes; when it expires, the other
+// edges remove the edge's connections).
 const Bucket = "natter_presence"
 
 // MaxStateSize bounds a connection's client-set state, in bytes of JSON.

@@ -1,0 +1,68 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter/natter/pkg/presence"
+)
+
+// publish queues an event; the watcher never waits on the server. A full
+// queue drops the event here: the other edges publish it too.
+func (s *Service) publish(e presence.Event) {
+	select {
+	case s.events <- e:
+	default:
+		s.cfg.Logger.Warn("presence: event queue full, dropped", "event", e.Event, "conn", e.Conn)
+	}
+}
+
+// publishEvents publishes the queued events with the message id
+// <revision>.<event>.<room>, which the event stream deduplicates.
+func (s *Service) publishEvents(ctx context.Context) {
+	for {
+		select {
+		case e := <-s.events:
+			b, _ := json.Marshal(e)
+			id := strconv.FormatUint(e.Revision, 10) + "." + e.Event + "." + e.Room
+			subj := s.cfg.Namespace.Prefix() + ".evtq." + e.Event
+			if _, err := s.evjs.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
+				s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Service) addDiff(room string, f func(*Diff)) {
+	if s.cfg.Diff == nil || !s.cfg.Interested(room) {
+		return
+	}
+	s.diffMu.Lock()
+	d := s.pending[room]
+	if d == nil {
+		d = &Diff{Room: room}
+		s.pending[room] = d
+	}
+	f(d)
+	s.diffMu.Unlock()
+}
+
+// flushDiffs hands each room's batched changes to the edge.
+func (s *Service) flushDiffs() {
+	s.diffMu.Lock()
+	if len(s.pending) == 0 {
+		s.diffMu.Unlock()
+		return
+	}
+	batch := s.pending
+	s.pending = make(map[string]*Diff)
+	s.diffMu.Unlock()
+	for room, d := range batch {
+		s.cfg.Diff(room, d)
+	}
+}
