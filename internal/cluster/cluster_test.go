@@ -25,7 +25,8 @@ import (
 )
 
 // TestCluster runs every scenario on one cluster, the destructive ones
-// last: a worker killed, then a NATS node killed, then an edge stopped.
+// last: a worker killed, an edge killed (and restarted), then a NATS node
+// killed, then an edge stopped.
 func TestCluster(t *testing.T) {
 	c := startCluster(t)
 	fig := &figures{}
@@ -37,6 +38,7 @@ func TestCluster(t *testing.T) {
 	t.Run("DurableResumeThroughOtherEdge", func(t *testing.T) { testDurableResume(t, c, fig, false) })
 	t.Run("DurableResumeNATSNodeKilled", func(t *testing.T) { testDurableResume(t, c, fig, true) })
 	t.Run("DurableMessagesNATSNodeKilled", func(t *testing.T) { testDurableMessagesNodeKilled(t, c, fig) })
+	t.Run("EdgeSIGKILLPresence", func(t *testing.T) { testEdgeSIGKILLPresence(t, c, fig) })
 	t.Run("NATSNodeKill", func(t *testing.T) { testNATSNodeKill(t, c, fig) })
 	t.Run("EdgeSIGTERM", func(t *testing.T) { testEdgeSIGTERM(t, c, fig) })
 	fig.report(t)
@@ -492,6 +494,14 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 		}
 		return err == nil
 	})
+	lease0 := map[string]uint64{}
+	testenv.Eventually(t, wait, "the edges' leases in the bucket", func() bool {
+		revs, err := leaseRevisions(js, a.id, b.id)
+		for key, r := range revs {
+			lease0[key] = r.rev
+		}
+		return err == nil
+	})
 	var mu sync.Mutex
 	first := map[string]time.Time{} // member -> first probe sent after the node died
 	var dead time.Time
@@ -538,29 +548,30 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 
 	// The bucket answers reads through a survivor again (a stream whose
 	// leader was killed has none until the survivors elect one), stores
-	// the edges' refreshes again, and still holds every key one TTL after
-	// the kill: only refreshes stored in time keep a key alive that long.
+	// the edges' lease refreshes again, and one TTL after the kill still
+	// holds every connection key as it was: a lease that lapsed would have
+	// had its edge's keys removed and rewritten.
 	var kvBack, writesBack time.Time
 	testenv.Eventually(t, wait, "presence keys readable from the bucket", func() bool {
 		_, err := keyRevisions(js, conns)
 		kvBack = time.Now()
 		return err == nil
 	})
-	testenv.Eventually(t, wait, "refreshes stored after the kill", func() bool {
-		revs, err := keyRevisions(js, conns)
+	testenv.Eventually(t, wait, "lease refreshes stored after the kill", func() bool {
+		revs, err := leaseRevisions(js, a.id, b.id)
 		if err != nil {
 			return false
 		}
 		for key, r := range revs {
-			if r.rev <= rev0[key] {
+			if r.rev <= lease0[key] {
 				return false
 			}
 		}
 		writesBack = time.Now()
 		return true
 	})
-	testenv.Eventually(t, wait, "refreshes stored one TTL after the kill", func() bool {
-		revs, err := keyRevisions(js, conns)
+	testenv.Eventually(t, wait, "leases refreshed one TTL after the kill", func() bool {
+		revs, err := leaseRevisions(js, a.id, b.id)
 		if err != nil {
 			return false
 		}
@@ -571,6 +582,15 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 		}
 		return true
 	})
+	if revs, err := keyRevisions(js, conns); err != nil {
+		t.Errorf("presence keys one TTL after the kill: %v", err)
+	} else {
+		for key, r := range revs {
+			if r.rev != rev0[key] {
+				t.Errorf("%s: revision %d one TTL after the kill, %d before: removed or rewritten", key, r.rev, rev0[key])
+			}
+		}
+	}
 	// The event pipeline works after the failover (so its silence about
 	// kate and kurt means something): a new user's online event arrives.
 	kim := dial(t, b.url, "kim")
@@ -614,9 +634,9 @@ func testNATSNodeKill(t *testing.T, c *Cluster, fig *figures) {
 		cancel()
 	}
 	after := streamLeaders(t, js, streams...)
-	t.Logf("after the kill: presence KV readable after %s, refreshes stored after %s; stream leaders %v",
+	t.Logf("after the kill: presence KV readable after %s, lease refreshes stored after %s; stream leaders %v",
 		kvBack.Sub(kill).Round(time.Millisecond), writesBack.Sub(kill).Round(time.Millisecond), after)
-	fig.add("NATS node SIGKILL (%s, holding %v and the stream leaders, new leaders %v): room delivery through a survivor on both edges again after %s (%s %s, %s %s); presence KV readable after %s, refreshes stored after %s (presence TTL %s); no close, no spurious offline: %v",
+	fig.add("NATS node SIGKILL (%s, holding %v and the stream leaders, new leaders %v): room delivery through a survivor on both edges again after %s (%s %s, %s %s); presence KV readable after %s, lease refreshes stored after %s (presence TTL %s); no close, no spurious offline: %v",
 		victim.name, where[victim.name], after, recovery.Round(time.Millisecond),
 		a.id, first["kate"].Sub(kill).Round(time.Millisecond), b.id, first["kurt"].Sub(kill).Round(time.Millisecond),
 		kvBack.Sub(kill).Round(time.Millisecond), writesBack.Sub(kill).Round(time.Millisecond), *presenceTTL, !t.Failed())

@@ -1,12 +1,19 @@
 package edge_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
 	pub "github.com/natter/natter/pkg/presence"
@@ -75,5 +82,143 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 		if strings.Contains(string(b), envelope.TypePresenceDiff) {
 			t.Fatalf("a member that did not opt in got a diff: %s", b)
 		}
+	}
+}
+
+// presenceEdge starts an edge with presence and dev-mode users on srv.
+func presenceEdge(t *testing.T, url, id string, cfg edge.Config) *testenv.Edge {
+	t.Helper()
+	cfg.NATS = testenv.Connect(t, url)
+	cfg.EdgeID, cfg.DevMode, cfg.Presence = id, true, true
+	return testenv.StartEdge(t, cfg)
+}
+
+// presenceStream returns the presence bucket's stream state.
+func presenceStream(t *testing.T, nc *nats.Conn) jetstream.StreamState {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), "KV_"+pub.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State
+}
+
+// presenceKeys returns the bucket's live keys with, for connection keys,
+// the edge their entry names.
+func presenceKeys(t *testing.T, nc *nats.Conn) map[string]string {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), pub.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := kv.ListKeys(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for k := range l.Keys() {
+		out[k] = ""
+		if strings.HasPrefix(k, "conn.") {
+			if e, err := kv.Get(t.Context(), k); err == nil {
+				var entry pub.Entry
+				_ = json.Unmarshal(e.Value(), &entry)
+				out[k] = entry.Edge
+			}
+		}
+	}
+	return out
+}
+
+// Joined WebSocket connections held idle write nothing to the presence
+// bucket: over three lease periods only the edge's lease is refreshed.
+func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
+	srv := testenv.NATS(t)
+	const ttl = 2 * time.Second
+	e := presenceEdge(t, srv.ClientURL(), "idle", edge.Config{PresenceTTL: ttl})
+	nc := testenv.Connect(t, srv.ClientURL())
+	const n = 40
+	for i := range n {
+		c := wstest.Dial(t, e.URL+fmt.Sprintf("?user=u%02d", i))
+		join(t, c, "lobby")
+	}
+	testenv.Eventually(t, wait, "every member in presence", func() bool {
+		p, err := pub.Room(t.Context(), nc, envelope.DefaultNamespace, "lobby", "", 1)
+		return err == nil && p.Count == n
+	})
+	before := presenceStream(t, nc)
+	const hold = 3 * ttl
+	time.Sleep(hold) // the idle hold being measured, not an ordering
+	after := presenceStream(t, nc)
+	writes, periods := after.LastSeq-before.LastSeq, uint64(hold/(ttl/3))
+	t.Logf("%d joined connections idle for %s (lease TTL %s): %d writes to the bucket", n, hold, ttl, writes)
+	if writes > periods+1 {
+		t.Fatalf("%d writes in %s; the lease's refreshes are %d at most", writes, hold, periods+1)
+	}
+}
+
+// A graceful shutdown removes the edge's connection keys and its lease
+// before it returns; users on another edge stay.
+func TestPresenceShutdownRemovesKeys(t *testing.T) {
+	srv := testenv.NATS(t)
+	cfg := edge.Config{PresenceTTL: 30 * time.Second}
+	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
+	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
+	nc := testenv.Connect(t, srv.ClientURL())
+	join(t, wstest.Dial(t, e1.URL+"?user=amy"), "lobby")
+	wstest.Dial(t, e2.URL+"?user=bo")
+	testenv.Eventually(t, wait, "both online", func() bool {
+		a, err1 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
+		b, err2 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
+		return err1 == nil && err2 == nil && a.Online && b.Online
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := e1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for k, edgeID := range presenceKeys(t, nc) {
+		if k == "edge.e1" || edgeID == "e1" {
+			t.Fatalf("%s (edge %q) left after the shutdown", k, edgeID)
+		}
+	}
+	testenv.Eventually(t, wait, "amy offline, bo online", func() bool {
+		a, err1 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
+		b, err2 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
+		return err1 == nil && err2 == nil && !a.Online && b.Online
+	})
+}
+
+// The per-user connection cap counts the user's connections on every edge,
+// from the presence mirror.
+func TestPresenceUserCapAcrossEdges(t *testing.T) {
+	srv := testenv.NATS(t)
+	cfg := edge.Config{MaxConnsPerUser: 2, PresenceOpen: true}
+	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
+	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
+	wstest.Dial(t, e1.URL+"?user=alice")
+	wstest.Dial(t, e1.URL+"?user=alice")
+	asker := wstest.Dial(t, e2.URL+"?user=quinn")
+	testenv.Eventually(t, wait, "e2's mirror holds alice's two connections", func() bool {
+		got := asker.Request(t, envelope.TypePresence, map[string]string{"user": "alice"}, wait)
+		var info pub.UserInfo
+		return json.Unmarshal(got.Payload, &info) == nil && len(info.Connections) == 2
+	})
+	if status, body, _ := wstest.Handshake(t, e2.URL+"?user=alice", nil, ""); status != 429 || body != "too many connections for this user" {
+		t.Fatalf("alice's third connection, on e2: %d %q", status, body)
+	}
+	if status, _, _ := wstest.Handshake(t, e2.URL+"?user=bob", nil, ""); status != 101 {
+		t.Fatalf("bob on e2: %d", status)
 	}
 }
