@@ -915,7 +915,7 @@ class NatterClient {
                 this.#positions.delete(room); // not (or no longer) durable
                 return;
             }
-            // No offset: the room has no history yet (the edge omits a zero).
+            // No offset: an older edge, for a room with no history yet.
             const at = { offset: j.offset ?? 0, epoch: j.epoch };
             if (isPosition(at))
                 this.#advance(room, at, true);
