@@ -59,7 +59,7 @@ func main() {
 	fs.BoolVar(&rc.StrictTypes, "strict-types", false, "reject message types that have no schema")
 	fs.BoolVar(&rc.Edge.DevMode, "insecure-dev-users", false, "INSECURE dev mode with --nats, as single-binary mode without auth flags, for local set-ups of several processes: the user id comes from ?user=, anonymous connections are admitted, every room is public (unless --public-rooms), any origin may connect (unless --allowed-origins), the demo page is served at /, and the default --listen is loopback")
 	fs.BoolVar(&rc.Edge.Presence, "presence", true, "keep presence in JetStream KV and emit lifecycle events (needs JetStream)")
-	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "per-connection presence TTL, whole seconds (default 15s)")
+	fs.DurationVar(&rc.Edge.PresenceTTL, "presence-ttl", 0, "TTL of the edge's presence lease, whole seconds (default 15s): after a crash its users go offline within this plus a few seconds; connection keys have none (docs/design/presence.md)")
 	fs.IntVar(&rc.Edge.PresenceReplicas, "presence-replicas", 1, "replicas of the presence bucket and event stream")
 	fs.Func("durable-rooms", "comma-separated patterns of durable rooms: history in JetStream, positions on deliveries, recovery on $join with since (default none)", func(v string) error {
 		rc.Edge.DurableRooms = append(rc.Edge.DurableRooms, splitList(v)...)

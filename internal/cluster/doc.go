@@ -17,7 +17,9 @@
 // The tests go from the harmless to the destructive on one shared cluster:
 // room, user and service messages across edges and nodes, cross-edge
 // latency, RPCs spread over the workers and a worker killed with SIGKILL, a
-// NATS node killed with SIGKILL, and an edge stopped with SIGTERM. The
+// NATS node killed with SIGKILL, an edge killed with SIGKILL (its users
+// offline exactly once within the presence lease TTL), and an edge stopped
+// with SIGTERM. The
 // figures they measure (cross-edge latency percentiles, recovery times) are
 // logged and written to figures.txt in the test's artifact directory
 // (kept with -artifacts).

@@ -92,7 +92,9 @@ type Config struct {
 	// Presence keeps every connection in the natter_presence KV bucket and
 	// emits lifecycle events. Needs JetStream. Default off.
 	Presence bool
-	// PresenceTTL is the per-key TTL of presence entries. Default 15s.
+	// PresenceTTL is the TTL of the edge's presence lease, refreshed every
+	// TTL/3; connection keys have none (docs/design/presence.md). Default
+	// 15s.
 	PresenceTTL time.Duration
 	// PresenceReplicas is the replication of the bucket and event stream.
 	// Default 1; 3 on a 3-node cluster.
