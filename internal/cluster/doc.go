@@ -19,10 +19,9 @@
 // latency, RPCs spread over the workers and a worker killed with SIGKILL, a
 // NATS node killed with SIGKILL, an edge killed with SIGKILL (its users
 // offline exactly once within the presence lease TTL), and an edge stopped
-// with SIGTERM. The
-// figures they measure (cross-edge latency percentiles, recovery times) are
-// logged and written to figures.txt in the test's artifact directory
-// (kept with -artifacts).
+// with SIGTERM. The figures they measure (cross-edge latency percentiles,
+// recovery times) are logged and written to figures.txt in the test's
+// artifact directory (kept with -artifacts).
 //
 // Every process and client is stopped by t.Cleanup, also when a test fails;
 // the logs of the processes are printed when one does.
