@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"hash/maphash"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -16,17 +17,32 @@ import (
 // connection's error handler (cmd/edge logs it, sampled).
 const dispatchQueue = 1 << 16
 
-// dispatcher receives the messages of the edge's per-connection, per-user
-// and per-room subscriptions on a few channels, one goroutine each, instead
-// of a goroutine per subscription (nats.go's callback subscriptions start
-// one each: two or three per connection). A subscription's messages stay in
-// order: they all go through one channel. Handlers run on the dispatcher's
-// goroutine and must not block. All of one connection's subscriptions
-// share a channel, and so do a room's or a user's; a large room's fan-out
-// delays the other messages on its channel by as long as it takes.
+// dispatcher receives the messages of the edge's subscriptions (per room,
+// per user, and the two per edge that address its connections) on a few
+// channels, one goroutine each (the shards), instead of a goroutine per
+// subscription (nats.go's callback subscriptions start one each).
+// Handlers run on a shard's goroutine and must not block.
+//
+// A plain subscription (subscribe) delivers onto one shard, so its
+// messages stay in order; a large room's fan-out delays the other messages
+// on its shard by as long as it takes.
+//
+// A subscription by id (subscribeByID) is one wildcard whose messages are
+// each addressed to one id, the end of their subject: <prefix>.out.conn.
+// <edge>.* and <prefix>.ctl.conn.<edge>.* for all the edge's connections.
+// Its messages go through one more goroutine, the router, which hands each
+// to the shard of its id (a hash of the id). So every message for one id,
+// from either subscription, runs on one shard, in the order NATS delivered
+// it, and different connections still spread over the shards as they did
+// with a subscription each. The router only hashes and forwards; when the
+// id's shard is full it waits for it, so the router's own channel fills
+// next, and nats.go drops and reports a slow consumer there as it would
+// on a shard.
 type dispatcher struct {
 	chans  []chan *nats.Msg
-	routes sync.Map // subject -> *route; one subscription per subject
+	router chan *nats.Msg // messages of subscriptions by id, before their shard
+	routes sync.Map       // subscribed subject -> *route; one subscription per subject
+	seed   maphash.Seed   // shards of ids
 	stop   chan struct{}
 	once   sync.Once
 	wg     sync.WaitGroup
@@ -36,17 +52,26 @@ type dispatcher struct {
 // subscription exists; messages of an earlier subscription to the same
 // subject, still on a channel, are dropped.
 type route struct {
-	f   func(*nats.Msg)
-	sub atomic.Pointer[nats.Subscription]
+	f    func(*nats.Msg)
+	byID func(id string, msg *nats.Msg) // subscriptions by id: f is nil
+	idAt int                            // subscriptions by id: where the id starts in a message's subject
+	sub  atomic.Pointer[nats.Subscription]
 }
 
 func newDispatcher() *dispatcher {
-	d := &dispatcher{chans: make([]chan *nats.Msg, runtime.GOMAXPROCS(0)), stop: make(chan struct{})}
+	d := &dispatcher{
+		chans:  make([]chan *nats.Msg, runtime.GOMAXPROCS(0)),
+		router: make(chan *nats.Msg, dispatchQueue),
+		seed:   maphash.MakeSeed(),
+		stop:   make(chan struct{}),
+	}
 	for i := range d.chans {
 		d.chans[i] = make(chan *nats.Msg, dispatchQueue)
 		d.wg.Add(1)
 		go d.run(d.chans[i])
 	}
+	d.wg.Add(1)
+	go d.forward()
 	return d
 }
 
@@ -54,9 +79,20 @@ func newDispatcher() *dispatcher {
 // dispatcher shard. The route is in place before the subscription, so the
 // first message finds it. The caller keeps one subscription per subject.
 func (d *dispatcher) subscribe(nc *nats.Conn, subject string, shard int, f func(*nats.Msg)) (*nats.Subscription, error) {
-	r := &route{f: f}
+	return d.add(nc, subject, &route{f: f}, d.chans[shard%len(d.chans)])
+}
+
+// subscribeByID subscribes subject, a wildcard, on nc for messages each
+// addressed to one id: the end of the message's subject from byte idAt
+// on. f gets each with its id, on the id's shard (shardOf); per id, they
+// stay in order. The caller keeps one subscription per subject.
+func (d *dispatcher) subscribeByID(nc *nats.Conn, subject string, idAt int, f func(id string, msg *nats.Msg)) (*nats.Subscription, error) {
+	return d.add(nc, subject, &route{byID: f, idAt: idAt}, d.router)
+}
+
+func (d *dispatcher) add(nc *nats.Conn, subject string, r *route, ch chan *nats.Msg) (*nats.Subscription, error) {
 	d.routes.Store(subject, r)
-	sub, err := nc.ChanSubscribe(subject, d.chans[shard%len(d.chans)])
+	sub, err := nc.ChanSubscribe(subject, ch)
 	if err != nil {
 		d.routes.CompareAndDelete(subject, r)
 		return nil, err
@@ -74,6 +110,11 @@ func (d *dispatcher) unsubscribe(sub *nats.Subscription) {
 	}
 }
 
+// shardOf is the shard of an id's messages.
+func (d *dispatcher) shardOf(id string) int {
+	return int(maphash.String(d.seed, id) % uint64(len(d.chans)))
+}
+
 // inject queues msg (whose Sub is the subscription it stands for) on
 // shard as if NATS had delivered it, so that its handler runs in order
 // with the subscription's messages. It never blocks: on a full channel
@@ -87,16 +128,57 @@ func (d *dispatcher) inject(msg *nats.Msg, shard int) bool {
 	}
 }
 
+// lookup returns the live route of msg's subscription, or nil.
+func (d *dispatcher) lookup(msg *nats.Msg) *route {
+	if msg.Sub == nil {
+		return nil
+	}
+	v, ok := d.routes.Load(msg.Sub.Subject)
+	if !ok {
+		return nil
+	}
+	r := v.(*route)
+	if s := r.sub.Load(); s != nil && s != msg.Sub {
+		return nil
+	}
+	return r
+}
+
 func (d *dispatcher) run(ch chan *nats.Msg) {
 	defer d.wg.Done()
 	for {
 		select {
 		case msg := <-ch:
-			if v, ok := d.routes.Load(msg.Subject); ok {
-				r := v.(*route)
-				if s := r.sub.Load(); s == nil || s == msg.Sub {
-					r.f(msg)
+			switch r := d.lookup(msg); {
+			case r == nil:
+			case r.byID != nil:
+				if len(msg.Subject) > r.idAt {
+					r.byID(msg.Subject[r.idAt:], msg)
 				}
+			default:
+				r.f(msg)
+			}
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+// forward is the router: it hands the messages of subscriptions by id to
+// their id's shard.
+func (d *dispatcher) forward() {
+	defer d.wg.Done()
+	for {
+		select {
+		case msg := <-d.router:
+			r := d.lookup(msg)
+			if r == nil || r.byID == nil || len(msg.Subject) <= r.idAt {
+				continue
+			}
+			select {
+			case d.chans[d.shardOf(msg.Subject[r.idAt:])] <- msg:
+			case <-d.stop:
+				return
 			}
 		case <-d.stop:
 			return
