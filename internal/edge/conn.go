@@ -3,6 +3,8 @@ package edge
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,8 +50,6 @@ type conn struct {
 	lastRead atomic.Int64 // unix nanos of the last frame of any kind
 	lastData atomic.Int64 // unix nanos of the last data frame
 	pingSent atomic.Int64 // unix nanos of the last ping queued, 0 if none
-
-	subs [2]*nats.Subscription // <prefix>.out.conn.<id> and <prefix>.ctl.conn.<id>
 
 	raw   syscall.RawConn // the socket's descriptor, for writes that never block; nil: writeLoop writes
 	shard int             // the writer pool shard
@@ -106,31 +106,91 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 	return c
 }
 
-// register subscribes the connection's subjects and makes it visible. The
-// subscriptions go out before any message of the client's can, so a reply
-// addressed to the connection always finds it. The two subjects are exact:
-// a wildcard would also match a client's own natter.in.conn.<id>.
+// connIDs gives out the edge's connection ids, <edge>.<n> (see
+// envelope.ValidateConnID). n counts up in base 36 from a random start
+// drawn when the edge starts: unique for the edge's life by construction,
+// and, with 64 random bits, not given out again by a later edge with the
+// same configured id (a restarted pod), so a service holding an old id
+// never reaches someone else's connection. Ids are not secrets (room
+// members see each other's in presence, and the next id is this one plus
+// one): what may address a connection is decided by NATS permissions on
+// natter.out.> and natter.ctl.conn.>, which clients never hold.
+type connIDs struct {
+	prefix string // "<edge>."
+	n      atomic.Uint64
+}
+
+func (g *connIDs) init(edge string) {
+	g.prefix = edge + "."
+	g.n.Store(rand.Uint64())
+}
+
+func (g *connIDs) next() string {
+	return g.prefix + strconv.FormatUint(g.n.Add(1), 36)
+}
+
+// subscribeConns subscribes the edge's two wildcards for all its
+// connections, <prefix>.out.conn.<edge>.* and <prefix>.ctl.conn.<edge>.*:
+// one subscription each for the edge, none per connection. The dispatcher
+// runs each message on its connection id's shard; the registry finds the
+// connection.
+func (e *Edge) subscribeConns() error {
+	out, err := e.ns.ConnAll(e.cfg.EdgeID)
+	if err != nil {
+		return err
+	}
+	ctl, err := e.ns.CtlAll(e.cfg.EdgeID)
+	if err != nil {
+		return err
+	}
+	// A connection id is the subject's last two tokens: <edge>.<n>.
+	at := len(out) - len(e.cfg.EdgeID) - len(".*")
+	if e.connSubs[0], err = e.disp.subscribeByID(e.nc, out.String(), at, e.onConnOut); err != nil {
+		return err
+	}
+	at = len(ctl) - len(e.cfg.EdgeID) - len(".*")
+	if e.connSubs[1], err = e.disp.subscribeByID(e.nc, ctl.String(), at, e.onConnCtl); err != nil {
+		e.disp.unsubscribe(e.connSubs[0])
+		return err
+	}
+	return nil
+}
+
+// onConnOut delivers a message on <prefix>.out.conn.<id> to connection id.
+// One that is not (or no longer) on this edge drops it; a request gets
+// RPC_ERROR UNAVAILABLE at once, as NATS's "no responders" once did when
+// every connection had its own subscription, so that rpc.Ask fails fast.
+func (e *Edge) onConnOut(id string, msg *nats.Msg) {
+	if c := e.conns.get(id); c != nil {
+		c.onOut(msg)
+		return
+	}
+	if msg.Reply != "" {
+		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "no such connection"))
+	}
+}
+
+// onConnCtl passes a message on <prefix>.ctl.conn.<id> to connection id.
+// For one that is not (or no longer) on this edge, a request gets
+// NOT_FOUND at once.
+func (e *Edge) onConnCtl(id string, msg *nats.Msg) {
+	if c := e.conns.get(id); c != nil {
+		c.onCtl(msg)
+		return
+	}
+	replyControl(msg, &rpc.Error{Code: envelope.CodeNotFound, Message: "no such connection"})
+}
+
+// register makes the connection visible: to the edge's two subscriptions
+// for all its connections (subscribeConns), which find it by its id, and
+// to its user's subscription. It needs no subscription of its own. It runs
+// before the read loop starts, so a reply addressed to the connection
+// always finds it.
 func (c *conn) register() error {
 	// $connected goes first, before any subscription can deliver a frame.
 	c.sendWelcome()
-	out, err := c.e.ns.Conn(c.id)
-	if err != nil {
-		return err
-	}
-	ctl, err := c.e.ns.Ctl(c.id)
-	if err != nil {
-		return err
-	}
-	if c.subs[0], err = c.e.disp.subscribe(c.e.nc, out.String(), c.shard, c.onOut); err != nil {
-		return err
-	}
-	if c.subs[1], err = c.e.disp.subscribe(c.e.nc, ctl.String(), c.shard, c.onCtl); err != nil {
-		c.e.disp.unsubscribe(c.subs[0])
-		return err
-	}
 	if c.user != "" {
 		if err := c.e.hub.addUser(c); err != nil {
-			c.unsubscribe()
 			return err
 		}
 	}
@@ -143,14 +203,6 @@ func (c *conn) register() error {
 	return nil
 }
 
-func (c *conn) unsubscribe() {
-	for _, s := range c.subs {
-		if s != nil {
-			c.e.disp.unsubscribe(s)
-		}
-	}
-}
-
 // unregister undoes register and leaves every room. Called from OnClose,
 // or after a panic in the read loop; only the first call acts.
 func (c *conn) unregister() {
@@ -160,7 +212,6 @@ func (c *conn) unregister() {
 	c.cancel()
 	c.stopAuth()
 	c.release()
-	c.unsubscribe()
 	c.e.rpc.dropConn(c)
 	c.e.hub.leaveAll(c)
 	if c.user != "" {

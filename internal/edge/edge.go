@@ -13,7 +13,6 @@ import (
 
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -43,7 +42,9 @@ type Edge struct {
 	adm           admission
 	hub           *hub
 	conns         registry
+	ids           connIDs // connection ids, <edge>.<n>
 	allSub        *nats.Subscription
+	connSubs      [2]*nats.Subscription // out.conn.<edge>.* and ctl.conn.<edge>.*: every connection's (subscribeConns)
 	rpc           *rpcMux
 	presence      *presence.Service // nil when off
 	dur           *durable          // nil without durable rooms
@@ -72,8 +73,10 @@ type Edge struct {
 // rooms, durable messages) within the caller's context.
 const setupTimeout = 30 * time.Second
 
-// New builds an edge and subscribes it to the everyone subject. It accepts
-// connections as soon as it is served.
+// New builds an edge and subscribes it to the everyone subject and to the
+// two wildcards that address its connections (<prefix>.out.conn.<edge>.*
+// and <prefix>.ctl.conn.<edge>.*: a connection costs no subscription). It
+// accepts connections as soon as it is served.
 //
 // Setting up what needs JetStream (presence, durable rooms, durable
 // messages) retries passing failures for up to 30s per step, and ends as
@@ -94,6 +97,7 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		logLimit:   rate.NewLimiter(1, 1),
 	}
 	e.conns.init()
+	e.ids.init(cfg.EdgeID)
 	e.hub = newHub(e)
 	e.adm.init()
 	if cfg.Registerer != nil {
@@ -178,6 +182,15 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 	}
 	e.writers = newWriterPool()
 	e.disp = newDispatcher()
+	if err := e.subscribeConns(); err != nil {
+		e.disp.close()
+		e.writers.close()
+		if e.work != nil {
+			e.work.stop(ctx)
+		}
+		undo()
+		return nil, fmt.Errorf("edge: subscribe connections: %w", err)
+	}
 	e.wg.Add(1)
 	go e.tick()
 	return e, nil
@@ -244,7 +257,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := newConn(e, socket, wire, nuid.Next(), id, release)
+	c := newConn(e, socket, wire, e.ids.next(), id, release)
 	socket.Session().Store(sessionKey, c)
 	if err := c.register(); err != nil {
 		release()
@@ -318,6 +331,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		}
 		e.stopOnce.Do(func() { close(e.stopTick) })
 		_ = e.allSub.Unsubscribe()
+		for _, s := range e.connSubs {
+			e.disp.unsubscribe(s)
+		}
 		_ = e.rpc.sub.Unsubscribe()
 		if e.dur != nil {
 			e.dur.stop()
@@ -474,6 +490,15 @@ func (r *registry) add(c *conn) {
 	s.mu.Lock()
 	s.m[c.id] = c
 	s.mu.Unlock()
+}
+
+// get returns the connection with id, or nil.
+func (r *registry) get(id string) *conn {
+	s := &r.shards[r.shard(id)]
+	s.mu.Lock()
+	c := s.m[id]
+	s.mu.Unlock()
+	return c
 }
 
 func (r *registry) remove(c *conn) {

@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -289,8 +291,15 @@ func TestControlSubject(t *testing.T) {
 	if err := pub.Leave(ctx, id, "vip"); err != nil {
 		t.Fatal(err)
 	}
-	if err := pub.Join(ctx, "nosuchconn", "vip"); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
-		t.Fatalf("join unknown conn: %v", err)
+	// Not on this edge (the edge answers), on no edge (no responders):
+	// NOT_FOUND either way; not a connection id: refused before sending.
+	for _, conn := range []string{m.edge.ID() + ".nosuchconn", "nosuchedge.1"} {
+		if err := pub.Join(ctx, conn, "vip"); !errors.Is(err, rpc.ErrNotFound) {
+			t.Fatalf("join unknown conn %s: %v", conn, err)
+		}
+	}
+	if err := pub.Join(ctx, "nosuchconn", "vip"); !errors.Is(err, envelope.ErrInvalidID) {
+		t.Fatalf("join with a one-token id: %v", err)
 	}
 	if err := pub.Close(ctx, id, envelope.CloseKicked, "bye"); err != nil {
 		t.Fatal(err)

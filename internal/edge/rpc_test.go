@@ -355,12 +355,20 @@ func TestServerToClientRPC(t *testing.T) {
 		c.AwaitType(t, "ignored.question", wait)
 	})
 	t.Run("unknown connection fails at once", func(t *testing.T) {
-		start := time.Now()
-		if err := rpc.Ask(t.Context(), m.nats, ns, "noSuchConnection", "hello", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
-			t.Fatalf("Ask: %v", err)
+		// Not on this edge (the edge answers), and on no edge at all (NATS
+		// has no responders): both fail at once with ErrUnavailable.
+		for _, conn := range []string{m.edge.ID() + ".noSuchConnection", "noSuchEdge.1"} {
+			start := time.Now()
+			if err := rpc.Ask(t.Context(), m.nats, ns, conn, "hello", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+				t.Fatalf("Ask %s: %v", conn, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("Ask %s took %s", conn, d)
+			}
 		}
-		if d := time.Since(start); d > time.Second {
-			t.Fatalf("took %s", d)
+		// An id that is not <edge>.<n> is refused before anything is sent.
+		if err := rpc.Ask(t.Context(), m.nats, ns, "noSuchConnection", "hello", nil, nil); !errors.Is(err, envelope.ErrInvalidID) {
+			t.Fatalf("Ask of a one-token id: %v", err)
 		}
 	})
 	t.Run("closed while waiting", func(t *testing.T) {

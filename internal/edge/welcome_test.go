@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/natter/natter/internal/edge"
@@ -26,8 +27,8 @@ func TestWelcomeFirstFrame(t *testing.T) {
 				t.Fatalf("payload %s: %v", first.Payload, err)
 			}
 			id := p["connectionId"]
-			if envelope.ValidateID(id) != nil {
-				t.Fatalf("connectionId %q is not an id", id)
+			if envelope.ValidateConnID(id) != nil || !strings.HasPrefix(id, m.edge.ID()+".") {
+				t.Fatalf("connectionId %q is not a connection id of edge %s", id, m.edge.ID())
 			}
 			if u, ok := p["user"]; u != user || ok != (user != "") {
 				t.Fatalf("payload %s; want user %q", first.Payload, user)

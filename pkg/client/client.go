@@ -473,11 +473,12 @@ func (c *Client) State() State {
 }
 
 // ConnID returns the id the edge gave the current connection, in its first
-// frame ($connected): services reach this client at natter.out.conn.<id>
-// (rpc.Ask, worker.Publisher.ToConn) and see it in the Natter-Conn header
-// of what it sends. It is known once the client is Open (when Dial
-// returns, say), "" while it is not connected, and new after every
-// reconnect; On(envelope.TypeConnected, f) sees each new one.
+// frame ($connected), whole: <edge>.<n>, the edge's id and the
+// connection's on it (envelope.ValidateConnID). Services reach this client
+// at natter.out.conn.<id> (rpc.Ask, worker.Publisher.ToConn) and see it in
+// the Natter-Conn header of what it sends. It is known once the client is
+// Open (when Dial returns, say), "" while it is not connected, and new
+// after every reconnect; On(envelope.TypeConnected, f) sees each new one.
 func (c *Client) ConnID() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

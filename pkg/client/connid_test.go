@@ -25,6 +25,9 @@ func TestConnID(t *testing.T) {
 	if id == "" || id != m.connID(t, c) {
 		t.Fatalf("ConnID %q after Dial; Natter-Conn %q", id, m.connID(t, c))
 	}
+	if err := envelope.ValidateConnID(id); err != nil {
+		t.Fatalf("ConnID: %v", err)
+	}
 	direct := collect(c, "direct")
 	if err := m.svc.Publish("natter.out.conn."+id, []byte(`{"type":"direct","payload":{"n":1}}`)); err != nil {
 		t.Fatal(err)

@@ -103,6 +103,10 @@ func FuzzSubject(f *testing.F) {
 		"\u00a0", "a\u0085b", "a\u2028b", "a\u3000", "\ufeff", "\xff", "caf\u00e9",
 		strings.Repeat("a", envelope.MaxIDLen), strings.Repeat("a", envelope.MaxIDLen+1),
 		strings.Repeat("a.", 64), strings.Repeat("ab.", 42) + "c", strings.Repeat("x", 4096),
+		// Connection ids: <edge>.<n>.
+		"Cq7pT1XhQ6mQ3bZ9vN0aK2.1", "edge-1.2s9x", "e.*", "*.n", "e.>", "e..n", "e.n.x", "e.", ".n",
+		"e n.1", "e.n\n", "e.\u00a0", strings.Repeat("e", envelope.MaxIDLen) + "." + strings.Repeat("n", envelope.MaxIDLen),
+		strings.Repeat("e", envelope.MaxIDLen+1) + ".n", "e." + strings.Repeat("n", envelope.MaxIDLen+1),
 	}
 	for _, s := range seeds {
 		f.Add(s)
@@ -130,6 +134,29 @@ func FuzzSubject(f *testing.F) {
 				t.Fatalf("ValidateID accepted %q, which is more than one token", s)
 			}
 		}
+		connOK := envelope.ValidateConnID(s) == nil
+		if connOK {
+			checkSubject(t, "ValidateConnID", envelope.Subject(s))
+			edge, n, ok := strings.Cut(s, ".")
+			if !ok || strings.Contains(n, ".") {
+				t.Fatalf("ValidateConnID accepted %q, which is not two tokens", s)
+			}
+			if envelope.ValidateID(edge) != nil || envelope.ValidateID(n) != nil {
+				t.Fatalf("ValidateConnID accepted %q, whose tokens ValidateID rejects", s)
+			}
+			if len(s) > envelope.MaxConnIDLen {
+				t.Fatalf("ValidateConnID accepted %d bytes", len(s))
+			}
+		} else if err := envelope.ValidateConnID(s); !errors.Is(err, envelope.ErrInvalidID) {
+			t.Fatalf("ValidateConnID(%q) = %v, want ErrInvalidID", s, err)
+		}
+		if idOK && connOK {
+			t.Fatalf("%q is both a one-token id and a connection id", s)
+		}
+		// Any edge id and any valid second token make a connection id.
+		if idOK && envelope.ValidateConnID(s+".n") != nil || idOK && envelope.ValidateConnID("e."+s) != nil {
+			t.Fatalf("ValidateConnID refused a connection id made of %q", s)
+		}
 
 		for _, ns := range namespaces {
 			if subj, err := ns.In(s); err == nil {
@@ -145,17 +172,19 @@ func FuzzSubject(f *testing.F) {
 			}
 
 			builders := []struct {
-				name  string
-				mid   string
-				build func(string) (envelope.Subject, error)
+				name   string
+				mid    string
+				build  func(string) (envelope.Subject, error)
+				conn   bool // takes a connection id: two tokens
+				parsed bool // Parse reads its subjects
 			}{
-				{"Conn", ".out.conn.", ns.Conn},
-				{"User", ".out.user.", ns.User},
-				{"Room", ".out.room.", ns.Room},
-				{"Ctl", ".ctl.conn.", ns.Ctl},
-				{"Event", ".evt.", ns.Event},
-				{"DurableRoom", ".durable.room.", ns.DurableRoom},
-				{"DurableLive", ".durable.live.", ns.DurableLive},
+				{"Conn", ".out.conn.", ns.Conn, true, true},
+				{"User", ".out.user.", ns.User, false, true},
+				{"Room", ".out.room.", ns.Room, false, true},
+				{"Ctl", ".ctl.conn.", ns.Ctl, true, true},
+				{"Event", ".evt.", ns.Event, false, false},
+				{"DurableRoom", ".durable.room.", ns.DurableRoom, false, false},
+				{"DurableLive", ".durable.live.", ns.DurableLive, false, false},
 			}
 			for _, b := range builders {
 				subj, err := b.build(s)
@@ -163,25 +192,57 @@ func FuzzSubject(f *testing.F) {
 					if subj != "" {
 						t.Fatalf("%s(%q) returned %q with error %v", b.name, s, subj, err)
 					}
+					if b.conn && connOK && ns.Prefix() != "" {
+						t.Fatalf("%s(%q) refused a valid connection id: %v", b.name, s, err)
+					}
 					continue
 				}
-				if !idOK {
+				if b.conn && !connOK {
+					t.Fatalf("%s(%q) accepted an id ValidateConnID rejects", b.name, s)
+				}
+				if !b.conn && !idOK {
 					t.Fatalf("%s(%q) accepted an id ValidateID rejects", b.name, s)
 				}
 				checkSubject(t, b.name, subj)
 				id, ok := strings.CutPrefix(subj.String(), ns.Prefix()+b.mid)
 				if !ok || id != s {
-					t.Fatalf("%s(%q) = %q: the id is not its last token", b.name, s, subj)
+					t.Fatalf("%s(%q) = %q: the id is not its end", b.name, s, subj)
 				}
-				if strings.Count(subj.String(), ".") != strings.Count(ns.Prefix()+b.mid, ".") {
-					t.Fatalf("%s(%q) = %q: the id is more than one token", b.name, s, subj)
+				tokens := 1
+				if b.conn {
+					tokens = 2
 				}
-				if !strings.HasPrefix(b.mid, ".evt.") && !strings.HasPrefix(b.mid, ".durable.") { // Parse reads out and ctl subjects
+				if strings.Count(subj.String(), ".") != strings.Count(ns.Prefix()+b.mid, ".")+tokens-1 {
+					t.Fatalf("%s(%q) = %q: the id is not %d token(s)", b.name, s, subj, tokens)
+				}
+				if b.parsed {
 					kind, got := ns.Parse(subj.String())
 					if kind == envelope.KindUnknown || got != s {
 						t.Fatalf("Parse(%s(%q)) = %v, %q", b.name, s, kind, got)
 					}
 				}
+			}
+
+			// The per-edge wildcards take one edge token and end in '*'.
+			for _, w := range []struct {
+				name  string
+				mid   string
+				build func(string) (envelope.Subject, error)
+			}{{"ConnAll", ".out.conn.", ns.ConnAll}, {"CtlAll", ".ctl.conn.", ns.CtlAll}} {
+				subj, err := w.build(s)
+				if err != nil {
+					if subj != "" {
+						t.Fatalf("%s(%q) returned %q with error %v", w.name, s, subj, err)
+					}
+					continue
+				}
+				if !idOK {
+					t.Fatalf("%s(%q) accepted an edge id ValidateID rejects", w.name, s)
+				}
+				if want := ns.Prefix() + w.mid + s + ".*"; subj.String() != want {
+					t.Fatalf("%s(%q) = %q, want %q", w.name, s, subj, want)
+				}
+				checkSubject(t, w.name, envelope.Subject(strings.TrimSuffix(subj.String(), ".*")))
 			}
 		}
 	})

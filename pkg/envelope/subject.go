@@ -10,8 +10,11 @@ import (
 const (
 	// MaxTypeLen bounds a message type, in bytes.
 	MaxTypeLen = 128
-	// MaxIDLen bounds a room, user or connection id, in bytes.
+	// MaxIDLen bounds a room, user or edge id, and each of the two tokens
+	// of a connection id, in bytes.
 	MaxIDLen = 128
+	// MaxConnIDLen bounds a connection id, <edge>.<n>, in bytes.
+	MaxConnIDLen = 2*MaxIDLen + 1
 	// DefaultPrefix is the first token of every Natter subject.
 	DefaultPrefix = "natter"
 )
@@ -48,11 +51,31 @@ func validToken(s string, max int) bool {
 	return true
 }
 
-// ValidateID checks a room, user or connection id: 1 to MaxIDLen bytes of
-// [A-Za-z0-9_-]. It is the rule for every id that becomes a subject token.
+// ValidateID checks a room, user or edge id: 1 to MaxIDLen bytes of
+// [A-Za-z0-9_-]. It is the rule for every id that becomes one subject
+// token. Connection ids are two tokens: see ValidateConnID.
 func ValidateID(id string) error {
 	if !validToken(id, MaxIDLen) {
 		return fmt.Errorf("%w: %q must be 1-%d characters of [A-Za-z0-9_-]", ErrInvalidID, clip(id), MaxIDLen)
+	}
+	return nil
+}
+
+// ValidateConnID checks a connection id: <edge>.<n>, exactly two tokens
+// joined by one dot, each 1 to MaxIDLen bytes of [A-Za-z0-9_-]. The first
+// is the id of the edge holding the connection, the second names the
+// connection on that edge. Edges give these ids out ($connected, the
+// Natter-Conn header, presence entries); everything that takes one from
+// outside checks it with this, and no id of any other shape becomes part
+// of a subject.
+//
+// The edge token lets one wildcard subscription per edge,
+// <prefix>.out.conn.<edge>.* (ConnAll), receive what is addressed to any
+// of its connections, instead of a subscription per connection.
+func ValidateConnID(id string) error {
+	dot := strings.IndexByte(id, '.')
+	if dot < 0 || !validToken(id[:dot], MaxIDLen) || !validToken(id[dot+1:], MaxIDLen) {
+		return fmt.Errorf("%w: connection id %q must be <edge>.<n>, two tokens of 1-%d characters of [A-Za-z0-9_-]", ErrInvalidID, clip(id), MaxIDLen)
 	}
 	return nil
 }
@@ -140,8 +163,17 @@ func (n Namespace) In(t string) (Subject, error) {
 	return Subject(n.prefix + ".in." + t), nil
 }
 
-// Conn is <prefix>.out.conn.<id>: deliveries to one connection.
-func (n Namespace) Conn(id string) (Subject, error) { return n.idSubject(".out.conn.", id) }
+// Conn is <prefix>.out.conn.<id>: deliveries to one connection. id is a
+// connection id (ValidateConnID), so the subject ends in two tokens,
+// <edge>.<n>.
+func (n Namespace) Conn(id string) (Subject, error) { return n.connSubject(".out.conn.", id) }
+
+// ConnAll is <prefix>.out.conn.<edge>.*: deliveries to every connection of
+// one edge. An edge subscribes it once, for all its connections.
+func (n Namespace) ConnAll(edge string) (Subject, error) {
+	s, err := n.idSubject(".out.conn.", edge)
+	return wildcard(s, err)
+}
 
 // User is <prefix>.out.user.<id>: deliveries to every connection of a user.
 func (n Namespace) User(id string) (Subject, error) { return n.idSubject(".out.user.", id) }
@@ -187,7 +219,16 @@ const WorkStreamPatterns = "natter.durable-types"
 func (n Namespace) All() Subject { return Subject(n.prefix + ".out.all") }
 
 // Ctl is <prefix>.ctl.conn.<id>: join, leave and close for one connection.
-func (n Namespace) Ctl(id string) (Subject, error) { return n.idSubject(".ctl.conn.", id) }
+// id is a connection id (ValidateConnID).
+func (n Namespace) Ctl(id string) (Subject, error) { return n.connSubject(".ctl.conn.", id) }
+
+// CtlAll is <prefix>.ctl.conn.<edge>.*: control messages for every
+// connection of one edge. An edge subscribes it once, for all its
+// connections.
+func (n Namespace) CtlAll(edge string) (Subject, error) {
+	s, err := n.idSubject(".ctl.conn.", edge)
+	return wildcard(s, err)
+}
 
 // Abort is <prefix>.ctl.abort: edges publish the reply subject of a
 // request the client aborted; workers cancel the handler answering it.
@@ -222,6 +263,24 @@ func (n Namespace) idSubject(mid, id string) (Subject, error) {
 	return Subject(n.prefix + mid + id), nil
 }
 
+func (n Namespace) connSubject(mid, id string) (Subject, error) {
+	if n.prefix == "" {
+		return "", ErrInvalidPrefix
+	}
+	if err := ValidateConnID(id); err != nil {
+		return "", err
+	}
+	return Subject(n.prefix + mid + id), nil
+}
+
+// wildcard appends the token '*' to a subject built from validated ids.
+func wildcard(s Subject, err error) (Subject, error) {
+	if err != nil {
+		return "", err
+	}
+	return s + ".*", nil
+}
+
 // Kind tells what an out subject addresses.
 type Kind uint8
 
@@ -236,7 +295,9 @@ const (
 )
 
 // Parse splits an out or ctl subject of this namespace into its kind and
-// id. A subject whose id is not a valid single token is KindUnknown.
+// id. A subject whose id is not valid for its kind (a connection id,
+// ValidateConnID, for KindConn and KindCtl; one token, ValidateID, for the
+// others) is KindUnknown.
 func (n Namespace) Parse(subject string) (Kind, string) {
 	rest, ok := strings.CutPrefix(subject, n.prefix+".")
 	if !ok || n.prefix == "" {
@@ -250,7 +311,11 @@ func (n Namespace) Parse(subject string) (Kind, string) {
 		kind Kind
 	}{{"out.conn.", KindConn}, {"out.user.", KindUser}, {"out.room.", KindRoom}, {"ctl.conn.", KindCtl}} {
 		if id, ok := strings.CutPrefix(rest, k.mid); ok {
-			if ValidateID(id) != nil {
+			validate := ValidateID
+			if k.kind == KindConn || k.kind == KindCtl {
+				validate = ValidateConnID
+			}
+			if validate(id) != nil {
 				return KindUnknown, ""
 			}
 			return k.kind, id

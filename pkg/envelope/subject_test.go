@@ -2,6 +2,7 @@ package envelope_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -145,6 +146,56 @@ func TestValidateID(t *testing.T) {
 	}
 }
 
+func TestValidateConnID(t *testing.T) {
+	maxTok := strings.Repeat("i", envelope.MaxIDLen)
+	tests := []struct {
+		name string
+		id   string
+		ok   bool
+	}{
+		{name: "edge and counter", id: "edge1.1", ok: true},
+		{name: "nuid edge, base36 n", id: "Cq7pT1XhQ6mQ3bZ9vN0aK2.3w5e11264sgsf", ok: true},
+		{name: "all token bytes", id: "azAZ09_-.azAZ09_-", ok: true},
+		{name: "one byte each", id: "e.n", ok: true},
+		{name: "max length", id: maxTok + "." + maxTok, ok: true},
+
+		{name: "empty", id: ""},
+		{name: "one token", id: "Cq7pT1XhQ6mQ3bZ9vN0aK2"},
+		{name: "three tokens", id: "a.b.c"},
+		{name: "empty edge", id: ".n"},
+		{name: "empty n", id: "e."},
+		{name: "only dot", id: "."},
+		{name: "two dots", id: "e..n"},
+		{name: "star n", id: "e.*"},
+		{name: "star edge", id: "*.n"},
+		{name: "gt n", id: "e.>"},
+		{name: "gt edge", id: ">.n"},
+		{name: "star inside", id: "e.n*"},
+		{name: "space", id: "e.n m"},
+		{name: "tab", id: "e\t.n"},
+		{name: "CR LF", id: "e.n\r\n"},
+		{name: "NUL", id: "e.\x00"},
+		{name: "non-ascii", id: "caf\u00e9.1"},
+		{name: "dollar", id: "$SYS.n"},
+		{name: "edge too long", id: maxTok + "i.n"},
+		{name: "n too long", id: "e." + maxTok + "i"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := envelope.ValidateConnID(tt.id)
+			if tt.ok && err != nil {
+				t.Errorf("ValidateConnID(%q) = %v, want nil", tt.id, err)
+			}
+			if !tt.ok && !errors.Is(err, envelope.ErrInvalidID) {
+				t.Errorf("ValidateConnID(%q) = %v, want ErrInvalidID", tt.id, err)
+			}
+			if err != nil && len(err.Error()) > 200 {
+				t.Errorf("error message is %d bytes; it must not echo unbounded input", len(err.Error()))
+			}
+		})
+	}
+}
+
 func TestNewNamespace(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -216,13 +267,15 @@ func TestNamespaceSubjects(t *testing.T) {
 		arg    string
 		want   envelope.Subject
 	}{
-		{name: "conn", ns: envelope.DefaultNamespace, method: "Conn", arg: "c1", want: "natter.out.conn.c1"},
+		{name: "conn", ns: envelope.DefaultNamespace, method: "Conn", arg: "e1.c1", want: "natter.out.conn.e1.c1"},
+		{name: "conn nuid edge", ns: envelope.DefaultNamespace, method: "Conn", arg: "Cq7pT1XhQ6mQ3bZ9vN0aK2.2s9x", want: "natter.out.conn.Cq7pT1XhQ6mQ3bZ9vN0aK2.2s9x"},
 		{name: "user", ns: envelope.DefaultNamespace, method: "User", arg: "u-1", want: "natter.out.user.u-1"},
 		{name: "room", ns: envelope.DefaultNamespace, method: "Room", arg: "general", want: "natter.out.room.general"},
-		{name: "ctl", ns: envelope.DefaultNamespace, method: "Ctl", arg: "c1", want: "natter.ctl.conn.c1"},
+		{name: "ctl", ns: envelope.DefaultNamespace, method: "Ctl", arg: "e1.c1", want: "natter.ctl.conn.e1.c1"},
 		{name: "event", ns: envelope.DefaultNamespace, method: "Event", arg: "connect", want: "natter.evt.connect"},
 		{name: "custom prefix room", ns: custom, method: "Room", arg: "r_1", want: "acme.rt.out.room.r_1"},
-		{name: "custom prefix ctl", ns: custom, method: "Ctl", arg: "C", want: "acme.rt.ctl.conn.C"},
+		{name: "custom prefix ctl", ns: custom, method: "Ctl", arg: "E.C", want: "acme.rt.ctl.conn.E.C"},
+		{name: "custom prefix conn", ns: custom, method: "Conn", arg: "edge-1.z", want: "acme.rt.out.conn.edge-1.z"},
 		{name: "durable room", ns: envelope.DefaultNamespace, method: "DurableRoom", arg: "support-1", want: "natter.durable.room.support-1"},
 		{name: "durable live", ns: custom, method: "DurableLive", arg: "support-1", want: "acme.rt.durable.live.support-1"},
 	}
@@ -238,11 +291,19 @@ func TestNamespaceSubjects(t *testing.T) {
 		})
 	}
 
-	// Every id builder rejects every bad id, on every namespace.
-	badIDs := []string{"", "a.b", ".", "*", ">", "a*", "a>", "a b", "\x00", "\t", "\u00a0", "$x", "a\n", strings.Repeat("x", envelope.MaxIDLen+1)}
+	// Every id builder rejects every bad id, on every namespace: one token
+	// for rooms, users and events, exactly two for connections.
+	badIDs := []string{"", ".", "*", ">", "a*", "a>", "a b", "\x00", "\t", "\u00a0", "$x", "a\n", strings.Repeat("x", envelope.MaxIDLen+1),
+		"e.*", "*.n", "e.>", ">.n", "e..n", "e.n.x", "e.", ".n", "e .n", "e.n\n", "e.$n", "e.\u00a0", "e." + strings.Repeat("n", envelope.MaxIDLen+1)}
+	oneToken := []string{"a.b", "e1.c1"}
+	connIDs := []string{"c1", "Cq7pT1XhQ6mQ3bZ9vN0aK2", "a"}
 	for method, build := range builders {
+		bad := append(slices.Clone(badIDs), oneToken...)
+		if method == "Conn" || method == "Ctl" {
+			bad = append(slices.Clone(badIDs), connIDs...)
+		}
 		for _, ns := range []envelope.Namespace{envelope.DefaultNamespace, custom} {
-			for _, id := range badIDs {
+			for _, id := range bad {
 				s, err := build(ns, id)
 				if !errors.Is(err, envelope.ErrInvalidID) {
 					t.Errorf("%s(%q) on %q = %q, %v; want ErrInvalidID", method, id, ns.Prefix(), s, err)
@@ -279,6 +340,81 @@ func TestNamespaceFixedSubjects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNamespaceConnAll checks the per-edge wildcards an edge subscribes
+// for all its connections, and that each matches exactly the subjects of
+// that edge's connection ids.
+func TestNamespaceConnAll(t *testing.T) {
+	custom, err := envelope.NewNamespace("acme.rt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		build func(envelope.Namespace, string) (envelope.Subject, error)
+		ns    envelope.Namespace
+		edge  string
+		want  envelope.Subject
+		err   error
+	}{
+		{name: "conn", build: envelope.Namespace.ConnAll, ns: envelope.DefaultNamespace, edge: "e1", want: "natter.out.conn.e1.*"},
+		{name: "ctl", build: envelope.Namespace.CtlAll, ns: envelope.DefaultNamespace, edge: "e1", want: "natter.ctl.conn.e1.*"},
+		{name: "custom conn", build: envelope.Namespace.ConnAll, ns: custom, edge: "Cq7pT1XhQ6mQ3bZ9vN0aK2", want: "acme.rt.out.conn.Cq7pT1XhQ6mQ3bZ9vN0aK2.*"},
+		{name: "custom ctl", build: envelope.Namespace.CtlAll, ns: custom, edge: "edge-0", want: "acme.rt.ctl.conn.edge-0.*"},
+
+		{name: "conn two tokens", build: envelope.Namespace.ConnAll, ns: envelope.DefaultNamespace, edge: "e.1", err: envelope.ErrInvalidID},
+		{name: "ctl star", build: envelope.Namespace.CtlAll, ns: envelope.DefaultNamespace, edge: "*", err: envelope.ErrInvalidID},
+		{name: "conn gt", build: envelope.Namespace.ConnAll, ns: envelope.DefaultNamespace, edge: ">", err: envelope.ErrInvalidID},
+		{name: "conn empty", build: envelope.Namespace.ConnAll, ns: envelope.DefaultNamespace, edge: "", err: envelope.ErrInvalidID},
+		{name: "zero namespace", build: envelope.Namespace.ConnAll, ns: envelope.Namespace{}, edge: "e", err: envelope.ErrInvalidPrefix},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.build(tt.ns, tt.edge)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) || got != "" {
+					t.Errorf("got %q, %v; want %v", got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+
+	// The wildcard matches the subjects of its edge's connection ids and
+	// nothing else (NATS matching: '*' is one whole token).
+	all, _ := envelope.DefaultNamespace.ConnAll("e1")
+	for id, want := range map[string]bool{"e1.c1": true, "e1.x-_9": true, "e2.c1": false, "e10.c1": false, "x.e1": false} {
+		subj, err := envelope.DefaultNamespace.Conn(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := matchSubject(all.String(), subj.String()); got != want {
+			t.Errorf("%s matches %s: %v, want %v", all, subj, got, want)
+		}
+	}
+	ctl, _ := envelope.DefaultNamespace.CtlAll("e1")
+	if subj, _ := envelope.DefaultNamespace.Conn("e1.c1"); matchSubject(ctl.String(), subj.String()) {
+		t.Errorf("%s matches %s", ctl, subj)
+	}
+}
+
+// matchSubject is NATS's match of a literal subject against a pattern with
+// '*' tokens.
+func matchSubject(pattern, subject string) bool {
+	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")
+	if len(p) != len(s) {
+		return false
+	}
+	for i := range p {
+		if p[i] != "*" && p[i] != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func TestNamespaceIn(t *testing.T) {
@@ -336,10 +472,12 @@ func TestZeroNamespace(t *testing.T) {
 	var ns envelope.Namespace
 	calls := map[string]func() (envelope.Subject, error){
 		"In":          func() (envelope.Subject, error) { return ns.In("chat.send") },
-		"Conn":        func() (envelope.Subject, error) { return ns.Conn("c") },
+		"Conn":        func() (envelope.Subject, error) { return ns.Conn("e.c") },
+		"ConnAll":     func() (envelope.Subject, error) { return ns.ConnAll("e") },
 		"User":        func() (envelope.Subject, error) { return ns.User("u") },
 		"Room":        func() (envelope.Subject, error) { return ns.Room("r") },
-		"Ctl":         func() (envelope.Subject, error) { return ns.Ctl("c") },
+		"Ctl":         func() (envelope.Subject, error) { return ns.Ctl("e.c") },
+		"CtlAll":      func() (envelope.Subject, error) { return ns.CtlAll("e") },
 		"Event":       func() (envelope.Subject, error) { return ns.Event("connect") },
 		"DurableRoom": func() (envelope.Subject, error) { return ns.DurableRoom("r") },
 		"DurableLive": func() (envelope.Subject, error) { return ns.DurableLive("r") },
@@ -364,11 +502,12 @@ func TestNamespaceParse(t *testing.T) {
 		wantKind envelope.Kind
 		wantID   string
 	}{
-		{name: "conn", ns: envelope.DefaultNamespace, subject: "natter.out.conn.c1", wantKind: envelope.KindConn, wantID: "c1"},
+		{name: "conn", ns: envelope.DefaultNamespace, subject: "natter.out.conn.e1.c1", wantKind: envelope.KindConn, wantID: "e1.c1"},
 		{name: "user", ns: envelope.DefaultNamespace, subject: "natter.out.user.u1", wantKind: envelope.KindUser, wantID: "u1"},
 		{name: "room", ns: envelope.DefaultNamespace, subject: "natter.out.room.general", wantKind: envelope.KindRoom, wantID: "general"},
 		{name: "all", ns: envelope.DefaultNamespace, subject: "natter.out.all", wantKind: envelope.KindAll},
-		{name: "ctl", ns: envelope.DefaultNamespace, subject: "natter.ctl.conn.c1", wantKind: envelope.KindCtl, wantID: "c1"},
+		{name: "ctl", ns: envelope.DefaultNamespace, subject: "natter.ctl.conn.e1.c1", wantKind: envelope.KindCtl, wantID: "e1.c1"},
+		{name: "custom prefix conn", ns: custom, subject: "acme.rt.out.conn.e.c", wantKind: envelope.KindConn, wantID: "e.c"},
 		{name: "custom prefix", ns: custom, subject: "acme.rt.out.room.r", wantKind: envelope.KindRoom, wantID: "r"},
 
 		{name: "other prefix", ns: envelope.DefaultNamespace, subject: "acme.rt.out.room.r", wantKind: envelope.KindUnknown},
@@ -381,6 +520,11 @@ func TestNamespaceParse(t *testing.T) {
 		{name: "unknown out kind", ns: envelope.DefaultNamespace, subject: "natter.out.group.g", wantKind: envelope.KindUnknown},
 		{name: "prefix only", ns: envelope.DefaultNamespace, subject: "natter", wantKind: envelope.KindUnknown},
 		{name: "empty", ns: envelope.DefaultNamespace, subject: "", wantKind: envelope.KindUnknown},
+		{name: "conn of one token", ns: envelope.DefaultNamespace, subject: "natter.out.conn.c1", wantKind: envelope.KindUnknown},
+		{name: "ctl of one token", ns: envelope.DefaultNamespace, subject: "natter.ctl.conn.c1", wantKind: envelope.KindUnknown},
+		{name: "conn of three tokens", ns: envelope.DefaultNamespace, subject: "natter.out.conn.e.c.x", wantKind: envelope.KindUnknown},
+		{name: "conn wildcard", ns: envelope.DefaultNamespace, subject: "natter.out.conn.e.*", wantKind: envelope.KindUnknown},
+		{name: "room of two tokens", ns: envelope.DefaultNamespace, subject: "natter.out.room.a.b", wantKind: envelope.KindUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -407,8 +551,16 @@ func TestNamespaceParseRoundTrip(t *testing.T) {
 		{envelope.KindCtl, envelope.Namespace.Ctl},
 	}
 	ids := []string{"x", "general", "Cq7pT1XhQ6mQ3bZ9vN0aK2", "out", "conn", "all", "-", "_", strings.Repeat("z", envelope.MaxIDLen)}
+	var connIDs []string
+	for _, id := range ids {
+		connIDs = append(connIDs, "Cq7pT1XhQ6mQ3bZ9vN0aK2."+id, id+".1", id+"."+id)
+	}
 	for _, ns := range []envelope.Namespace{envelope.DefaultNamespace, custom} {
 		for _, b := range builders {
+			ids := ids
+			if b.kind == envelope.KindConn || b.kind == envelope.KindCtl {
+				ids = connIDs
+			}
 			for _, id := range ids {
 				s, err := b.build(ns, id)
 				if err != nil {

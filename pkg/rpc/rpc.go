@@ -132,10 +132,14 @@ func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string,
 }
 
 // Ask sends a request of type typ to one client connection and decodes the
-// client's reply into out: server-to-client RPC. A connection that no edge
-// holds fails at once with ErrUnavailable; a client that does not answer
-// within ctx's deadline gives ErrDeadlineExceeded; a client that answers
-// with RPC_ERROR gives an *Error with its code.
+// client's reply into out: server-to-client RPC. conn is the connection's
+// id, <edge>.<n> (envelope.ValidateConnID; anything else fails with
+// envelope.ErrInvalidID before anything is sent). A connection that no
+// edge holds fails at once with ErrUnavailable (its edge answers that it
+// has no such connection, or, when the edge itself is gone, NATS has no
+// responders); a client that does not answer within ctx's deadline gives
+// ErrDeadlineExceeded; a client that answers with RPC_ERROR gives an
+// *Error with its code.
 func Ask(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, conn, typ string, payload, out any, opts ...CallOption) error {
 	subj, err := ns.Conn(conn)
 	if err != nil {

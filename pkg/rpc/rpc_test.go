@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -80,4 +81,59 @@ func ExampleError() {
 	// Output:
 	// true false
 	// NOT_FOUND
+}
+
+// Ask takes a connection id, <edge>.<n>, and publishes on
+// natter.out.conn.<edge>.<n>; anything else is refused before it is sent.
+// A connection its edge does not hold (the edge answers UNAVAILABLE) and
+// one of no edge at all (no responders) both fail at once.
+func TestAskConnID(t *testing.T) {
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	ns := envelope.DefaultNamespace
+	seen := make(chan string, 16)
+	// An edge "e1" holding one connection, "e1.c1", that answers.
+	_, err := nc.Subscribe("natter.out.conn.e1.*", func(m *nats.Msg) {
+		seen <- m.Subject
+		if m.Subject != "natter.out.conn.e1.c1" {
+			_ = m.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "no such connection"))
+			return
+		}
+		_ = m.Respond([]byte(`{"type":"here","payload":{"ok":true}}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "c1", "e1.c1.x", "e1.*", "e1.>", "*.c1", "e1..c1", "e1.c 1", ".c1"} {
+		if err := rpc.Ask(t.Context(), nc, ns, bad, "q", nil, nil); !errors.Is(err, envelope.ErrInvalidID) {
+			t.Errorf("Ask(%q) = %v, want ErrInvalidID", bad, err)
+		}
+	}
+	var out struct{ OK bool }
+	if err := rpc.Ask(t.Context(), nc, ns, "e1.c1", "q", nil, &out); err != nil || !out.OK {
+		t.Fatalf("Ask(e1.c1) = %v, %+v", err, out)
+	}
+	for _, conn := range []string{"e1.gone", "e2.c1"} {
+		start := time.Now()
+		if err := rpc.Ask(t.Context(), nc, ns, conn, "q", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+			t.Errorf("Ask(%s) = %v, want ErrUnavailable", conn, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("Ask(%s) took %s", conn, d)
+		}
+	}
+	// Only the two valid ids of e1 were published: none of the refused.
+	for _, want := range []string{"natter.out.conn.e1.c1", "natter.out.conn.e1.gone"} {
+		if got := <-seen; got != want {
+			t.Fatalf("published on %s, want %s", got, want)
+		}
+	}
+	select {
+	case got := <-seen:
+		t.Fatalf("also published on %s", got)
+	default:
+	}
 }

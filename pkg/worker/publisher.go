@@ -38,7 +38,9 @@ func NewPublisher(nc *nats.Conn, ns envelope.Namespace) *Publisher {
 	return &Publisher{nc: nc, ns: ns}
 }
 
-// ToConn delivers env to one connection.
+// ToConn delivers env to one connection: conn is its id as the edge gave
+// it (the Natter-Conn header, Message.Conn, presence entries), <edge>.<n>
+// (envelope.ValidateConnID), published on natter.out.conn.<conn>.
 func (p *Publisher) ToConn(conn string, env *envelope.Envelope) error {
 	subj, err := p.ns.Conn(conn)
 	if err != nil {
@@ -188,7 +190,7 @@ func (p *Publisher) message(subj envelope.Subject, env *envelope.Envelope, exclu
 	msg := &nats.Msg{Subject: subj.String(), Data: data}
 	if len(exclude) > 0 {
 		for _, id := range exclude {
-			if err := envelope.ValidateID(id); err != nil {
+			if err := envelope.ValidateConnID(id); err != nil {
 				return nil, err
 			}
 		}
