@@ -549,8 +549,17 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		stop := keepSending(raw)
 		defer stop()
 		payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`)
-		for sent := 0; sent < flood && m.edge.Stats().SlowConsumerCloses == 0; sent += len(payload) {
-			if err := m.nats.Publish("natter.out.room.flood", payload); err != nil {
+		// Publish until the edge gives up on the client: how much the
+		// kernel buffers first depends on the machine. The edge reads the
+		// client's heartbeats meanwhile, so its input never runs dry.
+		deadline := time.Now().Add(30 * time.Second)
+		for m.edge.Stats().SlowConsumerCloses == 0 && time.Now().Before(deadline) {
+			for range 256 { // 1 MB between looks
+				if err := m.nats.Publish("natter.out.room.flood", payload); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := m.nats.Flush(); err != nil {
 				t.Fatal(err)
 			}
 		}
