@@ -193,8 +193,12 @@ func TestIdleConnectionsWriteNothing(t *testing.T) {
 	periods := uint64(hold / (ttl / 3))
 	t.Logf("%d idle connections on 2 edges for %s (lease TTL %s): %d writes to the bucket; it holds %d messages",
 		2*perEdge, hold, ttl, writes, after.Msgs)
-	if writes > 2*(periods+1) {
-		t.Fatalf("%d writes in %s: more than the two leases' refreshes (%d at most)", writes, hold, 2*(periods+1))
+	// The leases' refreshes, and at most one edge re-asserting its keys
+	// once: on a loaded machine a refresh can come late enough for an edge
+	// to take its lease again. Per-connection refreshes would be 200 every
+	// TTL/3, 1,800 here.
+	if max := 2*(periods+1) + perEdge; writes > max {
+		t.Fatalf("%d writes in %s: more than the two leases' refreshes and one re-assertion (%d at most)", writes, hold, max)
 	}
 	if writes < periods {
 		t.Fatalf("%d writes in %s: the leases were not refreshed every TTL/3", writes, hold)
