@@ -24,9 +24,8 @@
 #              to a new edge-b: how long until held and quiet, lapses
 #   churn      for each rate in CHURN (per edge, replacements/s: each one a
 #              disconnect and a connect), fresh edges holding CHURN_CONNS each
-#              (opened one edge after the other, on a fresh NATS cluster)
-#              churn together for CHURN_WARM s, then are measured CHURN_FOR s
-#              (30): achieved rate, CPU, KV writes/s,
+#              (opened one edge after the other) churn together for CHURN_WARM
+#              s, then are measured CHURN_FOR s (30): achieved rate, CPU, KV writes/s,
 #              presence latency (handshake to the connection's own join in
 #              its room's $presence.diff)
 #
@@ -34,7 +33,7 @@
 # built from this tree), NATS_SERVER (default built from go.mod's
 # nats-server), CONNS, USERS (users over both edges, default 0.8 x 2 x
 # CONNS), ROOMS (default 2 x CONNS / 100), HOLD, SETTLE (s before a hold,
-# 10), CHURN ("50 100 200 400"), CHURN_CONNS (CONNS), CHURN_WARM (s of churn before the window, 20: more than the TTL, after
+# 10), CHURN ("50 100 200"), CHURN_CONNS (CONNS), CHURN_WARM (s of churn before the window, 20: more than the TTL, after
 # which disconnects' purges begin), CHURN_FOR, CAL_CONNS, CAL_HOLD (30),
 # PRESENCE_TTL (15s), OUT (directory for logs and results; default a new
 # temporary one), WAIT (bound on every wait, 900 s).
@@ -52,7 +51,7 @@ USERS=${USERS:-$((CONNS * 2 * 4 / 5))}
 ROOMS=${ROOMS:-$((CONNS * 2 / 100))}
 HOLD=${HOLD:-60}
 SETTLE=${SETTLE:-10}
-CHURN=${CHURN:-50 100 200 400}
+CHURN=${CHURN:-50 100 200}
 CHURN_CONNS=${CHURN_CONNS:-$CONNS}
 CHURN_FOR=${CHURN_FOR:-30}
 CHURN_WARM=${CHURN_WARM:-20}
@@ -263,9 +262,8 @@ declare -A mon
 npids=()
 urls=""
 start_nats() {
-	local routes="" i name
+	local routes="" i name cp hp rp
 	local -a cports hports rports
-	urls=""
 	for i in 1 2 3; do
 		cports[i]=$(free_port) hports[i]=$(free_port) rports[i]=$(free_port)
 		routes="$routes\"nats-route://127.0.0.1:${rports[i]}\", "
@@ -304,18 +302,8 @@ start_nats() {
 	for i in 1 2 3; do wait_for "n$i with a JetStream meta leader" meta "${mon[n$i]}"; done
 	note "NATS cluster: $urls"
 }
-# restart_nats: a fresh cluster (new stores): what an earlier phase left
-# in the bucket (delete markers waiting for their purge, which the first
-# edge to start would purge in one burst) stays out of the next phase.
-restart_nats() {
-	stop_pids "${npids[@]}"
-	rm -rf "$OUT"/n?/js
-	start_nats
-	M=${mon[n1]}
-}
 if has hold || has churn; then start_nats; fi
 M=${mon[n1]:-}
-nats_used=""
 
 # ---------------------------------------------------------------- edges
 declare -A epid eadmin
@@ -373,8 +361,6 @@ snap() {
 		# apart, as it loses nothing.
 		eval "${p}_${n}_dups=$(grep 'level=WARN msg="presence' "$OUT/edge-$n.log" | grep -c 'err_code=10158' || true)"
 		eval "${p}_${n}_warns=$(grep 'level=WARN msg="presence' "$OUT/edge-$n.log" | grep -vc 'err_code=10158' || true)"
-		eval "${p}_${n}_drops=$(grep -c 'presence: event queue full, dropped' "$OUT/edge-$n.log" || true)"
-		eval "${p}_${n}_lapses=$(grep -c "this edge's lease had lapsed" "$OUT/edge-$n.log" || true)"
 	done
 	for n in 1 2 3; do eval "${p}_n${n}_ticks=$(ticks "${npids[n]}") ${p}_n${n}_rss=$(rss "${npids[n]}")"; done
 	streams "$M" >"$OUT/$p-streams.txt"
@@ -402,8 +388,7 @@ window() {
 			"nats_msgs_in_per_s=$(div "$(d messages_in "${t1}_$n" "${t0}_$n")" "$secs" 1) nats_kib_in_per_s=$(div "$(d bytes_in "${t1}_$n" "${t0}_$n")" "$(awk -v s="$secs" 'BEGIN {print s * 1024}')" 1)" \
 			"nats_msgs_out_per_s=$(div "$(d messages_out "${t1}_$n" "${t0}_$n")" "$secs" 1) nats_kib_out_per_s=$(div "$(d bytes_out "${t1}_$n" "${t0}_$n")" "$(awk -v s="$secs" 'BEGIN {print s * 1024}')" 1)" \
 			"presence_probes=$(d probes "${t1}_$n" "${t0}_$n") presence_seen=$pc presence_mean_ms=$pp presence_p50_ms_le=$p50 presence_p99_ms_le=$p99" \
-			"presence_warnings=$(d warns "${t1}_$n" "${t0}_$n") presence_event_dup_in_process_warnings=$(d dups "${t1}_$n" "${t0}_$n")" \
-			"event_queue_full_drops_logged=$(d drops "${t1}_$n" "${t0}_$n") lease_lapses=$(d lapses "${t1}_$n" "${t0}_$n")"
+			"presence_warnings=$(d warns "${t1}_$n" "${t0}_$n") presence_event_dup_in_process_warnings=$(d dups "${t1}_$n" "${t0}_$n")"
 	done
 	for n in 1 2 3; do
 		result "$ph node=n$n secs=$secs cpu_pct=$(pct "$(d ticks "${t1}_n$n" "${t0}_n$n")" "$secs") rss_mib=$(div "$(v "${t1}_n${n}_rss")" 1024 1)" \
@@ -416,7 +401,6 @@ window() {
 
 # ---------------------------------------------------------------- hold
 if has hold; then
-	nats_used=yes
 	for n in 1 2 3; do result "base node=n$n rss_mib=$(div "$(rss "${npids[n]}")" 1024 1) subscriptions=$(subsz "${mon[n$n]}") $(jsmem "${mon[n$n]}")"; done
 	note "hold: edge-a opens $CONNS virtual connections"
 	start_edge a 0 --virtual-conns "$CONNS" --virtual-delay 5s
@@ -501,8 +485,6 @@ fi
 # ---------------------------------------------------------------- churn
 if has churn; then
 	for rate in $CHURN; do
-		if [ -n "$nats_used" ]; then restart_nats; fi
-		nats_used=yes
 		note "churn: fresh edges with $CHURN_CONNS each, replacing $rate per second each"
 		# One edge opens at a time, and presence settles after each, as in
 		# the hold: opening both at once overloads this machine (see
