@@ -142,7 +142,6 @@ func main() {
 	fs.DurationVar(&vc.Delay, "virtual-delay", 0, "wait this long before opening virtual connections")
 	fs.Float64Var(&vc.Churn, "virtual-churn", 0, "once all are held, replace this many virtual connections per second: the oldest closes (1001), a new one opens (0: off)")
 	fs.DurationVar(&vc.ChurnAfter, "virtual-churn-after", 0, "start the churn this long after all virtual connections are held")
-	churnOnSignal := fs.Bool("virtual-churn-on-signal", false, "then wait for SIGUSR1 to start the churn")
 	fs.BoolVar(&vc.PresenceDiffs, "virtual-presence-diffs", true, "virtual connections join with presence: true and receive their room's $presence.diff")
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -161,11 +160,6 @@ func main() {
 	}
 	rc.Edge.Namespace = ns
 	if vc.Conns != 0 {
-		if *churnOnSignal {
-			usr1 := make(chan os.Signal, 1)
-			signal.Notify(usr1, syscall.SIGUSR1)
-			vc.ChurnStart = usr1
-		}
 		rc.Virtual = &vc
 	}
 	rc.Edge.Logger = log

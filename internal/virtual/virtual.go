@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -65,11 +64,6 @@ type Config struct {
 	// ChurnAfter is how long after all Conns are held churn begins.
 	// Default 0.
 	ChurnAfter time.Duration
-	// ChurnStart, when set, holds the churn (after ChurnAfter) until it
-	// receives: cmd/edge's --virtual-churn-on-signal passes SIGUSR1, so that
-	// a script starts the churn of several edges at one moment. Default
-	// nil: none.
-	ChurnStart <-chan os.Signal
 	// PresenceDiffs joins rooms with "presence": true, so that every
 	// connection receives its room's $presence.diff frames.
 	PresenceDiffs bool
@@ -256,14 +250,6 @@ func (s *Set) run() {
 	close(s.ready)
 	if s.cfg.Churn <= 0 || !sleep(s.ctx, s.cfg.ChurnAfter) {
 		return
-	}
-	if s.cfg.ChurnStart != nil {
-		s.cfg.Logger.Info("virtual churn waits for its start signal", "perSecond", s.cfg.Churn)
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.cfg.ChurnStart:
-		}
 	}
 	s.cfg.Logger.Info("virtual churn started", "perSecond", s.cfg.Churn)
 	churn := rate.NewLimiter(rate.Limit(s.cfg.Churn), max(1, int(s.cfg.Churn/10)))
