@@ -19,12 +19,14 @@ import (
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
+	"github.com/natter/natter/internal/virtual"
 	"github.com/natter/natter/pkg/envelope"
 )
 
 func main() {
 	var (
 		rc         edge.RunConfig
+		vc         virtual.Config
 		prefix     string
 		logLevel   slog.Level
 		natsFlags  natsopt.Options
@@ -130,6 +132,18 @@ func main() {
 	fs.DurationVar(&rc.DrainDelay, "drain-delay", 0, "at SIGTERM, fail readiness this long before closing sockets, so load balancers stop routing first")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+
+	// Load tests only: VIRTUAL connections (internal/virtual, docs/scale.md).
+	fs.IntVar(&vc.Conns, "virtual-conns", 0, "LOAD TESTS ONLY: open and hold this many VIRTUAL connections (in-memory, not TCP) through the edge's own handshake, presence and rooms, once it serves; needs dev mode (docs/scale.md)")
+	fs.IntVar(&vc.Users, "virtual-users", 0, "virtual connection i is user virtual-<i mod this> (default --virtual-conns)")
+	fs.IntVar(&vc.Rooms, "virtual-rooms", 0, "virtual connection i joins room virtual-<i mod this> (default --virtual-conns/100)")
+	fs.IntVar(&vc.First, "virtual-first", 0, "index i of this edge's first virtual connection: give each edge of a cluster its own range")
+	fs.Float64Var(&vc.OpenRate, "virtual-rate", 0, "virtual connections opened per second (0: as fast as they open)")
+	fs.DurationVar(&vc.Delay, "virtual-delay", 0, "wait this long before opening virtual connections")
+	fs.Float64Var(&vc.Churn, "virtual-churn", 0, "once all are held, replace this many virtual connections per second: the oldest closes (1001), a new one opens (0: off)")
+	fs.DurationVar(&vc.ChurnAfter, "virtual-churn-after", 0, "start the churn this long after all virtual connections are held")
+	churnOnSignal := fs.Bool("virtual-churn-on-signal", false, "then wait for SIGUSR1 to start the churn")
+	fs.BoolVar(&vc.PresenceDiffs, "virtual-presence-diffs", true, "virtual connections join with presence: true and receive their room's $presence.diff")
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -146,6 +160,14 @@ func main() {
 		os.Exit(2)
 	}
 	rc.Edge.Namespace = ns
+	if vc.Conns != 0 {
+		if *churnOnSignal {
+			usr1 := make(chan os.Signal, 1)
+			signal.Notify(usr1, syscall.SIGUSR1)
+			vc.ChurnStart = usr1
+		}
+		rc.Virtual = &vc
+	}
 	rc.Edge.Logger = log
 	if rc.NATSOptions, err = natsFlags.NATS(); err != nil {
 		fmt.Fprintln(os.Stderr, err)

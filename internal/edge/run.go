@@ -24,6 +24,7 @@ import (
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/internal/schema"
+	"github.com/natter/natter/internal/virtual"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
@@ -91,6 +92,11 @@ type RunConfig struct {
 	// CalloutTimeout bounds one callout request. Default 2s; no answer
 	// refuses (fails closed).
 	CalloutTimeout time.Duration
+	// Virtual, when set, has the edge open and hold VIRTUAL connections
+	// (in-memory, not TCP) through its own handshake path: load tests only
+	// (internal/virtual, docs/scale.md). It needs dev mode. Default nil:
+	// none.
+	Virtual *virtual.Config
 }
 
 // hasAuth reports whether rc configures JWT verification or the callout.
@@ -155,6 +161,14 @@ func Run(ctx context.Context, rc RunConfig) error {
 	single := rc.NATSURL == ""
 	if !single && !rc.hasAuth() && !rc.Edge.Anonymous && !rc.Edge.DevMode {
 		return errNoAuth
+	}
+	if rc.Virtual != nil {
+		if err := rc.Virtual.Validate(); err != nil {
+			return err
+		}
+		if !rc.Edge.DevMode && (!single || rc.hasAuth()) {
+			return fmt.Errorf("%w: --virtual-conns needs dev-mode user ids (?user=): add --insecure-dev-users, or run single-binary mode without auth flags", ErrInvalidConfig)
+		}
 	}
 
 	reg, err := schema.Load(schema.Config{Dirs: rc.SchemaDirs, Strict: rc.StrictTypes})
@@ -283,6 +297,15 @@ func Run(ctx context.Context, rc RunConfig) error {
 		defer cancel()
 		_ = admin.Shutdown(actx)
 	}()
+	var virt *virtual.Set
+	if rc.Virtual != nil {
+		vc := *rc.Virtual
+		vc.Handler, vc.Path, vc.UserParam = e, e.Path(), cmp.Or(rc.Edge.UserParam, "user")
+		vc.Logger, vc.Registerer = log, admin.Registry
+		if virt, err = virtual.Start(ctx, vc); err != nil {
+			return err
+		}
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: rc.HandshakeTimeout,
@@ -318,6 +341,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	case <-ctx.Done():
 	case err = <-serveErr:
 		log.Error("edge: http server stopped", "err", err)
+	}
+	if virt != nil {
+		virt.Stop() // no more virtual connections open; the edge closes those it holds, below
 	}
 	// The documented order: readiness fails, (DrainDelay), the listener
 	// stops accepting, sockets close with 4000 spread over ShutdownSpread,
