@@ -5,7 +5,10 @@ package clients_test
 
 import (
 	"bytes"
+	"io/fs"
+	"maps"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,19 +16,49 @@ import (
 )
 
 func TestTypeScriptClient(t *testing.T) {
-	const demoCopy = "../internal/demo/static/natter.js"
-	before, err := os.ReadFile(demoCopy)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := demoCopy(t)
 	// npm test builds (tsc, then the copy the demo page embeds), type-checks
 	// the generated payload types and runs the tests.
 	testenv.NPM(t, "clients", "test", 5*time.Minute)
-	after, err := os.ReadFile(demoCopy)
-	if err != nil {
-		t.Fatal(err)
+	after := demoCopy(t)
+	for _, name := range slices.Sorted(maps.Keys(after)) {
+		if old, ok := before[name]; !ok {
+			t.Errorf("internal/demo/static/%s was missing: the build added it", name)
+		} else if !bytes.Equal(old, after[name]) {
+			t.Errorf("internal/demo/static/%s was stale: the build rewrote it", name)
+		}
 	}
-	if !bytes.Equal(before, after) {
-		t.Fatalf("%s was stale: the build rewrote it; commit the new copy (cd clients && npm run build)", demoCopy)
+	for name := range before {
+		if _, ok := after[name]; !ok {
+			t.Errorf("internal/demo/static/%s was stale: the build removed it", name)
+		}
 	}
+	if t.Failed() {
+		t.Log("commit the new copy: cd clients && npm run build")
+	}
+}
+
+// demoCopy reads the copy of the built client that the demo page embeds:
+// static/natter.js and the modules it imports, static/natter/*.js.
+func demoCopy(t *testing.T) map[string][]byte {
+	t.Helper()
+	static := os.DirFS("../internal/demo/static")
+	files := map[string][]byte{}
+	for _, pattern := range []string{"natter.js", "natter/*.js"} {
+		names, err := fs.Glob(static, pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range names {
+			b, err := fs.ReadFile(static, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[name] = b
+		}
+	}
+	if files["natter.js"] == nil {
+		t.Fatal("internal/demo/static/natter.js is missing: cd clients && npm run build")
+	}
+	return files
 }

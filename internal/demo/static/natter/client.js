@@ -1,0 +1,149 @@
+// Generated from clients/src/client.ts by `npm run build` in clients/. Do not edit.
+/**
+ * The client: connect() and the Client it returns, which puts the parts
+ * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts) and
+ * routes each frame the edge sends to them and then to the application.
+ */
+import { Connection } from "./connection.js";
+import { DurableMessages, DurableRooms } from "./durable.js";
+import { encode, isSystemType } from "./envelope.js";
+import { ListenersByKey } from "./listeners.js";
+import { Presence } from "./presence.js";
+import { Rooms } from "./rooms.js";
+import { Handlers, OUR_ID, SERVER_ID } from "./rpc.js";
+/** Connects to a Natter edge; the client reconnects by itself until close(). */
+export function connect(url, options = {}) {
+    return new NatterClient(url, options);
+}
+class NatterClient {
+    presence;
+    #conn;
+    #rooms;
+    #durableRooms;
+    #durableMessages;
+    #presence;
+    #handlers;
+    #listeners = new ListenersByKey(); // by frame type, "*" for all
+    constructor(url, options) {
+        this.#conn = new Connection(url, options, {
+            receive: (data) => this.#receive(data),
+            resync: (gen) => this.#rooms.resync(gen),
+            stop: () => this.#rooms.stop(),
+            end: (err) => {
+                this.#durableMessages.end(err);
+                this.#rooms.end(err);
+            },
+        });
+        this.#durableRooms = new DurableRooms(this.#conn);
+        this.#durableMessages = new DurableMessages(this.#conn);
+        this.#rooms = new Rooms(this.#conn, this.#durableRooms);
+        this.#presence = new Presence(this.#conn, this.#rooms);
+        this.presence = this.#presence.api;
+        this.#handlers = new Handlers(this.#conn);
+        void this.#conn.dial();
+    }
+    get state() {
+        return this.#conn.state;
+    }
+    get connectionId() {
+        return this.#conn.connectionId;
+    }
+    onState(fn) {
+        return this.#conn.onState(fn);
+    }
+    onError(fn) {
+        return this.#conn.onError(fn);
+    }
+    on(type, fn) {
+        return this.#listeners.add(type, fn);
+    }
+    send(type, payload, meta) {
+        this.#conn.checkNotClosed();
+        this.#conn.outbox.enqueue({ type, meta, payload: encode(payload) });
+    }
+    rpc(type, payload, options = {}) {
+        return this.#conn.requests.request(type, payload, options);
+    }
+    sendDurable(type, payload, options = {}) {
+        return this.#durableMessages.send(type, payload, options);
+    }
+    handle(type, fn) {
+        return this.#handlers.handle(type, fn);
+    }
+    join(room, options = {}) {
+        return this.#rooms.join(room, options);
+    }
+    leave(room) {
+        return this.#rooms.leave(room);
+    }
+    rooms() {
+        return this.#rooms.list();
+    }
+    position(room) {
+        return this.#durableRooms.position(room);
+    }
+    onRecovery(fn) {
+        return this.#durableRooms.onRecovery(fn);
+    }
+    history(room, options = {}) {
+        return this.#durableRooms.history(room, options);
+    }
+    onPresence(room, fn) {
+        return this.#presence.watch(room, fn);
+    }
+    refreshToken() {
+        return this.#conn.refreshToken();
+    }
+    close() {
+        this.#conn.close();
+    }
+    /** A frame of the current socket, on its way to the parts and then to the application. */
+    #receive(data) {
+        let env;
+        try {
+            env = JSON.parse(data);
+        }
+        catch {
+            return; // the edge sends JSON only
+        }
+        if (typeof env !== "object" || env === null || typeof env.type !== "string")
+            return;
+        // Joins and leaves made by a service, and durable rooms' positions,
+        // before any listener sees the frame.
+        this.#rooms.receive(env);
+        this.#emit("*", env);
+        const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
+        if (isError) {
+            // A rate limit: hold the paced sends back for as long as the edge asks.
+            const e = (env.payload ?? {});
+            if (e.code === "RESOURCE_EXHAUSTED" && typeof e.retryAfterMs === "number" && e.retryAfterMs > 0)
+                this.#conn.outbox.pause(e.retryAfterMs);
+        }
+        const cid = env.meta?.correlationId;
+        if (typeof cid === "string") {
+            if (this.#conn.requests.reply(cid, env))
+                return;
+            // A server-to-client request, but never an error or a system frame:
+            // answering the edge's RPC_ERROR for a late answer would start a loop.
+            if (cid.startsWith(SERVER_ID) && !isError && !isSystemType(env.type))
+                return void this.#handlers.answer(cid, env);
+            if (cid.startsWith(OUR_ID))
+                return; // a late reply to a request given up on
+        }
+        if (env.type === "$presence.diff") {
+            env = this.#presence.receive(env);
+        }
+        else if (env.type === "$auth.expiring") {
+            this.#conn.expiring(env.payload);
+        }
+        else if (env.type === "$connected") {
+            const connected = env;
+            this.#conn.connected(connected, () => this.#emit(connected.type, connected));
+            return;
+        }
+        this.#emit(env.type, env);
+    }
+    #emit(type, env) {
+        this.#listeners.emit(type, env.payload, env);
+    }
+}
