@@ -73,8 +73,8 @@ func bins(t *testing.T) string {
 		if binsDir, binsErr = os.MkdirTemp("", "natter-deploy-bins"); binsErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binsDir+string(os.PathSeparator),
-			"github.com/natter/natter/cmd/edge", "github.com/natter/natter/cmd/worker", "github.com/nats-io/nkeys/nk")
+		cmd := exec.Command("go", "build", "-o", binsDir+string(os.PathSeparator), "./cmd/edge", "./cmd/worker", "github.com/nats-io/nkeys/nk")
+		cmd.Dir = ".." // the root module
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			binsErr = errors.New(string(out) + err.Error())

@@ -3,10 +3,13 @@ package deploy_test
 import (
 	"bufio"
 	"context"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -241,7 +244,7 @@ func dockerfileTargets(t *testing.T) []string {
 		t.Errorf("Dockerfile build stage on %s", bases[0])
 	}
 	for _, want := range []string{
-		"CGO_ENABLED=0", "-trimpath", `-ldflags="-s -w"`, "./cmd/edge ./cmd/worker ./deploy/healthcheck",
+		"GOWORK=off CGO_ENABLED=0", "-trimpath", `-ldflags="-s -w"`, "./cmd/edge ./cmd/worker ./deploy/healthcheck",
 		"--mount=type=cache,target=/go/pkg/mod", "--mount=type=cache,target=/root/.cache/go-build",
 		"FROM gcr.io/distroless/static-debian12:nonroot", "USER 65532:65532", "EXPOSE 8080 9090",
 		`ENTRYPOINT ["/usr/local/bin/edge"]`, `ENTRYPOINT ["/usr/local/bin/worker"]`,
@@ -270,7 +273,35 @@ func dockerfileTargets(t *testing.T) []string {
 	if !slices.Contains(lines, "!deploy/healthcheck") {
 		t.Error(".dockerignore drops deploy/healthcheck")
 	}
+	// In the image deploy/healthcheck is a package of the root module
+	// (.dockerignore leaves deploy/go.mod out), here one of deploy's: it
+	// builds in both only while it needs nothing but the standard library.
+	if !slices.Contains(lines, "deploy") || slices.Contains(lines, "!deploy/go.mod") {
+		t.Error(".dockerignore keeps deploy/go.mod, which makes deploy/healthcheck part of another module than the build's")
+	}
+	checkStdlibOnly(t, "healthcheck")
 	return stages
+}
+
+// checkStdlibOnly fails for every import of the Go files in dir that is
+// not of the standard library.
+func checkStdlibOnly(t *testing.T, dir string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("%s: no Go files (%v)", dir, err)
+	}
+	for _, file := range files {
+		f, err := parser.ParseFile(token.NewFileSet(), file, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			if p, _ := strconv.Unquote(imp.Path.Value); strings.Contains(strings.Split(p, "/")[0], ".") {
+				t.Errorf("%s imports %s: the image builds it as part of the root module, whose go.mod may not have it", file, p)
+			}
+		}
+	}
 }
 
 // checkHAProxy reads the HAProxy config as far as possible without
