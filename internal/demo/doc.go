@@ -1,6 +1,7 @@
 // Package demo serves the browser demo of Natter: a small chat page (rooms,
 // messages, who is online, typing indicators, the connection state) built
-// on the TypeScript client, compiled to static/natter.js by clients/.
+// on the TypeScript client, compiled by clients/ to static/natter.js (the
+// entry) and the modules it imports in static/natter/.
 //
 // The edge mounts Handler at "/" in dev mode only (single binary without
 // authentication flags): the page picks its user with the insecure ?user=
