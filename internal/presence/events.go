@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -43,6 +44,12 @@ func (s *Service) addDiff(room string, f func(*Diff)) {
 		return
 	}
 	s.diffMu.Lock()
+	if len(s.pending) == 0 {
+		select {
+		case s.diffDue <- struct{}{}:
+		default:
+		}
+	}
 	d := s.pending[room]
 	if d == nil {
 		d = &Diff{Room: room}
@@ -50,6 +57,29 @@ func (s *Service) addDiff(room string, f func(*Diff)) {
 	}
 	f(d)
 	s.diffMu.Unlock()
+}
+
+// flushLoop hands a batch of diffs to the edge DiffInterval after its first
+// change. While no room changes it waits on a channel, with no timer, so an
+// idle edge does not wake up for diffs.
+func (s *Service) flushLoop(ctx context.Context) {
+	t := time.NewTimer(0)
+	<-t.C
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.diffDue:
+		}
+		t.Reset(s.cfg.DiffInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		s.flushDiffs()
+	}
 }
 
 // flushDiffs hands each room's batched changes to the edge.

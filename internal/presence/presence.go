@@ -115,6 +115,7 @@ type Service struct {
 
 	diffMu  sync.Mutex
 	pending map[string]*Diff
+	diffDue chan struct{} // a batch was started: flush it DiffInterval later
 
 	querySub   *nats.Subscription
 	cancel     context.CancelFunc // the watcher, events and diffs
@@ -175,6 +176,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		edges:   make(map[string]*edgeState),
 		tombs:   make(map[string]*tomb),
 		pending: make(map[string]*Diff),
+		diffDue: make(chan struct{}, 1),
 	}
 	s.backup.Store(int64(cfg.TTL / 3))
 	newJS := func(onErr jetstream.MsgErrHandler) (jetstream.JetStream, error) {
@@ -269,7 +271,7 @@ load:
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
 	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
-	go func() { defer s.wg.Done(); every(wctx, cfg.DiffInterval, s.flushDiffs) }()
+	go func() { defer s.wg.Done(); s.flushLoop(wctx) }()
 	s.keeperWG.Add(1)
 	go func() { defer s.keeperWG.Done(); s.keep(kctx) }()
 	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
@@ -464,19 +466,5 @@ func (s *Service) wake() {
 	select {
 	case s.kick <- struct{}{}:
 	default:
-	}
-}
-
-// every calls f every d until ctx ends.
-func every(ctx context.Context, d time.Duration, f func()) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		f()
 	}
 }
