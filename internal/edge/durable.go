@@ -28,8 +28,9 @@ package edge
 // This file holds the type, its construction and shutdown, and what the
 // other files share (the frame a stored message becomes). The rest, by
 // concern:
-//   - durable_stream.go: the stream's epoch, a room's state in it and the
-//     completeness check, and reads of a room by pull consumer (fetch);
+//   - durable_stream.go: the stream's set-up and epoch, a room's state in
+//     it and the completeness check, and reads of a room by pull consumer
+//     (fetch);
 //   - durable_capture.go: the capture lease and the capturer;
 //   - durable_live.go: live delivery of republished messages, the room's
 //     chain and the backfill of its holes;
@@ -40,9 +41,7 @@ package edge
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -50,7 +49,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/auth"
-	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
 )
 
@@ -82,60 +80,26 @@ type durable struct {
 	done      chan struct{}
 }
 
+// startDurable sets up e's side of durable rooms: the stream and, unless
+// the edge does not capture, the capture lease and its goroutine.
 func startDurable(ctx context.Context, e *Edge) (*durable, error) {
-	cfg := &e.cfg
-	d := &durable{e: e, name: e.ns.RoomsStream(), patterns: cfg.DurableRooms}
+	cfg := e.cfg.DurableRooms
+	d := &durable{e: e, name: e.ns.RoomsStream(), patterns: cfg.Patterns}
 	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 		if e.logLimit.Allow() {
-			cfg.Logger.Warn("edge: durable capture failed", "subject", m.Subject, "err", err)
+			e.cfg.Logger.Warn("edge: durable capture failed", "subject", m.Subject, "err", err)
 		}
 	}))
 	if err != nil {
 		return nil, err
 	}
 	d.js = js
-	pfx := e.ns.Prefix()
-	dup := min(2*time.Minute, cfg.DurableMaxAge)
-	sc := jetstream.StreamConfig{
-		Name:              d.name,
-		Description:       "Natter durable rooms: history of " + pfx + ".durable.room.<room>, republished to " + pfx + ".durable.live.<room>",
-		Subjects:          []string{pfx + ".durable.room.*"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          cfg.DurableReplicas,
-		MaxAge:            cfg.DurableMaxAge,
-		MaxMsgs:           cfg.DurableMaxMsgs,
-		MaxBytes:          cfg.DurableMaxBytes,
-		MaxMsgsPerSubject: cfg.DurableRoomMaxMsgs,
-		MaxMsgSize:        int32(min(cfg.MaxOutboundSize, 1<<30)),
-		Discard:           jetstream.DiscardOld,
-		Duplicates:        dup,
-		AllowDirect:       true,
-		RePublish:         &jetstream.RePublish{Source: pfx + ".durable.room.*", Destination: pfx + ".durable.live.{{wildcard(1)}}"},
-		Metadata:          map[string]string{envelope.RoomsStreamPatterns: strings.Join(cfg.DurableRooms, ",")},
+	if err := d.createStream(ctx); err != nil {
+		return nil, err
 	}
-	var s jetstream.Stream
-	if err := natsopt.Retry(ctx, cfg.Logger, "durable rooms stream", func(ctx context.Context) (err error) {
-		s, err = js.CreateOrUpdateStream(ctx, sc)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("edge: durable rooms stream %s: %w", d.name, err)
-	}
-	d.setEpoch(s.CachedInfo())
-	if !cfg.DurableNoCapture {
-		bucket := strings.ReplaceAll(pfx, ".", "_") + "_capture"
-		err = natsopt.Retry(ctx, cfg.Logger, "durable capture lease", func(ctx context.Context) (err error) {
-			d.lease, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-				Bucket:      bucket,
-				Description: "Natter: which edge captures core publishes to durable rooms",
-				History:     1,
-				TTL:         leaseTTL,
-				Storage:     jetstream.MemoryStorage,
-				Replicas:    cfg.DurableReplicas,
-			})
-			return err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("edge: durable capture lease %s: %w", bucket, err)
+	if !cfg.NoCapture {
+		if err := d.createLease(ctx); err != nil {
+			return nil, err
 		}
 		d.quit, d.done = make(chan struct{}), make(chan struct{})
 		go d.lead()
@@ -165,7 +129,7 @@ func (d *durable) isDurable(room string) bool {
 // meta.epoch set by the edge, whatever the publisher wrote there.
 func (d *durable) frame(room string, seq uint64, data []byte) ([]byte, bool) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, d.e.cfg.MaxOutboundSize); err != nil {
+	if err := envelope.DecodeInto(&env, data, d.e.cfg.NATS.MaxOutboundSize); err != nil {
 		d.e.stats.dropped.Add(1)
 		return nil, false
 	}

@@ -1,17 +1,20 @@
 package edge
 
-// Durable rooms, capture: the lease that makes one edge at a time the
-// capturer, and the capturer that stores core publishes to durable rooms
-// in the stream.
+// Durable rooms, capture: the lease (its bucket and the goroutine that
+// holds it) that makes one edge at a time the capturer, and the capturer
+// that stores core publishes to durable rooms in the stream.
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
 )
 
@@ -24,6 +27,26 @@ const (
 	leaseMargin = 500 * time.Millisecond
 	leaseKey    = "leader"
 )
+
+// createLease creates the bucket of the capture lease, or updates it.
+func (d *durable) createLease(ctx context.Context) error {
+	bucket := strings.ReplaceAll(d.e.ns.Prefix(), ".", "_") + "_capture"
+	err := natsopt.Retry(ctx, d.e.cfg.Logger, "durable capture lease", func(ctx context.Context) (err error) {
+		d.lease, err = d.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "Natter: which edge captures core publishes to durable rooms",
+			History:     1,
+			TTL:         leaseTTL,
+			Storage:     jetstream.MemoryStorage,
+			Replicas:    d.e.cfg.DurableRooms.Replicas,
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("edge: durable capture lease %s: %w", bucket, err)
+	}
+	return nil
+}
 
 // lead holds the capture lease when it can and runs the capturer while it
 // does. A lease not renewed expires after leaseTTL; until then no other

@@ -63,7 +63,7 @@ func (d *durable) history(ctx context.Context, q *envelope.HistoryQuery) (*envel
 // messages left after the batch, not from reading one. Messages the edge
 // does not deliver (invalid envelopes) are skipped and do not count.
 func (d *durable) pageAfter(ctx context.Context, r *pageReader, h *envelope.History, limit int, from uint64) error {
-	budget := d.e.cfg.MaxOutboundSize
+	budget := d.e.cfg.NATS.MaxOutboundSize
 	for {
 		read, full := 0, false
 		pending, err := r.get(ctx, &directGet{Seq: from, NextFor: r.subj, Batch: limit - len(h.Messages), MaxBytes: max(budget, 1)}, func(seq uint64, m *nats.Msg) {
@@ -105,7 +105,7 @@ func (d *durable) pageAfter(ctx context.Context, r *pageReader, h *envelope.Hist
 // that tells whether another page exists. Messages the edge does not
 // deliver are skipped and do not count.
 func (d *durable) pageBefore(ctx context.Context, r *pageReader, h *envelope.History, limit int, upTo uint64) error {
-	budget := d.e.cfg.MaxOutboundSize
+	budget := d.e.cfg.NATS.MaxOutboundSize
 	var page []json.RawMessage // newest first
 	// upTo stays above 0: up_to_seq 0 would mean the stream's end.
 	for upTo > 0 {

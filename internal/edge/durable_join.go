@@ -19,8 +19,8 @@ import (
 )
 
 // recovery buffers a member's live messages while its replay runs, up to
-// Config.WriteQueueBytes; past that it keeps nothing and the replay goes
-// another round.
+// WebSocketConfig.WriteQueueBytes; past that it keeps nothing and the
+// replay goes another round.
 type recovery struct {
 	buf      []seqFrame
 	bytes    int
@@ -30,6 +30,79 @@ type recovery struct {
 type seqFrame struct {
 	seq   uint64
 	frame []byte
+}
+
+// The seam between a member's replay and its live delivery, all under
+// group.mu: while the replay runs, admit buffers the member's live
+// messages in its recovery (add); after each round of replay, again says
+// whether the buffer overflowed, so that the replay goes another round;
+// at the end, release hands the member over to live delivery with the
+// buffered messages past the replay, and admit then skips what the replay
+// gave it beyond the room's chain (floor).
+
+// add buffers live message seq, unless the buffer overflowed: past limit
+// bytes it empties it, and keeps nothing until the next round.
+func (r *recovery) add(seq uint64, frame []byte, limit int) {
+	if r.overflow {
+		return
+	}
+	r.buf = append(r.buf, seqFrame{seq: seq, frame: frame})
+	r.bytes += len(frame)
+	if r.bytes > limit {
+		r.buf, r.bytes, r.overflow = nil, 0, true
+	}
+}
+
+// again reports whether the buffer overflowed during the round of replay
+// that just ended (the replay must go on from where it got to), and
+// starts the next round.
+func (r *recovery) again() bool {
+	again := r.overflow
+	r.overflow = false // buf and bytes were emptied when it overflowed
+	return again
+}
+
+// admit reports whether live message seq goes to member c now. A member
+// still replaying gets it buffered instead (up to limit bytes); a member
+// whose replay ended past the room's chain does not get what it was
+// replayed.
+func (l *roomLog) admit(c *conn, seq uint64, frame []byte, limit int) bool {
+	if r := l.recovering[c]; r != nil {
+		r.add(seq, frame, limit)
+		return false
+	}
+	if f, ok := l.floor[c]; ok {
+		if seq <= f {
+			return false // replayed to c already
+		}
+		delete(l.floor, c)
+	}
+	return true
+}
+
+// release ends c's recovery r after a replay up to sequence last: it
+// returns the buffered live messages past last, in order, and makes admit
+// skip those at or before last that the room's chain has not delivered
+// yet. It returns false and changes nothing when r is no longer c's
+// recovery: c left the room meanwhile (and may have joined again).
+func (l *roomLog) release(c *conn, r *recovery, last uint64) ([][]byte, bool) {
+	if l.recovering[c] != r {
+		return nil, false
+	}
+	delete(l.recovering, c)
+	var frames [][]byte
+	for _, sf := range r.buf {
+		if sf.seq > last {
+			frames = append(frames, sf.frame)
+		}
+	}
+	if last > l.last {
+		if l.floor == nil {
+			l.floor = make(map[*conn]uint64)
+		}
+		l.floor[c] = last
+	}
+	return frames, true
 }
 
 // errHistoryUnavailable fails a join from a position whose history cannot
@@ -109,8 +182,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 			return errHistoryUnavailable
 		}
 		g.mu.Lock()
-		again := r.overflow
-		r.overflow = false // buf and bytes were emptied when it overflowed
+		again := r.again()
 		g.mu.Unlock()
 		if !again {
 			break
@@ -150,20 +222,12 @@ func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelo
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.log.recovering[c] != r {
+	frames, ok := g.log.release(c, r, last)
+	if !ok {
 		return // c left the room meanwhile
 	}
-	delete(g.log.recovering, c)
 	d.ack(c, g, cid, ack)
-	for _, sf := range r.buf {
-		if sf.seq > last {
-			c.sendFrame(sf.frame)
-		}
-	}
-	if last > g.log.last {
-		if g.log.floor == nil {
-			g.log.floor = make(map[*conn]uint64)
-		}
-		g.log.floor[c] = last
+	for _, f := range frames {
+		c.sendFrame(f)
 	}
 }

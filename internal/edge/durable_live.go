@@ -39,6 +39,16 @@ type roomLog struct {
 	retrying bool
 }
 
+// advance makes seq the last sequence delivered live, unless it is not
+// past it: an older or repeated republish, which is dropped.
+func (l *roomLog) advance(seq uint64) bool {
+	if seq <= l.last {
+		return false
+	}
+	l.last = seq
+	return true
+}
+
 // deliverLive handles a republished message of a durable room: it fills a
 // hole in the room's chain from the stream first, then delivers. It runs
 // on the room's dispatcher goroutine, which a backfill holds for at most
@@ -149,33 +159,15 @@ func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude strin
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if seq <= g.log.last {
-		return
-	}
-	g.log.last = seq
-	if frame == nil {
+	if !g.log.advance(seq) || frame == nil {
 		return
 	}
 	for c := range g.members {
 		if ex != nil && slices.Contains(ex, c.id) {
 			continue
 		}
-		if r := g.log.recovering[c]; r != nil {
-			if !r.overflow {
-				r.buf = append(r.buf, seqFrame{seq: seq, frame: frame})
-				r.bytes += len(frame)
-				if r.bytes > d.e.cfg.WriteQueueBytes {
-					r.buf, r.bytes, r.overflow = nil, 0, true
-				}
-			}
-			continue
+		if g.log.admit(c, seq, frame, d.e.cfg.WebSocket.WriteQueueBytes) {
+			c.sendFrame(frame)
 		}
-		if f, ok := g.log.floor[c]; ok {
-			if seq <= f {
-				continue // replayed to c already
-			}
-			delete(g.log.floor, c)
-		}
-		c.sendFrame(frame)
 	}
 }

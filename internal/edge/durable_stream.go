@@ -1,23 +1,59 @@
 package edge
 
-// Durable rooms, the stream: its epoch, a room's state in it and whether a
-// room's history after a position is complete, and reading a room's
-// messages with an ephemeral pull consumer (replay and backfill).
+// Durable rooms, the stream: its set-up and epoch, a room's state in it
+// and whether a room's history after a position is complete, and reading a
+// room's messages with an ephemeral pull consumer (replay and backfill).
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/pkg/envelope"
 )
 
 // fetchBatch is how many messages one pull of a replay or backfill
 // asks for: at most 64 MiB at the largest message size.
 const fetchBatch = 64
+
+// createStream creates the stream of durable rooms, or updates it to
+// this edge's config, and reads its epoch.
+func (d *durable) createStream(ctx context.Context) error {
+	cfg, pfx := d.e.cfg.DurableRooms, d.e.ns.Prefix()
+	sc := jetstream.StreamConfig{
+		Name:              d.name,
+		Description:       "Natter durable rooms: history of " + pfx + ".durable.room.<room>, republished to " + pfx + ".durable.live.<room>",
+		Subjects:          []string{pfx + ".durable.room.*"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.Replicas,
+		MaxAge:            cfg.MaxAge,
+		MaxMsgs:           cfg.MaxMsgs,
+		MaxBytes:          cfg.MaxBytes,
+		MaxMsgsPerSubject: cfg.RoomMaxMsgs,
+		MaxMsgSize:        int32(min(d.e.cfg.NATS.MaxOutboundSize, 1<<30)),
+		Discard:           jetstream.DiscardOld,
+		Duplicates:        min(2*time.Minute, cfg.MaxAge),
+		AllowDirect:       true,
+		RePublish:         &jetstream.RePublish{Source: pfx + ".durable.room.*", Destination: pfx + ".durable.live.{{wildcard(1)}}"},
+		Metadata:          map[string]string{envelope.RoomsStreamPatterns: strings.Join(cfg.Patterns, ",")},
+	}
+	var s jetstream.Stream
+	if err := natsopt.Retry(ctx, d.e.cfg.Logger, "durable rooms stream", func(ctx context.Context) (err error) {
+		s, err = d.js.CreateOrUpdateStream(ctx, sc)
+		return err
+	}); err != nil {
+		return fmt.Errorf("edge: durable rooms stream %s: %w", d.name, err)
+	}
+	d.setEpoch(s.CachedInfo())
+	return nil
+}
 
 // setEpoch names the stream's incarnation: its creation time, which a
 // delete and re-create changes.
