@@ -123,5 +123,8 @@ func BenchmarkRecover1000(b *testing.B) {
 // newDurableMeshB is newDurableMesh for benchmarks.
 func newDurableMeshB(b *testing.B) *durableMesh {
 	b.Helper()
-	return newDurableMesh(b, edge.Config{RateLimit: -1})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MessageRate = -1
+	cfg.Presence = nil // not under measurement
+	return newDurableMesh(b, cfg)
 }

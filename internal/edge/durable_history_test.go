@@ -19,7 +19,7 @@ import (
 // of one message reads less than 4 pages' worth on the edge's NATS
 // connection, forward and backward, from either end or the middle.
 func TestDurableHistoryReadsOnlyThePage(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-big", 200
 	pad := strings.Repeat("x", 32<<10)
 	offs := make([]uint64, total)
@@ -96,7 +96,7 @@ func TestDurableHistoryReadsOnlyThePage(t *testing.T) {
 // from 0 to 2^64-1 is a page (empty past the end forward, the newest past
 // the end backward); anything else is INVALID_ARGUMENT.
 func TestDurableHistoryHostilePositions(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-h"
 	offs := make([]uint64, 5)
 	for i := range offs {
@@ -185,16 +185,19 @@ func TestDurableHistoryHostilePositions(t *testing.T) {
 // dropped older messages of other rooms.
 func TestDurableJoinEmptyRoomOffset(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		cfg   edge.Config
-		noise int // messages stored in another room first
+		name    string
+		maxMsgs int64 // the stream's; 0: unlimited
+		noise   int   // messages stored in another room first
 	}{
 		{name: "stream never stored anything"},
 		{name: "stream holds other rooms", noise: 3},
-		{name: "stream dropped older messages", cfg: edge.Config{DurableMaxMsgs: 20}, noise: 30},
+		{name: "stream dropped older messages", maxMsgs: 20, noise: 30},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newDurableMesh(t, tc.cfg)
+			cfg := edge.DefaultConfig()
+			cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
+			cfg.DurableRooms.MaxMsgs = tc.maxMsgs
+			m := newDurableMesh(t, cfg)
 			var end uint64
 			for i := range tc.noise {
 				end = publishNum(t, m.pub, "dur-other", i)
@@ -236,7 +239,7 @@ func TestDurableJoinEmptyRoomOffset(t *testing.T) {
 // envelope) are skipped by a page and do not count toward its limit, in
 // both directions; a page is never empty while more says there is another.
 func TestDurableHistorySkipsUndeliverable(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-junk"
 	offs := []uint64{publishNum(t, m.pub, room, 0), publishNum(t, m.pub, room, 1)}
 	subj, err := envelope.DefaultNamespace.DurableRoom(room)

@@ -32,13 +32,16 @@ type durableMesh struct {
 func newDurableMesh(t testing.TB, cfg edge.Config) *durableMesh {
 	t.Helper()
 	srv := testenv.NATS(t)
-	cfg.DevMode = true
-	cfg.DurableRooms = []string{"dur-*", "pub-dur-*"}
+	cfg.Auth.DevMode = true
+	if cfg.DurableRooms == nil {
+		cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
+	}
+	cfg.DurableRooms.Patterns = []string{"dur-*", "pub-dur-*"}
 	cfgA, cfgB := cfg, cfg
-	cfgA.NATS = testenv.Connect(t, srv.ClientURL())
-	cfgB.NATS = testenv.Connect(t, srv.ClientURL())
+	cfgA.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfgB.NATS.Conn = testenv.Connect(t, srv.ClientURL())
 	nc := testenv.Connect(t, srv.ClientURL())
-	return &durableMesh{a: testenv.StartEdge(t, cfgA), b: testenv.StartEdge(t, cfgB), aNC: cfgA.NATS, pub: worker.NewPublisher(nc, envelope.DefaultNamespace), nc: nc}
+	return &durableMesh{a: testenv.StartEdge(t, cfgA), b: testenv.StartEdge(t, cfgB), aNC: cfgA.NATS.Conn, pub: worker.NewPublisher(nc, envelope.DefaultNamespace), nc: nc}
 }
 
 // numbered is a durable room message as a test sees it.
@@ -127,7 +130,7 @@ func checkExactlyOnce(t *testing.T, got []numbered, want int) {
 // A client leaves mid-stream and comes back through the other edge with
 // since: it sees every message once, in order, across the seam.
 func TestDurableResumeThroughOtherEdge(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-stream", 1200
 	c1 := wstest.Dial(t, m.a.URL+"?user=ann")
 	if _, j := joinSince(t, c1, room, nil); !j.Durable || j.Epoch == "" || j.Recovered != nil {
@@ -192,7 +195,10 @@ func TestDurableResumeThroughOtherEdge(t *testing.T) {
 // Positions older than what the room keeps, or from another epoch, are
 // reported as incomplete recovery; what is kept is still replayed.
 func TestDurableIncompleteRecovery(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{DurableRoomMaxMsgs: 5})
+	cfg := edge.DefaultConfig()
+	cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
+	cfg.DurableRooms.RoomMaxMsgs = 5
+	m := newDurableMesh(t, cfg)
 	const room = "dur-small"
 	c := wstest.Dial(t, m.a.URL)
 	_, j := joinSince(t, c, room, nil)
@@ -297,7 +303,9 @@ func ns(ms []numbered) []int {
 }
 
 func TestDurableHistoryPaging(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{PublicRooms: []string{"pub-*"}})
+	cfg := edge.DefaultConfig()
+	cfg.Auth.PublicRooms = []string{"pub-*"}
+	m := newDurableMesh(t, cfg)
 	const room = "pub-dur-h"
 	for i := range 25 {
 		publishNum(t, m.pub, room, i)
@@ -355,7 +363,7 @@ func TestDurableHistoryPaging(t *testing.T) {
 // stream and delivered with positions; positions a publisher writes into
 // a non-durable room's meta are removed.
 func TestDurableCaptureAndForgedPositions(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	c := wstest.Dial(t, m.a.URL)
 	joinSince(t, c, "dur-core", nil)
 	join(t, c, "lobby")
@@ -398,7 +406,7 @@ func TestDurableCaptureAndForgedPositions(t *testing.T) {
 // the same sequence; a member that joins with since at the same time as
 // others get live messages sees no duplicate at its seam.
 func TestDurableManyJoinersAtTheSeam(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-seam", 400
 	first := wstest.Dial(t, m.a.URL)
 	_, j := joinSince(t, first, room, nil)
@@ -450,7 +458,7 @@ func TestDurableManyJoinersAtTheSeam(t *testing.T) {
 // members still get every message once, in order, including a member whose
 // replay ended past the hole.
 func TestDurableHoleFilledFromTheStream(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-holes"
 	steady := wstest.Dial(t, m.a.URL)
 	_, j := joinSince(t, steady, room, nil)
@@ -495,7 +503,10 @@ func TestDurableHoleFilledFromTheStream(t *testing.T) {
 // acknowledged publish: they arrive with positions even with no edge
 // capturing core publishes.
 func TestDurableChatUsesTheAcknowledgedPath(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{DurableNoCapture: true})
+	cfg := edge.DefaultConfig()
+	cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
+	cfg.DurableRooms.NoCapture = true
+	m := newDurableMesh(t, cfg)
 	testenv.Worker(t, m.nc)
 	alice, bob := wstest.Dial(t, m.a.URL+"?user=alice"), wstest.Dial(t, m.b.URL+"?user=bob")
 	joinSince(t, alice, "dur-chat", nil)
@@ -512,7 +523,9 @@ func TestDurableChatUsesTheAcknowledgedPath(t *testing.T) {
 // A history page holds at most MaxOutboundSize bytes of messages: paging
 // by bytes still visits every message once, both ways.
 func TestDurableHistoryPageBytes(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{MaxOutboundSize: 1024})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.MaxOutboundSize = 1024
+	m := newDurableMesh(t, cfg)
 	const room, total = "dur-bytes", 60
 	for i := range total {
 		publishNum(t, m.pub, room, i)
@@ -558,7 +571,7 @@ func TestDurableHistoryPageBytes(t *testing.T) {
 // the room's live messages back; they arrive by themselves once the stream
 // answers, even when no later message comes to trigger the retry.
 func TestDurableHeldRoomCatchesUpWithoutNewMessages(t *testing.T) {
-	m := newDurableMesh(t, edge.Config{})
+	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-held"
 	c := wstest.Dial(t, m.a.URL)
 	joinSince(t, c, room, nil)
