@@ -2,7 +2,6 @@ package deploy_test
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"github.com/natter/natter/internal/testenv/bincache"
 )
 
 // natterConf is the example server configuration that the chart and the
@@ -60,38 +61,36 @@ func run(t *testing.T, dir string, env []string, name string, args ...string) st
 }
 
 var (
-	binsOnce sync.Once
-	binsDir  string
-	binsErr  error
+	binsMu sync.Mutex
+	binsAt = map[string]string{}
 )
 
-// bins builds edge, worker and nk once per test binary into a directory
-// that outlives the tests that asked first.
-func bins(t *testing.T) string {
+// bins returns the directory holding edge and worker (what == "commands":
+// bincache.Commands, the same build as the root module's tests) or nk (from
+// the nkeys module the root module requires), built once per test process
+// and source state.
+func bins(t *testing.T, what string) string {
 	t.Helper()
-	binsOnce.Do(func() {
-		if binsDir, binsErr = os.MkdirTemp("", "natter-deploy-bins"); binsErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", binsDir+string(os.PathSeparator), "./cmd/edge", "./cmd/worker", "github.com/nats-io/nkeys/nk")
-		cmd.Dir = ".." // the root module
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binsErr = errors.New(string(out) + err.Error())
-		}
-	})
-	if binsErr != nil {
-		t.Fatalf("build edge, worker, nk: %v", binsErr)
+	binsMu.Lock()
+	defer binsMu.Unlock()
+	if dir, ok := binsAt[what]; ok {
+		return dir
 	}
-	return binsDir
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binsDir != "" {
-		os.RemoveAll(binsDir)
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
 	}
-	os.Exit(code)
+	var dir string
+	if what == "nk" {
+		dir, err = bincache.Build(root, nil, "github.com/nats-io/nkeys/nk")
+	} else {
+		dir, err = bincache.Commands(root)
+	}
+	if err != nil {
+		t.Fatalf("build %s: %v", what, err)
+	}
+	binsAt[what] = dir
+	return dir
 }
 
 var flagLine = regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`)
@@ -100,7 +99,10 @@ var flagLine = regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`)
 // -help output.
 func flags(t *testing.T, command string) map[string]bool {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(bins(t), command), "-help")
+	cmd := exec.Command(filepath.Join(bins(t, "commands"), command), "-help")
+	// The binaries have the race detector, which sleeps a second at exit
+	// to let other threads report; -help starts none.
+	cmd.Env = append(os.Environ(), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	out, _ := cmd.CombinedOutput() // -help exits 0 or 2 depending on the flag package's mood
 	names := map[string]bool{}
 	for _, m := range flagLine.FindAllStringSubmatch(string(out), -1) {

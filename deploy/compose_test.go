@@ -24,7 +24,7 @@ import (
 // configs, secrets and volumes that exist).
 func loadCompose(t *testing.T) (*types.Project, map[string]string) {
 	t.Helper()
-	out := run(t, "", []string{"PATH=" + bins(t) + string(os.PathListSeparator) + os.Getenv("PATH")}, "sh", "compose/nkeys.sh")
+	out := run(t, "", []string{"PATH=" + bins(t, "nk") + string(os.PathListSeparator) + os.Getenv("PATH")}, "sh", "compose/nkeys.sh")
 	env, err := dotenv.UnmarshalBytesWithLookup([]byte(out), nil)
 	if err != nil {
 		t.Fatalf("nkeys.sh output is no .env: %v\n%s", err, out)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -138,25 +137,12 @@ func startCluster(t *testing.T) *Cluster {
 	return c
 }
 
-var natsBuild struct {
-	once sync.Once
-	err  error
-	out  []byte
-}
-
-// natsServerBinary builds nats-server (the module's version, from go.mod)
-// into the directory of testenv.Binaries, once per test process, so that
-// testenv.Start runs it like the cmd binaries.
+// natsServerBinary builds nats-server (the module's version, from go.mod,
+// without the race detector) with testenv.Build, so that testenv.Start runs
+// it like the cmd binaries.
 func natsServerBinary(t *testing.T) {
 	t.Helper()
-	dir := testenv.Binaries(t)
-	natsBuild.once.Do(func() {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "nats-server"), "github.com/nats-io/nats-server/v2")
-		natsBuild.out, natsBuild.err = cmd.CombinedOutput()
-	})
-	if natsBuild.err != nil {
-		t.Fatalf("build nats-server: %v\n%s", natsBuild.err, natsBuild.out)
-	}
+	testenv.Build(t, nil, "github.com/nats-io/nats-server/v2")
 }
 
 // startNATS starts a three-node cluster and waits until every node is

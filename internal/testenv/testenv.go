@@ -1,6 +1,7 @@
 // Package testenv starts the real parts Natter's tests run against: an
 // embedded nats-server on a random loopback port, NATS connections, edges
-// served over loopback HTTP, and the cmd binaries built once per test run.
+// served over loopback HTTP, and the cmd binaries built once per test run
+// and source state (bincache).
 // Everything started is stopped by t.Cleanup.
 package testenv
 
@@ -29,6 +30,7 @@ import (
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/internal/testenv/bincache"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -177,45 +179,81 @@ func GoroutinesSettle(t testing.TB, base, slack int, timeout time.Duration) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
+// built holds what this test process built: the directory of each build
+// by its flags and packages, and of each binary by its name, for Start.
+var built struct {
+	mu    sync.Mutex
+	dirs  map[string]builtDir
+	names map[string]string
+}
 
-// Binaries builds cmd/edge and cmd/worker once per test process and returns
-// the directory holding them.
+type builtDir struct {
+	dir string
+	err error
+}
+
+// Binaries builds cmd/edge and cmd/worker with the race detector and
+// returns the directory holding them. The test processes of a run share
+// one build (bincache), which is linked again only when the sources change.
 func Binaries(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "natter-bin-")
-		if buildErr != nil {
-			return
-		}
-		root, err := moduleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		cmd := exec.Command("go", "build", "-race", "-o", buildDir+string(os.PathSeparator), "./cmd/edge", "./cmd/worker")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{err: err, out: string(out)}
-		}
+	return build(t, "commands", bincache.Commands)
+}
+
+// Build builds main packages with the go build flags, as Binaries does
+// cmd/edge and cmd/worker, so that Start runs them by name, and returns the
+// directory holding them. A package is relative to the module root
+// (./cmd/x) or the import path of a command in a module go.mod requires.
+func Build(t testing.TB, flags []string, pkgs ...string) string {
+	t.Helper()
+	return build(t, strings.Join(flags, " ")+"\x00"+strings.Join(pkgs, " "), func(root string) (string, error) {
+		return bincache.Build(root, flags, pkgs...)
 	})
-	if buildErr != nil {
-		t.Fatalf("build binaries: %v", buildErr)
+}
+
+// build runs f with the module root once per key and process.
+func build(t testing.TB, key string, f func(root string) (string, error)) string {
+	t.Helper()
+	built.mu.Lock()
+	defer built.mu.Unlock()
+	b, ok := built.dirs[key]
+	if !ok {
+		root, err := moduleRoot()
+		if err == nil {
+			b.dir, err = f(root)
+		}
+		b.err = err
+		if built.dirs == nil {
+			built.dirs, built.names = map[string]builtDir{}, map[string]string{}
+		}
+		built.dirs[key] = b
+		entries, _ := os.ReadDir(b.dir)
+		for _, e := range entries {
+			built.names[e.Name()] = b.dir
+		}
 	}
-	return buildDir
+	if b.err != nil {
+		t.Fatalf("build: %v", b.err)
+	}
+	return b.dir
 }
 
-type buildError struct {
-	err error
-	out string
+// binary returns the path of a binary of Build or Binaries by name; edge
+// and worker need no Build first.
+func binary(t testing.TB, name string) string {
+	t.Helper()
+	built.mu.Lock()
+	dir, ok := built.names[name]
+	built.mu.Unlock()
+	if !ok {
+		dir = Binaries(t)
+	}
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("no binary %s: build it with testenv.Build first (%v)", name, err)
+	}
+	return path
 }
-
-func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 
 func moduleRoot() (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
@@ -233,11 +271,11 @@ type Process struct {
 	done chan struct{}
 }
 
-// Start runs binary name (edge or worker) from Binaries with args. Cleanup
-// kills it if it is still running.
+// Start runs binary name (edge, worker, or one of an earlier Build) with
+// args. Cleanup kills it if it is still running.
 func Start(t testing.TB, name string, args ...string) *Process {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(Binaries(t), name), args...)
+	cmd := exec.Command(binary(t, name), args...)
 	cmd.Dir = t.TempDir()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
