@@ -169,14 +169,16 @@ func startEdge(t *testing.T, cfg edge.Config) (*testenv.Edge, string) {
 func startEdgeOn(t *testing.T, natsURL string, cfg edge.Config) *testenv.Edge {
 	t.Helper()
 	testenv.Worker(t, testenv.Connect(t, natsURL))
-	cfg.NATS = testenv.Connect(t, natsURL)
-	cfg.Anonymous = true
-	cfg.PublicRooms = []string{"*"}
+	cfg.NATS.Conn = testenv.Connect(t, natsURL)
+	cfg.Auth.Anonymous = true
+	cfg.Auth.PublicRooms = []string{"*"}
 	return testenv.StartEdge(t, cfg)
 }
 
 func TestRPCScenario(t *testing.T) {
-	e, _ := startEdge(t, edge.Config{RateLimit: -1})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MessageRate = -1
+	e, _ := startEdge(t, cfg)
 	var out strings.Builder
 	rs, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"rpc"}, Conns: 4, Rate: 200,
@@ -204,7 +206,10 @@ func TestRPCScenario(t *testing.T) {
 // TestRPCRateLimited: the closed loop against an edge with its default
 // per-connection rate limit reports the refusals as max_errors.
 func TestRPCRateLimited(t *testing.T) {
-	e, _ := startEdge(t, edge.Config{RateLimit: 20, RateBurst: 1})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MessageRate = 20
+	cfg.Limits.MessageBurst = 1
+	e, _ := startEdge(t, cfg)
 	var log strings.Builder
 	rs, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"rpc"}, Conns: 2, Rate: 10,
@@ -220,7 +225,7 @@ func TestRPCRateLimited(t *testing.T) {
 }
 
 func TestIdleScenario(t *testing.T) {
-	e, _ := startEdge(t, edge.Config{}) // handshakes: 50/s per IP, bursts of 100
+	e, _ := startEdge(t, edge.DefaultConfig()) // handshakes: 50/s per IP, bursts of 100
 	base := runtime.NumGoroutine()
 	var out strings.Builder
 	rs, err := bench.Run(t.Context(), bench.Config{
@@ -250,7 +255,10 @@ func TestIdleScenario(t *testing.T) {
 // TestIdleFailuresCounted: handshakes the edge refuses are counted, not
 // retried, and their kind is logged.
 func TestIdleFailuresCounted(t *testing.T) {
-	e, _ := startEdge(t, edge.Config{HandshakeRate: 1, HandshakeBurst: 5})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.HandshakeRate = 1
+	cfg.Limits.HandshakeBurst = 5
+	e, _ := startEdge(t, cfg)
 	var log strings.Builder
 	rs, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"idle"}, Conns: 20, SourceAddrs: 1,
@@ -270,7 +278,7 @@ func TestIdleFailuresCounted(t *testing.T) {
 }
 
 func TestFanoutScenario(t *testing.T) {
-	e, natsURL := startEdge(t, edge.Config{})
+	e, natsURL := startEdge(t, edge.DefaultConfig())
 	rs, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"fanout"}, NATSURL: natsURL,
 		Subs: 20, Rate: 50, Duration: time.Second, Warmup: 200 * time.Millisecond,
@@ -294,7 +302,7 @@ func TestFanoutScenario(t *testing.T) {
 // TestFloor runs idle and fanout against the floor server as a child
 // process (this test binary) and against the edge alike.
 func TestFloor(t *testing.T) {
-	e, natsURL := startEdge(t, edge.Config{})
+	e, natsURL := startEdge(t, edge.DefaultConfig())
 	var out strings.Builder
 	rs, err := bench.Run(t.Context(), bench.Config{
 		URL: e.URL, Pid: os.Getpid(), NATSURL: natsURL,
@@ -401,7 +409,12 @@ func TestIdleCostScenario(t *testing.T) {
 			} else {
 				natsURL = testenv.NATS(t).ClientURL()
 			}
-			e := startEdgeOn(t, natsURL, edge.Config{Presence: tt.presence, PresenceTTL: 3 * time.Second})
+			cfg := edge.DefaultConfig()
+			cfg.Presence.TTL = 3 * time.Second
+			if !tt.presence {
+				cfg.Presence = nil
+			}
+			e := startEdgeOn(t, natsURL, cfg)
 			published := publishSteadily(t, natsURL, "bench_test", 20*time.Millisecond)
 
 			var out strings.Builder

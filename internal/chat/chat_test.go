@@ -20,7 +20,10 @@ func mesh(t *testing.T) string {
 	t.Helper()
 	srv := testenv.NATS(t)
 	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	e := testenv.StartEdge(t, cfg)
 	return e.URL
 }
 

@@ -33,10 +33,11 @@ func TestEdgeMountsDemo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rc := edge.RunConfig{
-				Listener: ln, NATSListen: "127.0.0.1:0", DataDir: t.TempDir(), JWT: tc.jwt,
-				Edge: edge.Config{Logger: testenv.Logger(t), ShutdownSpread: time.Millisecond},
-			}
+			rc := edge.DefaultRunConfig()
+			rc.Listener, rc.NATSListen, rc.DataDir = ln, "127.0.0.1:0", t.TempDir()
+			rc.JWT.HMACSecret = tc.jwt.HMACSecret
+			rc.Edge.Logger = testenv.Logger(t)
+			rc.Edge.WebSocket.ShutdownSpread = time.Millisecond
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- edge.Run(ctx, rc) }()

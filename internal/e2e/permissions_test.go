@@ -206,10 +206,15 @@ func TestDeployPermissions(t *testing.T) {
 	}
 
 	callout := &auth.Callout{NATS: edgeNC, Namespace: ns, Edge: "edge1"}
-	e := testenv.StartEdge(t, edge.Config{
-		NATS: edgeNC, EdgeID: "edge1", Presence: true, PresenceTTL: 2 * time.Second,
-		Auth: callout, JoinAuthorizer: callout, DurableRooms: []string{"dur-*"}, DurableTypes: []string{"job.*"},
-	})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = edgeNC
+	cfg.EdgeID = "edge1"
+	cfg.Presence.TTL = 2 * time.Second
+	cfg.Auth.Authenticator = callout
+	cfg.Auth.JoinAuthorizer = callout
+	cfg.DurableRooms = edge.DefaultDurableRoomsConfig("dur-*")
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+	e := testenv.StartEdge(t, cfg)
 	// The edges create the work queue that durable handlers consume.
 	jobs := make(chan string, 4)
 	if err := w.HandleDurable(t.Context(), "job.run", func(_ context.Context, m *worker.Message) error {

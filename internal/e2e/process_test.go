@@ -22,7 +22,10 @@ func TestChatThroughWorkerProcess(t *testing.T) {
 	w := testenv.Start(t, "worker", "--nats", srv.ClientURL())
 	w.WaitLog(t, `msg="worker ready"`, wait)
 
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	e := testenv.StartEdge(t, cfg)
 	alice := wstest.Dial(t, e.URL+"?user=alice")
 	bob := wstest.Dial(t, e.URL+"?user=bob")
 	got := chatInLobby(t, alice, bob, "hello from alice")

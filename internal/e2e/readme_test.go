@@ -141,7 +141,11 @@ func TestREADMEWorkerModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README .proto: %v", err)
 	}
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true, Schemas: reg})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	cfg.Schemas = reg
+	e := testenv.StartEdge(t, cfg)
 
 	// The worker, with the documented flags, the URL pointed at this server.
 	for i, a := range runArgs {

@@ -27,7 +27,14 @@ import (
 func TestConnectionCostsNoSubscription(t *testing.T) {
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
-	e := testenv.StartEdge(t, edge.Config{NATS: nc, DevMode: true})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = nc
+	cfg.Auth.DevMode = true
+	cfg.Limits.HandshakeRate = 0 // loosens production: one client IP opens 200 connections at once
+	// Presence off: its JetStream publishers subscribe to their replies
+	// lazily, on the first write, which would blur the counts.
+	cfg.Presence = nil
+	e := testenv.StartEdge(t, cfg)
 	svc := testenv.Connect(t, srv.ClientURL())
 	counts := func() (edgeSubs int, serverSubs uint32) {
 		t.Helper()
@@ -82,7 +89,9 @@ func TestConnectionCostsNoSubscription(t *testing.T) {
 // the whole of it is what $connected, the Natter-Conn header and presence
 // carry.
 func TestConnectionIDCarriesItsEdge(t *testing.T) {
-	m := newMesh(t, edge.Config{Presence: true, PresenceTTL: 2 * time.Second})
+	cfg := edge.DefaultConfig()
+	cfg.Presence.TTL = 2 * time.Second
+	m := newMesh(t, cfg)
 	c := m.dial(t, "alice")
 	id := c.ConnID(t)
 	if err := envelope.ValidateConnID(id); err != nil {
@@ -111,7 +120,7 @@ func TestConnectionIDCarriesItsEdge(t *testing.T) {
 // NOT_FOUND for a control request. A connection id of an edge that does
 // not exist still gets no responders.
 func TestAddressedToAbsentConnection(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	id := c.ConnID(t)
 	gone := m.dial(t, "")
@@ -163,7 +172,7 @@ func TestAddressedToAbsentConnection(t *testing.T) {
 // natter.ctl.conn, acts in the order it was sent, with other connections'
 // messages interleaved: every message before a close arrives before it.
 func TestPerConnectionOrder(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	a, b := m.dial(t, ""), m.dial(t, "")
 	aID, bID := a.ConnID(t), b.ConnID(t)
 	const n = 300
@@ -209,7 +218,7 @@ func TestPerConnectionOrder(t *testing.T) {
 // of a room does not get the message, the others do. Entries that are not
 // connection ids exclude nobody.
 func TestExcludeConnections(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	a, b := m.dial(t, ""), m.dial(t, "")
 	join(t, a, "ex")
 	join(t, b, "ex")

@@ -58,7 +58,7 @@ const overflowKey = "overflow"
 
 // allowHandshake takes one handshake token of ip, or says how long to wait.
 func (e *Edge) allowHandshake(ip string, now time.Time) (time.Duration, bool) {
-	if e.cfg.HandshakeRate <= 0 {
+	if e.cfg.Limits.HandshakeRate <= 0 {
 		return 0, true
 	}
 	a := &e.adm
@@ -72,7 +72,7 @@ func (e *Edge) allowHandshake(ip string, now time.Time) (time.Duration, bool) {
 		l = a.handshakes[ip]
 	}
 	if l == nil {
-		l = &ipLimiter{lim: rate.NewLimiter(rate.Limit(e.cfg.HandshakeRate), e.cfg.HandshakeBurst)}
+		l = &ipLimiter{lim: rate.NewLimiter(rate.Limit(e.cfg.Limits.HandshakeRate), e.cfg.Limits.HandshakeBurst)}
 		a.handshakes[ip] = l
 	}
 	l.last = now
@@ -95,10 +95,10 @@ func delay(lim *rate.Limiter, now time.Time) (time.Duration, bool) {
 
 // sweepHandshakes drops limiters idle long enough to be full again.
 func (e *Edge) sweepHandshakes(now time.Time) {
-	if e.cfg.HandshakeRate <= 0 {
+	if e.cfg.Limits.HandshakeRate <= 0 {
 		return
 	}
-	idle := time.Duration(float64(e.cfg.HandshakeBurst)/e.cfg.HandshakeRate*float64(time.Second)) + time.Second
+	idle := time.Duration(float64(e.cfg.Limits.HandshakeBurst)/e.cfg.Limits.HandshakeRate*float64(time.Second)) + time.Second
 	e.adm.mu.Lock()
 	defer e.adm.mu.Unlock()
 	if now.Sub(e.adm.lastSweep) < time.Second {
@@ -118,7 +118,7 @@ func (e *Edge) reserve(ip, user string) (release func(), reason string) {
 	a := &e.adm
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e.cfg.MaxConnsPerIP > 0 && a.ipConns[ip] >= e.cfg.MaxConnsPerIP {
+	if e.cfg.Limits.MaxConnsPerIP > 0 && a.ipConns[ip] >= e.cfg.Limits.MaxConnsPerIP {
 		return nil, "too many connections from this address"
 	}
 	var us *userState
@@ -128,17 +128,17 @@ func (e *Edge) reserve(ip, user string) (release func(), reason string) {
 		if us != nil {
 			n = us.conns
 		}
-		if e.cfg.MaxConnsPerUser > 0 && e.presence != nil {
+		if e.cfg.Limits.MaxConnsPerUser > 0 && e.presence != nil {
 			// Presence sees the user's connections on every edge.
 			n = max(n, len(e.presence.User(user).Connections))
 		}
-		if e.cfg.MaxConnsPerUser > 0 && n >= e.cfg.MaxConnsPerUser {
+		if e.cfg.Limits.MaxConnsPerUser > 0 && n >= e.cfg.Limits.MaxConnsPerUser {
 			return nil, "too many connections for this user"
 		}
 		if us == nil {
 			us = &userState{}
-			if e.cfg.UserRateLimit > 0 {
-				us.limit = rate.NewLimiter(rate.Limit(e.cfg.UserRateLimit), e.cfg.UserRateBurst)
+			if e.cfg.Limits.UserMessageRate > 0 {
+				us.limit = rate.NewLimiter(rate.Limit(e.cfg.Limits.UserMessageRate), e.cfg.Limits.UserMessageBurst)
 			}
 			a.users[user] = us
 		}
@@ -164,7 +164,7 @@ func (e *Edge) reserve(ip, user string) (release func(), reason string) {
 
 // userLimiter is the shared rate limiter of user's connections, or nil.
 func (e *Edge) userLimiter(user string) *rate.Limiter {
-	if user == "" || e.cfg.UserRateLimit <= 0 {
+	if user == "" || e.cfg.Limits.UserMessageRate <= 0 {
 		return nil
 	}
 	e.adm.mu.Lock()
@@ -176,9 +176,9 @@ func (e *Edge) userLimiter(user string) *rate.Limiter {
 }
 
 // clientIP is the address the per-IP limits count: the TCP peer, or the
-// last address of Config.ClientIPHeader when set.
+// last address of Config.Limits.ClientIPHeader when set.
 func (e *Edge) clientIP(r *http.Request) string {
-	if h := e.cfg.ClientIPHeader; h != "" {
+	if h := e.cfg.Limits.ClientIPHeader; h != "" {
 		if v := r.Header.Values(h); len(v) > 0 {
 			parts := strings.Split(v[len(v)-1], ",")
 			if key, ok := ipKey(strings.TrimSpace(parts[len(parts)-1])); ok {
@@ -210,25 +210,25 @@ func ipKey(s string) (string, bool) {
 // authenticate decides who a handshake is: a dev-mode ?user=, the
 // configured Authenticator, or anonymous when allowed.
 func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
-	if e.cfg.DevMode {
+	if e.cfg.Auth.DevMode {
 		// INSECURE: dev mode only. Anyone can claim any user id.
-		if user := r.URL.Query().Get(e.cfg.UserParam); user != "" {
+		if user := r.URL.Query().Get(e.cfg.Auth.UserParam); user != "" {
 			if err := envelope.ValidateID(user); err != nil {
 				return nil, &auth.Error{Kind: auth.ErrUnauthenticated, Reason: "invalid user id", Err: err}
 			}
 			return &auth.Identity{User: user}, nil
 		}
 	}
-	h := auth.NewHandshake(r, e.cfg.TokenSources)
-	if e.cfg.Auth == nil {
+	h := auth.NewHandshake(r, e.cfg.Auth.TokenSources)
+	if e.cfg.Auth.Authenticator == nil {
 		return &auth.Identity{}, nil // Anonymous: setDefaults guarantees it
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), e.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), e.cfg.Auth.Timeout)
 	defer cancel()
-	id, err := e.cfg.Auth.Authenticate(ctx, h)
+	id, err := e.cfg.Auth.Authenticator.Authenticate(ctx, h)
 	// Only a refusal for carrying no credentials becomes anonymous; an auth
 	// service that refused a cookie or header it knows has decided.
-	if err != nil && e.cfg.Anonymous && errors.Is(err, auth.ErrNoToken) {
+	if err != nil && e.cfg.Auth.Anonymous && errors.Is(err, auth.ErrNoToken) {
 		return &auth.Identity{}, nil
 	}
 	return id, err
@@ -252,7 +252,7 @@ func (e *Edge) refuse(w http.ResponseWriter, why refusal, status int, reason str
 // PublicRooms, membership already, or the JoinAuthorizer.
 func (c *conn) authorizeJoin(room string) error {
 	id := c.ident.Load()
-	if auth.Grants(id.Rooms, room) || auth.Grants(c.e.cfg.PublicRooms, room) {
+	if auth.Grants(id.Rooms, room) || auth.Grants(c.e.cfg.Auth.PublicRooms, room) {
 		return nil
 	}
 	c.e.hub.mu.Lock()
@@ -261,12 +261,12 @@ func (c *conn) authorizeJoin(room string) error {
 	if member {
 		return nil
 	}
-	if c.e.cfg.JoinAuthorizer == nil {
+	if c.e.cfg.Auth.JoinAuthorizer == nil {
 		return notGranted(room)
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.e.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, c.e.cfg.Auth.Timeout)
 	defer cancel()
-	return c.e.cfg.JoinAuthorizer.AuthorizeJoin(ctx, auth.JoinRequest{Conn: c.id, User: c.user, Room: room, Rooms: id.Rooms})
+	return c.e.cfg.Auth.JoinAuthorizer.AuthorizeJoin(ctx, auth.JoinRequest{Conn: c.id, User: c.user, Room: room, Rooms: id.Rooms})
 }
 
 // notGranted refuses a join that no grant or public room allows, on an
@@ -291,7 +291,7 @@ func codeOf(err error) envelope.Code {
 // refresh handles $auth.refresh: {"token": "..."}. A refused token leaves
 // the connection as it was, with its old expiry.
 func (c *conn) refresh(cid string, payload json.RawMessage) {
-	if c.e.cfg.Auth == nil {
+	if c.e.cfg.Auth.Authenticator == nil {
 		c.sendError(cid, envelope.CodeUnimplemented, "this edge has no token authentication")
 		return
 	}
@@ -302,9 +302,9 @@ func (c *conn) refresh(cid string, payload json.RawMessage) {
 		c.sendError(cid, envelope.CodeInvalidArgument, `payload must be {"token": string}`)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.e.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, c.e.cfg.Auth.Timeout)
 	defer cancel()
-	id, err := c.e.cfg.Auth.Refresh(ctx, p.Token, c.ident.Load())
+	id, err := c.e.cfg.Auth.Authenticator.Refresh(ctx, p.Token, c.ident.Load())
 	if err != nil {
 		c.sendError(cid, codeOf(err), auth.Reason(err))
 		return
@@ -327,7 +327,7 @@ func (c *conn) setIdentity(id *auth.Identity) {
 	if id.Expires.IsZero() || c.authDone {
 		return
 	}
-	warnAt := id.Expires.Add(-c.e.cfg.RefreshWindow)
+	warnAt := id.Expires.Add(-c.e.cfg.Auth.RefreshWindow)
 	c.authTimer = time.AfterFunc(time.Until(warnAt), func() { c.expiring(id, false) })
 }
 

@@ -29,7 +29,7 @@ func TestIPKey(t *testing.T) {
 func TestHandshakeLimiterOverflow(t *testing.T) {
 	defer func(n int) { maxTrackedIPs = n }(maxTrackedIPs)
 	maxTrackedIPs = 2
-	e := &Edge{cfg: Config{HandshakeRate: 0.001, HandshakeBurst: 1}}
+	e := &Edge{cfg: Config{Limits: LimitsConfig{HandshakeRate: 0.001, HandshakeBurst: 1}}}
 	e.adm.init()
 	now := time.Now()
 	for _, ip := range []string{"10.0.0.1", "10.0.0.2"} {

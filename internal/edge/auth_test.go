@@ -39,13 +39,13 @@ type authMesh struct {
 func newAuthMesh(t *testing.T, cfg edge.Config) *authMesh {
 	t.Helper()
 	srv := testenv.NATS(t)
-	cfg.NATS = testenv.Connect(t, srv.ClientURL())
-	if cfg.Auth == nil && !cfg.Anonymous {
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	if cfg.Auth.Authenticator == nil && !cfg.Auth.Anonymous {
 		v, err := auth.NewJWT(context.Background(), auth.JWTConfig{HMACSecret: testSecret})
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Auth = v
+		cfg.Auth.Authenticator = v
 	}
 	w := testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
 	if err := w.Handle("whoami", func(_ context.Context, m *worker.Message) error {
@@ -81,7 +81,7 @@ func whoami(t *testing.T, c *wstest.Client) string {
 }
 
 func TestHandshakeAuthentication(t *testing.T) {
-	m := newAuthMesh(t, edge.Config{})
+	m := newAuthMesh(t, edge.DefaultConfig())
 	good := token(t, "alice", time.Hour, nil)
 	other, err := jwt.NewBuilder().Subject("alice").Expiration(time.Now().Add(time.Hour)).Build()
 	if err != nil {
@@ -148,7 +148,11 @@ func TestAnonymous(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newAuthMesh(t, edge.Config{Auth: v, Anonymous: true, PublicRooms: []string{"lobby"}})
+	cfg := edge.DefaultConfig()
+	cfg.Auth.Authenticator = v
+	cfg.Auth.Anonymous = true
+	cfg.Auth.PublicRooms = []string{"lobby"}
+	m := newAuthMesh(t, cfg)
 	anon, err := wstest.DialErr(m.edge.URL, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +166,9 @@ func TestAnonymous(t *testing.T) {
 	if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
 		t.Fatalf("bad token with anonymous on: %d, want 401", status)
 	}
-	if _, err := edge.New(t.Context(), edge.Config{NATS: m.nats}); err == nil {
+	cfg = edge.DefaultConfig()
+	cfg.NATS.Conn = m.nats
+	if _, err := edge.New(t.Context(), cfg); err == nil {
 		t.Fatal("an edge with neither Auth nor Anonymous started")
 	}
 }
@@ -200,7 +206,11 @@ func TestAuthCallout(t *testing.T) {
 		return m.Reply("whoami", map[string]string{"user": m.User})
 	})
 	_ = w.Flush(context.Background())
-	e := testenv.StartEdge(t, edge.Config{NATS: nc, Auth: callout, EdgeID: "e1"})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = nc
+	cfg.Auth.Authenticator = callout
+	cfg.EdgeID = "e1"
+	e := testenv.StartEdge(t, cfg)
 
 	t.Run("allow", func(t *testing.T) {
 		c, err := wstest.DialErr(e.URL+"?session=1", http.Header{"Authorization": {"Bearer good"}, "Cookie": {"sid=abc"}, "X-Custom": {"v"}})
@@ -262,7 +272,9 @@ func TestOriginPolicy(t *testing.T) {
 		return h
 	}
 	t.Run("allowlist", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{AllowedOrigins: []string{"https://app.example.com", "https://*.example.org"}})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.AllowedOrigins = []string{"https://app.example.com", "https://*.example.org"}
+		m := newAuthMesh(t, cfg)
 		for _, tc := range []struct {
 			origin string
 			status int
@@ -280,7 +292,7 @@ func TestOriginPolicy(t *testing.T) {
 		}
 	})
 	t.Run("same origin by default", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{})
+		m := newAuthMesh(t, edge.DefaultConfig())
 		if status, _, _ := wstest.Handshake(t, m.edge.URL, bearer("http://"+m.edge.Addr), ""); status != 101 {
 			t.Fatalf("same origin: %d", status)
 		}
@@ -309,10 +321,12 @@ func TestJoinAuthorization(t *testing.T) {
 	_ = authz.Flush()
 	nc := testenv.Connect(t, srv.ClientURL())
 	v, _ := auth.NewJWT(context.Background(), auth.JWTConfig{HMACSecret: testSecret})
-	e := testenv.StartEdge(t, edge.Config{
-		NATS: nc, Auth: v, PublicRooms: []string{"lobby"},
-		JoinAuthorizer: &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: 300 * time.Millisecond},
-	})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = nc
+	cfg.Auth.Authenticator = v
+	cfg.Auth.PublicRooms = []string{"lobby"}
+	cfg.Auth.JoinAuthorizer = &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: 300 * time.Millisecond}
+	e := testenv.StartEdge(t, cfg)
 	m := &authMesh{nats: testenv.Connect(t, srv.ClientURL()), edge: e}
 	alice := m.dialAs(t, token(t, "alice", time.Hour, map[string]any{"rooms": []string{"team-*"}}))
 	bob := m.dialAs(t, token(t, "bob", time.Hour, nil))
@@ -351,7 +365,9 @@ func TestJoinAuthorization(t *testing.T) {
 }
 
 func TestTokenRefreshAndExpiry(t *testing.T) {
-	m := newAuthMesh(t, edge.Config{RefreshWindow: 2 * time.Second})
+	cfg := edge.DefaultConfig()
+	cfg.Auth.RefreshWindow = 2 * time.Second
+	m := newAuthMesh(t, cfg)
 	short := token(t, "alice", 3*time.Second, nil)
 	refreshed := m.dialAs(t, short)
 	lapsed := m.dialAs(t, short)
@@ -387,7 +403,9 @@ func TestTokenRefreshAndExpiry(t *testing.T) {
 
 func TestConnectionLimits(t *testing.T) {
 	t.Run("per user", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{MaxConnsPerUser: 2})
+		cfg := edge.DefaultConfig()
+		cfg.Limits.MaxConnsPerUser = 2
+		m := newAuthMesh(t, cfg)
 		a := token(t, "alice", time.Hour, nil)
 		first := m.dialAs(t, a)
 		m.dialAs(t, a)
@@ -403,7 +421,11 @@ func TestConnectionLimits(t *testing.T) {
 		})
 	})
 	t.Run("per IP", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{Anonymous: true, Auth: nil, MaxConnsPerIP: 2})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.Anonymous = true
+		cfg.Auth.Authenticator = nil
+		cfg.Limits.MaxConnsPerIP = 2
+		m := newAuthMesh(t, cfg)
 		for range 2 {
 			if _, err := wstest.DialErr(m.edge.URL, nil); err != nil {
 				t.Fatal(err)
@@ -417,7 +439,11 @@ func TestConnectionLimits(t *testing.T) {
 		}
 	})
 	t.Run("client IP from a trusted proxy header", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{Anonymous: true, MaxConnsPerIP: 1, ClientIPHeader: "X-Forwarded-For"})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.Anonymous = true
+		cfg.Limits.MaxConnsPerIP = 1
+		cfg.Limits.ClientIPHeader = "X-Forwarded-For"
+		m := newAuthMesh(t, cfg)
 		c, err := wstest.DialErr(m.edge.URL, http.Header{"X-Forwarded-For": {"203.0.113.9, 10.0.0.1"}})
 		if err != nil {
 			t.Fatal(err)
@@ -432,7 +458,11 @@ func TestConnectionLimits(t *testing.T) {
 		}
 	})
 	t.Run("handshake rate per IP", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{Anonymous: true, HandshakeRate: 0.5, HandshakeBurst: 2})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.Anonymous = true
+		cfg.Limits.HandshakeRate = 0.5
+		cfg.Limits.HandshakeBurst = 2
+		m := newAuthMesh(t, cfg)
 		var statuses []int
 		var retry string
 		for range 4 {
@@ -450,7 +480,11 @@ func TestConnectionLimits(t *testing.T) {
 		}
 	})
 	t.Run("rooms per connection", func(t *testing.T) {
-		m := newAuthMesh(t, edge.Config{Anonymous: true, PublicRooms: []string{"*"}, MaxRoomsPerConn: 2})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.Anonymous = true
+		cfg.Auth.PublicRooms = []string{"*"}
+		cfg.Limits.MaxRoomsPerConn = 2
+		m := newAuthMesh(t, cfg)
 		c, _ := wstest.DialErr(m.edge.URL, nil)
 		defer c.Close()
 		join(t, c, "r1")
@@ -467,7 +501,11 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 func TestUserRateLimit(t *testing.T) {
-	m := newAuthMesh(t, edge.Config{RateLimit: 1000, UserRateLimit: 5, UserRateBurst: 5})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MessageRate = 1000
+	cfg.Limits.UserMessageRate = 5
+	cfg.Limits.UserMessageBurst = 5
+	m := newAuthMesh(t, cfg)
 	a := token(t, "alice", time.Hour, nil)
 	a1, a2 := m.dialAs(t, a), m.dialAs(t, a)
 	bob := m.dialAs(t, token(t, "bob", time.Hour, nil))
@@ -511,7 +549,9 @@ func TestUserRateLimit(t *testing.T) {
 // the built-in chat.join goes through JoinAsClient and chat.send through
 // RequireMember, so neither opens a way around $join's authorization.
 func TestHandlersKeepRoomRights(t *testing.T) {
-	m := newAuthMesh(t, edge.Config{PublicRooms: []string{"lobby"}})
+	cfg := edge.DefaultConfig()
+	cfg.Auth.PublicRooms = []string{"lobby"}
+	m := newAuthMesh(t, cfg)
 	mallory := m.dialAs(t, token(t, "mallory", time.Hour, nil))
 	alice := m.dialAs(t, token(t, "alice", time.Hour, map[string]any{"rooms": []string{"secret"}}))
 	join(t, alice, "secret")
@@ -547,8 +587,11 @@ func TestCalloutRefusalIsNotAnonymous(t *testing.T) {
 	}
 	_ = responder.Flush()
 	nc := testenv.Connect(t, srv.ClientURL())
-	e := testenv.StartEdge(t, edge.Config{NATS: nc, Anonymous: true,
-		Auth: &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: time.Second}})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = nc
+	cfg.Auth.Anonymous = true
+	cfg.Auth.Authenticator = &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: time.Second}
+	e := testenv.StartEdge(t, cfg)
 	for _, h := range []http.Header{nil, {"Cookie": {"sid=abc"}}} {
 		if status, body, _ := wstest.Handshake(t, e.URL, h, ""); status != 401 || body != "banned" {
 			t.Fatalf("headers %v: %d %q, want 401 banned", h, status, body)

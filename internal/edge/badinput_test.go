@@ -22,7 +22,12 @@ import (
 // client on the same edge keeps getting its room messages.
 func TestBadInput(t *testing.T) {
 	const maxSize = 4096
-	m := newMesh(t, edge.Config{MaxMessageSize: maxSize})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.MaxMessageSize = maxSize
+	// Presence off: its events are publishes a connection rightly causes,
+	// and this test proves that bad input publishes nothing.
+	cfg.Presence = nil
+	m := newMesh(t, cfg)
 	base := runtime.NumGoroutine()
 
 	bystander := m.dial(t, "")

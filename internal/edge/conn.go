@@ -91,12 +91,12 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 	c.ident.Store(ident)
 	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
 	wire.onClose = c.stopWriting
-	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.Compression {
+	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.WebSocket.Compression {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.shard = int(e.nextShard.Add(1) % uint32(len(e.writers.shards)))
-	if e.cfg.RateLimit > 0 {
-		c.limit = rate.NewLimiter(rate.Limit(e.cfg.RateLimit), e.cfg.RateBurst)
+	if e.cfg.Limits.MessageRate > 0 {
+		c.limit = rate.NewLimiter(rate.Limit(e.cfg.Limits.MessageRate), e.cfg.Limits.MessageBurst)
 	}
 	c.ulimit = e.userLimiter(c.user)
 	now := time.Now().UnixNano()
@@ -240,7 +240,7 @@ func (c *conn) send(envelope []byte) {
 
 // sendFrame queues one complete frame (see wsFrame), which may be shared
 // with other connections. It never blocks: a connection whose queue would
-// pass Config.WriteQueueBytes is closed as a slow consumer instead. A frame
+// pass Config.WebSocket.WriteQueueBytes is closed as a slow consumer instead. A frame
 // always fits an empty queue, so no valid frame by itself closes a client
 // that keeps up.
 func (c *conn) sendFrame(frame []byte) {
@@ -250,7 +250,7 @@ func (c *conn) sendFrame(frame []byte) {
 		return
 	}
 	n := len(frame) + frameOverhead
-	if c.pending > 0 && c.pending+n > c.e.cfg.WriteQueueBytes {
+	if c.pending > 0 && c.pending+n > c.e.cfg.WebSocket.WriteQueueBytes {
 		c.wmu.Unlock()
 		c.e.stats.slow.Add(1)
 		c.e.cfg.Logger.Debug("edge: slow consumer", "conn", c.id, "pending", c.pending)
@@ -275,7 +275,7 @@ func (c *conn) waitRoom(ctx context.Context) bool {
 		if closing {
 			return false
 		}
-		if pending <= c.e.cfg.WriteQueueBytes/2 {
+		if pending <= c.e.cfg.WebSocket.WriteQueueBytes/2 {
 			return true
 		}
 		select {
@@ -317,7 +317,7 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 	c.startWriterLocked()
 	// Whatever the writer does, the socket is gone after one write timeout
 	// more; unregister stops the timer once it is.
-	c.closeTimer = time.AfterFunc(c.e.cfg.WriteTimeout+time.Second, c.wire.abort)
+	c.closeTimer = time.AfterFunc(c.e.cfg.WebSocket.WriteTimeout+time.Second, c.wire.abort)
 }
 
 // startWriterLocked schedules the connection on its writer shard unless a

@@ -26,10 +26,17 @@ func BenchmarkConnectJoin(b *testing.B) {
 			name = "presence=on"
 		}
 		b.Run(name, func(b *testing.B) {
-			e := testenv.StartEdge(b, edge.Config{
-				NATS: testenv.Connect(b, srv.ClientURL()), DevMode: true,
-				Presence: on, PresenceTTL: 15 * time.Second, RateLimit: -1,
-			})
+			cfg := edge.DefaultConfig()
+			cfg.NATS.Conn = testenv.Connect(b, srv.ClientURL())
+			cfg.Auth.DevMode = true
+			if !on {
+				cfg.Presence = nil
+			}
+			// Loosens production limits: one client IP opens every
+			// connection, as fast as it can.
+			cfg.Limits.MessageRate = -1
+			cfg.Limits.HandshakeRate = 0
+			e := testenv.StartEdge(b, cfg)
 			var n atomic.Int64
 			b.SetParallelism(4)
 			b.ResetTimer()

@@ -20,7 +20,7 @@ import (
 // browser fails a connection on such a text frame).
 func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.MaxOutboundSize); err != nil {
+	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.NATS.MaxOutboundSize); err != nil {
 		e.stats.dropped.Add(1)
 		e.cfg.Logger.Debug("edge: dropped invalid outbound envelope", "subject", msg.Subject, "err", err)
 		return nil, nil, false
@@ -122,7 +122,7 @@ func (c *conn) onOut(msg *nats.Msg) {
 		return
 	}
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, msg.Data, c.e.cfg.MaxOutboundSize); err != nil || envelope.IsSystemType(env.Type) {
+	if err := envelope.DecodeInto(&env, msg.Data, c.e.cfg.NATS.MaxOutboundSize); err != nil || envelope.IsSystemType(env.Type) {
 		c.e.stats.dropped.Add(1)
 		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, "invalid request envelope"))
 		return

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -13,13 +14,15 @@ import (
 
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/auth"
-	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/natsopt"
+	presencekv "github.com/natter/natter/internal/presence"
 	"github.com/natter/natter/pkg/envelope"
-	pubpresence "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/presence"
 )
 
 // Edge holds WebSocket connections and bridges them to NATS. It is an
@@ -46,9 +49,9 @@ type Edge struct {
 	allSub        *nats.Subscription
 	connSubs      [2]*nats.Subscription // out.conn.<edge>.* and ctl.conn.<edge>.*: every connection's (subscribeConns)
 	rpc           *rpcMux
-	presence      *presence.Service // nil when off
-	dur           *durable          // nil without durable rooms
-	work          *work             // nil without durable types
+	presence      *presencekv.Service // nil when off
+	dur           *durable            // nil without durable rooms
+	work          *work               // nil without durable types
 	stats         counters
 	writers       *writerPool
 	disp          *dispatcher
@@ -69,29 +72,35 @@ type Edge struct {
 	stopOnce       sync.Once
 }
 
-// setupTimeout bounds each JetStream set-up step of New (presence, durable
-// rooms, durable messages) within the caller's context.
-const setupTimeout = 30 * time.Second
-
 // New builds an edge and subscribes it to the everyone subject and to the
 // two wildcards that address its connections (<prefix>.out.conn.<edge>.*
 // and <prefix>.ctl.conn.<edge>.*: a connection costs no subscription). It
-// accepts connections as soon as it is served.
+// accepts connections as soon as it is served. A config New refuses
+// wraps ErrInvalidConfig.
 //
-// Setting up what needs JetStream (presence, durable rooms, durable
-// messages) retries passing failures for up to 30s per step, and ends as
-// soon as ctx does, with context.Cause(ctx). Errors no retry can mend end
-// it at once: without JetStream on the server or account, the error wraps
-// natsopt.ErrNoJetStream. ctx only bounds New: the edge's life is not tied
-// to it.
+// ctx bounds the set-up, not the edge's life. Setting up what needs
+// JetStream (presence, durable rooms, durable messages) retries passing
+// failures (a cluster electing its leaders) until ctx ends: give ctx a
+// deadline to bound it, and cancel it to end it at once, with
+// context.CancelCauseFunc to give the reason. Errors no retry can mend
+// end New at once, and their message says what to change on the server:
+// a server or account without JetStream (the error wraps
+// natsopt.ErrNoJetStream). NATS reports a permission violation (a NATS
+// user that may not use the JetStream API) to the connection's error
+// handler, not to the request, which only times out: that handler should
+// cancel ctx with the violation as its cause (internal/app does); New's
+// error then names the permission to grant.
 func New(ctx context.Context, cfg Config) (*Edge, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("edge: set-up interrupted: %w", context.Cause(ctx))
+	}
 	e := &Edge{
 		cfg:        cfg,
-		nc:         cfg.NATS,
-		ns:         cfg.Namespace,
+		nc:         cfg.NATS.Conn,
+		ns:         cfg.NATS.Namespace,
 		stopTick:   make(chan struct{}),
 		lingerStop: make(chan struct{}),
 		logLimit:   rate.NewLimiter(1, 1),
@@ -105,11 +114,12 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 			return nil, err
 		}
 	}
-	e.origins = auth.Origins{Allowed: cfg.AllowedOrigins, Any: cfg.DevMode && len(cfg.AllowedOrigins) == 0}
+	ws := cfg.WebSocket
+	e.origins = auth.Origins{Allowed: cfg.Auth.AllowedOrigins, Any: cfg.Auth.DevMode && len(cfg.Auth.AllowedOrigins) == 0}
 	opts := func(protocols []string) *gws.ServerOption {
 		return &gws.ServerOption{
-			ReadMaxPayloadSize: cfg.MaxMessageSize,
-			ReadBufferSize:     cfg.ReadBufferSize,
+			ReadMaxPayloadSize: ws.MaxMessageSize,
+			ReadBufferSize:     ws.ReadBufferSize,
 			CheckUtf8Enabled:   false, // handler.OnMessage checks text frames
 			// No Recovery: a panic in the read loop, gws's own or in a
 			// callback, reaches conn.readLoop, which closes only that
@@ -118,7 +128,7 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 			NewSession:   func() gws.SessionStorage { return new(slot) },
 			SubProtocols: protocols,
 			PermessageDeflate: gws.PermessageDeflate{
-				Enabled:               cfg.Compression,
+				Enabled:               ws.Compression,
 				ServerContextTakeover: false,
 				ClientContextTakeover: false,
 			},
@@ -148,57 +158,111 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 			e.dur.stop()
 		}
 	}
-	if cfg.Presence {
-		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
-		e.presence, err = presence.Start(sctx, presence.Config{
-			NATS: e.nc, Namespace: e.ns, Edge: cfg.EdgeID, TTL: cfg.PresenceTTL,
-			Replicas: cfg.PresenceReplicas, Logger: cfg.Logger,
-			Diff:       func(room string, d *presence.Diff) { e.deliverDiff(room, d) },
+	if p := cfg.Presence; p != nil {
+		e.presence, err = presencekv.Start(ctx, presencekv.Config{
+			NATS: e.nc, Namespace: e.ns, Edge: cfg.EdgeID, TTL: p.TTL,
+			Replicas: p.Replicas, Logger: cfg.Logger,
+			Diff:       func(room string, d *presencekv.Diff) { e.deliverDiff(room, d) },
 			Interested: e.hub.watching,
 		})
-		cancel()
 		if err != nil {
 			undo()
-			return nil, err
+			return nil, e.setupFailed(ctx, "presence", err)
 		}
 	}
-	if len(cfg.DurableRooms) > 0 {
-		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
-		e.dur, err = startDurable(sctx, e)
-		cancel()
-		if err != nil {
+	if cfg.DurableRooms != nil {
+		if e.dur, err = startDurable(ctx, e); err != nil {
 			undo()
-			return nil, err
+			return nil, e.setupFailed(ctx, "durable rooms", err)
 		}
 	}
-	if len(cfg.DurableTypes) > 0 {
-		sctx, cancel := context.WithTimeout(ctx, setupTimeout)
-		e.work, err = startWork(sctx, e)
-		cancel()
-		if err != nil {
+	if cfg.DurableMessages != nil {
+		if e.work, err = startWork(ctx, e); err != nil {
 			undo()
-			return nil, err
+			return nil, e.setupFailed(ctx, "durable messages", err)
 		}
 	}
 	e.writers = newWriterPool()
 	e.disp = newDispatcher()
-	if err := e.subscribeConns(); err != nil {
+	undoAll := func() {
 		e.disp.close()
 		e.writers.close()
 		if e.work != nil {
 			e.work.stop(ctx)
 		}
 		undo()
+	}
+	if err := e.subscribeConns(); err != nil {
+		undoAll()
 		return nil, fmt.Errorf("edge: subscribe connections: %w", err)
+	}
+	// The edge serves once New returns, so its subscriptions must be on the
+	// server by then: nats.go sends them in the background, and a message
+	// to a new connection that came first would be lost.
+	if err := flush(ctx, e.nc); err != nil {
+		if ctx.Err() != nil {
+			for _, s := range e.connSubs {
+				e.disp.unsubscribe(s)
+			}
+			undoAll()
+			return nil, fmt.Errorf("edge: set-up interrupted: %w", context.Cause(ctx))
+		}
+		// Disconnected: nats.go sends the subscriptions again when it
+		// reconnects.
+		cfg.Logger.Warn("edge: NATS has not confirmed the edge's subscriptions", "err", err)
 	}
 	e.wg.Add(1)
 	go e.tick()
 	return e, nil
 }
 
+// flushWait bounds flush when its ctx has no deadline: a round trip that
+// takes longer means the connection is down.
+const flushWait = 5 * time.Second
+
+// flush waits until the server has processed all nc sent so far, or ctx
+// ends. nats.go's FlushWithContext needs a ctx with a deadline.
+func flush(ctx context.Context, nc *nats.Conn) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, flushWait)
+		defer cancel()
+	}
+	return nc.FlushWithContext(ctx)
+}
+
+// setupFailed is New's error when setting up feature (what needs
+// JetStream) failed: it says what to change on the NATS server for the
+// errors no retry mends, and that ctx ended otherwise.
+func (e *Edge) setupFailed(ctx context.Context, feature string, err error) error {
+	if errors.Is(err, natsopt.ErrNoJetStream) {
+		fix := "the NATS server does not run JetStream: start it with -js (nats-server -js) or a jetstream block in its configuration"
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			fix = "the edge's NATS account has no JetStream: enable JetStream for the account in the server's configuration (jetstream: enabled in its accounts block)"
+		}
+		return fmt.Errorf("edge: %s needs JetStream, and %s: %w", feature, fix, err)
+	}
+	perm := context.Cause(ctx)
+	if !errors.Is(perm, nats.ErrPermissionViolation) {
+		// Only the owner's error handler hears of a violation: when it did
+		// not end ctx, the connection may still remember it.
+		perm = e.nc.LastError()
+	}
+	if errors.Is(perm, nats.ErrPermissionViolation) {
+		if !errors.Is(err, perm) {
+			err = fmt.Errorf("%w (%w)", err, perm)
+		}
+		return fmt.Errorf("edge: %s: NATS denied a permission: allow the edge's NATS user the JetStream API ($JS.API.>) and the subjects of its role (deploy/nats): %w", feature, err)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("edge: set-up of %s interrupted: %w", feature, err)
+	}
+	return fmt.Errorf("edge: set up %s: %w", feature, err)
+}
+
 // setPresence rewrites a registered connection's presence entry, when
 // presence is on; it never recreates a removed one.
-func (e *Edge) setPresence(entry *pubpresence.Entry) {
+func (e *Edge) setPresence(entry *presence.Entry) {
 	if e.presence != nil && entry != nil {
 		e.presence.Update(*entry)
 	}
@@ -208,7 +272,7 @@ func (e *Edge) setPresence(entry *pubpresence.Entry) {
 func (e *Edge) ID() string { return e.cfg.EdgeID }
 
 // Path returns the WebSocket upgrade path.
-func (e *Edge) Path() string { return e.cfg.Path }
+func (e *Edge) Path() string { return e.cfg.WebSocket.Path }
 
 // ServeHTTP upgrades a request to a WebSocket connection.
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -304,7 +368,7 @@ func (c *conn) readLoop() {
 func (e *Edge) Drain() { e.draining.Store(true) }
 
 // Shutdown stops accepting connections, closes every socket with 4000
-// (reconnect) spread over Config.ShutdownSpread, and waits for them to go,
+// (reconnect) spread over Config.WebSocket.ShutdownSpread, and waits for them to go,
 // or for ctx. It leaves the NATS connection to its owner. It is idempotent.
 func (e *Edge) Shutdown(ctx context.Context) error {
 	e.gate.Lock()
@@ -313,7 +377,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	all := e.conns.snapshot()
 	var step time.Duration
 	if len(all) > 1 {
-		step = e.cfg.ShutdownSpread / time.Duration(len(all))
+		step = e.cfg.WebSocket.ShutdownSpread / time.Duration(len(all))
 	}
 	for i, c := range all {
 		if i > 0 && step > 0 {
@@ -368,9 +432,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 // within a quarter of the shorter period of their due time.
 func (e *Edge) tick() {
 	defer e.wg.Done()
-	period := min(e.cfg.PingInterval, e.cfg.PongTimeout) / 4
-	if e.cfg.IdleTimeout > 0 {
-		period = min(period, e.cfg.IdleTimeout/4)
+	period := min(e.cfg.WebSocket.PingInterval, e.cfg.WebSocket.PongTimeout) / 4
+	if e.cfg.WebSocket.IdleTimeout > 0 {
+		period = min(period, e.cfg.WebSocket.IdleTimeout/4)
 	}
 	period = max(period, 25*time.Millisecond)
 	t := time.NewTicker(period)
@@ -385,13 +449,13 @@ func (e *Edge) tick() {
 			e.conns.each(func(c *conn) {
 				last, sent := c.lastRead.Load(), c.pingSent.Load()
 				switch {
-				case sent > last && time.Duration(n-sent) > e.cfg.PongTimeout:
+				case sent > last && time.Duration(n-sent) > e.cfg.WebSocket.PongTimeout:
 					e.cfg.Logger.Debug("edge: dead peer", "conn", c.id)
 					c.wire.noLinger.Store(true) // a dead peer reads nothing
 					c.closeWith(envelope.CloseIdle, "no pong", true)
-				case e.cfg.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.IdleTimeout:
+				case e.cfg.WebSocket.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.WebSocket.IdleTimeout:
 					c.closeWith(envelope.CloseIdle, "idle timeout", false)
-				case sent <= last && time.Duration(n-last) > e.cfg.PingInterval:
+				case sent <= last && time.Duration(n-last) > e.cfg.WebSocket.PingInterval:
 					c.ping(n)
 				}
 			})

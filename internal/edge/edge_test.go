@@ -31,8 +31,8 @@ type mesh struct {
 func newMesh(t *testing.T, cfg edge.Config) *mesh {
 	t.Helper()
 	srv := testenv.NATS(t)
-	cfg.NATS = testenv.Connect(t, srv.ClientURL())
-	cfg.DevMode = true
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
 	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
 	return &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
 }
@@ -54,7 +54,7 @@ func join(t *testing.T, c *wstest.Client, room string) {
 }
 
 func TestEchoRPC(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
 	got := c.Request(t, "echo", map[string]string{"hello": "world"}, wait)
 	if got.Type != "echo" || string(got.Payload) != `{"hello":"world"}` {
@@ -63,7 +63,7 @@ func TestEchoRPC(t *testing.T) {
 }
 
 func TestRPCNoResponderAndTimeout(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 
 	t.Run("no responder", func(t *testing.T) {
@@ -107,7 +107,7 @@ func assertRPCError(t *testing.T, got *envelope.Envelope, code envelope.Code) {
 }
 
 func TestPlainNATSPublish(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	a1, a2 := m.dial(t, "alice"), m.dial(t, "alice")
 	b := m.dial(t, "bob")
 	join(t, a1, "general")
@@ -173,7 +173,7 @@ func TestPlainNATSPublish(t *testing.T) {
 }
 
 func TestChatExcludesSender(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
 	join(t, alice, "lobby")
 	if got := bob.Request(t, "chat.join", map[string]string{"room": "lobby"}, wait); got.Type != "chat.join" {
@@ -195,8 +195,12 @@ func TestChatExcludesSender(t *testing.T) {
 
 func TestTwoEdgesOneRoom(t *testing.T) {
 	srv := testenv.NATS(t)
-	e1 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
-	e2 := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	e1 := testenv.StartEdge(t, cfg)
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	e2 := testenv.StartEdge(t, cfg)
 	c1, c2 := wstest.Dial(t, e1.URL), wstest.Dial(t, e2.URL)
 	join(t, c1, "r")
 	join(t, c2, "r")
@@ -210,7 +214,10 @@ func TestTwoEdgesOneRoom(t *testing.T) {
 }
 
 func TestSlowReaderClosedFastReadersServed(t *testing.T) {
-	m := newMesh(t, edge.Config{WriteQueueBytes: 256 << 10, WriteTimeout: 20 * time.Second})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.WriteQueueBytes = 256 << 10
+	cfg.WebSocket.WriteTimeout = 20 * time.Second
+	m := newMesh(t, cfg)
 	slow := wstest.DialRaw(t, m.edge.URL, 64<<10)
 	if err := slow.WriteText([]byte(`{"type":"$join","payload":{"room":"firehose"}}`)); err != nil {
 		t.Fatal(err)
@@ -257,7 +264,7 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 }
 
 func TestHeartbeatAndSystemTypes(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	if got := c.Request(t, envelope.TypeHeartbeat, nil, wait); got.Type != envelope.TypeHeartbeatAck {
 		t.Fatalf("heartbeat: %s", got.Type)
@@ -269,7 +276,7 @@ func TestHeartbeatAndSystemTypes(t *testing.T) {
 }
 
 func TestControlSubject(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "carol")
 	sub, _ := m.nats.SubscribeSync("natter.in.hello")
 	_ = m.nats.Flush()
@@ -315,7 +322,11 @@ func TestControlSubject(t *testing.T) {
 // finishes the partly written frame and the rest before handing the
 // connection back. Pings sent meanwhile must not land inside a frame.
 func TestBacklogPastSocketBuffersArrivesInOrder(t *testing.T) {
-	m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, PingInterval: 50 * time.Millisecond, PongTimeout: time.Minute})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.WriteQueueBytes = 64 << 20
+	cfg.WebSocket.PingInterval = 50 * time.Millisecond
+	cfg.WebSocket.PongTimeout = time.Minute
+	m := newMesh(t, cfg)
 	c := wstest.DialRaw(t, m.edge.URL, 16<<10)
 	if err := c.WriteText([]byte(`{"type":"$join","payload":{"room":"backlog"}}`)); err != nil {
 		t.Fatal(err)

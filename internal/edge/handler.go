@@ -101,7 +101,7 @@ func (c *conn) rateLimited(now time.Time) (time.Duration, string) {
 // handle acts on one client frame. data is only valid during the call.
 func (c *conn) handle(data []byte) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, c.e.cfg.MaxMessageSize); err != nil {
+	if err := envelope.DecodeInto(&env, data, c.e.cfg.WebSocket.MaxMessageSize); err != nil {
 		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{Code: envelope.CodeOf(err), Message: err.Error()}))
 		return
 	}
@@ -204,7 +204,7 @@ func (c *conn) forward(env *envelope.Envelope, data []byte) {
 		c.e.stats.published.Add(1)
 		return
 	}
-	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
+	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.NATS.RPCTimeout, c.e.cfg.NATS.RPCMaxTimeout)
 	hdr[envelope.HeaderTimeout] = []string{strconv.FormatInt(timeout.Milliseconds(), 10)}
 	c.e.rpc.start(c, cid, timeout, &nats.Msg{Subject: subj.String(), Header: hdr, Data: data})
 }
@@ -227,7 +227,7 @@ func (c *conn) sendErrorPayload(cid string, p *envelope.ErrorPayload) {
 }
 
 // queryPresence answers $presence: {"room": id, "cursor"?, "limit"?} for
-// rooms the connection is in (any room with Config.PresenceOpen), or
+// rooms the connection is in (any room with Config.Presence.Open), or
 // {"user": id} for whether a user is online.
 func (c *conn) queryPresence(cid string, payload json.RawMessage) {
 	if c.e.presence == nil {
@@ -244,14 +244,14 @@ func (c *conn) queryPresence(cid string, payload json.RawMessage) {
 		c.e.hub.mu.Lock()
 		member := c.rooms.has(q.Room)
 		c.e.hub.mu.Unlock()
-		if !member && !c.e.cfg.PresenceOpen {
+		if !member && !c.e.cfg.Presence.Open {
 			c.sendError(cid, envelope.CodePermissionDenied, "not a member of room "+q.Room)
 			return
 		}
 		reply = c.e.presence.Room(q.Room, q.Cursor, q.Limit)
 	} else {
 		info := c.e.presence.User(q.User)
-		if q.User != c.user && !c.e.cfg.PresenceOpen {
+		if q.User != c.user && !c.e.cfg.Presence.Open {
 			// Others see whether a user is online, not where.
 			info = &presence.UserInfo{User: info.User, Online: info.Online, Connections: []presence.Entry{}}
 		}

@@ -157,8 +157,8 @@ func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wire
 		pre = append([]byte(nil), b...)
 	}
 	// As gws decides it (Upgrader.getPermessageDeflate).
-	deflate := e.cfg.Compression && strings.Contains(r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
-	wire := newWireConn(nc, pre, e.cfg.MaxMessageSize, deflate, min(closeLinger, e.cfg.WriteTimeout), e.lingerStop)
+	deflate := e.cfg.WebSocket.Compression && strings.Contains(r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
+	wire := newWireConn(nc, pre, e.cfg.WebSocket.MaxMessageSize, deflate, min(closeLinger, e.cfg.WebSocket.WriteTimeout), e.lingerStop)
 	// gws reads only the first value of each header: give it the values
 	// checkHandshake accepted, however the client spread or listed them.
 	r.Header.Set("Upgrade", "websocket")
@@ -172,7 +172,7 @@ func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wire
 	if r.Header.Get("Sec-WebSocket-Protocol") != "" {
 		up = e.upgraderProto // selects "natter"; a bearer.<token> entry is never echoed
 	}
-	socket, err := up.UpgradeFromConn(wire, bufio.NewReaderSize(wire, e.cfg.ReadBufferSize), r)
+	socket, err := up.UpgradeFromConn(wire, bufio.NewReaderSize(wire, e.cfg.WebSocket.ReadBufferSize), r)
 	if err != nil {
 		wire.abort()
 		return nil, nil, err

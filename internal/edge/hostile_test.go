@@ -107,15 +107,18 @@ func TestHostileClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := edge.RunConfig{
-		Listener: ln, NATSURL: srv.ClientURL(),
-		JWT:              auth.JWTConfig{HMACSecret: testSecret},
-		HandshakeTimeout: time.Second, MaxHeaderBytes: 16 << 10,
-		Edge: edge.Config{
-			Logger: testenv.Logger(t), MaxMessageSize: 8192, RateLimit: -1,
-			PublicRooms: []string{"lobby"}, ShutdownSpread: time.Millisecond,
-		},
-	}
+	rc := edge.DefaultRunConfig()
+	rc.Listener, rc.NATSURL = ln, srv.ClientURL()
+	rc.JWT.HMACSecret = testSecret
+	rc.HandshakeTimeout, rc.MaxHeaderBytes = time.Second, 16<<10
+	rc.Edge.Logger = testenv.Logger(t)
+	rc.Edge.WebSocket.MaxMessageSize = 8192
+	rc.Edge.Limits.MessageRate = -1 // loosens production: the attacker floods on purpose
+	rc.Edge.Auth.PublicRooms = []string{"lobby"}
+	rc.Edge.WebSocket.ShutdownSpread = time.Millisecond
+	// Presence off: its events and keys are publishes every connection
+	// rightly causes, and this test proves the attacker reaches no other.
+	rc.Edge.Presence = nil
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- edge.Run(ctx, rc) }()

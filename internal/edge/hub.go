@@ -56,9 +56,9 @@ func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool, since *env
 		return &rpc.Error{Code: envelope.CodeNotFound, Message: "connection closed"}
 	}
 	had := c.rooms.has(room)
-	if !had && len(c.rooms) >= h.e.cfg.MaxRoomsPerConn {
+	if !had && len(c.rooms) >= h.e.cfg.Limits.MaxRoomsPerConn {
 		h.mu.Unlock()
-		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.MaxRoomsPerConn)}
+		return &rpc.Error{Code: envelope.CodeResourceExhausted, Message: fmt.Sprintf("at most %d rooms per connection", h.e.cfg.Limits.MaxRoomsPerConn)}
 	}
 	if byServer && had {
 		if g := h.rooms[room]; g != nil {

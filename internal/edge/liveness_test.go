@@ -24,7 +24,10 @@ import (
 // are closed after the idle timeout, and permessage-deflate works end to end.
 func TestPingDeadPeerAndIdle(t *testing.T) {
 	t.Run("dead peer", func(t *testing.T) {
-		m := newMesh(t, edge.Config{PingInterval: 200 * time.Millisecond, PongTimeout: 300 * time.Millisecond})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.PingInterval = 200 * time.Millisecond
+		cfg.WebSocket.PongTimeout = 300 * time.Millisecond
+		m := newMesh(t, cfg)
 		start := time.Now()
 		alive, _ := dialPeer(t, m.edge.URL, false)
 		dead := wstest.DialRaw(t, m.edge.URL, 0) // never reads, never answers a ping
@@ -65,7 +68,11 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		// Pings every 100ms that the clients answer: pongs must not count
 		// as activity.
-		m := newMesh(t, edge.Config{IdleTimeout: 300 * time.Millisecond, PingInterval: 100 * time.Millisecond, PongTimeout: 5 * time.Second})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.IdleTimeout = 300 * time.Millisecond
+		cfg.WebSocket.PingInterval = 100 * time.Millisecond
+		cfg.WebSocket.PongTimeout = 5 * time.Second
+		m := newMesh(t, cfg)
 		idle, busy := m.dial(t, ""), m.dial(t, "")
 		testenv.Eventually(t, wait, "two connections", func() bool { return m.edge.Stats().Connections == 2 })
 
@@ -90,7 +97,9 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 	})
 
 	t.Run("permessage-deflate", func(t *testing.T) {
-		m := newMesh(t, edge.Config{Compression: true})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.Compression = true
+		m := newMesh(t, cfg)
 		p, resp := dialPeer(t, m.edge.URL, true)
 		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
 			t.Fatalf("compression not negotiated: Sec-WebSocket-Extensions %q", ext)

@@ -33,7 +33,9 @@ func diffOf(t *testing.T, c *wstest.Client, pred func(*presence.Diff) bool) *pre
 }
 
 func TestPresenceStateAndDiffs(t *testing.T) {
-	m := newMesh(t, edge.Config{Presence: true, PresenceTTL: 5e9})
+	cfg := edge.DefaultConfig()
+	cfg.Presence.TTL = 5e9
+	m := newMesh(t, cfg)
 	watcher := m.dial(t, "wendy")
 	other := m.dial(t, "oscar")
 	quiet := m.dial(t, "quinn")
@@ -88,8 +90,11 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 // presenceEdge starts an edge with presence and dev-mode users on srv.
 func presenceEdge(t *testing.T, url, id string, cfg edge.Config) *testenv.Edge {
 	t.Helper()
-	cfg.NATS = testenv.Connect(t, url)
-	cfg.EdgeID, cfg.DevMode, cfg.Presence = id, true, true
+	cfg.NATS.Conn = testenv.Connect(t, url)
+	cfg.EdgeID, cfg.Auth.DevMode = id, true
+	if cfg.Presence == nil {
+		cfg.Presence = edge.DefaultPresenceConfig()
+	}
 	return testenv.StartEdge(t, cfg)
 }
 
@@ -146,7 +151,9 @@ func presenceKeys(t *testing.T, nc *nats.Conn) map[string]string {
 func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
-	e := presenceEdge(t, srv.ClientURL(), "idle", edge.Config{PresenceTTL: ttl})
+	cfg := edge.DefaultConfig()
+	cfg.Presence.TTL = ttl
+	e := presenceEdge(t, srv.ClientURL(), "idle", cfg)
 	nc := testenv.Connect(t, srv.ClientURL())
 	const n = 40
 	for i := range n {
@@ -172,7 +179,8 @@ func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
 // before it returns; users on another edge stay.
 func TestPresenceShutdownRemovesKeys(t *testing.T) {
 	srv := testenv.NATS(t)
-	cfg := edge.Config{PresenceTTL: 30 * time.Second}
+	cfg := edge.DefaultConfig()
+	cfg.Presence.TTL = 30 * time.Second
 	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
 	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
 	nc := testenv.Connect(t, srv.ClientURL())
@@ -204,7 +212,9 @@ func TestPresenceShutdownRemovesKeys(t *testing.T) {
 // from the presence mirror.
 func TestPresenceUserCapAcrossEdges(t *testing.T) {
 	srv := testenv.NATS(t)
-	cfg := edge.Config{MaxConnsPerUser: 2, PresenceOpen: true}
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MaxConnsPerUser = 2
+	cfg.Presence.Open = true
 	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
 	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
 	wstest.Dial(t, e1.URL+"?user=alice")

@@ -27,7 +27,9 @@ func TestJoinRefusalMessage(t *testing.T) {
 		return p
 	}
 	t.Run("no join authorizer", func(t *testing.T) {
-		m := newMesh(t, edge.Config{PublicRooms: []string{"lobby"}})
+		cfg := edge.DefaultConfig()
+		cfg.Auth.PublicRooms = []string{"lobby"}
+		m := newMesh(t, cfg)
 		c := m.dial(t, "alice")
 		join(t, c, "lobby")
 		p := refusal(t, c, "secret-7")
@@ -39,10 +41,12 @@ func TestJoinRefusalMessage(t *testing.T) {
 	t.Run("join authorizer not running", func(t *testing.T) {
 		srv := testenv.NATS(t)
 		nc := testenv.Connect(t, srv.ClientURL())
-		e := testenv.StartEdge(t, edge.Config{
-			NATS: nc, DevMode: true, PublicRooms: []string{"lobby"},
-			JoinAuthorizer: &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: 5 * time.Second},
-		})
+		cfg := edge.DefaultConfig()
+		cfg.NATS.Conn = nc
+		cfg.Auth.DevMode = true
+		cfg.Auth.PublicRooms = []string{"lobby"}
+		cfg.Auth.JoinAuthorizer = &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: 5 * time.Second}
+		e := testenv.StartEdge(t, cfg)
 		c := wstest.Dial(t, e.URL+"?user=alice")
 		start := time.Now()
 		p := refusal(t, c, "secret-7")
@@ -60,7 +64,11 @@ func TestJoinRefusalMessage(t *testing.T) {
 // handshake from a page of the edge's host may always use.
 func TestAllowedOriginsAddToOwnOrigin(t *testing.T) {
 	srv := testenv.NATS(t)
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), Anonymous: true, AllowedOrigins: []string{"https://app.example.com"}})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.Anonymous = true
+	cfg.Auth.AllowedOrigins = []string{"https://app.example.com"}
+	e := testenv.StartEdge(t, cfg)
 	for _, tc := range []struct {
 		origin string
 		status int

@@ -37,7 +37,9 @@ func connID(t *testing.T, nc *nats.Conn, c *wstest.Client) string {
 // A write deadline left over from an earlier write must not fail the pong
 // to a client's own ping after a quiet spell.
 func TestClientPingAfterQuietSpell(t *testing.T) {
-	m := newMesh(t, edge.Config{WriteTimeout: 200 * time.Millisecond})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.WriteTimeout = 200 * time.Millisecond
+	m := newMesh(t, cfg)
 	c := m.dial(t, "")
 	c.Request(t, envelope.TypeHeartbeat, nil, wait)
 	time.Sleep(600 * time.Millisecond) // past the old deadline, on purpose
@@ -55,7 +57,10 @@ func TestClientPingAfterQuietSpell(t *testing.T) {
 // A client that always has frames queued is still pinged, answers, and is
 // not taken for a dead peer.
 func TestBusyReaderIsPinged(t *testing.T) {
-	m := newMesh(t, edge.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 300 * time.Millisecond})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.PingInterval = 100 * time.Millisecond
+	cfg.WebSocket.PongTimeout = 300 * time.Millisecond
+	m := newMesh(t, cfg)
 	c := m.dial(t, "busy")
 	testenv.Eventually(t, wait, "connected", func() bool { return m.edge.Stats().Connections == 1 })
 	payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 2000) + `"}`)
@@ -87,7 +92,9 @@ func TestBusyReaderIsPinged(t *testing.T) {
 // A valid envelope larger than the write queue bound is delivered to a
 // client that keeps up.
 func TestLargeFrameFitsEmptyQueue(t *testing.T) {
-	m := newMesh(t, edge.Config{WriteQueueBytes: 4096})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.WriteQueueBytes = 4096
+	m := newMesh(t, cfg)
 	c := m.dial(t, "big")
 	// A round trip through NATS from the edge: its user subscription, sent
 	// before, is on the server once the reply is back.
@@ -105,7 +112,10 @@ func TestLargeFrameFitsEmptyQueue(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	m := newMesh(t, edge.Config{RateLimit: 10, RateBurst: 5})
+	cfg := edge.DefaultConfig()
+	cfg.Limits.MessageRate = 10
+	cfg.Limits.MessageBurst = 5
+	m := newMesh(t, cfg)
 	c := m.dial(t, "")
 	for i := range 20 {
 		c.Send(t, envelope.TypeHeartbeat, envelope.Meta{CorrelationID: "h" + string(rune('a'+i))}, nil)
@@ -138,7 +148,7 @@ func TestRateLimit(t *testing.T) {
 // A client cannot reach another connection's subjects by naming its id in
 // a type: natter.in.conn.<id> is not one of them.
 func TestConnTypeDoesNotReachAnotherConnection(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	attacker, victim := m.dial(t, ""), m.dial(t, "")
 	id := connID(t, m.nats, victim)
 	start := time.Now()
@@ -154,7 +164,9 @@ func TestConnTypeDoesNotReachAnotherConnection(t *testing.T) {
 
 // The deadline the edge grants reaches the worker's handler context.
 func TestGrantedDeadlineReachesWorker(t *testing.T) {
-	m := newMesh(t, edge.Config{RPCTimeout: 300 * time.Millisecond})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.RPCTimeout = 300 * time.Millisecond
+	m := newMesh(t, cfg)
 	w, err := worker.New(m.nats, worker.Config{Queue: "deadline"})
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,7 @@ func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg
 		c.rpcMu.Unlock()
 		c.refuseDuplicate(cid)
 		return
-	case len(c.calls) >= m.e.cfg.MaxInflightRPC:
+	case len(c.calls) >= m.e.cfg.Limits.MaxInflightRPC:
 		c.rpcMu.Unlock()
 		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
 		return
@@ -162,7 +162,7 @@ func (e *Edge) invalidReply(cid string, why error) []byte {
 		e.cfg.Logger.Warn("edge: invalid reply from worker", "err", why)
 	}
 	p := &envelope.ErrorPayload{Code: envelope.CodeInternal, Message: "invalid reply from worker"}
-	if e.cfg.DevMode {
+	if e.cfg.Auth.DevMode {
 		p.Details, _ = json.Marshal(map[string]string{"reason": why.Error()})
 	}
 	return envelope.EncodeError(cid, p)
@@ -232,7 +232,7 @@ func (m *rpcMux) dropConn(c *conn) {
 // says why an envelope is unfit.
 func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, error) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, e.cfg.MaxOutboundSize); err != nil {
+	if err := envelope.DecodeInto(&env, data, e.cfg.NATS.MaxOutboundSize); err != nil {
 		e.stats.dropped.Add(1)
 		return nil, err
 	}
@@ -281,7 +281,7 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 	if ms <= 0 {
 		ms = env.Meta.TimeoutMs
 	}
-	timeout := rpc.ClampTimeout(ms, c.e.cfg.RPCTimeout, c.e.cfg.RPCMaxTimeout)
+	timeout := rpc.ClampTimeout(ms, c.e.cfg.NATS.RPCTimeout, c.e.cfg.NATS.RPCMaxTimeout)
 	cid := "srv-" + strconv.FormatUint(c.e.rpc.seq.Add(1), 36)
 	env.Meta.CorrelationID = cid
 	frame, err := envelope.Encode(env)
@@ -296,7 +296,7 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
 		return
 	}
-	if len(c.asks) >= c.e.cfg.MaxInflightRPC {
+	if len(c.asks) >= c.e.cfg.Limits.MaxInflightRPC {
 		c.rpcMu.Unlock()
 		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeResourceExhausted, "too many questions waiting for this connection"))
 		return

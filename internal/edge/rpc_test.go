@@ -52,7 +52,7 @@ func nextFrame(t *testing.T, c *wstest.Client) *envelope.Envelope {
 }
 
 func TestRPCProgressInOrderBeforeReply(t *testing.T) {
-	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"job.run": func(_ context.Context, msg *worker.Message) error {
 			for i := range 20 {
 				if err := msg.Progress(map[string]int{"step": i}); err != nil {
@@ -91,7 +91,7 @@ func TestRPCProgressInOrderBeforeReply(t *testing.T) {
 func TestRPCAbortCancelsHandler(t *testing.T) {
 	started := make(chan struct{}, 1)
 	ended := make(chan error, 1)
-	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"long.task": func(ctx context.Context, _ *worker.Message) error {
 			started <- struct{}{}
 			<-ctx.Done()
@@ -133,7 +133,7 @@ func TestRPCAbortCancelsHandler(t *testing.T) {
 }
 
 func TestRPCPanicIsInternalAndWorkerSurvives(t *testing.T) {
-	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"boom": func(context.Context, *worker.Message) error { panic("kaboom") },
 		"fine": func(_ context.Context, msg *worker.Message) error { return msg.Reply("fine", nil) },
 		"coded": func(context.Context, *worker.Message) error {
@@ -149,7 +149,7 @@ func TestRPCPanicIsInternalAndWorkerSurvives(t *testing.T) {
 }
 
 func TestRPCNoResponderFast(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	c.Request(t, "warm.up.none", nil, wait) // first use of the connection
 	var took []time.Duration
@@ -170,7 +170,7 @@ func TestRPCNoResponderFast(t *testing.T) {
 func TestRPCDuplicateCorrelationID(t *testing.T) {
 	started := make(chan struct{}, 2)
 	release := make(chan struct{})
-	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"hold": func(_ context.Context, msg *worker.Message) error {
 			started <- struct{}{}
 			<-release
@@ -261,7 +261,9 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 	}
 
 	t.Run("dev mode", func(t *testing.T) {
-		m := newMesh(t, edge.Config{Schemas: loadSchemas(t, false)})
+		cfg := edge.DefaultConfig()
+		cfg.Schemas = loadSchemas(t, false)
+		m := newMesh(t, cfg)
 		respond(t, m.nats)
 		c := m.dial(t, "")
 		for typ, want := range map[string]string{"bad.json": "malformed JSON", "bad.schema": "text"} {
@@ -275,7 +277,11 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 		srv := testenv.NATS(t)
 		nc := testenv.Connect(t, srv.ClientURL())
 		respond(t, nc)
-		e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), Anonymous: true, Schemas: loadSchemas(t, false)})
+		cfg := edge.DefaultConfig()
+		cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+		cfg.Auth.Anonymous = true
+		cfg.Schemas = loadSchemas(t, false)
+		e := testenv.StartEdge(t, cfg)
 		c := wstest.Dial(t, e.URL)
 		for _, typ := range []string{"bad.json", "bad.schema"} {
 			if r, ok := reason(t, c.Request(t, typ, nil, wait)); ok {
@@ -289,7 +295,7 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 // docs/protocol.md alone: subscribe to natter.in.<type> in a queue group,
 // answer on the reply subject with an envelope.
 func TestPlainNATSServiceAnswersRPC(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	_, err := m.nats.QueueSubscribe("natter.in.calc.add", "calc", func(msg *nats.Msg) {
 		var req struct {
 			Payload struct{ A, B int } `json:"payload"`
@@ -316,7 +322,7 @@ func TestPlainNATSServiceAnswersRPC(t *testing.T) {
 
 // Server-to-client RPC: a service asks one connection and awaits its reply.
 func TestServerToClientRPC(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	id := connID(t, m.nats, c)
 	ns := envelope.DefaultNamespace
@@ -398,7 +404,7 @@ func TestServerToClientRPC(t *testing.T) {
 // No progress frame follows a call's one reply, even when the deadline
 // ends the call while the worker is still sending progress.
 func TestRPCNoProgressAfterReply(t *testing.T) {
-	m := rpcMesh(t, edge.Config{}, map[string]worker.Handler{
+	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"flood": func(ctx context.Context, msg *worker.Message) error {
 			for ctx.Err() == nil {
 				if msg.Progress(1) != nil {
@@ -435,7 +441,9 @@ func TestRPCNoProgressAfterReply(t *testing.T) {
 // A handler that returns without a reply is acknowledged with $ws:rpc-ok,
 // which no schema rejects, even in strict mode.
 func TestRPCAckInStrictMode(t *testing.T) {
-	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, true)})
+	cfg := edge.DefaultConfig()
+	cfg.Schemas = loadSchemas(t, true)
+	m := newMesh(t, cfg)
 	c := m.dial(t, "")
 	if got := c.Request(t, "chat.join", map[string]string{"room": "r"}, wait); got.Type != "chat.join" {
 		t.Fatalf("join: %s %s", got.Type, got.Payload)
@@ -449,7 +457,7 @@ func TestRPCAckInStrictMode(t *testing.T) {
 // request's srv- id, after the edge gave up) is dropped without a reply, so
 // a client that answers errors with errors cannot start a loop.
 func TestLateErrorAnswerIsDropped(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
 	tap, err := m.nats.SubscribeSync("natter.in.>")
 	if err != nil {

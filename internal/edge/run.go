@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
@@ -69,6 +68,10 @@ type RunConfig struct {
 	StrictTypes bool
 	// ShutdownTimeout bounds the whole shutdown. Default 10s.
 	ShutdownTimeout time.Duration
+	// SetupTimeout bounds the set-up before the edge serves: fetching the
+	// JWKS and edge.New (JetStream streams and buckets, which a cluster
+	// still electing its leaders may refuse for a while). Default 1m.
+	SetupTimeout time.Duration
 	// NATSOptions are extra nats.go options: credentials and TLS.
 	NATSOptions []nats.Option
 	// JWT verifies tokens when it has a key source (secret, public keys or
@@ -99,6 +102,23 @@ type RunConfig struct {
 	Virtual *virtual.Config
 }
 
+// DefaultRunConfig returns the defaults of the edge command: the edge's
+// DefaultConfig and those of the process around it. cmd/edge's flags
+// start from it.
+func DefaultRunConfig() RunConfig {
+	return RunConfig{
+		Edge:             DefaultConfig(),
+		HandshakeTimeout: 10 * time.Second,
+		MaxHeaderBytes:   32 << 10,
+		NATSListen:       "127.0.0.1:4222",
+		DataDir:          "natter-data",
+		ShutdownTimeout:  10 * time.Second,
+		SetupTimeout:     time.Minute,
+		JWT:              auth.JWTConfig{JWKSRefresh: 15 * time.Minute, UserClaim: "sub", RoomsClaim: "rooms"},
+		CalloutTimeout:   2 * time.Second,
+	}
+}
+
 // hasAuth reports whether rc configures JWT verification or the callout.
 func (rc *RunConfig) hasAuth() bool {
 	return len(rc.JWT.HMACSecret) > 0 || len(rc.JWT.PublicKeys) > 0 || rc.JWT.JWKSURL != "" || rc.AuthCallout
@@ -111,26 +131,24 @@ func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close fu
 	if rc.Edge.EdgeID == "" {
 		rc.Edge.EdgeID = nuid.Next()
 	}
-	callout := &auth.Callout{NATS: nc, Namespace: rc.Edge.Namespace, Edge: rc.Edge.EdgeID, Timeout: rc.CalloutTimeout}
+	callout := &auth.Callout{NATS: nc, Namespace: rc.Edge.NATS.Namespace, Edge: rc.Edge.EdgeID, Timeout: rc.CalloutTimeout}
 	if callout.Namespace == (envelope.Namespace{}) {
 		callout.Namespace = envelope.DefaultNamespace
 	}
 	if rc.JoinCallout {
-		rc.Edge.JoinAuthorizer = callout
+		rc.Edge.Auth.JoinAuthorizer = callout
 	}
 	switch {
 	case hasJWT && rc.AuthCallout:
 		return nil, fmt.Errorf("%w: choose JWT verification or the auth callout, not both", ErrInvalidConfig)
 	case rc.AuthCallout:
-		rc.Edge.Auth = callout
+		rc.Edge.Auth.Authenticator = callout
 	case hasJWT:
-		jctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
-		v, err := auth.NewJWT(jctx, rc.JWT)
+		v, err := auth.NewJWT(ctx, rc.JWT)
 		if err != nil {
 			return nil, err
 		}
-		rc.Edge.Auth = v
+		rc.Edge.Auth.Authenticator = v
 		return v.Close, nil
 	}
 	return func() {}, nil
@@ -151,6 +169,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if rc.ShutdownTimeout <= 0 {
 		rc.ShutdownTimeout = 10 * time.Second
 	}
+	if rc.SetupTimeout <= 0 {
+		rc.SetupTimeout = time.Minute
+	}
 	if rc.HandshakeTimeout <= 0 {
 		rc.HandshakeTimeout = 10 * time.Second
 	}
@@ -159,14 +180,14 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 
 	single := rc.NATSURL == ""
-	if !single && !rc.hasAuth() && !rc.Edge.Anonymous && !rc.Edge.DevMode {
+	if !single && !rc.hasAuth() && !rc.Edge.Auth.Anonymous && !rc.Edge.Auth.DevMode {
 		return errNoAuth
 	}
 	if rc.Virtual != nil {
 		if err := rc.Virtual.Validate(); err != nil {
 			return err
 		}
-		if !rc.Edge.DevMode && (!single || rc.hasAuth()) {
+		if !rc.Edge.Auth.DevMode && (!single || rc.hasAuth()) {
 			return fmt.Errorf("%w: --virtual-conns needs dev-mode user ids (?user=): add --insecure-dev-users, or run single-binary mode without auth flags", ErrInvalidConfig)
 		}
 	}
@@ -179,10 +200,12 @@ func Run(ctx context.Context, rc RunConfig) error {
 	log.Info("schemas loaded", "types", len(reg.Types()), "dirs", rc.SchemaDirs, "strict", rc.StrictTypes)
 
 	// setup bounds everything before the edge serves: it ends with ctx (a
-	// signal), or at once with a permissions violation that NATS reports
-	// meanwhile (it comes to the error handler, not as the failed call's
-	// error, which would only time out).
-	setup, failSetup := context.WithCancelCause(ctx)
+	// signal), after SetupTimeout, or at once with a permissions violation
+	// that NATS reports meanwhile (it comes to the error handler, not as
+	// the failed call's error, which would only time out).
+	bounded, cancelSetup := context.WithTimeout(ctx, rc.SetupTimeout)
+	defer cancelSetup()
+	setup, failSetup := context.WithCancelCause(bounded)
 	defer failSetup(nil)
 	var embedded *natsd.Server
 	var nc *nats.Conn
@@ -216,31 +239,31 @@ func Run(ctx context.Context, rc RunConfig) error {
 		// Dev mode, unless authentication is configured: then the single
 		// binary behaves like a production edge (no ?user=, no open rooms
 		// or origins beyond the flags).
-		rc.Edge.DevMode = !rc.hasAuth()
+		rc.Edge.Auth.DevMode = !rc.hasAuth()
 	} else {
 		// Dev mode stays off against a real NATS unless asked for by name
 		// (--insecure-dev-users), for local multi-edge set-ups and tests.
 		nc, err = nats.Connect(rc.NATSURL, opts...)
 	}
-	if rc.Edge.DevMode {
-		log.Warn("dev mode: the ?" + cmp.Or(rc.Edge.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
+	if rc.Edge.Auth.DevMode {
+		log.Warn("dev mode: the ?" + cmp.Or(rc.Edge.Auth.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
 	}
 	if err != nil {
 		return fmt.Errorf("edge: connect NATS: %w", err)
 	}
 	defer nc.Close()
-	rc.Edge.NATS = nc
+	rc.Edge.NATS.Conn = nc
 	closeAuth, err := rc.authenticator(setup, nc)
 	if err != nil {
 		return rc.setupError(ctx, err)
 	}
 	defer closeAuth()
-	log.Info("authentication", "jwt", rc.Edge.Auth != nil && !rc.AuthCallout, "callout", rc.AuthCallout,
-		"joinCallout", rc.JoinCallout, "anonymous", rc.Edge.Anonymous || rc.Edge.DevMode)
+	log.Info("authentication", "jwt", rc.Edge.Auth.Authenticator != nil && !rc.AuthCallout, "callout", rc.AuthCallout,
+		"joinCallout", rc.JoinCallout, "anonymous", rc.Edge.Auth.Anonymous || rc.Edge.Auth.DevMode)
 
 	var w *worker.Worker
 	if single {
-		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.Namespace, Logger: log}); err != nil {
+		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log}); err != nil {
 			return err
 		}
 		if err = chat.Register(w); err != nil {
@@ -265,7 +288,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
 	mux.Handle("GET /schemas", reg)
-	if rc.Edge.DevMode && e.Path() != "/" {
+	if rc.Edge.Auth.DevMode && e.Path() != "/" {
 		// The browser demo picks its user with ?user=, so it only makes
 		// sense (and is only served) in dev mode.
 		mux.Handle("/", demo.Handler(e.Path()))
@@ -278,7 +301,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if ln == nil {
 		if rc.Listen == "" {
 			rc.Listen = DefaultListen
-			if rc.Edge.DevMode {
+			if rc.Edge.Auth.DevMode {
 				rc.Listen = DefaultDevListen
 			}
 		}
@@ -300,7 +323,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	var virt *virtual.Set
 	if rc.Virtual != nil {
 		vc := *rc.Virtual
-		vc.Handler, vc.Path, vc.UserParam = e, e.Path(), cmp.Or(rc.Edge.UserParam, "user")
+		vc.Handler, vc.Path, vc.UserParam = e, e.Path(), cmp.Or(rc.Edge.Auth.UserParam, "user")
 		vc.Logger, vc.Registerer = log, admin.Registry
 		if virt, err = virtual.Start(ctx, vc); err != nil {
 			return err
@@ -320,12 +343,12 @@ func Run(ctx context.Context, rc RunConfig) error {
 		natsURL = embedded.ClientURL()
 	}
 	serves := e.Path() + " (WebSocket), /schemas"
-	if rc.Edge.DevMode {
+	if rc.Edge.Auth.DevMode {
 		serves += ", / (demo page)"
 	}
 	log.Info("edge listening", "addr", ln.Addr().String(), "path", e.Path(), "nats", natsURL, "edge", e.ID(), "single", single,
-		"devMode", rc.Edge.DevMode, "loopbackOnly", isLoopback(ln.Addr().String()), "serves", serves)
-	if rc.Edge.DevMode {
+		"devMode", rc.Edge.Auth.DevMode, "loopbackOnly", isLoopback(ln.Addr().String()), "serves", serves)
+	if rc.Edge.Auth.DevMode {
 		log.Info("demo page", "url", demoURL(ln.Addr()))
 		if !isLoopback(ln.Addr().String()) {
 			log.Warn("dev mode edge listens beyond loopback: whoever reaches "+ln.Addr().String()+" can connect as any user with ?user= and join any room; "+
@@ -392,35 +415,35 @@ var errNoAuth = fmt.Errorf("%w: no authentication for an edge with --nats: pass 
 	"without a token (and without a user id); for local development only, --insecure-dev-users (INSECURE: ?user= sets the user id, "+
 	"any room and origin, the demo page)", ErrInvalidConfig)
 
-// setupError explains a failed set-up with the flags that fix it. ctx is
-// Run's: when it ended, a signal interrupted the set-up.
+// setupError explains a failed set-up with the flags that fix it. New's
+// errors already say what to change on the NATS server; this adds the
+// flags that do without what needed it. ctx is Run's: when it ended, a
+// signal interrupted the set-up.
 func (rc *RunConfig) setupError(ctx context.Context, err error) error {
 	var needs, off []string
-	if rc.Edge.Presence {
+	if rc.Edge.Presence != nil {
 		needs, off = append(needs, "presence"), append(off, "--presence=false")
 	}
-	if len(rc.Edge.DurableRooms) > 0 {
+	if rc.Edge.DurableRooms != nil {
 		needs, off = append(needs, "durable rooms"), append(off, "no --durable-rooms")
 	}
-	if len(rc.Edge.DurableTypes) > 0 {
+	if rc.Edge.DurableMessages != nil {
 		needs, off = append(needs, "durable messages"), append(off, "no --durable-types")
 	}
 	without := ""
 	if len(needs) > 0 {
-		without = fmt.Sprintf(", or do without %s (%s)", strings.Join(needs, " and "), strings.Join(off, ", "))
+		without = fmt.Sprintf(" (or do without %s: %s)", strings.Join(needs, " and "), strings.Join(off, ", "))
 	}
 	switch {
 	case errors.Is(err, natsopt.ErrNoJetStream):
-		fix := "run the NATS server with JetStream: nats-server -js (or a jetstream block in its configuration)"
-		if errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-			fix = "enable JetStream for the edge's NATS account in the server's configuration"
-		}
-		return fmt.Errorf("edge: JetStream is not available to this edge: %s%s: %w", fix, without, err)
+		return fmt.Errorf("edge: JetStream is not available to this edge%s: %w", without, err)
 	case errors.Is(err, nats.ErrPermissionViolation):
 		return fmt.Errorf("edge: NATS denied a permission during set-up: give the edge's NATS user the edge role's permissions "+
 			"(deploy/nats: among others the JetStream API, $JS.API.>)%s: %w", without, err)
 	case ctx.Err() != nil:
 		return fmt.Errorf("edge: set-up interrupted: %w", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("edge: set-up did not finish within --setup-timeout %s: %w", rc.SetupTimeout, err)
 	}
 	return err
 }

@@ -27,7 +27,9 @@ type violations struct {
 }
 
 func TestInboundValidation(t *testing.T) {
-	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, false)})
+	cfg := edge.DefaultConfig()
+	cfg.Schemas = loadSchemas(t, false)
+	m := newMesh(t, cfg)
 	c := m.dial(t, "alice")
 	join(t, c, "general")
 	tap, err := m.nats.SubscribeSync("natter.in.>")
@@ -104,7 +106,9 @@ func TestInboundValidation(t *testing.T) {
 }
 
 func TestStrictTypes(t *testing.T) {
-	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, true)})
+	cfg := edge.DefaultConfig()
+	cfg.Schemas = loadSchemas(t, true)
+	m := newMesh(t, cfg)
 	c := m.dial(t, "")
 	got := c.Request(t, "no.such.schema", nil, wait)
 	assertRPCError(t, got, envelope.CodeNotFound)
@@ -121,7 +125,9 @@ func TestStrictTypes(t *testing.T) {
 }
 
 func TestOutboundValidation(t *testing.T) {
-	m := newMesh(t, edge.Config{Schemas: loadSchemas(t, false)})
+	cfg := edge.DefaultConfig()
+	cfg.Schemas = loadSchemas(t, false)
+	m := newMesh(t, cfg)
 	members := []*wstest.Client{m.dial(t, ""), m.dial(t, "")}
 	for _, c := range members {
 		join(t, c, "news")

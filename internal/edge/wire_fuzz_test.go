@@ -49,7 +49,12 @@ func FuzzWire(f *testing.F) {
 		f.Add(s)
 	}
 	srv := testenv.NATS(f)
-	e := testenv.StartEdge(f, edge.Config{NATS: testenv.Connect(f, srv.ClientURL()), DevMode: true, MaxMessageSize: max, WriteTimeout: 2 * time.Second})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(f, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	cfg.WebSocket.MaxMessageSize = max
+	cfg.WebSocket.WriteTimeout = 2 * time.Second
+	e := testenv.StartEdge(f, cfg)
 	probe := append(frameHeader(0x81, 55, len7), []byte(`{"type":"__heartbeat","meta":{"correlationId":"probe"}}`)...)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -98,7 +103,7 @@ func FuzzWire(f *testing.F) {
 // SIGTERM), new handshakes get 503 with Retry-After, counted as draining,
 // and the connections it holds stay open until Shutdown.
 func TestDrainRefusesHandshakes(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	held := m.dial(t, "alice")
 	m.edge.Drain()
 	status, body, h := wstest.Handshake(t, m.edge.URL+"?user=bob", nil, "")

@@ -86,7 +86,9 @@ func readClose(r *wstest.RawConn, timeout time.Duration) (uint16, string, error)
 // edge's words; the edge itself never goes down.
 func TestFrameHeaders(t *testing.T) {
 	const max = 128 << 10
-	m := newMesh(t, edge.Config{MaxMessageSize: max})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.MaxMessageSize = max
+	m := newMesh(t, cfg)
 	bystander := m.dial(t, "bob")
 	cases := []struct {
 		name  string
@@ -170,7 +172,9 @@ func TestReadLoopPanicCostsOneConnection(t *testing.T) {
 	edge.SetCheckFrames(false)
 	t.Cleanup(func() { edge.SetCheckFrames(true) })
 	reg := prometheus.NewRegistry()
-	m := newMesh(t, edge.Config{Registerer: reg})
+	cfg := edge.DefaultConfig()
+	cfg.Registerer = reg
+	m := newMesh(t, cfg)
 	bystander := m.dial(t, "bob")
 	join(t, bystander, "lobby")
 	for i := range 3 {
@@ -260,7 +264,9 @@ func wsKey() string {
 // edge's words, and counted under its reason.
 func TestHandshakeConformance(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := newMesh(t, edge.Config{Registerer: reg})
+	cfg := edge.DefaultConfig()
+	cfg.Registerer = reg
+	m := newMesh(t, cfg)
 	good := func(proto string, extra ...string) string {
 		return "GET /ws?user=alice " + proto + "\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + strings.Join(extra, "")
 	}
@@ -323,7 +329,7 @@ func TestHandshakeConformance(t *testing.T) {
 // TestFrameInHandshakeSegment sends the handshake and a first frame in one
 // write, so they arrive in one TCP segment; the frame is answered.
 func TestFrameInHandshakeSegment(t *testing.T) {
-	m := newMesh(t, edge.Config{})
+	m := newMesh(t, edge.DefaultConfig())
 	c, err := net.Dial("tcp", m.edge.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +364,10 @@ func TestFrameInHandshakeSegment(t *testing.T) {
 // compressed message is answered.
 func TestCompressionFrameRules(t *testing.T) {
 	const max = 8192
-	m := newMesh(t, edge.Config{Compression: true, MaxMessageSize: max})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.Compression = true
+	cfg.WebSocket.MaxMessageSize = max
+	m := newMesh(t, cfg)
 	bystander := m.dial(t, "bob")
 	deflated := func(b []byte) []byte {
 		var buf bytes.Buffer
@@ -440,7 +449,9 @@ func dialDeflate(t *testing.T, addr string) *wstest.RawConn {
 // at token expiry.
 func TestClosesArrive(t *testing.T) {
 	const max = 8192
-	m := newMesh(t, edge.Config{MaxMessageSize: max})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.MaxMessageSize = max
+	m := newMesh(t, cfg)
 	junk := bytes.Repeat(append(frameHeader(0x81, 40, len7), heartbeatOf(40)...), 2000) // 92 KB of valid frames
 	cases := []struct {
 		name  string
@@ -522,7 +533,11 @@ func keepSending(raw *wstest.RawConn) (stop func()) {
 func TestClosesArriveAtBackedUpClients(t *testing.T) {
 	const flood = 8 << 20
 	t.Run("1009, a frame over the limit and its payload", func(t *testing.T) {
-		m := newMesh(t, edge.Config{MaxMessageSize: 8192, WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.MaxMessageSize = 8192
+		cfg.WebSocket.WriteQueueBytes = 64 << 20
+		cfg.WebSocket.WriteTimeout = 20 * time.Second
+		m := newMesh(t, cfg)
 		raw := flooded(t, m, flood)
 		if _, err := raw.Write(append(frameHeader(0x81, 60000, len16), make([]byte, 60000)...)); err != nil {
 			t.Fatal(err)
@@ -530,7 +545,10 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		expectClose(t, raw, envelope.CloseTooLarge)
 	})
 	t.Run("1007, invalid UTF-8 from a client that keeps sending", func(t *testing.T) {
-		m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.WriteQueueBytes = 64 << 20
+		cfg.WebSocket.WriteTimeout = 20 * time.Second
+		m := newMesh(t, cfg)
 		raw := flooded(t, m, flood)
 		stop := keepSending(raw)
 		defer stop()
@@ -540,7 +558,10 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		expectClose(t, raw, envelope.CloseInvalidUTF8)
 	})
 	t.Run("4001, a slow consumer that keeps sending", func(t *testing.T) {
-		m := newMesh(t, edge.Config{WriteQueueBytes: 256 << 10, WriteTimeout: 20 * time.Second})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.WriteQueueBytes = 256 << 10
+		cfg.WebSocket.WriteTimeout = 20 * time.Second
+		m := newMesh(t, cfg)
 		raw := wstest.DialRaw(t, m.edge.URL, 64<<10)
 		if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 			t.Fatal(err)
@@ -567,7 +588,11 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		expectClose(t, raw, envelope.CloseSlowConsumer)
 	})
 	t.Run("4100, token expiry of a client that keeps sending", func(t *testing.T) {
-		am := newAuthMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second, PublicRooms: []string{"flood"}})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.WriteQueueBytes = 64 << 20
+		cfg.WebSocket.WriteTimeout = 20 * time.Second
+		cfg.Auth.PublicRooms = []string{"flood"}
+		am := newAuthMesh(t, cfg)
 		m := &mesh{nats: am.nats, edge: am.edge}
 		// JWT expiry has whole seconds: 3 s leave the flood time to back up.
 		raw := floodedAt(t, m, m.edge.URL+"?token="+token(t, "alice", 3*time.Second, nil), flood)
@@ -576,7 +601,10 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		expectClose(t, raw, envelope.CloseUnauthorized)
 	})
 	t.Run("4000, shutdown of an edge whose client keeps sending", func(t *testing.T) {
-		m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
+		cfg := edge.DefaultConfig()
+		cfg.WebSocket.WriteQueueBytes = 64 << 20
+		cfg.WebSocket.WriteTimeout = 20 * time.Second
+		m := newMesh(t, cfg)
 		raw := flooded(t, m, flood)
 		stop := keepSending(raw)
 		defer stop()
@@ -607,7 +635,10 @@ func expectClose(t *testing.T, raw *wstest.RawConn, code envelope.CloseCode) {
 // backlog queued, cannot hold Shutdown past its lingering bound: the close
 // is given up when the peer takes nothing.
 func TestShutdownWithAStalledClient(t *testing.T) {
-	m := newMesh(t, edge.Config{WriteQueueBytes: 64 << 20, WriteTimeout: 20 * time.Second})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.WriteQueueBytes = 64 << 20
+	cfg.WebSocket.WriteTimeout = 20 * time.Second
+	m := newMesh(t, cfg)
 	raw := flooded(t, m, 4<<20)
 	defer raw.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -22,7 +22,7 @@ import (
 
 // Durable types (docs/protocol.md, "Durable messages").
 //
-// A client message whose type matches Config.DurableTypes is not published
+// A client message whose type matches Config.DurableMessages.Types is not published
 // on <prefix>.in.<type>. The edge stores it in the work-queue stream
 // <prefix>_work as <prefix>.work.<type>, with the sender's identity in
 // headers and a Nats-Msg-Id made of the sender's user (or, anonymous, its
@@ -112,14 +112,14 @@ func startWork(ctx context.Context, e *Edge) (*work, error) {
 		Subjects:    []string{pfx + ".work.>"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.DurableReplicas,
-		MaxAge:      cfg.DurableWorkMaxAge,
-		MaxBytes:    cfg.DurableWorkMaxBytes,
-		MaxMsgSize:  int32(min(cfg.MaxMessageSize+workHeaderRoom, 1<<30)),
+		Replicas:    cfg.DurableMessages.Replicas,
+		MaxAge:      cfg.DurableMessages.MaxAge,
+		MaxBytes:    cfg.DurableMessages.MaxBytes,
+		MaxMsgSize:  int32(min(cfg.WebSocket.MaxMessageSize+workHeaderRoom, 1<<30)),
 		// Refuse new work when full: never drop work that was accepted.
 		Discard:    jetstream.DiscardNew,
-		Duplicates: cfg.DurableDedupeWindow,
-		Metadata:   map[string]string{envelope.WorkStreamPatterns: strings.Join(cfg.DurableTypes, ",")},
+		Duplicates: cfg.DurableMessages.DedupeWindow,
+		Metadata:   map[string]string{envelope.WorkStreamPatterns: strings.Join(cfg.DurableMessages.Types, ",")},
 	}
 	if err := natsopt.Retry(ctx, cfg.Logger, "durable work stream", func(ctx context.Context) error {
 		_, err := js.CreateOrUpdateStream(ctx, sc)
@@ -127,7 +127,7 @@ func startWork(ctx context.Context, e *Edge) (*work, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("edge: durable work stream %s: %w", name, err)
 	}
-	return &work{e: e, js: js, sc: sc, patterns: cfg.DurableTypes}, nil
+	return &work{e: e, js: js, sc: sc, patterns: cfg.DurableMessages.Types}, nil
 }
 
 // repair creates the work stream again, at most once per

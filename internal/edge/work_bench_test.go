@@ -34,7 +34,14 @@ func BenchmarkClientToWorker(b *testing.B) {
 	for _, mode := range []string{"plain", "durable", "durable-accepted"} {
 		b.Run(mode, func(b *testing.B) {
 			srv := testenv.NATS(b)
-			e := testenv.StartEdge(b, edge.Config{NATS: testenv.Connect(b, srv.ClientURL()), DevMode: true, RateLimit: -1, DurableTypes: []string{"job.*"}})
+			cfg := edge.DefaultConfig()
+			cfg.NATS.Conn = testenv.Connect(b, srv.ClientURL())
+			cfg.Auth.DevMode = true
+			// Loosens production: one user sends as fast as it can.
+			cfg.Limits.MessageRate, cfg.Limits.UserMessageRate = -1, 0
+			cfg.Presence = nil // not under measurement
+			cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+			e := testenv.StartEdge(b, cfg)
 			w, err := worker.New(testenv.Connect(b, srv.ClientURL()), worker.Config{})
 			if err != nil {
 				b.Fatal(err)

@@ -31,9 +31,12 @@ type workMesh struct {
 func newWorkMesh(t *testing.T, cfg edge.Config) *workMesh {
 	t.Helper()
 	srv := testenv.NATS(t)
-	cfg.NATS = testenv.Connect(t, srv.ClientURL())
-	cfg.DevMode = true
-	cfg.DurableTypes = []string{"job.*"}
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	if cfg.DurableMessages == nil {
+		cfg.DurableMessages = edge.DefaultDurableMessagesConfig()
+	}
+	cfg.DurableMessages.Types = []string{"job.*"}
 	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
 	m := &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
 	return &workMesh{mesh: m, url: srv.ClientURL()}
@@ -122,7 +125,7 @@ func collect(t *testing.T, ch <-chan handled, n int) []handled {
 // before any worker runs, answered $ws:accepted, deduplicated per user by
 // its idempotency key, and handled once a worker starts.
 func TestDurableTypeStoredDeduplicatedHandled(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{})
+	m := newWorkMesh(t, edge.DefaultConfig())
 	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
 
 	// No worker yet: still accepted, not UNAVAILABLE as a request would be.
@@ -189,7 +192,10 @@ func workMsgs(t *testing.T, nc *nats.Conn) uint64 {
 // the stream full, a client is told RESOURCE_EXHAUSTED, and every message
 // it was told was accepted is handled.
 func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{DurableWorkMaxBytes: 4096})
+	cfg := edge.DefaultConfig()
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig()
+	cfg.DurableMessages.MaxBytes = 4096
+	m := newWorkMesh(t, cfg)
 	c := m.dial(t, "alice")
 	var kept []int
 	for n := 1; ; n++ {
@@ -231,7 +237,7 @@ func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
 // TestDurableTypeRetriesAndDrops: a handler's transient error or panic
 // retries the message, with Attempt counting; a client's error drops it.
 func TestDurableTypeRetriesAndDrops(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{})
+	m := newWorkMesh(t, edge.DefaultConfig())
 	var mu sync.Mutex
 	attempts := map[int][]int{}
 	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{Backoff: 20 * time.Millisecond, MaxAttempts: 3}, func(_ context.Context, msg *worker.Message) error {
@@ -285,7 +291,7 @@ func TestDurableTypeRetriesAndDrops(t *testing.T) {
 // the handlers take beyond the ack wait: each is handled once, at its
 // first attempt.
 func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{})
+	m := newWorkMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
 	const total = 8
 	for n := 1; n <= total; n++ {
@@ -332,7 +338,9 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 // type, and a frame at the edge's size limit is stored whatever the
 // headers (identity, message id) add to it.
 func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{MaxMessageSize: 2048})
+	cfg := edge.DefaultConfig()
+	cfg.WebSocket.MaxMessageSize = 2048
+	m := newWorkMesh(t, cfg)
 	user := strings.Repeat("u", 128)
 	c := m.dial(t, user)
 	key := strings.Repeat("k", envelope.MaxIdempotencyKey)
@@ -361,7 +369,7 @@ func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
 // (by an operator), durable messages get UNAVAILABLE with retryAfterMs,
 // and the edge re-creates the stream, so that a resend is stored.
 func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{})
+	m := newWorkMesh(t, edge.DefaultConfig())
 	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
 	c := m.dial(t, "alice")
 	accepted(t, sendDurable(t, c, "job.run", "before", "k0", 0))
@@ -405,7 +413,7 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 // idle durable type still answers its plain requests at once (an idle
 // durable pull holds no slot), and handles the durable messages too.
 func TestDurableTypeIdleHoldsNoSlot(t *testing.T) {
-	m := newWorkMesh(t, edge.Config{})
+	m := newWorkMesh(t, edge.DefaultConfig())
 	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 1, Queue: "one-slot"})
 	if err != nil {
 		t.Fatal(err)

@@ -319,7 +319,7 @@ func (c *conn) writeLoop() {
 		if closing {
 			// gws writes the close frame and closes the wire, which
 			// lingers so that the frame reaches the client.
-			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WebSocket.WriteTimeout))
 			c.wire.ownClose.Store(true)
 			if err := c.socket.WriteClose(uint16(code), []byte(reason)); err != nil && !errors.Is(err, gws.ErrConnClosed) {
 				c.abandon()
@@ -334,10 +334,10 @@ func (c *conn) writeLoop() {
 // writeBlocking writes frames (a tail counts as one) with the write
 // timeout and books them; on failure it abandons the connection.
 func (c *conn) writeBlocking(nc net.Conn, frames [][]byte, scratch *[][]byte) bool {
-	_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+	_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WebSocket.WriteTimeout))
 	var n int
 	var err error
-	if c.raw == nil && c.e.cfg.Compression {
+	if c.raw == nil && c.e.cfg.WebSocket.Compression {
 		n, err = c.writeCompressed(frames)
 	} else {
 		// WriteTo consumes the slice it is given: a copy keeps frames intact

@@ -76,15 +76,18 @@ type Edge struct {
 	URL  string // ws://host:port/ws
 }
 
-// StartEdge serves an edge on a random loopback port. cfg.NATS is required.
-// Cleanup shuts it down and checks nothing it started is left running.
+// StartEdge serves an edge on a random loopback port. cfg.NATS.Conn is
+// required; build cfg from edge.DefaultConfig. Cleanup shuts it down and
+// checks nothing it started is left running. The close frames of that
+// shutdown are spread over at most a millisecond, not the default second:
+// no test waits for the spread.
 func StartEdge(t testing.TB, cfg edge.Config) *Edge {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
-	if cfg.ShutdownSpread == 0 {
-		cfg.ShutdownSpread = time.Millisecond
+	if s := &cfg.WebSocket.ShutdownSpread; *s == 0 || *s > time.Millisecond {
+		*s = time.Millisecond
 	}
 	e, err := edge.New(t.Context(), cfg)
 	if err != nil {

@@ -36,14 +36,13 @@ const wait = 30 * time.Second
 func presenceEdge(t *testing.T) (*testenv.Edge, *nats.Conn) {
 	t.Helper()
 	srv := testenv.NATS(t)
-	e := testenv.StartEdge(t, edge.Config{
-		NATS:         testenv.Connect(t, srv.ClientURL()),
-		DevMode:      true,
-		Presence:     true,
-		PresenceTTL:  5 * time.Second,
-		PingInterval: 100 * time.Millisecond,
-		PongTimeout:  10 * time.Second,
-	})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	cfg.Presence.TTL = 5 * time.Second
+	cfg.WebSocket.PingInterval = 100 * time.Millisecond
+	cfg.WebSocket.PongTimeout = 10 * time.Second
+	e := testenv.StartEdge(t, cfg)
 	return e, testenv.Connect(t, srv.ClientURL())
 }
 
@@ -318,11 +317,11 @@ func TestRunVirtual(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- edge.Run(ctx, edge.RunConfig{
-			Listen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", DataDir: t.TempDir(),
-			Edge:    edge.Config{Presence: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))},
-			Virtual: &virtual.Config{Conns: 50, Rooms: 5},
-		})
+		rc := edge.DefaultRunConfig()
+		rc.Listen, rc.NATSListen, rc.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+		rc.Edge.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		rc.Virtual = &virtual.Config{Conns: 50, Rooms: 5}
+		done <- edge.Run(ctx, rc)
 	}()
 	testenv.Eventually(t, wait, "the held line", func() bool {
 		return strings.Contains(logs.String(), `level=WARN msg="edge holds 50 VIRTUAL connections (in-memory, not TCP)"`)
@@ -337,10 +336,10 @@ func TestRunVirtual(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 
-	err := edge.Run(t.Context(), edge.RunConfig{
-		NATSURL: "nats://127.0.0.1:1", Edge: edge.Config{Anonymous: true},
-		Virtual: &virtual.Config{Conns: 5},
-	})
+	rc := edge.DefaultRunConfig()
+	rc.NATSURL, rc.Edge.Auth.Anonymous = "nats://127.0.0.1:1", true
+	rc.Virtual = &virtual.Config{Conns: 5}
+	err := edge.Run(t.Context(), rc)
 	if !errors.Is(err, edge.ErrInvalidConfig) || !strings.Contains(err.Error(), "--insecure-dev-users") {
 		t.Fatalf("not in dev mode: %v", err)
 	}

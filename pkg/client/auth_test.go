@@ -32,7 +32,11 @@ func (m *mesh) startJWTEdge(t *testing.T, refreshWindow time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, m.url), Auth: v, RefreshWindow: refreshWindow}).URL
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, m.url)
+	cfg.Auth.Authenticator = v
+	cfg.Auth.RefreshWindow = refreshWindow
+	return testenv.StartEdge(t, cfg).URL
 }
 
 // tokenSource hands out fresh tokens for user and counts the calls.

@@ -24,8 +24,10 @@ import (
 // messages per room (0: the edge's default).
 func (m *mesh) durableEdge(t *testing.T, maxMsgs int64) edge.Config {
 	cfg := m.devEdge(t)
-	cfg.DurableRooms = []string{"dur-*"}
-	cfg.DurableRoomMaxMsgs = maxMsgs
+	cfg.DurableRooms = edge.DefaultDurableRoomsConfig("dur-*")
+	if maxMsgs != 0 {
+		cfg.DurableRooms.RoomMaxMsgs = maxMsgs
+	}
 	return cfg
 }
 

@@ -168,7 +168,7 @@ func TestServerMembership(t *testing.T) {
 func TestHeartbeatKeepsIdleConnectionOpen(t *testing.T) {
 	m := newMesh(t)
 	cfg := m.devEdge(t)
-	cfg.IdleTimeout = 600 * time.Millisecond
+	cfg.WebSocket.IdleTimeout = 600 * time.Millisecond
 	url := testenv.StartEdge(t, cfg).URL
 	for _, hb := range []time.Duration{0, 200 * time.Millisecond} {
 		t.Run(fmt.Sprint("heartbeat=", hb), func(t *testing.T) {

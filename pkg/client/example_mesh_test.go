@@ -36,7 +36,13 @@ func startExampleMesh() (url string, stop func()) {
 	must(err)
 	must(chat.Register(w))
 	must(nc.Flush())
-	e, err := edge.New(context.Background(), edge.Config{NATS: nc, DevMode: true, DurableRooms: []string{"orders-*"}, Logger: quiet, ShutdownSpread: time.Millisecond})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = nc
+	cfg.Auth.DevMode = true
+	cfg.DurableRooms = edge.DefaultDurableRoomsConfig("orders-*")
+	cfg.Logger = quiet
+	cfg.WebSocket.ShutdownSpread = time.Millisecond
+	e, err := edge.New(context.Background(), cfg)
 	must(err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)

@@ -37,7 +37,10 @@ func newMesh(t *testing.T) *mesh {
 
 // devEdge is the edge config of these tests: dev mode, presence on.
 func (m *mesh) devEdge(t *testing.T) edge.Config {
-	return edge.Config{NATS: testenv.Connect(t, m.url), DevMode: true, Presence: true}
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, m.url)
+	cfg.Auth.DevMode = true
+	return cfg
 }
 
 // startEdge serves a dev-mode edge on a random port and returns its URL.
@@ -61,7 +64,7 @@ func serveEdgeAt(t *testing.T, addr string, cfg edge.Config) *servedEdge {
 	if cfg.Logger == nil {
 		cfg.Logger = testenv.Logger(t)
 	}
-	cfg.ShutdownSpread = time.Millisecond
+	cfg.WebSocket.ShutdownSpread = time.Millisecond
 	e, err := edge.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)

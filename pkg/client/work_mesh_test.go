@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/pkg/client"
 	"github.com/natter/natter/pkg/envelope"
@@ -25,7 +26,7 @@ func (m *mesh) workMsgs(t *testing.T) uint64 {
 func TestSendDurableAcrossEdgeRestart(t *testing.T) {
 	m := newMesh(t)
 	cfg := m.devEdge(t)
-	cfg.DurableTypes = []string{"job.*"}
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
 	addr := freeAddr(t)
 	first := serveEdgeAt(t, addr, cfg)
 	st := newStates()
@@ -82,8 +83,8 @@ func TestSendDurableAcrossEdgeRestart(t *testing.T) {
 func TestSendDurableWaitsOutTheRateLimit(t *testing.T) {
 	m := newMesh(t)
 	cfg := m.devEdge(t)
-	cfg.DurableTypes = []string{"job.*"}
-	cfg.RateLimit, cfg.RateBurst = 5, 1 // 10 sends need 2 s: some are refused however slow the machine
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+	cfg.Limits.MessageRate, cfg.Limits.MessageBurst = 5, 1 // 10 sends need 2 s: some are refused however slow the machine
 	e := testenv.StartEdge(t, cfg)
 	c := dial(t, e.URL, client.Options{User: "alice"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

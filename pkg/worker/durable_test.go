@@ -143,7 +143,11 @@ func (w *crashWorker) tally() (started, done map[string][]int) {
 // accepted is handled.
 func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 	srv := testenv.NATS(t)
-	e := testenv.StartEdge(t, edge.Config{NATS: testenv.Connect(t, srv.ClientURL()), DevMode: true, DurableTypes: []string{"job.*"}})
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+	e := testenv.StartEdge(t, cfg)
 	c := wstest.Dial(t, e.URL+"?user=alice")
 
 	const total = 300
