@@ -34,7 +34,10 @@
 // Concurrency: Service methods are safe for concurrent use. The mirror is
 // updated by one goroutine (the watcher); readers take its RWMutex. The
 // lease, the retries of failed writes and the removals are the work of one
-// goroutine (the keeper). Lock order: ownMu before dirtyMu; mu (the
+// goroutine (the keeper). Two routine.Groups own the service's goroutines:
+// one the watcher, the event publisher and the diff flusher, the other the
+// keeper, which Stop ends first (before the lease goes) and waits for;
+// nothing polls. Lock order: ownMu before dirtyMu; mu (the
 // mirror) is never held while another lock is taken, nor across a NATS
 // round trip.
 package presence

@@ -33,6 +33,7 @@ func (s *Service) publishEvents(ctx context.Context) {
 			if _, err := s.evjs.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
 				s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
 			}
+			s.progressed()
 		case <-ctx.Done():
 			return
 		}

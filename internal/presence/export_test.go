@@ -1,8 +1,9 @@
 package presence
 
 import (
-	"context"
 	"time"
+
+	"github.com/natter/natter/internal/routine"
 )
 
 // Kill stops the service as a SIGKILL of its edge would: its goroutines
@@ -14,9 +15,7 @@ func (s *Service) Kill() {
 		}
 		s.stopping.Store(true)
 		s.stopKeeper()
-		s.keeperWG.Wait()
-		s.cancel()
-		s.wg.Wait()
+		s.stopLoops()
 	})
 }
 
@@ -32,12 +31,9 @@ func (s *Service) Conflicts() int64 { return s.conflicts.Load() }
 // its lease refreshes (the watcher goes on); resume starts it again.
 func (s *Service) Pause() (resume func()) {
 	s.stopKeeper()
-	s.keeperWG.Wait()
 	return func() {
-		kctx, stop := context.WithCancel(context.Background())
-		s.stopKeeper = stop
-		s.keeperWG.Add(1)
-		go func() { defer s.keeperWG.Done(); s.keep(kctx) }()
+		s.keeper = new(routine.Group)
+		s.keeper.Go(s.keep)
 	}
 }
 

@@ -125,6 +125,7 @@ func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
 	} else if edge, ok := strings.CutPrefix(key, "edge."); ok {
 		s.applyLease(kve, edge, live)
 	}
+	s.progressed()
 }
 
 // applyLease records an edge's lease, or its end.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 )
@@ -117,13 +118,17 @@ type Service struct {
 	pending map[string]*Diff
 	diffDue chan struct{} // a batch was started: flush it DiffInterval later
 
-	querySub   *nats.Subscription
-	cancel     context.CancelFunc // the watcher, events and diffs
-	stopKeeper context.CancelFunc
-	wg         sync.WaitGroup
-	keeperWG   sync.WaitGroup
-	stopping   atomic.Bool
-	stopOnce   sync.Once
+	querySub *nats.Subscription
+	// loops owns the watcher, the event publisher and the diff flusher;
+	// keeper the keeper, which Stop ends before the lease goes (and the
+	// tests' Pause replaces).
+	loops    routine.Group
+	keeper   *routine.Group
+	stopping atomic.Bool
+	// progress wakes Stop, once stopping is set, when the watcher applied
+	// a change or the publisher took an event.
+	progress chan struct{}
+	stopOnce sync.Once
 }
 
 // Start ensures the bucket and the event stream, loads the mirror, removes
@@ -163,20 +168,22 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	name := strings.ReplaceAll(cfg.Namespace.Prefix(), ".", "_")
 	bucket := name + "_presence"
 	s := &Service{
-		cfg:     cfg,
-		events:  make(chan presence.Event, 65536),
-		prefix:  "$KV." + bucket + ".",
-		warn:    rate.NewLimiter(1, 5), // one line per failed write is too many
-		own:     make(map[string]*ownEntry),
-		dirty:   make(map[string]struct{}),
-		kick:    make(chan struct{}, 1),
-		conns:   make(map[string]*record),
-		users:   make(map[string][]string),
-		rooms:   make(roomIndex),
-		edges:   make(map[string]*edgeState),
-		tombs:   make(map[string]*tomb),
-		pending: make(map[string]*Diff),
-		diffDue: make(chan struct{}, 1),
+		cfg:      cfg,
+		events:   make(chan presence.Event, 65536),
+		prefix:   "$KV." + bucket + ".",
+		warn:     rate.NewLimiter(1, 5), // one line per failed write is too many
+		own:      make(map[string]*ownEntry),
+		dirty:    make(map[string]struct{}),
+		kick:     make(chan struct{}, 1),
+		conns:    make(map[string]*record),
+		users:    make(map[string][]string),
+		rooms:    make(roomIndex),
+		edges:    make(map[string]*edgeState),
+		tombs:    make(map[string]*tomb),
+		pending:  make(map[string]*Diff),
+		diffDue:  make(chan struct{}, 1),
+		progress: make(chan struct{}, 1),
+		keeper:   new(routine.Group),
 	}
 	s.backup.Store(int64(cfg.TTL / 3))
 	newJS := func(onErr jetstream.MsgErrHandler) (jetstream.JetStream, error) {
@@ -232,11 +239,10 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("presence: event stream: %w", err)
 	}
-	wctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	w, err := s.kv.WatchAll(wctx)
+	// The watch is the watcher goroutine's: it ends with the loops.
+	w, err := s.kv.WatchAll(s.loops.Context())
 	if err != nil {
-		cancel()
+		s.loops.Stop()
 		return nil, fmt.Errorf("presence: watch: %w", err)
 	}
 	// The initial values load the mirror without events.
@@ -250,7 +256,7 @@ load:
 			s.apply(e, false)
 		case <-ctx.Done():
 			_ = w.Stop()
-			cancel()
+			s.loops.Stop()
 			return nil, fmt.Errorf("presence: initial load: %w", context.Cause(ctx))
 		}
 	}
@@ -263,17 +269,13 @@ load:
 		return s.writeLease(ctx, false)
 	}); err != nil {
 		_ = w.Stop()
-		cancel()
+		s.loops.Stop()
 		return nil, fmt.Errorf("presence: lease: %w", err)
 	}
-	kctx, stopKeeper := context.WithCancel(context.Background())
-	s.stopKeeper = stopKeeper
-	s.wg.Add(3)
-	go func() { defer s.wg.Done(); s.publishEvents(wctx) }()
-	go func() { defer s.wg.Done(); s.watch(wctx, w) }()
-	go func() { defer s.wg.Done(); s.flushLoop(wctx) }()
-	s.keeperWG.Add(1)
-	go func() { defer s.keeperWG.Done(); s.keep(kctx) }()
+	s.loops.Go(s.publishEvents)
+	s.loops.Go(func(ctx context.Context) { s.watch(ctx, w) })
+	s.loops.Go(s.flushLoop)
+	s.keeper.Go(s.keep)
 	s.querySub, err = cfg.NATS.QueueSubscribe(presence.Subject(cfg.Namespace), name+"-presence", s.onQuery)
 	if err != nil {
 		s.Stop()
@@ -309,12 +311,19 @@ func (s *Service) stop() {
 	case <-s.js.PublishAsyncComplete():
 	case <-time.After(time.Until(deadline)):
 	}
-	// The keeper still retries failed writes meanwhile.
-	for time.Now().Before(deadline) && (s.mirrorHasOwn() || len(s.events) > 0) {
-		time.Sleep(10 * time.Millisecond)
+	// The keeper still retries failed writes meanwhile. The watcher and
+	// the event publisher signal each step they make (progressed).
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+wait:
+	for s.mirrorHasOwn() || len(s.events) > 0 {
+		select {
+		case <-s.progress:
+		case <-t.C:
+			break wait
+		}
 	}
 	s.stopKeeper()
-	s.keeperWG.Wait()
 	// The lease goes after the connections, so that no edge removes them
 	// a second time; an edge left alone purges what no one else will.
 	s.dropLease(deadline)
@@ -322,8 +331,32 @@ func (s *Service) stop() {
 	case <-s.evjs.PublishAsyncComplete():
 	case <-time.After(time.Until(deadline)):
 	}
-	s.cancel()
-	s.wg.Wait()
+	s.stopLoops()
+}
+
+// stopKeeper ends the keeper and waits for it.
+func (s *Service) stopKeeper() {
+	s.keeper.Stop()
+	_ = s.keeper.Wait(context.Background())
+}
+
+// stopLoops ends the watcher, the event publisher and the diff flusher,
+// and waits for them.
+func (s *Service) stopLoops() {
+	s.loops.Stop()
+	_ = s.loops.Wait(context.Background())
+}
+
+// progressed wakes a Stop waiting for the watcher and the event
+// publisher; before Stop it costs one atomic load.
+func (s *Service) progressed() {
+	if !s.stopping.Load() {
+		return
+	}
+	select {
+	case s.progress <- struct{}{}:
+	default:
+	}
 }
 
 // mirrorHasOwn reports whether the mirror still holds a connection of this

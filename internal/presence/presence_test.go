@@ -181,6 +181,30 @@ func TestLastEdgeStopReportsOffline(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "all offline", func() bool { return ev.count("offline") == n })
 }
 
+// Stop is idempotent: concurrent calls and a later one all return, and
+// the connections still held go offline once.
+func TestStopTwice(t *testing.T) {
+	srv := testenv.NATS(t)
+	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
+	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "twice", TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	for i := range n {
+		s.Set(pub.Entry{Conn: fmt.Sprintf("t%d", i), User: fmt.Sprintf("user%d", i)})
+	}
+	testenv.Eventually(t, 5*time.Second, "all online", func() bool { return ev.count("online") == n })
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Stop() }()
+	}
+	wg.Wait()
+	s.Stop()
+	testenv.Eventually(t, 5*time.Second, "all offline", func() bool { return ev.count("offline") == n })
+}
+
 // A quick leave and rejoin within one batch reads as a join.
 func TestDiffMergesQuickRejoin(t *testing.T) {
 	srv := testenv.NATS(t)

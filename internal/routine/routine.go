@@ -104,6 +104,16 @@ func (g *Group) Stop() {
 	g.cancel()
 }
 
+// Context returns the context the group's goroutines get: it ends at
+// Stop. Set-up whose result the goroutines will own (a watch they follow)
+// can be made with it before they start.
+func (g *Group) Context() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.initLocked()
+	return g.ctx
+}
+
 // Stopped reports whether Stop was called.
 func (g *Group) Stopped() bool {
 	g.mu.Lock()

@@ -69,6 +69,9 @@ func TestStopEndsContextAndRefuses(t *testing.T) {
 		cause.Store(ctx.Err())
 	})
 	<-started
+	if g.Context().Err() != nil {
+		t.Fatal("Context ended before Stop")
+	}
 	if g.Stopped() {
 		t.Fatal("Stopped before Stop")
 	}
@@ -78,6 +81,9 @@ func TestStopEndsContextAndRefuses(t *testing.T) {
 	}
 	if err := g.Wait(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if g.Context().Err() == nil {
+		t.Fatal("Context did not end at Stop")
 	}
 	if err, _ := cause.Load().(error); !errors.Is(err, context.Canceled) {
 		t.Fatalf("goroutine's context ended with %v, want Canceled", err)
