@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/natter/natter/internal/app"
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/edge"
@@ -21,10 +22,10 @@ import (
 
 // parseFlags reads the edge's configuration from args, the NATTER_*
 // environment and the --config file (internal/config). Every default comes
-// from edge.DefaultRunConfig, and so from edge.DefaultConfig: the flags do
+// from app.DefaultConfig, and so from edge.DefaultConfig: the flags do
 // not restate them. It exits on --help and on a malformed flag.
-func parseFlags(args []string) (edge.RunConfig, error) {
-	rc := edge.DefaultRunConfig()
+func parseFlags(args []string) (app.Config, error) {
+	rc := app.DefaultConfig()
 	e := &rc.Edge
 	var (
 		vc         virtual.Config
@@ -44,7 +45,7 @@ func parseFlags(args []string) (edge.RunConfig, error) {
 	)
 	fs := flag.NewFlagSet("edge", flag.ExitOnError)
 	config.Register(fs, "edge")
-	fs.StringVar(&rc.Listen, "listen", rc.Listen, "HTTP address for WebSocket upgrades (default "+edge.DefaultListen+"; "+edge.DefaultDevListen+", loopback only, in dev mode: single-binary mode without auth flags, or --insecure-dev-users)")
+	fs.StringVar(&rc.Listen, "listen", rc.Listen, "HTTP address for WebSocket upgrades (default "+app.DefaultListen+"; "+app.DefaultDevListen+", loopback only, in dev mode: single-binary mode without auth flags, or --insecure-dev-users)")
 	fs.StringVar(&ws.Path, "path", ws.Path, "WebSocket upgrade path")
 	fs.StringVar(&rc.NATSURL, "nats", rc.NATSURL, "NATS server URLs, comma-separated; empty runs single-binary mode with an embedded server")
 	fs.StringVar(&rc.NATSListen, "nats-listen", rc.NATSListen, "embedded NATS client address (single-binary mode)")

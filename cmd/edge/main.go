@@ -10,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/app"
 )
 
 func main() {
@@ -22,7 +22,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal starts the drain, a second one kills at once.
 	context.AfterFunc(ctx, stop)
-	err = edge.Run(ctx, rc)
+	err = app.Run(ctx, rc)
 	stop()
 	if err != nil {
 		rc.Edge.Logger.Error("edge stopped", "err", err)

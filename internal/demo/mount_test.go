@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natter/natter/internal/app"
 	"github.com/natter/natter/internal/auth"
-	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 )
 
@@ -33,14 +33,14 @@ func TestEdgeMountsDemo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rc := edge.DefaultRunConfig()
+			rc := app.DefaultConfig()
 			rc.Listener, rc.NATSListen, rc.DataDir = ln, "127.0.0.1:0", t.TempDir()
 			rc.JWT.HMACSecret = tc.jwt.HMACSecret
 			rc.Edge.Logger = testenv.Logger(t)
 			rc.Edge.WebSocket.ShutdownSpread = time.Millisecond
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
-			go func() { done <- edge.Run(ctx, rc) }()
+			go func() { done <- app.Run(ctx, rc) }()
 			t.Cleanup(func() {
 				cancel()
 				if err := <-done; err != nil {

@@ -17,8 +17,8 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natter/natter/internal/app"
 	"github.com/natter/natter/internal/auth"
-	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
@@ -107,7 +107,7 @@ func TestHostileClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := edge.DefaultRunConfig()
+	rc := app.DefaultConfig()
 	rc.Listener, rc.NATSURL = ln, srv.ClientURL()
 	rc.JWT.HMACSecret = testSecret
 	rc.HandshakeTimeout, rc.MaxHeaderBytes = time.Second, 16<<10
@@ -121,7 +121,7 @@ func TestHostileClients(t *testing.T) {
 	rc.Edge.Presence = nil
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- edge.Run(ctx, rc) }()
+	go func() { done <- app.Run(ctx, rc) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

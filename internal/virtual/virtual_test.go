@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/natter/natter/internal/app"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/virtual"
@@ -307,8 +308,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestRunVirtual is the command's wiring: edge.Run in single-binary mode
-// with RunConfig.Virtual holds the connections, says so at WARN, and
+// TestRunVirtual is the command's wiring: app.Run in single-binary mode
+// with app.Config.Virtual holds the connections, says so at WARN, and
 // closes them when its context ends; an edge that is not in dev mode
 // refuses the mode before it starts.
 func TestRunVirtual(t *testing.T) {
@@ -317,11 +318,11 @@ func TestRunVirtual(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		rc := edge.DefaultRunConfig()
+		rc := app.DefaultConfig()
 		rc.Listen, rc.NATSListen, rc.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 		rc.Edge.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		rc.Virtual = &virtual.Config{Conns: 50, Rooms: 5}
-		done <- edge.Run(ctx, rc)
+		done <- app.Run(ctx, rc)
 	}()
 	testenv.Eventually(t, wait, "the held line", func() bool {
 		return strings.Contains(logs.String(), `level=WARN msg="edge holds 50 VIRTUAL connections (in-memory, not TCP)"`)
@@ -336,10 +337,10 @@ func TestRunVirtual(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 
-	rc := edge.DefaultRunConfig()
+	rc := app.DefaultConfig()
 	rc.NATSURL, rc.Edge.Auth.Anonymous = "nats://127.0.0.1:1", true
 	rc.Virtual = &virtual.Config{Conns: 5}
-	err := edge.Run(t.Context(), rc)
+	err := app.Run(t.Context(), rc)
 	if !errors.Is(err, edge.ErrInvalidConfig) || !strings.Contains(err.Error(), "--insecure-dev-users") {
 		t.Fatalf("not in dev mode: %v", err)
 	}

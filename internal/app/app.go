@@ -1,4 +1,10 @@
-package edge
+// Package app is the edge command's wiring around an edge.Edge: NATS (an
+// embedded nats-server in single-binary mode, or a cluster), the
+// authenticator, the schemas, the built-in handlers and the demo page in
+// single-binary mode, the admin listener, the HTTP server and the ordered
+// shutdown. cmd/edge parses its flags into a Config and calls Run;
+// internal/edge knows none of this.
+package app
 
 import (
 	"cmp"
@@ -19,6 +25,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/demo"
+	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
@@ -35,11 +42,11 @@ const (
 	DefaultDevListen = "127.0.0.1:8080"
 )
 
-// RunConfig is what cmd/edge gives Run: the edge's own Config (without a
+// Config is what cmd/edge gives Run: the edge's own Config (without a
 // NATS connection) plus the process around it. Its fields are the
 // command's flags, and Run's errors name the flags.
-type RunConfig struct {
-	Edge Config
+type Config struct {
+	Edge edge.Config
 	// Listen is the HTTP address for WebSocket upgrades. Default
 	// DefaultListen, or DefaultDevListen in dev mode.
 	Listen string
@@ -102,12 +109,11 @@ type RunConfig struct {
 	Virtual *virtual.Config
 }
 
-// DefaultRunConfig returns the defaults of the edge command: the edge's
-// DefaultConfig and those of the process around it. cmd/edge's flags
-// start from it.
-func DefaultRunConfig() RunConfig {
-	return RunConfig{
-		Edge:             DefaultConfig(),
+// DefaultConfig returns the defaults of the edge command: edge.DefaultConfig
+// and those of the process around it. cmd/edge's flags start from it.
+func DefaultConfig() Config {
+	return Config{
+		Edge:             edge.DefaultConfig(),
 		HandshakeTimeout: 10 * time.Second,
 		MaxHeaderBytes:   32 << 10,
 		NATSListen:       "127.0.0.1:4222",
@@ -120,13 +126,13 @@ func DefaultRunConfig() RunConfig {
 }
 
 // hasAuth reports whether rc configures JWT verification or the callout.
-func (rc *RunConfig) hasAuth() bool {
+func (rc *Config) hasAuth() bool {
 	return len(rc.JWT.HMACSecret) > 0 || len(rc.JWT.PublicKeys) > 0 || rc.JWT.JWKSURL != "" || rc.AuthCallout
 }
 
-// authenticator builds the Authenticator and join authorizer RunConfig
+// authenticator builds the Authenticator and join authorizer rc
 // asks for, on nc. close releases the JWKS refresher.
-func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close func(), err error) {
+func (rc *Config) authenticator(ctx context.Context, nc *nats.Conn) (close func(), err error) {
 	hasJWT := len(rc.JWT.HMACSecret) > 0 || len(rc.JWT.PublicKeys) > 0 || rc.JWT.JWKSURL != ""
 	if rc.Edge.EdgeID == "" {
 		rc.Edge.EdgeID = nuid.Next()
@@ -140,7 +146,7 @@ func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close fu
 	}
 	switch {
 	case hasJWT && rc.AuthCallout:
-		return nil, fmt.Errorf("%w: choose JWT verification or the auth callout, not both", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: choose JWT verification or the auth callout, not both", edge.ErrInvalidConfig)
 	case rc.AuthCallout:
 		rc.Edge.Auth.Authenticator = callout
 	case hasJWT:
@@ -157,7 +163,7 @@ func (rc *RunConfig) authenticator(ctx context.Context, nc *nats.Conn) (close fu
 // Run runs an edge until ctx ends, then shuts down in order: stop accepting,
 // close sockets with 4000 (spread), drain the built-in worker, drain NATS,
 // stop the embedded server.
-func Run(ctx context.Context, rc RunConfig) error {
+func Run(ctx context.Context, rc Config) error {
 	log := rc.Edge.Logger
 	if log == nil {
 		log = slog.Default()
@@ -188,7 +194,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 			return err
 		}
 		if !rc.Edge.Auth.DevMode && (!single || rc.hasAuth()) {
-			return fmt.Errorf("%w: --virtual-conns needs dev-mode user ids (?user=): add --insecure-dev-users, or run single-binary mode without auth flags", ErrInvalidConfig)
+			return fmt.Errorf("%w: --virtual-conns needs dev-mode user ids (?user=): add --insecure-dev-users, or run single-binary mode without auth flags", edge.ErrInvalidConfig)
 		}
 	}
 
@@ -246,7 +252,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 		nc, err = nats.Connect(rc.NATSURL, opts...)
 	}
 	if rc.Edge.Auth.DevMode {
-		log.Warn("dev mode: the ?" + cmp.Or(rc.Edge.Auth.UserParam, "user") + "= query parameter sets the user id without authentication; do not expose this edge")
+		log.Warn("dev mode: the ?" + cmp.Or(rc.Edge.Auth.UserParam, edge.DefaultConfig().Auth.UserParam) + "= query parameter sets the user id without authentication; do not expose this edge")
 	}
 	if err != nil {
 		return fmt.Errorf("edge: connect NATS: %w", err)
@@ -280,7 +286,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	var draining ops.Draining
 	admin.AddCheck("nats", ops.NATSCheck(nc))
 	admin.AddCheck("drain", draining.Check)
-	e, err := New(setup, rc.Edge)
+	e, err := edge.New(setup, rc.Edge)
 	if err != nil {
 		return rc.setupError(ctx, err)
 	}
@@ -323,7 +329,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	var virt *virtual.Set
 	if rc.Virtual != nil {
 		vc := *rc.Virtual
-		vc.Handler, vc.Path, vc.UserParam = e, e.Path(), cmp.Or(rc.Edge.Auth.UserParam, "user")
+		vc.Handler, vc.Path, vc.UserParam = e, e.Path(), cmp.Or(rc.Edge.Auth.UserParam, edge.DefaultConfig().Auth.UserParam)
 		vc.Logger, vc.Registerer = log, admin.Registry
 		if virt, err = virtual.Start(ctx, vc); err != nil {
 			return err
@@ -413,13 +419,13 @@ func drain(ctx context.Context, nc *nats.Conn) error {
 var errNoAuth = fmt.Errorf("%w: no authentication for an edge with --nats: pass --jwt-secret-file (or NATTER_JWT_SECRET), "+
 	"--jwt-public-key or --jwks-url to verify tokens, --auth-callout to ask an auth service, or --anonymous to admit connections "+
 	"without a token (and without a user id); for local development only, --insecure-dev-users (INSECURE: ?user= sets the user id, "+
-	"any room and origin, the demo page)", ErrInvalidConfig)
+	"any room and origin, the demo page)", edge.ErrInvalidConfig)
 
 // setupError explains a failed set-up with the flags that fix it. New's
 // errors already say what to change on the NATS server; this adds the
 // flags that do without what needed it. ctx is Run's: when it ended, a
 // signal interrupted the set-up.
-func (rc *RunConfig) setupError(ctx context.Context, err error) error {
+func (rc *Config) setupError(ctx context.Context, err error) error {
 	var needs, off []string
 	if rc.Edge.Presence != nil {
 		needs, off = append(needs, "presence"), append(off, "--presence=false")
