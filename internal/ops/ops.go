@@ -25,6 +25,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/natter/natter/internal/routine"
 )
 
 // Check is one readiness check: nil when ready.
@@ -36,6 +38,7 @@ type Server struct {
 	srv      *http.Server
 	ln       net.Listener
 	log      *slog.Logger
+	serving  routine.Group // the Serve goroutine, which Shutdown waits for
 
 	mu     sync.Mutex
 	checks []namedCheck
@@ -113,11 +116,11 @@ func (s *Server) Start() error {
 		return fmt.Errorf("ops: listen %s: %w", s.srv.Addr, err)
 	}
 	s.ln = ln
-	go func() {
+	s.serving.Go(func(context.Context) {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("ops: admin listener stopped", "err", err)
 		}
-	}()
+	})
 	s.log.Info("admin listening", "addr", ln.Addr().String())
 	return nil
 }
@@ -130,12 +133,18 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Shutdown stops the listener.
+// Shutdown stops the listener, waits for the requests in progress and for
+// the serving goroutine, or for ctx. It is idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.ln == nil {
 		return nil
 	}
-	return s.srv.Shutdown(ctx)
+	err := s.srv.Shutdown(ctx) // Serve returns at once
+	s.serving.Stop()
+	if werr := s.serving.Wait(ctx); err == nil {
+		err = werr
+	}
+	return err
 }
 
 // ErrDraining fails readiness once a shutdown has begun.
