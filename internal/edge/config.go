@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natter/natter/internal/auth"
-	presencekv "github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/presencekv"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"

@@ -12,21 +12,21 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/edge"
-	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/presencekv"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
-	pub "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/presence"
 )
 
-func diffOf(t *testing.T, c *wstest.Client, pred func(*presence.Diff) bool) *presence.Diff {
+func diffOf(t *testing.T, c *wstest.Client, pred func(*presencekv.Diff) bool) *presencekv.Diff {
 	t.Helper()
-	var d presence.Diff
+	var d presencekv.Diff
 	c.Await(t, wait, func(e *envelope.Envelope) bool {
 		if e.Type != envelope.TypePresenceDiff {
 			return false
 		}
-		d = presence.Diff{}
+		d = presencekv.Diff{}
 		return json.Unmarshal(e.Payload, &d) == nil && pred(&d)
 	})
 	return &d
@@ -44,7 +44,7 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 	}
 	join(t, quiet, "lobby") // no opt-in: no diffs
 	join(t, other, "lobby")
-	diffOf(t, watcher, func(d *presence.Diff) bool {
+	diffOf(t, watcher, func(d *presencekv.Diff) bool {
 		return len(d.Joins) > 0 && d.Joins[len(d.Joins)-1].User == "oscar"
 	})
 
@@ -53,7 +53,7 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 	if got.Type != envelope.TypePresenceState {
 		t.Fatalf("state ack: %s %s", got.Type, got.Payload)
 	}
-	d := diffOf(t, watcher, func(d *presence.Diff) bool { return len(d.States) > 0 })
+	d := diffOf(t, watcher, func(d *presencekv.Diff) bool { return len(d.States) > 0 })
 	if s := d.States[0]; s.User != "oscar" || string(s.State) != `{"typing":true}` {
 		t.Fatalf("state diff %+v", s)
 	}
@@ -64,18 +64,18 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 	// $presence lists the room with states; a user query about someone else
 	// says whether they are online but not where.
 	got = quiet.Request(t, envelope.TypePresence, map[string]string{"room": "lobby"}, wait)
-	var page pub.RoomPage
+	var page presence.RoomPage
 	if err := json.Unmarshal(got.Payload, &page); err != nil || page.Count != 3 {
 		t.Fatalf("room: %s", got.Payload)
 	}
 	got = quiet.Request(t, envelope.TypePresence, map[string]string{"user": "oscar"}, wait)
-	var info pub.UserInfo
+	var info presence.UserInfo
 	if err := json.Unmarshal(got.Payload, &info); err != nil || !info.Online || len(info.Connections) != 0 {
 		t.Fatalf("user: %s", got.Payload)
 	}
 
 	other.Close()
-	diffOf(t, watcher, func(d *presence.Diff) bool { return len(d.Leaves) > 0 && d.Leaves[0].User == "oscar" })
+	diffOf(t, watcher, func(d *presencekv.Diff) bool { return len(d.Leaves) > 0 && d.Leaves[0].User == "oscar" })
 	for {
 		b, ok := quiet.NextRaw(100e6)
 		if !ok {
@@ -105,7 +105,7 @@ func presenceStream(t *testing.T, nc *nats.Conn) jetstream.StreamState {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := js.Stream(t.Context(), "KV_"+pub.Bucket)
+	s, err := js.Stream(t.Context(), "KV_"+presence.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func presenceKeys(t *testing.T, nc *nats.Conn) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(t.Context(), pub.Bucket)
+	kv, err := js.KeyValue(t.Context(), presence.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func presenceKeys(t *testing.T, nc *nats.Conn) map[string]string {
 		out[k] = ""
 		if strings.HasPrefix(k, "conn.") {
 			if e, err := kv.Get(t.Context(), k); err == nil {
-				var entry pub.Entry
+				var entry presence.Entry
 				_ = json.Unmarshal(e.Value(), &entry)
 				out[k] = entry.Edge
 			}
@@ -161,7 +161,7 @@ func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
 		join(t, c, "lobby")
 	}
 	testenv.Eventually(t, wait, "every member in presence", func() bool {
-		p, err := pub.Room(t.Context(), nc, envelope.DefaultNamespace, "lobby", "", 1)
+		p, err := presence.Room(t.Context(), nc, envelope.DefaultNamespace, "lobby", "", 1)
 		return err == nil && p.Count == n
 	})
 	before := presenceStream(t, nc)
@@ -187,8 +187,8 @@ func TestPresenceShutdownRemovesKeys(t *testing.T) {
 	join(t, wstest.Dial(t, e1.URL+"?user=amy"), "lobby")
 	wstest.Dial(t, e2.URL+"?user=bo")
 	testenv.Eventually(t, wait, "both online", func() bool {
-		a, err1 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
-		b, err2 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
+		a, err1 := presence.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
+		b, err2 := presence.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
 		return err1 == nil && err2 == nil && a.Online && b.Online
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -202,8 +202,8 @@ func TestPresenceShutdownRemovesKeys(t *testing.T) {
 		}
 	}
 	testenv.Eventually(t, wait, "amy offline, bo online", func() bool {
-		a, err1 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
-		b, err2 := pub.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
+		a, err1 := presence.Online(t.Context(), nc, envelope.DefaultNamespace, "amy")
+		b, err2 := presence.Online(t.Context(), nc, envelope.DefaultNamespace, "bo")
 		return err1 == nil && err2 == nil && !a.Online && b.Online
 	})
 }
@@ -222,7 +222,7 @@ func TestPresenceUserCapAcrossEdges(t *testing.T) {
 	asker := wstest.Dial(t, e2.URL+"?user=quinn")
 	testenv.Eventually(t, wait, "e2's mirror holds alice's two connections", func() bool {
 		got := asker.Request(t, envelope.TypePresence, map[string]string{"user": "alice"}, wait)
-		var info pub.UserInfo
+		var info presence.UserInfo
 		return json.Unmarshal(got.Payload, &info) == nil && len(info.Connections) == 2
 	})
 	if status, body, _ := wstest.Handshake(t, e2.URL+"?user=alice", nil, ""); status != 429 || body != "too many connections for this user" {

@@ -1,6 +1,9 @@
-// Package presence keeps Natter's presence in JetStream KV and derives the
-// lifecycle events from it. docs/design/presence.md gives the design, its
-// failure cases and its cost.
+// Package presencekv keeps Natter's presence in JetStream KV and derives the
+// lifecycle events from it: the edge's side of presence, which the edge
+// starts when presence is on. The public contract (entries, events,
+// queries) is pkg/presence, which this package imports as presence.
+// docs/design/presence.md gives the design, its failure cases and its
+// cost.
 //
 // The bucket holds two kinds of keys. Each edge holds a lease, edge.<id>,
 // a key with a per-key TTL that it refreshes every TTL/3. Each connection
@@ -40,4 +43,4 @@
 // nothing polls. Lock order: ownMu before dirtyMu; mu (the
 // mirror) is never held while another lock is taken, nor across a NATS
 // round trip.
-package presence
+package presencekv

@@ -1,4 +1,4 @@
-package presence_test
+package presencekv_test
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/pkg/envelope"
-	pub "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/presence"
 )
 
 // BenchmarkRoomQuery lists a page of a 10,000-member room: from the edge's
@@ -17,7 +17,7 @@ func BenchmarkRoomQuery(b *testing.B) {
 	s := start(b, srv.ClientURL(), "edgeA", 30*time.Second)
 	const members = 10_000
 	for i := range members {
-		s.Set(pub.Entry{Conn: fmt.Sprintf("conn%05d", i), User: fmt.Sprintf("u%d", i%3000), Rooms: []string{"big"}})
+		s.Set(presence.Entry{Conn: fmt.Sprintf("conn%05d", i), User: fmt.Sprintf("u%d", i%3000), Rooms: []string{"big"}})
 	}
 	testenv.Eventually(b, 60*time.Second, "10,000 members in the mirror", func() bool { return s.Room("big", "", 1).Count == members })
 	nc := testenv.Connect(b, srv.ClientURL())
@@ -49,7 +49,7 @@ func BenchmarkRoomQuery(b *testing.B) {
 	b.Run("nats/first-page", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			p, err := pub.Room(b.Context(), nc, envelope.DefaultNamespace, "big", "", 100)
+			p, err := presence.Room(b.Context(), nc, envelope.DefaultNamespace, "big", "", 100)
 			if err != nil || len(p.Members) != 100 {
 				b.Fatal(err)
 			}

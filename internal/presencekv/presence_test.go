@@ -1,4 +1,4 @@
-package presence_test
+package presencekv_test
 
 import (
 	"context"
@@ -10,22 +10,22 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/presencekv"
 	"github.com/natter/natter/internal/testenv"
-	pub "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/worker"
 )
 
 type events struct {
 	mu  sync.Mutex
-	all []pub.Event
+	all []presence.Event
 }
 
 func collect(t *testing.T, nc *nats.Conn) *events {
 	t.Helper()
 	ev := &events{}
 	_, err := nc.Subscribe("natter.evt.>", func(m *nats.Msg) {
-		var e pub.Event
+		var e presence.Event
 		if json.Unmarshal(m.Data, &e) == nil {
 			ev.mu.Lock()
 			ev.all = append(ev.all, e)
@@ -51,9 +51,9 @@ func (ev *events) count(name string) int {
 	return n
 }
 
-func start(t testing.TB, url, edge string, ttl time.Duration) *presence.Service {
+func start(t testing.TB, url, edge string, ttl time.Duration) *presencekv.Service {
 	t.Helper()
-	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, url), Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
+	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: testenv.Connect(t, url), Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +67,8 @@ func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
 	b := start(t, srv.ClientURL(), "edgeB", 5*time.Second)
 	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
 
-	a.Set(pub.Entry{Conn: "c1", User: "alice", Rooms: []string{"r"}})
-	b.Set(pub.Entry{Conn: "c2", User: "alice", Rooms: []string{"r"}})
+	a.Set(presence.Entry{Conn: "c1", User: "alice", Rooms: []string{"r"}})
+	b.Set(presence.Entry{Conn: "c2", User: "alice", Rooms: []string{"r"}})
 	testenv.Eventually(t, 5*time.Second, "two connects", func() bool { return ev.count("connect") == 2 })
 	testenv.Eventually(t, 5*time.Second, "both mirrors", func() bool {
 		return len(a.User("alice").Connections) == 2 && b.Room("r", "", 10).Count == 2
@@ -91,7 +91,7 @@ func TestRoomPaging(t *testing.T) {
 	srv := testenv.NATS(t)
 	s := start(t, srv.ClientURL(), "edgeA", 10*time.Second)
 	for i := range 250 {
-		s.Set(pub.Entry{Conn: fmt.Sprintf("c%04d", i), User: "u", Rooms: []string{"big"}})
+		s.Set(presence.Entry{Conn: fmt.Sprintf("c%04d", i), User: "u", Rooms: []string{"big"}})
 	}
 	testenv.Eventually(t, 10*time.Second, "250 members", func() bool { return s.Room("big", "", 1).Count == 250 })
 	seen := map[string]bool{}
@@ -119,13 +119,13 @@ func TestRoomPaging(t *testing.T) {
 func TestWorkerEventHandlers(t *testing.T) {
 	srv := testenv.NATS(t)
 	s := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
-	got := make(chan pub.Event, 16)
+	got := make(chan presence.Event, 16)
 	for range 2 { // two workers in one queue group
 		w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := func(_ context.Context, e pub.Event) { got <- e }
+		h := func(_ context.Context, e presence.Event) { got <- e }
 		for _, on := range []func(worker.EventHandler) error{w.OnConnect, w.OnDisconnect, w.OnOnline, w.OnOffline, w.OnJoin, w.OnLeave} {
 			if err := on(h); err != nil {
 				t.Fatal(err)
@@ -133,7 +133,7 @@ func TestWorkerEventHandlers(t *testing.T) {
 		}
 		_ = w.Flush(t.Context())
 	}
-	s.Set(pub.Entry{Conn: "w1", User: "wanda", Rooms: []string{"den"}})
+	s.Set(presence.Entry{Conn: "w1", User: "wanda", Rooms: []string{"den"}})
 	s.Remove("w1")
 	want := map[string]int{"connect": 1, "online": 1, "join": 1, "leave": 1, "disconnect": 1, "offline": 1}
 	seen := map[string]int{}
@@ -165,13 +165,13 @@ func TestWorkerEventHandlers(t *testing.T) {
 func TestLastEdgeStopReportsOffline(t *testing.T) {
 	srv := testenv.NATS(t)
 	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
-	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "last", TTL: 10 * time.Second})
+	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "last", TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const n = 50
 	for i := range n {
-		s.Set(pub.Entry{Conn: fmt.Sprintf("l%d", i), User: fmt.Sprintf("user%d", i)})
+		s.Set(presence.Entry{Conn: fmt.Sprintf("l%d", i), User: fmt.Sprintf("user%d", i)})
 	}
 	testenv.Eventually(t, 5*time.Second, "all online", func() bool { return ev.count("online") == n })
 	for i := range n {
@@ -186,13 +186,13 @@ func TestLastEdgeStopReportsOffline(t *testing.T) {
 func TestStopTwice(t *testing.T) {
 	srv := testenv.NATS(t)
 	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
-	s, err := presence.Start(t.Context(), presence.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "twice", TTL: 10 * time.Second})
+	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "twice", TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const n = 5
 	for i := range n {
-		s.Set(pub.Entry{Conn: fmt.Sprintf("t%d", i), User: fmt.Sprintf("user%d", i)})
+		s.Set(presence.Entry{Conn: fmt.Sprintf("t%d", i), User: fmt.Sprintf("user%d", i)})
 	}
 	testenv.Eventually(t, 5*time.Second, "all online", func() bool { return ev.count("online") == n })
 	var wg sync.WaitGroup
@@ -208,21 +208,21 @@ func TestStopTwice(t *testing.T) {
 // A quick leave and rejoin within one batch reads as a join.
 func TestDiffMergesQuickRejoin(t *testing.T) {
 	srv := testenv.NATS(t)
-	diffs := make(chan *presence.Diff, 16)
-	s, err := presence.Start(t.Context(), presence.Config{
+	diffs := make(chan *presencekv.Diff, 16)
+	s, err := presencekv.Start(t.Context(), presencekv.Config{
 		NATS: testenv.Connect(t, srv.ClientURL()), Edge: "e", TTL: 10 * time.Second, DiffInterval: 300 * time.Millisecond,
-		Diff:       func(_ string, d *presence.Diff) { diffs <- d },
+		Diff:       func(_ string, d *presencekv.Diff) { diffs <- d },
 		Interested: func(string) bool { return true },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Stop)
-	s.Set(pub.Entry{Conn: "q1", User: "quincy"})
-	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 1})
-	s.Update(pub.Entry{Conn: "q1", User: "quincy", Seq: 2})
-	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 3})
-	s.Update(pub.Entry{Conn: "q1", User: "quincy", Rooms: []string{"stale"}, Seq: 2}) // older: dropped
+	s.Set(presence.Entry{Conn: "q1", User: "quincy"})
+	s.Update(presence.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 1})
+	s.Update(presence.Entry{Conn: "q1", User: "quincy", Seq: 2})
+	s.Update(presence.Entry{Conn: "q1", User: "quincy", Rooms: []string{"r"}, Seq: 3})
+	s.Update(presence.Entry{Conn: "q1", User: "quincy", Rooms: []string{"stale"}, Seq: 2}) // older: dropped
 	var joins, leaves int
 	deadline := time.After(3 * time.Second)
 	for joins+leaves == 0 {

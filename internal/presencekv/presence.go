@@ -1,4 +1,4 @@
-package presence
+package presencekv
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 )
 
 // ErrInvalidConfig wraps configuration errors.
-var ErrInvalidConfig = errors.New("presence: invalid config")
+var ErrInvalidConfig = errors.New("presencekv: invalid config")
 
 // DefaultTTL is the lease TTL when Config.TTL is zero.
 const DefaultTTL = 15 * time.Second

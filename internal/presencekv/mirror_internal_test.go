@@ -1,4 +1,4 @@
-package presence
+package presencekv
 
 import (
 	"encoding/json"
@@ -71,7 +71,7 @@ func mirrorBytes(n int) float64 {
 // BenchmarkMirrorMemory reports the mirror's heap per remote connection
 // (B/conn), loading 100,000 connections per run:
 //
-//	go test -run '^$' -bench MirrorMemory -benchtime 3x ./internal/presence/
+//	go test -run '^$' -bench MirrorMemory -benchtime 3x ./internal/presencekv/
 func BenchmarkMirrorMemory(b *testing.B) {
 	var per float64
 	for b.Loop() {

@@ -1,4 +1,4 @@
-package presence_test
+package presencekv_test
 
 import (
 	"context"
@@ -15,14 +15,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/natter/natter/internal/presence"
+	"github.com/natter/natter/internal/presencekv"
 	"github.com/natter/natter/internal/testenv"
-	pub "github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/presence"
 )
 
 // node is one edge's presence service with its own NATS connection.
 type node struct {
-	*presence.Service
+	*presencekv.Service
 	nc *nats.Conn
 }
 
@@ -33,7 +33,7 @@ func startNode(t *testing.T, url, edge string, ttl time.Duration, opts ...nats.O
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	s, err := presence.Start(t.Context(), presence.Config{NATS: nc, Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
+	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: nc, Edge: edge, TTL: ttl, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func bucket(t *testing.T, nc *nats.Conn) jetstream.StreamState {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, "KV_"+pub.Bucket)
+	s, err := js.Stream(ctx, "KV_"+presence.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func keys(t *testing.T, nc *nats.Conn) []string {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, pub.Bucket)
+	kv, err := js.KeyValue(ctx, presence.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func keys(t *testing.T, nc *nats.Conn) []string {
 
 // storedEvents reads every event the natter_events stream stored: one per
 // transition if the deduplication holds, whatever the subscribers saw.
-func storedEvents(t *testing.T, nc *nats.Conn) []pub.Event {
+func storedEvents(t *testing.T, nc *nats.Conn) []presence.Event {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -124,13 +124,13 @@ func storedEvents(t *testing.T, nc *nats.Conn) []pub.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []pub.Event
+	var out []presence.Event
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
 			t.Fatalf("event %d: %v", seq, err)
 		}
-		var e pub.Event
+		var e presence.Event
 		if err := json.Unmarshal(m.Data, &e); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func storedEvents(t *testing.T, nc *nats.Conn) []pub.Event {
 
 // countStored counts the stored events named name about user (conn, when
 // not empty).
-func countStored(evs []pub.Event, name, user, conn string) int {
+func countStored(evs []presence.Event, name, user, conn string) int {
 	n := 0
 	for _, e := range evs {
 		if e.Event == name && e.User == user && (conn == "" || e.Conn == conn) {
@@ -175,9 +175,9 @@ func TestIdleConnectionsWriteNothing(t *testing.T) {
 	a := startNode(t, srv.ClientURL(), "edgeA", ttl)
 	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
 	for i := range perEdge {
-		a.Set(pub.Entry{Conn: fmt.Sprintf("a%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}})
-		b.Set(pub.Entry{Conn: fmt.Sprintf("b%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}})
-		b.Update(pub.Entry{Conn: fmt.Sprintf("b%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}, State: json.RawMessage(`"here"`), Seq: 1})
+		a.Set(presence.Entry{Conn: fmt.Sprintf("a%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}})
+		b.Set(presence.Entry{Conn: fmt.Sprintf("b%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}})
+		b.Update(presence.Entry{Conn: fmt.Sprintf("b%03d", i), User: fmt.Sprintf("u%02d", i%50), Rooms: []string{"lobby"}, State: json.RawMessage(`"here"`), Seq: 1})
 	}
 	testenv.Eventually(t, 10*time.Second, "both mirrors loaded", func() bool {
 		return a.Room("lobby", "", 1).Count == 2*perEdge && b.Room("lobby", "", 1).Count == 2*perEdge
@@ -229,10 +229,10 @@ func TestCrashedEdgeRemovedOnce(t *testing.T) {
 	ev := collect(t, svc)
 	const solos = 20
 	for i := range solos {
-		dead.Set(pub.Entry{Conn: fmt.Sprintf("d%02d", i), User: fmt.Sprintf("solo%02d", i), Rooms: []string{"r"}})
+		dead.Set(presence.Entry{Conn: fmt.Sprintf("d%02d", i), User: fmt.Sprintf("solo%02d", i), Rooms: []string{"r"}})
 	}
-	dead.Set(pub.Entry{Conn: "dshared", User: "shared", Rooms: []string{"r"}})
-	b.Set(pub.Entry{Conn: "bshared", User: "shared"})
+	dead.Set(presence.Entry{Conn: "dshared", User: "shared", Rooms: []string{"r"}})
+	b.Set(presence.Entry{Conn: "bshared", User: "shared"})
 	testenv.Eventually(t, 10*time.Second, "the survivors' mirrors", func() bool {
 		return b.Room("r", "", 1).Count == solos+1 && c.Room("r", "", 1).Count == solos+1 && len(c.User("shared").Connections) == 2
 	})
@@ -244,7 +244,7 @@ func TestCrashedEdgeRemovedOnce(t *testing.T) {
 	killed := time.Now()
 	testenv.Eventually(t, ttl+3*time.Second, "every solo user offline", func() bool {
 		for i := range solos {
-			if ev.countOf(pub.EventOffline, fmt.Sprintf("solo%02d", i)) == 0 {
+			if ev.countOf(presence.EventOffline, fmt.Sprintf("solo%02d", i)) == 0 {
 				return false
 			}
 		}
@@ -276,16 +276,16 @@ func TestCrashedEdgeRemovedOnce(t *testing.T) {
 	stored := storedEvents(t, svc)
 	for i := range solos {
 		user, conn := fmt.Sprintf("solo%02d", i), fmt.Sprintf("d%02d", i)
-		if off, disc, leave := countStored(stored, pub.EventOffline, user, ""), countStored(stored, pub.EventDisconnect, user, conn),
-			countStored(stored, pub.EventLeave, user, conn); off != 1 || disc != 1 || leave != 1 {
+		if off, disc, leave := countStored(stored, presence.EventOffline, user, ""), countStored(stored, presence.EventDisconnect, user, conn),
+			countStored(stored, presence.EventLeave, user, conn); off != 1 || disc != 1 || leave != 1 {
 			t.Errorf("%s: offline %d, disconnect %d, leave %d; want one each", user, off, disc, leave)
 		}
 	}
-	if off, disc := countStored(stored, pub.EventOffline, "shared", ""), countStored(stored, pub.EventDisconnect, "shared", "dshared"); off != 0 || disc != 1 {
+	if off, disc := countStored(stored, presence.EventOffline, "shared", ""), countStored(stored, presence.EventDisconnect, "shared", "dshared"); off != 0 || disc != 1 {
 		t.Errorf("shared: offline %d, disconnect of dshared %d; want 0 and 1", off, disc)
 	}
 	testenv.Eventually(t, 5*time.Second, "the subscriber saw what is stored", func() bool {
-		return ev.count(pub.EventOffline) == solos && ev.count(pub.EventDisconnect) == solos+1
+		return ev.count(presence.EventOffline) == solos && ev.count(presence.EventDisconnect) == solos+1
 	})
 	if !b.User("shared").Online || !c.User("shared").Online {
 		t.Fatal("shared is offline with a connection on edgeB")
@@ -374,10 +374,10 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	c := startNode(t, srv.ClientURL(), "edgeC", ttl)
 	svc := testenv.Connect(t, srv.ClientURL())
 	ev := collect(t, svc)
-	a.Set(pub.Entry{Conn: "p1", User: "pu1"})
-	a.Set(pub.Entry{Conn: "p2", User: "pu2"})
-	a.Set(pub.Entry{Conn: "p3", User: "pu3"})
-	b.Set(pub.Entry{Conn: "p2b", User: "pu2"})
+	a.Set(presence.Entry{Conn: "p1", User: "pu1"})
+	a.Set(presence.Entry{Conn: "p2", User: "pu2"})
+	a.Set(presence.Entry{Conn: "p3", User: "pu3"})
+	b.Set(presence.Entry{Conn: "p2b", User: "pu2"})
 	testenv.Eventually(t, 10*time.Second, "mirrors", func() bool {
 		return b.User("pu3").Online && c.User("pu3").Online && len(c.User("pu2").Connections) == 2
 	})
@@ -396,8 +396,8 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	})
 	t.Logf("edgeA's connections removed %s after the cut (lease TTL %s)", time.Since(cut).Round(time.Millisecond), ttl)
 	// Meanwhile, on the cut-off edge:
-	a.Update(pub.Entry{Conn: "p1", User: "pu1", Rooms: []string{"late"}, Seq: 1})
-	a.Set(pub.Entry{Conn: "p4", User: "pu4"})
+	a.Update(presence.Entry{Conn: "p1", User: "pu1", Rooms: []string{"late"}, Seq: 1})
+	a.Set(presence.Entry{Conn: "p4", User: "pu4"})
 	a.Remove("p3")
 	px.restore()
 
@@ -428,15 +428,15 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 		user            string
 		online, offline int
 	}{{"pu1", 2, 1}, {"pu2", 1, 0}, {"pu3", 1, 1}, {"pu4", 1, 0}} {
-		if on, off := countStored(stored, pub.EventOnline, w.user, ""), countStored(stored, pub.EventOffline, w.user, ""); on != w.online || off != w.offline {
+		if on, off := countStored(stored, presence.EventOnline, w.user, ""), countStored(stored, presence.EventOffline, w.user, ""); on != w.online || off != w.offline {
 			t.Errorf("%s: online %d, offline %d; want %d and %d", w.user, on, off, w.online, w.offline)
 		}
 	}
-	if n := countStored(stored, pub.EventJoin, "pu1", "p1"); n != 1 {
+	if n := countStored(stored, presence.EventJoin, "pu1", "p1"); n != 1 {
 		t.Errorf("p1's join of late: %d events", n)
 	}
 	testenv.Eventually(t, 5*time.Second, "the subscriber saw what is stored", func() bool {
-		return ev.count(pub.EventOnline) == 5 && ev.count(pub.EventOffline) == 2
+		return ev.count(presence.EventOnline) == 5 && ev.count(presence.EventOffline) == 2
 	})
 }
 
@@ -450,18 +450,18 @@ func TestPausedEdgeReasserts(t *testing.T) {
 	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
 	svc := testenv.Connect(t, srv.ClientURL())
 	ev := collect(t, svc)
-	a.Set(pub.Entry{Conn: "g1", User: "gus", Rooms: []string{"r"}})
+	a.Set(presence.Entry{Conn: "g1", User: "gus", Rooms: []string{"r"}})
 	testenv.Eventually(t, 5*time.Second, "online", func() bool { return b.User("gus").Online })
 	resume := a.Pause()
-	testenv.Eventually(t, ttl+3*time.Second, "gus offline while edgeA stalls", func() bool { return ev.countOf(pub.EventOffline, "gus") == 1 })
+	testenv.Eventually(t, ttl+3*time.Second, "gus offline while edgeA stalls", func() bool { return ev.countOf(presence.EventOffline, "gus") == 1 })
 	resume()
 	testenv.Eventually(t, 5*time.Second, "gus back", func() bool {
 		e, ok := b.Conn("g1")
-		return ok && ev.countOf(pub.EventOnline, "gus") == 2 && slices.Equal(e.Rooms, []string{"r"})
+		return ok && ev.countOf(presence.EventOnline, "gus") == 2 && slices.Equal(e.Rooms, []string{"r"})
 	})
 	drained(t, a, b)
 	stored := storedEvents(t, svc)
-	if on, off := countStored(stored, pub.EventOnline, "gus", ""), countStored(stored, pub.EventOffline, "gus", ""); on != 2 || off != 1 {
+	if on, off := countStored(stored, presence.EventOnline, "gus", ""), countStored(stored, presence.EventOffline, "gus", ""); on != 2 || off != 1 {
 		t.Fatalf("gus: online %d, offline %d; want 2 and 1", on, off)
 	}
 }
@@ -477,10 +477,10 @@ func TestStopRemovesKeysAtOnce(t *testing.T) {
 	ev := collect(t, svc)
 	const n = 10
 	for i := range n {
-		a.Set(pub.Entry{Conn: fmt.Sprintf("s%02d", i), User: fmt.Sprintf("gone%02d", i), Rooms: []string{"r"}})
+		a.Set(presence.Entry{Conn: fmt.Sprintf("s%02d", i), User: fmt.Sprintf("gone%02d", i), Rooms: []string{"r"}})
 	}
-	a.Set(pub.Entry{Conn: "sshared", User: "stays"})
-	b.Set(pub.Entry{Conn: "bshared", User: "stays"})
+	a.Set(presence.Entry{Conn: "sshared", User: "stays"})
+	b.Set(presence.Entry{Conn: "bshared", User: "stays"})
 	testenv.Eventually(t, 5*time.Second, "mirror", func() bool { return b.Room("r", "", 1).Count == n && len(b.User("stays").Connections) == 2 })
 
 	stopped := time.Now()
@@ -491,15 +491,15 @@ func TestStopRemovesKeysAtOnce(t *testing.T) {
 			t.Fatalf("key %s left after Stop returned (%s)", k, took)
 		}
 	}
-	testenv.Eventually(t, 5*time.Second, "offline events", func() bool { return ev.count(pub.EventOffline) == n })
+	testenv.Eventually(t, 5*time.Second, "offline events", func() bool { return ev.count(presence.EventOffline) == n })
 	drained(t, b)
 	stored := storedEvents(t, svc)
 	for i := range n {
-		if off := countStored(stored, pub.EventOffline, fmt.Sprintf("gone%02d", i), ""); off != 1 {
+		if off := countStored(stored, presence.EventOffline, fmt.Sprintf("gone%02d", i), ""); off != 1 {
 			t.Errorf("gone%02d: %d offline events", i, off)
 		}
 	}
-	if off := countStored(stored, pub.EventOffline, "stays", ""); off != 0 || !b.User("stays").Online {
+	if off := countStored(stored, presence.EventOffline, "stays", ""); off != 0 || !b.User("stays").Online {
 		t.Errorf("stays: %d offline events, online %v", off, b.User("stays").Online)
 	}
 	t.Logf("Stop took %s (lease TTL %s)", took.Round(time.Millisecond), ttl)
@@ -519,15 +519,15 @@ func TestKeysWithoutLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	kv, err := js.CreateOrUpdateKeyValue(t.Context(), jetstream.KeyValueConfig{
-		Bucket: pub.Bucket, History: 10, Storage: jetstream.FileStorage, LimitMarkerTTL: ttl,
+		Bucket: presence.Bucket, History: 10, Storage: jetstream.FileStorage, LimitMarkerTTL: ttl,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	put := func(id, user, edge string, opts ...jetstream.PublishOpt) {
 		t.Helper()
-		b, _ := json.Marshal(pub.Entry{Conn: id, User: user, Edge: edge})
-		if _, err := js.Publish(t.Context(), "$KV."+pub.Bucket+".conn."+id, b, opts...); err != nil {
+		b, _ := json.Marshal(presence.Entry{Conn: id, User: user, Edge: edge})
+		if _, err := js.Publish(t.Context(), "$KV."+presence.Bucket+".conn."+id, b, opts...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -538,14 +538,14 @@ func TestKeysWithoutLease(t *testing.T) {
 	if !b.User("ghost").Online {
 		t.Fatal("the key without a lease is not in the mirror")
 	}
-	testenv.Eventually(t, ttl+3*time.Second, "ghost removed", func() bool { return ev.countOf(pub.EventOffline, "ghost") == 1 })
+	testenv.Eventually(t, ttl+3*time.Second, "ghost removed", func() bool { return ev.countOf(presence.EventOffline, "ghost") == 1 })
 	if took := time.Since(started); took < ttl-100*time.Millisecond {
 		t.Fatalf("ghost removed %s after the start, before a TTL (%s)", took, ttl)
 	}
 
 	put("g2", "phantom", "gone")
 	written := time.Now()
-	testenv.Eventually(t, ttl+3*time.Second, "phantom removed", func() bool { return ev.countOf(pub.EventOffline, "phantom") == 1 })
+	testenv.Eventually(t, ttl+3*time.Second, "phantom removed", func() bool { return ev.countOf(presence.EventOffline, "phantom") == 1 })
 	if took := time.Since(written); took < ttl-100*time.Millisecond {
 		t.Fatalf("phantom removed %s after its write, before a TTL (%s)", took, ttl)
 	}
@@ -556,10 +556,10 @@ func TestKeysWithoutLease(t *testing.T) {
 	for end := time.Now().Add(3 * ttl); time.Now().Before(end); <-tick.C {
 		put("o1", "elder", "older", jetstream.WithMsgTTL(ttl))
 	}
-	if n := ev.countOf(pub.EventDisconnect, "elder"); n != 0 || !b.User("elder").Online {
+	if n := ev.countOf(presence.EventDisconnect, "elder"); n != 0 || !b.User("elder").Online {
 		t.Fatalf("an older edge's live key was removed (%d disconnects)", n)
 	}
-	testenv.Eventually(t, ttl+3*time.Second, "elder's key expired", func() bool { return ev.countOf(pub.EventOffline, "elder") == 1 })
+	testenv.Eventually(t, ttl+3*time.Second, "elder's key expired", func() bool { return ev.countOf(presence.EventOffline, "elder") == 1 })
 	if _, err := kv.Get(t.Context(), "conn.g1"); err == nil {
 		t.Fatal("conn.g1 still there")
 	}
@@ -576,15 +576,15 @@ func TestRestartWithSameID(t *testing.T) {
 	ev := collect(t, svc)
 	const n = 5
 	for i := range n {
-		a.Set(pub.Entry{Conn: fmt.Sprintf("old%d", i), User: fmt.Sprintf("r%d", i)})
+		a.Set(presence.Entry{Conn: fmt.Sprintf("old%d", i), User: fmt.Sprintf("r%d", i)})
 	}
 	testenv.Eventually(t, 5*time.Second, "mirror", func() bool { return b.User(fmt.Sprintf("r%d", n-1)).Online })
 	a.kill()
 	restarted := time.Now()
 	a2 := startNode(t, srv.ClientURL(), "edgeA", ttl)
-	testenv.Eventually(t, 5*time.Second, "the predecessor's keys removed", func() bool { return ev.count(pub.EventOffline) == n })
+	testenv.Eventually(t, 5*time.Second, "the predecessor's keys removed", func() bool { return ev.count(presence.EventOffline) == n })
 	took := time.Since(restarted)
-	a2.Set(pub.Entry{Conn: "new0", User: "r0"})
+	a2.Set(presence.Entry{Conn: "new0", User: "r0"})
 	testenv.Eventually(t, 5*time.Second, "the new connection", func() bool {
 		info := b.User("r0")
 		return len(info.Connections) == 1 && info.Connections[0].Conn == "new0"
@@ -597,7 +597,7 @@ func TestRestartWithSameID(t *testing.T) {
 	drained(t, b, a2)
 	stored := storedEvents(t, svc)
 	for i := range n {
-		if off := countStored(stored, pub.EventOffline, fmt.Sprintf("r%d", i), ""); off != 1 {
+		if off := countStored(stored, presence.EventOffline, fmt.Sprintf("r%d", i), ""); off != 1 {
 			t.Errorf("r%d: %d offline events", i, off)
 		}
 	}
@@ -617,14 +617,14 @@ func TestRemovedKeysPurged(t *testing.T) {
 	const n = 20
 	for i := range n {
 		id, user := fmt.Sprintf("t%02d", i), fmt.Sprintf("tu%02d", i)
-		a.Set(pub.Entry{Conn: id, User: user})
-		a.Update(pub.Entry{Conn: id, User: user, Rooms: []string{"r"}, Seq: 1})
+		a.Set(presence.Entry{Conn: id, User: user})
+		a.Update(presence.Entry{Conn: id, User: user, Rooms: []string{"r"}, Seq: 1})
 	}
 	testenv.Eventually(t, 5*time.Second, "members", func() bool { return b.Room("r", "", 1).Count == n })
 	for i := range n {
 		a.Remove(fmt.Sprintf("t%02d", i))
 	}
-	testenv.Eventually(t, 5*time.Second, "removed", func() bool { return b.Room("r", "", 1).Count == 0 && ev.count(pub.EventOffline) == n })
+	testenv.Eventually(t, 5*time.Second, "removed", func() bool { return b.Room("r", "", 1).Count == 0 && ev.count(presence.EventOffline) == n })
 	removed := time.Now()
 	testenv.Eventually(t, 2*ttl+5*time.Second, "only the two leases in the bucket", func() bool { return bucket(t, svc).Msgs == 2 })
 	t.Logf("the bucket holds only the leases %s after the removals (lease TTL %s)", time.Since(removed).Round(time.Millisecond), ttl)
@@ -632,7 +632,7 @@ func TestRemovedKeysPurged(t *testing.T) {
 	stored := storedEvents(t, svc)
 	for i := range n {
 		user := fmt.Sprintf("tu%02d", i)
-		for _, name := range []string{pub.EventConnect, pub.EventOnline, pub.EventJoin, pub.EventLeave, pub.EventDisconnect, pub.EventOffline} {
+		for _, name := range []string{presence.EventConnect, presence.EventOnline, presence.EventJoin, presence.EventLeave, presence.EventDisconnect, presence.EventOffline} {
 			if c := countStored(stored, name, user, ""); c != 1 {
 				t.Errorf("%s: %d %s events", user, c, name)
 			}
