@@ -34,7 +34,7 @@ type Config struct {
 	// NATS is the edge's side toward NATS. NATS.Conn is required.
 	NATS NATSConfig
 	// EdgeID identifies this edge in NATS headers, subjects and connection
-	// ids: a subject token ([A-Za-z0-9_-]). Default: a random NUID.
+	// ids: 1-128 characters of [A-Za-z0-9_-]. Default: a random NUID.
 	EdgeID string
 	// WebSocket configures the sockets: upgrade path, frame and buffer
 	// sizes, write queue, liveness and compression.
@@ -427,9 +427,7 @@ func (c *Config) setDefaults() error {
 		m, dm := *c.DurableMessages, DefaultDurableMessagesConfig()
 		orDefault(&m.MaxBytes, dm.MaxBytes)
 		orDefault(&m.Replicas, dm.Replicas)
-		if m.DedupeWindow == 0 {
-			m.DedupeWindow = dm.DedupeWindow
-		}
+		orDefault(&m.DedupeWindow, dm.DedupeWindow)
 		if m.MaxAge > 0 {
 			m.DedupeWindow = min(m.DedupeWindow, m.MaxAge)
 		}
