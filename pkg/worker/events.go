@@ -37,9 +37,7 @@ func (w *Worker) OnEvent(name string, h EventHandler) error {
 	if err != nil {
 		return fmt.Errorf("worker: subscribe %s: %w", subj, err)
 	}
-	w.mu.Lock()
-	w.subs = append(w.subs, sub)
-	w.mu.Unlock()
+	w.keep(sub)
 	return nil
 }
 

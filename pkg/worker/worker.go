@@ -75,7 +75,7 @@ type Worker struct {
 	stop context.CancelFunc
 
 	mu       sync.Mutex
-	subs     []*nats.Subscription
+	subs     []*subscription
 	durable  map[string]bool // types registered with HandleDurable
 	draining bool            // Drain began: no HandleDurable
 	stopped  bool            // no handler starts once set
@@ -158,10 +158,31 @@ func (w *Worker) Handle(typ string, h Handler) error {
 	if err != nil {
 		return fmt.Errorf("worker: subscribe %s: %w", subj, err)
 	}
-	w.mu.Lock()
-	w.subs = append(w.subs, sub)
-	w.mu.Unlock()
+	w.keep(sub)
 	return nil
+}
+
+// subscription is a callback subscription of the worker's and its end.
+type subscription struct {
+	*nats.Subscription
+	// done is closed once nats.go's delivery goroutine for the
+	// subscription has returned: after a Drain, when its last message was
+	// handed to its callback; or when the connection closed.
+	done chan struct{}
+}
+
+// keep adds sub to the subscriptions Drain drains and waits for.
+func (w *Worker) keep(sub *nats.Subscription) {
+	s := &subscription{Subscription: sub, done: make(chan struct{})}
+	var once sync.Once
+	end := func(string) { once.Do(func() { close(s.done) }) }
+	sub.SetClosedHandler(end)
+	if !sub.IsValid() {
+		end("") // closed before the handler was set: nothing calls it
+	}
+	w.mu.Lock()
+	w.subs = append(w.subs, s)
+	w.mu.Unlock()
 }
 
 // Flush waits until the server has processed the subscriptions made so far.
@@ -191,8 +212,9 @@ func (w *Worker) Drain(ctx context.Context) error {
 		_ = s.Drain()
 	}
 	for _, s := range subs {
-		for s.IsValid() && ctx.Err() == nil {
-			time.Sleep(10 * time.Millisecond)
+		select {
+		case <-s.done:
+		case <-ctx.Done():
 		}
 	}
 	pulled := make(chan struct{})
