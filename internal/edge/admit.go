@@ -324,7 +324,7 @@ func (c *conn) setIdentity(id *auth.Identity) {
 		c.authTimer.Stop()
 		c.authTimer = nil
 	}
-	if id.Expires.IsZero() || c.authDone {
+	if id.Expires.IsZero() || c.isClosed() {
 		return
 	}
 	warnAt := id.Expires.Add(-c.e.cfg.Auth.RefreshWindow)
@@ -336,8 +336,8 @@ func (c *conn) setIdentity(id *auth.Identity) {
 func (c *conn) expiring(id *auth.Identity, warned bool) {
 	c.authMu.Lock()
 	defer c.authMu.Unlock()
-	if c.ident.Load() != id || c.authDone {
-		return // refreshed meanwhile
+	if c.ident.Load() != id || c.isClosed() {
+		return // refreshed meanwhile, or closed
 	}
 	if left := time.Until(id.Expires); left > 0 && !warned {
 		b, _ := json.Marshal(map[string]int64{"expiresAt": id.Expires.UnixMilli()})
@@ -348,10 +348,11 @@ func (c *conn) expiring(id *auth.Identity, warned bool) {
 	c.closeWith(envelope.CloseUnauthorized, "token expired", false)
 }
 
-// stopAuth ends the expiry timer for good, on close.
+// stopAuth ends the expiry timer for good, once the connection is closed:
+// setIdentity and expiring check the phase under authMu, so none sets
+// another after it.
 func (c *conn) stopAuth() {
 	c.authMu.Lock()
-	c.authDone = true
 	if c.authTimer != nil {
 		c.authTimer.Stop()
 	}

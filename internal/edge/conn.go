@@ -29,22 +29,30 @@ const frameOverhead = 64
 // Its write queue is the only way data frames, pings and pongs reach the
 // socket: frames are shared between connections and never modified, and
 // the queue is bounded in bytes. writer.go writes it.
+//
+// Its life is one state, phase (open, closing, closed; see connPhase):
+// every "is it ending" question reads it, whatever lock the asker holds.
 type conn struct {
-	e         *Edge
-	socket    *gws.Conn
-	wire      *wireConn // the socket under gws: frame checks and the lingering close
-	unregOnce atomic.Bool
-	id        string
-	user      string
-	ctx       context.Context // ends when the connection closes
-	cancel    context.CancelFunc
-	limit     *rate.Limiter // inbound messages; nil when unlimited
-	ulimit    *rate.Limiter // the user's inbound messages on this edge, shared; nil when off
+	e      *Edge
+	socket *gws.Conn
+	wire   *wireConn // the socket under gws: frame checks and the lingering close
+	id     string
+	user   string
+	// phase is the connection's state, a connPhase. It is read without a
+	// lock and only moves forward, under wmu, so that the write queue
+	// always agrees with it: closeWith and stopWriting make it closing,
+	// unregister (finish) closed.
+	phase atomic.Int32
+	// ctx ends when the phase becomes closed, and only then: the
+	// connection's done signal, for the calls it makes (authorizers).
+	ctx    context.Context
+	cancel context.CancelFunc
+	limit  *rate.Limiter // inbound messages; nil when unlimited
+	ulimit *rate.Limiter // the user's inbound messages on this edge, shared; nil when off
 
 	ident     atomic.Pointer[auth.Identity] // replaced by a token refresh; user never changes
 	authMu    sync.Mutex
-	authTimer *time.Timer // $auth.expiring, then the close at expiry
-	authDone  bool        // closed: no timer again
+	authTimer *time.Timer // $auth.expiring, then the close at expiry; none once closed
 	release   func()      // gives back the admission caps
 
 	lastRead atomic.Int64 // unix nanos of the last frame of any kind
@@ -54,21 +62,19 @@ type conn struct {
 	raw   syscall.RawConn // the socket's descriptor, for writes that never block; nil: writeLoop writes
 	shard int             // the writer pool shard
 
-	wmu          sync.Mutex
-	queue        [][]byte // complete WebSocket frames, shared and never modified
-	pending      int      // bytes in queue plus frameOverhead per frame
-	writing      bool     // a pool worker or writeLoop owns the socket's writes
-	tail         []byte   // the unwritten rest of a partly written frame; goes first, even past a drop
-	unregistered bool     // the socket is gone: write nothing more
-	pingDue      bool
-	closing      bool
-	closeCode    envelope.CloseCode
-	closeReason  string
-	closeTimer   *time.Timer
-	dropped      atomic.Bool // the close discards queued frames
+	wmu         sync.Mutex
+	queue       [][]byte // complete WebSocket frames, shared and never modified
+	pending     int      // bytes in queue plus frameOverhead per frame
+	writing     bool     // a pool worker or writeLoop owns the socket's writes
+	tail        []byte   // the unwritten rest of a partly written frame; goes first, even past a drop
+	pingDue     bool
+	roomFreed   chan struct{} // closed when pending falls to half its bound, or the phase leaves open (waitRoom)
+	closeCode   envelope.CloseCode
+	closeReason string
+	closeTimer  *time.Timer
+	dropped     atomic.Bool // how the connection closes: the close discards queued frames
 
 	rooms       roomSet         // guarded by hub.mu
-	gone        bool            // guarded by hub.mu: left every room for good
 	state       json.RawMessage // guarded by hub.mu: client-set presence state
 	connectedAt int64           // Unix ms
 	presenceSeq uint64          // guarded by hub.mu: orders presence updates
@@ -79,10 +85,69 @@ type conn struct {
 	ctlQueue   []*nats.Msg // control messages waiting, in order
 	ctlRunning bool        // a goroutine is working through ctlQueue
 
-	rpcMu   sync.Mutex
-	calls   map[string]*call // client requests in flight, by correlationId
-	asks    map[string]*ask  // server-to-client requests waiting, by correlationId
-	rpcGone bool             // no new call or ask once set
+	rpcMu sync.Mutex
+	calls map[string]*call // client requests in flight, by correlationId
+	asks  map[string]*ask  // server-to-client requests waiting, by correlationId; none once closed
+}
+
+// connPhase is where a connection is in its life. It only moves forward:
+// open, closing, closed.
+type connPhase int32
+
+const (
+	// phaseOpen: frames flow both ways.
+	phaseOpen connPhase = iota
+	// phaseClosing: the edge decided to close the connection (closeWith),
+	// or its socket closed under the writer (stopWriting). Nothing new is
+	// queued and client frames are not acted on; the writer finishes with
+	// the close frame and the socket lingers.
+	phaseClosing
+	// phaseClosed: the socket's read loop ended and the connection left
+	// the edge (unregister): its rooms, user, presence, calls and timers
+	// are gone, nothing is written, and ctx has ended. Joins, calls, asks
+	// and expiry timers check for it under their own locks, after which
+	// unregister's clean-up, which takes those locks, finds them.
+	phaseClosed
+)
+
+func (c *conn) phaseNow() connPhase { return connPhase(c.phase.Load()) }
+
+// isClosing reports whether the connection is closing or closed: frames
+// that still arrive are not acted on, and nothing new is queued.
+func (c *conn) isClosing() bool { return c.phaseNow() != phaseOpen }
+
+// isClosed reports whether the connection has left the edge.
+func (c *conn) isClosed() bool { return c.phaseNow() == phaseClosed }
+
+// closingLocked moves an open connection to closing and reports whether
+// this call did; c.wmu is held.
+func (c *conn) closingLocked() bool {
+	if !c.phase.CompareAndSwap(int32(phaseOpen), int32(phaseClosing)) {
+		return false
+	}
+	c.freeRoomLocked()
+	return true
+}
+
+// finish moves the connection to closed and reports whether this call
+// did (only the first acts): the queue goes, the close timer stops, and
+// ctx ends.
+func (c *conn) finish() bool {
+	c.wmu.Lock()
+	if c.phaseNow() == phaseClosed {
+		c.wmu.Unlock()
+		return false
+	}
+	c.phase.Store(int32(phaseClosed))
+	c.queue = nil
+	c.pending = 0
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
+	c.freeRoomLocked()
+	c.wmu.Unlock()
+	c.cancel()
+	return true
 }
 
 func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.Identity, release func()) *conn {
@@ -203,13 +268,14 @@ func (c *conn) register() error {
 	return nil
 }
 
-// unregister undoes register and leaves every room. Called from OnClose,
-// or after a panic in the read loop; only the first call acts.
+// unregister makes the connection closed, undoes register and leaves
+// every room. Called from OnClose, after a panic in the read loop, or when
+// the edge stopped before its read loop could start; only the first call
+// acts.
 func (c *conn) unregister() {
-	if !c.unregOnce.CompareAndSwap(false, true) {
+	if !c.finish() {
 		return
 	}
-	c.cancel()
 	c.stopAuth()
 	c.release()
 	c.e.rpc.dropConn(c)
@@ -222,15 +288,6 @@ func (c *conn) unregister() {
 	}
 	c.e.conns.remove(c)
 	c.e.stats.connections.Add(-1)
-	c.wmu.Lock()
-	c.closing = true
-	c.unregistered = true
-	c.queue = nil
-	c.pending = 0
-	if c.closeTimer != nil {
-		c.closeTimer.Stop()
-	}
-	c.wmu.Unlock()
 }
 
 // send queues one encoded envelope as a text frame.
@@ -245,7 +302,7 @@ func (c *conn) send(envelope []byte) {
 // that keeps up.
 func (c *conn) sendFrame(frame []byte) {
 	c.wmu.Lock()
-	if c.closing {
+	if c.isClosing() {
 		c.wmu.Unlock()
 		return
 	}
@@ -266,30 +323,45 @@ func (c *conn) sendFrame(frame []byte) {
 // waitRoom waits until the connection's queue is below half its bound, so
 // that a replay of many messages is paced by the client instead of closing
 // it as a slow consumer. It reports false once the connection closes or
-// ctx ends.
+// ctx ends. The writer wakes it (freeRoomLocked) when it has written
+// enough.
 func (c *conn) waitRoom(ctx context.Context) bool {
 	for {
 		c.wmu.Lock()
-		closing, pending := c.closing, c.pending
-		c.wmu.Unlock()
-		if closing {
+		if c.isClosing() {
+			c.wmu.Unlock()
 			return false
 		}
-		if pending <= c.e.cfg.WebSocket.WriteQueueBytes/2 {
+		if c.pending <= c.e.cfg.WebSocket.WriteQueueBytes/2 {
+			c.wmu.Unlock()
 			return true
 		}
+		if c.roomFreed == nil {
+			c.roomFreed = make(chan struct{})
+		}
+		freed := c.roomFreed
+		c.wmu.Unlock()
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(2 * time.Millisecond):
+		case <-freed:
 		}
+	}
+}
+
+// freeRoomLocked wakes a waitRoom once the queue is down to half its
+// bound or the connection is no longer open; c.wmu is held.
+func (c *conn) freeRoomLocked() {
+	if c.roomFreed != nil && (c.pending <= c.e.cfg.WebSocket.WriteQueueBytes/2 || c.isClosing()) {
+		close(c.roomFreed)
+		c.roomFreed = nil
 	}
 }
 
 // ping asks the writer to send a ping frame after the frames queued now.
 func (c *conn) ping(now int64) {
 	c.wmu.Lock()
-	if !c.closing {
+	if !c.isClosing() {
 		c.pingDue = true
 		c.pingSent.Store(now)
 		c.startWriterLocked()
@@ -303,10 +375,9 @@ func (c *conn) ping(now int64) {
 func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closing {
+	if !c.closingLocked() {
 		return
 	}
-	c.closing = true
 	c.closeCode = code
 	c.closeReason = reason
 	if drop {
@@ -351,14 +422,20 @@ func (c *conn) onCtl(msg *nats.Msg) {
 	start := !c.ctlRunning
 	c.ctlRunning = true
 	c.ctlMu.Unlock()
-	if start {
-		c.e.wg.Add(1)
-		go c.runControl()
+	if start && !c.e.routines.Go(func(context.Context) { c.runControl() }) {
+		// The edge has stopped its goroutines: nothing will run the queue.
+		c.ctlMu.Lock()
+		waiting := c.ctlQueue
+		c.ctlQueue = nil
+		c.ctlRunning = false
+		c.ctlMu.Unlock()
+		for _, m := range waiting {
+			replyControl(m, &rpc.Error{Code: envelope.CodeUnavailable, Message: "edge shutting down"})
+		}
 	}
 }
 
 func (c *conn) runControl() {
-	defer c.e.wg.Done()
 	for {
 		c.ctlMu.Lock()
 		if len(c.ctlQueue) == 0 {
@@ -392,17 +469,10 @@ func (c *conn) abandon() {
 // the close frame, whose socket then lingers (wireConn.Close).
 func (c *conn) stopWriting() {
 	c.wmu.Lock()
-	c.closing = true
+	c.closingLocked()
 	c.queue = nil
 	c.pending = 0
 	c.writing = true // no writer will start again
+	c.freeRoomLocked()
 	c.wmu.Unlock()
-}
-
-// isClosing reports whether the connection is closing: frames that still
-// arrive are not acted on.
-func (c *conn) isClosing() bool {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.closing
 }

@@ -1,12 +1,15 @@
 package edge
 
 import (
+	"context"
 	"hash/maphash"
 	"runtime"
 	"sync"
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/natter/natter/internal/routine"
 )
 
 // dispatchQueue is each dispatcher's channel capacity, in messages. A
@@ -43,9 +46,7 @@ type dispatcher struct {
 	router chan *nats.Msg // messages of subscriptions by id, before their shard
 	routes sync.Map       // subscribed subject -> *route; one subscription per subject
 	seed   maphash.Seed   // shards of ids
-	stop   chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
+	loops  routine.Group  // the shards' goroutines and the router
 }
 
 // route is where one subscription's messages go. sub is set once the
@@ -63,15 +64,13 @@ func newDispatcher() *dispatcher {
 		chans:  make([]chan *nats.Msg, runtime.GOMAXPROCS(0)),
 		router: make(chan *nats.Msg, dispatchQueue),
 		seed:   maphash.MakeSeed(),
-		stop:   make(chan struct{}),
 	}
 	for i := range d.chans {
-		d.chans[i] = make(chan *nats.Msg, dispatchQueue)
-		d.wg.Add(1)
-		go d.run(d.chans[i])
+		ch := make(chan *nats.Msg, dispatchQueue)
+		d.chans[i] = ch
+		d.loops.Go(func(ctx context.Context) { d.run(ctx, ch) })
 	}
-	d.wg.Add(1)
-	go d.forward()
+	d.loops.Go(d.forward)
 	return d
 }
 
@@ -144,8 +143,7 @@ func (d *dispatcher) lookup(msg *nats.Msg) *route {
 	return r
 }
 
-func (d *dispatcher) run(ch chan *nats.Msg) {
-	defer d.wg.Done()
+func (d *dispatcher) run(ctx context.Context, ch chan *nats.Msg) {
 	for {
 		select {
 		case msg := <-ch:
@@ -158,7 +156,7 @@ func (d *dispatcher) run(ch chan *nats.Msg) {
 			default:
 				r.f(msg)
 			}
-		case <-d.stop:
+		case <-ctx.Done():
 			return
 		}
 	}
@@ -166,8 +164,7 @@ func (d *dispatcher) run(ch chan *nats.Msg) {
 
 // forward is the router: it hands the messages of subscriptions by id to
 // their id's shard.
-func (d *dispatcher) forward() {
-	defer d.wg.Done()
+func (d *dispatcher) forward(ctx context.Context) {
 	for {
 		select {
 		case msg := <-d.router:
@@ -177,16 +174,18 @@ func (d *dispatcher) forward() {
 			}
 			select {
 			case d.chans[d.shardOf(msg.Subject[r.idAt:])] <- msg:
-			case <-d.stop:
+			case <-ctx.Done():
 				return
 			}
-		case <-d.stop:
+		case <-ctx.Done():
 			return
 		}
 	}
 }
 
+// close stops the shards and the router and waits for them; messages
+// still on the channels are not handled. It is idempotent.
 func (d *dispatcher) close() {
-	d.once.Do(func() { close(d.stop) })
-	d.wg.Wait()
+	d.loops.Stop()
+	_ = d.loops.Wait(context.Background())
 }

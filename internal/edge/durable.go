@@ -49,6 +49,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 )
 
@@ -76,8 +77,7 @@ type durable struct {
 	dropLive  atomic.Int32
 	failFetch atomic.Int32
 	capture   *nats.Subscription // guarded by the lead goroutine
-	quit      chan struct{}
-	done      chan struct{}
+	leader    routine.Group      // the lead goroutine; none without capture
 }
 
 // startDurable sets up e's side of durable rooms: the stream and, unless
@@ -101,23 +101,22 @@ func startDurable(ctx context.Context, e *Edge) (*durable, error) {
 		if err := d.createLease(ctx); err != nil {
 			return nil, err
 		}
-		d.quit, d.done = make(chan struct{}), make(chan struct{})
-		go d.lead()
+		d.leader.Go(d.lead)
 	}
 	return d, nil
 }
 
 // stop gives up the capture lease, so that another edge takes over at
-// once, and waits a little for captures still unacknowledged.
+// once, and waits a little for captures still unacknowledged. A second
+// call finds the lease given up already.
 func (d *durable) stop() {
-	if d.quit != nil {
-		close(d.quit)
-		<-d.done
-	}
+	d.leader.Stop()
+	_ = d.leader.Wait(context.Background())
 	select {
 	case <-d.js.PublishAsyncComplete():
 	case <-time.After(2 * time.Second):
 	}
+	d.js.CleanupPublisher() // its reply subscription, and what never got an answer
 }
 
 // isDurable reports whether room matches the durable patterns.

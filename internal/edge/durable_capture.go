@@ -49,10 +49,10 @@ func (d *durable) createLease(ctx context.Context) error {
 }
 
 // lead holds the capture lease when it can and runs the capturer while it
-// does. A lease not renewed expires after leaseTTL; until then no other
-// edge captures, and core publishes to durable rooms are not stored.
-func (d *durable) lead() {
-	defer close(d.done)
+// does, until ctx ends (stop): then it gives the lease up. A lease not
+// renewed expires after leaseTTL; until then no other edge captures, and
+// core publishes to durable rooms are not stored.
+func (d *durable) lead(ctx context.Context) {
 	var rev uint64
 	var renewed time.Time // when the last successful renewal was sent
 	tick := time.NewTicker(leaseRenew)
@@ -65,17 +65,17 @@ func (d *durable) lead() {
 			d.stopCapture()
 		}
 		if rev == 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+			rctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
 			sent := time.Now()
-			if r, err := d.lease.Create(ctx, leaseKey, []byte(d.e.cfg.EdgeID)); err == nil {
+			if r, err := d.lease.Create(rctx, leaseKey, []byte(d.e.cfg.EdgeID)); err == nil {
 				rev, renewed = r, sent
 				d.startCapture()
 			}
 			cancel()
 		} else {
-			ctx, cancel := context.WithDeadline(context.Background(), renewed.Add(leaseTTL-leaseMargin))
+			rctx, cancel := context.WithDeadline(context.Background(), renewed.Add(leaseTTL-leaseMargin))
 			sent := time.Now()
-			r, err := d.lease.Update(ctx, leaseKey, []byte(d.e.cfg.EdgeID), rev)
+			r, err := d.lease.Update(rctx, leaseKey, []byte(d.e.cfg.EdgeID), rev)
 			cancel()
 			switch {
 			case err == nil:
@@ -86,11 +86,11 @@ func (d *durable) lead() {
 			}
 		}
 		select {
-		case <-d.quit:
+		case <-ctx.Done():
 			d.stopCapture()
 			if rev != 0 {
-				ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
-				_ = d.lease.Delete(ctx, leaseKey, jetstream.LastRevision(rev))
+				dctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+				_ = d.lease.Delete(dctx, leaseKey, jetstream.LastRevision(rev))
 				cancel()
 			}
 			return

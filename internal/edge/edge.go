@@ -21,6 +21,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/presencekv"
+	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 )
@@ -58,15 +59,24 @@ type Edge struct {
 	rpcLatency prometheus.Histogram
 	logLimit   *rate.Limiter // sampled warnings on the message path
 
-	gate     sync.RWMutex   // orders admissions against Shutdown
-	closing  atomic.Bool    // set under gate
-	draining atomic.Bool    // Drain: refuse new handshakes, keep the open ones
-	wg       sync.WaitGroup // handshakes, read loops, writers, RPCs and the ticker
-	stopTick chan struct{}
-	// lingerStop ends the lingering closes when Shutdown's context ends.
-	lingerStop     chan struct{}
-	lingerStopOnce sync.Once
-	stopOnce       sync.Once
+	// Lifecycle: see Shutdown and the package doc.
+	//
+	// handshakes counts the ServeHTTP calls in progress; Shutdown stops it
+	// first, so that no handshake starts after, and waits for it.
+	// routines owns every other goroutine of the edge: the ticker, read
+	// loops, connection writers, control runners and the confirmations of
+	// new subscriptions. Shutdown stops it once the connections are gone.
+	handshakes routine.Group
+	routines   routine.Group
+	draining   atomic.Bool // Drain: refuse new handshakes, keep the open ones
+	// shutdown starts the teardown once; stopped is closed when it is
+	// done, and every Shutdown call waits for it.
+	shutdown sync.Once
+	stopped  chan struct{}
+	// gaveUp ends when a Shutdown's ctx ended first: lingering closes end
+	// at once, the spread of closes hurries, and the teardown's waits end.
+	gaveUp context.Context
+	giveUp context.CancelFunc
 }
 
 // New builds an edge and subscribes it to the everyone subject and to the
@@ -95,13 +105,13 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		return nil, fmt.Errorf("edge: set-up interrupted: %w", context.Cause(ctx))
 	}
 	e := &Edge{
-		cfg:        cfg,
-		nc:         cfg.NATS.Conn,
-		ns:         cfg.NATS.Namespace,
-		stopTick:   make(chan struct{}),
-		lingerStop: make(chan struct{}),
-		logLimit:   rate.NewLimiter(1, 1),
+		cfg:      cfg,
+		nc:       cfg.NATS.Conn,
+		ns:       cfg.NATS.Namespace,
+		stopped:  make(chan struct{}),
+		logLimit: rate.NewLimiter(1, 1),
 	}
+	e.gaveUp, e.giveUp = context.WithCancel(context.Background())
 	e.conns.init()
 	e.ids.init(cfg.EdgeID)
 	e.hub = newHub(e)
@@ -208,8 +218,7 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		// reconnects.
 		cfg.Logger.Warn("edge: NATS has not confirmed the edge's subscriptions", "err", err)
 	}
-	e.wg.Add(1)
-	go e.tick()
+	e.routines.Go(e.tick)
 	return e, nil
 }
 
@@ -273,17 +282,16 @@ func (e *Edge) Path() string { return e.cfg.WebSocket.Path }
 
 // ServeHTTP upgrades a request to a WebSocket connection.
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Every handshake counts in wg before Shutdown can start waiting, and
-	// none starts after it began.
-	e.gate.RLock()
-	if e.closing.Load() || e.draining.Load() {
-		e.gate.RUnlock()
+	// Every handshake counts in handshakes before Shutdown can start
+	// waiting for them, and none starts after it began.
+	if e.draining.Load() || !e.handshakes.Do(func(context.Context) { e.handshake(w, r) }) {
 		e.refuse(w, refusedDraining, http.StatusServiceUnavailable, "edge is shutting down", time.Second)
-		return
 	}
-	e.wg.Add(1)
-	e.gate.RUnlock()
-	defer e.wg.Done()
+}
+
+// handshake is ServeHTTP once the edge admitted it: checks, upgrade,
+// registration, and the read loop's start.
+func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ip := e.clientIP(r)
 	if wait, ok := e.allowHandshake(ip, now); !ok {
@@ -328,13 +336,17 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.setIdentity(id)
-	if e.closing.Load() {
+	if e.handshakes.Stopped() {
 		// Shutdown began after this handshake was admitted and may have
 		// listed the connections before this one was added.
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
-	e.wg.Add(1)
-	go c.readLoop()
+	if !e.routines.Go(func(context.Context) { c.readLoop() }) {
+		// Shutdown gave up waiting for this handshake and stopped the
+		// edge's goroutines: nothing will read the socket.
+		wire.abort()
+		c.unregister()
+	}
 }
 
 // readLoop runs gws's read loop for c and then lets the socket linger
@@ -342,7 +354,6 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // in gws's parsing or in the edge's callbacks, ends only this connection:
 // it is logged with its stack, counted, and the client gets 1011.
 func (c *conn) readLoop() {
-	defer c.e.wg.Done()
 	defer func() {
 		if v := recover(); v != nil {
 			c.e.stats.panics.Add(1)
@@ -364,13 +375,43 @@ func (c *conn) readLoop() {
 // accepted and then closed with 4000.
 func (e *Edge) Drain() { e.draining.Store(true) }
 
-// Shutdown stops accepting connections, closes every socket with 4000
-// (reconnect) spread over Config.WebSocket.ShutdownSpread, and waits for them to go,
-// or for ctx. It leaves the NATS connection to its owner. It is idempotent.
+// Shutdown stops the edge, in order: it refuses new handshakes (503),
+// closes every socket with 4000 (reconnect) spread over
+// Config.WebSocket.ShutdownSpread, waits for the handshakes in progress and
+// the connections to go, then stops its goroutines, subscriptions, durable
+// rooms, durable messages and presence, and waits for them. It returns nil
+// once all that is done. When ctx ends first, it closes the sockets still
+// open at once, without lingering, and returns ctx's error; the rest goes
+// on without the caller. It leaves the NATS connection to its owner.
+//
+// It is idempotent: the first call starts the shutdown, and every call,
+// concurrent or later, waits for that one shutdown (or for its own ctx)
+// and returns nil once it is done.
 func (e *Edge) Shutdown(ctx context.Context) error {
-	e.gate.Lock()
-	e.closing.Store(true)
-	e.gate.Unlock()
+	e.shutdown.Do(func() {
+		e.handshakes.Stop() // no handshake starts from here on
+		go e.teardown()     // every Shutdown call waits for it (stopped)
+	})
+	select {
+	case <-e.stopped:
+		return nil
+	default:
+	}
+	select {
+	case <-e.stopped:
+		return nil
+	case <-ctx.Done():
+		e.abandon()
+		return ctx.Err()
+	}
+}
+
+// teardown is the shutdown that Shutdown starts once; it closes stopped
+// when it is done. Its waits end early once a Shutdown's ctx ended
+// (gaveUp), except the last: the edge's goroutines, which end soon once
+// their sockets are closed.
+func (e *Edge) teardown() {
+	defer close(e.stopped)
 	all := e.conns.snapshot()
 	var step time.Duration
 	if len(all) > 1 {
@@ -380,45 +421,42 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		if i > 0 && step > 0 {
 			select {
 			case <-time.After(step):
-			case <-ctx.Done():
+			case <-e.gaveUp.Done():
 			}
 		}
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
-	done := make(chan struct{})
-	go func() {
-		for e.conns.len() > 0 && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
-		e.stopOnce.Do(func() { close(e.stopTick) })
-		_ = e.allSub.Unsubscribe()
-		for _, s := range e.connSubs {
-			e.disp.unsubscribe(s)
-		}
-		_ = e.rpc.sub.Unsubscribe()
-		if e.dur != nil {
-			e.dur.stop()
-		}
-		if e.work != nil {
-			e.work.stop(ctx)
-		}
-		if e.presence != nil {
-			e.presence.Stop()
-		}
-		e.wg.Wait()
-		e.disp.close()
-		e.writers.close()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		e.lingerStopOnce.Do(func() { close(e.lingerStop) })
-		for _, c := range e.conns.snapshot() {
-			c.wire.abort()
-		}
-		return ctx.Err()
+	// A handshake admitted before handshakes stopped registers its
+	// connection and closes it (it sees the edge stopping), or fails.
+	_ = e.handshakes.Wait(e.gaveUp)
+	_ = e.conns.waitEmpty(e.gaveUp)
+	e.routines.Stop() // the ticker ends, and no goroutine starts from here on
+	_ = e.allSub.Unsubscribe()
+	for _, s := range e.connSubs {
+		e.disp.unsubscribe(s)
+	}
+	_ = e.rpc.sub.Unsubscribe()
+	if e.dur != nil {
+		e.dur.stop()
+	}
+	if e.work != nil {
+		e.work.stop(e.gaveUp)
+	}
+	if e.presence != nil {
+		e.presence.Stop()
+	}
+	_ = e.routines.Wait(context.Background())
+	e.disp.close()
+	e.writers.close()
+}
+
+// abandon gives up on the connections still open, when a Shutdown's ctx
+// ended before they went: lingering closes end, and their sockets close at
+// once.
+func (e *Edge) abandon() {
+	e.giveUp()
+	for _, c := range e.conns.snapshot() {
+		c.wire.abort()
 	}
 }
 
@@ -427,8 +465,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 // A connection silent for PingInterval is pinged; one that then stays
 // silent for PongTimeout after the ping is closed with 4002. Both happen
 // within a quarter of the shorter period of their due time.
-func (e *Edge) tick() {
-	defer e.wg.Done()
+func (e *Edge) tick(ctx context.Context) {
 	period := min(e.cfg.WebSocket.PingInterval, e.cfg.WebSocket.PongTimeout) / 4
 	if e.cfg.WebSocket.IdleTimeout > 0 {
 		period = min(period, e.cfg.WebSocket.IdleTimeout/4)
@@ -438,7 +475,7 @@ func (e *Edge) tick() {
 	defer t.Stop()
 	for {
 		select {
-		case <-e.stopTick:
+		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			n := now.UnixNano()
@@ -533,10 +570,13 @@ type registry struct {
 		mu sync.Mutex
 		m  map[string]*conn
 	}
+	n       atomic.Int64  // connections held, changed under their shard's lock
+	emptied chan struct{} // a token each time n falls to zero (waitEmpty)
 }
 
 func (r *registry) init() {
 	r.seed = maphash.MakeSeed()
+	r.emptied = make(chan struct{}, 1)
 	for i := range r.shards {
 		r.shards[i].m = make(map[string]*conn)
 	}
@@ -549,6 +589,9 @@ func (r *registry) shard(id string) int {
 func (r *registry) add(c *conn) {
 	s := &r.shards[r.shard(c.id)]
 	s.mu.Lock()
+	if _, ok := s.m[c.id]; !ok {
+		r.n.Add(1)
+	}
 	s.m[c.id] = c
 	s.mu.Unlock()
 }
@@ -565,8 +608,28 @@ func (r *registry) get(id string) *conn {
 func (r *registry) remove(c *conn) {
 	s := &r.shards[r.shard(c.id)]
 	s.mu.Lock()
+	_, ok := s.m[c.id]
 	delete(s.m, c.id)
+	last := ok && r.n.Add(-1) == 0
 	s.mu.Unlock()
+	if last {
+		select {
+		case r.emptied <- struct{}{}:
+		default: // a token waits already
+		}
+	}
+}
+
+// waitEmpty waits until the registry holds no connection, or ctx ends.
+func (r *registry) waitEmpty(ctx context.Context) error {
+	for r.n.Load() > 0 {
+		select {
+		case <-r.emptied:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 func (r *registry) each(f func(*conn)) {
@@ -584,17 +647,6 @@ func (r *registry) snapshot() []*conn {
 	var out []*conn
 	r.each(func(c *conn) { out = append(out, c) })
 	return out
-}
-
-func (r *registry) len() int {
-	n := 0
-	for i := range r.shards {
-		s := &r.shards[i]
-		s.mu.Lock()
-		n += len(s.m)
-		s.mu.Unlock()
-	}
-	return n
 }
 
 type gwsLogger struct{ l *slog.Logger }

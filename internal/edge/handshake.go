@@ -158,7 +158,7 @@ func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wire
 	}
 	// As gws decides it (Upgrader.getPermessageDeflate).
 	deflate := e.cfg.WebSocket.Compression && strings.Contains(r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
-	wire := newWireConn(nc, pre, e.cfg.WebSocket.MaxMessageSize, deflate, min(closeLinger, e.cfg.WebSocket.WriteTimeout), e.lingerStop)
+	wire := newWireConn(nc, pre, e.cfg.WebSocket.MaxMessageSize, deflate, min(closeLinger, e.cfg.WebSocket.WriteTimeout), e.gaveUp.Done())
 	// gws reads only the first value of each header: give it the values
 	// checkHandshake accepted, however the client spread or listed them.
 	r.Header.Set("Upgrade", "websocket")

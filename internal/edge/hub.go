@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -50,8 +51,9 @@ func (h *hub) join(c *conn, room, cid string, watch bool, since *envelope.Positi
 // after it to be replayed first.
 func (h *hub) joinAs(c *conn, room, cid string, watch, byServer bool, since *envelope.Position) error {
 	h.mu.Lock()
-	if c.gone {
-		// A ctl join raced with the connection closing.
+	if c.isClosed() {
+		// A ctl join raced with the connection closing: leaveAll, which
+		// takes h.mu after the phase became closed, has run or finds it.
 		h.mu.Unlock()
 		return &rpc.Error{Code: envelope.CodeNotFound, Message: "connection closed"}
 	}
@@ -113,10 +115,9 @@ func (h *hub) drop(c *conn, room string) {
 	h.e.setPresence(entry)
 }
 
-// leaveAll removes c from every room, on close.
+// leaveAll removes c from every room, once it is closed.
 func (h *hub) leaveAll(c *conn) {
 	h.mu.Lock()
-	c.gone = true
 	for _, room := range c.rooms {
 		h.removeLocked(h.rooms, room, c)
 	}
@@ -169,14 +170,15 @@ func (h *hub) addLocked(m map[string]*group, id string, room bool, c *conn, watc
 			return nil, nil, &rpc.Error{Code: envelope.CodeUnavailable, Message: "message bus unavailable"}
 		}
 		m[id] = g
-		h.e.wg.Add(1)
-		go func() {
-			defer h.e.wg.Done()
+		confirm := func(ctx context.Context) {
 			// Confirms the SUB reached the server. A failure only means the
 			// first publishes may miss; the subscription stays.
-			_ = h.e.nc.FlushTimeout(5 * time.Second)
+			_ = flush(ctx, h.e.nc)
 			close(g.ready)
-		}()
+		}
+		if !h.e.routines.Go(confirm) {
+			close(g.ready) // the edge is stopping: no one waits for it
+		}
 	}
 	g.mu.Lock()
 	if was, ok := g.members[c]; ok && was {

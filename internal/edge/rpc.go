@@ -64,7 +64,7 @@ func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg
 		c.rpcMu.Unlock()
 		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
 		return
-	case c.rpcGone:
+	case c.isClosed():
 		c.rpcMu.Unlock()
 		return
 	}
@@ -206,11 +206,12 @@ func (m *rpcMux) abort(c *conn, cid string) {
 	}
 }
 
-// dropConn ends every call of a closing connection, cancelling the workers'
-// handlers, and answers the services waiting on it with UNAVAILABLE.
+// dropConn ends every call of a closed connection, cancelling the
+// workers' handlers, and answers the services waiting on it with
+// UNAVAILABLE. start and ask check the phase under rpcMu, so none adds
+// another after it.
 func (m *rpcMux) dropConn(c *conn) {
 	c.rpcMu.Lock()
-	c.rpcGone = true
 	calls := make([]*call, 0, len(c.calls))
 	for _, k := range c.calls {
 		calls = append(calls, k)
@@ -291,7 +292,7 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 	}
 	a := &ask{msg: msg}
 	c.rpcMu.Lock()
-	if c.rpcGone {
+	if c.isClosed() {
 		c.rpcMu.Unlock()
 		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
 		return

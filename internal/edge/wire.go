@@ -51,8 +51,8 @@ type wireConn struct {
 	deflate   bool   // permessage-deflate was negotiated: RSV1 allowed on data frames
 	maxSize   uint64
 	lingerFor time.Duration // the bound of linger
-	// lingerStop ends every linger at once: the edge's Shutdown closes it
-	// when its context ends.
+	// lingerStop ends every linger at once: it closes when a Shutdown of
+	// the edge gives up (its ctx ended).
 	lingerStop <-chan struct{}
 	noLinger   atomic.Bool // a dead peer: nothing to wait for
 	// onClose runs once when the wire closes: the connection's writer

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 )
 
@@ -74,26 +74,14 @@ type work struct {
 	// workRepairEvery after.
 	repairing atomic.Bool
 
-	// The goroutines that wait for the stream's answers and re-create it,
-	// which stop waits for; none starts once closing is set.
-	mu      sync.Mutex
-	closing bool
-	bg      sync.WaitGroup
+	// bg owns the goroutines that wait for the stream's answers and
+	// re-create it, which stop waits for; none starts once stop began.
+	bg routine.Group
 }
 
 // spawn runs f on a goroutine that stop waits for, unless stop began.
 func (w *work) spawn(f func()) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closing {
-		return false
-	}
-	w.bg.Add(1)
-	go func() {
-		defer w.bg.Done()
-		f()
-	}()
-	return true
+	return w.bg.Go(func(context.Context) { f() })
 }
 
 func startWork(ctx context.Context, e *Edge) (*work, error) {
@@ -154,20 +142,13 @@ func (w *work) repair() {
 // messages still on their way (they end within workAckTimeout), then
 // releases the publisher's reply subscription.
 func (w *work) stop(ctx context.Context) {
-	w.mu.Lock()
-	w.closing = true
-	w.mu.Unlock()
+	w.bg.Stop()
 	select {
 	case <-w.js.PublishAsyncComplete():
 	case <-ctx.Done():
 	}
 	w.js.CleanupPublisher() // fails what still waits: its goroutine ends
-	done := make(chan struct{})
-	go func() { w.bg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
+	_ = w.bg.Wait(ctx)
 }
 
 // isDurable reports whether typ matches the durable type patterns.

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"github.com/natter/natter/internal/routine"
 )
 
 // The delivery path, after profiling the room fan-out (docs/benchmarks.md,
@@ -77,10 +80,8 @@ func framePayload(f []byte) []byte {
 
 // writerPool is the edge's writer goroutines, one shard each.
 type writerPool struct {
-	shards []writerShard
-	stop   chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
+	shards  []writerShard
+	workers routine.Group
 }
 
 type writerShard struct {
@@ -99,21 +100,21 @@ type writerShard struct {
 }
 
 func newWriterPool() *writerPool {
-	p := &writerPool{shards: make([]writerShard, runtime.GOMAXPROCS(0)), stop: make(chan struct{})}
+	p := &writerPool{shards: make([]writerShard, runtime.GOMAXPROCS(0))}
 	for i := range p.shards {
 		s := &p.shards[i]
 		s.wake = make(chan struct{}, 1)
 		s.write = s.writev
-		p.wg.Add(1)
-		go p.run(s)
+		p.workers.Go(func(ctx context.Context) { p.run(ctx, s) })
 	}
 	return p
 }
 
-// close stops the workers; connections scheduled later are not written.
+// close stops the workers and waits for them; connections scheduled later
+// are not written. It is idempotent.
 func (p *writerPool) close() {
-	p.once.Do(func() { close(p.stop) })
-	p.wg.Wait()
+	p.workers.Stop()
+	_ = p.workers.Wait(context.Background())
 }
 
 // schedule queues c on its shard. The caller owns c's writing flag.
@@ -131,8 +132,7 @@ func (p *writerPool) schedule(c *conn) {
 	}
 }
 
-func (p *writerPool) run(s *writerShard) {
-	defer p.wg.Done()
+func (p *writerPool) run(ctx context.Context, s *writerShard) {
 	var batch []*conn
 	for {
 		s.mu.Lock()
@@ -142,7 +142,7 @@ func (p *writerPool) run(s *writerShard) {
 			select {
 			case <-s.wake:
 				continue
-			case <-p.stop:
+			case <-ctx.Done():
 				return
 			}
 		}
@@ -158,17 +158,15 @@ func (p *writerPool) run(s *writerShard) {
 // goroutine.
 func (c *conn) flush(s *writerShard) {
 	c.wmu.Lock()
-	if c.unregistered {
-		// The socket is gone: nothing to write, and Shutdown may be
-		// waiting on the edge's WaitGroup, so start no writeLoop.
+	if c.isClosed() {
+		// The socket is gone: nothing to write, so start no writeLoop.
 		c.queue = nil
 		c.wmu.Unlock()
 		return
 	}
-	if c.closing || c.raw == nil || c.tail != nil {
+	if c.isClosing() || c.raw == nil || c.tail != nil {
 		c.wmu.Unlock()
-		c.e.wg.Add(1)
-		go c.writeLoop()
+		c.handOff()
 		return
 	}
 	q := c.queue
@@ -199,8 +197,7 @@ func (c *conn) flush(s *writerShard) {
 		c.tail = tail
 		c.queue = append(q[next:len(q):len(q)], c.queue...)
 		c.wmu.Unlock()
-		c.e.wg.Add(1)
-		go c.writeLoop()
+		c.handOff()
 		return
 	}
 	c.wmu.Lock()
@@ -211,7 +208,7 @@ func (c *conn) flush(s *writerShard) {
 	} else {
 		clear(q)
 	}
-	if len(c.queue) > 0 || c.pingDue || c.closing {
+	if len(c.queue) > 0 || c.pingDue || c.isClosing() {
 		c.e.writers.schedule(c) // still ours: to the back of the line
 	} else {
 		c.writing = false
@@ -237,6 +234,7 @@ func (c *conn) account(q [][]byte, n int) (int, []byte) {
 	}
 	c.wmu.Lock()
 	c.pending = max(c.pending-written-frames*frameOverhead, 0)
+	c.freeRoomLocked()
 	c.wmu.Unlock()
 	c.e.stats.framesOut.Add(int64(frames))
 	c.e.stats.bytesOut.Add(int64(written))
@@ -261,6 +259,16 @@ func (s *writerShard) writeNonblocking(raw syscall.RawConn, q [][]byte) (int, er
 	return s.n, s.err
 }
 
+// handOff gives c's writes to a goroutine of its own, writeLoop, which
+// the edge owns. Once the edge has stopped its goroutines (Shutdown, after
+// its connections are gone or it gave up on them) none starts: the socket
+// closes at once.
+func (c *conn) handOff() {
+	if !c.e.routines.Go(func(context.Context) { c.writeLoop() }) {
+		c.abandon()
+	}
+}
+
 // writeChunk bounds the bytes one blocking write may take: each chunk gets
 // its own write timeout, as each frame did before frames were batched, and
 // a close that drops the queue is seen between chunks.
@@ -276,7 +284,6 @@ const writeChunk = 64 << 10
 // empty. The deadline is cleared after each write, while the loop still
 // owns the socket, so no stale one fails a later write.
 func (c *conn) writeLoop() {
-	defer c.e.wg.Done()
 	nc := c.wire.Conn // whole frames only: the wire's Write is gws's
 	var batch, scratch [][]byte
 	for {
@@ -286,7 +293,7 @@ func (c *conn) writeLoop() {
 		batch, c.queue = c.queue, batch[:0]
 		ping := c.pingDue
 		c.pingDue = false
-		closing, code, reason := c.closing, c.closeCode, c.closeReason
+		closing, code, reason := c.isClosing(), c.closeCode, c.closeReason
 		if tail == nil && len(batch) == 0 && !ping && !closing {
 			c.writing = false
 			c.wmu.Unlock()

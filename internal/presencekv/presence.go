@@ -332,6 +332,10 @@ wait:
 	case <-time.After(time.Until(deadline)):
 	}
 	s.stopLoops()
+	// The publishers' reply subscriptions go with the service (the NATS
+	// connection is its owner's); a write still unanswered fails.
+	s.js.CleanupPublisher()
+	s.evjs.CleanupPublisher()
 }
 
 // stopKeeper ends the keeper and waits for it.
