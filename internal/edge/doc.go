@@ -78,30 +78,67 @@
 // non-blocking writev; what a full socket does not take, and a close, go to
 // the connection's own writeLoop goroutine until done.
 //
-// # Goroutines
+// # Goroutines and lifecycle
 //
-// Every goroutine has an owner that stops it and waits for it; Shutdown
-// stops them all, and waits for them, in order.
+// Every goroutine has an owner that stops it and waits for it, and there
+// is one idiom for that: a routine.Group (internal/routine), after
+// nats-server's startGoRoutine. Go starts a goroutine unless the group was
+// stopped (then it reports false and the caller undoes what it prepared),
+// Stop ends the context the goroutines get and refuses new ones, and Wait
+// waits for every Go that was accepted. Nothing polls with sleep: waits
+// are on channels and timers tied to the event.
 //
-//	per connection     its read loop, for its life; a writeLoop only while its socket is full
-//	                   or it closes; runControl only while control messages wait; timers
-//	                   (RPC deadlines, token expiry, the close deadline) instead of goroutines
-//	per handshake      net/http's goroutine runs ServeHTTP (Shutdown waits for it)
-//	per edge           the ticker; GOMAXPROCS writer shards; GOMAXPROCS dispatcher shards and
-//	                   the router; nats.go's goroutine for each callback subscription (the
-//	                   everyone subject, the RPC inbox); a short one per new group that confirms
-//	                   its subscription; presence's own (internal/presencekv); with durable
-//	                   rooms the capture lease holder; with durable types the waits for the
-//	                   work stream's acknowledgements (work.spawn)
+//	Edge.handshakes    ServeHTTP runs in it (Do, on net/http's goroutine): Shutdown stops it
+//	                   first, so no handshake starts after, and waits for those in progress
+//	Edge.routines      the ticker; per connection its read loop, for its life, a writeLoop
+//	                   only while its socket is full or it closes, runControl only while
+//	                   control messages wait; a short one per new group that confirms its
+//	                   subscription
+//	writerPool         GOMAXPROCS writer shards
+//	dispatcher         GOMAXPROCS shards and the router
+//	durable.leader     with durable rooms, the capture lease holder (lead)
+//	work.bg            with durable types, the waits for the work stream's acknowledgements
+//	                   and its re-creation (work.spawn)
+//	presencekv         its own two groups: watcher, event publisher and diff flusher; keeper
 //
-// Nothing per idle connection runs on a timer: the ticker scans all of them.
+// nats.go runs a goroutine for each callback subscription (the everyone
+// subject, the RPC inbox, presence queries, capture); Shutdown
+// unsubscribes them. Timers (RPC deadlines, token expiry, the close
+// deadline) stand in for goroutines per connection, and nothing per idle
+// connection runs on a timer: the ticker scans all of them.
+//
+// A connection's life is one atomic state, conn.phase: open, then closing
+// (closeWith decided a close, or the socket closed under the writer), then
+// closed (unregister: the read loop ended and the connection left the
+// edge). It only moves forward, and only under conn.wmu, so the write
+// queue always agrees with it; it is read without a lock. Every "is it
+// ending" question derives from it: the handler drops frames once it is
+// closing, sendFrame and ping queue nothing, and joins, calls, asks and
+// expiry timers refuse once it is closed, each under its own lock (hub.mu,
+// rpcMu, authMu), which unregister's clean-up takes after the phase
+// changed. conn.ctx ends at closed, and only then. The socket's own close
+// (close frame written, lingering, closed for good) is wireConn's.
+//
+// Shutdown runs once (a sync.Once starts the teardown; every call,
+// concurrent or later, waits for it or for its own ctx), in the order of
+// a lame-duck stop: Drain (called by the process when readiness fails)
+// refuses new handshakes with 503; Shutdown stops handshakes, closes every
+// socket with 4000 spread over ShutdownSpread, waits for the handshakes
+// in progress and for the registry to empty, stops Edge.routines (the
+// ticker ends; nothing starts from then on), unsubscribes, stops durable
+// rooms (the lease goes to another edge), durable messages and presence,
+// waits for Edge.routines, and closes the dispatcher and the writer pool.
+// When a caller's ctx ends first, the lingering closes end and the
+// sockets close at once (Edge.gaveUp), and the teardown goes on.
 //
 // # Locks
 //
 // Lock order: hub.mu, then group.mu, then conn.wmu, then a writer shard's
-// mu; conn.authMu before conn.wmu (expiry sends and closes); call.mu before
-// conn.rpcMu and conn.wmu (a reply is sent under it); adm.mu before the
-// presence mirror's lock (per-user caps read it). conn.ctlMu and
-// conn.rpcMu take no other lock. No lock is held across a NATS round trip
-// or a socket write that can block.
+// mu; a registry shard's mu before conn.wmu (the ticker closes and pings
+// under it); conn.authMu before conn.wmu (expiry sends and closes);
+// call.mu before conn.rpcMu and conn.wmu (a reply is sent under it);
+// adm.mu before the presence mirror's lock (per-user caps read it).
+// conn.ctlMu and conn.rpcMu take no other lock; a routine.Group's lock is
+// taken last and held for no call out. No lock is held across a NATS
+// round trip or a socket write that can block.
 package edge
