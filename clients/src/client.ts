@@ -3,12 +3,12 @@
  * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts) and
  * routes each frame the edge sends to them and then to the application.
  */
-import { Connection, type BackgroundErrorInfo, type ConnectOptions, type State, type StateInfo } from "./connection.js";
+import { Connection, type ConnectOptions, type State, type StateInfo } from "./connection.js";
 import { DurableMessages, DurableRooms, type Accepted, type DurableOptions, type HistoryOptions, type HistoryPage, type Position, type RecoveryInfo } from "./durable.js";
-import { encode, isSystemType, type ClientPayload, type ClientType, type Envelope, type Meta, type ServerPayload, type ServerType } from "./envelope.js";
-import type { ErrorPayload, NatterError } from "./errors.js";
+import { encode, isSystemType, type ClientPayload, type ClientType, type Envelope, type ErrorPayload, type Meta, type PresenceDiff, type ServerPayload, type ServerType } from "./envelope.js";
+import type { BackgroundErrorInfo, NatterError } from "./errors.js";
 import { ListenersByKey } from "./listeners.js";
-import { Presence, type PresenceApi, type PresenceDiff } from "./presence.js";
+import { Presence, type PresenceApi } from "./presence.js";
 import { Rooms, type JoinOptions } from "./rooms.js";
 import { Handlers, OUR_ID, SERVER_ID, type Handler, type HandlerReply, type RpcOptions } from "./rpc.js";
 

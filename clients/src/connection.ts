@@ -10,11 +10,10 @@
  */
 import { backoffDelay, shouldReconnect, type ReconnectOptions } from "./backoff.js";
 import type { Envelope } from "./envelope.js";
-import { lost, NatterError } from "./errors.js";
+import { lost, NatterError, type BackgroundErrorInfo } from "./errors.js";
 import { Listeners } from "./listeners.js";
 import { Outbox, type BufferOptions, type SendRateOptions } from "./outbox.js";
 import { Requests } from "./rpc.js";
-import type { Done } from "./rooms.js";
 
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 
@@ -22,16 +21,6 @@ export type State = "connecting" | "open" | "reconnecting" | "closed";
 export interface StateInfo {
   code?: number;
   reason?: string;
-}
-
-/** What failed in the background, for onError. */
-export interface BackgroundErrorInfo {
-  /** A re-join ("join"), the presence state's re-send ("state"), an automatic token refresh ("refresh"), or connecting ("connect"). */
-  op: "join" | "state" | "refresh" | "connect";
-  /** The room, for "join". */
-  room?: string;
-  /** Whether the client tries again by itself (with backoff). */
-  retrying: boolean;
 }
 
 /** What the client needs of a WebSocket; the browser's, Node's and the `ws` package's fit. */
@@ -65,20 +54,16 @@ export interface ConnectOptions {
   heartbeatMs?: number;
 }
 
-/** The payload of `$connected`, the first frame of every connection. */
-export interface ConnectedPayload {
-  /** The connection's id: services reach it at natter.out.conn.<connectionId>. */
-  connectionId: string;
-  /** The connection's user; absent for anonymous connections. */
-  user?: string;
-}
-
 /** What a connection asks of the rest of the client (client.ts wires it). */
 export interface Session {
   /** A text frame of the current socket. */
   receive(data: string): void;
-  /** Sends on socket gen what the edge forgot with the last one (rooms.ts: Rooms.resync). */
-  resync(gen: number): Promise<Done | undefined>[];
+  /**
+   * Sends on socket gen what the edge forgot with the last one (rooms.ts:
+   * Rooms.resync); each send resolves, if the edge accepted it, with what
+   * to call once the client is open.
+   */
+  resync(gen: number): Promise<(() => void) | undefined>[];
   /** The socket is gone: stop what waits to be re-sent on it. */
   stop(): void;
   /** The client has closed: reject everything still waiting with err. */
@@ -90,7 +75,12 @@ const STABLE_MS = 5000; // a connection open this long resets the backoff
 // A subprotocol must be an HTTP token (RFC 7230 tchar): base64url and JWTs are, base64's "/" and "=" are not.
 const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
-/** A client's sockets, one after another, and what goes out on them. */
+/**
+ * A client's sockets, one after another, and what goes out on them. The
+ * parts that act through it declare what they need of it (OutboxConn,
+ * RequestsConn, HandlersConn, RoomsConn, PresenceConn, DurableConn) and do
+ * not import it: it fits each, and only client.ts knows both.
+ */
 export class Connection {
   readonly options: ConnectOptions;
   /** The requests waiting for their replies. */
@@ -306,7 +296,7 @@ export class Connection {
     // Loop: a join() made during the sync is part of it. Joins resolve
     // once the client is open, so that `await join()` means both. A re-join
     // the edge refuses for now is retried later and does not hold this up.
-    const done: Done[] = [];
+    const done: (() => void)[] = [];
     for (let sends = this.#session.resync(gen); sends.length > 0; sends = this.#session.resync(gen)) {
       for (const ok of await Promise.all(sends)) if (ok) done.push(ok);
       if (gen !== this.#gen) return; // waiters stay for the next socket

@@ -5,12 +5,10 @@
  * Durable messages: sendDurable, which resends a message with one
  * idempotency key until the edge's work stream has stored it.
  */
-import type { Connection } from "./connection.js";
-import type { Envelope, Meta } from "./envelope.js";
+import type { Envelope, JoinedPayload, Meta } from "./envelope.js";
 import { isLost, NatterError } from "./errors.js";
 import { Listeners } from "./listeners.js";
 import type { AbortSignalLike, RequestOptions, RpcOptions } from "./rpc.js";
-import type { JoinedPayload } from "./rooms.js";
 
 /**
  * A place in a durable room's history: the `meta.offset` and `meta.epoch`
@@ -83,6 +81,18 @@ export interface Accepted {
   duplicate: boolean;
 }
 
+/** What durable rooms and messages need of the connection (connection.ts: Connection). */
+export interface DurableConn {
+  /** The requests waiting for replies (rpc.ts: Requests). */
+  readonly requests: {
+    /** The default deadline of a request, in ms. */
+    readonly timeoutMs: number;
+    request(type: string, payload: unknown, options?: RequestOptions): Promise<unknown>;
+  };
+  /** The wait before retry attempt of something the edge refused with err. */
+  backoff(attempt: number, err?: NatterError): number;
+}
+
 const DURABLE_TIMEOUT_MS = 30000; // sendDurable's default overall deadline
 const ACCEPTED = "$ws:accepted"; // the edge's answer to a stored durable message
 
@@ -91,11 +101,11 @@ const ACCEPTED = "$ws:accepted"; // the edge's answer to a stored durable messag
  * which rooms those are), the recovery events, and history.
  */
 export class DurableRooms {
-  readonly #conn: Connection;
+  readonly #conn: Pick<DurableConn, "requests">;
   readonly #positions = new Map<string, Position>();
   readonly #recovery = new Listeners<[RecoveryInfo]>();
 
-  constructor(conn: Connection) {
+  constructor(conn: Pick<DurableConn, "requests">) {
     this.#conn = conn;
   }
 
@@ -186,10 +196,10 @@ export class DurableRooms {
 
 /** sendDurable and its waits between attempts. */
 export class DurableMessages {
-  readonly #conn: Connection;
+  readonly #conn: DurableConn;
   readonly #sleepers = new Set<(err: NatterError) => void>(); // waits between attempts: end() ends them
 
-  constructor(conn: Connection) {
+  constructor(conn: DurableConn) {
     this.#conn = conn;
   }
 

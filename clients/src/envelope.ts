@@ -1,13 +1,14 @@
 /**
- * The frame, `{"type", "meta"?, "payload"?}` (docs/protocol.md#the-envelope),
- * and the payload types of the frames the client sends and receives: the
- * generated ones (messages.gen.ts) and the edge's own.
+ * The wire: the frame, `{"type", "meta"?, "payload"?}`
+ * (docs/protocol.md#the-envelope), and the payload types of the frames the
+ * client sends and receives: the generated ones (messages.gen.ts) and those
+ * of the frames the edge sends on its own (SystemServerMessages), which
+ * several modules read. The replies to the client's own system requests
+ * (`$presence`, `$history`, `$ws:accepted`) are typed by the module that
+ * makes the request. This module is the bottom of the client: it imports
+ * nothing but the generated types.
  */
 import type { ClientMessages, ServerMessages } from "./messages.gen.js";
-import type { ConnectedPayload } from "./connection.js";
-import type { ErrorPayload } from "./errors.js";
-import type { PresenceDiff } from "./presence.js";
-import type { JoinedPayload } from "./rooms.js";
 
 /**
  * An envelope's meta. The edge sets `room` on room deliveries, and `offset`
@@ -32,6 +33,56 @@ export interface Envelope<P = unknown> {
   type: string;
   meta?: Meta;
   payload?: P;
+}
+
+/** The gRPC-style codes of ERROR / RPC_ERROR frames (docs/protocol.md#errors). */
+export type ErrorCode =
+  | "INVALID_ARGUMENT" | "NOT_FOUND" | "RESOURCE_EXHAUSTED" | "UNAUTHENTICATED"
+  | "PERMISSION_DENIED" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL"
+  | "FAILED_PRECONDITION" | "ALREADY_EXISTS" | "ABORTED" | "CANCELLED" | "UNIMPLEMENTED";
+
+/** The payload of ERROR and RPC_ERROR frames. */
+export interface ErrorPayload {
+  code: ErrorCode | (string & {});
+  message: string;
+  /** Structured details, e.g. `{violations: [{field, rule, message}]}` for a payload that breaks its schema. */
+  details?: unknown;
+  /** When to retry, for RESOURCE_EXHAUSTED rate limits. */
+  retryAfterMs?: number;
+}
+
+/** The payload of `$connected`, the first frame of every connection. */
+export interface ConnectedPayload {
+  /** The connection's id: services reach it at natter.out.conn.<connectionId>. */
+  connectionId: string;
+  /** The connection's user; absent for anonymous connections. */
+  user?: string;
+}
+
+/** The payload of `$joined`; durable rooms add their position, and `recovered` answers a join with `since`. */
+export interface JoinedPayload {
+  room: string;
+  /** True for a durable room; offset and epoch are then the position to continue from. */
+  durable?: boolean;
+  offset?: number;
+  epoch?: string;
+  /** Present when the join had `since`: whether every message after it was replayed. */
+  recovered?: boolean;
+}
+
+/** One connection in a room. */
+export interface PresenceMember {
+  conn: string;
+  user?: string;
+  state?: unknown;
+}
+
+/** A batch of presence changes in a room (`$presence.diff`); the arrays are always present. */
+export interface PresenceDiff {
+  room: string;
+  joins: PresenceMember[];
+  leaves: PresenceMember[];
+  states: PresenceMember[];
 }
 
 /** Payloads of the frames the edge itself sends. */

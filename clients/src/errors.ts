@@ -1,24 +1,20 @@
 /**
- * The client's errors: the codes of the edge's ERROR and RPC_ERROR frames,
- * NatterError (what every failed request rejects with, and what handlers
- * may throw), their wire form, and the mark on errors the client made up
+ * The client's errors: NatterError (what every failed request rejects with,
+ * and what handlers may throw), to and from the payload of the edge's ERROR
+ * and RPC_ERROR frames (envelope.ts), what the onError listeners are told
+ * of a failure in the background, and the mark on errors the client made up
  * for a socket that went away.
  */
+import type { ErrorCode, ErrorPayload } from "./envelope.js";
 
-/** The gRPC-style codes of ERROR / RPC_ERROR frames (docs/protocol.md#errors). */
-export type ErrorCode =
-  | "INVALID_ARGUMENT" | "NOT_FOUND" | "RESOURCE_EXHAUSTED" | "UNAUTHENTICATED"
-  | "PERMISSION_DENIED" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL"
-  | "FAILED_PRECONDITION" | "ALREADY_EXISTS" | "ABORTED" | "CANCELLED" | "UNIMPLEMENTED";
-
-/** The payload of ERROR and RPC_ERROR frames. */
-export interface ErrorPayload {
-  code: ErrorCode | (string & {});
-  message: string;
-  /** Structured details, e.g. `{violations: [{field, rule, message}]}` for a payload that breaks its schema. */
-  details?: unknown;
-  /** When to retry, for RESOURCE_EXHAUSTED rate limits. */
-  retryAfterMs?: number;
+/** What failed in the background, for onError. */
+export interface BackgroundErrorInfo {
+  /** A re-join ("join"), the presence state's re-send ("state"), an automatic token refresh ("refresh"), or connecting ("connect"). */
+  op: "join" | "state" | "refresh" | "connect";
+  /** The room, for "join". */
+  room?: string;
+  /** Whether the client tries again by itself (with backoff). */
+  retrying: boolean;
 }
 
 /** The error every failed request rejects with, and that handlers may throw. */

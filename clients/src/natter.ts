@@ -12,12 +12,15 @@
 export type { ClientMessages, ServerMessages } from "./messages.gen.js";
 
 export { connect, type Client } from "./client.js";
-export { NatterError, type ErrorCode, type ErrorPayload } from "./errors.js";
+export { NatterError, type BackgroundErrorInfo } from "./errors.js";
 export { backoffDelay, shouldReconnect, type ReconnectOptions } from "./backoff.js";
-export type { BackgroundErrorInfo, ConnectedPayload, ConnectOptions, State, StateInfo, WebSocketConstructor, WebSocketLike } from "./connection.js";
-export type { ClientPayload, ClientType, Envelope, Meta, ServerPayload, ServerType, SystemServerMessages } from "./envelope.js";
+export type { ConnectOptions, State, StateInfo, WebSocketConstructor, WebSocketLike } from "./connection.js";
+export type {
+  ClientPayload, ClientType, ConnectedPayload, Envelope, ErrorCode, ErrorPayload, JoinedPayload, Meta,
+  PresenceDiff, PresenceMember, ServerPayload, ServerType, SystemServerMessages
+} from "./envelope.js";
 export type { BufferOptions, SendRateOptions } from "./outbox.js";
 export type { AbortSignalLike, HandlerReply, RpcOptions } from "./rpc.js";
-export type { JoinedPayload, JoinOptions } from "./rooms.js";
-export type { PresenceApi, PresenceDiff, PresenceEntry, PresenceMember, RoomPage, UserInfo } from "./presence.js";
+export type { JoinOptions } from "./rooms.js";
+export type { PresenceApi, PresenceEntry, RoomPage, UserInfo } from "./presence.js";
 export type { Accepted, DurableOptions, HistoryOptions, HistoryPage, Position, RecoveryInfo } from "./durable.js";

@@ -4,9 +4,8 @@
  * the send rate that paces them like the edge's --rate-limit, and the
  * write of a frame.
  */
-import type { Connection } from "./connection.js";
-import { NatterError } from "./errors.js";
 import type { Meta } from "./envelope.js";
+import { NatterError } from "./errors.js";
 
 export interface BufferOptions {
   /** Messages held while the connection is not open. Default 1000. */
@@ -32,14 +31,36 @@ export interface Queued {
   cid?: string; // set for requests: their meta is built when they go out
 }
 
+/** What the outbox needs of the connection it writes to (connection.ts: Connection). */
+export interface OutboxConn {
+  readonly options: { buffer?: BufferOptions; sendRate?: false | SendRateOptions };
+  /** "open" once a socket is up to date; frames wait in the buffer until then. */
+  readonly state: string;
+  /** The current socket's generation. */
+  readonly gen: number;
+  /** The current socket, null between sockets. */
+  readonly socket: { readonly readyState: number; send(data: string): void } | null;
+  readonly requests: OutboxRequests;
+}
+
+/**
+ * What the outbox needs of the requests waiting for replies (rpc.ts:
+ * Requests): a buffered request's deadline and key when it goes out (and
+ * the socket it went out on, set here), and to settle one the buffer drops.
+ */
+export interface OutboxRequests {
+  get(cid: string): { readonly deadline: number; readonly key?: string | undefined; gen: number } | undefined;
+  settle(cid: string, err: NatterError): void;
+}
+
 /** The send buffer and the send rate of one client, across its sockets. */
 export class Outbox {
-  readonly #conn: Connection;
+  readonly #conn: OutboxConn;
   readonly #rate: SendRate | undefined;
   #buffer: Queued[] = [];
   #flushTimer: ReturnType<typeof setTimeout> | undefined; // the paced flush's next step
 
-  constructor(conn: Connection) {
+  constructor(conn: OutboxConn) {
     this.#conn = conn;
     const { sendRate } = conn.options;
     if (sendRate !== false) this.#rate = new SendRate(sendRate?.perSecond ?? 100, sendRate?.burst ?? 200);

@@ -3,17 +3,8 @@
  * connection's state (remembered by rooms.ts, like a room), and the
  * `$presence.diff` batches of rooms joined with presence.
  */
-import type { Connection } from "./connection.js";
-import type { Envelope } from "./envelope.js";
+import type { Envelope, PresenceDiff, PresenceMember } from "./envelope.js";
 import { ListenersByKey } from "./listeners.js";
-import type { Rooms } from "./rooms.js";
-
-/** One connection in a room. */
-export interface PresenceMember {
-  conn: string;
-  user?: string;
-  state?: unknown;
-}
 
 /** One connection's presence entry. */
 export interface PresenceEntry {
@@ -43,14 +34,6 @@ export interface UserInfo {
   connections: PresenceEntry[];
 }
 
-/** A batch of presence changes in a room (`$presence.diff`); the arrays are always present. */
-export interface PresenceDiff {
-  room: string;
-  joins: PresenceMember[];
-  leaves: PresenceMember[];
-  states: PresenceMember[];
-}
-
 export interface PresenceApi {
   /** A page of the members of a room this client is in. */
   room(room: string, page?: { cursor?: string; limit?: number }): Promise<RoomPage>;
@@ -60,13 +43,23 @@ export interface PresenceApi {
   setState(state: unknown): Promise<void>;
 }
 
+/** What presence needs of the connection (connection.ts: Connection): its requests (rpc.ts: Requests). */
+export interface PresenceConn {
+  readonly requests: { request(type: string, payload: unknown): Promise<unknown> };
+}
+
+/** Where this connection's presence state is remembered and re-sent, like a room (rooms.ts: Rooms). */
+export interface PresenceState {
+  setState(state: unknown): Promise<void>;
+}
+
 /** A client's presence: the API of client.presence and the watchers of diffs. */
 export class Presence {
   /** client.presence. */
   readonly api: PresenceApi;
   readonly #watchers = new ListenersByKey<[PresenceDiff]>();
 
-  constructor(conn: Connection, rooms: Rooms) {
+  constructor(conn: PresenceConn, rooms: PresenceState) {
     const { requests } = conn;
     this.api = {
       room: async (room, page = {}) => {

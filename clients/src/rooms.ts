@@ -4,10 +4,10 @@
  * service makes for it) and its presence state (presence.ts sets it).
  * Durable rooms are re-joined from their last position (durable.ts).
  */
-import type { BackgroundErrorInfo, Connection } from "./connection.js";
 import { isPosition, type DurableRooms, type Position } from "./durable.js";
-import type { Envelope } from "./envelope.js";
-import { isLost, NatterError } from "./errors.js";
+import type { Envelope, JoinedPayload } from "./envelope.js";
+import { isLost, NatterError, type BackgroundErrorInfo } from "./errors.js";
+import type { RpcOptions } from "./rpc.js";
 
 export interface JoinOptions {
   /** Subscribes to the room's `$presence.diff` frames. */
@@ -20,22 +20,31 @@ export interface JoinOptions {
   since?: Position;
 }
 
-/** The payload of `$joined`; durable rooms add their position, and `recovered` answers a join with `since`. */
-export interface JoinedPayload {
-  room: string;
-  /** True for a durable room; offset and epoch are then the position to continue from. */
-  durable?: boolean;
-  offset?: number;
-  epoch?: string;
-  /** Present when the join had `since`: whether every message after it was replayed. */
-  recovered?: boolean;
-}
-
 // The codes that make a re-join (or the state's re-send) final: the edge will not change its mind.
 const FINAL_REFUSALS = new Set(["PERMISSION_DENIED", "INVALID_ARGUMENT", "NOT_FOUND"]);
 
-/** Resolves the callers waiting for a value the edge accepted. */
+/** Resolves the callers waiting for a value the edge accepted (called once the client is open). */
 export type Done = () => void;
+
+/** What the rooms need of the connection (connection.ts: Connection). */
+export interface RoomsConn {
+  /** "open" once a socket is up to date. */
+  readonly state: string;
+  /** The current socket's generation. */
+  readonly gen: number;
+  /** The requests waiting for replies (rpc.ts: Requests); joins and leaves go out direct, ahead of the send buffer. */
+  readonly requests: {
+    request(type: string, payload: unknown, options: RpcOptions, direct: boolean): Promise<unknown>;
+    /** The request waiting under cid, if any: a $joined without one is late. */
+    get(cid: string): unknown;
+  };
+  /** Throws UNAVAILABLE once the client is closed. */
+  checkNotClosed(): void;
+  /** Tells the onError listeners that a re-send failed. */
+  report(error: NatterError, info: BackgroundErrorInfo): void;
+  /** The wait before retry attempt of something the edge refused with err. */
+  backoff(attempt: number, err?: NatterError): number;
+}
 
 /** Something the edge forgets with a connection: a room or the presence state. */
 interface Remembered {
@@ -54,12 +63,12 @@ interface Remembered {
 
 /** The rooms of one client and its presence state, across its sockets. */
 export class Rooms {
-  readonly #conn: Connection;
+  readonly #conn: RoomsConn;
   readonly #durable: DurableRooms;
   readonly #remembered = new Map<string, Remembered>(); // key: "$presence.state" or "$join:<room>"
   readonly #leaving = new Map<string, number>(); // rooms with a $leave of ours on its way
 
-  constructor(conn: Connection, durable: DurableRooms) {
+  constructor(conn: RoomsConn, durable: DurableRooms) {
     this.#conn = conn;
     this.#durable = durable;
   }

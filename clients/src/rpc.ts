@@ -3,10 +3,10 @@
  * makes by itself), each waiting for its reply under a deadline, and the
  * answers to the edge's server-to-client requests (handle).
  */
-import type { Connection } from "./connection.js";
 import { encode, type Envelope } from "./envelope.js";
 import { fromPayload, lost, NatterError, toPayload } from "./errors.js";
 import { safely } from "./listeners.js";
+import type { Queued } from "./outbox.js";
 
 /** A minimal AbortSignal, so that the browser's and Node's both fit. */
 export interface AbortSignalLike {
@@ -56,13 +56,28 @@ export interface RequestOptions extends RpcOptions {
   envelope?: boolean;
 }
 
+/** What the client's requests need of the connection (connection.ts: Connection). */
+export interface RequestsConn {
+  readonly options: { rpcTimeoutMs?: number };
+  /** The current socket's generation. */
+  readonly gen: number;
+  /** The send buffer (outbox.ts: Outbox). */
+  readonly outbox: {
+    enqueue(q: Queued): void;
+    transmit(q: Queued): boolean;
+    drop(cid: string): void;
+  };
+  /** Throws UNAVAILABLE once the client is closed. */
+  checkNotClosed(): void;
+}
+
 /** The client's requests that wait for a reply, by correlation id. */
 export class Requests {
-  readonly #conn: Connection;
+  readonly #conn: RequestsConn;
   readonly #pending = new Map<string, Pending>();
   #seq = 0;
 
-  constructor(conn: Connection) {
+  constructor(conn: RequestsConn) {
     this.#conn = conn;
   }
 
@@ -163,12 +178,20 @@ export class Requests {
 /** A handler of server-to-client requests of one type. */
 export type Handler = (payload: unknown, envelope: Envelope) => unknown;
 
+/** What the answers to server-to-client requests need of the connection (connection.ts: Connection). */
+export interface HandlersConn {
+  /** The current socket's generation: an answer goes out only on the socket its request came on. */
+  readonly gen: number;
+  /** The send buffer (outbox.ts: Outbox); answers bypass it. */
+  readonly outbox: { transmit(q: Queued): boolean };
+}
+
 /** The application's handlers of server-to-client requests, one per type. */
 export class Handlers {
-  readonly #conn: Connection;
+  readonly #conn: HandlersConn;
   readonly #handlers = new Map<string, Handler>();
 
-  constructor(conn: Connection) {
+  constructor(conn: HandlersConn) {
     this.#conn = conn;
   }
 

@@ -18,7 +18,12 @@ const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then i
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 // A subprotocol must be an HTTP token (RFC 7230 tchar): base64url and JWTs are, base64's "/" and "=" are not.
 const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-/** A client's sockets, one after another, and what goes out on them. */
+/**
+ * A client's sockets, one after another, and what goes out on them. The
+ * parts that act through it declare what they need of it (OutboxConn,
+ * RequestsConn, HandlersConn, RoomsConn, PresenceConn, DurableConn) and do
+ * not import it: it fits each, and only client.ts knows both.
+ */
 export class Connection {
     options;
     /** The requests waiting for their replies. */

@@ -1,10 +1,4 @@
 // Generated from clients/src/errors.ts by `npm run build` in clients/. Do not edit.
-/**
- * The client's errors: the codes of the edge's ERROR and RPC_ERROR frames,
- * NatterError (what every failed request rejects with, and what handlers
- * may throw), their wire form, and the mark on errors the client made up
- * for a socket that went away.
- */
 /** The error every failed request rejects with, and that handlers may throw. */
 export class NatterError extends Error {
     name = "NatterError";

@@ -1,4 +1,10 @@
 // Generated from clients/src/rooms.ts by `npm run build` in clients/. Do not edit.
+/**
+ * What the edge forgets with a connection and the client re-sends on every
+ * new socket: the rooms it is in (join, leave, and the joins and leaves a
+ * service makes for it) and its presence state (presence.ts sets it).
+ * Durable rooms are re-joined from their last position (durable.ts).
+ */
 import { isPosition } from "./durable.js";
 import { isLost, NatterError } from "./errors.js";
 // The codes that make a re-join (or the state's re-send) final: the edge will not change its mind.

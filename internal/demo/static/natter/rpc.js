@@ -1,4 +1,9 @@
 // Generated from clients/src/rpc.ts by `npm run build` in clients/. Do not edit.
+/**
+ * Requests both ways: the client's own (rpc and every request the client
+ * makes by itself), each waiting for its reply under a deadline, and the
+ * answers to the edge's server-to-client requests (handle).
+ */
 import { encode } from "./envelope.js";
 import { fromPayload, lost, NatterError, toPayload } from "./errors.js";
 import { safely } from "./listeners.js";
