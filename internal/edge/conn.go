@@ -59,8 +59,9 @@ type conn struct {
 	lastData atomic.Int64 // unix nanos of the last data frame
 	pingSent atomic.Int64 // unix nanos of the last ping queued, 0 if none
 
-	raw   syscall.RawConn // the socket's descriptor, for writes that never block; nil: writeLoop writes
-	shard int             // the writer pool shard
+	sock   socket // the socket as the write path sees it (writer.go)
+	direct bool   // sock takes writes that never block (writeNow); false: writeLoop writes
+	shard  int    // the writer pool shard
 
 	wmu         sync.Mutex
 	queue       [][]byte // complete WebSocket frames, shared and never modified
@@ -156,9 +157,11 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 	c.ident.Store(ident)
 	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
 	wire.onClose = c.stopWriting
+	ws := &wireSocket{ws: socket, wire: wire, compress: e.cfg.WebSocket.Compression}
 	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.WebSocket.Compression {
-		c.raw, _ = sc.SyscallConn()
+		ws.raw, _ = sc.SyscallConn()
 	}
+	c.sock, c.direct = ws, ws.raw != nil
 	c.shard = int(e.nextShard.Add(1) % uint32(len(e.writers.shards)))
 	if e.cfg.Limits.MessageRate > 0 {
 		c.limit = rate.NewLimiter(rate.Limit(e.cfg.Limits.MessageRate), e.cfg.Limits.MessageBurst)
@@ -388,7 +391,7 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 	c.startWriterLocked()
 	// Whatever the writer does, the socket is gone after one write timeout
 	// more; unregister stops the timer once it is.
-	c.closeTimer = time.AfterFunc(c.e.cfg.WebSocket.WriteTimeout+time.Second, c.wire.abort)
+	c.closeTimer = time.AfterFunc(c.e.cfg.WebSocket.WriteTimeout+time.Second, c.sock.abort)
 }
 
 // startWriterLocked schedules the connection on its writer shard unless a
@@ -456,12 +459,10 @@ func (c *conn) runControl() {
 // closes at once.
 func (c *conn) abandon() {
 	c.stopWriting()
-	select {
-	case <-c.wire.closing:
-		// The close frame is out (gws wrote it): a write that failed
+	if !c.sock.closed() {
+		// Once the close frame is out (gws wrote it), a write that failed
 		// after it must not cut the lingering short.
-	default:
-		c.wire.abort()
+		c.sock.abort()
 	}
 }
 

@@ -33,6 +33,10 @@ import (
 // frames alike, so a partial write is always finished before anything else
 // is written. The exception is gws itself answering a client's close frame
 // or protocol error, which ends the connection anyway.
+//
+// The path reaches the socket only through the small interface socket,
+// which a real connection implements with wireSocket and writer_test.go
+// with a fake.
 
 const (
 	opText  = 0x1
@@ -77,6 +81,102 @@ func framePayload(f []byte) []byte {
 	}
 	return f[2:]
 }
+
+// socket is a connection's socket as the write path needs it. Only the
+// writer that owns the connection's writes (conn.writing) calls the write
+// methods; abort and closed may come from any goroutine.
+type socket interface {
+	// writeNow hands frames to the socket in one writev that never waits,
+	// with the scratch state of the shard s, and returns the bytes it
+	// took: fewer, or none, when the send buffer is full. Only a
+	// connection whose direct flag is set calls it.
+	writeNow(s *writerShard, frames [][]byte) (int, error)
+	// write writes frames whole, within timeout, and returns the bytes
+	// written, counted as the frames' own lengths. scratch is the
+	// caller's, for the iovecs.
+	write(frames [][]byte, timeout time.Duration, scratch *[][]byte) (int, error)
+	// writeClose writes the close frame within timeout; the socket then
+	// closes, lingering so that the frame reaches the peer. A socket that
+	// is closed already is not an error.
+	writeClose(code uint16, reason string, timeout time.Duration) error
+	// closed reports whether the socket has closed: after its close frame,
+	// or when the peer went.
+	closed() bool
+	// abort closes the socket at once.
+	abort()
+}
+
+// wireSocket is a real connection's socket: its descriptor for the writes
+// that never wait, the wire (wireConn) for the others, and gws for the
+// close frame and for compressed frames.
+type wireSocket struct {
+	ws       *gws.Conn
+	wire     *wireConn
+	raw      syscall.RawConn // nil: no writes that never wait (not Linux, or compression)
+	compress bool            // frames go through gws, which compresses them
+}
+
+func (w *wireSocket) writeNow(s *writerShard, frames [][]byte) (int, error) {
+	return s.writeNonblocking(w.raw, frames)
+}
+
+func (w *wireSocket) write(frames [][]byte, timeout time.Duration, scratch *[][]byte) (int, error) {
+	nc := w.wire.Conn // whole frames only: the wire's Write is gws's
+	_ = nc.SetWriteDeadline(time.Now().Add(timeout))
+	var n int
+	var err error
+	if w.raw == nil && w.compress {
+		n, err = w.writeCompressed(frames)
+	} else {
+		// WriteTo consumes the slice it is given: a copy keeps frames intact
+		// for account.
+		*scratch = append((*scratch)[:0], frames...)
+		var n64 int64
+		n64, err = (*net.Buffers)(scratch).WriteTo(nc)
+		n = int(n64)
+	}
+	// Cleared while the writer still owns the socket, so that no stale
+	// deadline fails a later write.
+	_ = nc.SetWriteDeadline(time.Time{})
+	return n, err
+}
+
+// writeCompressed writes batch through gws, which compresses each
+// message when the client negotiated permessage-deflate. It reports the
+// frames' own, uncompressed lengths as written, for account.
+func (w *wireSocket) writeCompressed(batch [][]byte) (int, error) {
+	n := 0
+	for _, f := range batch {
+		op := gws.Opcode(f[0] & 0x0F)
+		if err := w.ws.WriteMessage(op, framePayload(f)); err != nil {
+			return n, err
+		}
+		n += len(f)
+	}
+	return n, nil
+}
+
+// writeClose has gws write the close frame and close the wire, which
+// lingers so that the frame reaches the client.
+func (w *wireSocket) writeClose(code uint16, reason string, timeout time.Duration) error {
+	_ = w.wire.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	w.wire.ownClose.Store(true)
+	if err := w.ws.WriteClose(code, []byte(reason)); err != nil && !errors.Is(err, gws.ErrConnClosed) {
+		return err
+	}
+	return nil
+}
+
+func (w *wireSocket) closed() bool {
+	select {
+	case <-w.wire.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *wireSocket) abort() { w.wire.abort() }
 
 // writerPool is the edge's writer goroutines, one shard each.
 type writerPool struct {
@@ -164,7 +264,7 @@ func (c *conn) flush(s *writerShard) {
 		c.wmu.Unlock()
 		return
 	}
-	if c.isClosing() || c.raw == nil || c.tail != nil {
+	if c.isClosing() || !c.direct || c.tail != nil {
 		c.wmu.Unlock()
 		c.handOff()
 		return
@@ -179,7 +279,7 @@ func (c *conn) flush(s *writerShard) {
 	c.wmu.Unlock()
 
 	offered := q[:min(len(q), maxIovecs)]
-	n, err := s.writeNonblocking(c.raw, offered)
+	n, err := c.sock.writeNow(s, offered)
 	if err != nil {
 		c.abandon()
 		return
@@ -284,7 +384,6 @@ const writeChunk = 64 << 10
 // empty. The deadline is cleared after each write, while the loop still
 // owns the socket, so no stale one fails a later write.
 func (c *conn) writeLoop() {
-	nc := c.wire.Conn // whole frames only: the wire's Write is gws's
 	var batch, scratch [][]byte
 	for {
 		c.wmu.Lock()
@@ -302,7 +401,7 @@ func (c *conn) writeLoop() {
 		c.wmu.Unlock()
 
 		if tail != nil {
-			if !c.writeBlocking(nc, [][]byte{tail}, &scratch) {
+			if !c.writeBlocking([][]byte{tail}, &scratch) {
 				return
 			}
 		}
@@ -312,7 +411,7 @@ func (c *conn) writeLoop() {
 				size += len(batch[k])
 				k++
 			}
-			if !c.writeBlocking(nc, batch[:k], &scratch) {
+			if !c.writeBlocking(batch[:k], &scratch) {
 				return
 			}
 			clear(batch[:k])
@@ -320,15 +419,11 @@ func (c *conn) writeLoop() {
 		}
 		clear(batch)
 		batch = batch[:0]
-		if ping && !c.writeBlocking(nc, [][]byte{pingFrame}, &scratch) {
+		if ping && !c.writeBlocking([][]byte{pingFrame}, &scratch) {
 			return
 		}
 		if closing {
-			// gws writes the close frame and closes the wire, which
-			// lingers so that the frame reaches the client.
-			_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WebSocket.WriteTimeout))
-			c.wire.ownClose.Store(true)
-			if err := c.socket.WriteClose(uint16(code), []byte(reason)); err != nil && !errors.Is(err, gws.ErrConnClosed) {
+			if err := c.sock.writeClose(uint16(code), reason, c.e.cfg.WebSocket.WriteTimeout); err != nil {
 				c.abandon()
 				return
 			}
@@ -340,40 +435,12 @@ func (c *conn) writeLoop() {
 
 // writeBlocking writes frames (a tail counts as one) with the write
 // timeout and books them; on failure it abandons the connection.
-func (c *conn) writeBlocking(nc net.Conn, frames [][]byte, scratch *[][]byte) bool {
-	_ = nc.SetWriteDeadline(time.Now().Add(c.e.cfg.WebSocket.WriteTimeout))
-	var n int
-	var err error
-	if c.raw == nil && c.e.cfg.WebSocket.Compression {
-		n, err = c.writeCompressed(frames)
-	} else {
-		// WriteTo consumes the slice it is given: a copy keeps frames intact
-		// for account.
-		*scratch = append((*scratch)[:0], frames...)
-		var n64 int64
-		n64, err = (*net.Buffers)(scratch).WriteTo(nc)
-		n = int(n64)
-	}
-	_ = nc.SetWriteDeadline(time.Time{})
+func (c *conn) writeBlocking(frames [][]byte, scratch *[][]byte) bool {
+	n, err := c.sock.write(frames, c.e.cfg.WebSocket.WriteTimeout, scratch)
 	if err != nil {
 		c.abandon()
 		return false
 	}
 	c.account(frames, n)
 	return true
-}
-
-// writeCompressed writes batch through gws, which compresses each
-// message when the client negotiated permessage-deflate. It reports the
-// frames' own, uncompressed lengths as written, for account.
-func (c *conn) writeCompressed(batch [][]byte) (int, error) {
-	n := 0
-	for _, f := range batch {
-		op := gws.Opcode(f[0] & 0x0F)
-		if err := c.socket.WriteMessage(op, framePayload(f)); err != nil {
-			return n, err
-		}
-		n += len(f)
-	}
-	return n, nil
 }
