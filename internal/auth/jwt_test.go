@@ -660,7 +660,7 @@ func TestJWKSRotation(t *testing.T) {
 		wantIdentity(t, id, err, alice)
 	})
 	t.Run("k2 verifies without restart", func(t *testing.T) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 		before := srv.fetches.Load()
 		id, err := v.Verify(ctx, k2)
 		wantIdentity(t, id, err, alice)
@@ -680,7 +680,7 @@ func TestJWKSRotation(t *testing.T) {
 		wantIdentity(t, id, err, alice)
 	})
 	t.Run("unknown kid while the server is down", func(t *testing.T) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 		_, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa2, "k3", validClaims("alice")))
 		wantRefusal(t, err, auth.ErrUnavailable, "key set unavailable")
 		if auth.Status(err) != http.StatusServiceUnavailable {
@@ -691,7 +691,7 @@ func TestJWKSRotation(t *testing.T) {
 	// It comes back with k3.
 	srv.serve(t, map[string]crypto.PublicKey{"k2": &k.ec.PublicKey, "k3": &k.rsa2.PublicKey}, nil)
 	t.Run("k3 verifies once the server is back", func(t *testing.T) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 		id, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa2, "k3", validClaims("alice")))
 		wantIdentity(t, id, err, alice)
 	})
@@ -801,7 +801,7 @@ func TestJWKSConcurrentRotation(t *testing.T) {
 	srv.serve(t, map[string]crypto.PublicKey{"k1": &k.rsa.PublicKey}, nil)
 	v := newJWT(t, auth.JWTConfig{JWKSURL: srv.URL, JWKSMinRefresh: time.Millisecond})
 	srv.serve(t, map[string]crypto.PublicKey{"k2": &k.ec.PublicKey}, nil)
-	time.Sleep(2 * time.Millisecond)
+	time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 	tok := sign(t, jwa.ES256(), k.ec, "k2", validClaims("alice"))
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
@@ -856,7 +856,7 @@ func TestJWKSDownWithConfiguredKeys(t *testing.T) {
 	alice := auth.Identity{User: "alice", Rooms: []string{"lobby", "team-*"}, Expires: expiry}
 	valid := validClaims("alice")
 	srv.setDown()
-	time.Sleep(2 * time.Millisecond)
+	time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 
 	t.Run("HS256 with an unknown kid", func(t *testing.T) {
 		before := srv.fetches.Load()
@@ -867,12 +867,12 @@ func TestJWKSDownWithConfiguredKeys(t *testing.T) {
 		}
 	})
 	t.Run("RS256 by the configured key, unknown kid", func(t *testing.T) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 		id, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa, "x", valid))
 		wantIdentity(t, id, err, alice)
 	})
 	t.Run("RS256 by another key, unknown kid", func(t *testing.T) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // past JWKSMinRefresh: the interval under test
 		_, err := v.Verify(ctx, sign(t, jwa.RS256(), k.rsa2, "x", valid))
 		wantRefusal(t, err, auth.ErrUnavailable, "key set unavailable")
 	})

@@ -179,7 +179,7 @@ func TestDeployPermissions(t *testing.T) {
 	asked := authService(t, authNC)
 
 	w := testenv.Worker(t, workerNC)
-	handlerEnded := make(chan error, 1)
+	handlerStarted, handlerEnded := make(chan struct{}, 1), make(chan error, 1)
 	if err := w.Handle("count", func(_ context.Context, m *worker.Message) error {
 		for i := 1; i <= 2; i++ {
 			if err := m.Progress(map[string]int{"done": i}); err != nil {
@@ -191,6 +191,7 @@ func TestDeployPermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := w.Handle("wait", func(ctx context.Context, m *worker.Message) error {
+		handlerStarted <- struct{}{}
 		<-ctx.Done()
 		handlerEnded <- ctx.Err()
 		return ctx.Err()
@@ -254,7 +255,11 @@ func TestDeployPermissions(t *testing.T) {
 	}
 	// Abort: the edge publishes natter.ctl.abort, the worker cancels.
 	alice.Send(t, "wait", envelope.Meta{CorrelationID: "w1", TimeoutMs: 30_000}, nil)
-	time.Sleep(100 * time.Millisecond) // let the request reach the worker
+	select {
+	case <-handlerStarted: // the request reached the worker: the abort has something to cancel
+	case <-time.After(wait):
+		t.Fatal("the request did not reach the worker")
+	}
 	alice.Send(t, envelope.TypeAbort, envelope.Meta{CorrelationID: "w1"}, nil)
 	if got := alice.Next(t, wait); got.Type != envelope.TypeRPCError || got.Meta.CorrelationID != "w1" {
 		t.Fatalf("abort: %s %s", got.Type, got.Payload)

@@ -180,7 +180,7 @@ func portFree(t *testing.T, addr string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s stays in use by another process, and this test checks the default address: %v", addr, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls, with the deadline above
 	}
 }
 

@@ -54,7 +54,7 @@ func newTestDispatcher(t *testing.T) *dispatcher {
 				t.Errorf("%d goroutines after close, %d before the dispatcher", runtime.NumGoroutine(), base)
 				return
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // polls, with the deadline above
 		}
 	})
 	return d
@@ -105,7 +105,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // polls, with the deadline above
 	}
 }
 

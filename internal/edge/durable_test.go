@@ -154,7 +154,7 @@ func TestDurableResumeThroughOtherEdge(t *testing.T) {
 					return
 				}
 			}
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(2 * time.Millisecond) // paces the stream, which goes on during the outage
 		}
 	}()
 
@@ -411,6 +411,14 @@ func TestDurableManyJoinersAtTheSeam(t *testing.T) {
 	first := wstest.Dial(t, m.a.URL)
 	_, j := joinSince(t, first, room, nil)
 	start := envelope.Position{Offset: j.Offset, Epoch: j.Epoch}
+	results := make([][]numbered, 4)
+	// Joiner k joins once k*70 messages are published: at different
+	// points of the stream.
+	reached := make([]chan struct{}, len(results))
+	for k := range reached {
+		reached[k] = make(chan struct{})
+	}
+	close(reached[0])
 	var wg sync.WaitGroup
 	var pubErr error
 	wg.Add(1)
@@ -421,16 +429,23 @@ func TestDurableManyJoinersAtTheSeam(t *testing.T) {
 			if _, pubErr = m.pub.ToDurableRoom(context.Background(), room, env); pubErr != nil {
 				return
 			}
-			time.Sleep(time.Millisecond)
+			if k := (i + 1) / 70; (i+1)%70 == 0 && k < len(reached) {
+				close(reached[k])
+			}
+			time.Sleep(time.Millisecond) // paces the stream, so that joins land in the middle of it
 		}
 	}()
-	results := make([][]numbered, 4)
 	var jwg sync.WaitGroup
 	for k := range results {
 		jwg.Add(1)
 		go func() {
 			defer jwg.Done()
-			time.Sleep(time.Duration(k*70) * time.Millisecond)
+			select {
+			case <-reached[k]:
+			case <-time.After(wait):
+				t.Errorf("joiner %d: the publisher did not get to message %d", k, k*70)
+				return
+			}
 			c := wstest.Dial(t, m.a.URL)
 			got, j := joinSince(t, c, room, &start)
 			if j.Recovered == nil || !*j.Recovered {

@@ -52,7 +52,7 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 			if alive.closed() {
 				t.Fatalf("peer that answers pings closed after %s", time.Since(start))
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the 2 s window is the behaviour under test: checked every 20 ms
 		}
 		if m.edge.Stats().Connections != 1 {
 			t.Fatalf("connections %d, want 1", m.edge.Stats().Connections)

@@ -75,7 +75,7 @@ func TestBusyReaderIsPinged(t *testing.T) {
 			default:
 			}
 			_ = m.nats.Publish("natter.out.user.busy", payload)
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // paces the load: a steady stream, not one burst
 		}
 	}()
 	deadline := time.Now().Add(1500 * time.Millisecond)

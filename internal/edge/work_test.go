@@ -314,7 +314,7 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 		mu.Lock()
 		seen[p.N] = append(seen[p.N], msg.Attempt)
 		mu.Unlock()
-		time.Sleep(600 * time.Millisecond)
+		time.Sleep(600 * time.Millisecond) // a slow handler: outlasting the ack wait is the point
 		return nil
 	}, worker.DurableOptions{AckWait: time.Second})
 	if err != nil {
@@ -395,7 +395,7 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 		if try == 20 {
 			t.Fatalf("still not stored: %s %s", got.Type, got.Payload)
 		}
-		time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond)
+		time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond) // as a client must: retryAfterMs paces the retry
 	}
 	// The worker re-creates its consumer on the new stream, once its
 	// waiting pull (5 s) ended and a new one found nobody answering.
@@ -445,7 +445,7 @@ func TestDurableTypeIdleHoldsNoSlot(t *testing.T) {
 		if got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == cid }); got.Type != "slot.pong" {
 			t.Fatalf("ping %d: %s %s", i, got.Type, got.Payload)
 		}
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // a quiet spell, so that the durable pull is idle when the next message comes: the case under test
 		accepted(t, sendDurable(t, c, "job.run", fmt.Sprintf("j%d", i), fmt.Sprintf("k%d", i), i))
 		select {
 		case n := <-jobs:

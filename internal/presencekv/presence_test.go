@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/presencekv"
 	"github.com/natter/natter/internal/testenv"
@@ -17,8 +19,9 @@ import (
 )
 
 type events struct {
-	mu  sync.Mutex
-	all []presence.Event
+	mu      sync.Mutex
+	all     []presence.Event
+	settled int // settle's rounds
 }
 
 func collect(t *testing.T, nc *nats.Conn) *events {
@@ -39,16 +42,52 @@ func collect(t *testing.T, nc *nats.Conn) *events {
 	return ev
 }
 
+// count counts the events name, leaving out those of settle's sentinels.
 func (ev *events) count(name string) int {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
 	n := 0
 	for _, e := range ev.all {
-		if e.Event == name {
+		if e.Event == name && (name == "sentinel" || !strings.HasPrefix(e.User, "sentinel-")) {
 			n++
 		}
 	}
 	return n
+}
+
+// settle waits until every event the services derive from the changes
+// made so far has reached ev, instead of leaving a fixed time for a late
+// or duplicate one: a sentinel connection set on each service is seen by
+// every mirror (a watcher sees changes in order, so each has seen the
+// earlier ones and queued their events), every service has published and
+// had acknowledged what it queued, and then a sentinel event stored after
+// them all reaches ev (the stream republishes in order).
+func (ev *events) settle(t *testing.T, nc *nats.Conn, services ...*presencekv.Service) {
+	t.Helper()
+	ev.mu.Lock()
+	round := ev.settled
+	ev.settled++
+	ev.mu.Unlock()
+	user := fmt.Sprintf("sentinel-%d", round)
+	for i, s := range services {
+		s.Set(presence.Entry{Conn: fmt.Sprintf("%s-%d", user, i), User: user})
+	}
+	testenv.Eventually(t, 5*time.Second, "the sentinels in every mirror, every event acknowledged", func() bool {
+		for _, s := range services {
+			if len(s.User(user).Connections) != len(services) || !s.Drained() {
+				return false
+			}
+		}
+		return true
+	})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(t.Context(), "natter.evtq.sentinel", []byte(`{"event":"sentinel"}`), jetstream.WithMsgID(user)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the sentinel event", func() bool { return ev.count("sentinel") == round+1 })
 }
 
 func start(t testing.TB, url, edge string, ttl time.Duration) *presencekv.Service {
@@ -65,7 +104,8 @@ func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
 	srv := testenv.NATS(t)
 	a := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
 	b := start(t, srv.ClientURL(), "edgeB", 5*time.Second)
-	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
+	nc := testenv.Connect(t, srv.ClientURL())
+	ev := collect(t, nc)
 
 	a.Set(presence.Entry{Conn: "c1", User: "alice", Rooms: []string{"r"}})
 	b.Set(presence.Entry{Conn: "c2", User: "alice", Rooms: []string{"r"}})
@@ -75,13 +115,13 @@ func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
 	})
 	a.Remove("c1")
 	testenv.Eventually(t, 5*time.Second, "one disconnect", func() bool { return ev.count("disconnect") == 1 })
-	time.Sleep(200 * time.Millisecond)
+	ev.settle(t, nc, a, b)
 	if n := ev.count("offline"); n != 0 {
 		t.Fatalf("offline with a connection left: %d", n)
 	}
 	b.Remove("c2")
 	testenv.Eventually(t, 5*time.Second, "offline", func() bool { return ev.count("offline") == 1 })
-	time.Sleep(300 * time.Millisecond) // room for a duplicate to show up
+	ev.settle(t, nc, a, b) // a duplicate would have arrived before the sentinel
 	if on, off, j, l := ev.count("online"), ev.count("offline"), ev.count("join"), ev.count("leave"); on != 1 || off != 1 || j != 2 || l != 2 {
 		t.Fatalf("online %d offline %d join %d leave %d; want 1 1 2 2", on, off, j, l)
 	}

@@ -28,7 +28,7 @@ func noLeak(t *testing.T) {
 				return
 			}
 			runtime.Gosched()
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // polls, with the deadline above
 		}
 	})
 }

@@ -30,7 +30,7 @@ func TestBackoffGrowsWhenConnectionsDropAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	time.Sleep(3 * time.Second) // the window whose connections are counted: the behaviour under test
 	_ = c.Close()
 	// With the bound doubling from 50ms to 2s the expected number of
 	// connections in 3s is about 8; without growth (waits of 0-50ms) it is

@@ -119,8 +119,8 @@ func TestDurableRecoveryAcrossEdgeRestart(t *testing.T) {
 
 	first.stop()
 	st.await(t, client.StateReconnecting)
-	// The outage: the stream goes on.
-	time.Sleep(2 * time.Second)
+	// The outage: the stream goes on for 100 messages.
+	testenv.Eventually(t, wait, "100 messages published during the outage", func() bool { return published.Load() >= int64(want)+100 })
 	missed := published.Load() - int64(want)
 	serveEdgeAt(t, addr, m.durableEdge(t, 0))
 	st.await(t, client.StateOpen)

@@ -175,7 +175,7 @@ func TestHeartbeatKeepsIdleConnectionOpen(t *testing.T) {
 			st := newStates()
 			dial(t, url, client.Options{User: "alice", OnState: st.record, Heartbeat: hb, KeepAlive: 100 * time.Millisecond})
 			st.await(t, client.StateOpen)
-			time.Sleep(2 * time.Second)
+			time.Sleep(2 * time.Second) // idle for more than three idle timeouts: the behaviour under test
 			dropped := slices.Contains(st.seen(), client.StateReconnecting)
 			if hb == 0 && !dropped {
 				t.Fatal("without heartbeats the idle timeout did not close the connection: the test proves nothing")
@@ -193,7 +193,7 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 	var closedSeen atomic.Bool
 	c := dial(t, m.startEdge(t), client.Options{User: "alice", OnState: func(s client.State, _ client.CloseInfo) {
 		if s == client.StateClosed {
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(200 * time.Millisecond) // a slow callback, which Close must wait for
 			closedSeen.Store(true)
 		}
 	}})
@@ -236,7 +236,7 @@ func TestCallTimeoutComputedWhenWritten(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	errc := make(chan error, 1)
 	go func() { errc <- c.Call(context.Background(), "slow", nil, nil) }()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // the call waits a second in the send buffer: the time its deadline must lose
 	serveEdgeAt(t, addr, m.devEdge(t))
 	select {
 	case msg := <-reqs:

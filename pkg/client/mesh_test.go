@@ -79,7 +79,7 @@ func serveEdgeAt(t *testing.T, addr string, cfg edge.Config) *servedEdge {
 		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polls, with the deadline above
 	}
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)

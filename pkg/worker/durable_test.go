@@ -57,7 +57,7 @@ func runCrashWorker(url string) int {
 	err = w.HandleDurable(ctx, "job.run", func(ctx context.Context, m *worker.Message) error {
 		key, _ := m.Envelope.Meta.IdempotencyKey()
 		say("start", key, m.Attempt)
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // the work each message takes, so that a kill lands mid-stream
 		say("done", key, m.Attempt)
 		return nil
 	}, worker.DurableOptions{AckWait: time.Second})
@@ -167,7 +167,7 @@ func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 			if err := json.Unmarshal(got.Payload, &p); err != nil || p.RetryAfterMs <= 0 || try == 100 {
 				t.Fatalf("message %d: %s %s", i, got.Type, got.Payload)
 			}
-			time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond)
+			time.Sleep(time.Duration(p.RetryAfterMs) * time.Millisecond) // as a client must: retryAfterMs paces the retry
 		}
 	}
 	// Worker A handles 4 at a time, 20 ms each: kill it mid-stream.
