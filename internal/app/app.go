@@ -120,8 +120,8 @@ func DefaultConfig() Config {
 		DataDir:          "natter-data",
 		ShutdownTimeout:  10 * time.Second,
 		SetupTimeout:     time.Minute,
-		JWT:              auth.JWTConfig{JWKSRefresh: 15 * time.Minute, UserClaim: "sub", RoomsClaim: "rooms"},
-		CalloutTimeout:   2 * time.Second,
+		JWT:              auth.DefaultJWTConfig(),
+		CalloutTimeout:   auth.DefaultCalloutTimeout,
 	}
 }
 

@@ -13,6 +13,10 @@ import (
 	"github.com/natter/natter/pkg/envelope"
 )
 
+// DefaultCalloutTimeout bounds one callout request when Callout.Timeout is
+// zero.
+const DefaultCalloutTimeout = 2 * time.Second
+
 // ConnectRequest is the body of a <prefix>.auth.connect request: everything
 // the handshake carried, so that an auth service in any language can decide
 // it. Refresh requests (<prefix>.auth.refresh) carry Edge, Token and User
@@ -71,7 +75,7 @@ type Callout struct {
 	NATS      *nats.Conn
 	Namespace envelope.Namespace
 	Edge      string
-	// Timeout bounds one request. Default 2s.
+	// Timeout bounds one request. Default DefaultCalloutTimeout.
 	Timeout time.Duration
 }
 
@@ -186,7 +190,7 @@ func (c *Callout) ask(ctx context.Context, op string, req, rep any) error {
 	}
 	timeout := c.Timeout
 	if timeout <= 0 {
-		timeout = 2 * time.Second
+		timeout = DefaultCalloutTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

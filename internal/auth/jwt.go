@@ -91,23 +91,31 @@ type verifyKey struct {
 	key any
 }
 
+// DefaultJWTConfig holds the defaults NewJWT gives the zero fields it
+// reads (claims, leeway, JWKS refresh periods), for callers that show or
+// start from them, such as the edge command's flags.
+func DefaultJWTConfig() JWTConfig {
+	return JWTConfig{UserClaim: "sub", RoomsClaim: "rooms", Leeway: 5 * time.Second, JWKSRefresh: 15 * time.Minute, JWKSMinRefresh: 10 * time.Second}
+}
+
 // NewJWT builds a verifier; with a JWKS URL it fetches the set first, within
 // ctx, and fails with the fetch's error if that does not work.
 func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
+	def := DefaultJWTConfig()
 	if cfg.UserClaim == "" {
-		cfg.UserClaim = "sub"
+		cfg.UserClaim = def.UserClaim
 	}
 	if cfg.RoomsClaim == "" {
-		cfg.RoomsClaim = "rooms"
+		cfg.RoomsClaim = def.RoomsClaim
 	}
 	if cfg.Leeway == 0 {
-		cfg.Leeway = 5 * time.Second
+		cfg.Leeway = def.Leeway
 	}
 	if cfg.JWKSRefresh == 0 {
-		cfg.JWKSRefresh = 15 * time.Minute
+		cfg.JWKSRefresh = def.JWKSRefresh
 	}
 	if cfg.JWKSMinRefresh == 0 {
-		cfg.JWKSMinRefresh = 10 * time.Second
+		cfg.JWKSMinRefresh = def.JWKSMinRefresh
 	}
 	v := &JWT{cfg: cfg}
 	if len(cfg.HMACSecret) > 0 {
