@@ -159,6 +159,9 @@ type TokenSources struct {
 	Query string
 }
 
+// DefaultTokenSources are the names NewHandshake uses for empty fields.
+var DefaultTokenSources = TokenSources{Cookie: "natter_token", Query: "token"}
+
 // NewHandshake reads a request into a Handshake, with the token taken from,
 // in this order: the Authorization header, the Sec-WebSocket-Protocol
 // header, the cookie, the query parameter. An empty value does not count as
@@ -173,10 +176,10 @@ func NewHandshake(r *http.Request, src TokenSources) *Handshake {
 		RemoteAddr: r.RemoteAddr,
 	}
 	if src.Cookie == "" {
-		src.Cookie = "natter_token"
+		src.Cookie = DefaultTokenSources.Cookie
 	}
 	if src.Query == "" {
-		src.Query = "token"
+		src.Query = DefaultTokenSources.Query
 	}
 	if v := r.Header.Get("Authorization"); v != "" {
 		if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {

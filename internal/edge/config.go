@@ -299,7 +299,7 @@ func DefaultConfig() Config {
 		},
 		Auth: AuthConfig{
 			UserParam:     "user",
-			TokenSources:  auth.TokenSources{Cookie: "natter_token", Query: "token"},
+			TokenSources:  auth.DefaultTokenSources,
 			Timeout:       5 * time.Second,
 			RefreshWindow: 30 * time.Second,
 		},
