@@ -156,23 +156,28 @@ func wantPositive(t *testing.T, r *bench.Result, keys ...string) {
 	}
 }
 
-// startEdge starts an in-process edge with its NATS; the edge shares this
-// process, so the tests pass os.Getpid() as the server's pid.
+// startEdge starts a mesh (testenv.NewMesh) whose in-process edge lets
+// anyone in (anonymous); the edge shares this process, so the tests pass
+// os.Getpid() as the server's pid. It returns the edge and the NATS URL.
 func startEdge(t *testing.T, cfg edge.Config) (*testenv.Edge, string) {
 	t.Helper()
-	srv := testenv.NATS(t)
-	return startEdgeOn(t, srv.ClientURL(), cfg), srv.ClientURL()
+	m := testenv.NewMesh(t, testenv.MeshOptions{Edge: anyone(cfg)})
+	return m.Edge, m.URL
 }
 
-// startEdgeOn starts an in-process edge and the built-in worker on the
-// NATS server at natsURL.
+// startEdgeOn starts the built-in worker and an in-process edge that lets
+// anyone in on the NATS server at natsURL, which may be another process.
 func startEdgeOn(t *testing.T, natsURL string, cfg edge.Config) *testenv.Edge {
 	t.Helper()
 	testenv.Worker(t, testenv.Connect(t, natsURL))
 	cfg.NATS.Conn = testenv.Connect(t, natsURL)
+	return testenv.StartEdge(t, *anyone(cfg))
+}
+
+func anyone(cfg edge.Config) *edge.Config {
 	cfg.Auth.Anonymous = true
 	cfg.Auth.PublicRooms = []string{"*"}
-	return testenv.StartEdge(t, cfg)
+	return &cfg
 }
 
 func TestRPCScenario(t *testing.T) {

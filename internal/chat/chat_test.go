@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
@@ -18,13 +17,7 @@ const wait = 5 * time.Second
 // NATS connection and a dev-mode edge, and returns the edge's WebSocket URL.
 func mesh(t *testing.T) string {
 	t.Helper()
-	srv := testenv.NATS(t)
-	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfg.Auth.DevMode = true
-	e := testenv.StartEdge(t, cfg)
-	return e.URL
+	return testenv.NewMesh(t, testenv.MeshOptions{}).Edge.URL
 }
 
 func errorPayload(t *testing.T, env *envelope.Envelope) envelope.ErrorPayload {

@@ -97,14 +97,14 @@ func TestConnectionIDCarriesItsEdge(t *testing.T) {
 	if err := envelope.ValidateConnID(id); err != nil {
 		t.Fatal(err)
 	}
-	if edgeID, _, _ := strings.Cut(id, "."); edgeID != m.edge.ID() {
-		t.Fatalf("connection id %q on edge %q", id, m.edge.ID())
+	if edgeID, _, _ := strings.Cut(id, "."); edgeID != m.Edge.ID() {
+		t.Fatalf("connection id %q on edge %q", id, m.Edge.ID())
 	}
-	if h := connID(t, m.nats, c); h != id {
+	if h := connID(t, m.NC, c); h != id {
 		t.Fatalf("Natter-Conn %q, $connected %q", h, id)
 	}
 	testenv.Eventually(t, wait, "the presence entry", func() bool {
-		msg, err := m.nats.Request("natter.presence.query", []byte(`{"conn":"`+id+`"}`), wait)
+		msg, err := m.NC.Request("natter.presence.query", []byte(`{"conn":"`+id+`"}`), wait)
 		if err != nil {
 			return false
 		}
@@ -126,19 +126,19 @@ func TestAddressedToAbsentConnection(t *testing.T) {
 	gone := m.dial(t, "")
 	goneID := gone.ConnID(t)
 	gone.Close()
-	testenv.Eventually(t, wait, "the closed connection gone", func() bool { return m.edge.Stats().Connections == 1 })
-	absent := []string{m.edge.ID() + ".nosuch", goneID}
+	testenv.Eventually(t, wait, "the closed connection gone", func() bool { return m.Edge.Stats().Connections == 1 })
+	absent := []string{m.Edge.ID() + ".nosuch", goneID}
 
 	for _, conn := range absent {
 		start := time.Now()
-		msg, err := m.nats.Request("natter.out.conn."+conn, []byte(`{"type":"are.you.there"}`), wait)
+		msg, err := m.NC.Request("natter.out.conn."+conn, []byte(`{"type":"are.you.there"}`), wait)
 		if err != nil {
 			t.Fatalf("request to %s: %v", conn, err)
 		}
 		if err := rpc.DecodeReply(msg.Data, nil); !errors.Is(err, rpc.ErrUnavailable) {
 			t.Fatalf("request to %s: %v (%s)", conn, err, msg.Data)
 		}
-		msg, err = m.nats.Request("natter.ctl.conn."+conn, []byte(`{"op":"close"}`), wait)
+		msg, err = m.NC.Request("natter.ctl.conn."+conn, []byte(`{"op":"close"}`), wait)
 		if err != nil {
 			t.Fatalf("control request to %s: %v", conn, err)
 		}
@@ -151,7 +151,7 @@ func TestAddressedToAbsentConnection(t *testing.T) {
 		}
 	}
 	for _, subj := range []string{"natter.out.conn.nosuchedge.1", "natter.ctl.conn.nosuchedge.1"} {
-		if _, err := m.nats.Request(subj, []byte(`{"op":"close"}`), wait); !errors.Is(err, nats.ErrNoResponders) {
+		if _, err := m.NC.Request(subj, []byte(`{"op":"close"}`), wait); !errors.Is(err, nats.ErrNoResponders) {
 			t.Fatalf("request to %s: %v", subj, err)
 		}
 	}
@@ -159,10 +159,10 @@ func TestAddressedToAbsentConnection(t *testing.T) {
 	// Publishes to them reach nobody: the sentinel sent to the live
 	// connection after them is the next thing it gets.
 	for _, conn := range absent {
-		_ = m.nats.Publish("natter.out.conn."+conn, []byte(`{"type":"lost"}`))
-		_ = m.nats.Publish("natter.ctl.conn."+conn, []byte(`{"op":"close"}`))
+		_ = m.NC.Publish("natter.out.conn."+conn, []byte(`{"type":"lost"}`))
+		_ = m.NC.Publish("natter.ctl.conn."+conn, []byte(`{"op":"close"}`))
 	}
-	_ = m.nats.Publish("natter.out.conn."+id, []byte(`{"type":"sentinel"}`))
+	_ = m.NC.Publish("natter.out.conn."+id, []byte(`{"type":"sentinel"}`))
 	if got := c.Next(t, wait); got.Type != "sentinel" {
 		t.Fatalf("got %s %s before the sentinel", got.Type, got.Payload)
 	}
@@ -178,15 +178,15 @@ func TestPerConnectionOrder(t *testing.T) {
 	const n = 300
 	for i := range n {
 		for _, id := range []string{aID, bID} {
-			if err := m.nats.Publish("natter.out.conn."+id, []byte(`{"type":"seq","payload":`+strconv.Itoa(i)+`}`)); err != nil {
+			if err := m.NC.Publish("natter.out.conn."+id, []byte(`{"type":"seq","payload":`+strconv.Itoa(i)+`}`)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if i == n/2 {
-			_ = m.nats.Publish("natter.ctl.conn."+aID, []byte(`{"op":"join","room":"mid"}`))
+			_ = m.NC.Publish("natter.ctl.conn."+aID, []byte(`{"op":"join","room":"mid"}`))
 		}
 	}
-	_ = m.nats.Publish("natter.ctl.conn."+aID, []byte(`{"op":"close","code":4003}`))
+	_ = m.NC.Publish("natter.ctl.conn."+aID, []byte(`{"op":"close","code":4003}`))
 	joined := false
 	for i := 0; i < n; {
 		got := a.Next(t, wait)
@@ -223,7 +223,7 @@ func TestExcludeConnections(t *testing.T) {
 	join(t, a, "ex")
 	join(t, b, "ex")
 	aID, bID := a.ConnID(t), b.ConnID(t)
-	pub := worker.NewPublisher(m.nats, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	env, _ := envelope.New("news", nil)
 	if err := pub.ToRoom("ex", env, aID); err != nil {
 		t.Fatal(err)
@@ -233,8 +233,8 @@ func TestExcludeConnections(t *testing.T) {
 	}
 	msg := nats.NewMsg("natter.out.room.ex")
 	msg.Data = []byte(`{"type":"raw"}`)
-	msg.Header.Set(envelope.HeaderExclude, "garbage,"+bID+",*,"+m.edge.ID())
-	if err := m.nats.PublishMsg(msg); err != nil {
+	msg.Header.Set(envelope.HeaderExclude, "garbage,"+bID+",*,"+m.Edge.ID())
+	if err := m.NC.PublishMsg(msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := a.Next(t, wait); got.Type != "raw" {

@@ -31,15 +31,10 @@ func token(t testing.TB, user string, ttl time.Duration, claims map[string]any) 
 
 // authMesh is an embedded NATS server, an edge that is not in dev mode, and
 // a worker whose "whoami" request answers the identity the edge forwarded.
-type authMesh struct {
-	nats *nats.Conn
-	edge *testenv.Edge
-}
+type authMesh struct{ *testenv.Mesh }
 
 func newAuthMesh(t *testing.T, cfg edge.Config) *authMesh {
 	t.Helper()
-	srv := testenv.NATS(t)
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
 	if cfg.Auth.Authenticator == nil && !cfg.Auth.Anonymous {
 		v, err := auth.NewJWT(context.Background(), auth.JWTConfig{HMACSecret: testSecret})
 		if err != nil {
@@ -47,22 +42,22 @@ func newAuthMesh(t *testing.T, cfg edge.Config) *authMesh {
 		}
 		cfg.Auth.Authenticator = v
 	}
-	w := testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	if err := w.Handle("whoami", func(_ context.Context, m *worker.Message) error {
+	m := testenv.NewMesh(t, testenv.MeshOptions{Edge: &cfg})
+	if err := m.Worker.Handle("whoami", func(_ context.Context, m *worker.Message) error {
 		return m.Reply("whoami", map[string]string{"user": m.User, "conn": m.Conn})
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Flush(context.Background()); err != nil {
+	if err := m.Worker.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return &authMesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
+	return &authMesh{m}
 }
 
 // dialAs connects with a bearer token in the Authorization header.
 func (m *authMesh) dialAs(t *testing.T, tok string) *wstest.Client {
 	t.Helper()
-	c, err := wstest.DialErr(m.edge.URL, http.Header{"Authorization": {"Bearer " + tok}})
+	c, err := wstest.DialErr(m.Edge.URL, http.Header{"Authorization": {"Bearer " + tok}})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -96,19 +91,19 @@ func TestHandshakeAuthentication(t *testing.T) {
 		status int
 		body   string
 	}{
-		{"authorization header", m.edge.URL, http.Header{"Authorization": {"Bearer " + good}}, 101, ""},
-		{"lower-case scheme", m.edge.URL, http.Header{"Authorization": {"bearer " + good}}, 101, ""},
-		{"query parameter", m.edge.URL + "?token=" + good, nil, 101, ""},
-		{"cookie", m.edge.URL, http.Header{"Cookie": {"natter_token=" + good}}, 101, ""},
-		{"subprotocol", m.edge.URL, http.Header{"Sec-Websocket-Protocol": {"natter, bearer." + good}}, 101, ""},
-		{"missing token", m.edge.URL, nil, 401, "missing token"},
-		{"dev user parameter ignored", m.edge.URL + "?user=alice", nil, 401, "missing token"},
-		{"garbage", m.edge.URL, http.Header{"Authorization": {"Bearer not.a.token"}}, 401, "invalid token"},
-		{"wrong signature", m.edge.URL, http.Header{"Authorization": {"Bearer " + string(forged)}}, 401, "invalid token"},
-		{"expired", m.edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "alice", -time.Minute, nil)}}, 401, "token expired"},
-		{"no subject", m.edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "", time.Hour, nil)}}, 401, "token lacks a required claim"},
-		{"subject hits other subjects", m.edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "bob.>", time.Hour, nil)}}, 401, "invalid user id in token"},
-		{"subprotocol without natter", m.edge.URL, http.Header{"Sec-Websocket-Protocol": {"bearer." + good}}, 400, ""},
+		{"authorization header", m.Edge.URL, http.Header{"Authorization": {"Bearer " + good}}, 101, ""},
+		{"lower-case scheme", m.Edge.URL, http.Header{"Authorization": {"bearer " + good}}, 101, ""},
+		{"query parameter", m.Edge.URL + "?token=" + good, nil, 101, ""},
+		{"cookie", m.Edge.URL, http.Header{"Cookie": {"natter_token=" + good}}, 101, ""},
+		{"subprotocol", m.Edge.URL, http.Header{"Sec-Websocket-Protocol": {"natter, bearer." + good}}, 101, ""},
+		{"missing token", m.Edge.URL, nil, 401, "missing token"},
+		{"dev user parameter ignored", m.Edge.URL + "?user=alice", nil, 401, "missing token"},
+		{"garbage", m.Edge.URL, http.Header{"Authorization": {"Bearer not.a.token"}}, 401, "invalid token"},
+		{"wrong signature", m.Edge.URL, http.Header{"Authorization": {"Bearer " + string(forged)}}, 401, "invalid token"},
+		{"expired", m.Edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "alice", -time.Minute, nil)}}, 401, "token expired"},
+		{"no subject", m.Edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "", time.Hour, nil)}}, 401, "token lacks a required claim"},
+		{"subject hits other subjects", m.Edge.URL, http.Header{"Authorization": {"Bearer " + token(t, "bob.>", time.Hour, nil)}}, 401, "invalid user id in token"},
+		{"subprotocol without natter", m.Edge.URL, http.Header{"Sec-Websocket-Protocol": {"bearer." + good}}, 400, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,10 +130,10 @@ func TestHandshakeAuthentication(t *testing.T) {
 	})
 	// Every refusal above was counted: seven 401s and the subprotocol
 	// mismatch's 400.
-	if n := m.edge.Stats().Refused; n != 8 {
+	if n := m.Edge.Stats().Refused; n != 8 {
 		t.Fatalf("refused %d handshakes, want 8", n)
 	}
-	if by := m.edge.Stats().RefusedBy; by["unauthenticated"] != 7 || by["bad_handshake"] != 1 {
+	if by := m.Edge.Stats().RefusedBy; by["unauthenticated"] != 7 || by["bad_handshake"] != 1 {
 		t.Fatalf("refused by reason %v, want 7 unauthenticated and 1 bad_handshake", by)
 	}
 }
@@ -153,7 +148,7 @@ func TestAnonymous(t *testing.T) {
 	cfg.Auth.Anonymous = true
 	cfg.Auth.PublicRooms = []string{"lobby"}
 	m := newAuthMesh(t, cfg)
-	anon, err := wstest.DialErr(m.edge.URL, nil)
+	anon, err := wstest.DialErr(m.Edge.URL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,11 +158,11 @@ func TestAnonymous(t *testing.T) {
 	}
 	join(t, anon, "lobby")
 	// A bad token is not silently downgraded to anonymous.
-	if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
+	if status, _, _ := wstest.Handshake(t, m.Edge.URL, http.Header{"Authorization": {"Bearer nope"}}, ""); status != 401 {
 		t.Fatalf("bad token with anonymous on: %d, want 401", status)
 	}
 	cfg = edge.DefaultConfig()
-	cfg.NATS.Conn = m.nats
+	cfg.NATS.Conn = m.NC
 	if _, err := edge.New(t.Context(), cfg); err == nil {
 		t.Fatal("an edge with neither Auth nor Anonymous started")
 	}
@@ -286,27 +281,27 @@ func TestOriginPolicy(t *testing.T) {
 			{"null", 403},
 			{"", 101}, // not a browser
 		} {
-			if status, body, _ := wstest.Handshake(t, m.edge.URL, bearer(tc.origin), ""); status != tc.status {
+			if status, body, _ := wstest.Handshake(t, m.Edge.URL, bearer(tc.origin), ""); status != tc.status {
 				t.Errorf("origin %q: %d %q, want %d", tc.origin, status, body, tc.status)
 			}
 		}
 	})
 	t.Run("same origin by default", func(t *testing.T) {
 		m := newAuthMesh(t, edge.DefaultConfig())
-		if status, _, _ := wstest.Handshake(t, m.edge.URL, bearer("http://"+m.edge.Addr), ""); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.Edge.URL, bearer("http://"+m.Edge.Addr), ""); status != 101 {
 			t.Fatalf("same origin: %d", status)
 		}
 		// A cookie-carrying cross-site page is the hijacking case.
 		h := http.Header{"Cookie": {"natter_token=" + tok}, "Origin": {"https://evil.example"}}
-		if status, body, _ := wstest.Handshake(t, m.edge.URL, h, ""); status != 403 || body != "origin not allowed" {
+		if status, body, _ := wstest.Handshake(t, m.Edge.URL, h, ""); status != 403 || body != "origin not allowed" {
 			t.Fatalf("cross origin: %d %q", status, body)
 		}
 	})
 }
 
 func TestJoinAuthorization(t *testing.T) {
-	srv := testenv.NATS(t)
-	authz := testenv.Connect(t, srv.ClientURL())
+	tm := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
+	authz := tm.Connect(t)
 	if _, err := authz.Subscribe("natter.auth.join", func(msg *nats.Msg) {
 		var req auth.JoinRequest
 		_ = json.Unmarshal(msg.Data, &req)
@@ -319,15 +314,15 @@ func TestJoinAuthorization(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = authz.Flush()
-	nc := testenv.Connect(t, srv.ClientURL())
+	nc := tm.Connect(t)
 	v, _ := auth.NewJWT(context.Background(), auth.JWTConfig{HMACSecret: testSecret})
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = nc
 	cfg.Auth.Authenticator = v
 	cfg.Auth.PublicRooms = []string{"lobby"}
 	cfg.Auth.JoinAuthorizer = &auth.Callout{NATS: nc, Namespace: envelope.DefaultNamespace, Timeout: 300 * time.Millisecond}
-	e := testenv.StartEdge(t, cfg)
-	m := &authMesh{nats: testenv.Connect(t, srv.ClientURL()), edge: e}
+	tm.Edge = tm.StartEdge(t, cfg)
+	m := &authMesh{tm}
 	alice := m.dialAs(t, token(t, "alice", time.Hour, map[string]any{"rooms": []string{"team-*"}}))
 	bob := m.dialAs(t, token(t, "bob", time.Hour, nil))
 
@@ -349,10 +344,10 @@ func TestJoinAuthorization(t *testing.T) {
 	denied(alice, "slow-room", envelope.CodeUnavailable) // no answer: fail closed
 
 	// Server-side joins need no grant.
-	pub := worker.NewPublisher(m.nats, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	conn := connID(t, m.nats, bob)
+	conn := connID(t, m.NC, bob)
 	if err := pub.Join(ctx, conn, "team-1"); err != nil {
 		t.Fatalf("server-side join: %v", err)
 	}
@@ -409,14 +404,14 @@ func TestConnectionLimits(t *testing.T) {
 		a := token(t, "alice", time.Hour, nil)
 		first := m.dialAs(t, a)
 		m.dialAs(t, a)
-		status, body, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
+		status, body, _ := wstest.Handshake(t, m.Edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
 		if status != 429 || body != "too many connections for this user" {
 			t.Fatalf("third connection: %d %q", status, body)
 		}
 		whoami(t, m.dialAs(t, token(t, "bob", time.Hour, nil))) // others unaffected
 		first.Close()
 		testenv.Eventually(t, wait, "the slot freed", func() bool {
-			status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
+			status, _, _ := wstest.Handshake(t, m.Edge.URL, http.Header{"Authorization": {"Bearer " + a}}, "")
 			return status == 101
 		})
 	})
@@ -427,14 +422,14 @@ func TestConnectionLimits(t *testing.T) {
 		cfg.Limits.MaxConnsPerIP = 2
 		m := newAuthMesh(t, cfg)
 		for range 2 {
-			if _, err := wstest.DialErr(m.edge.URL, nil); err != nil {
+			if _, err := wstest.DialErr(m.Edge.URL, nil); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if status, body, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.1"); status != 429 || body != "too many connections from this address" {
+		if status, body, _ := wstest.Handshake(t, m.Edge.URL, nil, "127.0.0.1"); status != 429 || body != "too many connections from this address" {
 			t.Fatalf("third from 127.0.0.1: %d %q", status, body)
 		}
-		if status, _, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.2"); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.Edge.URL, nil, "127.0.0.2"); status != 101 {
 			t.Fatalf("from 127.0.0.2: %d", status)
 		}
 	})
@@ -444,16 +439,16 @@ func TestConnectionLimits(t *testing.T) {
 		cfg.Limits.MaxConnsPerIP = 1
 		cfg.Limits.ClientIPHeader = "X-Forwarded-For"
 		m := newAuthMesh(t, cfg)
-		c, err := wstest.DialErr(m.edge.URL, http.Header{"X-Forwarded-For": {"203.0.113.9, 10.0.0.1"}})
+		c, err := wstest.DialErr(m.Edge.URL, http.Header{"X-Forwarded-For": {"203.0.113.9, 10.0.0.1"}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		// The proxy appends the address it saw: the last one counts.
-		if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1"}}, ""); status != 429 {
+		if status, _, _ := wstest.Handshake(t, m.Edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1"}}, ""); status != 429 {
 			t.Fatalf("second from 10.0.0.1: %d, want 429", status)
 		}
-		if status, _, _ := wstest.Handshake(t, m.edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1, 10.0.0.2"}}, ""); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.Edge.URL, http.Header{"X-Forwarded-For": {"10.0.0.1, 10.0.0.2"}}, ""); status != 101 {
 			t.Fatalf("from 10.0.0.2: %d, want 101", status)
 		}
 	})
@@ -466,7 +461,7 @@ func TestConnectionLimits(t *testing.T) {
 		var statuses []int
 		var retry string
 		for range 4 {
-			status, _, h := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.3")
+			status, _, h := wstest.Handshake(t, m.Edge.URL, nil, "127.0.0.3")
 			statuses = append(statuses, status)
 			if status == 429 {
 				retry = h.Get("Retry-After")
@@ -475,7 +470,7 @@ func TestConnectionLimits(t *testing.T) {
 		if fmt.Sprint(statuses) != "[101 101 429 429]" || retry == "" {
 			t.Fatalf("statuses %v, Retry-After %q", statuses, retry)
 		}
-		if status, _, _ := wstest.Handshake(t, m.edge.URL, nil, "127.0.0.4"); status != 101 {
+		if status, _, _ := wstest.Handshake(t, m.Edge.URL, nil, "127.0.0.4"); status != 101 {
 			t.Fatalf("another address: %d", status)
 		}
 	})
@@ -485,7 +480,7 @@ func TestConnectionLimits(t *testing.T) {
 		cfg.Auth.PublicRooms = []string{"*"}
 		cfg.Limits.MaxRoomsPerConn = 2
 		m := newAuthMesh(t, cfg)
-		c, _ := wstest.DialErr(m.edge.URL, nil)
+		c, _ := wstest.DialErr(m.Edge.URL, nil)
 		defer c.Close()
 		join(t, c, "r1")
 		join(t, c, "r2")
@@ -494,7 +489,7 @@ func TestConnectionLimits(t *testing.T) {
 			t.Fatalf("third room: %s %s", got.Type, got.Payload)
 		}
 		join(t, c, "r1") // rejoining is not a new room
-		other, _ := wstest.DialErr(m.edge.URL, nil)
+		other, _ := wstest.DialErr(m.Edge.URL, nil)
 		defer other.Close()
 		join(t, other, "r3")
 	})

@@ -75,12 +75,12 @@ func TestBadInput(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			// A plain NATS tap, in place on the server before the frame goes.
-			tap, err := m.nats.SubscribeSync("natter.>")
+			tap, err := m.NC.SubscribeSync("natter.>")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer func() { _ = tap.Unsubscribe() }()
-			if err := m.nats.Flush(); err != nil {
+			if err := m.NC.Flush(); err != nil {
 				t.Fatal(err)
 			}
 
@@ -124,7 +124,7 @@ func TestBadInput(t *testing.T) {
 
 			// The edge keeps serving others.
 			body := wstest.JSON(t, map[string]any{"type": "news", "payload": map[string]int{"case": i}})
-			if err := m.nats.Publish("natter.out.room.lobby", body); err != nil {
+			if err := m.NC.Publish("natter.out.room.lobby", body); err != nil {
 				t.Fatal(err)
 			}
 			got := bystander.AwaitType(t, "news", wait)
@@ -135,7 +135,7 @@ func TestBadInput(t *testing.T) {
 	}
 
 	bystander.Close()
-	testenv.Eventually(t, wait, "no connections left", func() bool { return m.edge.Stats().Connections == 0 })
+	testenv.Eventually(t, wait, "no connections left", func() bool { return m.Edge.Stats().Connections == 0 })
 	testenv.GoroutinesSettle(t, base, 2, 5*time.Second)
 }
 

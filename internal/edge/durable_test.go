@@ -31,17 +31,15 @@ type durableMesh struct {
 
 func newDurableMesh(t testing.TB, cfg edge.Config) *durableMesh {
 	t.Helper()
-	srv := testenv.NATS(t)
+	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	cfg.Auth.DevMode = true
 	if cfg.DurableRooms == nil {
 		cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
 	}
 	cfg.DurableRooms.Patterns = []string{"dur-*", "pub-dur-*"}
 	cfgA, cfgB := cfg, cfg
-	cfgA.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfgB.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	nc := testenv.Connect(t, srv.ClientURL())
-	return &durableMesh{a: testenv.StartEdge(t, cfgA), b: testenv.StartEdge(t, cfgB), aNC: cfgA.NATS.Conn, pub: worker.NewPublisher(nc, envelope.DefaultNamespace), nc: nc}
+	cfgA.NATS.Conn, cfgB.NATS.Conn = m.Connect(t), m.Connect(t)
+	return &durableMesh{a: m.StartEdge(t, cfgA), b: m.StartEdge(t, cfgB), aNC: cfgA.NATS.Conn, pub: worker.NewPublisher(m.NC, envelope.DefaultNamespace), nc: m.NC}
 }
 
 // numbered is a durable room message as a test sees it.

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
@@ -21,28 +19,22 @@ import (
 
 const wait = 5 * time.Second
 
-// mesh is one embedded NATS server, one edge in dev mode and the built-in
-// handlers in-process.
-type mesh struct {
-	nats *nats.Conn // a plain NATS client, as any service would have
-	edge *testenv.Edge
-}
+// mesh is testenv's mesh: one embedded NATS server, the built-in handlers
+// in-process, a plain NATS connection (NC) and one edge in dev mode.
+type mesh struct{ *testenv.Mesh }
 
 func newMesh(t *testing.T, cfg edge.Config) *mesh {
 	t.Helper()
-	srv := testenv.NATS(t)
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
 	cfg.Auth.DevMode = true
-	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	return &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
+	return &mesh{testenv.NewMesh(t, testenv.MeshOptions{Edge: &cfg})}
 }
 
 func (m *mesh) dial(t *testing.T, user string) *wstest.Client {
 	t.Helper()
 	if user == "" {
-		return wstest.Dial(t, m.edge.URL)
+		return wstest.Dial(t, m.Edge.URL)
 	}
-	return wstest.Dial(t, m.edge.URL+"?user="+user)
+	return wstest.Dial(t, m.Edge.URL+"?user="+user)
 }
 
 func join(t *testing.T, c *wstest.Client, room string) {
@@ -76,7 +68,7 @@ func TestRPCNoResponderAndTimeout(t *testing.T) {
 	})
 	t.Run("timeout", func(t *testing.T) {
 		// A worker that takes the request and never answers.
-		w, err := worker.New(m.nats, worker.Config{Queue: "slow"})
+		w, err := worker.New(m.NC, worker.Config{Queue: "slow"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +77,7 @@ func TestRPCNoResponderAndTimeout(t *testing.T) {
 		if err := w.Handle("slow.op", func(_ context.Context, _ *worker.Message) error { <-block; return nil }); err != nil {
 			t.Fatal(err)
 		}
-		_ = m.nats.Flush()
+		_ = m.NC.Flush()
 		c.Send(t, "slow.op", envelope.Meta{CorrelationID: "t1", TimeoutMs: 200}, nil)
 		got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == "t1" })
 		assertRPCError(t, got, envelope.CodeDeadlineExceeded)
@@ -115,7 +107,7 @@ func TestPlainNATSPublish(t *testing.T) {
 
 	pub := func(subj, body string) {
 		t.Helper()
-		if err := m.nats.Publish(subj, []byte(body)); err != nil {
+		if err := m.NC.Publish(subj, []byte(body)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -141,11 +133,11 @@ func TestPlainNATSPublish(t *testing.T) {
 	})
 	t.Run("one connection", func(t *testing.T) {
 		// The connection id is what workers see in the Natter-Conn header.
-		sub, err := m.nats.SubscribeSync("natter.in.whoami")
+		sub, err := m.NC.SubscribeSync("natter.in.whoami")
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = m.nats.Flush()
+		_ = m.NC.Flush()
 		a2.Send(t, "whoami", envelope.Meta{}, nil)
 		msg, err := sub.NextMsg(wait)
 		if err != nil {
@@ -162,10 +154,10 @@ func TestPlainNATSPublish(t *testing.T) {
 		}
 	})
 	t.Run("invalid envelope dropped", func(t *testing.T) {
-		before := m.edge.Stats().OutboundDropped
+		before := m.Edge.Stats().OutboundDropped
 		pub("natter.out.room.general", `{"type":"a.*"}`)
 		pub("natter.out.room.general", `not json`)
-		testenv.Eventually(t, wait, "drops counted", func() bool { return m.edge.Stats().OutboundDropped == before+2 })
+		testenv.Eventually(t, wait, "drops counted", func() bool { return m.Edge.Stats().OutboundDropped == before+2 })
 		if !b.Quiet(100 * time.Millisecond) {
 			t.Fatal("an invalid envelope reached a client")
 		}
@@ -218,7 +210,7 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 	cfg.WebSocket.WriteQueueBytes = 256 << 10
 	cfg.WebSocket.WriteTimeout = 20 * time.Second
 	m := newMesh(t, cfg)
-	slow := wstest.DialRaw(t, m.edge.URL, 64<<10)
+	slow := wstest.DialRaw(t, m.Edge.URL, 64<<10)
 	if err := slow.WriteText([]byte(`{"type":"$join","payload":{"room":"firehose"}}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -226,9 +218,9 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 	for _, c := range fast {
 		join(t, c, "firehose")
 	}
-	testenv.Eventually(t, wait, "three connections", func() bool { return m.edge.Stats().Connections == 3 })
+	testenv.Eventually(t, wait, "three connections", func() bool { return m.Edge.Stats().Connections == 3 })
 	// The slow client's $join is in once its ack went out; it never reads it.
-	testenv.Eventually(t, wait, "slow client joined", func() bool { return m.edge.Stats().FramesOut >= 6 }) // 3 $connected, 3 $joined
+	testenv.Eventually(t, wait, "slow client joined", func() bool { return m.Edge.Stats().FramesOut >= 6 }) // 3 $connected, 3 $joined
 
 	payload := `{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`
 	// 12 MB: far more than the slow socket's kernel buffers (4 MB at most
@@ -238,7 +230,7 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 	const n, batch = 3000, 20
 	for sent := 0; sent < n; sent += batch {
 		for range batch {
-			if err := m.nats.Publish("natter.out.room.firehose", []byte(payload)); err != nil {
+			if err := m.NC.Publish("natter.out.room.firehose", []byte(payload)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -255,7 +247,7 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 			t.Fatalf("fast reader %d was closed", i)
 		}
 	}
-	testenv.Eventually(t, wait, "slow consumer closed", func() bool { return m.edge.Stats().SlowConsumerCloses == 1 })
+	testenv.Eventually(t, wait, "slow consumer closed", func() bool { return m.Edge.Stats().SlowConsumerCloses == 1 })
 	// Reading now lets the stalled write finish; the close frame follows it.
 	code, _, err := slow.ReadUntilClose(wait)
 	if code != uint16(envelope.CloseSlowConsumer) {
@@ -278,15 +270,15 @@ func TestHeartbeatAndSystemTypes(t *testing.T) {
 func TestControlSubject(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "carol")
-	sub, _ := m.nats.SubscribeSync("natter.in.hello")
-	_ = m.nats.Flush()
+	sub, _ := m.NC.SubscribeSync("natter.in.hello")
+	_ = m.NC.Flush()
 	c.Send(t, "hello", envelope.Meta{}, nil)
 	msg, err := sub.NextMsg(wait)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := msg.Header.Get(envelope.HeaderConn)
-	pub := worker.NewPublisher(m.nats, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	ctx := t.Context()
 	if err := pub.Join(ctx, id, "vip"); err != nil {
 		t.Fatal(err)
@@ -300,7 +292,7 @@ func TestControlSubject(t *testing.T) {
 	}
 	// Not on this edge (the edge answers), on no edge (no responders):
 	// NOT_FOUND either way; not a connection id: refused before sending.
-	for _, conn := range []string{m.edge.ID() + ".nosuchconn", "nosuchedge.1"} {
+	for _, conn := range []string{m.Edge.ID() + ".nosuchconn", "nosuchedge.1"} {
 		if err := pub.Join(ctx, conn, "vip"); !errors.Is(err, rpc.ErrNotFound) {
 			t.Fatalf("join unknown conn %s: %v", conn, err)
 		}
@@ -327,19 +319,19 @@ func TestBacklogPastSocketBuffersArrivesInOrder(t *testing.T) {
 	cfg.WebSocket.PingInterval = 50 * time.Millisecond
 	cfg.WebSocket.PongTimeout = time.Minute
 	m := newMesh(t, cfg)
-	c := wstest.DialRaw(t, m.edge.URL, 16<<10)
+	c := wstest.DialRaw(t, m.Edge.URL, 16<<10)
 	if err := c.WriteText([]byte(`{"type":"$join","payload":{"room":"backlog"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, wait, "joined", func() bool { return m.edge.Stats().FramesOut >= 2 }) // $connected, $joined
+	testenv.Eventually(t, wait, "joined", func() bool { return m.Edge.Stats().FramesOut >= 2 }) // $connected, $joined
 	const n = 400                                                                               // 400 x ~30 KB = 12 MB, past any loopback socket buffer
 	pad := strings.Repeat("y", 30000)
 	for i := range n {
-		if err := m.nats.Publish("natter.out.room.backlog", []byte(`{"type":"seq","payload":{"i":`+strconv.Itoa(i)+`,"pad":"`+pad+`"}}`)); err != nil {
+		if err := m.NC.Publish("natter.out.room.backlog", []byte(`{"type":"seq","payload":{"i":`+strconv.Itoa(i)+`,"pad":"`+pad+`"}}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := m.nats.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // the pool hits a full socket; pings queue up

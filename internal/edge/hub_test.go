@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 
@@ -91,6 +92,20 @@ func (m member) types(t *testing.T) []string {
 	return out
 }
 
+// members returns a copy of room's members on h (true: wants presence
+// diffs); nil when h has no such room.
+func members(h *hub, room string) map[*conn]bool {
+	h.mu.Lock()
+	g := h.rooms[room]
+	h.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return maps.Clone(g.members)
+}
+
 // subs is the number of subscriptions of the edge's NATS connection.
 func subs(e *Edge) int { return e.nc.NumSubscriptions() }
 
@@ -156,11 +171,8 @@ func TestHubJoinLeaveFanOut(t *testing.T) {
 	if n := subs(e) - base; n != 2 {
 		t.Errorf("%d subscriptions for two rooms, want 2", n)
 	}
-	h.mu.Lock()
-	members := len(h.rooms["lobby"].members)
-	h.mu.Unlock()
-	if members != 2 || !slices.Equal(a.rooms, roomSet{"lobby"}) {
-		t.Errorf("lobby has %d members, amy's rooms %v; want 2, [lobby]", members, a.rooms)
+	if n := len(members(h, "lobby")); n != 2 || !slices.Equal(a.rooms, roomSet{"lobby"}) {
+		t.Errorf("lobby has %d members, amy's rooms %v; want 2, [lobby]", n, a.rooms)
 	}
 
 	publishRoom(t, e, "lobby", "chat.message")
@@ -191,10 +203,7 @@ func TestHubJoinLeaveFanOut(t *testing.T) {
 	if n := subs(e) - base; n != 1 {
 		t.Errorf("%d subscriptions after lobby's last member left, want 1", n)
 	}
-	h.mu.Lock()
-	_, ok := h.rooms["lobby"]
-	h.mu.Unlock()
-	if ok {
+	if members(h, "lobby") != nil {
 		t.Error("lobby is still in the hub")
 	}
 }
@@ -241,10 +250,7 @@ func TestHubLimitsAndLeaveAll(t *testing.T) {
 	if err := h.join(a.conn, "r1", "", false, nil); !errors.As(err, &rerr) || rerr.Code != envelope.CodeNotFound {
 		t.Fatalf("join of a closed connection: %v, want NOT_FOUND", err)
 	}
-	h.mu.Lock()
-	_, in := h.rooms["r1"].members[a.conn]
-	h.mu.Unlock()
-	if in {
+	if _, in := members(h, "r1")[a.conn]; in {
 		t.Error("a closed connection was added to r1")
 	}
 }
@@ -291,8 +297,7 @@ func TestHubWatchers(t *testing.T) {
 func TestHubUsers(t *testing.T) {
 	t.Parallel()
 	e := hubEdge(t, 10)
-	h := e.hub
-	base := subs(e)
+	h, base := e.hub, subs(e)
 	a1, a2, b := hubMember(t, e, "amy"), hubMember(t, e, "amy"), hubMember(t, e, "bo")
 	for _, m := range []member{a1, a2, b} {
 		if err := h.addUser(m.conn); err != nil {

@@ -29,10 +29,10 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 		cfg.WebSocket.PongTimeout = 300 * time.Millisecond
 		m := newMesh(t, cfg)
 		start := time.Now()
-		alive, _ := dialPeer(t, m.edge.URL, false)
-		dead := wstest.DialRaw(t, m.edge.URL, 0) // never reads, never answers a ping
-		testenv.Eventually(t, wait, "two connections", func() bool { return m.edge.Stats().Connections == 2 })
-		testenv.Eventually(t, wait, "the dead peer closed", func() bool { return m.edge.Stats().Connections == 1 })
+		alive, _ := dialPeer(t, m.Edge.URL, false)
+		dead := wstest.DialRaw(t, m.Edge.URL, 0) // never reads, never answers a ping
+		testenv.Eventually(t, wait, "two connections", func() bool { return m.Edge.Stats().Connections == 2 })
+		testenv.Eventually(t, wait, "the dead peer closed", func() bool { return m.Edge.Stats().Connections == 1 })
 
 		// The close frame follows the pings the peer never answered; a
 		// socket closed before it was written reads as EOF.
@@ -54,8 +54,8 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond) // the 2 s window is the behaviour under test: checked every 20 ms
 		}
-		if m.edge.Stats().Connections != 1 {
-			t.Fatalf("connections %d, want 1", m.edge.Stats().Connections)
+		if m.Edge.Stats().Connections != 1 {
+			t.Fatalf("connections %d, want 1", m.Edge.Stats().Connections)
 		}
 		if alive.pings.Load() < 2 {
 			t.Fatalf("live peer answered %d pings in 2s, want several", alive.pings.Load())
@@ -74,7 +74,7 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 		cfg.WebSocket.PongTimeout = 5 * time.Second
 		m := newMesh(t, cfg)
 		idle, busy := m.dial(t, ""), m.dial(t, "")
-		testenv.Eventually(t, wait, "two connections", func() bool { return m.edge.Stats().Connections == 2 })
+		testenv.Eventually(t, wait, "two connections", func() bool { return m.Edge.Stats().Connections == 2 })
 
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
@@ -93,14 +93,14 @@ func TestPingDeadPeerAndIdle(t *testing.T) {
 		for i := 0; i < sent; i++ {
 			busy.AwaitType(t, envelope.TypeHeartbeatAck, wait)
 		}
-		testenv.Eventually(t, wait, "one connection", func() bool { return m.edge.Stats().Connections == 1 })
+		testenv.Eventually(t, wait, "one connection", func() bool { return m.Edge.Stats().Connections == 1 })
 	})
 
 	t.Run("permessage-deflate", func(t *testing.T) {
 		cfg := edge.DefaultConfig()
 		cfg.WebSocket.Compression = true
 		m := newMesh(t, cfg)
-		p, resp := dialPeer(t, m.edge.URL, true)
+		p, resp := dialPeer(t, m.Edge.URL, true)
 		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
 			t.Fatalf("compression not negotiated: Sec-WebSocket-Extensions %q", ext)
 		}

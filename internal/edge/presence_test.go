@@ -87,15 +87,14 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 	}
 }
 
-// presenceEdge starts an edge with presence and dev-mode users on srv.
-func presenceEdge(t *testing.T, url, id string, cfg edge.Config) *testenv.Edge {
+// presenceEdge starts an edge with presence and dev-mode users on m.
+func presenceEdge(t *testing.T, m *testenv.Mesh, id string, cfg edge.Config) *testenv.Edge {
 	t.Helper()
-	cfg.NATS.Conn = testenv.Connect(t, url)
 	cfg.EdgeID, cfg.Auth.DevMode = id, true
 	if cfg.Presence == nil {
 		cfg.Presence = edge.DefaultPresenceConfig()
 	}
-	return testenv.StartEdge(t, cfg)
+	return m.StartEdge(t, cfg)
 }
 
 // presenceStream returns the presence bucket's stream state.
@@ -149,12 +148,12 @@ func presenceKeys(t *testing.T, nc *nats.Conn) map[string]string {
 // Joined WebSocket connections held idle write nothing to the presence
 // bucket: over three lease periods only the edge's lease is refreshed.
 func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
-	srv := testenv.NATS(t)
+	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	const ttl = 2 * time.Second
 	cfg := edge.DefaultConfig()
 	cfg.Presence.TTL = ttl
-	e := presenceEdge(t, srv.ClientURL(), "idle", cfg)
-	nc := testenv.Connect(t, srv.ClientURL())
+	e := presenceEdge(t, m, "idle", cfg)
+	nc := m.NC
 	const n = 40
 	for i := range n {
 		c := wstest.Dial(t, e.URL+fmt.Sprintf("?user=u%02d", i))
@@ -178,12 +177,12 @@ func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
 // A graceful shutdown removes the edge's connection keys and its lease
 // before it returns; users on another edge stay.
 func TestPresenceShutdownRemovesKeys(t *testing.T) {
-	srv := testenv.NATS(t)
+	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	cfg := edge.DefaultConfig()
 	cfg.Presence.TTL = 30 * time.Second
-	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
-	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
-	nc := testenv.Connect(t, srv.ClientURL())
+	e1 := presenceEdge(t, m, "e1", cfg)
+	e2 := presenceEdge(t, m, "e2", cfg)
+	nc := m.NC
 	join(t, wstest.Dial(t, e1.URL+"?user=amy"), "lobby")
 	wstest.Dial(t, e2.URL+"?user=bo")
 	testenv.Eventually(t, wait, "both online", func() bool {
@@ -211,12 +210,12 @@ func TestPresenceShutdownRemovesKeys(t *testing.T) {
 // The per-user connection cap counts the user's connections on every edge,
 // from the presence mirror.
 func TestPresenceUserCapAcrossEdges(t *testing.T) {
-	srv := testenv.NATS(t)
+	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	cfg := edge.DefaultConfig()
 	cfg.Limits.MaxConnsPerUser = 2
 	cfg.Presence.Open = true
-	e1 := presenceEdge(t, srv.ClientURL(), "e1", cfg)
-	e2 := presenceEdge(t, srv.ClientURL(), "e2", cfg)
+	e1 := presenceEdge(t, m, "e1", cfg)
+	e2 := presenceEdge(t, m, "e2", cfg)
 	wstest.Dial(t, e1.URL+"?user=alice")
 	wstest.Dial(t, e1.URL+"?user=alice")
 	asker := wstest.Dial(t, e2.URL+"?user=quinn")

@@ -62,7 +62,7 @@ func TestBusyReaderIsPinged(t *testing.T) {
 	cfg.WebSocket.PongTimeout = 300 * time.Millisecond
 	m := newMesh(t, cfg)
 	c := m.dial(t, "busy")
-	testenv.Eventually(t, wait, "connected", func() bool { return m.edge.Stats().Connections == 1 })
+	testenv.Eventually(t, wait, "connected", func() bool { return m.Edge.Stats().Connections == 1 })
 	payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 2000) + `"}`)
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -74,7 +74,7 @@ func TestBusyReaderIsPinged(t *testing.T) {
 				return
 			default:
 			}
-			_ = m.nats.Publish("natter.out.user.busy", payload)
+			_ = m.NC.Publish("natter.out.user.busy", payload)
 			time.Sleep(time.Millisecond) // paces the load: a steady stream, not one burst
 		}
 	}()
@@ -100,13 +100,13 @@ func TestLargeFrameFitsEmptyQueue(t *testing.T) {
 	// before, is on the server once the reply is back.
 	c.Request(t, "echo", nil, wait)
 	body := `{"type":"big","payload":"` + strings.Repeat("y", 100_000) + `"}`
-	if err := m.nats.Publish("natter.out.user.big", []byte(body)); err != nil {
+	if err := m.NC.Publish("natter.out.user.big", []byte(body)); err != nil {
 		t.Fatal(err)
 	}
 	if got := c.AwaitType(t, "big", wait); len(got.Payload) != 100_002 {
 		t.Fatalf("payload of %d bytes", len(got.Payload))
 	}
-	if m.edge.Stats().SlowConsumerCloses != 0 {
+	if m.Edge.Stats().SlowConsumerCloses != 0 {
 		t.Fatal("closed as a slow consumer")
 	}
 }
@@ -150,7 +150,7 @@ func TestRateLimit(t *testing.T) {
 func TestConnTypeDoesNotReachAnotherConnection(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
 	attacker, victim := m.dial(t, ""), m.dial(t, "")
-	id := connID(t, m.nats, victim)
+	id := connID(t, m.NC, victim)
 	start := time.Now()
 	got := attacker.Request(t, "conn."+id, nil, wait)
 	assertRPCError(t, got, envelope.CodeUnavailable)
@@ -167,7 +167,7 @@ func TestGrantedDeadlineReachesWorker(t *testing.T) {
 	cfg := edge.DefaultConfig()
 	cfg.NATS.RPCTimeout = 300 * time.Millisecond
 	m := newMesh(t, cfg)
-	w, err := worker.New(m.nats, worker.Config{Queue: "deadline"})
+	w, err := worker.New(m.NC, worker.Config{Queue: "deadline"})
 	if err != nil {
 		t.Fatal(err)
 	}

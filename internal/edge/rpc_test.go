@@ -25,7 +25,7 @@ import (
 func rpcMesh(t *testing.T, cfg edge.Config, handlers map[string]worker.Handler) *mesh {
 	t.Helper()
 	m := newMesh(t, cfg)
-	w, err := worker.New(m.nats, worker.Config{Queue: "rpc-test", Logger: testenv.Logger(t)})
+	w, err := worker.New(m.NC, worker.Config{Queue: "rpc-test", Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestRPCProgressInOrderBeforeReply(t *testing.T) {
 
 	// The same progress reaches a Go service through rpc.Call.
 	var steps []int
-	err := rpc.Call(t.Context(), m.nats, envelope.DefaultNamespace, "job.run", nil, nil, rpc.WithProgress(func(p json.RawMessage) {
+	err := rpc.Call(t.Context(), m.NC, envelope.DefaultNamespace, "job.run", nil, nil, rpc.WithProgress(func(p json.RawMessage) {
 		var s struct{ Step int }
 		_ = json.Unmarshal(p, &s)
 		steps = append(steps, s.Step)
@@ -119,7 +119,7 @@ func TestRPCAbortCancelsHandler(t *testing.T) {
 	// A Go caller that cancels its context aborts the handler the same way.
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
-	go func() { errc <- rpc.Call(ctx, m.nats, envelope.DefaultNamespace, "long.task", nil, nil) }()
+	go func() { errc <- rpc.Call(ctx, m.NC, envelope.DefaultNamespace, "long.task", nil, nil) }()
 	<-started
 	cancel()
 	if err := <-errc; !errors.Is(err, rpc.ErrCanceled) {
@@ -264,7 +264,7 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 		cfg := edge.DefaultConfig()
 		cfg.Schemas = loadSchemas(t, false)
 		m := newMesh(t, cfg)
-		respond(t, m.nats)
+		respond(t, m.NC)
 		c := m.dial(t, "")
 		for typ, want := range map[string]string{"bad.json": "malformed JSON", "bad.schema": "text"} {
 			r, ok := reason(t, c.Request(t, typ, nil, wait))
@@ -296,7 +296,7 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 // answer on the reply subject with an envelope.
 func TestPlainNATSServiceAnswersRPC(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
-	_, err := m.nats.QueueSubscribe("natter.in.calc.add", "calc", func(msg *nats.Msg) {
+	_, err := m.NC.QueueSubscribe("natter.in.calc.add", "calc", func(msg *nats.Msg) {
 		var req struct {
 			Payload struct{ A, B int } `json:"payload"`
 		}
@@ -309,7 +309,7 @@ func TestPlainNATSServiceAnswersRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = m.nats.Flush()
+	_ = m.NC.Flush()
 	c := m.dial(t, "")
 	got := c.Request(t, "calc.add", map[string]int{"a": 2, "b": 40}, wait)
 	if got.Type != "calc.sum" || string(got.Payload) != `{"sum":42}` {
@@ -324,14 +324,14 @@ func TestPlainNATSServiceAnswersRPC(t *testing.T) {
 func TestServerToClientRPC(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
-	id := connID(t, m.nats, c)
+	id := connID(t, m.NC, c)
 	ns := envelope.DefaultNamespace
 
 	t.Run("answered", func(t *testing.T) {
 		errc := make(chan error, 1)
 		var out struct{ Lat, Lng float64 }
 		go func() {
-			errc <- rpc.Ask(t.Context(), m.nats, ns, id, "geo.where", map[string]string{"why": "map"}, &out)
+			errc <- rpc.Ask(t.Context(), m.NC, ns, id, "geo.where", map[string]string{"why": "map"}, &out)
 		}()
 		q := c.AwaitType(t, "geo.where", wait)
 		if q.Meta.CorrelationID == "" {
@@ -344,7 +344,7 @@ func TestServerToClientRPC(t *testing.T) {
 	})
 	t.Run("client error", func(t *testing.T) {
 		errc := make(chan error, 1)
-		go func() { errc <- rpc.Ask(t.Context(), m.nats, ns, id, "camera.open", nil, nil) }()
+		go func() { errc <- rpc.Ask(t.Context(), m.NC, ns, id, "camera.open", nil, nil) }()
 		q := c.AwaitType(t, "camera.open", wait)
 		c.Send(t, envelope.TypeRPCError, envelope.Meta{CorrelationID: q.Meta.CorrelationID},
 			envelope.ErrorPayload{Code: envelope.CodePermissionDenied, Message: "user said no"})
@@ -355,7 +355,7 @@ func TestServerToClientRPC(t *testing.T) {
 	t.Run("no answer", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 		defer cancel()
-		if err := rpc.Ask(ctx, m.nats, ns, id, "ignored.question", nil, nil); !errors.Is(err, rpc.ErrDeadlineExceeded) {
+		if err := rpc.Ask(ctx, m.NC, ns, id, "ignored.question", nil, nil); !errors.Is(err, rpc.ErrDeadlineExceeded) {
 			t.Fatalf("Ask: %v", err)
 		}
 		c.AwaitType(t, "ignored.question", wait)
@@ -363,9 +363,9 @@ func TestServerToClientRPC(t *testing.T) {
 	t.Run("unknown connection fails at once", func(t *testing.T) {
 		// Not on this edge (the edge answers), and on no edge at all (NATS
 		// has no responders): both fail at once with ErrUnavailable.
-		for _, conn := range []string{m.edge.ID() + ".noSuchConnection", "noSuchEdge.1"} {
+		for _, conn := range []string{m.Edge.ID() + ".noSuchConnection", "noSuchEdge.1"} {
 			start := time.Now()
-			if err := rpc.Ask(t.Context(), m.nats, ns, conn, "hello", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+			if err := rpc.Ask(t.Context(), m.NC, ns, conn, "hello", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
 				t.Fatalf("Ask %s: %v", conn, err)
 			}
 			if d := time.Since(start); d > time.Second {
@@ -373,15 +373,15 @@ func TestServerToClientRPC(t *testing.T) {
 			}
 		}
 		// An id that is not <edge>.<n> is refused before anything is sent.
-		if err := rpc.Ask(t.Context(), m.nats, ns, "noSuchConnection", "hello", nil, nil); !errors.Is(err, envelope.ErrInvalidID) {
+		if err := rpc.Ask(t.Context(), m.NC, ns, "noSuchConnection", "hello", nil, nil); !errors.Is(err, envelope.ErrInvalidID) {
 			t.Fatalf("Ask of a one-token id: %v", err)
 		}
 	})
 	t.Run("closed while waiting", func(t *testing.T) {
 		other := m.dial(t, "")
-		oid := connID(t, m.nats, other)
+		oid := connID(t, m.NC, other)
 		errc := make(chan error, 1)
-		go func() { errc <- rpc.Ask(t.Context(), m.nats, ns, oid, "are.you.there", nil, nil) }()
+		go func() { errc <- rpc.Ask(t.Context(), m.NC, ns, oid, "are.you.there", nil, nil) }()
 		other.AwaitType(t, "are.you.there", wait)
 		start := time.Now()
 		other.Close()
@@ -392,7 +392,7 @@ func TestServerToClientRPC(t *testing.T) {
 			t.Fatalf("took %s after the close", d)
 		}
 		start = time.Now()
-		if err := rpc.Ask(t.Context(), m.nats, ns, oid, "again", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
+		if err := rpc.Ask(t.Context(), m.NC, ns, oid, "again", nil, nil); !errors.Is(err, rpc.ErrUnavailable) {
 			t.Fatalf("Ask after close: %v", err)
 		}
 		if d := time.Since(start); d > time.Second {
@@ -459,11 +459,11 @@ func TestRPCAckInStrictMode(t *testing.T) {
 func TestLateErrorAnswerIsDropped(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
-	tap, err := m.nats.SubscribeSync("natter.in.>")
+	tap, err := m.NC.SubscribeSync("natter.in.>")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = m.nats.Flush()
+	_ = m.NC.Flush()
 	for _, typ := range []string{envelope.TypeRPCError, envelope.TypeError} {
 		c.SendRaw(t, gws.OpcodeText, []byte(`{"type":"`+typ+`","meta":{"correlationId":"srv-gone"},"payload":{"code":"UNIMPLEMENTED","message":"x"}}`))
 	}

@@ -3,7 +3,6 @@ package edge_test
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -32,38 +31,16 @@ type shutdownEdge struct {
 
 func newShutdownEdge(t *testing.T) *shutdownEdge {
 	t.Helper()
-	srv := testenv.NATS(t)
-	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfg.Auth.DevMode = true
-	cfg.Logger = testenv.Logger(t)
-	cfg.WebSocket.ShutdownSpread = time.Millisecond
+	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
+	cfg := testenv.DevEdge()
+	cfg.NATS.Conn = m.Connect(t)
 	cfg.DurableRooms = edge.DefaultDurableRoomsConfig("dur-*")
 	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
 	if cfg.Presence == nil {
 		t.Fatal("presence is off in DefaultConfig")
 	}
-	e, err := edge.New(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = hs.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = hs.Close()
-		<-served
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown once more at cleanup: %v", err)
-		}
-	})
-	se := &shutdownEdge{Edge: e, url: wstest.WSURL(ln.Addr().String(), e.Path()), nc: cfg.NATS.Conn}
+	e := m.StartEdge(t, cfg) // its cleanup calls Shutdown once more
+	se := &shutdownEdge{Edge: e.Edge, url: e.URL, nc: cfg.NATS.Conn}
 	member := wstest.Dial(t, se.url+"?user=amy")
 	join(t, member, "dur-lobby")
 	sender := wstest.Dial(t, se.url+"?user=bo")

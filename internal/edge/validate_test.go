@@ -32,11 +32,11 @@ func TestInboundValidation(t *testing.T) {
 	m := newMesh(t, cfg)
 	c := m.dial(t, "alice")
 	join(t, c, "general")
-	tap, err := m.nats.SubscribeSync("natter.in.>")
+	tap, err := m.NC.SubscribeSync("natter.in.>")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = m.nats.Flush()
+	_ = m.NC.Flush()
 
 	if got := c.Request(t, "chat.send", map[string]string{"room": "general", "text": "hello"}, wait); got.Type != "chat.sent" {
 		t.Fatalf("valid chat.send: %s %s", got.Type, got.Payload)
@@ -100,8 +100,8 @@ func TestInboundValidation(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	if m.edge.Stats().InboundInvalid != int64(len(tests)) {
-		t.Fatalf("InboundInvalid %d, want %d", m.edge.Stats().InboundInvalid, len(tests))
+	if m.Edge.Stats().InboundInvalid != int64(len(tests)) {
+		t.Fatalf("InboundInvalid %d, want %d", m.Edge.Stats().InboundInvalid, len(tests))
 	}
 }
 
@@ -117,8 +117,8 @@ func TestStrictTypes(t *testing.T) {
 	}
 	// Outbound: a type without a server schema is dropped too.
 	join(t, c, "r")
-	_ = m.nats.Publish("natter.out.room.r", []byte(`{"type":"untyped.news"}`))
-	_ = m.nats.Publish("natter.out.room.r", []byte(`{"type":"test.notice","payload":{"text":"ok"}}`))
+	_ = m.NC.Publish("natter.out.room.r", []byte(`{"type":"untyped.news"}`))
+	_ = m.NC.Publish("natter.out.room.r", []byte(`{"type":"test.notice","payload":{"text":"ok"}}`))
 	if got := c.Next(t, wait); got.Type != "test.notice" {
 		t.Fatalf("got %s", got.Type)
 	}
@@ -132,29 +132,29 @@ func TestOutboundValidation(t *testing.T) {
 	for _, c := range members {
 		join(t, c, "news")
 	}
-	before := m.edge.Stats().OutboundDropped
+	before := m.Edge.Stats().OutboundDropped
 	for _, bad := range []string{
 		`{"type":"test.notice","payload":{"text":""}}`,
 		`{"type":"test.notice","payload":{"text":"x","level":9}}`,
 		`{"type":"chat.message","payload":{"room":5}}`,
 	} {
-		if err := m.nats.Publish("natter.out.room.news", []byte(bad)); err != nil {
+		if err := m.NC.Publish("natter.out.room.news", []byte(bad)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_ = m.nats.Publish("natter.out.room.news", []byte(`{"type":"test.notice","payload":{"text":"fine","level":2}}`))
+	_ = m.NC.Publish("natter.out.room.news", []byte(`{"type":"test.notice","payload":{"text":"fine","level":2}}`))
 	for _, c := range members {
 		if got := c.Next(t, wait); got.Type != "test.notice" || string(got.Payload) != `{"text":"fine","level":2}` {
 			t.Fatalf("first frame: %s %s", got.Type, got.Payload)
 		}
 	}
 	// Validated once per edge, not once per socket.
-	if d := m.edge.Stats().OutboundDropped - before; d != 3 {
+	if d := m.Edge.Stats().OutboundDropped - before; d != 3 {
 		t.Fatalf("dropped %d, want 3", d)
 	}
 
 	// A worker reply that breaks its schema becomes INTERNAL for the client.
-	w, err := worker.New(m.nats, worker.Config{Queue: "bad-replies"})
+	w, err := worker.New(m.NC, worker.Config{Queue: "bad-replies"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,8 +27,8 @@ func TestWelcomeFirstFrame(t *testing.T) {
 				t.Fatalf("payload %s: %v", first.Payload, err)
 			}
 			id := p["connectionId"]
-			if envelope.ValidateConnID(id) != nil || !strings.HasPrefix(id, m.edge.ID()+".") {
-				t.Fatalf("connectionId %q is not a connection id of edge %s", id, m.edge.ID())
+			if envelope.ValidateConnID(id) != nil || !strings.HasPrefix(id, m.Edge.ID()+".") {
+				t.Fatalf("connectionId %q is not a connection id of edge %s", id, m.Edge.ID())
 			}
 			if u, ok := p["user"]; u != user || ok != (user != "") {
 				t.Fatalf("payload %s; want user %q", first.Payload, user)
@@ -38,13 +38,13 @@ func TestWelcomeFirstFrame(t *testing.T) {
 			}
 
 			// The id is the one services use: the publish reaches this client.
-			if err := m.nats.Publish("natter.out.conn."+id, []byte(`{"type":"for.you","payload":{"n":7}}`)); err != nil {
+			if err := m.NC.Publish("natter.out.conn."+id, []byte(`{"type":"for.you","payload":{"n":7}}`)); err != nil {
 				t.Fatal(err)
 			}
 			if got := c.Next(t, wait); got.Type != "for.you" || string(got.Payload) != `{"n":7}` {
 				t.Fatalf("after a publish to natter.out.conn.%s: %s %s", id, got.Type, got.Payload)
 			}
-			if h := connID(t, m.nats, c); h != id {
+			if h := connID(t, m.NC, c); h != id {
 				t.Fatalf("Natter-Conn %q, $connected said %q", h, id)
 			}
 		})

@@ -105,12 +105,12 @@ func FuzzWire(f *testing.F) {
 func TestDrainRefusesHandshakes(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
 	held := m.dial(t, "alice")
-	m.edge.Drain()
-	status, body, h := wstest.Handshake(t, m.edge.URL+"?user=bob", nil, "")
+	m.Edge.Drain()
+	status, body, h := wstest.Handshake(t, m.Edge.URL+"?user=bob", nil, "")
 	if status != 503 || h.Get("Retry-After") == "" || !strings.Contains(body, "shutting down") {
 		t.Fatalf("handshake while draining: %d %q Retry-After %q, want 503 with Retry-After", status, body, h.Get("Retry-After"))
 	}
-	if n := m.edge.Stats().RefusedBy["draining"]; n != 1 {
+	if n := m.Edge.Stats().RefusedBy["draining"]; n != 1 {
 		t.Fatalf("refused draining %d, want 1", n)
 	}
 	alive(t, held)

@@ -125,7 +125,7 @@ func TestFrameHeaders(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := wstest.DialRaw(t, m.edge.URL, 0)
+			raw := wstest.DialRaw(t, m.Edge.URL, 0)
 			defer raw.Close()
 			if _, err := raw.Write(tc.frame); err != nil {
 				t.Fatal(err)
@@ -159,7 +159,7 @@ func TestFrameHeaders(t *testing.T) {
 			alive(t, bystander)
 		})
 	}
-	if p := m.edge.Stats().Panics; p != 0 {
+	if p := m.Edge.Stats().Panics; p != 0 {
 		t.Fatalf("%d panics", p)
 	}
 }
@@ -178,7 +178,7 @@ func TestReadLoopPanicCostsOneConnection(t *testing.T) {
 	bystander := m.dial(t, "bob")
 	join(t, bystander, "lobby")
 	for i := range 3 {
-		raw := wstest.DialRaw(t, m.edge.URL, 0)
+		raw := wstest.DialRaw(t, m.Edge.URL, 0)
 		if _, err := raw.Write([]byte{0x81, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}); err != nil {
 			t.Fatal(err)
 		}
@@ -189,12 +189,12 @@ func TestReadLoopPanicCostsOneConnection(t *testing.T) {
 		_ = raw.Close()
 	}
 	alive(t, bystander)
-	if err := m.nats.Publish("natter.out.room.lobby", []byte(`{"type":"news"}`)); err != nil {
+	if err := m.NC.Publish("natter.out.room.lobby", []byte(`{"type":"news"}`)); err != nil {
 		t.Fatal(err)
 	}
 	bystander.AwaitType(t, "news", wait)
-	testenv.Eventually(t, wait, "three connections gone", func() bool { return m.edge.Stats().Connections == 1 })
-	if p := m.edge.Stats().Panics; p != 3 {
+	testenv.Eventually(t, wait, "three connections gone", func() bool { return m.Edge.Stats().Connections == 1 })
+	if p := m.Edge.Stats().Panics; p != 3 {
 		t.Fatalf("panics %d, want 3", p)
 	}
 	if v := metricValue(t, reg, "natter_edge_read_panics_total", ""); v != 3 {
@@ -299,7 +299,7 @@ func TestHandshakeConformance(t *testing.T) {
 	refused := 0
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, body := handshakeRaw(t, m.edge.Addr, tc.req)
+			resp, body := handshakeRaw(t, m.Edge.Addr, tc.req)
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d %q, want %d", resp.StatusCode, body, tc.status)
 			}
@@ -315,7 +315,7 @@ func TestHandshakeConformance(t *testing.T) {
 			}
 		})
 	}
-	if got := m.edge.Stats().RefusedBy["bad_handshake"]; got != int64(refused) {
+	if got := m.Edge.Stats().RefusedBy["bad_handshake"]; got != int64(refused) {
 		t.Fatalf("refused bad_handshake %d, want %d", got, refused)
 	}
 	if v := metricValue(t, reg, "natter_edge_handshakes_refused_total", "bad_handshake"); v != float64(refused) {
@@ -330,7 +330,7 @@ func TestHandshakeConformance(t *testing.T) {
 // write, so they arrive in one TCP segment; the frame is answered.
 func TestFrameInHandshakeSegment(t *testing.T) {
 	m := newMesh(t, edge.DefaultConfig())
-	c, err := net.Dial("tcp", m.edge.Addr)
+	c, err := net.Dial("tcp", m.Edge.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,7 @@ func TestCompressionFrameRules(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := dialDeflate(t, m.edge.Addr)
+			raw := dialDeflate(t, m.Edge.Addr)
 			if _, err := raw.Write(tc.frame); err != nil {
 				t.Fatal(err)
 			}
@@ -464,7 +464,7 @@ func TestClosesArrive(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := wstest.DialRaw(t, m.edge.URL, 0)
+			raw := wstest.DialRaw(t, m.Edge.URL, 0)
 			if _, err := raw.Write(append(append([]byte(nil), tc.first...), junk...)); err != nil {
 				t.Fatal(err)
 			}
@@ -482,7 +482,7 @@ func TestClosesArrive(t *testing.T) {
 // waits in the edge's send buffer, which a reset would discard.
 func flooded(t *testing.T, m *mesh, n int) *wstest.RawConn {
 	t.Helper()
-	return floodedAt(t, m, m.edge.URL, n)
+	return floodedAt(t, m, m.Edge.URL, n)
 }
 
 func floodedAt(t *testing.T, m *mesh, url string, n int) *wstest.RawConn {
@@ -491,16 +491,16 @@ func floodedAt(t *testing.T, m *mesh, url string, n int) *wstest.RawConn {
 	if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 2 }) // $connected, $joined
-	before := m.edge.Stats().BytesOut
+	testenv.Eventually(t, wait, "the join", func() bool { return m.Edge.Stats().FramesOut >= 2 }) // $connected, $joined
+	before := m.Edge.Stats().BytesOut
 	payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`)
 	for sent := 0; sent < n; sent += len(payload) {
-		if err := m.nats.Publish("natter.out.room.flood", payload); err != nil {
+		if err := m.NC.Publish("natter.out.room.flood", payload); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_ = m.nats.Flush()
-	testenv.Eventually(t, wait, "the socket backed up", func() bool { return m.edge.Stats().BytesOut-before >= 256<<10 })
+	_ = m.NC.Flush()
+	testenv.Eventually(t, wait, "the socket backed up", func() bool { return m.Edge.Stats().BytesOut-before >= 256<<10 })
 	return raw
 }
 
@@ -562,11 +562,11 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		cfg.WebSocket.WriteQueueBytes = 256 << 10
 		cfg.WebSocket.WriteTimeout = 20 * time.Second
 		m := newMesh(t, cfg)
-		raw := wstest.DialRaw(t, m.edge.URL, 64<<10)
+		raw := wstest.DialRaw(t, m.Edge.URL, 64<<10)
 		if err := raw.WriteText([]byte(`{"type":"$join","payload":{"room":"flood"}}`)); err != nil {
 			t.Fatal(err)
 		}
-		testenv.Eventually(t, wait, "the join", func() bool { return m.edge.Stats().FramesOut >= 2 }) // $connected, $joined
+		testenv.Eventually(t, wait, "the join", func() bool { return m.Edge.Stats().FramesOut >= 2 }) // $connected, $joined
 		stop := keepSending(raw)
 		defer stop()
 		payload := []byte(`{"type":"tick","payload":"` + strings.Repeat("x", 4000) + `"}`)
@@ -574,17 +574,17 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		// kernel buffers first depends on the machine. The edge reads the
 		// client's heartbeats meanwhile, so its input never runs dry.
 		deadline := time.Now().Add(30 * time.Second)
-		for m.edge.Stats().SlowConsumerCloses == 0 && time.Now().Before(deadline) {
+		for m.Edge.Stats().SlowConsumerCloses == 0 && time.Now().Before(deadline) {
 			for range 256 { // 1 MB between looks
-				if err := m.nats.Publish("natter.out.room.flood", payload); err != nil {
+				if err := m.NC.Publish("natter.out.room.flood", payload); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if err := m.nats.Flush(); err != nil {
+			if err := m.NC.Flush(); err != nil {
 				t.Fatal(err)
 			}
 		}
-		testenv.Eventually(t, wait, "the slow consumer close", func() bool { return m.edge.Stats().SlowConsumerCloses == 1 })
+		testenv.Eventually(t, wait, "the slow consumer close", func() bool { return m.Edge.Stats().SlowConsumerCloses == 1 })
 		expectClose(t, raw, envelope.CloseSlowConsumer)
 	})
 	t.Run("4100, token expiry of a client that keeps sending", func(t *testing.T) {
@@ -593,9 +593,9 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		cfg.WebSocket.WriteTimeout = 20 * time.Second
 		cfg.Auth.PublicRooms = []string{"flood"}
 		am := newAuthMesh(t, cfg)
-		m := &mesh{nats: am.nats, edge: am.edge}
+		m := &mesh{am.Mesh}
 		// JWT expiry has whole seconds: 3 s leave the flood time to back up.
-		raw := floodedAt(t, m, m.edge.URL+"?token="+token(t, "alice", 3*time.Second, nil), flood)
+		raw := floodedAt(t, m, m.Edge.URL+"?token="+token(t, "alice", 3*time.Second, nil), flood)
 		stop := keepSending(raw)
 		defer stop()
 		expectClose(t, raw, envelope.CloseUnauthorized)
@@ -612,7 +612,7 @@ func TestClosesArriveAtBackedUpClients(t *testing.T) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			done <- m.edge.Shutdown(ctx)
+			done <- m.Edge.Shutdown(ctx)
 		}()
 		expectClose(t, raw, envelope.CloseShutdown)
 		if err := <-done; err != nil {
@@ -644,7 +644,7 @@ func TestShutdownWithAStalledClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	if err := m.edge.Shutdown(ctx); err != nil {
+	if err := m.Edge.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v after %s", err, time.Since(start))
 	}
 	t.Logf("Shutdown with a stalled client took %s", time.Since(start))

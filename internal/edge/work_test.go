@@ -21,25 +21,16 @@ import (
 	"github.com/natter/natter/pkg/worker"
 )
 
-// workMesh is one NATS server with one edge whose job.* types are durable
-// (plus the built-in handlers), and a NATS URL for workers.
-type workMesh struct {
-	*mesh
-	url string
-}
+// workMesh is a mesh whose edge has job.* as durable types.
+type workMesh struct{ *mesh }
 
 func newWorkMesh(t *testing.T, cfg edge.Config) *workMesh {
 	t.Helper()
-	srv := testenv.NATS(t)
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfg.Auth.DevMode = true
 	if cfg.DurableMessages == nil {
 		cfg.DurableMessages = edge.DefaultDurableMessagesConfig()
 	}
 	cfg.DurableMessages.Types = []string{"job.*"}
-	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	m := &mesh{nats: testenv.Connect(t, srv.ClientURL()), edge: testenv.StartEdge(t, cfg)}
-	return &workMesh{mesh: m, url: srv.ClientURL()}
+	return &workMesh{newMesh(t, cfg)}
 }
 
 // handled is what a durable handler saw of one message.
@@ -53,7 +44,7 @@ type handled struct {
 // it records the message unless h failed.
 func (m *workMesh) durableWorker(t *testing.T, typ string, opts worker.DurableOptions, h worker.Handler) (<-chan handled, *worker.Worker) {
 	t.Helper()
-	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), Queue: "jobs"})
+	w, err := worker.New(testenv.Connect(t, m.URL), worker.Config{Logger: testenv.Logger(t), Queue: "jobs"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,12 +165,12 @@ func TestDurableTypeStoredDeduplicatedHandled(t *testing.T) {
 		t.Fatalf("handled more than sent: %+v", h)
 	case <-time.After(300 * time.Millisecond):
 	}
-	s := m.edge.Stats()
+	s := m.Edge.Stats()
 	if s.WorkStored != 4 || s.WorkDuplicates != 1 || s.WorkRefused != 0 {
 		t.Fatalf("stats stored %d duplicates %d refused %d, want 4 1 0", s.WorkStored, s.WorkDuplicates, s.WorkRefused)
 	}
 	// Acknowledged work leaves the work queue.
-	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.nats) == 0 })
+	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.NC) == 0 })
 }
 
 // workMsgs is how many messages the work stream holds.
@@ -215,7 +206,7 @@ func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
 	if len(kept) < 5 {
 		t.Fatalf("only %d messages fit 4 KiB", len(kept))
 	}
-	if s := m.edge.Stats(); s.WorkRefused != 1 {
+	if s := m.Edge.Stats(); s.WorkRefused != 1 {
 		t.Fatalf("WorkRefused %d, want 1", s.WorkRefused)
 	}
 	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
@@ -230,7 +221,7 @@ func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
 		}
 	}
 	// Room again once the workers caught up (their acks processed).
-	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.nats) == 0 })
+	testenv.Eventually(t, wait, "an empty work stream", func() bool { return workMsgs(t, m.NC) == 0 })
 	accepted(t, sendDurable(t, c, "job.run", "after", "k-after", 0))
 }
 
@@ -277,7 +268,7 @@ func TestDurableTypeRetriesAndDrops(t *testing.T) {
 		return len(attempts[4]) == 3
 	})
 	// 1, 2, 3 and 5 leave the stream; 4 stays there after its last attempt.
-	testenv.Eventually(t, wait, "one message left in the work stream", func() bool { return workMsgs(t, m.nats) == 1 })
+	testenv.Eventually(t, wait, "one message left in the work stream", func() bool { return workMsgs(t, m.NC) == 1 })
 	time.Sleep(300 * time.Millisecond) // a further attempt would come within a backoff (at most 80 ms)
 	mu.Lock()
 	defer mu.Unlock()
@@ -297,7 +288,7 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 	for n := 1; n <= total; n++ {
 		accepted(t, sendDurable(t, c, "job.run", fmt.Sprintf("c%d", n), fmt.Sprintf("k%d", n), n))
 	}
-	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 2})
+	w, err := worker.New(testenv.Connect(t, m.URL), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +314,7 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 	if err := w.HandleDurable(ctx, "job.run", func(context.Context, *worker.Message) error { return nil }, worker.DurableOptions{}); err == nil {
 		t.Error("a second HandleDurable of the same type was accepted")
 	}
-	testenv.Eventually(t, 10*time.Second, "every message handled and acknowledged", func() bool { return workMsgs(t, m.nats) == 0 })
+	testenv.Eventually(t, 10*time.Second, "every message handled and acknowledged", func() bool { return workMsgs(t, m.NC) == 0 })
 	time.Sleep(time.Second) // a redelivery would come within the ack wait
 	mu.Lock()
 	defer mu.Unlock()
@@ -374,7 +365,7 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 	c := m.dial(t, "alice")
 	accepted(t, sendDurable(t, c, "job.run", "before", "k0", 0))
 	collect(t, ch, 1)
-	js, err := jetstream.New(m.nats)
+	js, err := jetstream.New(m.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +405,7 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 // durable pull holds no slot), and handles the durable messages too.
 func TestDurableTypeIdleHoldsNoSlot(t *testing.T) {
 	m := newWorkMesh(t, edge.DefaultConfig())
-	w, err := worker.New(testenv.Connect(t, m.url), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 1, Queue: "one-slot"})
+	w, err := worker.New(testenv.Connect(t, m.URL), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 1, Queue: "one-slot"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -206,6 +206,19 @@ func frames(from, to, size int) [][]byte {
 	return fs
 }
 
+// hold queues fs[0] on c and waits until the writer holds it in a paused
+// call of kind ("now" or "write"), then queues the rest of fs behind it.
+// It returns the release of the held call.
+func hold(c *conn, sock *fakeSocket, kind string, fs ...[]byte) (release func()) {
+	started, release := sock.pause(kind)
+	c.sendFrame(fs[0])
+	<-started
+	for _, f := range fs[1:] {
+		c.sendFrame(f)
+	}
+	return release
+}
+
 // idle waits until no writer owns c and returns its pending bytes.
 func idle(t *testing.T, c *conn) int {
 	t.Helper()
@@ -244,35 +257,43 @@ func trim(b []byte) []byte {
 // zero.
 func TestWriterOrderAndAccounting(t *testing.T) {
 	t.Parallel()
+	onBothPaths(t, func(t *testing.T, e *Edge, sock *fakeSocket, c *conn, direct bool) {
+		var want [][]byte
+		for i := range 200 {
+			f := frameN(i, i*37%3000)
+			want = append(want, f)
+			c.sendFrame(f)
+		}
+		if p := idle(t, c); p != 0 {
+			t.Errorf("pending %d after the writer finished, want 0", p)
+		}
+		st := sock.state()
+		wantOut(t, st.out, want...)
+		if got := e.stats.framesOut.Load(); got != 200 {
+			t.Errorf("framesOut %d, want 200", got)
+		}
+		if got := e.stats.bytesOut.Load(); got != int64(size(want)) {
+			t.Errorf("bytesOut %d, want %d", got, size(want))
+		}
+		if direct && len(st.writes) > 0 {
+			t.Errorf("the pool handed %d writes to a writeLoop; the socket took everything", len(st.writes))
+		}
+		if !direct && (len(st.nowCalls) > 0 || st.scratchNil) {
+			t.Errorf("without direct writes: %d writeNow calls, a write without scratch %v", len(st.nowCalls), st.scratchNil)
+		}
+	})
+}
+
+// onBothPaths runs f on a new edge and connection for each write path:
+// direct (the pool's writev that never blocks) and not (the connection's
+// own writeLoop).
+func onBothPaths(t *testing.T, f func(t *testing.T, e *Edge, sock *fakeSocket, c *conn, direct bool)) {
 	for _, direct := range []bool{true, false} {
 		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
 			t.Parallel()
 			e := writerEdge(t, nil)
 			sock := &fakeSocket{}
-			c := fakeConn(t, e, sock, direct)
-			var want [][]byte
-			for i := range 200 {
-				f := frameN(i, i*37%3000)
-				want = append(want, f)
-				c.sendFrame(f)
-			}
-			if p := idle(t, c); p != 0 {
-				t.Errorf("pending %d after the writer finished, want 0", p)
-			}
-			st := sock.state()
-			wantOut(t, st.out, want...)
-			if got := e.stats.framesOut.Load(); got != 200 {
-				t.Errorf("framesOut %d, want 200", got)
-			}
-			if got := e.stats.bytesOut.Load(); got != int64(size(want)) {
-				t.Errorf("bytesOut %d, want %d", got, size(want))
-			}
-			if direct && len(st.writes) > 0 {
-				t.Errorf("the pool handed %d writes to a writeLoop; the socket took everything", len(st.writes))
-			}
-			if !direct && (len(st.nowCalls) > 0 || st.scratchNil) {
-				t.Errorf("without direct writes: %d writeNow calls, a write without scratch %v", len(st.nowCalls), st.scratchNil)
-			}
+			f(t, e, sock, fakeConn(t, e, sock, direct), direct)
 		})
 	}
 }
@@ -297,14 +318,9 @@ func TestWriterCoalesces(t *testing.T) {
 			e := writerEdge(t, nil)
 			sock := &fakeSocket{}
 			c := fakeConn(t, e, sock, true)
-			started, release := sock.pause("now")
-			defer release()
 			all := frames(0, 1+tt.queue, 10)
-			c.sendFrame(all[0])
-			<-started // the writer holds frame 0; the rest waits
-			for _, f := range all[1:] {
-				c.sendFrame(f)
-			}
+			release := hold(c, sock, "now", all...) // the writer holds frame 0; the rest waits
+			defer release()
 			if want := size(all) + len(all)*frameOverhead; pendingOf(c) != want {
 				t.Errorf("pending %d while held, want %d (bytes plus %d a frame)", pendingOf(c), want, frameOverhead)
 			}
@@ -343,13 +359,7 @@ func TestWriterPartialWrites(t *testing.T) {
 			e := writerEdge(t, nil)
 			sock := &fakeSocket{take: []int{-1, tt.take}}
 			c := fakeConn(t, e, sock, true)
-			started, release := sock.pause("now")
-			c.sendFrame(fs[0])
-			<-started
-			for _, f := range fs[1:] {
-				c.sendFrame(f)
-			}
-			release()
+			hold(c, sock, "now", fs...)()
 			if p := idle(t, c); p != 0 {
 				t.Errorf("pending %d, want 0", p)
 			}
@@ -387,13 +397,9 @@ func TestWriterSlowConsumer(t *testing.T) {
 	t.Run("over the bound", func(t *testing.T) {
 		sock := &fakeSocket{}
 		c := fakeConn(t, e, sock, true)
-		started, release := sock.pause("now")
-		defer release()
 		fs := frames(0, 4, 1000) // 1004 bytes + 64 each: the fourth passes 4096
-		c.sendFrame(fs[0])
-		<-started
-		c.sendFrame(fs[1])
-		c.sendFrame(fs[2])
+		release := hold(c, sock, "now", fs[:3]...)
+		defer release()
 		if p := pendingOf(c); p != 3*(len(fs[0])+frameOverhead) {
 			t.Fatalf("pending %d before the bound", p)
 		}
@@ -489,36 +495,30 @@ func TestWriterAbandon(t *testing.T) {
 // counted as a frame.
 func TestWriterPing(t *testing.T) {
 	t.Parallel()
-	for _, direct := range []bool{true, false} {
-		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
-			t.Parallel()
-			e := writerEdge(t, nil)
-			sock := &fakeSocket{}
-			c := fakeConn(t, e, sock, direct)
-			kind := "now"
-			if !direct {
-				kind = "write"
-			}
-			started, release := sock.pause(kind)
-			fs := frames(0, 3, 20)
-			c.sendFrame(fs[0])
-			<-started
-			c.sendFrame(fs[1])
-			c.ping(42)
-			c.sendFrame(fs[2])
-			release()
-			if p := idle(t, c); p != 0 {
-				t.Errorf("pending %d, want 0", p)
-			}
-			wantOut(t, sock.state().out, fs[0], fs[1], fs[2], pingFrame)
-			if c.pingSent.Load() != 42 {
-				t.Errorf("pingSent %d, want 42", c.pingSent.Load())
-			}
-			if got := e.stats.framesOut.Load(); got != 4 {
-				t.Errorf("framesOut %d, want 4", got)
-			}
-		})
-	}
+	onBothPaths(t, func(t *testing.T, e *Edge, sock *fakeSocket, c *conn, direct bool) {
+		kind := "now"
+		if !direct {
+			kind = "write"
+		}
+		started, release := sock.pause(kind)
+		fs := frames(0, 3, 20)
+		c.sendFrame(fs[0])
+		<-started
+		c.sendFrame(fs[1])
+		c.ping(42)
+		c.sendFrame(fs[2])
+		release()
+		if p := idle(t, c); p != 0 {
+			t.Errorf("pending %d, want 0", p)
+		}
+		wantOut(t, sock.state().out, fs[0], fs[1], fs[2], pingFrame)
+		if c.pingSent.Load() != 42 {
+			t.Errorf("pingSent %d, want 42", c.pingSent.Load())
+		}
+		if got := e.stats.framesOut.Load(); got != 4 {
+			t.Errorf("framesOut %d, want 4", got)
+		}
+	})
 }
 
 // closeWith writes what is queued and then the close frame; with drop it
@@ -531,12 +531,8 @@ func TestWriterClose(t *testing.T) {
 		e := writerEdge(t, nil)
 		sock := &fakeSocket{}
 		c := fakeConn(t, e, sock, true)
-		started, release := sock.pause("now")
 		fs := frames(0, 3, 50)
-		c.sendFrame(fs[0])
-		<-started
-		c.sendFrame(fs[1])
-		c.sendFrame(fs[2])
+		release := hold(c, sock, "now", fs...)
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 		c.closeWith(envelope.CloseSlowConsumer, "second", true) // the first code wins
 		release()
@@ -552,12 +548,8 @@ func TestWriterClose(t *testing.T) {
 		e := writerEdge(t, nil)
 		sock := &fakeSocket{take: []int{-1, 3}}
 		c := fakeConn(t, e, sock, true)
-		now, releaseNow := sock.pause("now")
 		fs := frames(0, 4, 50)
-		c.sendFrame(fs[0])
-		<-now
-		c.sendFrame(fs[1])
-		c.sendFrame(fs[2])
+		releaseNow := hold(c, sock, "now", fs[:3]...)
 		// The next writev takes 3 bytes of frame 1; the writeLoop then holds
 		// in writing the rest of it, with frame 2 in its batch.
 		tail, releaseTail := sock.pause("write")
@@ -585,13 +577,8 @@ func TestWriterWaitRoom(t *testing.T) {
 		e := writerEdge(t, func(ws *WebSocketConfig) { ws.WriteQueueBytes = bound })
 		sock := &fakeSocket{}
 		c := fakeConn(t, e, sock, true)
-		started, release := sock.pause("now")
+		release := hold(c, sock, "now", frames(0, 3, 1000)...) // 3*1068 bytes: over half the bound
 		t.Cleanup(release)
-		fs := frames(0, 3, 1000) // 3*1068 bytes: over half the bound
-		c.sendFrame(fs[0])
-		<-started
-		c.sendFrame(fs[1])
-		c.sendFrame(fs[2])
 		return c, release
 	}
 	wait := func(ctx context.Context, c *conn) <-chan bool {

@@ -36,15 +36,12 @@ const wait = 30 * time.Second
 // check, with a pong timeout long enough for a loaded machine.
 func presenceEdge(t *testing.T) (*testenv.Edge, *nats.Conn) {
 	t.Helper()
-	srv := testenv.NATS(t)
-	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfg.Auth.DevMode = true
+	cfg := testenv.DevEdge()
 	cfg.Presence.TTL = 5 * time.Second
 	cfg.WebSocket.PingInterval = 100 * time.Millisecond
 	cfg.WebSocket.PongTimeout = 10 * time.Second
-	e := testenv.StartEdge(t, cfg)
-	return e, testenv.Connect(t, srv.ClientURL())
+	m := testenv.NewMesh(t, testenv.MeshOptions{Edge: &cfg, NoWorker: true})
+	return m.Edge, m.NC
 }
 
 // connKeys counts the presence bucket's connection keys.

@@ -33,7 +33,7 @@ func (m *mesh) startJWTEdge(t *testing.T, refreshWindow time.Duration) string {
 		t.Fatal(err)
 	}
 	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, m.url)
+	cfg.NATS.Conn = testenv.Connect(t, m.URL)
 	cfg.Auth.Authenticator = v
 	cfg.Auth.RefreshWindow = refreshWindow
 	return testenv.StartEdge(t, cfg).URL

@@ -43,7 +43,7 @@ func TestSendJoinAndReceive(t *testing.T) {
 	if got := c.Rooms(); !slices.Equal(got, []string{"general"}) {
 		t.Fatalf("rooms %v", got)
 	}
-	if err := m.svc.Publish("natter.out.room.general", []byte(`{"type":"news","payload":{"n":1}}`)); err != nil {
+	if err := m.NC.Publish("natter.out.room.general", []byte(`{"type":"news","payload":{"n":1}}`)); err != nil {
 		t.Fatal(err)
 	}
 	got := news.next(t)
@@ -121,7 +121,7 @@ func TestReconnectAfterEdgeRestart(t *testing.T) {
 	// membership check if the room was re-joined before it was written.
 	// The worker handles messages concurrently, so the room sees them in
 	// any order; the order they were written in shows on natter.in.
-	out, err := m.svc.SubscribeSync("natter.out.room.general")
+	out, err := m.NC.SubscribeSync("natter.out.room.general")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestReconnectAfterEdgeRestart(t *testing.T) {
 		t.Fatalf("room messages %v", texts)
 	}
 	// The re-join reaches the new edge: a room publish arrives.
-	if err := m.svc.Publish("natter.out.room.general", []byte(`{"type":"news","payload":"after"}`)); err != nil {
+	if err := m.NC.Publish("natter.out.room.general", []byte(`{"type":"news","payload":"after"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if got := news.next(t); string(got.Payload) != `"after"` {
@@ -259,12 +259,12 @@ func TestCall(t *testing.T) {
 func (m *mesh) silent(t *testing.T, typ string) chan *nats.Msg {
 	t.Helper()
 	ch := make(chan *nats.Msg, 16)
-	sub, err := m.svc.ChanQueueSubscribe("natter.in."+typ, "natter-workers", ch)
+	sub, err := m.NC.ChanQueueSubscribe("natter.in."+typ, "natter-workers", ch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := m.svc.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	return ch
@@ -292,11 +292,11 @@ func TestCallTimeout(t *testing.T) {
 func TestCallAbort(t *testing.T) {
 	m := newMesh(t)
 	reqs := m.silent(t, "slow")
-	aborts, err := m.svc.SubscribeSync("natter.ctl.abort")
+	aborts, err := m.NC.SubscribeSync("natter.ctl.abort")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.svc.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	c := dial(t, m.startEdge(t), client.Options{User: "alice"})
@@ -325,12 +325,12 @@ func TestCallAbort(t *testing.T) {
 
 func TestCallProgress(t *testing.T) {
 	m := newMesh(t)
-	sub, err := m.svc.QueueSubscribe("natter.in.job", "natter-workers", func(msg *nats.Msg) {
+	sub, err := m.NC.QueueSubscribe("natter.in.job", "natter-workers", func(msg *nats.Msg) {
 		for i := range 5 {
 			p := nats.NewMsg(msg.Reply)
 			p.Header.Set(envelope.HeaderProgress, "1")
 			p.Data = fmt.Appendf(nil, `{"type":"$ws:rpc-progress","payload":%d}`, i)
-			_ = m.svc.PublishMsg(p)
+			_ = m.NC.PublishMsg(p)
 		}
 		_ = msg.Respond([]byte(`{"type":"job.done","payload":"ok"}`))
 	})
@@ -338,7 +338,7 @@ func TestCallProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	if err := m.svc.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	c := dial(t, m.startEdge(t), client.Options{User: "alice"})
@@ -401,7 +401,7 @@ func TestHandleServerRequest(t *testing.T) {
 	defer cancel()
 
 	var pos struct{ Lat float64 }
-	if err := rpc.Ask(ctx, m.svc, envelope.DefaultNamespace, conn, "geo.where", map[string]bool{"precise": true}, &pos); err != nil || pos.Lat != 52.5 {
+	if err := rpc.Ask(ctx, m.NC, envelope.DefaultNamespace, conn, "geo.where", map[string]bool{"precise": true}, &pos); err != nil || pos.Lat != 52.5 {
 		t.Fatalf("ask: %+v %v", pos, err)
 	}
 	cases := []struct {
@@ -416,7 +416,7 @@ func TestHandleServerRequest(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := rpc.Ask(ctx, m.svc, envelope.DefaultNamespace, conn, tc.typ, tc.payload, nil)
+			err := rpc.Ask(ctx, m.NC, envelope.DefaultNamespace, conn, tc.typ, tc.payload, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %s", err, tc.want.Code)
 			}
@@ -514,7 +514,7 @@ func TestCloseStopsEverything(t *testing.T) {
 		return nil, ctx.Err()
 	})
 	conn := m.connID(t, c)
-	go func() { _ = rpc.Ask(ctx, m.svc, envelope.DefaultNamespace, conn, "q", nil, nil) }()
+	go func() { _ = rpc.Ask(ctx, m.NC, envelope.DefaultNamespace, conn, "q", nil, nil) }()
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	for range 3 {
@@ -525,7 +525,7 @@ func TestCloseStopsEverything(t *testing.T) {
 		}()
 	}
 	for range 3 {
-		_ = m.svc.Publish("natter.out.room.general", []byte(`{"type":"news"}`))
+		_ = m.NC.Publish("natter.out.room.general", []byte(`{"type":"news"}`))
 	}
 	for range 3 {
 		select {

@@ -29,7 +29,7 @@ func TestConnID(t *testing.T) {
 		t.Fatalf("ConnID: %v", err)
 	}
 	direct := collect(c, "direct")
-	if err := m.svc.Publish("natter.out.conn."+id, []byte(`{"type":"direct","payload":{"n":1}}`)); err != nil {
+	if err := m.NC.Publish("natter.out.conn."+id, []byte(`{"type":"direct","payload":{"n":1}}`)); err != nil {
 		t.Fatal(err)
 	}
 	if got := direct.next(t); string(got.Payload) != `{"n":1}` {

@@ -72,7 +72,7 @@ func TestDurableRecoveryAcrossEdgeRestart(t *testing.T) {
 	}
 
 	// A steady stream, 100 messages a second, owned by the test.
-	pub := worker.NewPublisher(m.svc, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	ctx, cancel := context.WithCancel(context.Background())
 	var published atomic.Int64
 	pubErr := make(chan error, 1)
@@ -172,7 +172,7 @@ func TestDurableGapWhenPositionTooOld(t *testing.T) {
 	if err := c.Join(ctx, room); err != nil {
 		t.Fatal(err)
 	}
-	pub := worker.NewPublisher(m.svc, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	for i := range 2 {
 		if _, err := publishDurable(ctx, pub, room, i); err != nil {
 			t.Fatal(err)
@@ -213,7 +213,7 @@ func TestDurableHistoryPaging(t *testing.T) {
 	c := dial(t, url, client.Options{User: "alice", OnRecovery: tl.recovery})
 	tl.watch(c)
 	ctx := context.Background()
-	pub := worker.NewPublisher(m.svc, envelope.DefaultNamespace)
+	pub := worker.NewPublisher(m.NC, envelope.DefaultNamespace)
 	for i := range 25 {
 		if _, err := publishDurable(ctx, pub, room, i); err != nil {
 			t.Fatal(err)

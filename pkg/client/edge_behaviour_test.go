@@ -152,7 +152,7 @@ func TestServerMembership(t *testing.T) {
 	m.ctl(t, conn, envelope.Control{Op: envelope.OpClose, Code: envelope.CloseServer})
 	st.await(t, client.StateReconnecting)
 	st.await(t, client.StateOpen)
-	if err := m.svc.Publish("natter.out.room.ops", []byte(`{"type":"news","payload":"again"}`)); err != nil {
+	if err := m.NC.Publish("natter.out.room.ops", []byte(`{"type":"news","payload":"again"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if got := news.next(t); string(got.Payload) != `"again"` {
@@ -214,7 +214,7 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 	if err := c2.Join(context.Background(), "r"); err != nil {
 		t.Fatal(err)
 	}
-	_ = m.svc.Publish("natter.out.room.r", []byte(`{"type":"bye"}`))
+	_ = m.NC.Publish("natter.out.room.r", []byte(`{"type":"bye"}`))
 	select {
 	case <-done:
 	case <-time.After(wait):

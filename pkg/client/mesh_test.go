@@ -21,32 +21,28 @@ import (
 
 const wait = 10 * time.Second
 
-// mesh is an embedded NATS server with the built-in worker, and a service
-// connection for tests to act as a service.
-type mesh struct {
-	url string // NATS
-	svc *nats.Conn
-}
+// mesh is testenv's mesh without an edge: an embedded NATS server with
+// the built-in worker, and a service connection (NC) for tests to act as a
+// service. The tests start the edges they need.
+type mesh struct{ *testenv.Mesh }
 
 func newMesh(t *testing.T) *mesh {
 	t.Helper()
-	srv := testenv.NATS(t)
-	testenv.Worker(t, testenv.Connect(t, srv.ClientURL()))
-	return &mesh{url: srv.ClientURL(), svc: testenv.Connect(t, srv.ClientURL())}
+	return &mesh{testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true})}
 }
 
-// devEdge is the edge config of these tests: dev mode, presence on.
+// devEdge is the edge config of these tests: dev mode, presence on, a NATS
+// connection of the edge's own.
 func (m *mesh) devEdge(t *testing.T) edge.Config {
-	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, m.url)
-	cfg.Auth.DevMode = true
+	cfg := testenv.DevEdge()
+	cfg.NATS.Conn = m.Connect(t)
 	return cfg
 }
 
 // startEdge serves a dev-mode edge on a random port and returns its URL.
 func (m *mesh) startEdge(t *testing.T) string {
 	t.Helper()
-	return testenv.StartEdge(t, m.devEdge(t)).URL
+	return m.StartEdge(t, testenv.DevEdge()).URL
 }
 
 // servedEdge is an edge on an address the test chose, so that a new edge
@@ -207,12 +203,12 @@ func (f frames) next(t *testing.T) *envelope.Envelope {
 // message it sends.
 func (m *mesh) connID(t *testing.T, c *client.Client) string {
 	t.Helper()
-	sub, err := m.svc.SubscribeSync("natter.in.whoami")
+	sub, err := m.NC.SubscribeSync("natter.in.whoami")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	if err := m.svc.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Send("whoami", nil); err != nil {
@@ -229,7 +225,7 @@ func (m *mesh) connID(t *testing.T, c *client.Client) string {
 func (m *mesh) ctl(t *testing.T, conn string, ctl envelope.Control) {
 	t.Helper()
 	body, _ := json.Marshal(ctl)
-	msg, err := m.svc.Request("natter.ctl.conn."+conn, body, wait)
+	msg, err := m.NC.Request("natter.ctl.conn."+conn, body, wait)
 	if err != nil {
 		t.Fatalf("ctl %s: %v", ctl.Op, err)
 	}
@@ -242,12 +238,12 @@ func (m *mesh) ctl(t *testing.T, conn string, ctl envelope.Control) {
 // inbox subscribes to natter.in.<typ> as a service and flushes.
 func (m *mesh) inbox(t *testing.T, typ string) *nats.Subscription {
 	t.Helper()
-	sub, err := m.svc.SubscribeSync("natter.in." + typ)
+	sub, err := m.NC.SubscribeSync("natter.in." + typ)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := m.svc.Flush(); err != nil {
+	if err := m.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	return sub

@@ -17,7 +17,7 @@ import (
 // them in these tests).
 func (m *mesh) workMsgs(t *testing.T) uint64 {
 	t.Helper()
-	return testenv.StreamMsgs(t, m.svc, envelope.DefaultNamespace.WorkStream())
+	return testenv.StreamMsgs(t, m.NC, envelope.DefaultNamespace.WorkStream())
 }
 
 // SendDurable returns once the work stream has the message; a resend with
