@@ -11,6 +11,7 @@ import (
 )
 
 func TestNewHandshakeTokenSources(t *testing.T) {
+	t.Parallel()
 	type hdr = map[string][]string
 	cases := []struct {
 		name   string
@@ -79,6 +80,7 @@ func TestNewHandshakeTokenSources(t *testing.T) {
 }
 
 func TestNewHandshakeRequest(t *testing.T) {
+	t.Parallel()
 	r := httptest.NewRequest(http.MethodGet, "/ws/app?room=a&room=b", nil)
 	r.RemoteAddr = "192.0.2.7:4711"
 	r.Header.Set("X-Tenant", "acme")
@@ -99,6 +101,7 @@ func TestNewHandshakeRequest(t *testing.T) {
 }
 
 func TestRemoteIP(t *testing.T) {
+	t.Parallel()
 	cases := []struct{ in, want string }{
 		{"192.0.2.7:4711", "192.0.2.7"},
 		{"[2001:db8::1]:443", "2001:db8::1"},
@@ -115,6 +118,7 @@ func TestRemoteIP(t *testing.T) {
 }
 
 func TestGrants(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		patterns []string
@@ -144,6 +148,7 @@ func TestGrants(t *testing.T) {
 }
 
 func TestValidatePatterns(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		patterns []string
@@ -171,6 +176,7 @@ func TestValidatePatterns(t *testing.T) {
 }
 
 func TestOriginsCheck(t *testing.T) {
+	t.Parallel()
 	allow := func(p ...string) auth.Origins { return auth.Origins{Allowed: p} }
 	cases := []struct {
 		name   string
@@ -243,6 +249,7 @@ func TestOriginsCheck(t *testing.T) {
 }
 
 func TestValidateOrigins(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		patterns []string
@@ -276,6 +283,7 @@ func TestValidateOrigins(t *testing.T) {
 }
 
 func TestStatusAndReason(t *testing.T) {
+	t.Parallel()
 	cause := errors.New("cause")
 	cases := []struct {
 		name   string
@@ -303,6 +311,7 @@ func TestStatusAndReason(t *testing.T) {
 }
 
 func TestErrorMatching(t *testing.T) {
+	t.Parallel()
 	cause := errors.New("cause")
 	err := error(&auth.Error{Kind: auth.ErrUnauthenticated, Reason: "invalid token", Err: cause})
 	if !errors.Is(err, auth.ErrUnauthenticated) || !errors.Is(err, cause) {

@@ -60,6 +60,7 @@ func (e *calloutEnv) callout(timeout time.Duration) *auth.Callout {
 }
 
 func TestCalloutAuthenticate(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	ctx := context.Background()
 	expires := time.Now().Add(time.Hour).Truncate(time.Millisecond)
@@ -123,6 +124,7 @@ func jsonInt(n int64) string {
 // TestCalloutRequest checks the auth service gets everything the handshake
 // carried.
 func TestCalloutRequest(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	got := make(chan auth.ConnectRequest, 1)
 	env.respond(t, "natter.auth.connect", func(body []byte) []byte {
@@ -166,6 +168,7 @@ func TestCalloutRequest(t *testing.T) {
 }
 
 func TestCalloutTimeout(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	env.respond(t, "natter.auth.connect", func([]byte) []byte { return nil }) // never answers
 	const timeout = 300 * time.Millisecond
@@ -186,6 +189,7 @@ func TestCalloutTimeout(t *testing.T) {
 }
 
 func TestCalloutCallerContext(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	env.respond(t, "natter.auth.connect", func([]byte) []byte { return nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -198,6 +202,7 @@ func TestCalloutCallerContext(t *testing.T) {
 }
 
 func TestCalloutNoResponders(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	start := time.Now()
 	_, err := env.callout(time.Minute).Authenticate(context.Background(), &auth.Handshake{Token: "tok"})
@@ -211,6 +216,7 @@ func TestCalloutNoResponders(t *testing.T) {
 }
 
 func TestCalloutFailsClosed(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	t.Run("zero namespace", func(t *testing.T) {
 		c := &auth.Callout{NATS: env.edge, Edge: "edge-1"}
@@ -228,6 +234,7 @@ func TestCalloutFailsClosed(t *testing.T) {
 }
 
 func TestCalloutRefresh(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	got := make(chan auth.ConnectRequest, 10)
 	// The service allows a token named after a user, as that user.
@@ -259,6 +266,7 @@ func TestCalloutRefresh(t *testing.T) {
 }
 
 func TestCalloutAuthorizeJoin(t *testing.T) {
+	t.Parallel()
 	env := newCalloutEnv(t)
 	got := make(chan auth.JoinRequest, 10)
 	env.respond(t, "natter.auth.join", func(body []byte) []byte {

@@ -236,6 +236,7 @@ func wantIdentity(t testing.TB, got *auth.Identity, err error, want auth.Identit
 }
 
 func TestNewJWTConfig(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	small, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
@@ -277,6 +278,7 @@ func TestNewJWTConfig(t *testing.T) {
 }
 
 func TestJWTVerify(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	all := newJWT(t, auth.JWTConfig{
@@ -492,6 +494,7 @@ func jsonSerialized(t testing.TB, compact string) string {
 }
 
 func TestJWTAuthenticate(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	v := newJWT(t, auth.JWTConfig{HMACSecret: k.hs})
 	ctx := context.Background()
@@ -511,6 +514,7 @@ func TestJWTAuthenticate(t *testing.T) {
 }
 
 func TestJWTRefresh(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	v := newJWT(t, auth.JWTConfig{HMACSecret: k.hs})
 	ctx := context.Background()
@@ -617,6 +621,7 @@ func (s *jwksServer) setDown() {
 // TestJWKSRotation walks a key rotation step by step; each step depends on
 // the one before.
 func TestJWKSRotation(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	srv := newJWKSServer(t)
@@ -698,6 +703,7 @@ func TestJWKSRotation(t *testing.T) {
 }
 
 func TestJWKSRefreshRateLimit(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	srv := newJWKSServer(t)
@@ -717,6 +723,7 @@ func TestJWKSRefreshRateLimit(t *testing.T) {
 // or, without alg, what its type implies, and never HMAC with its public
 // bytes.
 func TestJWKSAlgorithm(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	srv := newJWKSServer(t)
@@ -761,6 +768,7 @@ func TestJWKSAlgorithm(t *testing.T) {
 // TestNewJWTFetchFails checks NewJWT reports a failed first fetch at once,
 // not when ctx ends.
 func TestNewJWTFetchFails(t *testing.T) {
+	t.Parallel()
 	down := newJWKSServer(t)
 	down.setDown()
 	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -795,6 +803,7 @@ func TestNewJWTFetchFails(t *testing.T) {
 // together all wait for the one fetch their key id causes, and none is
 // refused while it is in flight.
 func TestJWKSConcurrentRotation(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	srv := newJWKSServer(t)
@@ -845,6 +854,7 @@ func TestJWTCloseStopsGoroutines(t *testing.T) {
 // while the JWKS cannot be fetched, and that HS256 tokens never cause a
 // fetch.
 func TestJWKSDownWithConfiguredKeys(t *testing.T) {
+	t.Parallel()
 	k := keys()
 	ctx := context.Background()
 	srv := newJWKSServer(t)

@@ -25,6 +25,7 @@ import (
 // The counts with 1 and with 200 connections are the same, and stay so
 // after they close.
 func TestConnectionCostsNoSubscription(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	cfg := edge.DefaultConfig()
@@ -89,6 +90,7 @@ func TestConnectionCostsNoSubscription(t *testing.T) {
 // the whole of it is what $connected, the Natter-Conn header and presence
 // carry.
 func TestConnectionIDCarriesItsEdge(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Presence.TTL = 2 * time.Second
 	m := newMesh(t, cfg)
@@ -120,6 +122,7 @@ func TestConnectionIDCarriesItsEdge(t *testing.T) {
 // NOT_FOUND for a control request. A connection id of an edge that does
 // not exist still gets no responders.
 func TestAddressedToAbsentConnection(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	id := c.ConnID(t)
@@ -172,6 +175,7 @@ func TestAddressedToAbsentConnection(t *testing.T) {
 // natter.ctl.conn, acts in the order it was sent, with other connections'
 // messages interleaved: every message before a close arrives before it.
 func TestPerConnectionOrder(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	a, b := m.dial(t, ""), m.dial(t, "")
 	aID, bID := a.ConnID(t), b.ConnID(t)
@@ -218,6 +222,7 @@ func TestPerConnectionOrder(t *testing.T) {
 // of a room does not get the message, the others do. Entries that are not
 // connection ids exclude nobody.
 func TestExcludeConnections(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	a, b := m.dial(t, ""), m.dial(t, "")
 	join(t, a, "ex")

@@ -8,6 +8,7 @@ import (
 )
 
 func TestIPKey(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ in, want string }{
 		{"203.0.113.9", "203.0.113.9"},
 		{"::ffff:203.0.113.9", "203.0.113.9"},
@@ -27,6 +28,7 @@ func TestIPKey(t *testing.T) {
 // Past maxTrackedIPs, new addresses share one limiter instead of going
 // unlimited.
 func TestHandshakeLimiterOverflow(t *testing.T) {
+	t.Parallel()
 	defer func(n int) { maxTrackedIPs = n }(maxTrackedIPs)
 	maxTrackedIPs = 2
 	e := &Edge{cfg: Config{Limits: LimitsConfig{HandshakeRate: 0.001, HandshakeBurst: 1}}}

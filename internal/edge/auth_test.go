@@ -76,6 +76,7 @@ func whoami(t *testing.T, c *wstest.Client) string {
 }
 
 func TestHandshakeAuthentication(t *testing.T) {
+	t.Parallel()
 	m := newAuthMesh(t, edge.DefaultConfig())
 	good := token(t, "alice", time.Hour, nil)
 	other, err := jwt.NewBuilder().Subject("alice").Expiration(time.Now().Add(time.Hour)).Build()
@@ -139,6 +140,7 @@ func TestHandshakeAuthentication(t *testing.T) {
 }
 
 func TestAnonymous(t *testing.T) {
+	t.Parallel()
 	v, err := auth.NewJWT(context.Background(), auth.JWTConfig{HMACSecret: testSecret})
 	if err != nil {
 		t.Fatal(err)
@@ -169,6 +171,7 @@ func TestAnonymous(t *testing.T) {
 }
 
 func TestAuthCallout(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	responder := testenv.Connect(t, srv.ClientURL())
 	got := make(chan auth.ConnectRequest, 16)
@@ -258,6 +261,7 @@ func TestAuthCallout(t *testing.T) {
 }
 
 func TestOriginPolicy(t *testing.T) {
+	t.Parallel()
 	tok := token(t, "alice", time.Hour, nil)
 	bearer := func(origin string) http.Header {
 		h := http.Header{"Authorization": {"Bearer " + tok}}
@@ -300,6 +304,7 @@ func TestOriginPolicy(t *testing.T) {
 }
 
 func TestJoinAuthorization(t *testing.T) {
+	t.Parallel()
 	tm := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	authz := tm.Connect(t)
 	if _, err := authz.Subscribe("natter.auth.join", func(msg *nats.Msg) {
@@ -360,6 +365,7 @@ func TestJoinAuthorization(t *testing.T) {
 }
 
 func TestTokenRefreshAndExpiry(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Auth.RefreshWindow = 2 * time.Second
 	m := newAuthMesh(t, cfg)
@@ -397,6 +403,7 @@ func TestTokenRefreshAndExpiry(t *testing.T) {
 }
 
 func TestConnectionLimits(t *testing.T) {
+	t.Parallel()
 	t.Run("per user", func(t *testing.T) {
 		cfg := edge.DefaultConfig()
 		cfg.Limits.MaxConnsPerUser = 2
@@ -496,6 +503,7 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 func TestUserRateLimit(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Limits.MessageRate = 1000
 	cfg.Limits.UserMessageRate = 5
@@ -544,6 +552,7 @@ func TestUserRateLimit(t *testing.T) {
 // the built-in chat.join goes through JoinAsClient and chat.send through
 // RequireMember, so neither opens a way around $join's authorization.
 func TestHandlersKeepRoomRights(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Auth.PublicRooms = []string{"lobby"}
 	m := newAuthMesh(t, cfg)
@@ -573,6 +582,7 @@ func TestHandlersKeepRoomRights(t *testing.T) {
 // With Anonymous on, only a handshake with no credentials at all becomes
 // anonymous: an auth callout's refusal (of a session cookie, say) stands.
 func TestCalloutRefusalIsNotAnonymous(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	responder := testenv.Connect(t, srv.ClientURL())
 	if _, err := responder.Subscribe("natter.auth.connect", func(msg *nats.Msg) {

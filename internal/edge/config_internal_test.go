@@ -12,6 +12,7 @@ import (
 // scratch gets DefaultConfig's sizes and timeouts, and its limits where
 // zero means "the default".
 func TestDefaultConfigIsTheOneSource(t *testing.T) {
+	t.Parallel()
 	conn := new(nats.Conn) // never used: setDefaults only checks it is set
 	d := DefaultConfig()
 	d.NATS.Conn, d.Auth.Anonymous = conn, true
@@ -52,6 +53,7 @@ func TestDefaultConfigIsTheOneSource(t *testing.T) {
 // setDefaults fills copies of the optional groups: a Config shared by two
 // edges (or reused) is never written to.
 func TestSetDefaultsLeavesTheCallersGroups(t *testing.T) {
+	t.Parallel()
 	p := &PresenceConfig{}
 	r := &DurableRoomsConfig{Patterns: []string{"dur-*"}}
 	m := &DurableMessagesConfig{Types: []string{"job.*"}}

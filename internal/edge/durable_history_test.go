@@ -19,6 +19,7 @@ import (
 // of one message reads less than 4 pages' worth on the edge's NATS
 // connection, forward and backward, from either end or the middle.
 func TestDurableHistoryReadsOnlyThePage(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-big", 200
 	pad := strings.Repeat("x", 32<<10)
@@ -96,6 +97,7 @@ func TestDurableHistoryReadsOnlyThePage(t *testing.T) {
 // from 0 to 2^64-1 is a page (empty past the end forward, the newest past
 // the end backward); anything else is INVALID_ARGUMENT.
 func TestDurableHistoryHostilePositions(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-h"
 	offs := make([]uint64, 5)
@@ -184,6 +186,7 @@ func TestDurableHistoryHostilePositions(t *testing.T) {
 // every message stored in between, recovered, even after the stream
 // dropped older messages of other rooms.
 func TestDurableJoinEmptyRoomOffset(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		maxMsgs int64 // the stream's; 0: unlimited
@@ -239,6 +242,7 @@ func TestDurableJoinEmptyRoomOffset(t *testing.T) {
 // envelope) are skipped by a page and do not count toward its limit, in
 // both directions; a page is never empty while more says there is another.
 func TestDurableHistorySkipsUndeliverable(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-junk"
 	offs := []uint64{publishNum(t, m.pub, room, 0), publishNum(t, m.pub, room, 1)}

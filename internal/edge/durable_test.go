@@ -128,6 +128,7 @@ func checkExactlyOnce(t *testing.T, got []numbered, want int) {
 // A client leaves mid-stream and comes back through the other edge with
 // since: it sees every message once, in order, across the seam.
 func TestDurableResumeThroughOtherEdge(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-stream", 1200
 	c1 := wstest.Dial(t, m.a.URL+"?user=ann")
@@ -193,6 +194,7 @@ func TestDurableResumeThroughOtherEdge(t *testing.T) {
 // Positions older than what the room keeps, or from another epoch, are
 // reported as incomplete recovery; what is kept is still replayed.
 func TestDurableIncompleteRecovery(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
 	cfg.DurableRooms.RoomMaxMsgs = 5
@@ -301,6 +303,7 @@ func ns(ms []numbered) []int {
 }
 
 func TestDurableHistoryPaging(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Auth.PublicRooms = []string{"pub-*"}
 	m := newDurableMesh(t, cfg)
@@ -361,6 +364,7 @@ func TestDurableHistoryPaging(t *testing.T) {
 // stream and delivered with positions; positions a publisher writes into
 // a non-durable room's meta are removed.
 func TestDurableCaptureAndForgedPositions(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	c := wstest.Dial(t, m.a.URL)
 	joinSince(t, c, "dur-core", nil)
@@ -404,6 +408,7 @@ func TestDurableCaptureAndForgedPositions(t *testing.T) {
 // the same sequence; a member that joins with since at the same time as
 // others get live messages sees no duplicate at its seam.
 func TestDurableManyJoinersAtTheSeam(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room, total = "dur-seam", 400
 	first := wstest.Dial(t, m.a.URL)
@@ -471,6 +476,7 @@ func TestDurableManyJoinersAtTheSeam(t *testing.T) {
 // members still get every message once, in order, including a member whose
 // replay ended past the hole.
 func TestDurableHoleFilledFromTheStream(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-holes"
 	steady := wstest.Dial(t, m.a.URL)
@@ -516,6 +522,7 @@ func TestDurableHoleFilledFromTheStream(t *testing.T) {
 // acknowledged publish: they arrive with positions even with no edge
 // capturing core publishes.
 func TestDurableChatUsesTheAcknowledgedPath(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.DurableRooms = edge.DefaultDurableRoomsConfig()
 	cfg.DurableRooms.NoCapture = true
@@ -536,6 +543,7 @@ func TestDurableChatUsesTheAcknowledgedPath(t *testing.T) {
 // A history page holds at most MaxOutboundSize bytes of messages: paging
 // by bytes still visits every message once, both ways.
 func TestDurableHistoryPageBytes(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.NATS.MaxOutboundSize = 1024
 	m := newDurableMesh(t, cfg)
@@ -584,6 +592,7 @@ func TestDurableHistoryPageBytes(t *testing.T) {
 // the room's live messages back; they arrive by themselves once the stream
 // answers, even when no later message comes to trigger the retry.
 func TestDurableHeldRoomCatchesUpWithoutNewMessages(t *testing.T) {
+	t.Parallel()
 	m := newDurableMesh(t, edge.DefaultConfig())
 	const room = "dur-held"
 	c := wstest.Dial(t, m.a.URL)

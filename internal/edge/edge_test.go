@@ -46,6 +46,7 @@ func join(t *testing.T, c *wstest.Client, room string) {
 }
 
 func TestEchoRPC(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
 	got := c.Request(t, "echo", map[string]string{"hello": "world"}, wait)
@@ -55,6 +56,7 @@ func TestEchoRPC(t *testing.T) {
 }
 
 func TestRPCNoResponderAndTimeout(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 
@@ -99,6 +101,7 @@ func assertRPCError(t *testing.T, got *envelope.Envelope, code envelope.Code) {
 }
 
 func TestPlainNATSPublish(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	a1, a2 := m.dial(t, "alice"), m.dial(t, "alice")
 	b := m.dial(t, "bob")
@@ -165,6 +168,7 @@ func TestPlainNATSPublish(t *testing.T) {
 }
 
 func TestChatExcludesSender(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
 	join(t, alice, "lobby")
@@ -186,6 +190,7 @@ func TestChatExcludesSender(t *testing.T) {
 }
 
 func TestTwoEdgesOneRoom(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
@@ -206,6 +211,7 @@ func TestTwoEdgesOneRoom(t *testing.T) {
 }
 
 func TestSlowReaderClosedFastReadersServed(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.WriteQueueBytes = 256 << 10
 	cfg.WebSocket.WriteTimeout = 20 * time.Second
@@ -256,6 +262,7 @@ func TestSlowReaderClosedFastReadersServed(t *testing.T) {
 }
 
 func TestHeartbeatAndSystemTypes(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	if got := c.Request(t, envelope.TypeHeartbeat, nil, wait); got.Type != envelope.TypeHeartbeatAck {
@@ -268,6 +275,7 @@ func TestHeartbeatAndSystemTypes(t *testing.T) {
 }
 
 func TestControlSubject(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "carol")
 	sub, _ := m.NC.SubscribeSync("natter.in.hello")

@@ -33,6 +33,7 @@ func diffOf(t *testing.T, c *wstest.Client, pred func(*presencekv.Diff) bool) *p
 }
 
 func TestPresenceStateAndDiffs(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Presence.TTL = 5e9
 	m := newMesh(t, cfg)
@@ -177,6 +178,7 @@ func TestPresenceIdleConnectionsWriteNothing(t *testing.T) {
 // A graceful shutdown removes the edge's connection keys and its lease
 // before it returns; users on another edge stay.
 func TestPresenceShutdownRemovesKeys(t *testing.T) {
+	t.Parallel()
 	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	cfg := edge.DefaultConfig()
 	cfg.Presence.TTL = 30 * time.Second
@@ -210,6 +212,7 @@ func TestPresenceShutdownRemovesKeys(t *testing.T) {
 // The per-user connection cap counts the user's connections on every edge,
 // from the presence mirror.
 func TestPresenceUserCapAcrossEdges(t *testing.T) {
+	t.Parallel()
 	m := testenv.NewMesh(t, testenv.MeshOptions{NoEdge: true, NoWorker: true})
 	cfg := edge.DefaultConfig()
 	cfg.Limits.MaxConnsPerUser = 2

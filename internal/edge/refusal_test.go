@@ -17,6 +17,7 @@ import (
 // the ways to grant the room, with one that is not running that it is not.
 // Neither is about authentication: the connection is authenticated.
 func TestJoinRefusalMessage(t *testing.T) {
+	t.Parallel()
 	refusal := func(t *testing.T, c *wstest.Client, room string) envelope.ErrorPayload {
 		t.Helper()
 		got := c.Request(t, envelope.TypeJoin, envelope.RoomPayload{Room: room}, wait)
@@ -63,6 +64,7 @@ func TestJoinRefusalMessage(t *testing.T) {
 // --allowed-origins adds to the edge's own origin, which a real browser
 // handshake from a page of the edge's host may always use.
 func TestAllowedOriginsAddToOwnOrigin(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())

@@ -37,6 +37,7 @@ func connID(t *testing.T, nc *nats.Conn, c *wstest.Client) string {
 // A write deadline left over from an earlier write must not fail the pong
 // to a client's own ping after a quiet spell.
 func TestClientPingAfterQuietSpell(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.WriteTimeout = 200 * time.Millisecond
 	m := newMesh(t, cfg)
@@ -57,6 +58,7 @@ func TestClientPingAfterQuietSpell(t *testing.T) {
 // A client that always has frames queued is still pinged, answers, and is
 // not taken for a dead peer.
 func TestBusyReaderIsPinged(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.PingInterval = 100 * time.Millisecond
 	cfg.WebSocket.PongTimeout = 300 * time.Millisecond
@@ -92,6 +94,7 @@ func TestBusyReaderIsPinged(t *testing.T) {
 // A valid envelope larger than the write queue bound is delivered to a
 // client that keeps up.
 func TestLargeFrameFitsEmptyQueue(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.WriteQueueBytes = 4096
 	m := newMesh(t, cfg)
@@ -112,6 +115,7 @@ func TestLargeFrameFitsEmptyQueue(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Limits.MessageRate = 10
 	cfg.Limits.MessageBurst = 5
@@ -148,6 +152,7 @@ func TestRateLimit(t *testing.T) {
 // A client cannot reach another connection's subjects by naming its id in
 // a type: natter.in.conn.<id> is not one of them.
 func TestConnTypeDoesNotReachAnotherConnection(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	attacker, victim := m.dial(t, ""), m.dial(t, "")
 	id := connID(t, m.NC, victim)
@@ -164,6 +169,7 @@ func TestConnTypeDoesNotReachAnotherConnection(t *testing.T) {
 
 // The deadline the edge grants reaches the worker's handler context.
 func TestGrantedDeadlineReachesWorker(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.NATS.RPCTimeout = 300 * time.Millisecond
 	m := newMesh(t, cfg)

@@ -52,6 +52,7 @@ func nextFrame(t *testing.T, c *wstest.Client) *envelope.Envelope {
 }
 
 func TestRPCProgressInOrderBeforeReply(t *testing.T) {
+	t.Parallel()
 	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"job.run": func(_ context.Context, msg *worker.Message) error {
 			for i := range 20 {
@@ -89,6 +90,7 @@ func TestRPCProgressInOrderBeforeReply(t *testing.T) {
 }
 
 func TestRPCAbortCancelsHandler(t *testing.T) {
+	t.Parallel()
 	started := make(chan struct{}, 1)
 	ended := make(chan error, 1)
 	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
@@ -133,6 +135,7 @@ func TestRPCAbortCancelsHandler(t *testing.T) {
 }
 
 func TestRPCPanicIsInternalAndWorkerSurvives(t *testing.T) {
+	t.Parallel()
 	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"boom": func(context.Context, *worker.Message) error { panic("kaboom") },
 		"fine": func(_ context.Context, msg *worker.Message) error { return msg.Reply("fine", nil) },
@@ -149,6 +152,7 @@ func TestRPCPanicIsInternalAndWorkerSurvives(t *testing.T) {
 }
 
 func TestRPCNoResponderFast(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	c.Request(t, "warm.up.none", nil, wait) // first use of the connection
@@ -168,6 +172,7 @@ func TestRPCNoResponderFast(t *testing.T) {
 // ERROR that does not carry the id, so that the request in flight is not
 // disturbed: the only frame with that id is the worker's reply.
 func TestRPCDuplicateCorrelationID(t *testing.T) {
+	t.Parallel()
 	started := make(chan struct{}, 2)
 	release := make(chan struct{})
 	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
@@ -230,6 +235,7 @@ func TestRPCDuplicateCorrelationID(t *testing.T) {
 // details say why, for the worker's developer; in production they do not,
 // since the reason can name schemas and internals.
 func TestRPCInvalidReplyReason(t *testing.T) {
+	t.Parallel()
 	respond := func(t *testing.T, nc *nats.Conn) {
 		t.Helper()
 		for typ, reply := range map[string]string{
@@ -295,6 +301,7 @@ func TestRPCInvalidReplyReason(t *testing.T) {
 // docs/protocol.md alone: subscribe to natter.in.<type> in a queue group,
 // answer on the reply subject with an envelope.
 func TestPlainNATSServiceAnswersRPC(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	_, err := m.NC.QueueSubscribe("natter.in.calc.add", "calc", func(msg *nats.Msg) {
 		var req struct {
@@ -322,6 +329,7 @@ func TestPlainNATSServiceAnswersRPC(t *testing.T) {
 
 // Server-to-client RPC: a service asks one connection and awaits its reply.
 func TestServerToClientRPC(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "")
 	id := connID(t, m.NC, c)
@@ -404,6 +412,7 @@ func TestServerToClientRPC(t *testing.T) {
 // No progress frame follows a call's one reply, even when the deadline
 // ends the call while the worker is still sending progress.
 func TestRPCNoProgressAfterReply(t *testing.T) {
+	t.Parallel()
 	m := rpcMesh(t, edge.DefaultConfig(), map[string]worker.Handler{
 		"flood": func(ctx context.Context, msg *worker.Message) error {
 			for ctx.Err() == nil {
@@ -441,6 +450,7 @@ func TestRPCNoProgressAfterReply(t *testing.T) {
 // A handler that returns without a reply is acknowledged with $ws:rpc-ok,
 // which no schema rejects, even in strict mode.
 func TestRPCAckInStrictMode(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Schemas = loadSchemas(t, true)
 	m := newMesh(t, cfg)
@@ -457,6 +467,7 @@ func TestRPCAckInStrictMode(t *testing.T) {
 // request's srv- id, after the edge gave up) is dropped without a reply, so
 // a client that answers errors with errors cannot start a loop.
 func TestLateErrorAnswerIsDropped(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c := m.dial(t, "alice")
 	tap, err := m.NC.SubscribeSync("natter.in.>")

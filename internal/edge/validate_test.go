@@ -27,6 +27,7 @@ type violations struct {
 }
 
 func TestInboundValidation(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Schemas = loadSchemas(t, false)
 	m := newMesh(t, cfg)
@@ -106,6 +107,7 @@ func TestInboundValidation(t *testing.T) {
 }
 
 func TestStrictTypes(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Schemas = loadSchemas(t, true)
 	m := newMesh(t, cfg)
@@ -125,6 +127,7 @@ func TestStrictTypes(t *testing.T) {
 }
 
 func TestOutboundValidation(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.Schemas = loadSchemas(t, false)
 	m := newMesh(t, cfg)

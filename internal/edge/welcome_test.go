@@ -13,6 +13,7 @@ import (
 // id (the one natter.out.conn.<id> reaches and workers see in Natter-Conn)
 // and its user, even when the client sends at once.
 func TestWelcomeFirstFrame(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	for _, user := range []string{"alice", ""} {
 		t.Run("user="+user, func(t *testing.T) {

@@ -103,6 +103,7 @@ func FuzzWire(f *testing.F) {
 // SIGTERM), new handshakes get 503 with Retry-After, counted as draining,
 // and the connections it holds stay open until Shutdown.
 func TestDrainRefusesHandshakes(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	held := m.dial(t, "alice")
 	m.Edge.Drain()

@@ -37,6 +37,7 @@ func BenchmarkWireScan(b *testing.B) {
 // split position: a header cut anywhere is held back whole, and no byte is
 // passed twice or lost.
 func TestWireScanSplitHeaders(t *testing.T) {
+	t.Parallel()
 	var stream []byte
 	for _, n := range []int{0, 1, 125, 126, 300, 65535, 65536} {
 		h := []byte{0x81}
@@ -77,6 +78,7 @@ func TestWireScanSplitHeaders(t *testing.T) {
 // a header: every byte arrives once, in order, and a bad header still
 // stops the stream.
 func TestWireSmallReads(t *testing.T) {
+	t.Parallel()
 	frame := append([]byte{0x81, 0x80 | 126, 0x01, 0x00, 1, 2, 3, 4}, make([]byte, 256)...)
 	stream := append(append(append([]byte(nil), frame...), frame...), frame...)
 	client, server := net.Pipe()

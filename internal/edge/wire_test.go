@@ -85,6 +85,7 @@ func readClose(r *wstest.RawConn, timeout time.Duration) (uint16, string, error)
 // connection; invalid ones close it with the documented code and the
 // edge's words; the edge itself never goes down.
 func TestFrameHeaders(t *testing.T) {
+	t.Parallel()
 	const max = 128 << 10
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.MaxMessageSize = max
@@ -263,6 +264,7 @@ func wsKey() string {
 // 4.2.1 and the subprotocol rule. Each is refused with its status, in the
 // edge's words, and counted under its reason.
 func TestHandshakeConformance(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	cfg := edge.DefaultConfig()
 	cfg.Registerer = reg
@@ -329,6 +331,7 @@ func TestHandshakeConformance(t *testing.T) {
 // TestFrameInHandshakeSegment sends the handshake and a first frame in one
 // write, so they arrive in one TCP segment; the frame is answered.
 func TestFrameInHandshakeSegment(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
 	c, err := net.Dial("tcp", m.Edge.Addr)
 	if err != nil {
@@ -363,6 +366,7 @@ func TestFrameInHandshakeSegment(t *testing.T) {
 // message that inflates past the limit closes with 1009, and a valid
 // compressed message is answered.
 func TestCompressionFrameRules(t *testing.T) {
+	t.Parallel()
 	const max = 8192
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.Compression = true
@@ -448,6 +452,7 @@ func dialDeflate(t *testing.T, addr string) *wstest.RawConn {
 // 4001 for a slow consumer that keeps sending, 4000 at shutdown and 4100
 // at token expiry.
 func TestClosesArrive(t *testing.T) {
+	t.Parallel()
 	const max = 8192
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.MaxMessageSize = max
@@ -531,6 +536,7 @@ func keepSending(raw *wstest.RawConn) (stop func()) {
 // close frame still in its send buffer. Before, such clients read a reset
 // (1006 in a browser) instead of the documented code.
 func TestClosesArriveAtBackedUpClients(t *testing.T) {
+	t.Parallel()
 	const flood = 8 << 20
 	t.Run("1009, a frame over the limit and its payload", func(t *testing.T) {
 		cfg := edge.DefaultConfig()
@@ -635,6 +641,7 @@ func expectClose(t *testing.T, raw *wstest.RawConn, code envelope.CloseCode) {
 // backlog queued, cannot hold Shutdown past its lingering bound: the close
 // is given up when the peer takes nothing.
 func TestShutdownWithAStalledClient(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.WriteQueueBytes = 64 << 20
 	cfg.WebSocket.WriteTimeout = 20 * time.Second

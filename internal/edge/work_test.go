@@ -116,6 +116,7 @@ func collect(t *testing.T, ch <-chan handled, n int) []handled {
 // before any worker runs, answered $ws:accepted, deduplicated per user by
 // its idempotency key, and handled once a worker starts.
 func TestDurableTypeStoredDeduplicatedHandled(t *testing.T) {
+	t.Parallel()
 	m := newWorkMesh(t, edge.DefaultConfig())
 	alice, bob := m.dial(t, "alice"), m.dial(t, "bob")
 
@@ -183,6 +184,7 @@ func workMsgs(t *testing.T, nc *nats.Conn) uint64 {
 // the stream full, a client is told RESOURCE_EXHAUSTED, and every message
 // it was told was accepted is handled.
 func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.DurableMessages = edge.DefaultDurableMessagesConfig()
 	cfg.DurableMessages.MaxBytes = 4096
@@ -228,6 +230,7 @@ func TestDurableTypeFullStreamRefusesLosesNothing(t *testing.T) {
 // TestDurableTypeRetriesAndDrops: a handler's transient error or panic
 // retries the message, with Attempt counting; a client's error drops it.
 func TestDurableTypeRetriesAndDrops(t *testing.T) {
+	t.Parallel()
 	m := newWorkMesh(t, edge.DefaultConfig())
 	var mu sync.Mutex
 	attempts := map[int][]int{}
@@ -329,6 +332,7 @@ func TestDurableTypeSlowHandlersNoRedelivery(t *testing.T) {
 // type, and a frame at the edge's size limit is stored whatever the
 // headers (identity, message id) add to it.
 func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
+	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.WebSocket.MaxMessageSize = 2048
 	m := newWorkMesh(t, cfg)
@@ -360,6 +364,7 @@ func TestDurableTypeKeysPerTypeAndFullSizeFrames(t *testing.T) {
 // (by an operator), durable messages get UNAVAILABLE with retryAfterMs,
 // and the edge re-creates the stream, so that a resend is stored.
 func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
+	t.Parallel()
 	m := newWorkMesh(t, edge.DefaultConfig())
 	ch, _ := m.durableWorker(t, "job.run", worker.DurableOptions{}, nil)
 	c := m.dial(t, "alice")
@@ -404,6 +409,7 @@ func TestDurableTypeStreamDeletedIsRecreated(t *testing.T) {
 // idle durable type still answers its plain requests at once (an idle
 // durable pull holds no slot), and handles the durable messages too.
 func TestDurableTypeIdleHoldsNoSlot(t *testing.T) {
+	t.Parallel()
 	m := newWorkMesh(t, edge.DefaultConfig())
 	w, err := worker.New(testenv.Connect(t, m.URL), worker.Config{Logger: testenv.Logger(t), MaxConcurrent: 1, Queue: "one-slot"})
 	if err != nil {

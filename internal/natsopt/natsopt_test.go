@@ -125,6 +125,7 @@ func TestNATS(t *testing.T) {
 }
 
 func TestRegister(t *testing.T) {
+	t.Parallel()
 	var o natsopt.Options
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	o.Register(fs)

@@ -14,6 +14,7 @@ import (
 // The admin listener serves until Shutdown, which waits for its serving
 // goroutine and may be called again.
 func TestServeAndShutdownTwice(t *testing.T) {
+	t.Parallel()
 	s := ops.New("127.0.0.1:0", slog.New(slog.DiscardHandler))
 	var draining ops.Draining
 	s.AddCheck("draining", draining.Check)
@@ -65,6 +66,7 @@ func TestServeAndShutdownTwice(t *testing.T) {
 
 // Without an address nothing listens, and Shutdown has nothing to do.
 func TestNoAddress(t *testing.T) {
+	t.Parallel()
 	s := ops.New("", slog.New(slog.DiscardHandler))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)

@@ -218,6 +218,7 @@ func TestIdleConnectionsWriteNothing(t *testing.T) {
 // within TTL + 3 s, in both survivors' mirrors and in the event stream. A
 // user also on a survivor stays online.
 func TestCrashedEdgeRemovedOnce(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
 	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
@@ -366,6 +367,7 @@ func (p *proxy) restore() {
 // lease again and rewrites the connections it holds, with what changed
 // meanwhile: a join, a new connection, a removal.
 func TestPartitionedEdgeReasserts(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
 	px := startProxy(t, srv.ClientURL())
@@ -444,6 +446,7 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 // on) longer than a TTL sees its lease expire and its keys removed; when it
 // runs again it takes the lease and rewrites them.
 func TestPausedEdgeReasserts(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
 	a := startNode(t, srv.ClientURL(), "edgeA", ttl)
@@ -469,6 +472,7 @@ func TestPausedEdgeReasserts(t *testing.T) {
 // Stop removes the edge's connection keys and its lease at once, with
 // their events, long before any TTL.
 func TestStopRemovesKeysAtOnce(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 30 * time.Second
 	a := startNode(t, srv.ClientURL(), "edgeA", ttl)
@@ -511,6 +515,7 @@ func TestStopRemovesKeysAtOnce(t *testing.T) {
 // later a TTL after its write. An older edge's keys, which it rewrites
 // every TTL/3 with a TTL, are left alone and expire by themselves.
 func TestKeysWithoutLease(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
 	svc := testenv.Connect(t, srv.ClientURL())
@@ -568,6 +573,7 @@ func TestKeysWithoutLease(t *testing.T) {
 // An edge restarted with the same id before its lease expired removes the
 // keys its predecessor left, at once.
 func TestRestartWithSameID(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 30 * time.Second
 	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
@@ -608,6 +614,7 @@ func TestRestartWithSameID(t *testing.T) {
 // earlier writes are purged a TTL later, and that purge's marker expires
 // a TTL after; none of it brings an event.
 func TestRemovedKeysPurged(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
 	a := startNode(t, srv.ClientURL(), "edgeA", ttl)

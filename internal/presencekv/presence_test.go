@@ -101,6 +101,7 @@ func start(t testing.TB, url, edge string, ttl time.Duration) *presencekv.Servic
 }
 
 func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	a := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
 	b := start(t, srv.ClientURL(), "edgeB", 5*time.Second)
@@ -128,6 +129,7 @@ func TestOnlineOfflineOnceAcrossEdges(t *testing.T) {
 }
 
 func TestRoomPaging(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	s := start(t, srv.ClientURL(), "edgeA", 10*time.Second)
 	for i := range 250 {
@@ -157,6 +159,7 @@ func TestRoomPaging(t *testing.T) {
 // Workers get lifecycle events through the SDK, one worker of the group
 // per event.
 func TestWorkerEventHandlers(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	s := start(t, srv.ClientURL(), "edgeA", 5*time.Second)
 	got := make(chan presence.Event, 16)
@@ -203,6 +206,7 @@ func TestWorkerEventHandlers(t *testing.T) {
 
 // The last edge to stop still reports its users offline.
 func TestLastEdgeStopReportsOffline(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
 	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "last", TTL: 10 * time.Second})
@@ -224,6 +228,7 @@ func TestLastEdgeStopReportsOffline(t *testing.T) {
 // Stop is idempotent: concurrent calls and a later one all return, and
 // the connections still held go offline once.
 func TestStopTwice(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	ev := collect(t, testenv.Connect(t, srv.ClientURL()))
 	s, err := presencekv.Start(t.Context(), presencekv.Config{NATS: testenv.Connect(t, srv.ClientURL()), Edge: "twice", TTL: 10 * time.Second})
@@ -247,6 +252,7 @@ func TestStopTwice(t *testing.T) {
 
 // A quick leave and rejoin within one batch reads as a join.
 func TestDiffMergesQuickRejoin(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	diffs := make(chan *presencekv.Diff, 16)
 	s, err := presencekv.Start(t.Context(), presencekv.Config{

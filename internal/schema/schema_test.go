@@ -69,6 +69,7 @@ func check(t *testing.T, r *schema.Registry, dir schema.Direction, typ, payload 
 }
 
 func TestValidateChat(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{})
 	long := func(n int) string { return strings.Repeat("a", n) }
 	tests := []struct {
@@ -141,6 +142,7 @@ func TestValidateChat(t *testing.T) {
 }
 
 func TestEchoHasNoSchema(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{})
 	for _, dir := range []schema.Direction{schema.Client, schema.Server} {
 		if r.Known(dir, "echo") {
@@ -153,6 +155,7 @@ func TestEchoHasNoSchema(t *testing.T) {
 }
 
 func TestValidateUserDir(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{userDir}})
 	const valid = `{
 		"orderId": "o1",
@@ -240,6 +243,7 @@ func TestValidateUserDir(t *testing.T) {
 }
 
 func TestOpen(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{userDir}})
 	tests := []struct {
 		name    string
@@ -271,6 +275,7 @@ func TestOpen(t *testing.T) {
 }
 
 func TestUnknownType(t *testing.T) {
+	t.Parallel()
 	lax := load(t, schema.Config{})
 	strict := load(t, schema.Config{Strict: true})
 	tests := []struct {
@@ -303,6 +308,7 @@ func TestUnknownType(t *testing.T) {
 }
 
 func TestDirections(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{userDir}})
 	known := []struct {
 		dir  schema.Direction
@@ -346,6 +352,7 @@ func TestDirections(t *testing.T) {
 }
 
 func TestLoadErrors(t *testing.T) {
+	t.Parallel()
 	notADir := filepath.Join(t.TempDir(), "file.proto")
 	if err := os.WriteFile(notADir, []byte(`syntax = "proto3";`), 0o600); err != nil {
 		t.Fatal(err)
@@ -397,12 +404,14 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestVendoredCopyOfShippedFile(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{"testdata/vendored"}})
 	check(t, r, schema.Client, "vendored.hello", `{"name":"n"}`, nil)
 	check(t, r, schema.Client, "vendored.hello", `{"nom":"n"}`, []string{v("nom", "unknown_field")})
 }
 
 func TestTypes(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{userDir}})
 	types := r.Types()
 	var got []string
@@ -464,6 +473,7 @@ type jsonSchema struct {
 }
 
 func TestServeHTTP(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(load(t, schema.Config{Dirs: []string{userDir}}))
 	t.Cleanup(srv.Close)
 
@@ -554,6 +564,7 @@ func TestServeHTTP(t *testing.T) {
 }
 
 func TestConcurrentValidate(t *testing.T) {
+	t.Parallel()
 	r := load(t, schema.Config{Dirs: []string{userDir}, Strict: true})
 	cases := []struct {
 		dir     schema.Direction

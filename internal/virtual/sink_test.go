@@ -32,6 +32,7 @@ type seen struct {
 }
 
 func TestFrameParser(t *testing.T) {
+	t.Parallel()
 	long := bytes.Repeat([]byte("x"), 70_000)
 	stream := bytes.Join([][]byte{
 		serverFrame(opText, []byte(`{"type":"$connected"}`)),
@@ -105,6 +106,7 @@ func readAll(t *testing.T, s *sink) ([]byte, error) {
 }
 
 func TestSinkAnswersLikeAClient(t *testing.T) {
+	t.Parallel()
 	set := &Set{}
 	join := clientFrame(opText, []byte(`{"type":"$join","payload":{"room":"r"}}`))
 	s := newSink(set, join)
@@ -150,6 +152,7 @@ func TestSinkAnswersLikeAClient(t *testing.T) {
 }
 
 func TestSinkHangUp(t *testing.T) {
+	t.Parallel()
 	set := &Set{}
 	s := newSink(set, nil)
 	_, _ = s.Write([]byte("HTTP/1.1 101 Switching Protocols\r\n\r\n"))
@@ -170,6 +173,7 @@ func TestSinkHangUp(t *testing.T) {
 }
 
 func TestSinkReadBlocksUntilClose(t *testing.T) {
+	t.Parallel()
 	s := newSink(&Set{}, nil)
 	done := make(chan error, 1)
 	started := make(chan struct{})

@@ -72,6 +72,7 @@ func (m *mesh) user(t *testing.T, c *client.Client) string {
 }
 
 func TestTokenOnEveryConnect(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	url := m.startJWTEdge(t, 0)
 	src := &tokenSource{t: t, user: "alice"}
@@ -113,6 +114,7 @@ func TestTokenOnEveryConnect(t *testing.T) {
 }
 
 func TestRefreshOnExpiring(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	// Tokens last an hour and the edge warns an hour minus a second before
 	// they expire, so $auth.expiring comes within about a second.

@@ -20,6 +20,7 @@ import (
 // reconnects at the initial backoff forever: only a connection that stayed
 // open resets the backoff.
 func TestBackoffGrowsWhenConnectionsDropAtOnce(t *testing.T) {
+	t.Parallel()
 	f := startFakeEdge(t, func(_ int, ws *gws.Conn) {
 		_ = ws.WriteClose(uint16(envelope.CloseInternal), []byte("boom"))
 	}, nil)
@@ -66,6 +67,7 @@ func (l *errorLog) list() []*client.BackgroundError {
 // limits (honouring retryAfterMs), UNAVAILABLE and DEADLINE_EXCEEDED are
 // retried; every failure reaches OnError.
 func TestRejoinRetriesTransientErrors(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	tries := map[string][]time.Time{} // on connection 2, per room
 	f := startFakeEdge(t, nil, func(n int, ws *gws.Conn, env *envelope.Envelope) {
@@ -160,6 +162,7 @@ func TestRejoinRetriesTransientErrors(t *testing.T) {
 // A Join and a Leave of the same room made concurrently: the remembered
 // rooms follow the call made last, whatever order the answers come in.
 func TestJoinLeaveRace(t *testing.T) {
+	t.Parallel()
 	type held struct {
 		ws  *gws.Conn
 		env *envelope.Envelope

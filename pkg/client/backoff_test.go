@@ -8,6 +8,7 @@ import (
 )
 
 func TestBackoffBounds(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		b    client.Backoff
@@ -41,6 +42,7 @@ func TestBackoffBounds(t *testing.T) {
 }
 
 func TestBackoffJitter(t *testing.T) {
+	t.Parallel()
 	b := client.Backoff{}
 	for _, n := range []int{0, 3, 10} {
 		bound := b.Bound(n)

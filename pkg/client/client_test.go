@@ -22,6 +22,7 @@ import (
 )
 
 func TestSendJoinAndReceive(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	c := dial(t, m.startEdge(t), client.Options{User: "alice"})
 	news := collect(c, "news")
@@ -164,6 +165,7 @@ func TestReconnectAfterEdgeRestart(t *testing.T) {
 }
 
 func TestCloseCodes(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	url := m.startEdge(t)
 	cases := []struct {
@@ -216,6 +218,7 @@ func TestCloseCodes(t *testing.T) {
 }
 
 func TestCall(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	c := dial(t, m.startEdge(t), client.Options{User: "alice"})
 	ctx := context.Background()
@@ -271,6 +274,7 @@ func (m *mesh) silent(t *testing.T, typ string) chan *nats.Msg {
 }
 
 func TestCallTimeout(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	m.silent(t, "slow")
 	c := dial(t, m.startEdge(t), client.Options{User: "alice", RPCTimeout: 300 * time.Millisecond})
@@ -290,6 +294,7 @@ func TestCallTimeout(t *testing.T) {
 }
 
 func TestCallAbort(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	reqs := m.silent(t, "slow")
 	aborts, err := m.NC.SubscribeSync("natter.ctl.abort")
@@ -324,6 +329,7 @@ func TestCallAbort(t *testing.T) {
 }
 
 func TestCallProgress(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	sub, err := m.NC.QueueSubscribe("natter.in.job", "natter-workers", func(msg *nats.Msg) {
 		for i := range 5 {
@@ -357,6 +363,7 @@ func TestCallProgress(t *testing.T) {
 }
 
 func TestCallFailsWhenConnectionDrops(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	reqs := m.silent(t, "slow")
 	st := newStates()
@@ -383,6 +390,7 @@ func TestCallFailsWhenConnectionDrops(t *testing.T) {
 }
 
 func TestHandleServerRequest(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	c := dial(t, m.startEdge(t), client.Options{User: "alice"})
 	c.Handle("geo.where", func(ctx context.Context, env *envelope.Envelope) (any, error) {
@@ -425,6 +433,7 @@ func TestHandleServerRequest(t *testing.T) {
 }
 
 func TestPresence(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	url := m.startEdge(t)
 	ctx := context.Background()

@@ -59,6 +59,7 @@ func TestConnID(t *testing.T) {
 // edge that never sends one gets the connection after HandshakeTimeout,
 // without an id.
 func TestConnIDOpensOnWelcome(t *testing.T) {
+	t.Parallel()
 	t.Run("waits for $connected", func(t *testing.T) {
 		opened := make(chan *gws.Conn, 1)
 		f := startFakeEdge(t, func(_ int, ws *gws.Conn) { opened <- ws }, nil)

@@ -206,6 +206,7 @@ func TestDurableGapWhenPositionTooOld(t *testing.T) {
 // History pages backward from the newest and forward from the oldest;
 // a Join WithSince a message's position replays what follows it.
 func TestDurableHistoryPaging(t *testing.T) {
+	t.Parallel()
 	const room = "dur-hist"
 	m := newMesh(t)
 	url := testenv.StartEdge(t, m.durableEdge(t, 0)).URL

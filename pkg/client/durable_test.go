@@ -122,6 +122,7 @@ func (tl *timeline) expectNothing(t *testing.T, d time.Duration) {
 // reports recovery and gaps after the replayed messages. A room that is
 // not durable is re-joined without since and reports nothing.
 func TestDurableRejoinFromPosition(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	joins := map[int][]joinRequest{} // by connection
 	f := startFakeEdge(t, nil, func(n int, ws *gws.Conn, env *envelope.Envelope) {
@@ -234,6 +235,7 @@ func TestDurableRejoinFromPosition(t *testing.T) {
 // false); a room the edge says is not durable is a gap and has no
 // position; Leave forgets the position.
 func TestJoinWithSince(t *testing.T) {
+	t.Parallel()
 	sinces := make(chan *client.Position, 8)
 	f := startFakeEdge(t, nil, func(_ int, ws *gws.Conn, env *envelope.Envelope) {
 		switch env.Type {
@@ -301,6 +303,7 @@ func TestJoinWithSince(t *testing.T) {
 // History sends the query (zero fields left out) and decodes the page;
 // the edge's refusals are *rpc.Error.
 func TestHistoryRequest(t *testing.T) {
+	t.Parallel()
 	reqs := make(chan map[string]any, 4)
 	f := startFakeEdge(t, nil, func(_ int, ws *gws.Conn, env *envelope.Envelope) {
 		if env.Type != "$history" {
@@ -346,6 +349,7 @@ func TestHistoryRequest(t *testing.T) {
 }
 
 func TestOffsetOf(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		meta string
@@ -376,6 +380,7 @@ func TestOffsetOf(t *testing.T) {
 // A re-join that fails and is retried in the background still starts from
 // the room's position, and reports its outcome once.
 func TestDurableRejoinRetryKeepsSince(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var sinces []*client.Position // on connection 2
 	f := startFakeEdge(t, nil, func(n int, ws *gws.Conn, env *envelope.Envelope) {

@@ -58,6 +58,7 @@ func TestFlushPacedToRateLimit(t *testing.T) {
 
 // $auth.expiring: a failed refresh is retried with backoff until it works.
 func TestRefreshRetriedAfterFailure(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	url := m.startJWTEdge(t, 10*time.Second)
 	var calls atomic.Int32
@@ -92,6 +93,7 @@ func TestRefreshRetriedAfterFailure(t *testing.T) {
 // When the token expires without a refresh (4100), a client with a token
 // function reconnects with a fresh token; a 401 on that handshake closes it.
 func TestReconnectAfterTokenExpiry(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	url := m.startJWTEdge(t, 10*time.Second)
 	for _, refused := range []bool{false, true} {
@@ -140,6 +142,7 @@ func TestReconnectAfterTokenExpiry(t *testing.T) {
 // A worker's join of a connection (ctl) is remembered and re-joined after a
 // reconnect; a worker's leave forgets the room.
 func TestServerMembership(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	st := newStates()
 	c := dial(t, m.startEdge(t), client.Options{User: "alice", OnState: st.record})
@@ -189,6 +192,7 @@ func TestHeartbeatKeepsIdleConnectionOpen(t *testing.T) {
 
 // Close waits until the callback goroutine delivered the Closed state.
 func TestCloseWaitsForCallbacks(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	var closedSeen atomic.Bool
 	c := dial(t, m.startEdge(t), client.Options{User: "alice", OnState: func(s client.State, _ client.CloseInfo) {

@@ -81,6 +81,7 @@ func TestSendDurableAcrossEdgeRestart(t *testing.T) {
 // connection's rate limit) and resends with the same key: every message
 // is stored once.
 func TestSendDurableWaitsOutTheRateLimit(t *testing.T) {
+	t.Parallel()
 	m := newMesh(t)
 	cfg := m.devEdge(t)
 	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")

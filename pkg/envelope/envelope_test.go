@@ -13,6 +13,7 @@ import (
 )
 
 func TestDecodeValid(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		frame string
@@ -155,6 +156,7 @@ func TestDecodeValid(t *testing.T) {
 }
 
 func TestDecodeInvalid(t *testing.T) {
+	t.Parallel()
 	long := func(n int) string { return strings.Repeat("x", n) }
 	tests := []struct {
 		name    string
@@ -282,6 +284,7 @@ func TestDecodeInvalid(t *testing.T) {
 // TestDecodeSentinelsDistinct checks that each rejection matches only its own
 // sentinel, so callers can switch on them.
 func TestDecodeSentinelsDistinct(t *testing.T) {
+	t.Parallel()
 	sentinels := []error{
 		envelope.ErrTooLarge, envelope.ErrMalformed, envelope.ErrNotObject, envelope.ErrUnknownField,
 		envelope.ErrDuplicate, envelope.ErrMissingType, envelope.ErrInvalidType, envelope.ErrInvalidMeta,
@@ -306,6 +309,7 @@ func TestDecodeSentinelsDistinct(t *testing.T) {
 }
 
 func TestDecodeMaxSize(t *testing.T) {
+	t.Parallel()
 	frame := []byte(`{"type":"a"}`)
 	tests := []struct {
 		name    string
@@ -338,6 +342,7 @@ func TestDecodeMaxSize(t *testing.T) {
 }
 
 func TestDecodePayloadAliasesInput(t *testing.T) {
+	t.Parallel()
 	// The doc promises the payload aliases data: the edge forwards it
 	// without a copy, so callers must not reuse the buffer while it lives.
 	data := []byte(`{"type":"a","payload":[1]}`)
@@ -352,6 +357,7 @@ func TestDecodePayloadAliasesInput(t *testing.T) {
 }
 
 func TestEncode(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		in   envelope.Envelope
@@ -424,6 +430,7 @@ func TestEncode(t *testing.T) {
 }
 
 func TestEncodeRejectsInvalidJSON(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		in   envelope.Envelope
@@ -448,6 +455,7 @@ func TestEncodeRejectsInvalidJSON(t *testing.T) {
 }
 
 func TestMetaExtraRoundTrip(t *testing.T) {
+	t.Parallel()
 	in := envelope.Envelope{
 		Type: "a",
 		Meta: envelope.Meta{
@@ -482,6 +490,7 @@ func TestMetaExtraRoundTrip(t *testing.T) {
 }
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
+	t.Parallel()
 	frames := []string{
 		`{"type":"a"}`,
 		`{"type": "chat.send", "meta": {"correlationId": "c1", "timestamp": 1730450000000}, "payload": {"room": "general", "text": "hi"}}`,
@@ -522,6 +531,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		v    any
@@ -556,6 +566,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestCodeOf(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		err  error
@@ -599,6 +610,7 @@ func TestCodeOf(t *testing.T) {
 }
 
 func TestCloseCodeReconnect(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		code envelope.CloseCode
 		want bool
@@ -638,6 +650,7 @@ func TestCloseCodeReconnect(t *testing.T) {
 }
 
 func TestErrorFrame(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name          string
 		correlationID string
@@ -689,6 +702,7 @@ func TestErrorFrame(t *testing.T) {
 }
 
 func TestEncodeError(t *testing.T) {
+	t.Parallel()
 	p := &envelope.ErrorPayload{
 		Code:         envelope.CodeResourceExhausted,
 		Message:      "slow down",
@@ -727,6 +741,7 @@ func metaEqual(a, b envelope.Meta) bool {
 }
 
 func TestCorrelationIDOfBrokenFrames(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, frame, want string
 	}{

@@ -10,6 +10,7 @@ import (
 )
 
 func TestValidateType(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		typ  string
@@ -73,6 +74,7 @@ func TestValidateType(t *testing.T) {
 }
 
 func TestIsSystemType(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		typ  string
 		want bool
@@ -95,6 +97,7 @@ func TestIsSystemType(t *testing.T) {
 }
 
 func TestValidateID(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		id   string
@@ -147,6 +150,7 @@ func TestValidateID(t *testing.T) {
 }
 
 func TestValidateConnID(t *testing.T) {
+	t.Parallel()
 	maxTok := strings.Repeat("i", envelope.MaxIDLen)
 	tests := []struct {
 		name string
@@ -197,6 +201,7 @@ func TestValidateConnID(t *testing.T) {
 }
 
 func TestNewNamespace(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		prefix string
@@ -246,6 +251,7 @@ func TestNewNamespace(t *testing.T) {
 }
 
 func TestNamespaceSubjects(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("acme.rt")
 	if err != nil {
 		t.Fatal(err)
@@ -317,6 +323,7 @@ func TestNamespaceSubjects(t *testing.T) {
 }
 
 func TestNamespaceFixedSubjects(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("acme.rt")
 	if err != nil {
 		t.Fatal(err)
@@ -346,6 +353,7 @@ func TestNamespaceFixedSubjects(t *testing.T) {
 // for all its connections, and that each matches exactly the subjects of
 // that edge's connection ids.
 func TestNamespaceConnAll(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("acme.rt")
 	if err != nil {
 		t.Fatal(err)
@@ -418,6 +426,7 @@ func matchSubject(pattern, subject string) bool {
 }
 
 func TestNamespaceIn(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("acme")
 	if err != nil {
 		t.Fatal(err)
@@ -469,6 +478,7 @@ func TestNamespaceIn(t *testing.T) {
 // TestZeroNamespace checks that the unusable zero value never yields a
 // subject with an empty first token.
 func TestZeroNamespace(t *testing.T) {
+	t.Parallel()
 	var ns envelope.Namespace
 	calls := map[string]func() (envelope.Subject, error){
 		"In":          func() (envelope.Subject, error) { return ns.In("chat.send") },
@@ -491,6 +501,7 @@ func TestZeroNamespace(t *testing.T) {
 }
 
 func TestNamespaceParse(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("acme.rt")
 	if err != nil {
 		t.Fatal(err)
@@ -537,6 +548,7 @@ func TestNamespaceParse(t *testing.T) {
 }
 
 func TestNamespaceParseRoundTrip(t *testing.T) {
+	t.Parallel()
 	custom, err := envelope.NewNamespace("a.b-c")
 	if err != nil {
 		t.Fatal(err)

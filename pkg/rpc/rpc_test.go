@@ -15,6 +15,7 @@ import (
 )
 
 func TestClampTimeout(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		ms   int64
@@ -36,6 +37,7 @@ func TestClampTimeout(t *testing.T) {
 }
 
 func TestFromError(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		err  error
@@ -60,6 +62,7 @@ func TestFromError(t *testing.T) {
 }
 
 func TestDecodeReply(t *testing.T) {
+	t.Parallel()
 	var out struct{ N int }
 	if err := rpc.DecodeReply([]byte(`{"type":"r","payload":{"n":3}}`), &out); err != nil || out.N != 3 {
 		t.Fatalf("reply: %v %+v", err, out)
@@ -88,6 +91,7 @@ func ExampleError() {
 // A connection its edge does not hold (the edge answers UNAVAILABLE) and
 // one of no edge at all (no responders) both fail at once.
 func TestAskConnID(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	ns := envelope.DefaultNamespace

@@ -142,6 +142,7 @@ func (w *crashWorker) tally() (started, done map[string][]int) {
 // it held, after the ack wait, and every message a client was told was
 // accepted is handled.
 func TestDurableWorkerCrashLosesNothing(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())

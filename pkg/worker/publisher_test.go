@@ -19,6 +19,7 @@ import (
 // fails with NOT_FOUND. An id of any other shape is refused before
 // anything is sent.
 func TestPublisherConnIDs(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	spy := testenv.Connect(t, srv.ClientURL())

@@ -14,6 +14,7 @@ import (
 )
 
 func TestHandlerReplies(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
 	if err != nil {
@@ -94,6 +95,7 @@ func TestHandlerReplies(t *testing.T) {
 }
 
 func TestDrainWaitsForInflight(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
 	if err != nil {
@@ -129,6 +131,7 @@ func TestDrainWaitsForInflight(t *testing.T) {
 }
 
 func TestTypedHandler(t *testing.T) {
+	t.Parallel()
 	srv := testenv.NATS(t)
 	w, err := worker.New(testenv.Connect(t, srv.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
 	if err != nil {
