@@ -169,21 +169,13 @@ func Run(ctx context.Context, rc Config) error {
 		log = slog.Default()
 		rc.Edge.Logger = log
 	}
-	if rc.DataDir == "" {
-		rc.DataDir = "natter-data"
-	}
-	if rc.ShutdownTimeout <= 0 {
-		rc.ShutdownTimeout = 10 * time.Second
-	}
-	if rc.SetupTimeout <= 0 {
-		rc.SetupTimeout = time.Minute
-	}
-	if rc.HandshakeTimeout <= 0 {
-		rc.HandshakeTimeout = 10 * time.Second
-	}
-	if rc.MaxHeaderBytes <= 0 {
-		rc.MaxHeaderBytes = 32 << 10
-	}
+	// Zero fields take DefaultConfig's values, the one source of defaults.
+	def := DefaultConfig()
+	rc.DataDir = cmp.Or(rc.DataDir, def.DataDir)
+	rc.ShutdownTimeout = cmp.Or(max(rc.ShutdownTimeout, 0), def.ShutdownTimeout)
+	rc.SetupTimeout = cmp.Or(max(rc.SetupTimeout, 0), def.SetupTimeout)
+	rc.HandshakeTimeout = cmp.Or(max(rc.HandshakeTimeout, 0), def.HandshakeTimeout)
+	rc.MaxHeaderBytes = cmp.Or(max(rc.MaxHeaderBytes, 0), def.MaxHeaderBytes)
 
 	single := rc.NATSURL == ""
 	if !single && !rc.hasAuth() && !rc.Edge.Auth.Anonymous && !rc.Edge.Auth.DevMode {

@@ -222,18 +222,15 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 	return e, nil
 }
 
-// flushWait bounds flush when its ctx has no deadline: a round trip that
-// takes longer means the connection is down.
+// flushWait bounds flush: a round trip that takes longer means the
+// connection is down, whatever is left of the caller's set-up time.
 const flushWait = 5 * time.Second
 
-// flush waits until the server has processed all nc sent so far, or ctx
-// ends. nats.go's FlushWithContext needs a ctx with a deadline.
+// flush waits until the server has processed all nc sent so far, at most
+// flushWait or until ctx ends (the caller tells the two apart by ctx.Err).
 func flush(ctx context.Context, nc *nats.Conn) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, flushWait)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, flushWait)
+	defer cancel()
 	return nc.FlushWithContext(ctx)
 }
 
@@ -247,6 +244,9 @@ func (e *Edge) setupFailed(ctx context.Context, feature string, err error) error
 			fix = "the edge's NATS account has no JetStream: enable JetStream for the account in the server's configuration (jetstream: enabled in its accounts block)"
 		}
 		return fmt.Errorf("edge: %s needs JetStream, and %s: %w", feature, fix, err)
+	}
+	if errors.Is(err, natsopt.ErrRefused) {
+		return fmt.Errorf("edge: %s: the NATS server refused its stream; check the %s flags (replicas at most the number of JetStream servers, limits within the server's and account's): %w", feature, feature, err)
 	}
 	perm := context.Cause(ctx)
 	if !errors.Is(perm, nats.ErrPermissionViolation) {

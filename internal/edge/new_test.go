@@ -97,6 +97,52 @@ func TestNewWithoutJetStream(t *testing.T) {
 	}
 }
 
+// New fails with natsopt.ErrRefused, not after retrying until its ctx
+// ends, when JetStream refuses a stream for good: here three replicas on
+// a server that is not clustered. The error names the feature's flags.
+func TestNewRefusedStream(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS(t).ClientURL()
+	for _, tc := range []struct {
+		name string
+		set  func(*edge.Config)
+	}{
+		{"presence", func(c *edge.Config) { c.Presence.Replicas = 3 }},
+		{"durable rooms", func(c *edge.Config) {
+			c.Presence = nil
+			c.DurableRooms = edge.DefaultDurableRoomsConfig("dur-*")
+			c.DurableRooms.Replicas = 3
+		}},
+		{"durable messages", func(c *edge.Config) {
+			c.Presence = nil
+			c.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+			c.DurableMessages.Replicas = 3
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := edge.DefaultConfig()
+			cfg.NATS.Conn = testenv.Connect(t, url)
+			cfg.Auth.Anonymous = true
+			cfg.Logger = testenv.Logger(t)
+			tc.set(&cfg)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			e, err := edge.New(ctx, cfg)
+			if err == nil {
+				_ = e.Shutdown(t.Context())
+				t.Fatal("New succeeded with three replicas on one server")
+			}
+			if !errors.Is(err, natsopt.ErrRefused) || ctx.Err() != nil {
+				t.Fatalf("error: %v (ctx: %v); want natsopt.ErrRefused before the deadline", err, ctx.Err())
+			}
+			if !strings.Contains(err.Error(), tc.name+" flags") {
+				t.Errorf("error does not name the %s flags: %v", tc.name, err)
+			}
+		})
+	}
+}
+
 // New ends as soon as its ctx does, with ctx's cause: before it starts,
 // and in a set-up step that would otherwise retry (here a clustered
 // server that never finds its peers, so JetStream never answers).

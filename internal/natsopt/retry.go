@@ -15,6 +15,26 @@ import (
 // account the connection is in, has no JetStream: no retry can help.
 var ErrNoJetStream = errors.New("natsopt: JetStream is not enabled")
 
+// ErrRefused is returned by Retry when JetStream refused a set-up request
+// for a reason that no retry mends: more replicas than the servers can
+// hold, a stream of that name or those subjects with another
+// configuration, an invalid configuration, or the account's or server's
+// limits. The operator has to change a flag or the server.
+var ErrRefused = errors.New("natsopt: JetStream refused the set-up")
+
+// refusedCodes are the JetStream API error codes ErrRefused stands for
+// (nats-server's errors.json).
+var refusedCodes = map[jetstream.ErrorCode]bool{
+	10023: true, // insufficient resources
+	10027: true, // maximum number of streams reached
+	10028: true, // insufficient memory resources
+	10047: true, // insufficient storage resources
+	10052: true, // invalid stream configuration
+	10058: true, // stream name already in use with a different configuration
+	10065: true, // subjects overlap with an existing stream
+	10074: true, // replicas > 1 not supported in non-clustered mode
+}
+
 // Retry runs op with a 5s deadline per attempt until it succeeds, fails
 // for good, or ctx ends, for setting up JetStream streams and buckets.
 // Edges starting together on a fresh cluster race to create the same
@@ -25,7 +45,8 @@ var ErrNoJetStream = errors.New("natsopt: JetStream is not enabled")
 // An error that no retry can mend ends Retry at once: JetStream not
 // enabled on the server (API error 10076, or no responders to its API) or
 // for the account (10039) comes back wrapping ErrNoJetStream and the
-// jetstream package's sentinel. When ctx ends, the error wraps
+// jetstream package's sentinel; the API errors of refusedCodes wrapping
+// ErrRefused. When ctx ends, the error wraps
 // context.Cause(ctx) (so an owner can end the set-up with its own reason,
 // such as a permissions violation its error handler saw) and names the
 // last attempt's error that was not a timeout.
@@ -40,6 +61,9 @@ func Retry(ctx context.Context, log *slog.Logger, what string, op func(context.C
 		}
 		if err := noJetStream(err); err != nil {
 			return err
+		}
+		if api := (*jetstream.APIError)(nil); errors.As(err, &api) && refusedCodes[api.ErrorCode] {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		if ctx.Err() != nil {
 			return stopped(ctx, last)
