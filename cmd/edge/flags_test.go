@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,9 +12,22 @@ import (
 	"github.com/natter/natter/internal/edge"
 )
 
+// clearEnv unsets every NATTER_* variable for the test (restored after):
+// the flags read them, and a developer's or CI's shell may set some.
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "NATTER_") {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+}
+
 // With no flags, the command runs app.DefaultConfig (and so
 // edge.DefaultConfig): the flags restate no default of their own.
 func TestFlagDefaultsAreTheLibrarys(t *testing.T) {
+	clearEnv(t)
 	got, err := parseFlags(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +49,7 @@ func TestFlagsFillTheGroups(t *testing.T) {
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	clearEnv(t)
 	t.Setenv("NATTER_MAX_CONNS_PER_USER", "7")
 	t.Setenv("NATTER_DURABLE_REPLICAS", "3")
 	rc, err := parseFlags([]string{"--config", file, "--durable-types", "job.*", "--rate-limit", "-1", "--prefix", "acme"})

@@ -29,6 +29,7 @@ import (
 	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
+	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/internal/virtual"
 	"github.com/natter/natter/pkg/envelope"
@@ -334,8 +335,12 @@ func Run(ctx context.Context, rc Config) error {
 		IdleTimeout:       rc.HandshakeTimeout, // only plain HTTP keep-alives; WebSockets are hijacked
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// The server's goroutine ends when srv.Shutdown below closes the
+	// listener, or with an error that ends Run; serving waits for it.
+	var serving routine.Group
+	defer func() { _ = serving.Wait(context.Background()) }()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	serving.Go(func(context.Context) { serveErr <- srv.Serve(ln) })
 	natsURL := nc.ConnectedUrl()
 	if embedded != nil {
 		natsURL = embedded.ClientURL()

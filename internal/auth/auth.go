@@ -8,6 +8,7 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -159,8 +160,10 @@ type TokenSources struct {
 	Query string
 }
 
-// DefaultTokenSources are the names NewHandshake uses for empty fields.
-var DefaultTokenSources = TokenSources{Cookie: "natter_token", Query: "token"}
+// DefaultTokenSources returns the names NewHandshake uses for empty fields.
+func DefaultTokenSources() TokenSources {
+	return TokenSources{Cookie: "natter_token", Query: "token"}
+}
 
 // NewHandshake reads a request into a Handshake, with the token taken from,
 // in this order: the Authorization header, the Sec-WebSocket-Protocol
@@ -175,12 +178,9 @@ func NewHandshake(r *http.Request, src TokenSources) *Handshake {
 		Path:       r.URL.Path,
 		RemoteAddr: r.RemoteAddr,
 	}
-	if src.Cookie == "" {
-		src.Cookie = DefaultTokenSources.Cookie
-	}
-	if src.Query == "" {
-		src.Query = DefaultTokenSources.Query
-	}
+	def := DefaultTokenSources()
+	src.Cookie = cmp.Or(src.Cookie, def.Cookie)
+	src.Query = cmp.Or(src.Query, def.Query)
 	if v := r.Header.Get("Authorization"); v != "" {
 		if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {
 			if tok = strings.TrimSpace(tok); tok != "" {

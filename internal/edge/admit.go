@@ -41,7 +41,7 @@ type ipLimiter struct {
 
 type userState struct {
 	conns int
-	limit *rate.Limiter // nil without UserRateLimit
+	limit *rate.Limiter // nil without Limits.UserMessageRate
 }
 
 func (a *admission) init() {

@@ -299,7 +299,7 @@ func DefaultConfig() Config {
 		},
 		Auth: AuthConfig{
 			UserParam:     "user",
-			TokenSources:  auth.DefaultTokenSources,
+			TokenSources:  auth.DefaultTokenSources(),
 			Timeout:       5 * time.Second,
 			RefreshWindow: 30 * time.Second,
 		},

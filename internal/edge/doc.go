@@ -1,5 +1,5 @@
 // Package edge is Natter's edge server: it holds WebSocket connections and
-// bridges them to NATS (DESIGN.md, docs/protocol.md). An Edge is an
+// bridges them to NATS (docs/protocol.md). An Edge is an
 // http.Handler for its upgrade path: New builds one from a Config
 // (DefaultConfig is the production default), Drain refuses new
 // handshakes, Shutdown closes every socket with 4000 and stops. It needs a
@@ -100,6 +100,10 @@
 //	work.bg            with durable types, the waits for the work stream's acknowledgements
 //	                   and its re-creation (work.spawn)
 //	presencekv         its own two groups: watcher, event publisher and diff flusher; keeper
+//
+// One goroutine is not in a group: the teardown, which the first Shutdown
+// starts (the groups are what it stops) and which closes Edge.stopped when
+// done; every Shutdown call waits on that channel.
 //
 // nats.go runs a goroutine for each callback subscription (the everyone
 // subject, the RPC inbox, presence queries, capture); Shutdown
