@@ -21,25 +21,6 @@ import (
 	"github.com/natter/natter/internal/wstest"
 )
 
-// natsServer starts a nats-server in the test process with opts (host,
-// port and logging are set here), listening on a random loopback port for
-// the edge processes, and returns its client URL.
-func natsServer(t *testing.T, opts *server.Options) string {
-	t.Helper()
-	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
-	opts.NoSigs, opts.NoLog = true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(wait) {
-		t.Fatal("nats-server not ready")
-	}
-	return ns.ClientURL()
-}
-
 // waitExit waits up to within for p to exit and returns its exit code,
 // failing if it is still running.
 func waitExit(t *testing.T, p *testenv.Process, within time.Duration) int {
@@ -54,7 +35,7 @@ func waitExit(t *testing.T, p *testenv.Process, within time.Duration) int {
 // says which flags to pass, not which Go fields to set.
 func TestEdgeNoAuthNamesFlags(t *testing.T) {
 	t.Parallel()
-	p := testenv.Start(t, "edge", "--nats", natsServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()}),
+	p := testenv.Start(t, "edge", "--nats", testenv.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()}),
 		"--listen", "127.0.0.1:0")
 	if code := waitExit(t, p, wait); code == 0 {
 		t.Fatal("edge started without authentication")
@@ -80,14 +61,14 @@ func TestEdgeNoAuthNamesFlags(t *testing.T) {
 // the hint (--presence=false) starts an edge on the same server.
 func TestEdgeWithoutJetStreamFailsAtOnce(t *testing.T) {
 	t.Parallel()
-	noJS := natsServer(t, &server.Options{})
+	noJS := testenv.NATSServer(t, &server.Options{})
 	acc := server.NewAccount("NOJS")
-	noJSAccount := natsServer(t, &server.Options{
+	noJSAccount := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(),
 		Accounts: []*server.Account{acc},
 		Users:    []*server.User{{Username: "edge", Password: "pw", Account: acc}},
 	})
-	denied := natsServer(t, &server.Options{
+	denied := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(),
 		Users: []*server.User{{Username: "edge", Password: "pw", Permissions: &server.Permissions{
 			Publish: &server.SubjectPermission{Deny: []string{"$JS.API.>"}},
@@ -146,7 +127,7 @@ func TestEdgeWithoutJetStreamFailsAtOnce(t *testing.T) {
 // the set-up's 30s per step.
 func TestEdgeSIGTERMDuringSetup(t *testing.T) {
 	t.Parallel()
-	url := natsServer(t, &server.Options{
+	url := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(), ServerName: "lonely",
 		Cluster: server.ClusterOpts{Name: "c", Host: "127.0.0.1", Port: server.RANDOM_PORT},
 		// Peers that never come: no quorum, no JetStream meta leader.

@@ -26,9 +26,9 @@ func TestIPKey(t *testing.T) {
 }
 
 // Past maxTrackedIPs, new addresses share one limiter instead of going
-// unlimited.
+// unlimited. Not parallel: it changes the package's maxTrackedIPs, which
+// every edge's handshakes read.
 func TestHandshakeLimiterOverflow(t *testing.T) {
-	t.Parallel()
 	defer func(n int) { maxTrackedIPs = n }(maxTrackedIPs)
 	maxTrackedIPs = 2
 	e := &Edge{cfg: Config{Limits: LimitsConfig{HandshakeRate: 0.001, HandshakeBurst: 1}}}

@@ -14,34 +14,15 @@ import (
 	"github.com/natter/natter/internal/testenv"
 )
 
-// natsServer starts a nats-server with opts (host, port and logging are
-// set here) on a random loopback port and returns its client URL: for the
-// servers testenv.NATS does not make.
-func natsServer(t *testing.T, opts *server.Options) string {
-	t.Helper()
-	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
-	opts.NoSigs, opts.NoLog = true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(wait) {
-		t.Fatal("nats-server not ready")
-	}
-	return ns.ClientURL()
-}
-
 // New fails at once when what it sets up needs JetStream and the server,
 // or the edge's account, has none: the error wraps natsopt.ErrNoJetStream
 // and says what to change on the server, instead of being retried until
 // ctx ends.
 func TestNewWithoutJetStream(t *testing.T) {
 	t.Parallel()
-	noJS := natsServer(t, &server.Options{})
+	noJS := testenv.NATSServer(t, &server.Options{})
 	acc := server.NewAccount("NOJS")
-	noJSAccount := natsServer(t, &server.Options{
+	noJSAccount := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(),
 		Accounts: []*server.Account{acc},
 		Users:    []*server.User{{Username: "edge", Password: "pw", Account: acc}},
@@ -149,7 +130,7 @@ func TestNewRefusedStream(t *testing.T) {
 func TestNewHonoursContext(t *testing.T) {
 	t.Parallel()
 	errStop := errors.New("stop: SIGTERM")
-	lonely := natsServer(t, &server.Options{
+	lonely := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(), ServerName: "lonely",
 		Cluster: server.ClusterOpts{Name: "c", Host: "127.0.0.1", Port: server.RANDOM_PORT},
 		// Peers that never come: no quorum, no JetStream meta leader.

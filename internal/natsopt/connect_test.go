@@ -11,26 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/testenv"
 )
-
-// startServer starts a nats-server on a random loopback port with opts
-// (host, port and logging are set here) and returns its client URL.
-func startServer(t *testing.T, opts *server.Options) string {
-	t.Helper()
-	opts.Host = "127.0.0.1"
-	opts.Port = server.RANDOM_PORT
-	opts.NoSigs, opts.NoLog = true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	return ns.ClientURL()
-}
 
 type connectCase struct {
 	name     string
@@ -84,7 +66,7 @@ func TestConnectTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := startServer(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 5})
+	url := testenv.NATSServer(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 5})
 	// As the commands get them: from the flags.
 	var mutual natsopt.Options
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
@@ -107,7 +89,7 @@ func TestConnectTLS(t *testing.T) {
 }
 
 func TestConnectUserPassword(t *testing.T) {
-	url := startServer(t, &server.Options{Users: []*server.User{{Username: "edge", Password: "s3cret"}}})
+	url := testenv.NATSServer(t, &server.Options{Users: []*server.User{{Username: "edge", Password: "s3cret"}}})
 	runConnect(t, url, []connectCase{
 		{name: "flag", o: natsopt.Options{User: "edge", Password: "s3cret"}, ok: true},
 		{name: "env", o: natsopt.Options{User: "edge"}, password: "s3cret", ok: true},
@@ -117,7 +99,7 @@ func TestConnectUserPassword(t *testing.T) {
 }
 
 func TestConnectToken(t *testing.T) {
-	url := startServer(t, &server.Options{Authorization: "t0ken"})
+	url := testenv.NATSServer(t, &server.Options{Authorization: "t0ken"})
 	runConnect(t, url, []connectCase{
 		{name: "flag", o: natsopt.Options{Token: "t0ken"}, ok: true},
 		{name: "env", token: "t0ken", ok: true},
@@ -130,7 +112,7 @@ func TestConnectNKey(t *testing.T) {
 	dir := t.TempDir()
 	seed, pub := userSeed(t, dir, "edge.nk")
 	other, _ := userSeed(t, dir, "other.nk")
-	url := startServer(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}})
+	url := testenv.NATSServer(t, &server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}})
 	runConnect(t, url, []connectCase{
 		{name: "listed key", o: natsopt.Options{NKeySeedFile: seed}, ok: true},
 		{name: "unlisted key", o: natsopt.Options{NKeySeedFile: other}, wantErr: nats.ErrAuthorization},
@@ -148,7 +130,7 @@ func TestConnectCreds(t *testing.T) {
 	if err := res.Store(op.Account, op.AccountJWT); err != nil {
 		t.Fatal(err)
 	}
-	url := startServer(t, &server.Options{TrustedOperators: []*jwt.OperatorClaims{op.Claims}, AccountResolver: res})
+	url := testenv.NATSServer(t, &server.Options{TrustedOperators: []*jwt.OperatorClaims{op.Claims}, AccountResolver: res})
 	stranger := newOperator(t) // its account is unknown to the server
 	runConnect(t, url, []connectCase{
 		{name: "user of a trusted account", o: natsopt.Options{Creds: op.creds(t, dir, "edge")}, ok: true},
@@ -160,7 +142,7 @@ func TestConnectCreds(t *testing.T) {
 // With --nats-inbox-prefix, replies come back on the role's own prefix, so
 // permissions can allow a role only its own replies.
 func TestInboxPrefix(t *testing.T) {
-	url := startServer(t, &server.Options{Users: []*server.User{
+	url := testenv.NATSServer(t, &server.Options{Users: []*server.User{
 		{Username: "edge", Password: "pw", Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{"svc"}},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_EDGE.>"}},

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/testenv"
 )
 
 // TestRetryNoJetStream: set-up calls against a server or account without
@@ -21,12 +22,12 @@ import (
 func TestRetryNoJetStream(t *testing.T) {
 	t.Parallel()
 	acc := server.NewAccount("NOJS")
-	accountURL := startServer(t, &server.Options{
+	accountURL := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(),
 		Accounts: []*server.Account{acc},
 		Users:    []*server.User{{Username: "u", Password: "p", Account: acc}},
 	})
-	noJSURL := startServer(t, &server.Options{})
+	noJSURL := testenv.NATSServer(t, &server.Options{})
 	kv := func(js jetstream.JetStream) func(context.Context) error {
 		return func(ctx context.Context) error {
 			_, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
@@ -86,7 +87,7 @@ func TestRetryNoJetStream(t *testing.T) {
 // attempt's error.
 func TestRetryStopsWithContext(t *testing.T) {
 	t.Parallel()
-	url := startServer(t, &server.Options{
+	url := testenv.NATSServer(t, &server.Options{
 		JetStream: true, StoreDir: t.TempDir(), ServerName: "lonely",
 		Cluster: server.ClusterOpts{Name: "c", Host: "127.0.0.1", Port: server.RANDOM_PORT},
 		// Peers that never come: no quorum, no meta leader.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwt"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -58,6 +59,26 @@ func NATS(t testing.TB) *natsd.Server {
 	return s
 }
 
+// NATSServer starts a nats-server with opts in the test process, on a
+// random loopback port (host, port, signals and logging are set here), and
+// returns its client URL: for the servers NATS does not make (no
+// JetStream, accounts, a deployment's configuration file).
+func NATSServer(t testing.TB, opts *server.Options) string {
+	t.Helper()
+	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	return ns.ClientURL()
+}
+
 // Connect opens a NATS connection to url.
 func Connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
@@ -78,15 +99,15 @@ type Edge struct {
 
 // StartEdge serves an edge on a random loopback port. cfg.NATS.Conn is
 // required; build cfg from edge.DefaultConfig. Cleanup shuts it down and
-// checks nothing it started is left running. The close frames of that
-// shutdown are spread over at most a millisecond, not the default second:
-// no test waits for the spread.
+// fails the test if that shutdown fails. Unless the test chose another
+// spread, the close frames of that shutdown are spread over a
+// millisecond, not the default second: no test waits for the spread.
 func StartEdge(t testing.TB, cfg edge.Config) *Edge {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
-	if s := &cfg.WebSocket.ShutdownSpread; *s == 0 || *s > time.Millisecond {
+	if s := &cfg.WebSocket.ShutdownSpread; *s == 0 || *s == edge.DefaultConfig().WebSocket.ShutdownSpread {
 		*s = time.Millisecond
 	}
 	e, err := edge.New(t.Context(), cfg)
