@@ -129,9 +129,11 @@
 // refuses new handshakes with 503; Shutdown stops handshakes, closes every
 // socket with 4000 spread over ShutdownSpread, waits for the handshakes
 // in progress and for the registry to empty, stops Edge.routines (the
-// ticker ends; nothing starts from then on), unsubscribes, stops durable
-// rooms (the lease goes to another edge), durable messages and presence,
-// waits for Edge.routines, and closes the dispatcher and the writer pool.
+// ticker ends; nothing starts from then on), unsubscribes, waits for
+// Edge.routines (the read loops, whose unregister still writes to
+// presence and the rooms), stops durable rooms (the lease goes to another
+// edge), durable messages and presence, and closes the dispatcher and the
+// writer pool.
 // When a caller's ctx ends first, the lingering closes end and the
 // sockets close at once (Edge.gaveUp), and the teardown goes on.
 //

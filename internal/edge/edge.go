@@ -436,6 +436,10 @@ func (e *Edge) teardown() {
 		e.disp.unsubscribe(s)
 	}
 	_ = e.rpc.sub.Unsubscribe()
+	// The read loops end before the services they write to stop: when a
+	// Shutdown gave up, connections were aborted rather than gone, and
+	// their unregister still removes presence keys and leaves rooms.
+	_ = e.routines.Wait(context.Background())
 	if e.dur != nil {
 		e.dur.stop()
 	}
@@ -445,7 +449,6 @@ func (e *Edge) teardown() {
 	if e.presence != nil {
 		e.presence.Stop()
 	}
-	_ = e.routines.Wait(context.Background())
 	e.disp.close()
 	e.writers.close()
 }
