@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -298,70 +295,6 @@ func TestCrashedEdgeRemovedOnce(t *testing.T) {
 	}
 }
 
-// proxy is a TCP proxy to a NATS server that a test can cut, like a
-// network partition between one edge and NATS.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	up     bool
-	conns  []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: strings.TrimPrefix(target, "nats://"), up: true}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			d, err := net.Dial("tcp", p.target)
-			if !p.up || err != nil {
-				p.mu.Unlock()
-				_ = c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, d)
-			p.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(d, c); _ = d.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, d); _ = c.Close() })
-		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.cut()
-		wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) url() string { return "nats://" + p.ln.Addr().String() }
-
-// cut closes every connection and refuses new ones until restore.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.up = false
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *proxy) restore() {
-	p.mu.Lock()
-	p.up = true
-	p.mu.Unlock()
-}
-
 // An edge cut off from NATS for longer than its lease: the others remove
 // its connections (one offline each). When it comes back it takes its
 // lease again and rewrites the connections it holds, with what changed
@@ -370,8 +303,8 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	t.Parallel()
 	srv := testenv.NATS(t)
 	const ttl = 2 * time.Second
-	px := startProxy(t, srv.ClientURL())
-	a := startNode(t, px.url(), "edgeA", ttl, nats.ReconnectWait(50*time.Millisecond))
+	px := testenv.StartProxy(t, srv.ClientURL())
+	a := startNode(t, px.URL(), "edgeA", ttl, nats.ReconnectWait(50*time.Millisecond))
 	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
 	c := startNode(t, srv.ClientURL(), "edgeC", ttl)
 	svc := testenv.Connect(t, srv.ClientURL())
@@ -384,7 +317,7 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 		return b.User("pu3").Online && c.User("pu3").Online && len(c.User("pu2").Connections) == 2
 	})
 
-	px.cut()
+	px.Cut()
 	cut := time.Now()
 	testenv.Eventually(t, ttl+3*time.Second, "the others remove edgeA's connections", func() bool {
 		for _, n := range []*node{b, c} {
@@ -401,7 +334,7 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	a.Update(presence.Entry{Conn: "p1", User: "pu1", Rooms: []string{"late"}, Seq: 1})
 	a.Set(presence.Entry{Conn: "p4", User: "pu4"})
 	a.Remove("p3")
-	px.restore()
+	px.Restore()
 
 	testenv.Eventually(t, 15*time.Second, "edgeA's connections back, as they are now", func() bool {
 		for _, n := range []*node{a, b, c} {

@@ -223,17 +223,28 @@ func (p *puller) stopping() bool {
 	}
 }
 
-// connected waits a little while the NATS connection is down (pulls would
-// pile up in the reconnect buffer), and reports whether it is up.
+// connected reports whether the NATS connection is up. While it is down
+// (pulls would pile up in the reconnect buffer) it waits for nats.go to
+// report it connected again, or for Drain; a closed connection never
+// comes back, so then it waits for Drain only.
 func (p *puller) connected() bool {
-	if p.w.nc.IsConnected() {
+	nc := p.w.nc
+	if nc.IsConnected() {
 		return true
+	}
+	up := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(up)
+	if nc.IsConnected() { // it came back before the listener was in place
+		return true
+	}
+	if nc.IsClosed() {
+		up = nil
 	}
 	select {
 	case <-p.w.pullStop:
-	case <-time.After(250 * time.Millisecond):
+	case <-up:
 	}
-	return false
+	return nc.IsConnected()
 }
 
 // pullCtx is a context that ends after d or when Drain begins.

@@ -229,3 +229,70 @@ func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 		t.Logf("worker B:\n%s", strings.Join(b.lines, "\n"))
 	}
 }
+
+// TestDurableWorkerReconnects: a worker cut off from NATS while durable
+// messages are accepted handles them once its connection is back. The
+// puller waits for nats.go to report the connection up again, not on a
+// timer, so a missed wake-up would leave the messages unhandled.
+func TestDurableWorkerReconnects(t *testing.T) {
+	t.Parallel()
+	srv := testenv.NATS(t)
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
+	cfg.Auth.DevMode = true
+	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
+	e := testenv.StartEdge(t, cfg)
+	c := wstest.Dial(t, e.URL+"?user=alice")
+
+	px := testenv.StartProxy(t, srv.ClientURL())
+	nc, err := nats.Connect(px.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	w, err := worker.New(nc, worker.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan string, 16)
+	err = w.HandleDurable(t.Context(), "job.run", func(_ context.Context, m *worker.Message) error {
+		key, _ := m.Envelope.Meta.IdempotencyKey()
+		handled <- key
+		return nil
+	}, worker.DurableOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Drain(context.Background()) })
+	send := func(key string) {
+		t.Helper()
+		c.Send(t, "job.run", envelope.Meta{CorrelationID: key, Extra: map[string]json.RawMessage{envelope.MetaIdempotencyKey: wstest.JSON(t, key)}}, map[string]string{"k": key})
+		if got := c.Await(t, 5*time.Second, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == key }); got.Type != envelope.TypeAccepted {
+			t.Fatalf("%s: %s %s", key, got.Type, got.Payload)
+		}
+	}
+	await := func(key string) {
+		t.Helper()
+		select {
+		case got := <-handled:
+			if got != key {
+				t.Fatalf("handled %q, want %q", got, key)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s not handled", key)
+		}
+	}
+	send("before")
+	await("before")
+
+	px.Cut()
+	testenv.Eventually(t, 5*time.Second, "the worker disconnected", func() bool { return !nc.IsConnected() })
+	send("during") // stored in the work stream while the worker is away
+	select {
+	case got := <-handled:
+		t.Fatalf("handled %q while cut off", got)
+	default:
+	}
+	px.Restore()
+	await("during")
+}
