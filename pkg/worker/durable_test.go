@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/internal/edge"
+	"github.com/natter/natter/internal/natsd"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
@@ -137,19 +138,26 @@ func (w *crashWorker) tally() (started, done map[string][]int) {
 	return started, done
 }
 
-// TestDurableWorkerCrashLosesNothing: a worker process is SIGKILLed while
-// it handles durable messages; another worker process gets the messages
-// it held, after the ack wait, and every message a client was told was
-// accepted is handled.
-func TestDurableWorkerCrashLosesNothing(t *testing.T) {
-	t.Parallel()
+// durableEdge starts an edge with durable job.* messages on a NATS server
+// of the test's own, and a client of it.
+func durableEdge(t *testing.T) (*natsd.Server, *wstest.Client) {
+	t.Helper()
 	srv := testenv.NATS(t)
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
 	cfg.Auth.DevMode = true
 	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
 	e := testenv.StartEdge(t, cfg)
-	c := wstest.Dial(t, e.URL+"?user=alice")
+	return srv, wstest.Dial(t, e.URL+"?user=alice")
+}
+
+// TestDurableWorkerCrashLosesNothing: a worker process is SIGKILLed while
+// it handles durable messages; another worker process gets the messages
+// it held, after the ack wait, and every message a client was told was
+// accepted is handled.
+func TestDurableWorkerCrashLosesNothing(t *testing.T) {
+	t.Parallel()
+	srv, c := durableEdge(t)
 
 	const total = 300
 	keys := make([]string, total)
@@ -236,13 +244,7 @@ func TestDurableWorkerCrashLosesNothing(t *testing.T) {
 // timer, so a missed wake-up would leave the messages unhandled.
 func TestDurableWorkerReconnects(t *testing.T) {
 	t.Parallel()
-	srv := testenv.NATS(t)
-	cfg := edge.DefaultConfig()
-	cfg.NATS.Conn = testenv.Connect(t, srv.ClientURL())
-	cfg.Auth.DevMode = true
-	cfg.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
-	e := testenv.StartEdge(t, cfg)
-	c := wstest.Dial(t, e.URL+"?user=alice")
+	srv, c := durableEdge(t)
 
 	px := testenv.StartProxy(t, srv.ClientURL())
 	nc, err := nats.Connect(px.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
