@@ -47,10 +47,10 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/natter/natter/internal/bench"
+	"github.com/natter/natter/internal/config"
 )
 
 func main() {
@@ -77,7 +77,7 @@ func main() {
 	flag.IntVar(&cfg.PayloadSize, "payload-size", 64, "padding bytes in each request or fanout message")
 	flag.StringVar(&cfg.NATSURL, "nats", "nats://127.0.0.1:4222", "the edge's NATS URL (a single-binary edge's --nats-listen): fanout publishes there, idlecost reads JetStream streams there")
 	flag.Func("nats-pids", "idlecost: comma-separated pids of external NATS servers whose CPU is reported too (an edge run with --nats; none for a single-binary edge)", func(v string) error {
-		for _, p := range splitList(v) {
+		for _, p := range config.SplitList(v) {
 			pid, err := strconv.Atoi(p)
 			if err != nil || pid < 1 {
 				return fmt.Errorf("not a pid: %q", p)
@@ -108,8 +108,8 @@ func main() {
 		}
 		return
 	}
-	cfg.Scenarios = splitList(scenarios)
-	cfg.Servers = splitList(servers)
+	cfg.Scenarios = config.SplitList(scenarios)
+	cfg.Servers = config.SplitList(servers)
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -120,14 +120,4 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-}
-
-func splitList(v string) []string {
-	var out []string
-	for p := range strings.SplitSeq(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/natter/natter/internal/app"
@@ -76,7 +75,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.IntVar(&pres.Replicas, "presence-replicas", pres.Replicas, "replicas of the presence bucket and event stream")
 	fs.BoolVar(&pres.Open, "presence-open", pres.Open, "let clients list the members of rooms they are not in")
 	fs.Func("durable-rooms", "comma-separated patterns of durable rooms: history in JetStream, positions on deliveries, recovery on $join with since (default none)", func(v string) error {
-		rooms.Patterns = append(rooms.Patterns, splitList(v)...)
+		rooms.Patterns = append(rooms.Patterns, config.SplitList(v)...)
 		return nil
 	})
 	fs.DurationVar(&rooms.MaxAge, "durable-max-age", rooms.MaxAge, "how long durable room messages are kept")
@@ -86,7 +85,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.IntVar(&replicas, "durable-replicas", replicas, "replicas of the durable rooms stream and the durable messages work queue")
 	fs.BoolVar(&rooms.NoCapture, "durable-no-capture", rooms.NoCapture, "do not store core publishes to natter.out.room.<durable room> from this edge (another edge that holds the capture lease does)")
 	fs.Func("durable-types", "comma-separated patterns of durable message types: stored in the JetStream work queue natter_work until a worker acknowledges them, deduplicated by meta.idempotencyKey (default none)", func(v string) error {
-		msgs.Types = append(msgs.Types, splitList(v)...)
+		msgs.Types = append(msgs.Types, config.SplitList(v)...)
 		return nil
 	})
 	fs.DurationVar(&msgs.MaxAge, "durable-work-max-age", msgs.MaxAge, "how long an unhandled durable message is kept (0: until handled)")
@@ -117,11 +116,11 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&a.TokenSources.Query, "token-query", a.TokenSources.Query, "query parameter carrying the token")
 	fs.DurationVar(&a.RefreshWindow, "refresh-window", a.RefreshWindow, "send $auth.expiring this long before a token expires")
 	fs.Func("public-rooms", "comma-separated room patterns any connection may join (default none; * in single-binary mode)", func(v string) error {
-		a.PublicRooms = append(a.PublicRooms, splitList(v)...)
+		a.PublicRooms = append(a.PublicRooms, config.SplitList(v)...)
 		return nil
 	})
 	fs.Func("allowed-origins", "comma-separated browser origins allowed to connect, like https://app.example.com or https://*.example.com in addition to the edge's own origin, which is always allowed (default: only it; any in single-binary mode)", func(v string) error {
-		a.AllowedOrigins = append(a.AllowedOrigins, splitList(v)...)
+		a.AllowedOrigins = append(a.AllowedOrigins, config.SplitList(v)...)
 		return nil
 	})
 
@@ -203,15 +202,4 @@ func parseFlags(args []string) (app.Config, error) {
 		rc.JWT.HMACSecret = bytes.TrimSpace(b)
 	}
 	return rc, nil
-}
-
-// splitList splits a comma-separated flag value, dropping empty entries.
-func splitList(v string) []string {
-	var out []string
-	for p := range strings.SplitSeq(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -34,6 +34,18 @@ const EnvPrefix = "NATTER_"
 // FlagConfig is the flag naming the config file.
 const FlagConfig = "config"
 
+// SplitList splits a comma-separated flag value into its items, trimmed,
+// dropping empty ones ("a, b,,c" is a, b, c).
+func SplitList(v string) []string {
+	var out []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // EnvName is the environment variable of a flag.
 func EnvName(flagName string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,6 +89,25 @@ func TestErrors(t *testing.T) {
 			fs, _, _, _, _ := flags()
 			if err := config.Parse(fs, tc.args); !errors.Is(err, config.ErrInvalid) {
 				t.Fatalf("err %v, want ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+	}{
+		{"empty", "", nil},
+		{"one", "a", []string{"a"}},
+		{"trimmed", " a , b ", []string{"a", "b"}},
+		{"empty items dropped", "a,,b,", []string{"a", "b"}},
+		{"only commas", " , ,", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := config.SplitList(tc.in); !slices.Equal(got, tc.want) {
+				t.Fatalf("SplitList(%q) = %q, want %q", tc.in, got, tc.want)
 			}
 		})
 	}
