@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // Direction says which way a message travels.
@@ -25,9 +26,9 @@ type Direction uint8
 // The directions. The same type may have a schema in each.
 const (
 	// Client is a message a client sends to the edge (natter.v1.client_type).
-	Client Direction = 1
+	Client = Direction(wire.Client)
 	// Server is a message sent toward clients (natter.v1.server_type).
-	Server Direction = 2
+	Server = Direction(wire.Server)
 )
 
 // String returns "client" or "server".
@@ -373,6 +374,16 @@ func (r *Registry) Validate(dir Direction, typ string, payload []byte) error {
 // Known reports whether typ has a schema in direction dir.
 func (r *Registry) Known(dir Direction, typ string) bool {
 	return r.byDirection(dir)[typ] != nil
+}
+
+// Message returns the message typ maps to in direction dir, or nil when
+// it has none: the registry is the edge's wire.Types, which converts
+// payloads between JSON and protobuf.
+func (r *Registry) Message(dir wire.Direction, typ string) protoreflect.MessageDescriptor {
+	if pt := r.byDirection(Direction(dir))[typ]; pt != nil {
+		return pt.desc
+	}
+	return nil
 }
 
 // Types lists the types that have a schema, sorted by type, then
