@@ -13,6 +13,10 @@ import (
 
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
 
@@ -82,6 +86,7 @@ type Registry struct {
 	open      map[protoreflect.FullName]bool
 	ext       *dynamicpb.Types
 	validator protovalidate.Validator
+	files     *protoregistry.Files
 	types     []TypeInfo
 	index     []byte // ServeHTTP's body
 }
@@ -124,6 +129,7 @@ func Load(cfg Config) (*Registry, error) {
 		strict: cfg.Strict,
 		open:   make(map[protoreflect.FullName]bool),
 		ext:    ext,
+		files:  reg,
 	}
 	type mapping struct {
 		dir  Direction
@@ -384,6 +390,42 @@ func (r *Registry) Message(dir wire.Direction, typ string) protoreflect.MessageD
 		return pt.desc
 	}
 	return nil
+}
+
+// DescriptorSet returns every compiled file, the shipped and user schemas
+// and what they import, as a serialized google.protobuf.FileDescriptorSet
+// with each file after its imports: what a protobuf runtime in another
+// language needs to encode the payloads of the binary wire (natter-gen-ts
+// embeds it for the TypeScript client).
+func (r *Registry) DescriptorSet() ([]byte, error) {
+	var set descriptorpb.FileDescriptorSet
+	done := map[string]bool{}
+	var add func(fd protoreflect.FileDescriptor)
+	add = func(fd protoreflect.FileDescriptor) {
+		if done[fd.Path()] {
+			return
+		}
+		done[fd.Path()] = true
+		imports := fd.Imports()
+		for i := range imports.Len() {
+			add(imports.Get(i).FileDescriptor)
+		}
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(fd))
+	}
+	var paths []string
+	r.files.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		paths = append(paths, fd.Path())
+		return true
+	})
+	slices.Sort(paths)
+	for _, p := range paths {
+		fd, err := r.files.FindFileByPath(p)
+		if err != nil {
+			return nil, err
+		}
+		add(fd)
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(&set)
 }
 
 // Types lists the types that have a schema, sorted by type, then

@@ -13,6 +13,11 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+
 	"github.com/natter/natter/internal/schema"
 )
 
@@ -600,5 +605,41 @@ func TestConcurrentValidate(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+func TestDescriptorSet(t *testing.T) {
+	t.Parallel()
+	reg, err := schema.Load(schema.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := reg.DescriptorSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(b, &set); err != nil {
+		t.Fatal(err)
+	}
+	// Every file comes after its imports, so that a runtime that builds
+	// the files in order finds each dependency built.
+	files, err := protodesc.NewFiles(&set)
+	if err != nil {
+		t.Fatalf("the set does not link: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, f := range set.File {
+		for _, dep := range f.Dependency {
+			if !seen[dep] {
+				t.Errorf("%s comes before its import %s", f.GetName(), dep)
+			}
+		}
+		seen[f.GetName()] = true
+	}
+	for _, name := range []protoreflect.FullName{"natter.v1.Envelope", "natter.chat.v1.SendMessage"} {
+		if _, err := files.FindDescriptorByName(name); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
