@@ -1,5 +1,7 @@
 // Command natter-gen-ts writes the TypeScript types of message payloads,
-// generated from the .proto schemas, for the TypeScript client:
+// generated from the .proto schemas, for the TypeScript client, and
+// natterSchemas, the schemas' descriptors that its binary wire
+// (`wire: "protobuf"`) encodes payloads with:
 //
 //	go run ./cmd/natter-gen-ts > clients/src/messages.gen.ts
 //	go run ./cmd/natter-gen-ts --schemas ./my-schemas -o src/messages.gen.ts
@@ -36,7 +38,11 @@ func run(dirs []string, out string) error {
 	if err != nil {
 		return err
 	}
-	ts, err := tsgen.Generate(reg.Types())
+	set, err := reg.DescriptorSet()
+	if err != nil {
+		return err
+	}
+	ts, err := tsgen.Generate(reg.Types(), set)
 	if err != nil {
 		return err
 	}

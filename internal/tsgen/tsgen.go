@@ -1,7 +1,10 @@
 // Package tsgen writes TypeScript declarations of message payloads from
 // the schema registry: one interface per proto message, and the maps
 // ClientMessages and ServerMessages from envelope type to payload, which
-// the TypeScript client uses to type send, on, rpc and handle.
+// the TypeScript client uses to type send, on, rpc and handle; and the
+// value natterSchemas, the schemas' descriptors and the message of each
+// type per direction, which the client's binary wire (`wire: "protobuf"`)
+// encodes payloads with.
 //
 // It reads the JSON Schema the registry derives from each message (the
 // same one GET /schemas serves), so the TypeScript types follow protojson's
@@ -11,12 +14,16 @@ package tsgen
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/natter/natter/internal/schema"
 )
@@ -116,8 +123,16 @@ type gen struct {
 	names map[string]string // full name -> TypeScript name
 }
 
-// Generate returns the TypeScript declarations of every type in types.
-func Generate(types []schema.TypeInfo) ([]byte, error) {
+// Generate returns the TypeScript declarations of every type in types,
+// and natterSchemas with descriptorSet (schema.Registry.DescriptorSet: a
+// serialized google.protobuf.FileDescriptorSet, every file after its
+// imports). The files' source code info (comments) is left out of the
+// embedded set: a runtime does not need it.
+func Generate(types []schema.TypeInfo, descriptorSet []byte) ([]byte, error) {
+	set, err := compact(descriptorSet)
+	if err != nil {
+		return nil, err
+	}
 	g := &gen{defs: map[string]*node{}, names: map[string]string{}}
 	maps := map[string]map[string]string{"client": {}, "server": {}}
 	for _, ti := range types {
@@ -158,7 +173,55 @@ func Generate(types []schema.TypeInfo) ([]byte, error) {
 		}
 		b.WriteString("}\n")
 	}
+	writeSchemas(&b, set, maps)
 	return b.Bytes(), nil
+}
+
+// compact returns the descriptor set without source code info.
+func compact(descriptorSet []byte) ([]byte, error) {
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(descriptorSet, &set); err != nil {
+		return nil, fmt.Errorf("tsgen: descriptor set: %w", err)
+	}
+	for _, f := range set.File {
+		f.SourceCodeInfo = nil
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(&set)
+}
+
+// writeSchemas writes natterSchemas: the descriptor set in base64 (in
+// lines of 100 characters) and the message full name of each type by
+// direction.
+func writeSchemas(b *bytes.Buffer, set []byte, maps map[string]map[string]string) {
+	b.WriteString(`
+/**
+ * The schemas for the binary wire: connect(url, {wire: "protobuf", schemas: natterSchemas}).
+ * descriptorSet is a serialized google.protobuf.FileDescriptorSet in base64
+ * (every file after its imports); client and server name the message of
+ * each type in the frames a client sends and receives.
+ */
+export const natterSchemas: {
+  readonly descriptorSet: string;
+  readonly client: { readonly [type: string]: string };
+  readonly server: { readonly [type: string]: string };
+} = {
+  descriptorSet: [
+`)
+	enc := base64.StdEncoding.EncodeToString(set)
+	for len(enc) > 0 {
+		n := min(len(enc), 100)
+		fmt.Fprintf(b, "    %q,\n", enc[:n])
+		enc = enc[n:]
+	}
+	b.WriteString("  ].join(\"\"),\n")
+	for _, dir := range []string{"client", "server"} {
+		fmt.Fprintf(b, "  %s: {\n", dir)
+		for _, typ := range sortedKeys(maps[dir]) {
+			fmt.Fprintf(b, "    %s: %s,\n", strconv.Quote(typ), strconv.Quote(maps[dir][typ]))
+		}
+		b.WriteString("  },\n")
+	}
+	b.WriteString("};\n")
 }
 
 // name gives each message its short name, or its package-qualified one

@@ -2,10 +2,18 @@ package tsgen_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"flag"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/internal/tsgen"
@@ -19,7 +27,11 @@ func generate(t *testing.T, dirs ...string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts, err := tsgen.Generate(reg.Types())
+	set, err := reg.DescriptorSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := tsgen.Generate(reg.Types(), set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,5 +109,64 @@ func TestTrickyShapes(t *testing.T) {
 	}
 	if strings.Contains(string(got), "Record<") {
 		t.Error("uses Record<...>, which a message named Record would shadow")
+	}
+}
+
+// natterSchemas embeds a descriptor set that links on its own (every file
+// after its imports, none missing) and holds the message of every type,
+// which the maps name per direction.
+func TestSchemasDescriptorSet(t *testing.T) {
+	reg, err := schema.Load(schema.Config{Dirs: []string{"../schema/testdata/user"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := golden(t, "testdata/user.gen.ts", "../schema/testdata/user")
+	src := string(got)
+	start := strings.Index(src, "  descriptorSet: [\n")
+	end := strings.Index(src, "  ].join(\"\"),\n")
+	if start < 0 || end < start {
+		t.Fatalf("no descriptorSet in:\n%s", src)
+	}
+	var b64 strings.Builder
+	for _, line := range strings.Split(strings.TrimSpace(src[start+len("  descriptorSet: [\n"):end]), "\n") {
+		s, err := strconv.Unquote(strings.TrimSuffix(strings.TrimSpace(line), ","))
+		if err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		b64.WriteString(s)
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(raw, &set); err != nil {
+		t.Fatal(err)
+	}
+	files, err := protodesc.NewFiles(&set)
+	if err != nil {
+		t.Fatalf("the descriptor set does not link: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, f := range set.File {
+		if f.SourceCodeInfo != nil {
+			t.Errorf("%s keeps its source code info", f.GetName())
+		}
+		for _, dep := range f.Dependency {
+			if !seen[dep] {
+				t.Errorf("%s comes before its import %s", f.GetName(), dep)
+			}
+		}
+		seen[f.GetName()] = true
+	}
+	for _, ti := range reg.Types() {
+		if _, err := files.FindDescriptorByName(protoreflect.FullName(ti.Message)); err != nil {
+			t.Errorf("%s: %v", ti.Message, err)
+		}
+		line := fmt.Sprintf("    %q: %q,\n", ti.Type, ti.Message)
+		dir := strings.Index(src, "  "+ti.Direction+": {\n")
+		if dir < 0 || !strings.Contains(src[dir:], line) {
+			t.Errorf("natterSchemas.%s lacks %s", ti.Direction, strings.TrimSpace(line))
+		}
 	}
 }
