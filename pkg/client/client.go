@@ -16,6 +16,7 @@ import (
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // Errors of this package. Failures of RPCs are *rpc.Error values; some of
@@ -225,6 +226,15 @@ type Options struct {
 	// Logger receives reconnects and failed re-joins. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Wire is the subprotocol the client offers and speaks: WireJSON,
+	// text frames (default ""), or WireProtobuf, binary frames, which
+	// needs an edge that speaks natter.protobuf (an older edge refuses the
+	// handshake with 400). The application API is the same on both.
+	Wire Wire
+	// Schemas are the payload schemas of the protobuf wire: the same
+	// .proto files the edge loads (LoadSchemas). Default nil: the schemas
+	// shipped with Natter, compiled by New. Unused on the JSON wire.
+	Schemas wire.Types
 }
 
 // Operations of a BackgroundError.
@@ -280,6 +290,7 @@ func StaticToken(tok string) func(context.Context) (string, error) {
 type Client struct {
 	url     string
 	opts    Options
+	codec   *wire.Codec // nil on the JSON wire
 	backoff Backoff
 	log     *slog.Logger
 
@@ -432,6 +443,20 @@ func New(rawURL string, opts Options) (*Client, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	var codec *wire.Codec
+	switch opts.Wire {
+	case "", WireJSON:
+		opts.Wire = WireJSON
+	case WireProtobuf:
+		if opts.Schemas == nil {
+			if opts.Schemas, err = LoadSchemas(); err != nil {
+				return nil, err
+			}
+		}
+		codec = &wire.Codec{Types: opts.Schemas}
+	default:
+		return nil, fmt.Errorf("%w: Wire must be %q or %q, not %q", ErrInvalidOptions, WireJSON, WireProtobuf, opts.Wire)
+	}
 	var b Backoff
 	if opts.Reconnect != nil {
 		b = *opts.Reconnect
@@ -440,6 +465,7 @@ func New(rawURL string, opts Options) (*Client, error) {
 	c := &Client{
 		url:        u.String(),
 		opts:       opts,
+		codec:      codec,
 		backoff:    b.withDefaults(),
 		log:        opts.Logger,
 		ctx:        ctx,
@@ -544,8 +570,8 @@ func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
 	if err != nil {
 		return err
 	}
-	if len(frame) > c.opts.MaxMessageSize {
-		return ErrTooLarge
+	if err := c.checkSize(frame); err != nil {
+		return err
 	}
 	if c.ctx.Err() != nil {
 		return ErrClosed
@@ -556,6 +582,26 @@ func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
 	default:
 		return ErrBufferFull
 	}
+}
+
+// checkSize fails a frame the edge would close the connection for with
+// 1009: its JSON form, or on the protobuf wire its binary form, larger
+// than MaxMessageSize.
+func (c *Client) checkSize(frame []byte) error {
+	if len(frame) <= c.opts.MaxMessageSize {
+		return nil
+	}
+	if c.codec == nil {
+		return ErrTooLarge
+	}
+	n, err := c.protoSize(frame)
+	if err != nil {
+		return err
+	}
+	if n > c.opts.MaxMessageSize {
+		return ErrTooLarge
+	}
+	return nil
 }
 
 // run connects, serves each connection until it ends, and reconnects with

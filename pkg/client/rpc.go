@@ -131,8 +131,8 @@ func (c *Client) request(ctx context.Context, typ string, payload any, o *callOp
 	if err != nil {
 		return nil, err
 	}
-	if len(frame) > c.opts.MaxMessageSize {
-		return nil, ErrTooLarge
+	if err := c.checkSize(frame); err != nil {
+		return nil, err
 	}
 	cl := newCall(cid)
 	cl.op = op
@@ -348,7 +348,7 @@ func (c *Client) answer(ctx context.Context, h HandlerFunc, req *envelope.Envelo
 	}
 	env.Meta.CorrelationID = cid
 	b, err := envelope.Encode(env)
-	if err != nil || len(b) > c.opts.MaxMessageSize {
+	if err != nil || c.checkSize(b) != nil {
 		return envelope.RPCErrorFrame(cid, envelope.CodeInternal, "answer does not encode or is too large")
 	}
 	return b

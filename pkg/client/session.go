@@ -20,6 +20,7 @@ import (
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // session is one WebSocket connection. Its read loop runs on a goroutine
@@ -27,6 +28,8 @@ import (
 type session struct {
 	c    *Client
 	ws   *gws.Conn
+	// codec converts frames on the protobuf wire; nil on the JSON wire.
+	codec *wire.Codec
 	done chan struct{} // closed by OnClose, after info is set
 	info CloseInfo
 	// ctrl holds frames that go before the send buffer: aborts and answers
@@ -66,6 +69,20 @@ func (c *Client) connect() (*session, error) {
 			hdr.Set("Authorization", "Bearer "+tok)
 		}
 	}
+	if c.codec != nil {
+		// Offered alone: an edge without the binary wire refuses the
+		// handshake instead of answering in JSON. Entries the
+		// application offers itself (bearer.<token>) follow.
+		offer := []string{wire.Protobuf}
+		for _, v := range hdr.Values("Sec-WebSocket-Protocol") {
+			for _, p := range strings.Split(v, ",") {
+				if p = strings.TrimSpace(p); p != "" && p != wire.JSON && p != wire.Protobuf {
+					offer = append(offer, p)
+				}
+			}
+		}
+		hdr.Set("Sec-WebSocket-Protocol", strings.Join(offer, ", "))
+	}
 	u, _ := url.Parse(c.url) // checked by New
 	port := u.Port()
 	if port == "" {
@@ -88,7 +105,7 @@ func (c *Client) connect() (*session, error) {
 		conn = tc
 	}
 	sctx, scancel := context.WithCancel(c.ctx)
-	s := &session{c: c, done: make(chan struct{}), ctrl: make(chan []byte, ctrlQueue), ctx: sctx, cancel: scancel, welcome: make(chan struct{})}
+	s := &session{c: c, codec: c.codec, done: make(chan struct{}), ctrl: make(chan []byte, ctrlQueue), ctx: sctx, cancel: scancel, welcome: make(chan struct{})}
 	if c.opts.SendRate > 0 {
 		// Full at first use, like the edge's (whose burst is larger by
 		// default: see DefaultSendBurst).
@@ -117,6 +134,12 @@ func (c *Client) connect() (*session, error) {
 			return nil, &HandshakeError{StatusCode: resp.StatusCode, Body: strings.TrimSpace(string(body))}
 		}
 		return nil, fmt.Errorf("client: handshake: %w", err)
+	}
+	if c.codec != nil && ws.SubProtocol() != wire.Protobuf {
+		// gws checks only that the edge chose one of the offered entries.
+		scancel()
+		_ = ws.NetConn().Close()
+		return nil, fmt.Errorf("client: handshake: the edge chose subprotocol %q, not %q", ws.SubProtocol(), wire.Protobuf)
 	}
 	s.ws = ws
 	s.lastRead.Store(time.Now().UnixNano())
@@ -511,12 +534,23 @@ func (c *Client) write(s *session, frame []byte) bool {
 	return true
 }
 
-// writeNow writes one text frame. A failed write closes the socket; the
-// read loop then ends the session.
+// writeNow writes one JSON frame: a text frame, or on the protobuf wire
+// its binary form. A failed write closes the socket; the read loop then
+// ends the session.
 func (c *Client) writeNow(s *session, frame []byte) {
+	op := gws.OpcodeText
+	if s.codec != nil {
+		b, err := s.toWire(frame)
+		if err != nil {
+			// Every frame comes from envelope.Encode: not expected.
+			c.log.Error("client: frame does not convert to protobuf; dropped", "err", err)
+			return
+		}
+		frame, op = b, gws.OpcodeBinary
+	}
 	s.lastWrite = time.Now()
 	_ = s.ws.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout))
-	_ = s.ws.WriteMessage(gws.OpcodeText, frame)
+	_ = s.ws.WriteMessage(op, frame)
 }
 
 // sendCtrl queues a priority frame for s; it waits while the queue is
@@ -577,9 +611,18 @@ func (s *session) OnPong(*gws.Conn, []byte) {
 
 func (s *session) OnMessage(_ *gws.Conn, m *gws.Message) {
 	s.lastRead.Store(time.Now().UnixNano())
-	data := append([]byte(nil), m.Bytes()...)
+	binary := m.Opcode == gws.OpcodeBinary
+	data, ok, err := s.fromWire(binary, m.Bytes())
+	if s.codec == nil {
+		data = append([]byte(nil), data...) // m's buffer is reused
+	}
 	m.Close()
-	if m.Opcode != gws.OpcodeText {
+	if !ok {
+		s.c.log.Debug("client: frame of the other wire dropped", "binary", binary)
+		return
+	}
+	if err != nil {
+		s.c.log.Debug("client: unconvertible binary frame dropped", "err", err)
 		return
 	}
 	env, err := envelope.Decode(data, maxReadSize)
