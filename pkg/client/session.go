@@ -26,12 +26,12 @@ import (
 // session is one WebSocket connection. Its read loop runs on a goroutine
 // of its own; the client's run goroutine writes to it.
 type session struct {
-	c    *Client
-	ws   *gws.Conn
+	c  *Client
+	ws *gws.Conn
 	// codec converts frames on the protobuf wire; nil on the JSON wire.
 	codec *wire.Codec
-	done chan struct{} // closed by OnClose, after info is set
-	info CloseInfo
+	done  chan struct{} // closed by OnClose, after info is set
+	info  CloseInfo
 	// ctrl holds frames that go before the send buffer: aborts and answers
 	// to server requests. They belong to this connection only.
 	ctrl   chan []byte
