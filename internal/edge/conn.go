@@ -18,6 +18,7 @@ import (
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // frameOverhead is charged per queued frame on top of its bytes, so that a
@@ -38,6 +39,9 @@ type conn struct {
 	wire   *wireConn // the socket under gws: frame checks and the lingering close
 	id     string
 	user   string
+	// protobuf: the connection speaks natter.protobuf, binary frames of
+	// natter.v1.Envelope; otherwise JSON text frames.
+	protobuf bool
 	// phase is the connection's state, a connPhase. It is read without a
 	// lock and only moves forward, under wmu, so that the write queue
 	// always agrees with it: closeWith and stopWriting make it closing,
@@ -293,9 +297,19 @@ func (c *conn) unregister() {
 	c.e.stats.connections.Add(-1)
 }
 
-// send queues one encoded envelope as a text frame.
-func (c *conn) send(envelope []byte) {
-	c.sendFrame(wsFrame(opText, envelope))
+// send queues one JSON envelope for this connection alone, as a text
+// frame, or converted to a binary one on natter.protobuf.
+func (c *conn) send(env []byte) {
+	if !c.protobuf {
+		c.sendFrame(wsFrame(opText, env))
+		return
+	}
+	b, err := c.e.codec.JSONToProto(wire.Server, env, len(env))
+	if err != nil {
+		c.e.cfg.Logger.Error("edge: an envelope of the edge's does not convert to protobuf", "err", err)
+		return
+	}
+	c.sendFrame(wsFrame(opBinary, b))
 }
 
 // sendFrame queues one complete frame (see wsFrame), which may be shared

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
@@ -11,6 +12,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // outbound checks an envelope published toward clients and returns the
@@ -18,7 +20,7 @@ import (
 // deliveries get meta.room. Invalid envelopes are dropped and counted,
 // envelopes that are not UTF-8 among them (DecodeInto refuses them: a
 // browser fails a connection on such a text frame).
-func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
+func (e *Edge) outbound(msg *nats.Msg, room string) (*outFrame, []string, bool) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, msg.Data, e.cfg.NATS.MaxOutboundSize); err != nil {
 		e.stats.dropped.Add(1)
@@ -53,7 +55,55 @@ func (e *Edge) outbound(msg *nats.Msg, room string) ([]byte, []string, bool) {
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
 		exclude = strings.Split(x, ",")
 	}
-	return wsFrame(opText, frame), exclude, true
+	return newOutFrame(frame), exclude, true
+}
+
+// outFrame is one envelope on its way to clients, encoded once per wire:
+// the JSON text frame when it is made, the natter.protobuf binary frame
+// when the first protobuf connection needs it, shared by the others. Like
+// every frame, it is never modified once queued.
+type outFrame struct {
+	text []byte // the complete text frame
+	json []byte // its payload: the JSON envelope
+	once sync.Once
+	bin  []byte // the binary frame; nil when the envelope does not convert
+}
+
+func newOutFrame(env []byte) *outFrame {
+	text := wsFrame(opText, env)
+	return &outFrame{text: text, json: text[len(text)-len(env):]}
+}
+
+// binary returns the protobuf frame, converting the envelope the first
+// time, or nil when it does not convert.
+func (f *outFrame) binary(e *Edge) []byte {
+	f.once.Do(func() {
+		b, err := e.codec.JSONToProto(wire.Server, f.json, len(f.json))
+		if err != nil {
+			e.stats.dropped.Add(1)
+			if e.logLimit.Allow() {
+				e.cfg.Logger.Warn("edge: an outbound envelope does not convert to protobuf", "err", err)
+			}
+			return
+		}
+		f.bin = wsFrame(opBinary, b)
+		e.stats.protobufEncodes.Add(1)
+	})
+	return f.bin
+}
+
+// size is what the frame costs a queue: its larger encoding.
+func (f *outFrame) size() int { return max(len(f.text), len(f.bin)) }
+
+// sendOut queues f in the connection's wire.
+func (c *conn) sendOut(f *outFrame) {
+	if !c.protobuf {
+		c.sendFrame(f.text)
+		return
+	}
+	if b := f.binary(c.e); b != nil {
+		c.sendFrame(b)
+	}
 }
 
 // deliverGroup fans a room or user message out to the local members.
@@ -70,7 +120,7 @@ func (e *Edge) deliverGroup(g *group, msg *nats.Msg) {
 	defer g.mu.RUnlock()
 	for c := range g.members {
 		if exclude == nil || !slices.Contains(exclude, c.id) {
-			c.sendFrame(frame)
+			c.sendOut(frame)
 		}
 	}
 }
@@ -89,12 +139,12 @@ func (e *Edge) deliverDiff(room string, d any) {
 	if err != nil {
 		return
 	}
-	frame := wsFrame(opText, b)
+	frame := newOutFrame(b)
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for c, watch := range g.members {
 		if watch {
-			c.sendFrame(frame)
+			c.sendOut(frame)
 		}
 	}
 }
@@ -107,7 +157,7 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 	}
 	e.conns.each(func(c *conn) {
 		if exclude == nil || !slices.Contains(exclude, c.id) {
-			c.sendFrame(frame)
+			c.sendOut(frame)
 		}
 	})
 }
@@ -117,7 +167,7 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 func (c *conn) onOut(msg *nats.Msg) {
 	if msg.Reply == "" {
 		if frame, _, ok := c.e.outbound(msg, ""); ok {
-			c.sendFrame(frame)
+			c.sendOut(frame)
 		}
 		return
 	}

@@ -29,7 +29,7 @@ type recovery struct {
 
 type seqFrame struct {
 	seq   uint64
-	frame []byte
+	frame *outFrame
 }
 
 // The seam between a member's replay and its live delivery, all under
@@ -42,12 +42,12 @@ type seqFrame struct {
 
 // add buffers live message seq, unless the buffer overflowed: past limit
 // bytes it empties it, and keeps nothing until the next round.
-func (r *recovery) add(seq uint64, frame []byte, limit int) {
+func (r *recovery) add(seq uint64, frame *outFrame, limit int) {
 	if r.overflow {
 		return
 	}
 	r.buf = append(r.buf, seqFrame{seq: seq, frame: frame})
-	r.bytes += len(frame)
+	r.bytes += frame.size()
 	if r.bytes > limit {
 		r.buf, r.bytes, r.overflow = nil, 0, true
 	}
@@ -66,7 +66,7 @@ func (r *recovery) again() bool {
 // still replaying gets it buffered instead (up to limit bytes); a member
 // whose replay ended past the room's chain does not get what it was
 // replayed.
-func (l *roomLog) admit(c *conn, seq uint64, frame []byte, limit int) bool {
+func (l *roomLog) admit(c *conn, seq uint64, frame *outFrame, limit int) bool {
 	if r := l.recovering[c]; r != nil {
 		r.add(seq, frame, limit)
 		return false
@@ -85,12 +85,12 @@ func (l *roomLog) admit(c *conn, seq uint64, frame []byte, limit int) bool {
 // skip those at or before last that the room's chain has not delivered
 // yet. It returns false and changes nothing when r is no longer c's
 // recovery: c left the room meanwhile (and may have joined again).
-func (l *roomLog) release(c *conn, r *recovery, last uint64) ([][]byte, bool) {
+func (l *roomLog) release(c *conn, r *recovery, last uint64) ([]*outFrame, bool) {
 	if l.recovering[c] != r {
 		return nil, false
 	}
 	delete(l.recovering, c)
-	var frames [][]byte
+	var frames []*outFrame
 	for _, sf := range r.buf {
 		if sf.seq > last {
 			frames = append(frames, sf.frame)
@@ -228,6 +228,6 @@ func (d *durable) finish(c *conn, g *group, r *recovery, cid string, ack *envelo
 	}
 	d.ack(c, g, cid, ack)
 	for _, f := range frames {
-		c.sendFrame(f)
+		c.sendOut(f)
 	}
 }

@@ -149,9 +149,9 @@ func (d *durable) backfill(g *group, last, to uint64) bool {
 // Members still replaying get it buffered.
 func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude string) {
 	b, ok := d.frame(g.id, seq, data)
-	var frame []byte
+	var frame *outFrame
 	if ok {
-		frame = wsFrame(opText, b)
+		frame = newOutFrame(b)
 	}
 	var ex []string
 	if exclude != "" {
@@ -167,7 +167,7 @@ func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude strin
 			continue
 		}
 		if g.log.admit(c, seq, frame, d.e.cfg.WebSocket.WriteQueueBytes) {
-			c.sendFrame(frame)
+			c.sendOut(frame)
 		}
 	}
 }

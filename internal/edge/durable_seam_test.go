@@ -86,7 +86,7 @@ func newSeam(t *testing.T, limit int, members ...*conn) *seam {
 
 // frameOf is the frame of seq: four bytes, so that a test counts the
 // buffer's bytes in messages.
-func frameOf(seq uint64) []byte { return fmt.Appendf(nil, "%04d", seq) }
+func frameOf(seq uint64) *outFrame { return &outFrame{text: fmt.Appendf(nil, "%04d", seq)} }
 
 func (s *seam) live(seqs ...uint64) {
 	for _, seq := range seqs {
@@ -131,9 +131,9 @@ func (s *seam) round(c *conn, r *recovery, from, to uint64, wantAgain bool) {
 func (s *seam) finish(c *conn, r *recovery, last uint64) bool {
 	frames, ok := s.log.release(c, r, last)
 	for _, f := range frames {
-		seq, err := strconv.ParseUint(string(f), 10, 64)
+		seq, err := strconv.ParseUint(string(f.text), 10, 64)
 		if err != nil {
-			s.t.Fatalf("released frame %q: %v", f, err)
+			s.t.Fatalf("released frame %q: %v", f.text, err)
 		}
 		s.got[c] = append(s.got[c], seq)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // Edge holds WebSocket connections and bridges them to NATS. It is an
@@ -39,21 +40,27 @@ type Edge struct {
 	// upgraderProto selects the "natter" subprotocol, for clients that
 	// offer subprotocols (a token as bearer.<token> among them).
 	upgraderProto *gws.Upgrader
-	origins       auth.Origins
-	adm           admission
-	hub           *hub
-	conns         registry
-	ids           connIDs // connection ids, <edge>.<n>
-	allSub        *nats.Subscription
-	connSubs      [2]*nats.Subscription // out.conn.<edge>.* and ctl.conn.<edge>.*: every connection's (subscribeConns)
-	rpc           *rpcMux
-	presence      *presencekv.Service // nil when off
-	dur           *durable            // nil without durable rooms
-	work          *work               // nil without durable types
-	stats         counters
-	writers       *writerPool
-	disp          *dispatcher
-	nextShard     atomic.Uint32
+	// upgraderBinary selects "natter.protobuf": binary frames of
+	// natter.v1.Envelope (docs/protocol.md, "Binary wire").
+	upgraderBinary *gws.Upgrader
+	// codec converts envelopes for natter.protobuf connections, through
+	// the schemas.
+	codec     wire.Codec
+	origins   auth.Origins
+	adm       admission
+	hub       *hub
+	conns     registry
+	ids       connIDs // connection ids, <edge>.<n>
+	allSub    *nats.Subscription
+	connSubs  [2]*nats.Subscription // out.conn.<edge>.* and ctl.conn.<edge>.*: every connection's (subscribeConns)
+	rpc       *rpcMux
+	presence  *presencekv.Service // nil when off
+	dur       *durable            // nil without durable rooms
+	work      *work               // nil without durable types
+	stats     counters
+	writers   *writerPool
+	disp      *dispatcher
+	nextShard atomic.Uint32
 	// rpcLatency observes client RPCs from forward to reply; nil without
 	// Config.Registerer.
 	rpcLatency prometheus.Histogram
@@ -145,6 +152,10 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 	// offer no subprotocol at all go through an upgrader without them.
 	e.upgrader = gws.NewUpgrader(&handler{e: e}, opts(nil))
 	e.upgraderProto = gws.NewUpgrader(&handler{e: e}, opts([]string{auth.Subprotocol}))
+	e.upgraderBinary = gws.NewUpgrader(&handler{e: e}, opts([]string{wire.Protobuf}))
+	if cfg.Schemas != nil {
+		e.codec.Types = cfg.Schemas
+	}
 	sub, err := e.nc.Subscribe(e.ns.All().String(), e.deliverAll)
 	if err != nil {
 		return nil, fmt.Errorf("edge: subscribe all: %w", err)
@@ -320,19 +331,20 @@ func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 		e.refuse(w, refusedLimit, http.StatusTooManyRequests, reason, 0)
 		return
 	}
-	socket, wire, err := e.upgrade(w, r)
+	socket, wc, binary, err := e.upgrade(w, r)
 	if err != nil {
 		release()
 		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := newConn(e, socket, wire, e.ids.next(), id, release)
+	c := newConn(e, socket, wc, e.ids.next(), id, release)
+	c.protobuf = binary
 	socket.Session().Store(sessionKey, c)
 	if err := c.register(); err != nil {
 		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
 		_ = socket.WriteClose(uint16(envelope.CloseInternal), []byte("internal error"))
-		wire.linger()
+		wc.linger()
 		return
 	}
 	c.setIdentity(id)
@@ -344,7 +356,7 @@ func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 	if !e.routines.Go(func(context.Context) { c.readLoop() }) {
 		// Shutdown gave up waiting for this handshake and stopped the
 		// edge's goroutines: nothing will read the socket.
-		wire.abort()
+		wc.abort()
 		c.unregister()
 	}
 }
@@ -530,6 +542,9 @@ type Stats struct {
 	WorkStored     int64 // client messages of durable types stored in the work stream (duplicates included)
 	WorkDuplicates int64 // of those, resends the stream recognized by their idempotency key
 	WorkRefused    int64 // client messages of durable types the stream did not store
+	// ProtobufEncodes counts deliveries encoded for natter.protobuf
+	// connections: once per message, however many such sockets it reaches.
+	ProtobufEncodes int64
 }
 
 type counters struct {
@@ -538,6 +553,7 @@ type counters struct {
 	workStored, workDuplicates, workRefused                                                                                        atomic.Int64
 	refusedBy                                                                                                                      [numRefusals]atomic.Int64
 	panics                                                                                                                         atomic.Int64
+	protobufEncodes                                                                                                                atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -553,7 +569,8 @@ func (e *Edge) Stats() Stats {
 		Recoveries: s.recovered.Load(), RecoveryGaps: s.gaps.Load(), RecoveryRetries: s.recoveryRetries.Load(),
 		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
 		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
-		RefusedBy: s.refusals(), Panics: s.panics.Load(),
+		ProtobufEncodes: s.protobufEncodes.Load(),
+		RefusedBy:       s.refusals(), Panics: s.panics.Load(),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // handler receives gws events. The connection is the socket's session value.
@@ -66,19 +67,47 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	c.lastData.Store(now)
 	c.e.stats.framesIn.Add(1)
 	c.e.stats.bytesIn.Add(int64(len(msg.Bytes())))
+	data, wrong := c.envelopeOf(msg)
 	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
 		c.e.stats.rateLimited.Add(1)
-		c.send(c.refusal(envelope.CorrelationID(msg.Bytes()), &envelope.ErrorPayload{
+		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{
 			Code: envelope.CodeResourceExhausted, Message: scope + " rate limit exceeded",
 			RetryAfterMs: max(wait.Milliseconds(), 1),
 		}))
 		return
 	}
-	if msg.Opcode != gws.OpcodeText {
-		c.sendError("", envelope.CodeInvalidArgument, "binary frames are not supported; send JSON text frames")
+	if wrong != "" {
+		c.sendError(envelope.CorrelationID(data), envelope.CodeInvalidArgument, wrong)
 		return
 	}
-	c.handle(msg.Bytes())
+	c.handle(data)
+}
+
+// protobufJSONGrowth bounds the JSON form of a natter.protobuf frame, in
+// multiples of WebSocketConfig.MaxMessageSize (docs/protocol.md).
+const protobufJSONGrowth = 4
+
+// envelopeOf returns the JSON envelope of a client frame: a text frame's
+// bytes on natter, a binary frame's Envelope converted once on
+// natter.protobuf. What cannot be one is the reason to refuse it.
+func (c *conn) envelopeOf(msg *gws.Message) ([]byte, string) {
+	switch {
+	case !c.protobuf && msg.Opcode == gws.OpcodeText:
+		return msg.Bytes(), ""
+	case !c.protobuf:
+		return nil, "binary frames are not supported on natter; send JSON text frames, or connect with natter.protobuf"
+	case msg.Opcode != gws.OpcodeBinary:
+		return nil, "text frames are not supported on natter.protobuf; send natter.v1.Envelope in binary frames"
+	}
+	env, err := c.e.codec.FromProto(wire.Client, msg.Bytes())
+	if err != nil {
+		return nil, err.Error()
+	}
+	b, err := envelope.Encode(env)
+	if err != nil {
+		return nil, "invalid envelope: " + err.Error()
+	}
+	return b, ""
 }
 
 // rateLimited takes one message from the connection's and the user's
@@ -101,7 +130,13 @@ func (c *conn) rateLimited(now time.Time) (time.Duration, string) {
 // handle acts on one client frame. data is only valid during the call.
 func (c *conn) handle(data []byte) {
 	var env envelope.Envelope
-	if err := envelope.DecodeInto(&env, data, c.e.cfg.WebSocket.MaxMessageSize); err != nil {
+	limit := c.e.cfg.WebSocket.MaxMessageSize
+	if c.protobuf {
+		// The frame was at most MaxMessageSize; its JSON form is larger
+		// (field names, base64, quoted 64-bit integers), within a bound.
+		limit *= protobufJSONGrowth
+	}
+	if err := envelope.DecodeInto(&env, data, limit); err != nil {
 		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{Code: envelope.CodeOf(err), Message: err.Error()}))
 		return
 	}

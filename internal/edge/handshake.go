@@ -10,6 +10,7 @@ import (
 	"github.com/lxzan/gws"
 
 	"github.com/natter/natter/internal/auth"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // The handshake is checked here, against RFC 6455 section 4.2.1, before
@@ -63,7 +64,7 @@ type handshakeError struct {
 
 // checkHandshake applies RFC 6455 section 4.2.1 to r, and the subprotocol
 // rule of docs/protocol.md: a client that offers subprotocols must offer
-// "natter" among them.
+// "natter" or "natter.protobuf" among them.
 func checkHandshake(r *http.Request) *handshakeError {
 	bad := func(reason string) *handshakeError { return &handshakeError{http.StatusBadRequest, reason} }
 	switch {
@@ -86,8 +87,8 @@ func checkHandshake(r *http.Request) *handshakeError {
 	if len(keys) != 1 || !validKey(keys[0]) {
 		return bad("Sec-WebSocket-Key must be one header of 16 bytes in base64")
 	}
-	if protocols := r.Header.Values("Sec-WebSocket-Protocol"); offered(protocols) && !offersNatter(protocols) {
-		return bad(`subprotocols offered without "natter"; offer "natter" (and bearer.<token> if the token travels there)`)
+	if protocols := r.Header.Values("Sec-WebSocket-Protocol"); offered(protocols) && chosenProtocol(protocols) == "" {
+		return bad(`subprotocols offered without "natter" or "natter.protobuf"; offer one (and bearer.<token> if the token travels there)`)
 	}
 	return nil
 }
@@ -128,28 +129,17 @@ func offered(values []string) bool {
 	return false
 }
 
-func offersNatter(values []string) bool {
-	for _, v := range values {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.TrimSpace(t) == auth.Subprotocol {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // upgrade takes the connection over from net/http and has gws answer the
 // handshake on a wireConn. The bytes the client sent after its request
 // (a first frame in the same segment) stay in front of the socket's.
-func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wireConn, error) {
+func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wireConn, bool, error) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		return nil, nil, errors.New("edge: the response writer cannot hijack")
+		return nil, nil, false, errors.New("edge: the response writer cannot hijack")
 	}
 	nc, rw, err := hj.Hijack()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	var pre []byte
 	if n := rw.Reader.Buffered(); n > 0 {
@@ -158,24 +148,42 @@ func (e *Edge) upgrade(w http.ResponseWriter, r *http.Request) (*gws.Conn, *wire
 	}
 	// As gws decides it (Upgrader.getPermessageDeflate).
 	deflate := e.cfg.WebSocket.Compression && strings.Contains(r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
-	wire := newWireConn(nc, pre, e.cfg.WebSocket.MaxMessageSize, deflate, min(closeLinger, e.cfg.WebSocket.WriteTimeout), e.gaveUp.Done())
+	wc := newWireConn(nc, pre, e.cfg.WebSocket.MaxMessageSize, deflate, min(closeLinger, e.cfg.WebSocket.WriteTimeout), e.gaveUp.Done())
 	// gws reads only the first value of each header: give it the values
 	// checkHandshake accepted, however the client spread or listed them.
 	r.Header.Set("Upgrade", "websocket")
 	r.Header.Set("Connection", "Upgrade")
-	if offered(r.Header.Values("Sec-WebSocket-Protocol")) {
-		r.Header.Set("Sec-WebSocket-Protocol", auth.Subprotocol)
-	} else {
-		r.Header.Del("Sec-WebSocket-Protocol")
-	}
 	up := e.upgrader
-	if r.Header.Get("Sec-WebSocket-Protocol") != "" {
+	chosen := chosenProtocol(r.Header.Values("Sec-WebSocket-Protocol"))
+	switch chosen {
+	case "":
+		r.Header.Del("Sec-WebSocket-Protocol")
+	case wire.Protobuf:
+		up = e.upgraderBinary
+	default:
 		up = e.upgraderProto // selects "natter"; a bearer.<token> entry is never echoed
 	}
-	socket, err := up.UpgradeFromConn(wire, bufio.NewReaderSize(wire, e.cfg.WebSocket.ReadBufferSize), r)
-	if err != nil {
-		wire.abort()
-		return nil, nil, err
+	if chosen != "" {
+		r.Header.Set("Sec-WebSocket-Protocol", chosen)
 	}
-	return socket, wire, nil
+	socket, err := up.UpgradeFromConn(wc, bufio.NewReaderSize(wc, e.cfg.WebSocket.ReadBufferSize), r)
+	if err != nil {
+		wc.abort()
+		return nil, nil, false, err
+	}
+	return socket, wc, chosen == wire.Protobuf, nil
+}
+
+// chosenProtocol is the subprotocol the edge selects from those offered:
+// the first of "natter" and "natter.protobuf" the client lists, or none
+// when it offers none (checkHandshake refused an offer without either).
+func chosenProtocol(values []string) string {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t == wire.JSON || t == wire.Protobuf {
+				return t
+			}
+		}
+	}
+	return ""
 }

@@ -39,10 +39,11 @@ import (
 // with a fake.
 
 const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
-	opPong  = 0xA
+	opText   = 0x1
+	opBinary = 0x2
+	opClose  = 0x8
+	opPing   = 0x9
+	opPong   = 0xA
 	// maxIovecs is Linux's IOV_MAX: a writev takes at most this many frames.
 	maxIovecs = 1024
 )

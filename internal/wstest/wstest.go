@@ -21,12 +21,21 @@ import (
 	"github.com/lxzan/gws"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/wire"
 )
 
 // Client is a connected test client. Frames arrive in order on an unbounded
 // internal queue, so a slow test never back-pressures the edge.
 type Client struct {
 	Conn *gws.Conn
+	// codec is set on natter.protobuf clients (DialProtobuf): Send
+	// converts envelopes to binary frames, and binary frames arrive
+	// converted to JSON, so the rest of the client reads the same.
+	codec *wire.Codec
+	// nbin and ntext count the data frames received of each kind; rawBin
+	// keeps the binary ones as they came.
+	nbin, ntext int
+	rawBin      [][]byte
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -53,9 +62,42 @@ func Dial(t testing.TB, url string) *Client {
 	return c
 }
 
+// FrameKinds returns how many binary and text data frames arrived.
+func (c *Client) FrameKinds() (binary, text int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nbin, c.ntext
+}
+
+// RawBinary returns the binary frames that arrived, as the wire carried
+// them.
+func (c *Client) RawBinary() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([][]byte(nil), c.rawBin...)
+}
+
+// DialProtobuf connects to url with the subprotocol natter.protobuf: Send
+// writes binary frames, and what arrives is read as JSON (FrameKinds and
+// RawBinary tell what the wire carried). types converts schema payloads; nil sends
+// and expects every payload as JSON text.
+func DialProtobuf(t testing.TB, url string, types wire.Types) *Client {
+	t.Helper()
+	c, err := dial(url, http.Header{"Sec-WebSocket-Protocol": {wire.Protobuf}}, &wire.Codec{Types: types})
+	if err != nil {
+		t.Fatalf("wstest: dial %s: %v", url, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // DialErr connects to url with extra request headers.
 func DialErr(url string, hdr http.Header) (*Client, error) {
-	c := &Client{}
+	return dial(url, hdr, nil)
+}
+
+func dial(url string, hdr http.Header, codec *wire.Codec) (*Client, error) {
+	c := &Client{codec: codec}
 	c.cond = sync.NewCond(&c.mu)
 	conn, _, err := gws.NewClient(c, &gws.ClientOption{
 		Addr:               url,
@@ -77,9 +119,24 @@ func (c *Client) OnPing(s *gws.Conn, p []byte) { _ = s.WritePong(p) }
 func (c *Client) OnPong(*gws.Conn, []byte)     {}
 func (c *Client) OnMessage(_ *gws.Conn, m *gws.Message) {
 	b := append([]byte(nil), m.Bytes()...)
+	binary := m.Opcode == gws.OpcodeBinary
+	raw := b
 	m.Close()
+	if binary && c.codec != nil {
+		j, err := c.codec.ProtoToJSON(wire.Server, b)
+		if err != nil {
+			j = []byte(fmt.Sprintf(`{"type":"wstest.undecodable","payload":%q}`, err.Error()))
+		}
+		b = j
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if binary {
+		c.nbin++
+		c.rawBin = append(c.rawBin, raw)
+	} else {
+		c.ntext++
+	}
 	c.cond.Broadcast()
 	if c.welcome == nil {
 		if env, err := envelope.Decode(b, 1<<30); err == nil && env.Type == envelope.TypeConnected {
@@ -161,6 +218,14 @@ func (c *Client) Send(t testing.TB, typ string, meta envelope.Meta, payload any)
 		t.Fatal(err)
 	}
 	env.Meta = meta
+	if c.codec != nil {
+		b, err := c.codec.ToProto(wire.Client, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SendRaw(t, gws.OpcodeBinary, b)
+		return
+	}
 	b, err := envelope.Encode(env)
 	if err != nil {
 		t.Fatal(err)
