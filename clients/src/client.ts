@@ -86,7 +86,7 @@ class NatterClient implements Client {
 
   constructor(url: string, options: ConnectOptions) {
     this.#conn = new Connection(url, options, {
-      receive: (data) => this.#receive(data),
+      receive: (env) => this.#receive(env),
       resync: (gen) => this.#rooms.resync(gen),
       stop: () => this.#rooms.stop(),
       end: (err) => {
@@ -176,15 +176,8 @@ class NatterClient implements Client {
     this.#conn.close();
   }
 
-  /** A frame of the current socket, on its way to the parts and then to the application. */
-  #receive(data: string): void {
-    let env: Envelope;
-    try {
-      env = JSON.parse(data) as Envelope;
-    } catch {
-      return; // the edge sends JSON only
-    }
-    if (typeof env !== "object" || env === null || typeof env.type !== "string") return;
+  /** A frame of the current socket, decoded by its wire, on its way to the parts and then to the application. */
+  #receive(env: Envelope): void {
     // Joins and leaves made by a service, and durable rooms' positions,
     // before any listener sees the frame.
     this.#rooms.receive(env);

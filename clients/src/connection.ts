@@ -1,12 +1,16 @@
 /**
- * The connection: one WebSocket at a time to an edge, and the client's
+ * The connection: one transport at a time to an edge (a "socket": a
+ * WebSocket, websocket.ts, or the HTTP fallback, sse.ts), and the client's
  * state across them. A socket is dialled (after options.token()), counts
  * as connected at the edge's `$connected`, is brought up to date (the
  * presence state and rooms, then the send buffer) before the client is
  * "open", and on a drop is replaced after the backoff unless the close
- * code or options say stop. Also the token refresh, the heartbeat and the
- * onState and onError listeners. Each socket has a generation number:
- * events of a socket the client has given up on are ignored.
+ * code or options say stop. Also the choice of transport (the fallback to
+ * sse when a WebSocket handshake fails or hangs, remembered for a while),
+ * the wire (JSON, or protobuf.ts loaded on demand), the token refresh, the
+ * heartbeat and the onState and onError listeners. Each socket has a
+ * generation number: events of a socket the client has given up on are
+ * ignored.
  */
 import { backoffDelay, shouldReconnect, type ReconnectOptions } from "./backoff.js";
 import type { Envelope } from "./envelope.js";
@@ -14,6 +18,12 @@ import { lost, NatterError, type BackgroundErrorInfo } from "./errors.js";
 import { Listeners } from "./listeners.js";
 import { Outbox, type BufferOptions, type SendRateOptions } from "./outbox.js";
 import { Requests } from "./rpc.js";
+import { dialSse } from "./sse.js";
+import type { Transport, TransportEvents, TransportName } from "./transport.js";
+import { dialWebSocket, type WebSocketConstructor } from "./websocket.js";
+import { jsonCodec, type Codec, type Schemas } from "./wire.js";
+
+export type { WebSocketConstructor, WebSocketLike } from "./websocket.js";
 
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 
@@ -22,16 +32,6 @@ export interface StateInfo {
   code?: number;
   reason?: string;
 }
-
-/** What the client needs of a WebSocket; the browser's, Node's and the `ws` package's fit. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  addEventListener(type: string, listener: (event: unknown) => void): void;
-}
-
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 export interface ConnectOptions {
   /** Sent as the subprotocol `bearer.<token>`; a function is called on every (re)connect and by refreshToken. */
@@ -52,12 +52,35 @@ export interface ConnectOptions {
   sendRate?: false | SendRateOptions;
   /** Sends `__heartbeat` this often while open (for edges with --idle-timeout). Default 0: off. */
   heartbeatMs?: number;
+  /**
+   * The WebSocket wire: JSON text frames ("json", the default), or one
+   * natter.v1.Envelope per binary frame ("protobuf": the subprotocol
+   * natter.protobuf; needs options.schemas, and loads @bufbuild/protobuf
+   * then). Payloads stay JSON-shaped for the application either way. The
+   * sse transport is JSON.
+   */
+  wire?: "json" | "protobuf";
+  /** The schemas of the protobuf wire: natterSchemas of the messages.gen.ts that natter-gen-ts writes. */
+  schemas?: Schemas;
+  /**
+   * The transports to try, in order. Default ["websocket", "sse"]: when a
+   * WebSocket handshake fails, or has not completed within
+   * wsConnectTimeoutMs, the client connects over sse (an event stream and
+   * POSTs) and stays with it for fallbackMemoryMs.
+   */
+  transports?: TransportName[];
+  /** Time a WebSocket handshake may take before the next transport is tried, in ms. Default 5000, at most half of connectTimeoutMs. */
+  wsConnectTimeoutMs?: number;
+  /** How long a fallback from websocket to sse is remembered (in localStorage when there is one, else in memory), in ms. Default 300000. */
+  fallbackMemoryMs?: number;
+  /** fetch, for the sse transport. Default globalThis.fetch. */
+  fetch?: typeof fetch;
 }
 
 /** What a connection asks of the rest of the client (client.ts wires it). */
 export interface Session {
-  /** A text frame of the current socket. */
-  receive(data: string): void;
+  /** An envelope of the current socket. */
+  receive(env: Envelope): void;
   /**
    * Sends on socket gen what the edge forgot with the last one (rooms.ts:
    * Rooms.resync); each send resolves, if the edge accepted it, with what
@@ -71,6 +94,9 @@ export interface Session {
 }
 
 const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
+const WS_CONNECT_TIMEOUT_MS = 5000; // a WebSocket handshake not done by then gives way to the next transport
+const FALLBACK_MEMORY_MS = 5 * 60_000; // a fallback to sse is kept this long
+const TRANSPORTS: readonly TransportName[] = ["websocket", "sse"];
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 // A subprotocol must be an HTTP token (RFC 7230 tchar): base64url and JWTs are, base64's "/" and "=" are not.
 const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -89,10 +115,14 @@ export class Connection {
   readonly outbox: Outbox;
 
   readonly #session: Session;
-  readonly #url: string;
-  readonly #WebSocket: WebSocketConstructor;
+  readonly #wsUrl: string; // ws: or wss:
+  readonly #httpUrl: string; // the same with http: or https:, for sse
+  readonly #WebSocket: WebSocketConstructor | undefined;
+  readonly #fetch: typeof fetch | undefined;
+  readonly #transports: readonly TransportName[];
+  #codec: Promise<Codec> | undefined; // the protobuf wire's, loaded at the first dial
   #state: State = "connecting";
-  #ws: WebSocketLike | null = null;
+  #transport: Transport | null = null;
   #gen = 0; // bumped for every socket, at a drop and at close: events of older sockets are ignored
   #attempt = 0; // failed attempts since the last lasting connection, for the backoff
   #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
@@ -110,18 +140,33 @@ export class Connection {
   constructor(url: string, options: ConnectOptions, session: Session) {
     this.options = options;
     this.#session = session;
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) {
-      throw new TypeError("natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)");
+    this.#WebSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    const f = options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
+    this.#fetch = f && !options.fetch ? f.bind(globalThis) : f;
+    const wanted = options.transports ?? TRANSPORTS;
+    if (!Array.isArray(wanted) || wanted.length === 0 || wanted.some((t) => !TRANSPORTS.includes(t))) {
+      throw new TypeError(`natter: options.transports must list "websocket" and/or "sse"`);
     }
-    this.#WebSocket = WS;
-    // Relative URLs resolve against the page, and http(s) becomes ws(s).
+    this.#transports = wanted.filter((t) => (t === "websocket" ? this.#WebSocket : this.#fetch) !== undefined);
+    if (this.#transports.length === 0) {
+      throw new TypeError(wanted.includes("websocket")
+        ? "natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)"
+        : "natter: no fetch; pass options.fetch");
+    }
+    if (options.wire !== undefined && options.wire !== "json" && options.wire !== "protobuf") {
+      throw new TypeError(`natter: options.wire must be "json" or "protobuf"`);
+    }
+    if (options.wire === "protobuf" && !options.schemas) {
+      throw new TypeError(`natter: wire "protobuf" needs options.schemas (natterSchemas of the messages.gen.ts natter-gen-ts writes)`);
+    }
+    // Relative URLs resolve against the page; ws(s) and http(s) are the same edge.
     const base = (globalThis as { location?: { href: string } }).location?.href;
     const u = new URL(url, base);
-    if (u.protocol === "http:") u.protocol = "ws:";
-    if (u.protocol === "https:") u.protocol = "wss:";
     if (options.user !== undefined) u.searchParams.set("user", options.user);
-    this.#url = u.toString();
+    u.protocol = u.protocol === "https:" || u.protocol === "wss:" ? "wss:" : "ws:";
+    this.#wsUrl = u.toString();
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    this.#httpUrl = u.toString();
     this.outbox = new Outbox(this);
     this.requests = new Requests(this);
   }
@@ -136,8 +181,8 @@ export class Connection {
   }
 
   /** The current socket, null between sockets. */
-  get socket(): WebSocketLike | null {
-    return this.#ws;
+  get transport(): Transport | null {
+    return this.#transport;
   }
 
   get connectionId(): string | undefined {
@@ -197,33 +242,31 @@ export class Connection {
 
   close(): void {
     if (this.#state === "closed") return;
-    const ws = this.#ws;
+    const t = this.#transport;
     this.#shutdown({ code: 1000, reason: "client closed" }, new NatterError("CANCELLED", "client closed"));
-    try {
-      ws?.close(1000, "client closed");
-    } catch {
-      // Already closing.
-    }
+    t?.close(1000, "client closed");
   }
 
-  /** Opens a new socket; its events are ignored once #gen moves on. */
+  /**
+   * Opens a new socket; its events are ignored once #gen moves on. The
+   * transports are tried in order (a remembered fallback skips the
+   * WebSocket): the next one when a handshake fails, or when a WebSocket's
+   * has not completed within wsConnectTimeoutMs.
+   */
   async dial(): Promise<void> {
     const gen = ++this.#gen;
-    let ws: WebSocketLike | undefined;
-    // The attempt ends once, whichever comes first: the socket's close, an
-    // error (Node 20's WebSocket may fire "error" without "close" when a
-    // handshake fails), or a token() plus handshake that take too long.
+    let transport: Transport | undefined;
+    // The attempt ends once, whichever comes first: the last transport's
+    // close or failed handshake, or a token() plus handshake that take too long.
     let ended = false;
+    let wsTimer: ReturnType<typeof setTimeout> | undefined;
     const end = (code: number, reason: string) => {
       if (ended) return;
       ended = true;
       clearTimeout(timer);
+      clearTimeout(wsTimer);
       this.#dropped(gen, code, reason);
-      try {
-        ws?.close();
-      } catch {
-        // Already closed.
-      }
+      transport?.close();
     };
     // One deadline for token(), the handshake and the edge's $connected.
     // An edge that opens the socket but sends no $connected by then gets
@@ -241,37 +284,117 @@ export class Connection {
       return;
     }
     if (ended || gen !== this.#gen) return; // timed out or closed while the token was fetched
+    let codec = jsonCodec;
+    if (this.options.wire === "protobuf") {
+      try {
+        codec = await this.#protobuf();
+      } catch (err) {
+        if (ended || gen !== this.#gen) return;
+        clearTimeout(timer);
+        const e = err instanceof NatterError ? err : new NatterError("INTERNAL", String(err));
+        this.report(e, { op: "connect", retrying: false });
+        this.#shutdown({ reason: e.message }, e);
+        return;
+      }
+      if (ended || gen !== this.#gen) return;
+    }
+    let plan = this.#plan();
     if (token && !HTTP_TOKEN.test(token)) {
-      // Retrying cannot help: the WebSocket refuses such a subprotocol.
-      clearTimeout(timer);
-      const err = new NatterError("INVALID_ARGUMENT", "the token cannot be sent as a WebSocket subprotocol: use base64url (JWTs are)");
-      this.report(err, { op: "connect", retrying: false });
-      this.#shutdown({ reason: err.message }, err);
-      return;
+      // The WebSocket refuses such a subprotocol; a header takes it.
+      plan = plan.filter((t) => t !== "websocket");
+      if (plan.length === 0) {
+        // Retrying cannot help.
+        clearTimeout(timer);
+        const err = new NatterError("INVALID_ARGUMENT", "the token cannot be sent as a WebSocket subprotocol: use base64url (JWTs are)");
+        this.report(err, { op: "connect", retrying: false });
+        this.#shutdown({ reason: err.message }, err);
+        return;
+      }
     }
-    try {
-      ws = new this.#WebSocket(this.#url, token ? ["natter", `bearer.${token}`] : ["natter"]);
-    } catch (err) {
-      end(1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
-      return;
-    }
-    const socket = ws;
-    this.#ws = socket;
-    socket.addEventListener("open", () => {
-      if (gen !== this.#gen) return;
-      this.#expired = false; // the fresh token was accepted
-      // The edge's first frame, $connected, completes the connect (#welcomed).
-      this.#welcoming = gen;
-    });
-    socket.addEventListener("message", (ev) => {
-      const { data } = ev as { data: unknown };
-      if (gen === this.#gen && typeof data === "string") this.#session.receive(data);
-    });
-    socket.addEventListener("error", () => end(1006, "connection error"));
-    socket.addEventListener("close", (ev) => {
-      const { code, reason } = ev as { code: number; reason: string };
-      end(code, reason);
-    });
+    const start = (i: number): void => {
+      const name = plan[i]!;
+      const next = i + 1 < plan.length ? () => start(i + 1) : undefined;
+      let t: Transport | undefined;
+      let opened = false;
+      const current = () => !ended && gen === this.#gen && t !== undefined && transport === t;
+      const events: TransportEvents = {
+        open: () => {
+          if (!current()) return;
+          opened = true;
+          clearTimeout(wsTimer);
+          if (i > 0 && plan[0] === "websocket" && name === "sse") this.#remember();
+          this.#expired = false; // the fresh token was accepted
+          // The edge's first frame, $connected, completes the connect (#welcomed).
+          this.#welcoming = gen;
+        },
+        frame: (env) => {
+          if (current()) this.#session.receive(env);
+        },
+        error: (err) => {
+          if (current()) this.report(new NatterError("INTERNAL", err.message), { op: "receive", retrying: false });
+        },
+        close: (code, reason) => {
+          if (!current()) return;
+          clearTimeout(wsTimer);
+          if (!opened && next) next(); // the handshake failed: the next transport
+          else end(code, reason);
+        },
+      };
+      try {
+        t = name === "websocket"
+          ? dialWebSocket(this.#WebSocket!, this.#wsUrl, token, codec, events)
+          : dialSse({ url: this.#httpUrl, token, fetch: this.#fetch!, events });
+      } catch (err) {
+        if (next) return next();
+        end(1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
+        return;
+      }
+      transport = t;
+      this.#transport = t;
+      if (name === "websocket" && next) {
+        // A proxy that stalls the Upgrade: give up on it before the connect deadline.
+        wsTimer = setTimeout(() => {
+          if (!current() || opened) return;
+          t!.close();
+          next();
+        }, this.#wsConnectTimeout());
+      }
+    };
+    start(0);
+  }
+
+  /** The transports of the next dial: options.transports, less the WebSocket while a fallback is remembered. */
+  #plan(): readonly TransportName[] {
+    const list = this.#transports;
+    if (list[0] === "websocket" && list.includes("sse") && recall(this.#httpUrl) > Date.now()) return list.filter((t) => t !== "websocket");
+    return list;
+  }
+
+  /** A WebSocket failed where sse works: skip it for fallbackMemoryMs. */
+  #remember(): void {
+    const ms = this.options.fallbackMemoryMs ?? FALLBACK_MEMORY_MS;
+    if (ms > 0) remember(this.#httpUrl, Date.now() + ms);
+  }
+
+  /** The protobuf wire's codec: protobuf.ts and @bufbuild/protobuf, loaded once. */
+  #protobuf(): Promise<Codec> {
+    this.#codec ??= import("./protobuf.js").then(
+      (m) => {
+        try {
+          return m.createProtobufCodec(this.options.schemas!);
+        } catch (err) {
+          throw new NatterError("INVALID_ARGUMENT", err instanceof Error ? err.message : String(err));
+        }
+      },
+      (err: unknown) => {
+        throw new NatterError("FAILED_PRECONDITION", `natter: wire "protobuf" could not load its runtime (@bufbuild/protobuf): ${err instanceof Error ? err.message : String(err)}`);
+      },
+    );
+    return this.#codec;
+  }
+
+  #wsConnectTimeout(): number {
+    return this.options.wsConnectTimeoutMs ?? Math.min(WS_CONNECT_TIMEOUT_MS, this.#connectTimeout() / 2);
   }
 
   #connectTimeout(): number {
@@ -317,7 +440,7 @@ export class Connection {
     // A new generation at once: what was on its way on this socket counts
     // as lost (not refused), and is sent again on the next one.
     this.#gen++;
-    this.#ws = null;
+    this.#transport = null;
     this.#connectionId = undefined;
     this.#stopTimers();
     this.requests.lose(gen, lost(`connection lost (${code}${reason ? ` ${reason}` : ""})`));
@@ -351,7 +474,7 @@ export class Connection {
   /** Ends the client for good: every waiting promise rejects with err. */
   #shutdown(info: StateInfo, err: NatterError): void {
     this.#gen++;
-    this.#ws = null;
+    this.#transport = null;
     this.#connectionId = undefined;
     clearTimeout(this.#retry);
     this.#stopTimers();
@@ -389,4 +512,43 @@ function timeLimit<T>(v: T | Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new NatterError("DEADLINE_EXCEEDED", `${what} did not finish within ${ms} ms`)), ms);
   });
   return Promise.race([Promise.resolve(v), late]).finally(() => clearTimeout(timer));
+}
+
+// Remembered fallbacks, by the edge's URL: expiry times in ms, in
+// localStorage when the platform has one (shared by a page's clients and
+// its later visits), else here.
+const memory = new Map<string, number>();
+const MEMORY_KEY = "natter.fallback ";
+
+function storage(): { getItem(k: string): string | null; setItem(k: string, v: string): void } | undefined {
+  try {
+    return (globalThis as { localStorage?: { getItem(k: string): string | null; setItem(k: string, v: string): void } }).localStorage ?? undefined;
+  } catch {
+    return undefined; // a browser that forbids storage throws on access
+  }
+}
+
+function recall(url: string): number {
+  const s = storage();
+  if (s) {
+    try {
+      return Number(s.getItem(MEMORY_KEY + url)) || 0;
+    } catch {
+      // Not readable: the memory below.
+    }
+  }
+  return memory.get(url) ?? 0;
+}
+
+function remember(url: string, until: number): void {
+  const s = storage();
+  if (s) {
+    try {
+      s.setItem(MEMORY_KEY + url, String(until));
+      return;
+    } catch {
+      // Full or forbidden: the memory below.
+    }
+  }
+  memory.set(url, until);
 }

@@ -9,8 +9,13 @@ import type { ErrorCode, ErrorPayload } from "./envelope.js";
 
 /** What failed in the background, for onError. */
 export interface BackgroundErrorInfo {
-  /** A re-join ("join"), the presence state's re-send ("state"), an automatic token refresh ("refresh"), or connecting ("connect"). */
-  op: "join" | "state" | "refresh" | "connect";
+  /**
+   * A re-join ("join"), the presence state's re-send ("state"), an
+   * automatic token refresh ("refresh"), connecting ("connect"), or a frame
+   * of the edge's that the client could not decode ("receive": a protobuf
+   * payload of a type options.schemas has no message for).
+   */
+  op: "join" | "state" | "refresh" | "connect" | "receive";
   /** The room, for "join". */
   room?: string;
   /** Whether the client tries again by itself (with backoff). */

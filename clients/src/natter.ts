@@ -15,6 +15,8 @@ export { connect, type Client } from "./client.js";
 export { NatterError, type BackgroundErrorInfo } from "./errors.js";
 export { backoffDelay, shouldReconnect, type ReconnectOptions } from "./backoff.js";
 export type { ConnectOptions, State, StateInfo, WebSocketConstructor, WebSocketLike } from "./connection.js";
+export type { TransportName } from "./transport.js";
+export type { Schemas } from "./wire.js";
 export type {
   ClientPayload, ClientType, ConnectedPayload, Envelope, ErrorCode, ErrorPayload, JoinedPayload, Meta,
   PresenceDiff, PresenceMember, ServerPayload, ServerType, SystemServerMessages

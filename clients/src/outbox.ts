@@ -6,6 +6,7 @@
  */
 import type { Meta } from "./envelope.js";
 import { NatterError } from "./errors.js";
+import type { Frame } from "./wire.js";
 
 export interface BufferOptions {
   /** Messages held while the connection is not open. Default 1000. */
@@ -20,8 +21,6 @@ export interface SendRateOptions {
   /** Messages that may go out at once. Default 200. */
   burst?: number;
 }
-
-const OPEN = 1; // WebSocket.OPEN
 
 /** A frame waiting in the send buffer. */
 export interface Queued {
@@ -38,8 +37,8 @@ export interface OutboxConn {
   readonly state: string;
   /** The current socket's generation. */
   readonly gen: number;
-  /** The current socket, null between sockets. */
-  readonly socket: { readonly readyState: number; send(data: string): void } | null;
+  /** The current socket (transport.ts: Transport), null between sockets. */
+  readonly transport: { readonly writable: boolean; send(frame: Frame): void } | null;
   readonly requests: OutboxRequests;
 }
 
@@ -90,10 +89,10 @@ export class Outbox {
     if (this.#conn.state === "open" && this.#flushTimer === undefined) this.flush();
   }
 
-  /** Writes q to the socket if it is open (taking a token of the send rate); false when it is not. */
+  /** Writes q to the socket if it is open (taking a token of the send rate); false when it is not. The socket encodes it for its wire. */
   transmit(q: Queued): boolean {
-    const ws = this.#conn.socket;
-    if (!ws || ws.readyState !== OPEN) return false;
+    const t = this.#conn.transport;
+    if (!t || !t.writable) return false;
     let meta = q.meta;
     if (q.cid) {
       const p = this.#conn.requests.get(q.cid);
@@ -103,11 +102,8 @@ export class Outbox {
       if (p.key !== undefined) meta.idempotencyKey = p.key;
       p.gen = this.#conn.gen;
     }
-    let frame = `{"type":${JSON.stringify(q.type)}`;
-    if (meta !== undefined) frame += `,"meta":${JSON.stringify(meta)}`;
-    if (q.payload !== undefined) frame += `,"payload":${q.payload}`;
     try {
-      ws.send(frame + "}");
+      t.send({ type: q.type, meta, payload: q.payload });
     } catch {
       if (q.cid) this.#conn.requests.get(q.cid)!.gen = 0;
       return false;

@@ -7,8 +7,9 @@ import { connect as natterConnect, backoffDelay, shouldReconnect, NatterError } 
 // Every client is closed after its test, also a failed one: live timers
 // (heartbeats, retries) would keep the test process from exiting.
 const made = [];
+// The scripted WebSocket alone: the fallback to sse has tests of its own.
 const connect = (url, options) => {
-  const c = natterConnect(url, options);
+  const c = natterConnect(url, { transports: ["websocket"], ...options });
   made.push(c);
   return c;
 };

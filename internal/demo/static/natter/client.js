@@ -26,7 +26,7 @@ class NatterClient {
     #listeners = new ListenersByKey(); // by frame type, "*" for all
     constructor(url, options) {
         this.#conn = new Connection(url, options, {
-            receive: (data) => this.#receive(data),
+            receive: (env) => this.#receive(env),
             resync: (gen) => this.#rooms.resync(gen),
             stop: () => this.#rooms.stop(),
             end: (err) => {
@@ -97,17 +97,8 @@ class NatterClient {
     close() {
         this.#conn.close();
     }
-    /** A frame of the current socket, on its way to the parts and then to the application. */
-    #receive(data) {
-        let env;
-        try {
-            env = JSON.parse(data);
-        }
-        catch {
-            return; // the edge sends JSON only
-        }
-        if (typeof env !== "object" || env === null || typeof env.type !== "string")
-            return;
+    /** A frame of the current socket, decoded by its wire, on its way to the parts and then to the application. */
+    #receive(env) {
         // Joins and leaves made by a service, and durable rooms' positions,
         // before any listener sees the frame.
         this.#rooms.receive(env);

@@ -1,20 +1,30 @@
 // Generated from clients/src/connection.ts by `npm run build` in clients/. Do not edit.
 /**
- * The connection: one WebSocket at a time to an edge, and the client's
+ * The connection: one transport at a time to an edge (a "socket": a
+ * WebSocket, websocket.ts, or the HTTP fallback, sse.ts), and the client's
  * state across them. A socket is dialled (after options.token()), counts
  * as connected at the edge's `$connected`, is brought up to date (the
  * presence state and rooms, then the send buffer) before the client is
  * "open", and on a drop is replaced after the backoff unless the close
- * code or options say stop. Also the token refresh, the heartbeat and the
- * onState and onError listeners. Each socket has a generation number:
- * events of a socket the client has given up on are ignored.
+ * code or options say stop. Also the choice of transport (the fallback to
+ * sse when a WebSocket handshake fails or hangs, remembered for a while),
+ * the wire (JSON, or protobuf.ts loaded on demand), the token refresh, the
+ * heartbeat and the onState and onError listeners. Each socket has a
+ * generation number: events of a socket the client has given up on are
+ * ignored.
  */
 import { backoffDelay, shouldReconnect } from "./backoff.js";
 import { lost, NatterError } from "./errors.js";
 import { Listeners } from "./listeners.js";
 import { Outbox } from "./outbox.js";
 import { Requests } from "./rpc.js";
+import { dialSse } from "./sse.js";
+import { dialWebSocket } from "./websocket.js";
+import { jsonCodec } from "./wire.js";
 const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
+const WS_CONNECT_TIMEOUT_MS = 5000; // a WebSocket handshake not done by then gives way to the next transport
+const FALLBACK_MEMORY_MS = 5 * 60_000; // a fallback to sse is kept this long
+const TRANSPORTS = ["websocket", "sse"];
 const STABLE_MS = 5000; // a connection open this long resets the backoff
 // A subprotocol must be an HTTP token (RFC 7230 tchar): base64url and JWTs are, base64's "/" and "=" are not.
 const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -31,10 +41,14 @@ export class Connection {
     /** The send buffer and the send rate. */
     outbox;
     #session;
-    #url;
+    #wsUrl; // ws: or wss:
+    #httpUrl; // the same with http: or https:, for sse
     #WebSocket;
+    #fetch;
+    #transports;
+    #codec; // the protobuf wire's, loaded at the first dial
     #state = "connecting";
-    #ws = null;
+    #transport = null;
     #gen = 0; // bumped for every socket, at a drop and at close: events of older sockets are ignored
     #attempt = 0; // failed attempts since the last lasting connection, for the backoff
     #openedAt = 0; // when the current socket became open (Date.now()), 0 if it has not
@@ -51,21 +65,34 @@ export class Connection {
     constructor(url, options, session) {
         this.options = options;
         this.#session = session;
-        const WS = options.WebSocket ?? globalThis.WebSocket;
-        if (!WS) {
-            throw new TypeError("natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)");
+        this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
+        const f = options.fetch ?? globalThis.fetch;
+        this.#fetch = f && !options.fetch ? f.bind(globalThis) : f;
+        const wanted = options.transports ?? TRANSPORTS;
+        if (!Array.isArray(wanted) || wanted.length === 0 || wanted.some((t) => !TRANSPORTS.includes(t))) {
+            throw new TypeError(`natter: options.transports must list "websocket" and/or "sse"`);
         }
-        this.#WebSocket = WS;
-        // Relative URLs resolve against the page, and http(s) becomes ws(s).
+        this.#transports = wanted.filter((t) => (t === "websocket" ? this.#WebSocket : this.#fetch) !== undefined);
+        if (this.#transports.length === 0) {
+            throw new TypeError(wanted.includes("websocket")
+                ? "natter: no WebSocket; pass options.WebSocket (Node 20 needs --experimental-websocket or the ws package)"
+                : "natter: no fetch; pass options.fetch");
+        }
+        if (options.wire !== undefined && options.wire !== "json" && options.wire !== "protobuf") {
+            throw new TypeError(`natter: options.wire must be "json" or "protobuf"`);
+        }
+        if (options.wire === "protobuf" && !options.schemas) {
+            throw new TypeError(`natter: wire "protobuf" needs options.schemas (natterSchemas of the messages.gen.ts natter-gen-ts writes)`);
+        }
+        // Relative URLs resolve against the page; ws(s) and http(s) are the same edge.
         const base = globalThis.location?.href;
         const u = new URL(url, base);
-        if (u.protocol === "http:")
-            u.protocol = "ws:";
-        if (u.protocol === "https:")
-            u.protocol = "wss:";
         if (options.user !== undefined)
             u.searchParams.set("user", options.user);
-        this.#url = u.toString();
+        u.protocol = u.protocol === "https:" || u.protocol === "wss:" ? "wss:" : "ws:";
+        this.#wsUrl = u.toString();
+        u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+        this.#httpUrl = u.toString();
         this.outbox = new Outbox(this);
         this.requests = new Requests(this);
     }
@@ -77,8 +104,8 @@ export class Connection {
         return this.#gen;
     }
     /** The current socket, null between sockets. */
-    get socket() {
-        return this.#ws;
+    get transport() {
+        return this.#transport;
     }
     get connectionId() {
         return this.#connectionId;
@@ -134,35 +161,31 @@ export class Connection {
     close() {
         if (this.#state === "closed")
             return;
-        const ws = this.#ws;
+        const t = this.#transport;
         this.#shutdown({ code: 1000, reason: "client closed" }, new NatterError("CANCELLED", "client closed"));
-        try {
-            ws?.close(1000, "client closed");
-        }
-        catch {
-            // Already closing.
-        }
+        t?.close(1000, "client closed");
     }
-    /** Opens a new socket; its events are ignored once #gen moves on. */
+    /**
+     * Opens a new socket; its events are ignored once #gen moves on. The
+     * transports are tried in order (a remembered fallback skips the
+     * WebSocket): the next one when a handshake fails, or when a WebSocket's
+     * has not completed within wsConnectTimeoutMs.
+     */
     async dial() {
         const gen = ++this.#gen;
-        let ws;
-        // The attempt ends once, whichever comes first: the socket's close, an
-        // error (Node 20's WebSocket may fire "error" without "close" when a
-        // handshake fails), or a token() plus handshake that take too long.
+        let transport;
+        // The attempt ends once, whichever comes first: the last transport's
+        // close or failed handshake, or a token() plus handshake that take too long.
         let ended = false;
+        let wsTimer;
         const end = (code, reason) => {
             if (ended)
                 return;
             ended = true;
             clearTimeout(timer);
+            clearTimeout(wsTimer);
             this.#dropped(gen, code, reason);
-            try {
-                ws?.close();
-            }
-            catch {
-                // Already closed.
-            }
+            transport?.close();
         };
         // One deadline for token(), the handshake and the edge's $connected.
         // An edge that opens the socket but sends no $connected by then gets
@@ -182,40 +205,126 @@ export class Connection {
         }
         if (ended || gen !== this.#gen)
             return; // timed out or closed while the token was fetched
-        if (token && !HTTP_TOKEN.test(token)) {
-            // Retrying cannot help: the WebSocket refuses such a subprotocol.
-            clearTimeout(timer);
-            const err = new NatterError("INVALID_ARGUMENT", "the token cannot be sent as a WebSocket subprotocol: use base64url (JWTs are)");
-            this.report(err, { op: "connect", retrying: false });
-            this.#shutdown({ reason: err.message }, err);
-            return;
-        }
-        try {
-            ws = new this.#WebSocket(this.#url, token ? ["natter", `bearer.${token}`] : ["natter"]);
-        }
-        catch (err) {
-            end(1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
-            return;
-        }
-        const socket = ws;
-        this.#ws = socket;
-        socket.addEventListener("open", () => {
-            if (gen !== this.#gen)
+        let codec = jsonCodec;
+        if (this.options.wire === "protobuf") {
+            try {
+                codec = await this.#protobuf();
+            }
+            catch (err) {
+                if (ended || gen !== this.#gen)
+                    return;
+                clearTimeout(timer);
+                const e = err instanceof NatterError ? err : new NatterError("INTERNAL", String(err));
+                this.report(e, { op: "connect", retrying: false });
+                this.#shutdown({ reason: e.message }, e);
                 return;
-            this.#expired = false; // the fresh token was accepted
-            // The edge's first frame, $connected, completes the connect (#welcomed).
-            this.#welcoming = gen;
+            }
+            if (ended || gen !== this.#gen)
+                return;
+        }
+        let plan = this.#plan();
+        if (token && !HTTP_TOKEN.test(token)) {
+            // The WebSocket refuses such a subprotocol; a header takes it.
+            plan = plan.filter((t) => t !== "websocket");
+            if (plan.length === 0) {
+                // Retrying cannot help.
+                clearTimeout(timer);
+                const err = new NatterError("INVALID_ARGUMENT", "the token cannot be sent as a WebSocket subprotocol: use base64url (JWTs are)");
+                this.report(err, { op: "connect", retrying: false });
+                this.#shutdown({ reason: err.message }, err);
+                return;
+            }
+        }
+        const start = (i) => {
+            const name = plan[i];
+            const next = i + 1 < plan.length ? () => start(i + 1) : undefined;
+            let t;
+            let opened = false;
+            const current = () => !ended && gen === this.#gen && t !== undefined && transport === t;
+            const events = {
+                open: () => {
+                    if (!current())
+                        return;
+                    opened = true;
+                    clearTimeout(wsTimer);
+                    if (i > 0 && plan[0] === "websocket" && name === "sse")
+                        this.#remember();
+                    this.#expired = false; // the fresh token was accepted
+                    // The edge's first frame, $connected, completes the connect (#welcomed).
+                    this.#welcoming = gen;
+                },
+                frame: (env) => {
+                    if (current())
+                        this.#session.receive(env);
+                },
+                error: (err) => {
+                    if (current())
+                        this.report(new NatterError("INTERNAL", err.message), { op: "receive", retrying: false });
+                },
+                close: (code, reason) => {
+                    if (!current())
+                        return;
+                    clearTimeout(wsTimer);
+                    if (!opened && next)
+                        next(); // the handshake failed: the next transport
+                    else
+                        end(code, reason);
+                },
+            };
+            try {
+                t = name === "websocket"
+                    ? dialWebSocket(this.#WebSocket, this.#wsUrl, token, codec, events)
+                    : dialSse({ url: this.#httpUrl, token, fetch: this.#fetch, events });
+            }
+            catch (err) {
+                if (next)
+                    return next();
+                end(1006, `connect failed: ${err instanceof Error ? err.message : String(err)}`);
+                return;
+            }
+            transport = t;
+            this.#transport = t;
+            if (name === "websocket" && next) {
+                // A proxy that stalls the Upgrade: give up on it before the connect deadline.
+                wsTimer = setTimeout(() => {
+                    if (!current() || opened)
+                        return;
+                    t.close();
+                    next();
+                }, this.#wsConnectTimeout());
+            }
+        };
+        start(0);
+    }
+    /** The transports of the next dial: options.transports, less the WebSocket while a fallback is remembered. */
+    #plan() {
+        const list = this.#transports;
+        if (list[0] === "websocket" && list.includes("sse") && recall(this.#httpUrl) > Date.now())
+            return list.filter((t) => t !== "websocket");
+        return list;
+    }
+    /** A WebSocket failed where sse works: skip it for fallbackMemoryMs. */
+    #remember() {
+        const ms = this.options.fallbackMemoryMs ?? FALLBACK_MEMORY_MS;
+        if (ms > 0)
+            remember(this.#httpUrl, Date.now() + ms);
+    }
+    /** The protobuf wire's codec: protobuf.ts and @bufbuild/protobuf, loaded once. */
+    #protobuf() {
+        this.#codec ??= import("./protobuf.js").then((m) => {
+            try {
+                return m.createProtobufCodec(this.options.schemas);
+            }
+            catch (err) {
+                throw new NatterError("INVALID_ARGUMENT", err instanceof Error ? err.message : String(err));
+            }
+        }, (err) => {
+            throw new NatterError("FAILED_PRECONDITION", `natter: wire "protobuf" could not load its runtime (@bufbuild/protobuf): ${err instanceof Error ? err.message : String(err)}`);
         });
-        socket.addEventListener("message", (ev) => {
-            const { data } = ev;
-            if (gen === this.#gen && typeof data === "string")
-                this.#session.receive(data);
-        });
-        socket.addEventListener("error", () => end(1006, "connection error"));
-        socket.addEventListener("close", (ev) => {
-            const { code, reason } = ev;
-            end(code, reason);
-        });
+        return this.#codec;
+    }
+    #wsConnectTimeout() {
+        return this.options.wsConnectTimeoutMs ?? Math.min(WS_CONNECT_TIMEOUT_MS, this.#connectTimeout() / 2);
     }
     #connectTimeout() {
         return this.options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
@@ -264,7 +373,7 @@ export class Connection {
         // A new generation at once: what was on its way on this socket counts
         // as lost (not refused), and is sent again on the next one.
         this.#gen++;
-        this.#ws = null;
+        this.#transport = null;
         this.#connectionId = undefined;
         this.#stopTimers();
         this.requests.lose(gen, lost(`connection lost (${code}${reason ? ` ${reason}` : ""})`));
@@ -297,7 +406,7 @@ export class Connection {
     /** Ends the client for good: every waiting promise rejects with err. */
     #shutdown(info, err) {
         this.#gen++;
-        this.#ws = null;
+        this.#transport = null;
         this.#connectionId = undefined;
         clearTimeout(this.#retry);
         this.#stopTimers();
@@ -335,4 +444,42 @@ function timeLimit(v, ms, what) {
         timer = setTimeout(() => reject(new NatterError("DEADLINE_EXCEEDED", `${what} did not finish within ${ms} ms`)), ms);
     });
     return Promise.race([Promise.resolve(v), late]).finally(() => clearTimeout(timer));
+}
+// Remembered fallbacks, by the edge's URL: expiry times in ms, in
+// localStorage when the platform has one (shared by a page's clients and
+// its later visits), else here.
+const memory = new Map();
+const MEMORY_KEY = "natter.fallback ";
+function storage() {
+    try {
+        return globalThis.localStorage ?? undefined;
+    }
+    catch {
+        return undefined; // a browser that forbids storage throws on access
+    }
+}
+function recall(url) {
+    const s = storage();
+    if (s) {
+        try {
+            return Number(s.getItem(MEMORY_KEY + url)) || 0;
+        }
+        catch {
+            // Not readable: the memory below.
+        }
+    }
+    return memory.get(url) ?? 0;
+}
+function remember(url, until) {
+    const s = storage();
+    if (s) {
+        try {
+            s.setItem(MEMORY_KEY + url, String(until));
+            return;
+        }
+        catch {
+            // Full or forbidden: the memory below.
+        }
+    }
+    memory.set(url, until);
 }

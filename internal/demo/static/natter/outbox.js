@@ -1,6 +1,5 @@
 // Generated from clients/src/outbox.ts by `npm run build` in clients/. Do not edit.
 import { NatterError } from "./errors.js";
-const OPEN = 1; // WebSocket.OPEN
 /** The send buffer and the send rate of one client, across its sockets. */
 export class Outbox {
     #conn;
@@ -42,10 +41,10 @@ export class Outbox {
         if (this.#conn.state === "open" && this.#flushTimer === undefined)
             this.flush();
     }
-    /** Writes q to the socket if it is open (taking a token of the send rate); false when it is not. */
+    /** Writes q to the socket if it is open (taking a token of the send rate); false when it is not. The socket encodes it for its wire. */
     transmit(q) {
-        const ws = this.#conn.socket;
-        if (!ws || ws.readyState !== OPEN)
+        const t = this.#conn.transport;
+        if (!t || !t.writable)
             return false;
         let meta = q.meta;
         if (q.cid) {
@@ -58,13 +57,8 @@ export class Outbox {
                 meta.idempotencyKey = p.key;
             p.gen = this.#conn.gen;
         }
-        let frame = `{"type":${JSON.stringify(q.type)}`;
-        if (meta !== undefined)
-            frame += `,"meta":${JSON.stringify(meta)}`;
-        if (q.payload !== undefined)
-            frame += `,"payload":${q.payload}`;
         try {
-            ws.send(frame + "}");
+            t.send({ type: q.type, meta, payload: q.payload });
         }
         catch {
             if (q.cid)
