@@ -34,6 +34,15 @@
 // reads their lines on stdin and prints the median line (scripts/bench.sh
 // does this for idle and idlecost).
 //
+// The binary wire (subprotocol natter.protobuf) is measured with the
+// bench's own schemas loaded by the edge, so that its message types
+// (bench.tick, bench.dashboard) travel as protobuf:
+//
+//	/tmp/natter-edge --listen 127.0.0.1:8080 --data-dir "$(mktemp -d)" \
+//	    --handshake-rate 0 --rate-limit -1 --log-level warn --schemas internal/bench/schemas &
+//	/tmp/natter-bench -scenario wirebytes
+//	/tmp/natter-bench -scenario fanout -wire json,protobuf -subs 1000 -rate 100 -runs 3
+//
 // -server floor runs the same load against the floor: a bare gws broadcast
 // server with no broker and no envelope work, started by the bench as a
 // child process (this binary with -serve-floor) so that its RSS and CPU
@@ -55,10 +64,12 @@ import (
 
 func main() {
 	cfg := bench.Config{Out: os.Stdout, Log: os.Stderr}
-	var scenarios, servers string
+	var scenarios, servers, wires string
 	var median bool
 	flag.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL")
-	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc")
+	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc, wirebytes")
+	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf)")
+	flag.IntVar(&cfg.Messages, "messages", 100, "wirebytes: messages of each payload kind")
 	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")
 	flag.IntVar(&cfg.Pid, "pid", 0, "the edge's pid (default: the process listening on -url's port)")
 	flag.IntVar(&cfg.Runs, "runs", 1, "runs of each scenario and server; more than 1 adds a median line")
@@ -110,6 +121,7 @@ func main() {
 	}
 	cfg.Scenarios = config.SplitList(scenarios)
 	cfg.Servers = config.SplitList(servers)
+	cfg.Wires = config.SplitList(wires)
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -20,8 +20,10 @@ const (
 	ScenarioFanout   = "fanout"
 	ScenarioRPC      = "rpc"
 	ScenarioIdleCost = "idlecost"
-	ServerNatter     = "natter"
-	ServerFloor      = "floor"
+	// ScenarioWireBytes measures the bytes per delivery on each wire.
+	ScenarioWireBytes = "wirebytes"
+	ServerNatter      = "natter"
+	ServerFloor       = "floor"
 )
 
 // Config configures a run. Zero values take the defaults given.
@@ -32,6 +34,13 @@ type Config struct {
 	// edge at URL) and floor (a floor server child, see ServeFloor);
 	// default natter. The floor has no RPC and no NATS (no idlecost).
 	Servers []string
+	// Wires the members of idle, idlecost and fanout speak, each run as a
+	// server would be: json (subprotocol natter) and protobuf
+	// (natter.protobuf); default json. rpc speaks JSON; wirebytes
+	// compares both by itself. The floor speaks JSON only.
+	Wires []string
+	// wire is the wire of the run at hand.
+	wire string
 	// Pid is the edge's process id, whose RSS and CPU are read from /proc.
 	// 0: the process listening on URL's port.
 	Pid int
@@ -59,6 +68,7 @@ type Config struct {
 	Settle      time.Duration // idle, idlecost: wait after the last join before reading RSS or holding, and between runs; default 2s
 	Hold        time.Duration // idlecost: how long the joined connections are held idle and measured; default 60s
 	Type        string        // rpc request type; default "echo"
+	Messages    int           // wirebytes: messages of each kind; default 100
 	Inflight    int           // rpc closed loop: requests in flight per connection; default 4
 	PayloadSize int           // bytes of padding in each request or tick; default 64
 	// NATSURL is the edge's NATS: fanout publishes there and idlecost reads
@@ -89,6 +99,21 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Servers) == 0 {
 		c.Servers = []string{ServerNatter}
+	}
+	if len(c.Wires) == 0 {
+		c.Wires = []string{WireJSON}
+	}
+	def(&c.Messages, 100)
+	for _, w := range c.Wires {
+		switch w {
+		case WireJSON:
+		case WireProtobuf:
+			if slices.Contains(c.Servers, ServerFloor) {
+				return fmt.Errorf("%w: the floor server speaks JSON only: run -wire protobuf against natter only", ErrInvalidConfig)
+			}
+		default:
+			return fmt.Errorf("%w: unknown wire %q (have: json, protobuf)", ErrInvalidConfig, w)
+		}
 	}
 	def(&c.Runs, 1)
 	def(&c.SourceAddrs, 4)
@@ -128,9 +153,9 @@ func (c *Config) setDefaults() error {
 	}
 	for _, s := range c.Scenarios {
 		switch s {
-		case ScenarioIdle, ScenarioIdleCost, ScenarioFanout, ScenarioRPC:
+		case ScenarioIdle, ScenarioIdleCost, ScenarioFanout, ScenarioRPC, ScenarioWireBytes:
 		default:
-			return fmt.Errorf("%w: unknown scenario %q (have: idle, idlecost, fanout, rpc)", ErrInvalidConfig, s)
+			return fmt.Errorf("%w: unknown scenario %q (have: idle, idlecost, fanout, rpc, wirebytes)", ErrInvalidConfig, s)
 		}
 	}
 	for _, s := range c.Servers {
@@ -140,8 +165,8 @@ func (c *Config) setDefaults() error {
 			if slices.Contains(c.Scenarios, ScenarioRPC) {
 				return fmt.Errorf("%w: the floor server has no RPC: run rpc against natter only", ErrInvalidConfig)
 			}
-			if slices.Contains(c.Scenarios, ScenarioIdleCost) {
-				return fmt.Errorf("%w: the floor server has no NATS: run idlecost against natter only", ErrInvalidConfig)
+			if slices.Contains(c.Scenarios, ScenarioIdleCost) || slices.Contains(c.Scenarios, ScenarioWireBytes) {
+				return fmt.Errorf("%w: the floor server has no NATS and no binary wire: run idlecost and wirebytes against natter only", ErrInvalidConfig)
 			}
 			if len(c.FloorCommand) == 0 {
 				return fmt.Errorf("%w: the floor server needs FloorCommand", ErrInvalidConfig)
@@ -151,8 +176,8 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	switch {
-	case c.Runs < 1, c.SourceAddrs < 1, c.DialConcurrency < 1, c.Subs < 1, c.Inflight < 1, c.PayloadSize < 0:
-		return fmt.Errorf("%w: runs, source-addrs, dial-concurrency, subs and inflight must be >= 1, payload-size >= 0", ErrInvalidConfig)
+	case c.Runs < 1, c.SourceAddrs < 1, c.DialConcurrency < 1, c.Subs < 1, c.Inflight < 1, c.PayloadSize < 0, c.Messages < 1:
+		return fmt.Errorf("%w: runs, source-addrs, dial-concurrency, subs, inflight and messages must be >= 1, payload-size >= 0", ErrInvalidConfig)
 	case c.Conns < 0, c.Rate < 0, c.Duration < 0, c.Warmup < 0, c.Settle < 0, c.Hold < 0:
 		return fmt.Errorf("%w: negative conns, rate or durations", ErrInvalidConfig)
 	case c.Inflight > 64:
@@ -183,7 +208,7 @@ func (c Config) forScenario(s string) (*Config, error) {
 		if c.Rate < c.Conns {
 			return nil, fmt.Errorf("%w: rpc needs rate >= conns", ErrInvalidConfig)
 		}
-	case ScenarioFanout:
+	case ScenarioFanout, ScenarioWireBytes:
 		if c.Rate == 0 {
 			c.Rate = 100
 		}
@@ -193,8 +218,11 @@ func (c Config) forScenario(s string) (*Config, error) {
 
 // clientConns is how many sockets scenario s opens in this process.
 func (c *Config) clientConns(s string) int {
-	if s == ScenarioFanout {
+	switch s {
+	case ScenarioFanout:
 		return c.Subs
+	case ScenarioWireBytes:
+		return 3
 	}
 	return c.Conns
 }
@@ -256,24 +284,31 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 	var out []*Result
 	for _, s := range cfg.Scenarios {
 		sc, _ := cfg.forScenario(s)
+		wires := cfg.Wires
+		if s == ScenarioRPC || s == ScenarioWireBytes {
+			wires = []string{WireJSON} // rpc: JSON only; wirebytes: both wires in each run
+		}
 		for _, t := range targets {
-			var runs []*Result
-			for run := 1; run <= cfg.Runs; run++ {
-				if len(out) > 0 && !sleepCtx(ctx, cfg.Settle) {
-					return out, ctx.Err()
+			for _, w := range wires {
+				sc.wire = w
+				var runs []*Result
+				for run := 1; run <= cfg.Runs; run++ {
+					if len(out) > 0 && !sleepCtx(ctx, cfg.Settle) {
+						return out, ctx.Err()
+					}
+					r, err := runOne(ctx, sc, s, t, run)
+					if err != nil {
+						return out, fmt.Errorf("%s against %s (wire %s): %w", s, t.name, w, err)
+					}
+					fmt.Fprintln(cfg.Out, r)
+					runs = append(runs, r)
+					out = append(out, r)
 				}
-				r, err := runOne(ctx, sc, s, t, run)
-				if err != nil {
-					return out, fmt.Errorf("%s against %s: %w", s, t.name, err)
+				if len(runs) > 1 {
+					m := Median(runs)
+					fmt.Fprintln(cfg.Out, m)
+					out = append(out, m)
 				}
-				fmt.Fprintln(cfg.Out, r)
-				runs = append(runs, r)
-				out = append(out, r)
-			}
-			if len(runs) > 1 {
-				m := Median(runs)
-				fmt.Fprintln(cfg.Out, m)
-				out = append(out, m)
 			}
 		}
 	}
@@ -292,6 +327,8 @@ func runOne(ctx context.Context, cfg *Config, scenario string, t *target, run in
 		return runIdleCost(ctx, cfg, t, run)
 	case ScenarioFanout:
 		return runFanout(ctx, cfg, t, run)
+	case ScenarioWireBytes:
+		return runWireBytes(ctx, cfg, t, run)
 	default:
 		return runRPC(ctx, cfg, t, run)
 	}

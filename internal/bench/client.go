@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -31,6 +32,7 @@ const (
 type dialer struct {
 	url   string
 	addrs []net.IP // nil: let the kernel choose
+	wire  string   // WireJSON or WireProtobuf
 }
 
 func newDialer(rawURL string, sourceAddrs int) (*dialer, error) {
@@ -41,7 +43,7 @@ func newDialer(rawURL string, sourceAddrs int) (*dialer, error) {
 	if u.Scheme != "ws" {
 		return nil, fmt.Errorf("%w: url %q: want ws://", ErrInvalidConfig, rawURL)
 	}
-	d := &dialer{url: rawURL}
+	d := &dialer{url: rawURL, wire: WireJSON}
 	if sourceAddrs <= 1 {
 		return d, nil
 	}
@@ -59,16 +61,25 @@ func newDialer(rawURL string, sourceAddrs int) (*dialer, error) {
 }
 
 // dial opens connection number i and starts its read loop, which ends
-// when the connection closes; wg counts it.
-func (d *dialer) dial(i int, h gws.Event, wg *sync.WaitGroup) (*gws.Conn, error) {
+// when the connection closes; wg counts it. On the protobuf wire it offers
+// the subprotocol natter.protobuf. With read not nil, every byte read from
+// the socket (handshake response, frame headers and payloads) is added to
+// it.
+func (d *dialer) dial(i int, h gws.Event, wg *sync.WaitGroup, read *atomic.Int64) (*gws.Conn, error) {
 	opt := &gws.ClientOption{Addr: d.url, HandshakeTimeout: handshakeTimeout}
+	if d.wire == WireProtobuf {
+		opt.RequestHeader = http.Header{}
+		opt.RequestHeader.Set("Sec-WebSocket-Protocol", subprotocolProtobuf)
+	}
+	nd := &net.Dialer{Timeout: dialTimeout}
 	if d.addrs != nil {
-		local := &net.TCPAddr{IP: d.addrs[i%len(d.addrs)]}
-		opt.NewDialer = func() (gws.Dialer, error) {
-			return &net.Dialer{Timeout: dialTimeout, LocalAddr: local}, nil
+		nd.LocalAddr = &net.TCPAddr{IP: d.addrs[i%len(d.addrs)]}
+	}
+	opt.NewDialer = func() (gws.Dialer, error) {
+		if read != nil {
+			return &countingDialer{nd, read}, nil
 		}
-	} else {
-		opt.NewDialer = func() (gws.Dialer, error) { return &net.Dialer{Timeout: dialTimeout}, nil }
+		return nd, nil
 	}
 	conn, resp, err := gws.NewClient(h, opt)
 	if err != nil {
@@ -76,6 +87,10 @@ func (d *dialer) dial(i int, h gws.Event, wg *sync.WaitGroup) (*gws.Conn, error)
 			return nil, fmt.Errorf("handshake: HTTP %d", resp.StatusCode)
 		}
 		return nil, err
+	}
+	if d.wire == WireProtobuf && conn.SubProtocol() != subprotocolProtobuf {
+		_ = conn.NetConn().Close()
+		return nil, fmt.Errorf("handshake: the server chose subprotocol %q, not %s", conn.SubProtocol(), subprotocolProtobuf)
 	}
 	wg.Go(conn.ReadLoop)
 	return conn, nil
@@ -139,6 +154,7 @@ func (e *errorCounts) String() string {
 // them after the loop has ended.
 type member struct {
 	conn   *gws.Conn
+	proto  bool          // speaks the protobuf wire
 	joined chan struct{} // closed at $joined
 	failed chan string   // the first error frame before $joined
 	state  atomic.Int32  // 0 joining, 1 joined, 2 failed
@@ -151,8 +167,9 @@ type member struct {
 	lat    []time.Duration // their latencies
 }
 
-func newMember(lo, hi int64) *member {
+func newMember(lo, hi int64, proto bool) *member {
 	return &member{
+		proto:  proto,
 		joined: make(chan struct{}), failed: make(chan string, 1),
 		lo: lo, hi: hi, lat: make([]time.Duration, 0, hi-lo),
 	}
@@ -180,6 +197,11 @@ func (m *member) OnPong(*gws.Conn, []byte)     {}
 func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
 	now := time.Now().UnixNano()
 	b := msg.Bytes()
+	if m.proto {
+		m.onProto(now, b)
+		msg.Close()
+		return
+	}
 	if i := bytes.Index(b, tickKey); i >= 0 {
 		t, rest, ok1 := leadingInt(b[i+len(tickKey):])
 		n, _, ok2 := int64(0), rest, false
@@ -187,28 +209,36 @@ func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
 			n, _, ok2 = leadingInt(rest[j+len(seqKey):])
 		}
 		if ok1 && ok2 {
-			if n >= m.lo && n < m.hi {
-				m.lat = append(m.lat, time.Duration(now-t))
-				m.got.Add(1)
-			}
+			m.tick(now, t, n)
 		}
 		msg.Close()
 		return
 	}
-	if m.state.Load() == 0 {
-		if bytes.Contains(b, connectedKey) {
-			msg.Close() // $connected, the edge's first frame
-			return
-		}
-		if bytes.Contains(b, joinedKey) {
-			if m.state.CompareAndSwap(0, 1) {
-				close(m.joined)
-			}
-		} else if m.state.CompareAndSwap(0, 2) {
-			m.failed <- "join: " + truncate(string(b), 120)
-		}
-	}
+	m.joining(bytes.Contains(b, connectedKey), bytes.Contains(b, joinedKey), b)
 	msg.Close()
+}
+
+// tick counts a tick received at now.
+func (m *member) tick(now, t, n int64) {
+	if n >= m.lo && n < m.hi {
+		m.lat = append(m.lat, time.Duration(now-t))
+		m.got.Add(1)
+	}
+}
+
+// joining handles a frame that is not a tick while the member joins:
+// $connected is skipped, $joined ends the join, anything else fails it.
+func (m *member) joining(connected, joined bool, b []byte) {
+	if m.state.Load() != 0 || connected {
+		return
+	}
+	if joined {
+		if m.state.CompareAndSwap(0, 1) {
+			close(m.joined)
+		}
+	} else if m.state.CompareAndSwap(0, 2) {
+		m.failed <- "join: " + truncate(fmt.Sprintf("%q", b), 120)
+	}
 }
 
 // leadingInt parses the decimal integer at the start of b.
@@ -251,7 +281,10 @@ func dialMembers(ctx context.Context, d *dialer, n, concurrency int, room string
 	p := &pool{members: make([]*member, n)}
 	next := atomic.Int64{}
 	var lastNs atomic.Int64
-	frame := joinFrame(room)
+	frame := []byte(joinFrame(room))
+	if d.wire == WireProtobuf {
+		frame = protoJoinFrame(room)
+	}
 	p.first = time.Now()
 	var workers sync.WaitGroup
 	for range min(concurrency, n) {
@@ -261,7 +294,7 @@ func dialMembers(ctx context.Context, d *dialer, n, concurrency int, room string
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				m := newMember(lo, hi)
+				m := newMember(lo, hi, d.wire == WireProtobuf)
 				if err := p.join(ctx, d, i, m, frame); err != nil {
 					p.errs.add(err.Error())
 					continue
@@ -296,13 +329,17 @@ func compact(ms []*member) []*member {
 	return out
 }
 
-func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame string) error {
-	conn, err := d.dial(i, m, &p.loops)
+func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame []byte) error {
+	conn, err := d.dial(i, m, &p.loops, nil)
 	if err != nil {
 		return fmt.Errorf("dial: %s", errorKind(err))
 	}
 	m.conn = conn
-	if err := conn.WriteString(frame); err != nil {
+	op := gws.OpcodeText
+	if m.proto {
+		op = gws.OpcodeBinary
+	}
+	if err := conn.WriteMessage(op, frame); err != nil {
 		m.byUs.Store(true)
 		_ = conn.NetConn().Close()
 		return fmt.Errorf("join: write: %s", errorKind(err))

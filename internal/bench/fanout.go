@@ -168,6 +168,7 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	if err != nil {
 		return nil, err
 	}
+	d.wire = cfg.wire
 	pub, err := t.publisher(cfg)
 	if err != nil {
 		return nil, err
@@ -283,6 +284,7 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	var l line
 	l.add("scenario", "fanout")
 	l.add("server", t.name)
+	l.add("wire", cfg.wire)
 	if cfg.Runs > 1 {
 		l.int("run", int64(run))
 	}

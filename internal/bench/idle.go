@@ -16,6 +16,7 @@ func runIdle(ctx context.Context, cfg *Config, t *target, run int) (*Result, err
 	if err != nil {
 		return nil, err
 	}
+	d.wire = cfg.wire
 	before, err := sampleProc(t.pid)
 	if err != nil {
 		return nil, err
@@ -46,6 +47,7 @@ func runIdle(ctx context.Context, cfg *Config, t *target, run int) (*Result, err
 	var l line
 	l.add("scenario", "idle")
 	l.add("server", t.name)
+	l.add("wire", cfg.wire)
 	if cfg.Runs > 1 {
 		l.int("run", int64(run))
 	}

@@ -30,6 +30,7 @@ func runIdleCost(ctx context.Context, cfg *Config, t *target, run int) (*Result,
 	if err != nil {
 		return nil, err
 	}
+	d.wire = cfg.wire
 	sr, err := newStreamReader(cfg.NATSURL)
 	if err != nil {
 		return nil, err
@@ -109,6 +110,7 @@ func runIdleCost(ctx context.Context, cfg *Config, t *target, run int) (*Result,
 	var l line
 	l.add("scenario", ScenarioIdleCost)
 	l.add("server", t.name)
+	l.add("wire", cfg.wire)
 	if cfg.Runs > 1 {
 		l.int("run", int64(run))
 	}

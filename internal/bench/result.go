@@ -198,7 +198,7 @@ func ParseResult(s string) (*Result, error) {
 }
 
 // MedianLines reads result lines from r, one per run, and writes to w the
-// median line (see Median) of each scenario and server, in the order they
+// median line (see Median) of each scenario, server and wire, in the order they
 // first appear. Empty lines, lines starting with # and median lines
 // (run=median) are skipped. It is for runs made by separate bench
 // processes, such as those scripts/bench.sh makes against a fresh edge
@@ -223,7 +223,7 @@ func MedianLines(r io.Reader, w io.Writer) error {
 		if res.Get("run") == "median" {
 			continue
 		}
-		key := res.Scenario + " " + res.Server
+		key := res.Scenario + " " + res.Server + " " + res.Get("wire")
 		i := slices.IndexFunc(groups, func(g *group) bool { return g.key == key })
 		if i < 0 {
 			i = len(groups)

@@ -136,7 +136,7 @@ func runRPC(ctx context.Context, cfg *Config, t *target, run int) (*Result, erro
 	}()
 	for i := range cfg.Conns {
 		c := &rpcClient{sent: make(map[string]time.Time), res: res, slots: make([]atomic.Int64, cfg.Inflight)}
-		conn, err := d.dial(i, c, &loops)
+		conn, err := d.dial(i, c, &loops, nil)
 		if err != nil {
 			return nil, fmt.Errorf("bench: rpc: dial %s: %s", t.url, errorKind(err))
 		}
