@@ -117,6 +117,7 @@ export class Connection {
   readonly #session: Session;
   readonly #wsUrl: string; // ws: or wss:
   readonly #httpUrl: string; // the same with http: or https:, for sse
+  readonly #edgeKey: string; // the edge's origin and path: what a fallback is remembered by
   readonly #WebSocket: WebSocketConstructor | undefined;
   readonly #fetch: typeof fetch | undefined;
   readonly #transports: readonly TransportName[];
@@ -167,6 +168,7 @@ export class Connection {
     this.#wsUrl = u.toString();
     u.protocol = u.protocol === "wss:" ? "https:" : "http:";
     this.#httpUrl = u.toString();
+    this.#edgeKey = u.origin + u.pathname;
     this.outbox = new Outbox(this);
     this.requests = new Requests(this);
   }
@@ -366,14 +368,14 @@ export class Connection {
   /** The transports of the next dial: options.transports, less the WebSocket while a fallback is remembered. */
   #plan(): readonly TransportName[] {
     const list = this.#transports;
-    if (list[0] === "websocket" && list.includes("sse") && recall(this.#httpUrl) > Date.now()) return list.filter((t) => t !== "websocket");
+    if (list[0] === "websocket" && list.includes("sse") && recall(this.#edgeKey) > Date.now()) return list.filter((t) => t !== "websocket");
     return list;
   }
 
   /** A WebSocket failed where sse works: skip it for fallbackMemoryMs. */
   #remember(): void {
     const ms = this.options.fallbackMemoryMs ?? FALLBACK_MEMORY_MS;
-    if (ms > 0) remember(this.#httpUrl, Date.now() + ms);
+    if (ms > 0) remember(this.#edgeKey, Date.now() + ms);
   }
 
   /** The protobuf wire's codec: protobuf.ts and @bufbuild/protobuf, loaded once. */

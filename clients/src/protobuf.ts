@@ -59,7 +59,7 @@ export function createProtobufCodec(schemas: Schemas): Codec {
   return {
     subprotocol: SUBPROTOCOL,
     binary: true,
-    encode(frame: Frame): Uint8Array {
+    encode(frame: Frame): Uint8Array<ArrayBuffer> {
       const env = create(EnvelopeSchema, { type: frame.type });
       const meta = metaToProto(frame.meta);
       if (meta) env.meta = meta;

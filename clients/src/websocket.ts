@@ -10,7 +10,7 @@ export interface WebSocketLike {
   readonly readyState: number;
   /** Set to "arraybuffer" for the binary wire. */
   binaryType?: string;
-  send(data: string | Uint8Array): void;
+  send(data: string | Uint8Array<ArrayBuffer>): void;
   close(code?: number, reason?: string): void;
   addEventListener(type: string, listener: (event: unknown) => void): void;
 }

@@ -23,7 +23,7 @@ export interface Codec {
   /** Frames are binary: the socket's binaryType is set to "arraybuffer". */
   readonly binary: boolean;
   /** The data of one WebSocket message. */
-  encode(frame: Frame): string | Uint8Array;
+  encode(frame: Frame): string | Uint8Array<ArrayBuffer>;
   /** The envelope in one WebSocket message's data; undefined for data that is not one. */
   decode(data: unknown): Envelope | undefined;
 }

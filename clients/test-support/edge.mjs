@@ -145,7 +145,8 @@ export async function connId(nc, client, probe = `test.whoami${++probes}`) {
 
 /**
  * A WebSocket constructor with a gate: while closed, every new socket goes
- * to a port nothing listens on, so the client keeps failing to reconnect.
+ * to a port nothing listens on, so the client keeps failing to reconnect
+ * (with transports: ["websocket"]; the fallback to sse would get past it).
  */
 export function gatedWebSocket() {
   let closed = false;

@@ -1,6 +1,7 @@
 // Compile-time checks of the public API's types (npm run typecheck): the
 // generated payload types apply to known types, unknown to the others.
-import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage, type Accepted, type DurableOptions } from "natter-client";
+import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage, type Accepted, type DurableOptions, type Schemas, type TransportName } from "natter-client";
+import { natterSchemas } from "natter-client/schemas";
 
 const W: WebSocketConstructor = WebSocket; // the browser's constructor fits
 const c = connect("ws://localhost:8080/ws", { WebSocket: W, token: async () => "t", reconnect: { maxDelayMs: 5000 } });
@@ -93,3 +94,27 @@ void c.sendDurable("chat.send", { room: "r" });
 void c.sendDurable("job.run", {}, { idempotencyKey: 17 });
 void c.rpc("job.run", {}, { idempotencyKey: "order-17", timeoutMs: 500 });
 c.send("job.run", {}, { idempotencyKey: "order-17" });
+
+// The binary wire and the fallback transports.
+const schemas: Schemas = natterSchemas; // what natter-gen-ts writes fits the option
+const order: TransportName[] = ["websocket", "sse"];
+const pb = connect("ws://localhost:8080/ws", { wire: "protobuf", schemas, transports: order, wsConnectTimeoutMs: 2000, fallbackMemoryMs: 60_000, fetch });
+pb.send("chat.send", { room: "general", text: "binary" });
+connect("ws://localhost:8080/ws", { wire: "json", transports: ["sse"] });
+// @ts-expect-error the wires are json and protobuf
+connect("ws://localhost:8080/ws", { wire: "cbor" });
+// @ts-expect-error the transports are websocket and sse
+connect("ws://localhost:8080/ws", { transports: ["long-polling"] });
+const offReceive: () => void = pb.onError((e, info) => void [e.code, info.op === "receive"]);
+offReceive();
+// A WebSocket of the client's own that takes text frames only still fits.
+class TextOnly {
+  readonly readyState = 0;
+  send(data: string): void {
+    void data;
+  }
+  close(): void {}
+  addEventListener(): void {}
+}
+const T: WebSocketConstructor = TextOnly;
+void T;

@@ -31,7 +31,8 @@ after(async () => {
 
 /** A client for this file, closed at the end, that records deliveries and recoveries. */
 function client(user, WebSocket) {
-  const c = connect(edge.url, { user, WebSocket, reconnect: fast });
+  // A gated WebSocket alone: the fallback to sse would get past the gate.
+  const c = connect(edge.url, { user, WebSocket, reconnect: fast, ...(WebSocket ? { transports: ["websocket"] } : {}) });
   cleanup.push(() => c.close());
   const got = []; // [n, offset] of every dur.msg, in arrival order
   const recoveries = [];
@@ -155,7 +156,7 @@ test("durable rooms: a position older than the retained history (--durable-room-
     await small.stop();
   });
   const gate = gatedWebSocket();
-  const c = connect(small.url, { user: "durable-gappy", WebSocket: gate.WebSocket, reconnect: fast });
+  const c = connect(small.url, { user: "durable-gappy", WebSocket: gate.WebSocket, transports: ["websocket"], reconnect: fast });
   cleanup.push(() => c.close());
   const got = [];
   const recoveries = [];

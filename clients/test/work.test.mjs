@@ -134,7 +134,7 @@ test("sendDurable while the client cannot reach the edge: stored once after it r
   const seen = await watch("job.away");
   const gate = gatedWebSocket();
   // Attempts of 200 ms: several of them expire in the buffer while away.
-  const c = client("work-away", { WebSocket: gate.WebSocket, rpcTimeoutMs: 200 });
+  const c = client("work-away", { WebSocket: gate.WebSocket, transports: ["websocket"], rpcTimeoutMs: 200 });
   const id = await connId(nc, c);
   gate.close();
   nc.publish(`natter.ctl.conn.${id}`, enc({ op: "close", code: 4003 }));

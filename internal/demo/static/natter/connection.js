@@ -43,6 +43,7 @@ export class Connection {
     #session;
     #wsUrl; // ws: or wss:
     #httpUrl; // the same with http: or https:, for sse
+    #edgeKey; // the edge's origin and path: what a fallback is remembered by
     #WebSocket;
     #fetch;
     #transports;
@@ -93,6 +94,7 @@ export class Connection {
         this.#wsUrl = u.toString();
         u.protocol = u.protocol === "wss:" ? "https:" : "http:";
         this.#httpUrl = u.toString();
+        this.#edgeKey = u.origin + u.pathname;
         this.outbox = new Outbox(this);
         this.requests = new Requests(this);
     }
@@ -299,7 +301,7 @@ export class Connection {
     /** The transports of the next dial: options.transports, less the WebSocket while a fallback is remembered. */
     #plan() {
         const list = this.#transports;
-        if (list[0] === "websocket" && list.includes("sse") && recall(this.#httpUrl) > Date.now())
+        if (list[0] === "websocket" && list.includes("sse") && recall(this.#edgeKey) > Date.now())
             return list.filter((t) => t !== "websocket");
         return list;
     }
@@ -307,7 +309,7 @@ export class Connection {
     #remember() {
         const ms = this.options.fallbackMemoryMs ?? FALLBACK_MEMORY_MS;
         if (ms > 0)
-            remember(this.#httpUrl, Date.now() + ms);
+            remember(this.#edgeKey, Date.now() + ms);
     }
     /** The protobuf wire's codec: protobuf.ts and @bufbuild/protobuf, loaded once. */
     #protobuf() {
