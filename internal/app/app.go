@@ -286,6 +286,9 @@ func Run(ctx context.Context, rc Config) error {
 	failSetup(nil) // set up: later permission violations are only logged
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
+	for _, p := range e.FallbackPaths() {
+		mux.Handle(p, e)
+	}
 	mux.Handle("GET /schemas", reg)
 	if rc.Edge.Auth.DevMode && e.Path() != "/" {
 		// The browser demo picks its user with ?user=, so it only makes
@@ -384,8 +387,14 @@ func Run(ctx context.Context, rc Config) error {
 	sctx, cancel := context.WithTimeout(context.Background(), rc.ShutdownTimeout)
 	defer cancel()
 	var errs []error
-	errs = append(errs, srv.Shutdown(sctx)) // stops accepting; WebSockets are hijacked, so the edge closes them
+	// srv.Shutdown stops accepting and then waits for the requests in
+	// progress, among them the fallback streams, which e.Shutdown closes
+	// (WebSockets are hijacked: the edge alone closes them). So the two
+	// run together.
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Shutdown(sctx) }()
 	errs = append(errs, e.Shutdown(sctx))
+	errs = append(errs, <-srvDone)
 	if w != nil {
 		errs = append(errs, w.Drain(sctx))
 	}

@@ -236,9 +236,10 @@ func (e *Edge) authenticate(r *http.Request) (*auth.Identity, error) {
 
 // refuse counts a refused handshake and answers it with status and a
 // short reason.
-func (e *Edge) refuse(w http.ResponseWriter, why refusal, status int, reason string, retryAfter time.Duration) {
+func (e *Edge) refuse(w http.ResponseWriter, tr transport, why refusal, status int, reason string, retryAfter time.Duration) {
 	e.stats.refused.Add(1)
 	e.stats.refusedBy[why].Add(1)
+	e.stats.transports[tr].refused.Add(1)
 	if retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
 	}

@@ -35,10 +35,14 @@ const frameOverhead = 64
 // every "is it ending" question reads it, whatever lock the asker holds.
 type conn struct {
 	e      *Edge
-	socket *gws.Conn
-	wire   *wireConn // the socket under gws: frame checks and the lingering close
-	id     string
-	user   string
+	socket *gws.Conn // nil on a fallback stream
+	wire   *wireConn // the socket under gws: frame checks and the lingering close; nil on a fallback stream
+	// transport is how the client reached the edge; session is set on
+	// fallback streams only (fallback.go).
+	transport transport
+	session   *httpSession
+	id        string
+	user      string
 	// protobuf: the connection speaks natter.protobuf, binary frames of
 	// natter.v1.Envelope; otherwise JSON text frames.
 	protobuf bool
@@ -155,17 +159,13 @@ func (c *conn) finish() bool {
 	return true
 }
 
-func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.Identity, release func()) *conn {
+// newConn makes a connection of one of the edge's transports: a WebSocket
+// (newWSConn) or a fallback stream (fallback.go). The caller gives it its
+// socket before it registers.
+func newConn(e *Edge, tr transport, id string, ident *auth.Identity, release func()) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &conn{e: e, socket: socket, wire: wire, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
+	c := &conn{e: e, transport: tr, protobuf: tr == transportProtobuf, id: id, user: ident.User, ctx: ctx, cancel: cancel, release: release}
 	c.ident.Store(ident)
-	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
-	wire.onClose = c.stopWriting
-	ws := &wireSocket{ws: socket, wire: wire, compress: e.cfg.WebSocket.Compression}
-	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.WebSocket.Compression {
-		ws.raw, _ = sc.SyscallConn()
-	}
-	c.sock, c.direct = ws, ws.raw != nil
 	c.shard = int(e.nextShard.Add(1) % uint32(len(e.writers.shards)))
 	if e.cfg.Limits.MessageRate > 0 {
 		c.limit = rate.NewLimiter(rate.Limit(e.cfg.Limits.MessageRate), e.cfg.Limits.MessageBurst)
@@ -175,6 +175,24 @@ func newConn(e *Edge, socket *gws.Conn, wire *wireConn, id string, ident *auth.I
 	c.connectedAt = now / 1e6
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
+	return c
+}
+
+// newWSConn makes a WebSocket connection on socket, whose wire is wire.
+func newWSConn(e *Edge, socket *gws.Conn, wire *wireConn, binary bool, id string, ident *auth.Identity, release func()) *conn {
+	tr := transportWebSocket
+	if binary {
+		tr = transportProtobuf
+	}
+	c := newConn(e, tr, id, ident, release)
+	c.socket, c.wire = socket, wire
+	wire.violation = func(code envelope.CloseCode, reason string) { c.closeWith(code, reason, true) }
+	wire.onClose = c.stopWriting
+	ws := &wireSocket{ws: socket, wire: wire, compress: e.cfg.WebSocket.Compression}
+	if sc, ok := wire.Conn.(syscall.Conn); ok && nonblockingWrites && !e.cfg.WebSocket.Compression {
+		ws.raw, _ = sc.SyscallConn()
+	}
+	c.sock, c.direct = ws, ws.raw != nil
 	return c
 }
 
@@ -269,6 +287,8 @@ func (c *conn) register() error {
 	c.e.conns.add(c)
 	c.e.stats.connections.Add(1)
 	c.e.stats.accepted.Add(1)
+	c.e.stats.transports[c.transport].open.Add(1)
+	c.e.stats.transports[c.transport].accepted.Add(1)
 	if c.e.presence != nil {
 		c.e.presence.Set(presence.Entry{Conn: c.id, User: c.user, ConnectedAt: c.connectedAt})
 	}
@@ -295,6 +315,7 @@ func (c *conn) unregister() {
 	}
 	c.e.conns.remove(c)
 	c.e.stats.connections.Add(-1)
+	c.e.stats.transports[c.transport].open.Add(-1)
 }
 
 // send queues one JSON envelope for this connection alone, as a text
@@ -376,11 +397,16 @@ func (c *conn) freeRoomLocked() {
 }
 
 // ping asks the writer to send a ping frame after the frames queued now.
+// A fallback stream's ping is an SSE comment that nothing answers: its
+// peer counts as alive while the stream takes writes.
 func (c *conn) ping(now int64) {
 	c.wmu.Lock()
 	if !c.isClosing() {
 		c.pingDue = true
 		c.pingSent.Store(now)
+		if c.session != nil {
+			c.lastRead.Store(now)
+		}
 		c.startWriterLocked()
 	}
 	c.wmu.Unlock()

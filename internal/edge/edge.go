@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,7 @@ type Edge struct {
 	conns     registry
 	ids       connIDs // connection ids, <edge>.<n>
 	allSub    *nats.Subscription
+	httpSub   *nats.Subscription    // <prefix>.http.<edge>: fallback POSTs other edges forward
 	connSubs  [2]*nats.Subscription // out.conn.<edge>.* and ctl.conn.<edge>.*: every connection's (subscribeConns)
 	rpc       *rpcMux
 	presence  *presencekv.Service // nil when off
@@ -214,6 +216,17 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		undoAll()
 		return nil, fmt.Errorf("edge: subscribe connections: %w", err)
 	}
+	httpSubj, err := e.ns.HTTP(cfg.EdgeID)
+	if err == nil {
+		e.httpSub, err = e.nc.Subscribe(httpSubj.String(), e.onForwardedPost)
+	}
+	if err != nil {
+		for _, s := range e.connSubs {
+			e.disp.unsubscribe(s)
+		}
+		undoAll()
+		return nil, fmt.Errorf("edge: subscribe fallback posts: %w", err)
+	}
 	// The edge serves once New returns, so its subscriptions must be on the
 	// server by then: nats.go sends them in the background, and a message
 	// to a new connection that came first would be lost.
@@ -222,6 +235,7 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 			for _, s := range e.connSubs {
 				e.disp.unsubscribe(s)
 			}
+			_ = e.httpSub.Unsubscribe()
 			undoAll()
 			return nil, fmt.Errorf("edge: set-up interrupted: %w", context.Cause(ctx))
 		}
@@ -291,12 +305,40 @@ func (e *Edge) ID() string { return e.cfg.EdgeID }
 // Path returns the WebSocket upgrade path.
 func (e *Edge) Path() string { return e.cfg.WebSocket.Path }
 
-// ServeHTTP upgrades a request to a WebSocket connection.
+// FallbackPaths returns the paths of the fallback transports, under Path:
+// the event stream and its POSTs. A mux routes them to the edge too.
+func (e *Edge) FallbackPaths() []string {
+	base := strings.TrimSuffix(e.cfg.WebSocket.Path, "/")
+	return []string{base + ssePath, base + sendPath}
+}
+
+// subPath is what r's path adds to Path: "/sse", "/send", or not one of
+// those for the WebSocket handshake.
+func (e *Edge) subPath(r *http.Request) string {
+	return strings.TrimPrefix(r.URL.Path, strings.TrimSuffix(e.cfg.WebSocket.Path, "/"))
+}
+
+// ServeHTTP upgrades a request to a WebSocket connection, or serves a
+// fallback transport under the same path: <path>/sse, the event stream,
+// and <path>/send, its POSTs (fallback.go).
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	serve := e.handshake
+	switch e.subPath(r) {
+	case ssePath:
+		serve = e.serveSSE
+	case sendPath:
+		// The connections a draining edge holds still send.
+		if !e.handshakes.Do(func(context.Context) { e.servePost(w, r) }) {
+			http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
+		}
+		return
+	}
 	// Every handshake counts in handshakes before Shutdown can start
-	// waiting for them, and none starts after it began.
-	if e.draining.Load() || !e.handshakes.Do(func(context.Context) { e.handshake(w, r) }) {
-		e.refuse(w, refusedDraining, http.StatusServiceUnavailable, "edge is shutting down", time.Second)
+	// waiting for them, and none starts after it began. A fallback
+	// stream lives in it: Shutdown closes it with the other connections,
+	// then waits for it.
+	if e.draining.Load() || !e.handshakes.Do(func(context.Context) { serve(w, r) }) {
+		e.refuse(w, e.transportOf(r), refusedDraining, http.StatusServiceUnavailable, "edge is shutting down", time.Second)
 	}
 }
 
@@ -305,30 +347,31 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ip := e.clientIP(r)
+	tr := e.transportOf(r)
 	if wait, ok := e.allowHandshake(ip, now); !ok {
-		e.refuse(w, refusedRate, http.StatusTooManyRequests, "too many handshakes", wait)
+		e.refuse(w, tr, refusedRate, http.StatusTooManyRequests, "too many handshakes", wait)
 		return
 	}
 	if herr := checkHandshake(r); herr != nil {
 		if herr.status == http.StatusUpgradeRequired || herr.status == http.StatusBadRequest {
 			w.Header().Set("Sec-WebSocket-Version", "13")
 		}
-		e.refuse(w, refusedBadRequest, herr.status, herr.reason, 0)
+		e.refuse(w, tr, refusedBadRequest, herr.status, herr.reason, 0)
 		return
 	}
 	if err := e.origins.Check(r); err != nil {
-		e.refuse(w, refusedOrigin, auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, tr, refusedOrigin, auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	id, err := e.authenticate(r)
 	if err != nil {
 		e.cfg.Logger.Debug("edge: handshake refused", "remote", r.RemoteAddr, "err", err)
-		e.refuse(w, authRefusal(err), auth.Status(err), auth.Reason(err), 0)
+		e.refuse(w, tr, authRefusal(err), auth.Status(err), auth.Reason(err), 0)
 		return
 	}
 	release, reason := e.reserve(ip, id.User)
 	if release == nil {
-		e.refuse(w, refusedLimit, http.StatusTooManyRequests, reason, 0)
+		e.refuse(w, tr, refusedLimit, http.StatusTooManyRequests, reason, 0)
 		return
 	}
 	socket, wc, binary, err := e.upgrade(w, r)
@@ -337,8 +380,7 @@ func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 		e.cfg.Logger.Debug("edge: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := newConn(e, socket, wc, e.ids.next(), id, release)
-	c.protobuf = binary
+	c := newWSConn(e, socket, wc, binary, e.ids.next(), id, release)
 	socket.Session().Store(sessionKey, c)
 	if err := c.register(); err != nil {
 		release()
@@ -444,6 +486,7 @@ func (e *Edge) teardown() {
 	_ = e.conns.waitEmpty(e.gaveUp)
 	e.routines.Stop() // the ticker ends, and no goroutine starts from here on
 	_ = e.allSub.Unsubscribe()
+	_ = e.httpSub.Unsubscribe()
 	for _, s := range e.connSubs {
 		e.disp.unsubscribe(s)
 	}
@@ -471,7 +514,7 @@ func (e *Edge) teardown() {
 func (e *Edge) abandon() {
 	e.giveUp()
 	for _, c := range e.conns.snapshot() {
-		c.wire.abort()
+		c.sock.abort()
 	}
 }
 
@@ -500,7 +543,9 @@ func (e *Edge) tick(ctx context.Context) {
 				switch {
 				case sent > last && time.Duration(n-sent) > e.cfg.WebSocket.PongTimeout:
 					e.cfg.Logger.Debug("edge: dead peer", "conn", c.id)
-					c.wire.noLinger.Store(true) // a dead peer reads nothing
+					if c.wire != nil {
+						c.wire.noLinger.Store(true) // a dead peer reads nothing
+					}
 					c.closeWith(envelope.CloseIdle, "no pong", true)
 				case e.cfg.WebSocket.IdleTimeout > 0 && time.Duration(n-c.lastData.Load()) > e.cfg.WebSocket.IdleTimeout:
 					c.closeWith(envelope.CloseIdle, "idle timeout", false)
@@ -545,6 +590,16 @@ type Stats struct {
 	// ProtobufEncodes counts deliveries encoded for natter.protobuf
 	// connections: once per message, however many such sockets it reaches.
 	ProtobufEncodes int64
+	// Transports splits connections by how clients came: "websocket",
+	// "websocket_protobuf", "sse".
+	Transports map[string]TransportStats
+}
+
+// TransportStats counts one transport's connections.
+type TransportStats struct {
+	Open     int64 // open now
+	Accepted int64 // since start
+	Refused  int64 // handshakes (or streams) refused
 }
 
 type counters struct {
@@ -554,6 +609,12 @@ type counters struct {
 	refusedBy                                                                                                                      [numRefusals]atomic.Int64
 	panics                                                                                                                         atomic.Int64
 	protobufEncodes                                                                                                                atomic.Int64
+	transports                                                                                                                     [numTransports]transportCounters
+}
+
+// transportCounters counts one transport's connections.
+type transportCounters struct {
+	open, accepted, refused atomic.Int64
 }
 
 // Stats returns the current counters.
@@ -570,8 +631,18 @@ func (e *Edge) Stats() Stats {
 		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
 		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
 		ProtobufEncodes: s.protobufEncodes.Load(),
+		Transports:      s.byTransport(),
 		RefusedBy:       s.refusals(), Panics: s.panics.Load(),
 	}
+}
+
+func (s *counters) byTransport() map[string]TransportStats {
+	m := make(map[string]TransportStats, numTransports)
+	for i := range s.transports {
+		t := &s.transports[i]
+		m[transportNames[i]] = TransportStats{Open: t.open.Load(), Accepted: t.accepted.Load(), Refused: t.refused.Load()}
+	}
+	return m
 }
 
 func (s *counters) refusals() map[string]int64 {

@@ -62,12 +62,20 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 		c.closeWith(envelope.CloseInvalidUTF8, "invalid UTF-8", true)
 		return
 	}
+	data, wrong := c.envelopeOf(msg)
+	c.receive(data, len(msg.Bytes()), wrong)
+}
+
+// receive acts on one client frame of size bytes whose JSON envelope is
+// data (a WebSocket frame, or a line of a fallback POST), or refuses it
+// for the reason wrong: the connection's and the user's rate limits come
+// first.
+func (c *conn) receive(data []byte, size int, wrong string) {
 	now := time.Now().UnixNano()
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
 	c.e.stats.framesIn.Add(1)
-	c.e.stats.bytesIn.Add(int64(len(msg.Bytes())))
-	data, wrong := c.envelopeOf(msg)
+	c.e.stats.bytesIn.Add(int64(size))
 	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
 		c.e.stats.rateLimited.Add(1)
 		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{

@@ -43,11 +43,25 @@ var refusedDesc = prometheus.NewDesc("natter_edge_handshakes_refused_total",
 	"Handshakes refused, by reason: bad_handshake (400, 405, 426), handshake_rate (429), origin (403), unauthenticated (401), forbidden (403), auth_unavailable (503), connection_limit (429), draining (503).",
 	[]string{"reason"}, nil)
 
+// The connections by transport: websocket (natter), websocket_protobuf
+// (natter.protobuf), sse (the fallback stream).
+var (
+	transportOpenDesc = prometheus.NewDesc("natter_edge_transport_connections",
+		"Connections open now, by transport: websocket, websocket_protobuf, sse.", []string{"transport"}, nil)
+	transportAcceptedDesc = prometheus.NewDesc("natter_edge_transport_connections_accepted_total",
+		"Connections accepted, by transport.", []string{"transport"}, nil)
+	transportRefusedDesc = prometheus.NewDesc("natter_edge_transport_handshakes_refused_total",
+		"Handshakes (fallback: stream requests) refused, by transport; natter_edge_handshakes_refused_total splits them by reason.", []string{"transport"}, nil)
+)
+
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range statDescs {
 		ch <- d.desc
 	}
 	ch <- refusedDesc
+	ch <- transportOpenDesc
+	ch <- transportAcceptedDesc
+	ch <- transportRefusedDesc
 }
 
 func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -57,6 +71,12 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for i, name := range refusalNames {
 		ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.CounterValue, float64(c.e.stats.refusedBy[i].Load()), name)
+	}
+	for i, name := range transportNames {
+		t := &c.e.stats.transports[i]
+		ch <- prometheus.MustNewConstMetric(transportOpenDesc, prometheus.GaugeValue, float64(t.open.Load()), name)
+		ch <- prometheus.MustNewConstMetric(transportAcceptedDesc, prometheus.CounterValue, float64(t.accepted.Load()), name)
+		ch <- prometheus.MustNewConstMetric(transportRefusedDesc, prometheus.CounterValue, float64(t.refused.Load()), name)
 	}
 }
 

@@ -120,15 +120,22 @@ func StartEdge(t testing.TB, cfg edge.Config) *Edge {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(e.Path(), e)
+	for _, p := range e.FallbackPaths() {
+		mux.Handle(p, e)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(ctx)
+		// Together: the server waits for the fallback streams, which the
+		// edge's Shutdown closes.
+		srvDone := make(chan struct{})
+		go func() { _ = srv.Shutdown(ctx); close(srvDone) }()
 		if err := e.Shutdown(ctx); err != nil {
 			t.Errorf("edge shutdown: %v", err)
 		}
+		<-srvDone
 	})
 	addr := ln.Addr().String()
 	return &Edge{Edge: e, Addr: addr, URL: "ws://" + addr + e.Path()}

@@ -234,6 +234,10 @@ func (n Namespace) CtlAll(edge string) (Subject, error) {
 // request the client aborted; workers cancel the handler answering it.
 func (n Namespace) Abort() Subject { return Subject(n.prefix + ".ctl.abort") }
 
+// HTTP is <prefix>.http.<edge>: POSTs of fallback connections held by
+// edge that reached another edge, forwarded as requests. Edges only.
+func (n Namespace) HTTP(edge string) (Subject, error) { return n.idSubject(".http.", edge) }
+
 // Event is <prefix>.evt.<name>: lifecycle events.
 func (n Namespace) Event(name string) (Subject, error) { return n.idSubject(".evt.", name) }
 
