@@ -78,3 +78,37 @@ test("token: a refused handshake (401) is retried with backoff, not fatal", asyn
     c.close();
   }
 });
+
+test("token over sse: an Authorization header on the stream and the POSTs; a refused one (401) is retried", async () => {
+  const headers = [];
+  const f = (url, init = {}) => {
+    headers.push([init.method ?? "GET", init.headers?.Authorization]);
+    return fetch(url, init);
+  };
+  let calls = 0;
+  const c = connect(edge.url, {
+    transports: ["sse"],
+    fetch: f,
+    token: () => (++calls < 2 ? "not-a-jwt" : jwt("sasha", 3600)),
+    reconnect: { initialDelayMs: 20, maxDelayMs: 100 },
+  });
+  try {
+    const connected = nextFrame(c, "$connected");
+    await waitState(c, "open");
+    assert.equal((await connected).payload.user, "sasha");
+    assert.deepEqual(await c.rpc("echo", "authed"), "authed");
+    assert.equal(calls, 2);
+    assert.deepEqual(headers[0], ["GET", "Bearer not-a-jwt"]);
+    assert.ok(headers.slice(1).every(([, h]) => h?.startsWith("Bearer ey")), JSON.stringify(headers.slice(1)));
+    assert.ok(headers.some(([m]) => m === "POST"));
+  } finally {
+    c.close();
+  }
+});
+
+test("token over sse: a token that is no WebSocket subprotocol goes in the header", async () => {
+  // base64 with "/" and "=": refused as a subprotocol, fine in a header; the edge refuses it as a JWT.
+  const c = connect(edge.url, { token: "a/b=", transports: ["sse"], reconnect: false });
+  const closed = await waitState(c, "closed");
+  assert.match(closed.reason, /401/);
+});

@@ -8,6 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { headers } from "@nats-io/transport-node";
 import { connect } from "natter-client";
+import { natterSchemas } from "natter-client/schemas";
 import { startEdge, service, waitState, connId, until, withTimeout, gatedWebSocket } from "../test-support/edge.mjs";
 
 const enc = (v) => JSON.stringify(v);
@@ -199,3 +200,40 @@ test("durable rooms: recovery across an edge restart on the same data directory"
   assert.deepEqual(recoveries, [{ room: "dur-restart", recovered: true, since: seen, position: { offset: offsets[3], epoch: seen.epoch } }]);
   assert.deepEqual(got, offsets.map((o, n) => [n, o]));
 });
+
+// The same recovery over the other transports and wires: the positions
+// travel as meta.offset / meta.epoch in the protobuf Meta's own fields, and
+// the re-join with since as a POST.
+for (const [name, options] of [
+  ["sse", (gate) => ({ transports: ["sse"], fetch: gate.fetch })],
+  ["the protobuf wire", (gate) => ({ transports: ["websocket"], WebSocket: gate.WebSocket, wire: "protobuf", schemas: natterSchemas })],
+]) {
+  test(`durable rooms over ${name}: missed messages once and in order, recovered`, async () => {
+    const gate = gatedWebSocket();
+    let closed = false;
+    gate.fetch = (url, init) => (closed ? Promise.reject(new TypeError("gated")) : fetch(url, init));
+    const close = gate.close;
+    const open = gate.open;
+    gate.close = () => { closed = true; close(); };
+    gate.open = () => { closed = false; open(); };
+    const room = `dur-${name.replace(/\W/g, "")}`;
+    const c = connect(edge.url, { user: `durable-${room}`, reconnect: fast, ...options(gate) });
+    cleanup.push(() => c.close());
+    const got = [];
+    const recoveries = [];
+    c.on("dur.msg", (p, env) => got.push([p.n, env.meta.offset]));
+    c.onRecovery((info) => recoveries.push(info));
+    await c.join(room);
+    const offsets = [await publish(nc, room, 0)];
+    await until(() => got.length === 1, 10_000, "a live message");
+    const epoch = c.position(room)?.epoch;
+    assert.ok(epoch);
+    await dropAndHold(nc, c, gate);
+    for (const n of range(1, 5)) offsets.push(await publish(nc, room, n));
+    gate.open();
+    await waitState(c, "open");
+    await until(() => recoveries.length === 1 && got.length === 5, 10_000, "the recovery");
+    assert.deepEqual(recoveries, [{ room, recovered: true, since: { offset: offsets[0], epoch }, position: { offset: offsets[4], epoch } }]);
+    assert.deepEqual(got, offsets.map((o, n) => [n, o]));
+  });
+}

@@ -113,10 +113,11 @@ test("connectionId: the edge's $connected completes the connect; undefined while
 
 test("connectionId: an edge that sends no $connected opens the client at the connect deadline, without one", async () => {
   const WS = fakeWebSocket();
+  // The deadline counts from the dial, which connect() starts.
+  const t0 = Date.now();
   const c = connect("ws://edge.test/ws", { WebSocket: WS, reconnect: fast, connectTimeoutMs: 30 });
   const ws = await lastSocket(WS);
   const opened = new Promise((resolve) => c.onState((s) => s === "open" && resolve()));
-  const t0 = Date.now();
   ws.open({ welcome: false });
   assert.equal(c.state, "connecting", "waiting for $connected");
   await opened;
