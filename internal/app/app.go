@@ -348,7 +348,7 @@ func Run(ctx context.Context, rc Config) error {
 	if embedded != nil {
 		natsURL = embedded.ClientURL()
 	}
-	serves := e.Path() + " (WebSocket), /schemas"
+	serves := e.Path() + " (WebSocket), " + strings.Join(e.FallbackPaths(), ", ") + " (fallback), /schemas"
 	if rc.Edge.Auth.DevMode {
 		serves += ", / (demo page)"
 	}

@@ -201,6 +201,10 @@ func TestEdgeListenDefaults(t *testing.T) {
 				strings.Contains(said[3], "demo") != (said[1] == "true") {
 				t.Fatalf("the log does not say what is exposed (want loopbackOnly=%v):\n%s", tc.loopback, p.Log())
 			}
+			if tc.warn {
+				// Logged just after the line above.
+				p.WaitLog(t, regexp.QuoteMeta(warning), wait)
+			}
 			if got := strings.Contains(p.Log(), warning); got != tc.warn {
 				t.Fatalf("warning %q logged: %v, want %v\n%s", warning, got, tc.warn, p.Log())
 			}

@@ -165,12 +165,20 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
+	// The session event goes first, and only once the connection is
+	// registered, so that a POST made as soon as it arrives finds it: the
+	// writer waits for sock.mu meanwhile.
 	hello, _ := json.Marshal(map[string]string{"session": c.id + "." + c.session.secret, "send": e.FallbackPaths()[1]})
-	if err := sock.event("session", hello, e.cfg.WebSocket.WriteTimeout); err != nil {
-		release()
-		return
+	sock.mu.Lock()
+	err = c.register()
+	if err == nil {
+		err = sock.send(append([]byte("event: session\n"), dataLines(nil, hello)...), e.cfg.WebSocket.WriteTimeout)
+		if err != nil {
+			sock.abort() // the client is gone: the wait below ends at once
+		}
 	}
-	if err := c.register(); err != nil {
+	sock.mu.Unlock()
+	if err != nil && !sock.closed() {
 		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
 		_ = sock.writeClose(uint16(envelope.CloseInternal), "internal error", e.cfg.WebSocket.WriteTimeout)
@@ -511,17 +519,6 @@ func (s *sseSocket) send(b []byte, timeout time.Duration) error {
 	}
 	_ = s.rc.SetWriteDeadline(time.Time{})
 	return err
-}
-
-// event writes one named event.
-func (s *sseSocket) event(name string, data []byte, timeout time.Duration) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended {
-		return errStreamEnded
-	}
-	b := append([]byte("event: "+name+"\n"), dataLines(nil, data)...)
-	return s.send(b, timeout)
 }
 
 // appendMessage appends env as a message event, with the stream's
