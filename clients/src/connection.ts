@@ -142,8 +142,7 @@ export class Connection {
     this.options = options;
     this.#session = session;
     this.#WebSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    const f = options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
-    this.#fetch = f && !options.fetch ? f.bind(globalThis) : f;
+    this.#fetch = options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
     const wanted = options.transports ?? TRANSPORTS;
     if (!Array.isArray(wanted) || wanted.length === 0 || wanted.some((t) => !TRANSPORTS.includes(t))) {
       throw new TypeError(`natter: options.transports must list "websocket" and/or "sse"`);

@@ -148,6 +148,12 @@ class SseTransport implements Transport {
     this.#o = o;
   }
 
+  /** options.fetch, called without a receiver (a browser's fetch refuses any but the window). */
+  #fetch(url: string, init: RequestInit): Promise<Response> {
+    const f = this.#o.fetch;
+    return f(url, init);
+  }
+
   get writable(): boolean {
     return !this.#closing && this.#sendUrl !== undefined;
   }
@@ -178,7 +184,7 @@ class SseTransport implements Transport {
     if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
     let res: Response;
     try {
-      res = await this.#o.fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store" });
+      res = await this.#fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store" });
     } catch (err) {
       return this.#end(1006, `event stream failed: ${errText(err)}`);
     }
@@ -249,7 +255,7 @@ class SseTransport implements Transport {
           if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
           let res: Response;
           try {
-            res = await this.#o.fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store" });
+            res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store" });
           } catch {
             if (this.#posts.signal.aborted) return;
             await this.#sleep(retryDelay(attempt)); // the same seq again: the edge acts on it once
@@ -263,8 +269,9 @@ class SseTransport implements Transport {
             batch = batch.slice(0, batch.length >> 1);
             continue;
           }
-          if (res.status === 409 || res.status === 429 || res.status === 503) {
-            // A retry while the lost attempt is still in progress, a rate, an edge slow to answer.
+          if (res.status === 409 || res.status === 429 || res.status === 502 || res.status === 503 || res.status === 504) {
+            // A retry while the lost attempt is still in progress, a rate,
+            // an edge (or a gateway) slow to answer: the same seq again.
             await this.#sleep(Math.max(retryDelay(attempt), retryAfter(res)));
             continue;
           }
@@ -278,8 +285,10 @@ class SseTransport implements Transport {
             setTimeout(() => this.#end(1006, reason), GONE_GRACE_MS);
             return;
           }
-          // 413 for one frame: it is over every limit. Others: the edge refuses the client.
-          this.#end(res.status === 413 ? 1009 : 1002, reason);
+          // 400: a request the edge cannot read, which a retry would repeat
+          // (a protocol error). 413 for one frame: it is over every limit.
+          // Others (a proxy's answer, say): a drop, and the client reconnects.
+          this.#end(res.status === 400 ? 1002 : res.status === 413 ? 1009 : 1006, reason);
           return;
         }
       }

@@ -67,8 +67,7 @@ export class Connection {
         this.options = options;
         this.#session = session;
         this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
-        const f = options.fetch ?? globalThis.fetch;
-        this.#fetch = f && !options.fetch ? f.bind(globalThis) : f;
+        this.#fetch = options.fetch ?? globalThis.fetch;
         const wanted = options.transports ?? TRANSPORTS;
         if (!Array.isArray(wanted) || wanted.length === 0 || wanted.some((t) => !TRANSPORTS.includes(t))) {
             throw new TypeError(`natter: options.transports must list "websocket" and/or "sse"`);
