@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -321,5 +323,49 @@ func TestProtobufOptions(t *testing.T) {
 	}
 	if _, err := client.New("ws://127.0.0.1:1/ws", client.Options{Wire: "xml"}); !errors.Is(err, client.ErrInvalidOptions) {
 		t.Fatalf("Wire xml: %v", err)
+	}
+}
+
+// TestProtobufMaxMessageSize: on the binary wire a send must fit the limit
+// in both forms: the binary frame (the edge closes with 1009 past it) and
+// the JSON one (the edge refuses a frame whose JSON form is past it).
+func TestProtobufMaxMessageSize(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const proto = `syntax = "proto3";
+package sizetest.v1;
+import "natter/v1/options.proto";
+message Samples {
+  option (natter.v1.client_type) = "samples";
+  repeated double v = 1;
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, "s.proto"), []byte(proto), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	types, err := client.LoadSchemas(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New("ws://127.0.0.1:1/ws", client.Options{Wire: client.WireProtobuf, Schemas: types, MaxMessageSize: 1024, Reconnect: &client.Backoff{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	zeros := func(n int) map[string][]float64 { return map[string][]float64{"v": make([]float64, n)} }
+	tests := []struct {
+		name    string
+		typ     string
+		payload any
+		want    error
+	}{
+		{"small", "samples", zeros(10), nil},
+		{"binary over, JSON under", "samples", zeros(200), client.ErrTooLarge}, // 8 bytes a zero against 2
+		{"JSON over, binary under", "chat.send", map[string]string{"room": "r", "text": strings.Repeat("\x01", 300)}, client.ErrTooLarge},
+	}
+	for _, tt := range tests {
+		if err := c.Send(tt.typ, tt.payload); !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
 	}
 }
