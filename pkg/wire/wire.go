@@ -11,7 +11,9 @@
 // message cannot hold, such as an open message's unknown keys) travels as
 // JSON text in both. The protobuf work is google.golang.org/protobuf's:
 // dynamicpb messages from the schemas' descriptors, protojson and
-// proto.Marshal.
+// proto.Marshal. One departure from protojson: a payload that came as
+// protobuf has its 64-bit integers as JSON numbers, not strings, so that a
+// worker decodes what a JSON client and a protobuf client send alike.
 package wire
 
 import (
@@ -131,7 +133,7 @@ func (c *Codec) FromProto(dir Direction, data []byte) (*envelope.Envelope, error
 		if err != nil {
 			return nil, fmt.Errorf("%w: payload: %v", ErrMalformed, err)
 		}
-		env.Payload = j
+		env.Payload = int64sAsNumbers(md, j)
 	}
 	return env, nil
 }
@@ -230,7 +232,9 @@ func metaFromProto(pm *natterv1.Meta, m *envelope.Meta) error {
 			return fmt.Errorf("%w: meta.extra must be a JSON object", ErrMalformed)
 		}
 		for k := range m.Extra {
-			if slices.Contains(metaFields, k) {
+			// offset and epoch that are not a position (a number, a
+			// string) travel in extra; those that are, as fields.
+			if slices.Contains(metaFields, k) && (k == "offset" && pm.Offset != nil || k == "epoch" && pm.Epoch != nil || k != "offset" && k != "epoch") {
 				return fmt.Errorf("%w: meta.extra repeats the field %q", ErrMalformed, k)
 			}
 		}
