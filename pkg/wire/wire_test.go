@@ -149,7 +149,7 @@ func TestToProto(t *testing.T) {
 			back: `{"type":"x","meta":{"epoch":7,"offset":-1}}`,
 			// ToProto keeps them in extra; FromProto refuses an extra
 			// that has the keys "offset" or "epoch".
-			
+
 		},
 		{
 			name: "schema payload as protobuf",
