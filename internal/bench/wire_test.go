@@ -38,7 +38,7 @@ func TestWireBytesScenario(t *testing.T) {
 	r := rs[0]
 	checkLine(t, r, "wirebytes", "natter", "messages", "chat_json_bytes", "chat_protobuf_bytes", "chat_pct",
 		"text1k_pct", "dash1k_pct", "dash1k_rounded_pct", "dash1k_payload_json_bytes")
-	for _, k := range []string{"chat", "text1k", "dash1k", "dash1k_rounded"} {
+	for _, k := range []string{"chat", "text1k", "tick", "dash1k", "dash1k_rounded"} {
 		if got := r.Get(k + "_protobuf_body"); got != "payload" {
 			t.Errorf("%s_protobuf_body = %q, want payload", k, got)
 		}

@@ -81,6 +81,8 @@ func byteKinds() []byteKind {
 	return []byteKind{
 		{name: "chat", typ: "chat.message", chat: chatText},
 		{name: "text1k", typ: "chat.message", chat: proseText},
+		// The fanout scenario's tick with its default padding.
+		{name: "tick", typ: tickType, payload: appendTick(nil, 1765090800123456789, 12345, strings.Repeat("x", 64))},
 		{name: "dash1k", typ: "bench.dashboard", payload: dashboardPayload(15, -1)},
 		{name: "dash1k_rounded", typ: "bench.dashboard", payload: dashboardPayload(45, 2)},
 	}
