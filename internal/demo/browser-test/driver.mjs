@@ -20,6 +20,21 @@
 //                          has, so that the caller can say what is missing
 //   screenshot {path}
 //   close                  closes Chromium; the driver then exits
+// And for a plain EventSource, no SDK (eventsource_browser_test.go), in a
+// page of its own:
+//   esOpen {pageUrl, src}  opens pageUrl (an empty page the driver serves
+//                          itself, on the edge's origin, without the edge
+//                          seeing the request) and there
+//                          `new EventSource(src)`; records its events and
+//                          the Last-Event-ID header of every GET .../sse
+//   esLog                  answers {log, requests, pageErrors}: log has
+//                          {kind: "open"}, {kind: "error", readyState},
+//                          {kind: "message" | "session" | "close", data, id}
+//                          (id: the event's lastEventId) in order; requests
+//                          {url, lastEventId} (the Last-Event-ID header, or
+//                          null), in order
+//   esClose                closes the EventSource (es.close())
+//   esStart {src}          opens a new EventSource in the same page
 // Every wait gives up after timeoutMs (default 20 s).
 //
 // The record comes from a MutationObserver on the message list rather than
@@ -31,17 +46,14 @@ const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 let browser;
 let page;
+let esPage; // esOpen's
+const sseRequests = []; // esOpen's page's GET .../sse: {url, lastEventId}
 const pageErrors = [];
 const log = (line) => console.error(`${new Date().toISOString()} ${line}`); // the Go test logs it on failure
 
 const ops = {
   async open({ url, room, timeoutMs = 20_000 }) {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-      timeout: timeoutMs,
-    });
+    await launch(timeoutMs);
     const context = await browser.newContext({ viewport: { width: 1100, height: 640 } });
     context.setDefaultTimeout(timeoutMs);
     page = await context.newPage();
@@ -100,6 +112,66 @@ const ops = {
     return { texts: await texts(), recoveries: await recoveries(), pageErrors };
   },
 
+  async esOpen({ pageUrl, src, timeoutMs = 20_000 }) {
+    await launch(timeoutMs);
+    const context = await browser.newContext({ viewport: { width: 800, height: 400 } });
+    context.setDefaultTimeout(timeoutMs);
+    esPage = await context.newPage();
+    esPage.on("pageerror", (err) => pageErrors.push(String(err.stack ?? err)));
+    esPage.on("console", (msg) => log(`eventsource page console ${msg.type()}: ${msg.text()}`));
+    // The headers as sent (Playwright's request.allHeaders() gives only
+    // the provisional ones of a response that never ends), from the
+    // DevTools protocol's extra info.
+    const cdp = await context.newCDPSession(esPage);
+    const sent = new Map(); // requestId -> the extra info's headers
+    const streams = new Map(); // requestId -> sseRequests entry
+    cdp.on("Network.requestWillBeSent", ({ requestId, request }) => {
+      if (!new URL(request.url).pathname.endsWith("/sse")) return;
+      const entry = { url: request.url, lastEventId: null };
+      sseRequests.push(entry); // in the order the page made them
+      streams.set(requestId, entry);
+      if (sent.has(requestId)) entry.lastEventId = lastEventIdOf(sent.get(requestId));
+      log(`eventsource request ${request.url}`);
+    });
+    cdp.on("Network.requestWillBeSentExtraInfo", ({ requestId, headers }) => {
+      sent.set(requestId, headers);
+      const entry = streams.get(requestId);
+      if (entry) entry.lastEventId = lastEventIdOf(headers);
+    });
+    await cdp.send("Network.enable");
+    // The page is the driver's: the edge serves only the stream.
+    await esPage.route(pageUrl, (route) => route.fulfill({ contentType: "text/html", body: "<!doctype html><title>EventSource</title>" }));
+    await esPage.goto(pageUrl);
+    await esPage.evaluate(() => {
+      const record = (globalThis.esLog = []);
+      globalThis.esStart = (src) => {
+        const es = (globalThis.es = new EventSource(src));
+        es.onopen = () => record.push({ kind: "open" });
+        es.onerror = () => record.push({ kind: "error", readyState: es.readyState });
+        es.onmessage = (ev) => record.push({ kind: "message", data: ev.data, id: ev.lastEventId });
+        for (const name of ["session", "close"]) {
+          es.addEventListener(name, (ev) => record.push({ kind: name, data: ev.data, id: ev.lastEventId }));
+        }
+      };
+    });
+    await esPage.evaluate((src) => globalThis.esStart(src), src);
+    return {};
+  },
+
+  async esLog() {
+    return { log: await esPage.evaluate(() => globalThis.esLog), requests: sseRequests, pageErrors };
+  },
+
+  async esClose() {
+    await esPage.evaluate(() => globalThis.es.close());
+    return {};
+  },
+
+  async esStart({ src }) {
+    await esPage.evaluate((src) => globalThis.esStart(src), src);
+    return {};
+  },
+
   async screenshot({ path }) {
     await page?.screenshot({ path });
     return {};
@@ -111,6 +183,21 @@ const ops = {
     return {};
   },
 };
+
+// lastEventIdOf is the Last-Event-ID header of a request's headers, null without one.
+function lastEventIdOf(headers) {
+  const name = Object.keys(headers).find((k) => k.toLowerCase() === "last-event-id");
+  return name === undefined ? null : headers[name];
+}
+
+async function launch(timeoutMs) {
+  browser ??= await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    timeout: timeoutMs,
+  });
+}
 
 function badge(state, timeoutMs) {
   return page.locator(`[data-testid="conn-state"][data-state="${state}"]`).waitFor({ timeout: timeoutMs });
