@@ -1,5 +1,6 @@
 // heartbeatMs against an edge with --idle-timeout: a client that sends
-// __heartbeat stays connected, one that sends nothing is closed with 4002.
+// __heartbeat stays connected, one that sends nothing is closed with 4002,
+// over a WebSocket and over sse alike.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "natter-client";
@@ -11,9 +12,10 @@ before(async () => {
 });
 after(() => edge?.stop());
 
-test("heartbeatMs keeps a connection past the edge's idle timeout", async () => {
-  const beating = connect(edge.url, { user: "beat", heartbeatMs: 300, reconnect: { initialDelayMs: 50, maxDelayMs: 200 } });
-  const silent = connect(edge.url, { user: "quiet", reconnect: { initialDelayMs: 50, maxDelayMs: 200 } });
+for (const transport of ["websocket", "sse"]) test(`heartbeatMs keeps a connection past the edge's idle timeout (${transport})`, async () => {
+  const options = { transports: [transport], reconnect: { initialDelayMs: 50, maxDelayMs: 200 } };
+  const beating = connect(edge.url, { user: "beat", heartbeatMs: 300, ...options });
+  const silent = connect(edge.url, { user: "quiet", ...options });
   try {
     const drops = [];
     beating.onState((s, info) => s === "reconnecting" && drops.push(info?.code));
