@@ -7,6 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { connect, NatterError } from "natter-client";
+import { natterSchemas } from "natter-client/schemas";
 import { startEdge, service, waitState, connId, until, withTimeout, gatedWebSocket } from "../test-support/edge.mjs";
 
 const enc = (v) => JSON.stringify(v);
@@ -194,3 +195,21 @@ test("rpc: idempotencyKey goes out as meta.idempotencyKey; sendDurable of a type
   const err = await c.sendDurable("plain.echo", {}).then(() => null, (e) => e);
   assert.equal(err?.code, "FAILED_PRECONDITION", err?.message);
 });
+
+// The same over the fallback transport and the binary wire (meta.idempotencyKey
+// travels in the protobuf Meta's extra).
+for (const [name, options] of [
+  ["sse", { transports: ["sse"] }],
+  ["the protobuf wire", { transports: ["websocket"], wire: "protobuf", schemas: natterSchemas }],
+]) {
+  test(`sendDurable over ${name}: stored once per key`, async () => {
+    const seen = await watch("job.run");
+    const c = client(`work-${name.replace(/\W/g, "")}`, options);
+    const key = `over-${name.replace(/\W/g, "")}`;
+    const first = await c.sendDurable("job.run", { order: 1 }, { idempotencyKey: key });
+    assert.equal(first.duplicate, false);
+    assert.deepEqual(await c.sendDurable("job.run", { order: 1 }, { idempotencyKey: key }), { seq: first.seq, duplicate: true });
+    await until(() => seen.length === 2, 5000, "2 publishes seen");
+    assert.deepEqual(seen.map((e) => [e.payload.order, e.meta.idempotencyKey]), [[1, key], [1, key]]);
+  });
+}
