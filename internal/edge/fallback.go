@@ -67,6 +67,8 @@ const (
 	// postForwardTimeout bounds the wait for the edge that holds a
 	// session, when a POST reached another one.
 	postForwardTimeout = 5 * time.Second
+	// postReadTimeout bounds the reading of a POST's body.
+	postReadTimeout = 10 * time.Second
 )
 
 // The headers of a POST forwarded over NATS, and of its answer.
@@ -268,6 +270,8 @@ func (e *Edge) servePost(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "POST ?session=<token>&seq=<n>, n counting from 1", http.StatusBadRequest)
 		return
 	}
+	// A body that trickles in holds a goroutine: it has postReadTimeout.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(postReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(e.maxPostBody())))
 	var tooLarge *http.MaxBytesError
 	switch {

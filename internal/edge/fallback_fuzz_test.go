@@ -45,7 +45,9 @@ func FuzzProtobufFrame(f *testing.F) {
 	}
 	cfg := testenv.DevEdge()
 	cfg.Schemas = reg
-	cfg.Limits.MessageRate = -1 // the fuzzer's pace is not what is under test
+	// The fuzzer's pace is not what is under test.
+	cfg.Limits.MessageRate, cfg.Limits.UserMessageRate = -1, 0
+	cfg.Limits.HandshakeRate, cfg.Limits.MaxConnsPerUser = 0, 0
 	cfg.WebSocket.MaxMessageSize = 4096
 	m := testenv.NewMesh(f, testenv.MeshOptions{Edge: &cfg})
 
@@ -84,8 +86,8 @@ func FuzzFallbackPost(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	cfg := testenv.DevEdge()
-	cfg.Limits.MessageRate = -1
-	cfg.Limits.HandshakeRate = 0
+	cfg.Limits.MessageRate, cfg.Limits.UserMessageRate = -1, 0
+	cfg.Limits.HandshakeRate, cfg.Limits.MaxConnsPerUser = 0, 0
 	cfg.WebSocket.MaxMessageSize = 1024
 	m := testenv.NewMesh(f, testenv.MeshOptions{Edge: &cfg})
 	base := "http://" + m.Edge.Addr

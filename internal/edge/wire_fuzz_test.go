@@ -52,6 +52,8 @@ func FuzzWire(f *testing.F) {
 	cfg := edge.DefaultConfig()
 	cfg.NATS.Conn = testenv.Connect(f, srv.ClientURL())
 	cfg.Auth.DevMode = true
+	// go test -fuzz dials hundreds of times a second from one address.
+	cfg.Limits.HandshakeRate, cfg.Limits.MaxConnsPerUser = 0, 0
 	cfg.WebSocket.MaxMessageSize = max
 	cfg.WebSocket.WriteTimeout = 2 * time.Second
 	e := testenv.StartEdge(f, cfg)
