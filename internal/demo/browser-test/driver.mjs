@@ -31,8 +31,9 @@
 //                          {kind: "open"}, {kind: "error", readyState},
 //                          {kind: "message" | "session" | "close", data, id}
 //                          (id: the event's lastEventId) in order; requests
-//                          {url, lastEventId} (the Last-Event-ID header, or
-//                          null), in order
+//                          {url, lastEventId, status} (the Last-Event-ID
+//                          header or null; the answer's status, 0 before
+//                          it came), in order
 //   esClose                closes the EventSource (es.close())
 //   esStart {src}          opens a new EventSource in the same page
 // Every wait gives up after timeoutMs (default 20 s).
@@ -127,11 +128,15 @@ const ops = {
     const streams = new Map(); // requestId -> sseRequests entry
     cdp.on("Network.requestWillBeSent", ({ requestId, request }) => {
       if (!new URL(request.url).pathname.endsWith("/sse")) return;
-      const entry = { url: request.url, lastEventId: null };
+      const entry = { url: request.url, lastEventId: null, status: 0 };
       sseRequests.push(entry); // in the order the page made them
       streams.set(requestId, entry);
       if (sent.has(requestId)) entry.lastEventId = lastEventIdOf(sent.get(requestId));
       log(`eventsource request ${request.url}`);
+    });
+    cdp.on("Network.responseReceived", ({ requestId, response }) => {
+      const entry = streams.get(requestId);
+      if (entry) entry.status = response.status;
     });
     cdp.on("Network.requestWillBeSentExtraInfo", ({ requestId, headers }) => {
       sent.set(requestId, headers);
