@@ -74,6 +74,21 @@
 // reconnects with a fresh token, once per expiry, and closes if the edge
 // refuses that handshake with 401.
 //
+// # Binary wire
+//
+// Options.Wire WireProtobuf speaks the edge's binary wire (subprotocol
+// natter.protobuf, docs/protocol.md "Binary wire"): one natter.v1.Envelope
+// per binary frame, payloads of types with a schema as protobuf, others as
+// JSON text. The application API does not change: frames are converted at
+// the socket, JSON envelope to protobuf on the way out and back on the way
+// in (pkg/wire), so Send, Call, On and Handle take and give the same JSON
+// payloads on both wires. The schemas are the edge's .proto files:
+// Options.Schemas, by default the shipped ones; LoadSchemas compiles them
+// with the application's own.
+//
+//	types, err := client.LoadSchemas("./schemas") // the dirs given to the edge's --schemas
+//	c, err := client.Dial(ctx, url, client.Options{Wire: client.WireProtobuf, Schemas: types})
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use. Each client owns one goroutine that

@@ -347,7 +347,7 @@ message Samples {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New("ws://127.0.0.1:1/ws", client.Options{Wire: client.WireProtobuf, Schemas: types, MaxMessageSize: 1024, Reconnect: &client.Backoff{Disabled: true}})
+	c, err := client.New("ws://127.0.0.1:1/ws", client.Options{Wire: client.WireProtobuf, Schemas: types, MaxMessageSize: 1024, Reconnect: &client.Backoff{Initial: time.Hour, Max: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}

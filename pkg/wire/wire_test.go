@@ -101,8 +101,6 @@ func TestToProto(t *testing.T) {
 		want func(t *testing.T) *natterv1.Envelope
 		// back is the JSON form FromProto gives; "" means in itself.
 		back string
-		// knownBug skips, loudly, a case that fails for a reported bug.
-		knownBug string
 	}{
 		{
 			name: "type only",
@@ -147,9 +145,6 @@ func TestToProto(t *testing.T) {
 				return &natterv1.Envelope{Type: "x", Meta: &natterv1.Meta{Extra: `{"epoch":7,"offset":-1}`}}
 			},
 			back: `{"type":"x","meta":{"epoch":7,"offset":-1}}`,
-			// ToProto keeps them in extra; FromProto refuses an extra
-			// that has the keys "offset" or "epoch".
-
 		},
 		{
 			name: "schema payload as protobuf",
@@ -260,9 +255,6 @@ func TestToProto(t *testing.T) {
 				t.Fatalf("protobuf form:\n got %v\nwant %v", &got, want)
 			}
 			j, err := c.ProtoToJSON(tt.dir, b)
-			if err != nil && tt.knownBug != "" {
-				t.Skipf("known bug in wire.go, reported to the lead: %s: %v", tt.knownBug, err)
-			}
 			if err != nil {
 				t.Fatalf("ProtoToJSON: %v", err)
 			}
