@@ -132,6 +132,7 @@ export class Connection {
   #expired = false; // reconnecting after a 4100 with a fresh token: a failed handshake ends the client
   #retry: ReturnType<typeof setTimeout> | undefined; // the next dial
   #connectTimer: ReturnType<typeof setTimeout> | undefined;
+  #wsTimer: ReturnType<typeof setTimeout> | undefined; // the current WebSocket's handshake deadline, before the next transport
   #refreshTimer: ReturnType<typeof setTimeout> | undefined; // the next try of a failed automatic refresh
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   readonly #stateListeners = new Listeners<[State, StateInfo | undefined]>();
@@ -260,12 +261,11 @@ export class Connection {
     // The attempt ends once, whichever comes first: the last transport's
     // close or failed handshake, or a token() plus handshake that take too long.
     let ended = false;
-    let wsTimer: ReturnType<typeof setTimeout> | undefined;
     const end = (code: number, reason: string) => {
       if (ended) return;
       ended = true;
       clearTimeout(timer);
-      clearTimeout(wsTimer);
+      clearTimeout(this.#wsTimer);
       this.#dropped(gen, code, reason);
       transport?.close();
     };
@@ -322,7 +322,7 @@ export class Connection {
         open: () => {
           if (!current()) return;
           opened = true;
-          clearTimeout(wsTimer);
+          clearTimeout(this.#wsTimer);
           if (i > 0 && plan[0] === "websocket" && name === "sse") this.#remember();
           this.#expired = false; // the fresh token was accepted
           // The edge's first frame, $connected, completes the connect (#welcomed).
@@ -336,7 +336,7 @@ export class Connection {
         },
         close: (code, reason) => {
           if (!current()) return;
-          clearTimeout(wsTimer);
+          clearTimeout(this.#wsTimer);
           if (!opened && next) next(); // the handshake failed: the next transport
           else end(code, reason);
         },
@@ -354,7 +354,7 @@ export class Connection {
       this.#transport = t;
       if (name === "websocket" && next) {
         // A proxy that stalls the Upgrade: give up on it before the connect deadline.
-        wsTimer = setTimeout(() => {
+        this.#wsTimer = setTimeout(() => {
           if (!current() || opened) return;
           t!.close();
           next();
@@ -466,6 +466,7 @@ export class Connection {
   /** Stops what runs per socket. */
   #stopTimers(): void {
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#wsTimer);
     this.outbox.stop();
     clearTimeout(this.#refreshTimer);
     clearInterval(this.#heartbeat);

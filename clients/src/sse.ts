@@ -143,6 +143,7 @@ class SseTransport implements Transport {
   #closing = false; // close() was called or the stream is gone: send refuses
   #done = false; // events.close was called (or is not to be)
   #closeInfo: { code: number; reason: string } | undefined; // the stream's close event
+  #goneTimer: ReturnType<typeof setTimeout> | undefined; // after a 404: the end, unless the stream's own comes first
 
   constructor(o: SseOptions) {
     this.#o = o;
@@ -282,7 +283,7 @@ class SseTransport implements Transport {
             // or its edge is.
             this.#closing = true;
             this.#posts.abort();
-            setTimeout(() => this.#end(1006, reason), GONE_GRACE_MS);
+            this.#goneTimer = setTimeout(() => this.#end(1006, reason), GONE_GRACE_MS);
             return;
           }
           // 400: a request the edge cannot read, which a retry would repeat
@@ -341,6 +342,7 @@ class SseTransport implements Transport {
 
   /** The connection is over: tells the connection once, and stops everything. */
   #end(code: number, reason: string): void {
+    clearTimeout(this.#goneTimer);
     this.#closing = true;
     this.#queue = [];
     this.#posts.abort();

@@ -58,6 +58,7 @@ export class Connection {
     #expired = false; // reconnecting after a 4100 with a fresh token: a failed handshake ends the client
     #retry; // the next dial
     #connectTimer;
+    #wsTimer; // the current WebSocket's handshake deadline, before the next transport
     #refreshTimer; // the next try of a failed automatic refresh
     #heartbeat;
     #stateListeners = new Listeners();
@@ -178,13 +179,12 @@ export class Connection {
         // The attempt ends once, whichever comes first: the last transport's
         // close or failed handshake, or a token() plus handshake that take too long.
         let ended = false;
-        let wsTimer;
         const end = (code, reason) => {
             if (ended)
                 return;
             ended = true;
             clearTimeout(timer);
-            clearTimeout(wsTimer);
+            clearTimeout(this.#wsTimer);
             this.#dropped(gen, code, reason);
             transport?.close();
         };
@@ -247,7 +247,7 @@ export class Connection {
                     if (!current())
                         return;
                     opened = true;
-                    clearTimeout(wsTimer);
+                    clearTimeout(this.#wsTimer);
                     if (i > 0 && plan[0] === "websocket" && name === "sse")
                         this.#remember();
                     this.#expired = false; // the fresh token was accepted
@@ -265,7 +265,7 @@ export class Connection {
                 close: (code, reason) => {
                     if (!current())
                         return;
-                    clearTimeout(wsTimer);
+                    clearTimeout(this.#wsTimer);
                     if (!opened && next)
                         next(); // the handshake failed: the next transport
                     else
@@ -287,7 +287,7 @@ export class Connection {
             this.#transport = t;
             if (name === "websocket" && next) {
                 // A proxy that stalls the Upgrade: give up on it before the connect deadline.
-                wsTimer = setTimeout(() => {
+                this.#wsTimer = setTimeout(() => {
                     if (!current() || opened)
                         return;
                     t.close();
@@ -399,6 +399,7 @@ export class Connection {
     /** Stops what runs per socket. */
     #stopTimers() {
         clearTimeout(this.#connectTimer);
+        clearTimeout(this.#wsTimer);
         this.outbox.stop();
         clearTimeout(this.#refreshTimer);
         clearInterval(this.#heartbeat);

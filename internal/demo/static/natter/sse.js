@@ -116,6 +116,7 @@ class SseTransport {
     #closing = false; // close() was called or the stream is gone: send refuses
     #done = false; // events.close was called (or is not to be)
     #closeInfo; // the stream's close event
+    #goneTimer; // after a 404: the end, unless the stream's own comes first
     constructor(o) {
         this.#o = o;
     }
@@ -265,7 +266,7 @@ class SseTransport {
                         // or its edge is.
                         this.#closing = true;
                         this.#posts.abort();
-                        setTimeout(() => this.#end(1006, reason), GONE_GRACE_MS);
+                        this.#goneTimer = setTimeout(() => this.#end(1006, reason), GONE_GRACE_MS);
                         return;
                     }
                     // 400: a request the edge cannot read, which a retry would repeat
@@ -320,6 +321,7 @@ class SseTransport {
     }
     /** The connection is over: tells the connection once, and stops everything. */
     #end(code, reason) {
+        clearTimeout(this.#goneTimer);
         this.#closing = true;
         this.#queue = [];
         this.#posts.abort();
