@@ -182,9 +182,9 @@ type Options struct {
 	KeepAlive time.Duration
 	// MaxMessageSize bounds one outbound frame, in bytes; larger sends fail
 	// with ErrTooLarge instead of making the edge close with 1009. On the
-	// protobuf wire both the binary frame and its JSON form must fit (the
-	// edge checks both). Default envelope.DefaultMaxSize (the edge's
-	// default).
+	// protobuf wire it bounds the binary frame, and its JSON form to 4
+	// times it, as the edge does. Default envelope.DefaultMaxSize (the
+	// edge's default).
 	MaxMessageSize int
 	// SendRate paces the messages the client writes (sends, requests,
 	// re-joins, answers, aborts, heartbeats), in messages per second, so
@@ -586,18 +586,24 @@ func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
 	}
 }
 
-// checkSize fails a frame the edge would refuse for its size: a JSON form
-// larger than MaxMessageSize (the edge converts binary frames to JSON and
-// holds that form to the same limit, answering RESOURCE_EXHAUSTED), or on
-// the protobuf wire a binary frame larger than it (which the edge closes
-// with 1009). A binary frame is at most about four times its JSON form
-// (a repeated double: "0," against 8 bytes), so only frames over a quarter
-// of the limit are converted to be measured.
+// checkSize fails a frame the edge would refuse for its size: larger than
+// MaxMessageSize (1009), or on the protobuf wire a binary frame larger
+// than it, or one whose JSON form (what the edge converts it to) is larger
+// than 4 times it (docs/protocol.md, "Binary wire"). A binary frame is at
+// most about four times its JSON form (a repeated double: "0," against 8
+// bytes), so only frames over a quarter of the limit are converted to be
+// measured.
 func (c *Client) checkSize(frame []byte) error {
-	if len(frame) > c.opts.MaxMessageSize {
+	if c.codec == nil {
+		if len(frame) > c.opts.MaxMessageSize {
+			return ErrTooLarge
+		}
+		return nil
+	}
+	if len(frame) > 4*c.opts.MaxMessageSize {
 		return ErrTooLarge
 	}
-	if c.codec == nil || len(frame) <= c.opts.MaxMessageSize/4 {
+	if len(frame) <= c.opts.MaxMessageSize/4 {
 		return nil
 	}
 	n, err := c.protoSize(frame)

@@ -327,8 +327,8 @@ func TestProtobufOptions(t *testing.T) {
 }
 
 // TestProtobufMaxMessageSize: on the binary wire a send must fit the limit
-// in both forms: the binary frame (the edge closes with 1009 past it) and
-// the JSON one (the edge refuses a frame whose JSON form is past it).
+// as a binary frame (the edge closes with 1009 past it), and its JSON form
+// 4 times the limit (the edge refuses a frame whose JSON form is past it).
 func TestProtobufMaxMessageSize(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -361,7 +361,9 @@ message Samples {
 	}{
 		{"small", "samples", zeros(10), nil},
 		{"binary over, JSON under", "samples", zeros(200), client.ErrTooLarge}, // 8 bytes a zero against 2
-		{"JSON over, binary under", "chat.send", map[string]string{"room": "r", "text": strings.Repeat("\x01", 300)}, client.ErrTooLarge},
+		// A control character is 6 bytes of JSON (\u0001) and 1 of protobuf.
+		{"JSON under 4 times, binary under", "chat.send", map[string]string{"room": "r", "text": strings.Repeat("\x01", 600)}, nil},
+		{"JSON over 4 times, binary under", "chat.send", map[string]string{"room": "r", "text": strings.Repeat("\x01", 800)}, client.ErrTooLarge},
 	}
 	for _, tt := range tests {
 		if err := c.Send(tt.typ, tt.payload); !errors.Is(err, tt.want) {
