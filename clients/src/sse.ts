@@ -4,7 +4,8 @@
  * with fetch (so that the token goes in an Authorization header), and
  * `POST <path>/send?session=<token>&seq=<n>` with the frames sent
  * meanwhile, one JSON envelope per line, one POST at a time. The wire is
- * JSON whatever options.wire says.
+ * JSON whatever options.wire says. Both requests carry credentials (the
+ * natter_token cookie) cross-origin too, as a WebSocket handshake does.
  */
 import type { Transport, TransportEvents } from "./transport.js";
 import { jsonFrame, parseEnvelope, type Frame } from "./wire.js";
@@ -185,7 +186,7 @@ class SseTransport implements Transport {
     if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
     let res: Response;
     try {
-      res = await this.#fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store" });
+      res = await this.#fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store", credentials: "include" });
     } catch (err) {
       return this.#end(1006, `event stream failed: ${errText(err)}`);
     }
@@ -256,7 +257,7 @@ class SseTransport implements Transport {
           if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
           let res: Response;
           try {
-            res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store" });
+            res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store", credentials: "include" });
           } catch {
             if (this.#posts.signal.aborted) return;
             await this.#sleep(retryDelay(attempt)); // the same seq again: the edge acts on it once

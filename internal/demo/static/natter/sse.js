@@ -157,7 +157,7 @@ class SseTransport {
             headers.Authorization = `Bearer ${this.#o.token}`;
         let res;
         try {
-            res = await this.#fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store" });
+            res = await this.#fetch(url.toString(), { headers, signal: this.#stream.signal, cache: "no-store", credentials: "include" });
         }
         catch (err) {
             return this.#end(1006, `event stream failed: ${errText(err)}`);
@@ -236,7 +236,7 @@ class SseTransport {
                         headers.Authorization = `Bearer ${this.#o.token}`;
                     let res;
                     try {
-                        res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store" });
+                        res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store", credentials: "include" });
                     }
                     catch {
                         if (this.#posts.signal.aborted)
