@@ -371,3 +371,44 @@ message Samples {
 		}
 	}
 }
+
+// TestProtobufReconnect: a protobuf client's buffered sends and re-joins
+// go out on the binary wire of the next connection, after an edge
+// restart.
+func TestProtobufReconnect(t *testing.T) {
+	m := newMesh(t)
+	addr := freeAddr(t)
+	first := serveEdgeAt(t, addr, m.schemaEdge(t))
+	st := newStates()
+	opts := pbOptions(t, "alice")
+	opts.OnState = st.record
+	c := dial(t, "ws://"+addr+"/ws", opts)
+	st.await(t, client.StateOpen)
+	news := collect(c, "news")
+	if err := c.Join(context.Background(), "general"); err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
+	st.await(t, client.StateReconnecting)
+	in := m.inbox(t, "chat.send")
+	for i := range 3 {
+		if err := c.Send("chat.send", map[string]string{"room": "general", "text": "m" + string(rune('0'+i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveEdgeAt(t, addr, m.schemaEdge(t))
+	st.await(t, client.StateOpen)
+	for i := range 3 {
+		env, _ := nextEnv(t, in)
+		var p map[string]string
+		if err := json.Unmarshal(env.Payload, &p); err != nil || p["room"] != "general" || p["text"] != "m"+string(rune('0'+i)) {
+			t.Fatalf("sent %d: %s %v", i, env.Payload, err)
+		}
+	}
+	if err := m.NC.Publish("natter.out.room.general", []byte(`{"type":"news","payload":"after"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := news.next(t); string(got.Payload) != `"after"` {
+		t.Fatalf("got %s", got.Payload)
+	}
+}
