@@ -128,7 +128,8 @@ const CLOSE_GRACE_MS = 2000; // close() lets the POSTs under way finish for this
 /** Opens the event stream; the transport is writable once its `session` event has come. */
 export function dialSse(options: SseOptions): Transport {
   const t = new SseTransport(options);
-  void t.start();
+  // Not before the caller has the transport: its events name it.
+  queueMicrotask(() => void t.start());
   return t;
 }
 
