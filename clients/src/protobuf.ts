@@ -10,13 +10,16 @@
  * travels encoded in `payload`; everything else (no schema, system types,
  * JSON the message does not hold) travels as JSON text in `json`. In: a
  * `payload` decodes with the type's server-direction message into its
- * protojson form (64-bit integers as strings, enums by name, defaults
- * left out), as the edge converts it for JSON clients.
+ * protojson form (enums by name, defaults left out), except that 64-bit
+ * integers are JSON numbers, not protojson's strings: what a JSON client
+ * gets for the same message, so that an application sees the same
+ * payloads on both wires (the edge converts protobuf frames the same way,
+ * and so does the Go client).
  *
  * connection.ts loads this module with a dynamic import, only for
  * wire: "protobuf".
  */
-import { create, createFileRegistry, fromBinary, fromJsonString, toBinary, toJson, type DescMessage, type FileRegistry } from "@bufbuild/protobuf";
+import { create, createFileRegistry, fromBinary, fromJsonString, ScalarType, toBinary, toJson, type DescField, type DescMessage, type FileRegistry, type JsonValue } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import type { Envelope, Meta } from "./envelope.js";
@@ -94,7 +97,7 @@ export function createProtobufCodec(schemas: Schemas): Codec {
           const desc = server.get(pb.type);
           if (!desc) throw new PayloadError(`${pb.type}: a protobuf payload, but options.schemas has no server message for the type`);
           try {
-            env.payload = toJson(desc, fromBinary(desc, pb.body.value), { registry });
+            env.payload = int64sAsNumbers(desc, toJson(desc, fromBinary(desc, pb.body.value), { registry }));
           } catch (err) {
             throw new PayloadError(`${pb.type}: the payload is not a ${desc.typeName}: ${err instanceof Error ? err.message : String(err)}`);
           }
@@ -114,6 +117,41 @@ function payloadToProto(desc: DescMessage | undefined, p: string, registry: File
   } catch {
     return undefined;
   }
+}
+
+const INT64S = new Set<ScalarType>([ScalarType.INT64, ScalarType.UINT64, ScalarType.FIXED64, ScalarType.SFIXED64, ScalarType.SINT64]);
+const DIGITS = /^-?\d+$/;
+
+/**
+ * Rewrites, in place, the 64-bit integers of v, the protojson of message
+ * desc, from strings to numbers (past 2^53 they round, as JSON.parse
+ * rounds them for a JSON client). Map keys stay strings, as in any JSON;
+ * well-known types (Timestamp, wrappers, Struct ...) keep their own JSON
+ * forms. Returns v.
+ */
+export function int64sAsNumbers(desc: DescMessage, v: JsonValue, depth = 0): JsonValue {
+  if (depth > 100 || desc.typeName.startsWith("google.protobuf.") || typeof v !== "object" || v === null || Array.isArray(v)) return v;
+  for (const f of desc.fields) {
+    const key = f.jsonName in v ? f.jsonName : f.name;
+    const val = v[key];
+    if (val === undefined) continue;
+    if (f.fieldKind === "map") {
+      if (typeof val === "object" && val !== null && !Array.isArray(val)) {
+        for (const k of Object.keys(val)) val[k] = numberValue(f, val[k]!, depth);
+      }
+    } else if (f.fieldKind === "list") {
+      if (Array.isArray(val)) val.forEach((e, i) => (val[i] = numberValue(f, e, depth)));
+    } else {
+      v[key] = numberValue(f, val, depth);
+    }
+  }
+  return v;
+}
+
+/** One value of field f (an element of a list, a value of a map) with its 64-bit integers as numbers. */
+function numberValue(f: DescField, v: JsonValue, depth: number): JsonValue {
+  if (f.scalar !== undefined && INT64S.has(f.scalar)) return typeof v === "string" && DIGITS.test(v) ? Number(v) : v;
+  return f.message ? int64sAsNumbers(f.message, v, depth + 1) : v;
 }
 
 function asBytes(data: unknown): Uint8Array | undefined {

@@ -115,7 +115,7 @@ function fromEdge(init) {
   return toBinary(EnvelopeSchema, create(EnvelopeSchema, init));
 }
 
-test("protobuf codec: incoming payloads decode to protojson (64-bit integers as strings, defaults left out); json bodies parse", async () => {
+test("protobuf codec: incoming payloads decode to protojson (defaults left out) with 64-bit integers as numbers; json bodies parse", async () => {
   const { createFileRegistry } = await import("@bufbuild/protobuf");
   const { FileDescriptorSetSchema } = await import("@bufbuild/protobuf/wkt");
   const { base64Decode } = await import("@bufbuild/protobuf/wire");
@@ -123,7 +123,7 @@ test("protobuf codec: incoming payloads decode to protojson (64-bit integers as 
   const ChatMessage = reg.getMessage("natter.chat.v1.ChatMessage");
   const msg = toBinary(ChatMessage, create(ChatMessage, { room: "r1", text: "hi", ts: 1700000000123n }));
   const env = codec.decode(fromEdge({ type: "chat.message", meta: { room: "r1", offset: 3n, epoch: "e" }, body: { case: "payload", value: msg } }).buffer);
-  assert.deepEqual(env, { type: "chat.message", meta: { room: "r1", offset: 3, epoch: "e" }, payload: { room: "r1", text: "hi", ts: "1700000000123" } });
+  assert.deepEqual(env, { type: "chat.message", meta: { room: "r1", offset: 3, epoch: "e" }, payload: { room: "r1", text: "hi", ts: 1700000000123 } });
   // A Uint8Array (Node's Buffer, the ws package) decodes as well as an ArrayBuffer.
   assert.deepEqual(codec.decode(fromEdge({ type: "$joined", body: { case: "json", value: "{\"room\":\"r\"}" } })), { type: "$joined", payload: { room: "r" } });
   assert.deepEqual(codec.decode(fromEdge({ type: "$left" })), { type: "$left" });
@@ -137,4 +137,50 @@ test("protobuf codec: incoming payloads decode to protojson (64-bit integers as 
 test("createProtobufCodec: refuses schemas whose descriptor set lacks a named message", () => {
   assert.throws(() => createProtobufCodec({ ...natterSchemas, client: { "x.y": "no.such.Message" } }), /no\.such\.Message/);
   assert.throws(() => createProtobufCodec({ descriptorSet: "!!!", client: {}, server: {} }), TypeError);
+});
+
+test("protobuf codec: 64-bit integers become numbers in every place a message holds them; map keys and well-known types keep their JSON", async () => {
+  const { createFileRegistry, toJson } = await import("@bufbuild/protobuf");
+  const { FileDescriptorProtoSchema, FileDescriptorSetSchema, file_google_protobuf_wrappers } = await import("@bufbuild/protobuf/wkt");
+  const { base64Encode } = await import("@bufbuild/protobuf/wire");
+  // t/v1/num.proto, by hand (CI has no protoc):
+  //   message Inner { fixed64 f = 1; }
+  //   message Num { int64 a = 1; repeated uint64 list = 2; map<int64, sint64> byId = 3; Inner inner = 4;
+  //                 repeated Inner inners = 5; google.protobuf.Int64Value boxed = 6; string s = 7; int32 small = 8; sfixed64 neg = 9; }
+  const LABEL_OPT = 1, LABEL_REP = 3;
+  const T = { INT64: 3, UINT64: 4, INT32: 5, FIXED64: 6, STRING: 9, MESSAGE: 11, SFIXED64: 16, SINT64: 18 };
+  const field = (name, number, type, label = LABEL_OPT, typeName) => ({ name, number, type, label, jsonName: name, ...(typeName ? { typeName } : {}) });
+  const file = create(FileDescriptorProtoSchema, {
+    name: "t/v1/num.proto", package: "t.v1", syntax: "proto3", dependency: ["google/protobuf/wrappers.proto"],
+    messageType: [
+      { name: "Inner", field: [field("f", 1, T.FIXED64)] },
+      {
+        name: "Num",
+        field: [
+          field("a", 1, T.INT64), field("list", 2, T.UINT64, LABEL_REP), field("byId", 3, T.MESSAGE, LABEL_REP, ".t.v1.Num.ByIdEntry"),
+          field("inner", 4, T.MESSAGE, LABEL_OPT, ".t.v1.Inner"), field("inners", 5, T.MESSAGE, LABEL_REP, ".t.v1.Inner"),
+          field("boxed", 6, T.MESSAGE, LABEL_OPT, ".google.protobuf.Int64Value"), field("s", 7, T.STRING), field("small", 8, T.INT32),
+          field("neg", 9, T.SFIXED64),
+        ],
+        nestedType: [{ name: "ByIdEntry", field: [field("key", 1, T.INT64), field("value", 2, T.SINT64)], options: { mapEntry: true } }],
+      },
+    ],
+  });
+  const set = create(FileDescriptorSetSchema, { file: [file_google_protobuf_wrappers.proto, file] });
+  const schemas = { descriptorSet: base64Encode(toBinary(FileDescriptorSetSchema, set)), client: {}, server: { "t.num": "t.v1.Num" } };
+  const reg = createFileRegistry(set);
+  const Num = reg.getMessage("t.v1.Num");
+  const msg = create(Num, {
+    a: 9007199254740993n, list: [1n, 2n], byId: { "7": -3n }, inner: { f: 5n }, inners: [{ f: 6n }, {}],
+    boxed: 8n, s: "12", small: 4, neg: -9n,
+  });
+  // protojson: strings.
+  assert.equal(toJson(Num, msg, { registry: reg }).a, "9007199254740993");
+  const env = createProtobufCodec(schemas).decode(fromEdge({ type: "t.num", body: { case: "payload", value: toBinary(Num, msg) } }));
+  assert.deepEqual(env.payload, {
+    a: 9007199254740992, // rounded past 2^53, as JSON.parse rounds it for a JSON client
+    list: [1, 2], byId: { "7": -3 }, inner: { f: 5 }, inners: [{ f: 6 }, {}],
+    boxed: "8", // google.protobuf.Int64Value keeps its own JSON form
+    s: "12", small: 4, neg: -9,
+  });
 });
