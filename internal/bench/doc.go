@@ -85,6 +85,34 @@
 // connection by default) caps it: max_errors counts the refusals; run the
 // edge with --rate-limit -1 for the maximum.
 //
+// Wires: the members of idle, idlecost and fanout speak JSON (subprotocol
+// natter) or the binary wire (natter.protobuf: they offer it, join with a
+// natter.v1.Envelope binary frame, and read ticks from a bench.v1.Tick
+// payload with protowire, or from the tick's JSON text when the edge has
+// no schema for it). Config.Wires runs each scenario once per wire, like
+// Servers; every line says wire=. The bench's schemas are in
+// internal/bench/schemas: start the edge with --schemas
+// internal/bench/schemas so that bench.tick and bench.dashboard travel as
+// protobuf.
+//
+// Scenario wirebytes: a JSON member and a protobuf member join Room, and
+// a third connection (?user=alice, which a dev-mode edge takes as its
+// user) joins to send. For each payload kind, Messages messages are sent
+// at Rate and each member's bytes read from its socket (a counting
+// net.Conn under gws: frame headers and payloads, as the edge wrote them)
+// are divided by Messages: <kind>_json_bytes and <kind>_protobuf_bytes,
+// <kind>_pct the second in percent of the first. Each member must receive
+// exactly Messages frames (so nothing else is counted), or the run fails.
+// <kind>_payload_json_bytes is the JSON payload's size as the JSON member
+// received it, and <kind>_protobuf_body says what carried the protobuf
+// member's payload: payload (protobuf) or json (no schema at the edge).
+// The kinds: chat, a 69-character chat.send that the built-in chat worker
+// fans out as chat.message; text1k, the same with 1,000 bytes of text;
+// tick, the fanout scenario's message; dash1k, about 1 KB of a dashboard
+// refresh (three series of float64 samples with full precision) published
+// on NATS as bench.dashboard; dash1k_rounded, the same with samples
+// rounded to 2 decimals.
+//
 // The floor (Servers "floor") is the baseline: ServeFloor, a server that
 // answers $join and broadcasts with gws's Broadcaster, nothing else. The
 // bench starts it as a child process (FloorCommand; cmd/bench runs itself
