@@ -70,6 +70,7 @@ func main() {
 	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc, wirebytes")
 	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf)")
 	flag.IntVar(&cfg.Messages, "messages", 100, "wirebytes: messages of each payload kind")
+	flag.StringVar(&cfg.FanoutPayload, "fanout-payload", "tick", "fanout: what each message carries besides its time and number: tick (-payload-size bytes of padding), dashboard (about 1 KB of a dashboard refresh, bench.dashtick)")
 	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")
 	flag.IntVar(&cfg.Pid, "pid", 0, "the edge's pid (default: the process listening on -url's port)")
 	flag.IntVar(&cfg.Runs, "runs", 1, "runs of each scenario and server; more than 1 adds a median line")

@@ -26,6 +26,12 @@ const (
 	ServerFloor       = "floor"
 )
 
+// What a fanout message carries (Config.FanoutPayload).
+const (
+	FanoutTick      = "tick"
+	FanoutDashboard = "dashboard"
+)
+
 // Config configures a run. Zero values take the defaults given.
 type Config struct {
 	URL       string   // edge WebSocket URL; default ws://127.0.0.1:8080/ws
@@ -71,6 +77,11 @@ type Config struct {
 	Messages    int           // wirebytes: messages of each kind; default 100
 	Inflight    int           // rpc closed loop: requests in flight per connection; default 4
 	PayloadSize int           // bytes of padding in each request or tick; default 64
+	// FanoutPayload is what a fanout tick carries besides t and n: "tick",
+	// PayloadSize bytes of padding (bench.tick, the default), or
+	// "dashboard", about 1 KB of a dashboard refresh (bench.dashtick; the
+	// natter server only).
+	FanoutPayload string
 	// NATSURL is the edge's NATS: fanout publishes there and idlecost reads
 	// the JetStream streams' states there. Default nats://127.0.0.1:4222,
 	// a single-binary edge's default --nats-listen.
@@ -104,6 +115,17 @@ func (c *Config) setDefaults() error {
 		c.Wires = []string{WireJSON}
 	}
 	def(&c.Messages, 100)
+	switch c.FanoutPayload {
+	case "":
+		c.FanoutPayload = FanoutTick
+	case FanoutTick:
+	case FanoutDashboard:
+		if slices.Contains(c.Servers, ServerFloor) {
+			return fmt.Errorf("%w: the floor server sends ticks with padding only: run -fanout-payload dashboard against natter only", ErrInvalidConfig)
+		}
+	default:
+		return fmt.Errorf("%w: unknown fanout payload %q (have: tick, dashboard)", ErrInvalidConfig, c.FanoutPayload)
+	}
 	for _, w := range c.Wires {
 		switch w {
 		case WireJSON:

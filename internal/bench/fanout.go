@@ -17,8 +17,12 @@ import (
 	"github.com/natter/natter/pkg/envelope"
 )
 
-// tickType is the type of the fanout scenario's messages.
-const tickType = "bench.tick"
+// The types of the fanout scenario's messages: a tick with padding, or
+// with a dashboard refresh (FanoutPayload "dashboard").
+const (
+	tickType     = "bench.tick"
+	dashTickType = "bench.dashtick"
+)
 
 // appendTick appends a tick payload: its send time t (unix ns) and
 // sequence number n first, so that members find them cheaply, then pad.
@@ -30,6 +34,18 @@ func appendTick(b []byte, t, n int64, pad string) []byte {
 	b = append(b, `,"pad":"`...)
 	b = append(b, pad...)
 	return append(b, `"}`...)
+}
+
+// appendDashTick appends a bench.dashtick payload: t and n first, as in a
+// tick, then the dashboard.
+func appendDashTick(b []byte, t, n int64, panel []byte) []byte {
+	b = append(b, `{"t":`...)
+	b = strconv.AppendInt(b, t, 10)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, n, 10)
+	b = append(b, `,"panel":`...)
+	b = append(b, panel...)
+	return append(b, '}')
 }
 
 // pace calls send for n = 0..count-1, send n being due at start +
@@ -66,6 +82,7 @@ type publisher interface {
 type natsPublisher struct {
 	nc      *nats.Conn
 	subject string
+	panel   []byte // with FanoutPayload "dashboard": the dashboard's JSON
 }
 
 func newNATSPublisher(cfg *Config) (*natsPublisher, error) {
@@ -81,7 +98,11 @@ func newNATSPublisher(cfg *Config) (*natsPublisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: connect NATS %s: %w", cfg.NATSURL, err)
 	}
-	return &natsPublisher{nc: nc, subject: string(subject)}, nil
+	p := &natsPublisher{nc: nc, subject: string(subject)}
+	if cfg.FanoutPayload == FanoutDashboard {
+		p.panel = dashboardPayload(15, -1)
+	}
+	return p, nil
 }
 
 func (p *natsPublisher) Close() { p.nc.Close() }
@@ -89,10 +110,17 @@ func (p *natsPublisher) Close() { p.nc.Close() }
 func (p *natsPublisher) publish(ctx context.Context, start time.Time, rate int, count int64, pad int) (time.Duration, error) {
 	padding := strings.Repeat("x", pad)
 	prefix := `{"type":"` + tickType + `","payload":`
-	buf := make([]byte, 0, len(prefix)+pad+64)
+	if p.panel != nil {
+		prefix = `{"type":"` + dashTickType + `","payload":`
+	}
+	buf := make([]byte, 0, len(prefix)+pad+len(p.panel)+64)
 	lag, err := pace(ctx, start, rate, count, func(n int64, _ time.Time) error {
 		b := append(buf[:0], prefix...)
-		b = appendTick(b, time.Now().UnixNano(), n, padding)
+		if p.panel != nil {
+			b = appendDashTick(b, time.Now().UnixNano(), n, p.panel)
+		} else {
+			b = appendTick(b, time.Now().UnixNano(), n, padding)
+		}
 		b = append(b, '}')
 		return p.nc.Publish(p.subject, b) // copies b into its buffer
 	})
@@ -291,7 +319,11 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	l.int("subs", int64(len(p.members)))
 	l.add("rate", strconv.Itoa(cfg.Rate)+"/s")
 	l.add("duration", cfg.Duration.String())
-	l.int("payload", int64(cfg.PayloadSize))
+	if cfg.FanoutPayload == FanoutDashboard {
+		l.add("kind", FanoutDashboard)
+	} else {
+		l.int("payload", int64(cfg.PayloadSize))
+	}
 	l.int("sent", measured)
 	l.int("expected", expected)
 	l.int("delivered", delivered)

@@ -136,6 +136,7 @@ func jsonTick(b []byte) (t, n int64, ok bool) {
 
 var (
 	tickTypeBytes  = []byte(tickType)
+	dashTickBytes  = []byte(dashTickType)
 	joinedType     = []byte(envelope.TypeJoined)
 	connectedType  = []byte(envelope.TypeConnected)
 	errorTypeBytes = []byte(envelope.TypeError)
@@ -146,7 +147,7 @@ var (
 // internal/bench/schemas), else its JSON text.
 func (m *member) onProto(now int64, b []byte) {
 	e, ok := parseEnvelope(b)
-	if ok && bytes.Equal(e.typ, tickTypeBytes) {
+	if ok && (bytes.Equal(e.typ, tickTypeBytes) || bytes.Equal(e.typ, dashTickBytes)) {
 		var t, n int64
 		if e.payload != nil {
 			t, n, ok = protoTick(e.payload)

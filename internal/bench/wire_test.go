@@ -74,11 +74,33 @@ func TestFanoutProtobuf(t *testing.T) {
 	}
 }
 
+// TestFanoutDashboard: ticks that carry a dashboard refresh reach members
+// on both wires.
+func TestFanoutDashboard(t *testing.T) {
+	e, natsURL := startEdge(t, benchEdge(t))
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"fanout"}, NATSURL: natsURL, Wires: []string{"json", "protobuf"},
+		FanoutPayload: "dashboard", Subs: 10, Rate: 50, Duration: time.Second, Warmup: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		checkLine(t, r, "fanout", "natter", "cpu_s_per_million")
+		if r.Get("kind") != "dashboard" {
+			t.Fatalf("line %q", r)
+		}
+		wantEqual(t, r, map[string]float64{"subs": 10, "sent": 50, "expected": 500, "lost": 0, "closed": 0})
+	}
+}
+
 func TestWireConfigErrors(t *testing.T) {
 	for _, cfg := range []bench.Config{
 		{Wires: []string{"xml"}},
 		{Wires: []string{"protobuf"}, Servers: []string{"floor"}, Scenarios: []string{"fanout"}, FloorCommand: []string{"x"}},
 		{Scenarios: []string{"wirebytes"}, Servers: []string{"floor"}, FloorCommand: []string{"x"}},
+		{Scenarios: []string{"fanout"}, FanoutPayload: "xml"},
+		{Scenarios: []string{"fanout"}, FanoutPayload: "dashboard", Servers: []string{"floor"}, FloorCommand: []string{"x"}},
 	} {
 		if _, err := bench.Run(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "invalid config") {
 			t.Errorf("%+v: %v", cfg, err)
