@@ -325,6 +325,10 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	serve := e.handshake
 	switch e.subPath(r) {
 	case ssePath:
+		if r.Method == http.MethodOptions {
+			e.servePreflight(w, r)
+			return
+		}
 		serve = e.serveSSE
 	case sendPath:
 		// The connections a draining edge holds still send.

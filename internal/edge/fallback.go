@@ -110,6 +110,28 @@ func cors(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// preflight answers a CORS preflight of an allowed origin (the caller
+// checked it): a cross-origin page that sends its token in Authorization
+// asks first.
+func preflight(w http.ResponseWriter, method string) {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", method)
+	h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// servePreflight answers OPTIONS on the event stream's path; it admits
+// nothing, so it is not a handshake.
+func (e *Edge) servePreflight(w http.ResponseWriter, r *http.Request) {
+	if err := e.origins.Check(r); err != nil {
+		http.Error(w, auth.Reason(err), auth.Status(err))
+		return
+	}
+	cors(w, r)
+	preflight(w, http.MethodGet)
+}
+
 // serveSSE opens a fallback stream: the handshake's admission, then the
 // stream, which lives on this goroutine until it closes.
 func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
@@ -251,12 +273,8 @@ func (e *Edge) servePost(w http.ResponseWriter, r *http.Request) {
 	cors(w, r)
 	switch r.Method {
 	case http.MethodPost:
-	case http.MethodOptions: // a preflight, for clients that send headers
-		h := w.Header()
-		h.Set("Access-Control-Allow-Methods", "POST")
-		h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization")
-		h.Set("Access-Control-Max-Age", "600")
-		w.WriteHeader(http.StatusNoContent)
+	case http.MethodOptions:
+		preflight(w, http.MethodPost)
 		return
 	default:
 		w.Header().Set("Allow", "POST, OPTIONS")

@@ -359,3 +359,45 @@ func TestFallbackStreamRefusals(t *testing.T) {
 		t.Errorf("sse transport stats %+v", st)
 	}
 }
+
+// TestFallbackCORS: a page of an allowed origin may preflight both paths
+// (its token in Authorization) and read the answers; another origin is
+// refused.
+func TestFallbackCORS(t *testing.T) {
+	t.Parallel()
+	cfg := edge.DefaultConfig()
+	cfg.Auth.AllowedOrigins = []string{"https://app.example.com"}
+	m := newMesh(t, cfg)
+	base := "http://" + m.Edge.Addr + m.Edge.Path()
+	for _, tc := range []struct {
+		method, path, origin string
+		status               int
+		allow                string
+	}{
+		{http.MethodOptions, "/sse", "https://app.example.com", http.StatusNoContent, "https://app.example.com"},
+		{http.MethodOptions, "/send", "https://app.example.com", http.StatusNoContent, "https://app.example.com"},
+		{http.MethodOptions, "/sse", "https://evil.example", http.StatusForbidden, ""},
+		{http.MethodGet, "/sse?user=x", "https://evil.example", http.StatusForbidden, ""},
+		{http.MethodPost, "/send?session=x&seq=1", "https://evil.example", http.StatusForbidden, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, base+tc.path, nil)
+		req.Header.Set("Origin", tc.origin)
+		req.Header.Set("Access-Control-Request-Headers", "authorization")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.Header.Get("Access-Control-Allow-Origin") != tc.allow {
+			t.Errorf("%s %s from %s: %d, allow-origin %q; want %d %q", tc.method, tc.path, tc.origin, resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"), tc.status, tc.allow)
+		}
+		if tc.status == http.StatusNoContent && !strings.Contains(strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers")), "authorization") {
+			t.Errorf("%s %s: Access-Control-Allow-Headers %q", tc.method, tc.path, resp.Header.Get("Access-Control-Allow-Headers"))
+		}
+	}
+	// The allowed origin's stream opens, with its CORS headers.
+	s := wstest.DialSSE(t, "http://"+m.Edge.Addr, m.Edge.Path(), "user=alice", http.Header{"Origin": {"https://app.example.com"}})
+	if got := s.Request(t, "echo", 1, wait); got.Type != "echo" {
+		t.Errorf("echo: %s", got.Type)
+	}
+}
