@@ -47,6 +47,22 @@ func TestBenchSchemas(t *testing.T) {
 		t.Fatalf("jsonTick = %d %d %v", tt, n, ok)
 	}
 
+	// A dashboard tick converts whole, and its t and n read as a tick's.
+	dash := appendDashTick([]byte(`{"type":"bench.dashtick","payload":`), 7, 8, dashboardPayload(15, -1))
+	b, err = c.JSONToProto(wire.Server, append(dash, '}'), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok = parseEnvelope(b); !ok || e.payload == nil {
+		t.Fatalf("dashtick: %v %v, want a protobuf payload", e, ok)
+	}
+	if tt, n, ok := protoTick(e.payload); !ok || tt != 7 || n != 8 {
+		t.Fatalf("dashtick: protoTick = %d %d %v", tt, n, ok)
+	}
+	if tt, n, ok := jsonTick(dash); !ok || tt != 7 || n != 8 {
+		t.Fatalf("dashtick: jsonTick = %d %d %v", tt, n, ok)
+	}
+
 	for _, k := range byteKinds() {
 		if k.payload == nil {
 			continue
