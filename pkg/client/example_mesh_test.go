@@ -14,6 +14,7 @@ import (
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsd"
+	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
@@ -24,7 +25,12 @@ var exampleNATS *nats.Conn
 // startExampleMesh runs what `go run ./cmd/edge` runs, on random loopback
 // ports: an embedded NATS server, the built-in handlers and a dev-mode edge.
 // It returns the edge's WebSocket URL.
-func startExampleMesh() (url string, stop func()) {
+func startExampleMesh() (url string, stop func()) { return startExampleMeshWith(nil) }
+
+// startExampleMeshWith is startExampleMesh with an edge that validates
+// payloads against schemas and carries their types as protobuf on the
+// binary wire (nil: no schemas).
+func startExampleMeshWith(schemas *schema.Registry) (url string, stop func()) {
 	dir, err := os.MkdirTemp("", "natter-example-")
 	must(err)
 	quiet := slog.New(slog.DiscardHandler)
@@ -41,6 +47,7 @@ func startExampleMesh() (url string, stop func()) {
 	cfg.Auth.DevMode = true
 	cfg.DurableRooms = edge.DefaultDurableRoomsConfig("orders-*")
 	cfg.Logger = quiet
+	cfg.Schemas = schemas
 	cfg.WebSocket.ShutdownSpread = time.Millisecond
 	e, err := edge.New(context.Background(), cfg)
 	must(err)
