@@ -243,10 +243,14 @@ func TestProtobufServerRequest(t *testing.T) {
 		_ = json.Unmarshal(env.Payload, &q)
 		return map[string]string{"answer": "yes to " + q["q"]}, nil
 	})
+	// A round trip first, as TestHandleServerRequest does: the edge queues
+	// $connected before it adds the connection to its table (register), so
+	// an Ask right after Dial may find "no such connection" (reported).
+	conn := m.connID(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	var out map[string]string
-	if err := rpc.Ask(ctx, m.NC, envelope.DefaultNamespace, c.ConnID(), "confirm", map[string]string{"q": "deploy?"}, &out); err != nil {
+	if err := rpc.Ask(ctx, m.NC, envelope.DefaultNamespace, conn, "confirm", map[string]string{"q": "deploy?"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if out["answer"] != "yes to deploy?" {
