@@ -3,6 +3,8 @@ package demo_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -122,7 +124,7 @@ func startNoWebSocketProxy(t *testing.T, edgeAddr string) *noWebSocketProxy {
 	t.Helper()
 	p := &noWebSocketProxy{}
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: edgeAddr})
-	rp.ErrorLog = nil
+	rp.ErrorLog = log.New(io.Discard, "", 0) // an edge killed mid-stream cuts a copy short: expected
 	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
 		http.Error(w, "edge unreachable: "+err.Error(), http.StatusBadGateway)
 	}
