@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -183,6 +184,15 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sock := newSSESocket(w, rc)
+	// The positions a resumed stream starts from: until a room's replay
+	// or $joined moves it, every event id still carries its position, so
+	// a stream cut during another room's replay resumes that one too.
+	for room, p := range since {
+		if sock.positions == nil {
+			sock.epoch, sock.positions = p.Epoch, map[string]uint64{}
+		}
+		sock.positions[room] = p.Offset
+	}
 	c.sock = sock
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -206,7 +216,7 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
 		_ = sock.writeClose(uint16(envelope.CloseInternal), "internal error", e.cfg.WebSocket.WriteTimeout)
-		sock.finish()
+		sock.finish(false)
 		return
 	}
 	c.setIdentity(id)
@@ -221,11 +231,13 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 			c.sendErrorPayload("", rpc.FromError(err).Payload())
 		}
 	}
+	gone := false
 	select {
 	case <-sock.done:
 	case <-r.Context().Done(): // the client went
+		gone = true
 	}
-	sock.finish()
+	sock.finish(gone)
 	c.unregister()
 }
 
@@ -490,6 +502,7 @@ type sseSocket struct {
 
 	doneOnce sync.Once
 	done     chan struct{} // the close event is written, or the stream aborted
+	aborted  atomic.Bool   // the stream ended without its close event
 }
 
 func newSSESocket(w http.ResponseWriter, rc *http.ResponseController) *sseSocket {
@@ -633,7 +646,9 @@ func (s *sseSocket) writeClose(code uint16, reason string, timeout time.Duration
 			Code   uint16 `json:"code"`
 			Reason string `json:"reason"`
 		}{code, reason})
-		_ = s.send(append([]byte("event: close\n"), dataLines(nil, data)...), timeout)
+		if s.send(append([]byte("event: close\n"), dataLines(nil, data)...), timeout) != nil {
+			s.aborted.Store(true) // the client does not read: no last chunk either
+		}
 	}
 	s.mu.Unlock()
 	s.end()
@@ -651,6 +666,7 @@ func (s *sseSocket) closed() bool {
 
 // abort ends the stream at once: a write in progress fails.
 func (s *sseSocket) abort() {
+	s.aborted.Store(true)
 	_ = s.rc.SetWriteDeadline(time.Now())
 	s.end()
 }
@@ -658,11 +674,16 @@ func (s *sseSocket) abort() {
 func (s *sseSocket) end() { s.doneOnce.Do(func() { close(s.done) }) }
 
 // finish is the handler's last word: no write reaches the response after
-// it returns.
-func (s *sseSocket) finish() {
+// it returns. A stream that ended with its close event then ends the
+// response properly (the server writes the last chunk); an aborted one
+// keeps the deadline that failed it, and its connection closes.
+func (s *sseSocket) finish(clientGone bool) {
 	s.end()
 	_ = s.rc.SetWriteDeadline(time.Now()) // a write in progress fails now
 	s.mu.Lock()
 	s.ended = true
 	s.mu.Unlock()
+	if !clientGone && !s.aborted.Load() {
+		_ = s.rc.SetWriteDeadline(time.Time{})
+	}
 }

@@ -92,6 +92,9 @@ func TestFallbackSession(t *testing.T) {
 		t.Errorf("close event %d %q", code, reason)
 	}
 	testenv.Eventually(t, wait, "the stream ended and left the edge", func() bool { return s.Ended() && m.Edge.Stats().Transports["sse"].Open == 0 })
+	if err := s.EndErr(); err != nil {
+		t.Errorf("after its close event the response was cut, not ended: %v", err)
+	}
 	if status, _ := s.PostRaw(t, s.Base, s.Session(), 4, []byte(`{"type":"echo"}`)); status != http.StatusNotFound {
 		t.Errorf("a POST after the close: %d; want 404", status)
 	}
@@ -332,6 +335,44 @@ func TestFallbackLastEventID(t *testing.T) {
 	publish(10)
 	if got := again.AwaitType(t, "line", wait); nOf(got) != 10 {
 		t.Errorf("live after the replay: %d", nOf(got))
+	}
+}
+
+// TestFallbackLastEventIDKeepsEveryRoom: while a resumed stream replays
+// one durable room, its event ids still carry the other rooms' positions
+// from Last-Event-ID, so a stream cut during that replay resumes them all.
+func TestFallbackLastEventIDKeepsEveryRoom(t *testing.T) {
+	t.Parallel()
+	cfg := edge.DefaultConfig()
+	cfg.DurableRooms = &edge.DurableRoomsConfig{Patterns: []string{"d-*"}}
+	m := newMesh(t, cfg)
+	publish := func(room string, n int) {
+		t.Helper()
+		if err := m.NC.Publish("natter.out.room."+room, fmt.Appendf(nil, `{"type":"line","payload":{"n":%d}}`, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := m.sse(t, "reader", "&room=d-a&room=d-b")
+	s.AwaitType(t, envelope.TypeJoined, wait)
+	s.AwaitType(t, envelope.TypeJoined, wait)
+	publish("d-a", 1)
+	publish("d-b", 1)
+	var lastID string
+	for range 2 {
+		lastID = s.AwaitEvent(t, wait, func(ev wstest.Event) bool { return strings.Contains(string(ev.Data), `"line"`) }).ID
+	}
+	v, _ := url.ParseQuery(lastID)
+	if v.Get("r.d-a") == "" || v.Get("r.d-b") == "" {
+		t.Fatalf("the live id %q lacks a room", lastID)
+	}
+	s.Close()
+	publish("d-a", 2)
+	publish("d-b", 2)
+	again := wstest.DialSSE(t, "http://"+m.Edge.Addr, m.Edge.Path(), "user=reader&room=d-a&room=d-b", http.Header{"Last-Event-ID": {lastID}})
+	first := again.AwaitEvent(t, wait, func(ev wstest.Event) bool { return strings.Contains(string(ev.Data), `"line"`) })
+	w, _ := url.ParseQuery(first.ID)
+	if w.Get("r.d-a") == "" || w.Get("r.d-b") == "" || w.Get("e") != v.Get("e") {
+		t.Errorf("the first replayed event's id %q lacks a room of %q", first.ID, lastID)
 	}
 }
 

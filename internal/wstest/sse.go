@@ -32,6 +32,7 @@ type SSE struct {
 	cond    *sync.Cond
 	events  []Event
 	ended   bool
+	readErr error // how the stream ended: nil for a proper end
 	session string
 	seq     uint64
 	nextCID int
@@ -95,13 +96,13 @@ func OpenSSE(t testing.TB, base, path, query string, hdr http.Header) (*SSE, int
 // read parses the stream as the HTML standard's event stream
 // interpretation does (data lines joined with "\n", comments skipped).
 func (s *SSE) read() {
+	sc := bufio.NewScanner(s.resp.Body)
 	defer func() {
 		s.mu.Lock()
-		s.ended = true
+		s.ended, s.readErr = true, sc.Err()
 		s.cond.Broadcast()
 		s.mu.Unlock()
 	}()
-	sc := bufio.NewScanner(s.resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 8<<20)
 	var ev Event
 	var data [][]byte
@@ -143,6 +144,17 @@ func (s *SSE) ConnID() string { return s.session[:strings.LastIndexByte(s.sessio
 func (s *SSE) Close() {
 	s.cancel()
 	_ = s.resp.Body.Close()
+}
+
+// EndErr is how the stream ended: nil when the response ended properly,
+// an error when it was cut (or is still open).
+func (s *SSE) EndErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ended {
+		return io.ErrNoProgress
+	}
+	return s.readErr
 }
 
 // Ended reports whether the stream has ended.
