@@ -276,8 +276,25 @@ func (e *Edge) onConnCtl(id string, msg *nats.Msg) {
 // to its user's subscription. It needs no subscription of its own. It runs
 // before the read loop starts, so a reply addressed to the connection
 // always finds it.
-func (c *conn) register() error {
-	// $connected goes first, before any subscription can deliver a frame.
+func (c *conn) register() (err error) {
+	// $connected goes first, before any subscription can deliver a frame,
+	// and out only once the connection can be found: registration owns
+	// the writes until then, so that a service that answers $connected
+	// at once (rpc.Ask) reaches the connection.
+	c.wmu.Lock()
+	c.writing = true
+	c.wmu.Unlock()
+	defer func() {
+		if err != nil {
+			return // the caller closes the socket itself; nothing is written
+		}
+		c.wmu.Lock()
+		c.writing = false
+		if len(c.queue) > 0 || c.pingDue || c.isClosing() {
+			c.startWriterLocked()
+		}
+		c.wmu.Unlock()
+	}()
 	c.sendWelcome()
 	if c.user != "" {
 		if err := c.e.hub.addUser(c); err != nil {

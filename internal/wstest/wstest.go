@@ -83,7 +83,9 @@ func (c *Client) RawBinary() [][]byte {
 // and expects every payload as JSON text.
 func DialProtobuf(t testing.TB, url string, types wire.Types) *Client {
 	t.Helper()
-	c, err := dial(url, http.Header{"Sec-WebSocket-Protocol": {wire.Protobuf}}, &wire.Codec{Types: types})
+	hdr := http.Header{}
+	hdr.Set("Sec-WebSocket-Protocol", wire.Protobuf) // canonical, so that gws checks the answer
+	c, err := dial(url, hdr, &wire.Codec{Types: types})
 	if err != nil {
 		t.Fatalf("wstest: dial %s: %v", url, err)
 	}
