@@ -43,6 +43,13 @@
 //	/tmp/natter-bench -scenario wirebytes
 //	/tmp/natter-bench -scenario fanout -wire json,protobuf -subs 1000 -rate 100 -runs 3
 //
+// The fallback transport is measured with members that are event streams
+// (GET /ws/sse?room=) instead of WebSockets, for fanout latency and the
+// memory of idle sessions:
+//
+//	/tmp/natter-bench -scenario fanout -wire json,sse -subs 100 -rate 50 -runs 3
+//	/tmp/natter-bench -scenario idle -wire json,sse -conns 2000 -runs 3
+//
 // -server floor runs the same load against the floor: a bare gws broadcast
 // server with no broker and no envelope work, started by the bench as a
 // child process (this binary with -serve-floor) so that its RSS and CPU
@@ -68,7 +75,7 @@ func main() {
 	var median bool
 	flag.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL")
 	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc, wirebytes")
-	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf)")
+	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf), sse (the fallback transport: GET <path>/sse?room=)")
 	flag.IntVar(&cfg.Messages, "messages", 100, "wirebytes: messages of each payload kind")
 	flag.StringVar(&cfg.FanoutPayload, "fanout-payload", "tick", "fanout: what each message carries besides its time and number: tick (-payload-size bytes of padding), dashboard (about 1 KB of a dashboard refresh, bench.dashtick)")
 	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")

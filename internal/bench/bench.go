@@ -129,12 +129,12 @@ func (c *Config) setDefaults() error {
 	for _, w := range c.Wires {
 		switch w {
 		case WireJSON:
-		case WireProtobuf:
+		case WireProtobuf, WireSSE:
 			if slices.Contains(c.Servers, ServerFloor) {
-				return fmt.Errorf("%w: the floor server speaks JSON only: run -wire protobuf against natter only", ErrInvalidConfig)
+				return fmt.Errorf("%w: the floor server speaks JSON over WebSocket only: run -wire %s against natter only", ErrInvalidConfig, w)
 			}
 		default:
-			return fmt.Errorf("%w: unknown wire %q (have: json, protobuf)", ErrInvalidConfig, w)
+			return fmt.Errorf("%w: unknown wire %q (have: json, protobuf, sse)", ErrInvalidConfig, w)
 		}
 	}
 	def(&c.Runs, 1)

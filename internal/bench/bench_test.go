@@ -608,3 +608,31 @@ run=median runs=3 presence=true scenario=idlecost server=natter hold=1m0s server
 		t.Fatal("a line without server: no error")
 	}
 }
+
+// TestFallbackMembers: with -wire sse the idle and fanout members are
+// fallback streams (GET /ws/sse?room=), measured like WebSocket ones, and
+// closing them lets the edge's connections go.
+func TestFallbackMembers(t *testing.T) {
+	e, natsURL := startEdge(t, edge.DefaultConfig())
+	rs, err := bench.Run(t.Context(), bench.Config{
+		URL: e.URL, Pid: os.Getpid(), Scenarios: []string{"idle", "fanout"}, NATSURL: natsURL, Wires: []string{bench.WireSSE},
+		Conns: 20, Subs: 10, Rate: 50, Duration: time.Second, Warmup: 200 * time.Millisecond, Settle: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, fan := rs[0], rs[1]
+	checkLine(t, idle, "idle", "natter", "rss_per_conn_kib")
+	wantEqual(t, idle, map[string]float64{"conns": 20, "joined": 20, "failed": 0, "closed": 0})
+	if idle.Get("wire") != "sse" || fan.Get("wire") != "sse" {
+		t.Fatalf("wire= %q, %q", idle.Get("wire"), fan.Get("wire"))
+	}
+	wantEqual(t, fan, map[string]float64{"subs": 10, "sent": 50, "expected": 500, "lost": 0, "closed": 0})
+	if d, l := number(t, fan, "delivered"), number(t, fan, "late"); d+l != 500 || d == 0 {
+		t.Fatalf("delivered %v + late %v", d, l)
+	}
+	testenv.Eventually(t, 5*time.Second, "edge connections closed", func() bool { return e.Stats().Connections == 0 })
+	if st := e.Stats().Transports["sse"]; st.Accepted != 30 {
+		t.Errorf("sse connections accepted: %d; want 30", st.Accepted)
+	}
+}

@@ -153,7 +153,8 @@ func (e *errorCounts) String() string {
 // tick messages. Its read loop is the only writer of lat and other; read
 // them after the loop has ended.
 type member struct {
-	conn   *gws.Conn
+	conn   *gws.Conn // nil for a fallback stream (stream)
+	stream *sseStream
 	proto  bool          // speaks the protobuf wire
 	joined chan struct{} // closed at $joined
 	failed chan string   // the first error frame before $joined
@@ -202,6 +203,13 @@ func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
 		msg.Close()
 		return
 	}
+	m.onText(now, b)
+	msg.Close()
+}
+
+// onText reads one JSON envelope received at now: a WebSocket text
+// frame, or a fallback stream's event.
+func (m *member) onText(now int64, b []byte) {
 	if i := bytes.Index(b, tickKey); i >= 0 {
 		t, rest, ok1 := leadingInt(b[i+len(tickKey):])
 		n, _, ok2 := int64(0), rest, false
@@ -211,11 +219,9 @@ func (m *member) OnMessage(_ *gws.Conn, msg *gws.Message) {
 		if ok1 && ok2 {
 			m.tick(now, t, n)
 		}
-		msg.Close()
 		return
 	}
 	m.joining(bytes.Contains(b, connectedKey), bytes.Contains(b, joinedKey), b)
-	msg.Close()
 }
 
 // tick counts a tick received at now.
@@ -266,6 +272,7 @@ func joinFrame(room string) string {
 
 // pool is a set of members and the read loops they run.
 type pool struct {
+	room    string // the room the members join
 	members []*member
 	loops   sync.WaitGroup
 	errs    errorCounts
@@ -278,7 +285,7 @@ type pool struct {
 // next. Failures are counted, never retried. The members measure ticks
 // with sequence numbers in [lo, hi).
 func dialMembers(ctx context.Context, d *dialer, n, concurrency int, room string, lo, hi int64) *pool {
-	p := &pool{members: make([]*member, n)}
+	p := &pool{room: room, members: make([]*member, n)}
 	next := atomic.Int64{}
 	var lastNs atomic.Int64
 	frame := []byte(joinFrame(room))
@@ -330,6 +337,9 @@ func compact(ms []*member) []*member {
 }
 
 func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame []byte) error {
+	if d.wire == WireSSE {
+		return p.joinSSE(ctx, d, i, m)
+	}
 	conn, err := d.dial(i, m, &p.loops, nil)
 	if err != nil {
 		return fmt.Errorf("dial: %s", errorKind(err))
@@ -377,6 +387,10 @@ func (p *pool) closedByServer() int {
 func (p *pool) close() {
 	for _, m := range p.members {
 		m.byUs.Store(true)
+		if m.stream != nil {
+			m.stream.stop()
+			continue
+		}
 		_ = m.conn.WriteClose(1000, nil)
 	}
 	waitBounded(&p.loops, closeWait)

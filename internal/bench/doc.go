@@ -93,7 +93,10 @@
 // Servers; every line says wire=. The bench's schemas are in
 // internal/bench/schemas: start the edge with --schemas
 // internal/bench/schemas so that bench.tick and bench.dashboard travel as
-// protobuf.
+// protobuf. Wire sse makes the members fallback streams instead (GET
+// <path>/sse?room=, joined at open, envelopes read from the data events):
+// fanout then gives the fallback's latency, idle the memory of an idle
+// fallback session.
 //
 // Scenario wirebytes: a JSON member and a protobuf member join Room, and
 // a third connection (?user=alice, which a dev-mode edge takes as its

@@ -18,6 +18,9 @@ import (
 const (
 	WireJSON     = "json"     // subprotocol natter: JSON text frames
 	WireProtobuf = "protobuf" // subprotocol natter.protobuf: natter.v1.Envelope binary frames
+	// WireSSE: members are fallback streams (GET <path>/sse?room=), JSON
+	// envelopes in Server-Sent Events; they join with ?room= at open.
+	WireSSE = "sse"
 )
 
 const subprotocolProtobuf = wire.Protobuf
