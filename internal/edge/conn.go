@@ -41,6 +41,9 @@ type conn struct {
 	// fallback streams only (fallback.go).
 	transport transport
 	session   *httpSession
+	// wake, on a fallback stream, wakes its writer: the goroutine serving
+	// the stream's request runs writeLoop (fallback.go).
+	wake chan struct{}
 	id        string
 	user      string
 	// protobuf: the connection speaks natter.protobuf, binary frames of
@@ -452,12 +455,21 @@ func (c *conn) closeWith(code envelope.CloseCode, reason string, drop bool) {
 }
 
 // startWriterLocked schedules the connection on its writer shard unless a
-// writer owns it already; c.wmu must be held.
+// writer owns it already; c.wmu must be held. A fallback stream has a
+// goroutine of its own that writes (the one serving its request): it is
+// woken instead.
 func (c *conn) startWriterLocked() {
 	if c.writing {
 		return
 	}
 	c.writing = true
+	if c.wake != nil {
+		select {
+		case c.wake <- struct{}{}:
+		default: // woken already: it will find this
+		}
+		return
+	}
 	c.e.writers.schedule(c)
 }
 

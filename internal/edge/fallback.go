@@ -171,6 +171,7 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := newConn(e, tr, e.ids.next(), id, release)
+	c.wake = make(chan struct{}, 1)
 	var secret [16]byte
 	_, _ = rand.Read(secret[:])
 	c.session = &httpSession{secret: hex.EncodeToString(secret[:])}
@@ -223,19 +224,34 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 	if e.handshakes.Stopped() {
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
-	for _, room := range rooms {
-		if c.isClosing() {
-			break
+	// The joins wait for NATS, and a durable room's replay for the
+	// writer, which is this goroutine: they run on one of their own, in
+	// order.
+	if len(rooms) > 0 && !e.routines.Go(func(context.Context) {
+		for _, room := range rooms {
+			if c.isClosing() {
+				return
+			}
+			if err := e.hub.join(c, room, "", false, since[room]); err != nil {
+				c.sendErrorPayload("", rpc.FromError(err).Payload())
+			}
 		}
-		if err := e.hub.join(c, room, "", false, since[room]); err != nil {
-			c.sendErrorPayload("", rpc.FromError(err).Payload())
-		}
+	}) {
+		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
+	// This goroutine is the stream's writer, as long as it lives.
 	gone := false
-	select {
-	case <-sock.done:
-	case <-r.Context().Done(): // the client went
-		gone = true
+serve:
+	for {
+		select {
+		case <-c.wake:
+			c.writeLoop()
+		case <-sock.done:
+			break serve
+		case <-r.Context().Done(): // the client went
+			gone = true
+			break serve
+		}
 	}
 	sock.finish(gone)
 	c.unregister()

@@ -290,10 +290,14 @@ func TestFallbackLastEventID(t *testing.T) {
 	t.Parallel()
 	cfg := edge.DefaultConfig()
 	cfg.DurableRooms = &edge.DurableRoomsConfig{Patterns: []string{"log-*"}}
+	// A replay longer than half the write queue waits for the stream's
+	// writer while the stream's joins run.
+	cfg.WebSocket.WriteQueueBytes = 4096
 	m := newMesh(t, cfg)
+	pad := strings.Repeat("p", 400)
 	publish := func(i int) {
 		t.Helper()
-		if err := m.NC.Publish("natter.out.room.log-1", fmt.Appendf(nil, `{"type":"line","payload":{"n":%d}}`, i)); err != nil {
+		if err := m.NC.Publish("natter.out.room.log-1", fmt.Appendf(nil, `{"type":"line","payload":{"n":%d,"pad":%q}}`, i, pad)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -320,11 +324,11 @@ func TestFallbackLastEventID(t *testing.T) {
 		lastID = ev.ID
 	}
 	s.Close()
-	for i := 6; i <= 9; i++ {
+	for i := 6; i <= 29; i++ {
 		publish(i)
 	}
 	again := wstest.DialSSE(t, "http://"+m.Edge.Addr, m.Edge.Path(), "user=reader&room=log-1", http.Header{"Last-Event-ID": {lastID}})
-	for i := 6; i <= 9; i++ {
+	for i := 6; i <= 29; i++ {
 		if got := again.AwaitType(t, "line", wait); nOf(got) != i {
 			t.Fatalf("after the reconnect: %d; want %d", nOf(got), i)
 		}
@@ -332,8 +336,8 @@ func TestFallbackLastEventID(t *testing.T) {
 	if j := again.AwaitType(t, envelope.TypeJoined, wait); !strings.Contains(string(j.Payload), `"recovered":true`) {
 		t.Errorf("$joined after the reconnect: %s", j.Payload)
 	}
-	publish(10)
-	if got := again.AwaitType(t, "line", wait); nOf(got) != 10 {
+	publish(30)
+	if got := again.AwaitType(t, "line", wait); nOf(got) != 30 {
 		t.Errorf("live after the replay: %d", nOf(got))
 	}
 }
