@@ -44,8 +44,8 @@ type conn struct {
 	// wake, on a fallback stream, wakes its writer: the goroutine serving
 	// the stream's request runs writeLoop (fallback.go).
 	wake chan struct{}
-	id        string
-	user      string
+	id   string
+	user string
 	// protobuf: the connection speaks natter.protobuf, binary frames of
 	// natter.v1.Envelope; otherwise JSON text frames.
 	protobuf bool

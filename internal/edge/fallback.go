@@ -509,9 +509,10 @@ type sseSocket struct {
 	w  http.ResponseWriter
 	rc *http.ResponseController
 
-	mu    sync.Mutex
-	ended bool   // the handler returned: the response is no longer ours
-	buf   []byte // the events of one write
+	mu       sync.Mutex
+	ended    bool      // the handler returned: the response is no longer ours
+	buf      []byte    // the events of one write
+	deadline time.Time // the write deadline set last (send)
 	// The durable rooms' positions, for the events' ids.
 	epoch     string
 	positions map[string]uint64
@@ -562,13 +563,19 @@ func (s *sseSocket) write(frames [][]byte, timeout time.Duration, _ *[][]byte) (
 }
 
 // send writes and flushes b within timeout; s.mu is held.
+// The deadline is moved only when less than half of timeout is left, so
+// that a busy stream does not pay two timer changes per write: every write
+// still has at least timeout/2.
 func (s *sseSocket) send(b []byte, timeout time.Duration) error {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(timeout))
+	now := time.Now()
+	if s.deadline.Sub(now) < timeout/2 {
+		s.deadline = now.Add(timeout)
+		_ = s.rc.SetWriteDeadline(s.deadline)
+	}
 	_, err := s.w.Write(b)
 	if err == nil {
 		err = s.rc.Flush()
 	}
-	_ = s.rc.SetWriteDeadline(time.Time{})
 	return err
 }
 
