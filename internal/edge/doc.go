@@ -16,7 +16,11 @@
 //	                   (pings, dead and idle peers), Stats, the registry of connections
 //	admit.go           admission: handshake rate and connection caps per IP and user,
 //	                   authentication, join authorization, token refresh and expiry
-//	handshake.go       RFC 6455 checks before gws sees a handshake, the upgrade, refusal reasons
+//	handshake.go       RFC 6455 checks before gws sees a handshake, the upgrade, the subprotocol
+//	                   (natter: JSON text frames; natter.protobuf: binary frames), refusal reasons
+//	fallback.go        the fallback transports: <path>/sse, a connection whose socket is a
+//	                   Server-Sent Events stream (sseSocket), and <path>/send, its POSTs, acted
+//	                   on here or forwarded over NATS to the edge that holds the session
 //	wire.go            wireConn, the socket under gws: frame header checks, the size limit,
 //	                   the lingering close
 //	conn.go            conn: one connection's state, its bounded write queue, its close,
@@ -26,7 +30,8 @@
 //
 // Inbound, client to NATS:
 //
-//	handler.go         gws's callbacks and a client frame's way in: rate limits, decoding, the
+//	handler.go         gws's callbacks and a client frame's way in (a natter.protobuf frame is
+//	                   converted to its JSON envelope first, pkg/wire): rate limits, decoding, the
 //	                   system types ($join, $leave, $presence, ...), forward to <prefix>.in.<type>
 //	validate.go        payload schemas, in both directions
 //	rpc.go             client requests (one inbox subscription for all), and requests
@@ -38,7 +43,8 @@
 //	dispatch.go        the dispatcher: the edge's subscriptions' messages on a few goroutines
 //	                   (shards), by room or user, or by connection id through the router
 //	hub.go             rooms and users with local members: one subscription each, join, leave
-//	deliver.go         a message from NATS to local sockets: checked and encoded once, fanned out
+//	deliver.go         a message from NATS to local sockets: checked and encoded once per wire
+//	                   (outFrame: the text frame, the binary one on first need), fanned out
 //	                   to a room, a user, every connection or one; control operations
 //	writer.go          the write path: writer pool shards write queued frames without blocking
 //	writev_*.go        the non-blocking writev (Linux) and its stand-in elsewhere
@@ -58,6 +64,8 @@
 // against its schema and forward publishes it to <prefix>.in.<type> with the
 // connection's identity in headers, or starts an RPC (rpc.go: the reply comes
 // back on the edge's inbox), or stores it in the work stream (work.go).
+// A fallback connection has no read loop: each line of a POST (fallback.go)
+// goes the same way from conn.receive, one POST at a time per session.
 // Only the read loop reads a socket. Publishing never waits, but a $join
 // (its subscription confirmed, the join authorizer, a durable room's
 // replay), $history and a token refresh wait on the read loop for NATS:
@@ -89,8 +97,13 @@
 // are on channels and timers tied to the event.
 //
 //	Edge.handshakes    ServeHTTP runs in it (Do, on net/http's goroutine): Shutdown stops it
-//	                   first, so no handshake starts after, and waits for those in progress
-//	Edge.routines      the ticker; per connection its read loop, for its life, a writeLoop
+//	                   first, so no handshake starts after, and waits for those in progress.
+//	                   A fallback stream's request stays in it for the stream's life: that
+//	                   goroutine is the stream's writer (it runs writeLoop when c.wake
+//	                   says so, instead of the writer pool), until the close event or
+//	                   the client's going; POSTs run in it too
+//	Edge.routines      the ticker; a forwarded POST's frames (one per session at a time);
+//	                   a fallback stream's ?room= joins; per connection its read loop, for its life, a writeLoop
 //	                   only while its socket is full or it closes, runControl only while
 //	                   control messages wait; a short one per new group that confirms its
 //	                   subscription
