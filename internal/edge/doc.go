@@ -64,12 +64,18 @@
 // against its schema and forward publishes it to <prefix>.in.<type> with the
 // connection's identity in headers, or starts an RPC (rpc.go: the reply comes
 // back on the edge's inbox), or stores it in the work stream (work.go).
-// A fallback connection has no read loop: each line of a POST (fallback.go)
-// goes the same way from conn.receive, one POST at a time per session.
 // Only the read loop reads a socket. Publishing never waits, but a $join
 // (its subscription confirmed, the join authorizer, a durable room's
 // replay), $history and a token refresh wait on the read loop for NATS:
 // they hold back that connection's next frames, and only its.
+//
+// A fallback connection has no read loop: the lines of a POST (fallback.go)
+// go the same way from conn.admit and conn.handle, one POST at a time per
+// session (httpSession.mu, held while they are handled, NATS waits
+// included: a second POST meanwhile gets 409), so a POST's frames are in
+// order and POSTs in seq order. The joins of its ?room= run on a goroutine
+// of their own, concurrently with its first POSTs, as a service's control
+// joins do.
 //
 // # A frame's way out
 //
@@ -119,8 +125,8 @@
 // done; every Shutdown call waits on that channel.
 //
 // nats.go runs a goroutine for each callback subscription (the everyone
-// subject, the RPC inbox, presence queries, capture); Shutdown
-// unsubscribes them. Timers (RPC deadlines, token expiry, the close
+// subject, the RPC inbox, presence queries, capture, the forwarded fallback
+// POSTs of <prefix>.http.<edge>); Shutdown unsubscribes them. Timers (RPC deadlines, token expiry, the close
 // deadline) stand in for goroutines per connection, and nothing per idle
 // connection runs on a timer: the ticker scans all of them.
 //
@@ -159,5 +165,9 @@
 // adm.mu before the presence mirror's lock (per-user caps read it).
 // conn.ctlMu and conn.rpcMu take no other lock; a routine.Group's lock is
 // taken last and held for no call out. No lock is held across a NATS
-// round trip or a socket write that can block.
+// round trip or a socket write that can block, with two exceptions that
+// each stand for a single reader or writer: a fallback session's
+// httpSession.mu, held for one POST's frames as the read loop would be
+// busy with them (it comes before every other lock), and sseSocket.mu,
+// held by the stream's writer across its write (taken last).
 package edge

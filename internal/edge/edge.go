@@ -414,16 +414,22 @@ func (e *Edge) handshake(w http.ResponseWriter, r *http.Request) {
 func (c *conn) readLoop() {
 	defer func() {
 		if v := recover(); v != nil {
-			c.e.stats.panics.Add(1)
-			c.e.cfg.Logger.Error("edge: panic in a connection's read loop; closing it with 1011",
-				"conn", c.id, "panic", v, "stack", string(debug.Stack()))
-			c.closeWith(envelope.CloseServerError, "internal error", true)
+			c.panicked(v)
 			<-c.wire.closing // the close frame is written, or the edge gave up on it
 			c.unregister()   // gws's read loop ended without OnClose
 		}
 		c.wire.linger()
 	}()
 	c.socket.ReadLoop()
+}
+
+// panicked deals with a panic in work for c, recovered by its caller: it
+// is logged with its stack and counted, and c alone is closed with 1011.
+func (c *conn) panicked(v any) {
+	c.e.stats.panics.Add(1)
+	c.e.cfg.Logger.Error("edge: panic handling a connection's frames; closing it with 1011",
+		"conn", c.id, "transport", transportNames[c.transport], "panic", v, "stack", string(debug.Stack()))
+	c.closeWith(envelope.CloseServerError, "internal error", true)
 }
 
 // Drain makes the edge refuse new handshakes with 503 and Retry-After,

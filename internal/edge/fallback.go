@@ -165,6 +165,12 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 		e.refuse(w, tr, refusedBadRequest, http.StatusBadRequest, reason, 0)
 		return
 	}
+	if rc.SetWriteDeadline(time.Time{}) != nil {
+		// A response writer without deadlines (middleware that hides
+		// them) could hold the stream's writer for ever.
+		http.Error(w, "event streams need a response writer with write deadlines", http.StatusInternalServerError)
+		return
+	}
 	release, reason := e.reserve(ip, id.User)
 	if release == nil {
 		e.refuse(w, tr, refusedLimit, http.StatusTooManyRequests, reason, 0)
@@ -201,18 +207,18 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
 	// The session event goes first, and only once the connection is
-	// registered, so that a POST made as soon as it arrives finds it: the
-	// writer waits for sock.mu meanwhile.
+	// registered, so that a POST made as soon as it arrives finds it;
+	// registration holds the writes back meanwhile (register).
 	hello, _ := json.Marshal(map[string]string{"session": c.id + "." + c.session.secret, "send": e.FallbackPaths()[1]})
-	sock.mu.Lock()
 	err = c.register()
 	if err == nil {
+		sock.mu.Lock()
 		err = sock.send(append([]byte("event: session\n"), dataLines(nil, hello)...), e.cfg.WebSocket.WriteTimeout)
+		sock.mu.Unlock()
 		if err != nil {
 			sock.abort() // the client is gone: the wait below ends at once
 		}
 	}
-	sock.mu.Unlock()
 	if err != nil && !sock.closed() {
 		release()
 		e.cfg.Logger.Warn("edge: register connection", "err", err)
@@ -228,6 +234,7 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// writer, which is this goroutine: they run on one of their own, in
 	// order.
 	if len(rooms) > 0 && !e.routines.Go(func(context.Context) {
+		defer c.containPanic()
 		for _, room := range rooms {
 			if c.isClosing() {
 				return
@@ -239,22 +246,43 @@ func (e *Edge) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}) {
 		c.closeWith(envelope.CloseShutdown, "edge shutting down", false)
 	}
-	// This goroutine is the stream's writer, as long as it lives.
+	c.serveStream(sock, r.Context())
+}
+
+// serveStream is the stream's writer, on the goroutine serving its
+// request, until the close event is written or the client goes; then the
+// connection leaves the edge. A panic in it ends only this connection, as
+// in a WebSocket's read loop.
+func (c *conn) serveStream(sock *sseSocket, ctx context.Context) {
 	gone := false
-serve:
+	defer func() {
+		if v := recover(); v != nil {
+			c.panicked(v)
+			gone = true // its writer is gone: the close event cannot follow
+		}
+		sock.finish(gone)
+		c.unregister()
+	}()
 	for {
 		select {
 		case <-c.wake:
 			c.writeLoop()
 		case <-sock.done:
-			break serve
-		case <-r.Context().Done(): // the client went
+			return
+		case <-ctx.Done(): // the client went
 			gone = true
-			break serve
+			return
 		}
 	}
-	sock.finish(gone)
-	c.unregister()
+}
+
+// containPanic, deferred by work done for a fallback connection off its
+// stream's goroutine (a POST's frames, the stream's joins), ends only that
+// connection when the work panics, as a WebSocket's read loop does.
+func (c *conn) containPanic() {
+	if v := recover(); v != nil {
+		c.panicked(v)
+	}
 }
 
 // streamRooms reads ?room= and the durable positions of Last-Event-ID (or
@@ -316,6 +344,24 @@ func (e *Edge) servePost(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "POST ?session=<token>&seq=<n>, n counting from 1", http.StatusBadRequest)
 		return
 	}
+	// Before the body is read: a session that is not this edge's (a NATS
+	// round trip to come) or that this edge does not know costs its
+	// address a handshake token, and none left is 429.
+	ip, now := e.clientIP(r), time.Now()
+	id, secret, ok := parseSession(token)
+	local := ok && id[:strings.LastIndexByte(id, '.')] == e.cfg.EdgeID
+	if !local || e.knownSession(id, secret) == nil {
+		if wait, allowed := e.badPostsAllowed(ip, now); !allowed {
+			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+			http.Error(w, "too many requests with unknown sessions", http.StatusTooManyRequests)
+			return
+		}
+		if !ok || local {
+			_, _ = e.allowHandshake(ip, now)
+			http.Error(w, "unknown session", http.StatusNotFound)
+			return
+		}
+	}
 	// A body that trickles in holds a goroutine: it has postReadTimeout.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(postReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(e.maxPostBody())))
@@ -331,7 +377,6 @@ func (e *Edge) servePost(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "empty body: send envelopes, one per line", http.StatusBadRequest)
 		return
 	}
-	ip, now := e.clientIP(r), time.Now()
 	status, msg, wait := e.post(token, seq, body, ip, now)
 	if status == http.StatusNotFound {
 		// Guessing sessions costs handshake tokens.
@@ -384,9 +429,6 @@ func (e *Edge) post(token string, seq uint64, body []byte, ip string, now time.T
 		}
 		status, msg = c.takePost(seq, body)
 		return status, msg, 0
-	}
-	if wait, ok := e.badPostsAllowed(ip, now); !ok {
-		return http.StatusTooManyRequests, "too many requests with unknown sessions", wait
 	}
 	subj, err := e.ns.HTTP(edgeID)
 	if err != nil {
@@ -448,12 +490,22 @@ func parseSession(token string) (id, secret string, ok bool) {
 	return id, secret, envelope.ValidateConnID(id) == nil
 }
 
+// knownSession returns the open fallback connection id of this edge whose
+// secret is secret, or nil: one that is closing is gone for its POSTs.
+func (e *Edge) knownSession(id, secret string) *conn {
+	c := e.conns.get(id)
+	if c == nil || c.session == nil || c.isClosing() || subtle.ConstantTimeCompare([]byte(secret), []byte(c.session.secret)) != 1 {
+		return nil
+	}
+	return c
+}
+
 // lockSession finds the fallback connection id whose secret is secret and
 // takes its POST lock; the caller's takePost gives it back. Otherwise it
 // returns the status to answer.
 func (e *Edge) lockSession(id, secret string) (*conn, int, string) {
-	c := e.conns.get(id)
-	if c == nil || c.session == nil || subtle.ConstantTimeCompare([]byte(secret), []byte(c.session.secret)) != 1 {
+	c := e.knownSession(id, secret)
+	if c == nil {
 		return nil, http.StatusNotFound, "unknown session"
 	}
 	if !c.session.mu.TryLock() {
@@ -465,9 +517,15 @@ func (e *Edge) lockSession(id, secret string) (*conn, int, string) {
 // takePost acts on POST seq of c, whose session lock the caller holds,
 // and gives the lock back. Each envelope is one frame, as a WebSocket
 // frame would be.
-func (c *conn) takePost(seq uint64, body []byte) (int, string) {
+func (c *conn) takePost(seq uint64, body []byte) (status int, words string) {
 	s := c.session
 	defer s.mu.Unlock()
+	defer func() {
+		if v := recover(); v != nil {
+			c.panicked(v)
+			status, words = http.StatusInternalServerError, "internal error"
+		}
+	}()
 	switch {
 	case seq <= s.seq:
 		return http.StatusNoContent, "" // a retry of one acted on
@@ -495,7 +553,9 @@ func (c *conn) takePost(seq uint64, body []byte) (int, string) {
 		case !utf8.Valid(f):
 			c.closeWith(envelope.CloseInvalidUTF8, "invalid UTF-8", true)
 		default:
-			c.receive(f, len(f), "")
+			if c.admit(len(f), func() string { return envelope.CorrelationID(f) }) {
+				c.handle(f)
+			}
 		}
 	}
 	return http.StatusNoContent, ""
@@ -520,6 +580,7 @@ type sseSocket struct {
 	doneOnce sync.Once
 	done     chan struct{} // the close event is written, or the stream aborted
 	aborted  atomic.Bool   // the stream ended without its close event
+	released atomic.Bool   // finish ran: the connection is net/http's again
 }
 
 func newSSESocket(w http.ResponseWriter, rc *http.ResponseController) *sseSocket {
@@ -613,12 +674,26 @@ func dataLines(b, data []byte) []byte {
 // track records the durable position env carries, if any, and reports
 // whether it did.
 func (s *sseSocket) track(env []byte) bool {
-	if !bytes.Contains(env, []byte(`"epoch"`)) {
+	left := s.positions != nil && bytes.Contains(env, []byte(`"$left"`))
+	if !left && !bytes.Contains(env, []byte(`"epoch"`)) {
 		return false // no position: the common case costs a scan
 	}
 	var e envelope.Envelope
 	if envelope.DecodeInto(&e, env, len(env)) != nil {
 		return false
+	}
+	if e.Type == envelope.TypeLeft {
+		// A room left is not resumed: its position goes, so the ids hold
+		// the rooms the stream is in, at most MaxRoomsPerConn.
+		var p envelope.RoomPayload
+		if json.Unmarshal(e.Payload, &p) != nil {
+			return false
+		}
+		if _, ok := s.positions[p.Room]; !ok {
+			return false
+		}
+		delete(s.positions, p.Room)
+		return true
 	}
 	var room, epoch string
 	var offset uint64
@@ -687,10 +762,14 @@ func (s *sseSocket) closed() bool {
 	}
 }
 
-// abort ends the stream at once: a write in progress fails.
+// abort ends the stream at once: a write in progress fails. Once the
+// handler has returned the connection is not the stream's (net/http may
+// reuse it): abort then does nothing to it.
 func (s *sseSocket) abort() {
 	s.aborted.Store(true)
-	_ = s.rc.SetWriteDeadline(time.Now())
+	if !s.released.Load() {
+		_ = s.rc.SetWriteDeadline(time.Now())
+	}
 	s.end()
 }
 
@@ -700,13 +779,17 @@ func (s *sseSocket) end() { s.doneOnce.Do(func() { close(s.done) }) }
 // it returns. A stream that ended with its close event then ends the
 // response properly (the server writes the last chunk); an aborted one
 // keeps the deadline that failed it, and its connection closes.
+// The stream's writer runs on the caller's goroutine, so no write is in
+// progress here.
 func (s *sseSocket) finish(clientGone bool) {
 	s.end()
-	_ = s.rc.SetWriteDeadline(time.Now()) // a write in progress fails now
 	s.mu.Lock()
 	s.ended = true
 	s.mu.Unlock()
-	if !clientGone && !s.aborted.Load() {
-		_ = s.rc.SetWriteDeadline(time.Time{})
+	s.released.Store(true)
+	if clientGone || s.aborted.Load() {
+		_ = s.rc.SetWriteDeadline(time.Now()) // nothing more: the connection closes
+	} else {
+		_ = s.rc.SetWriteDeadline(time.Time{}) // the last chunk, and maybe the next request
 	}
 }

@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
@@ -378,6 +380,18 @@ func TestFallbackLastEventIDKeepsEveryRoom(t *testing.T) {
 	if w.Get("r.d-a") == "" || w.Get("r.d-b") == "" || w.Get("e") != v.Get("e") {
 		t.Errorf("the first replayed event's id %q lacks a room of %q", first.ID, lastID)
 	}
+	// A room left is not resumed: its position leaves the ids, which so
+	// hold only the rooms the stream is in.
+	again.AwaitType(t, envelope.TypeJoined, wait)
+	again.AwaitType(t, envelope.TypeJoined, wait)
+	if got := again.Request(t, envelope.TypeLeave, envelope.RoomPayload{Room: "d-b"}, wait); got.Type != envelope.TypeLeft {
+		t.Fatalf("$leave: %s", got.Type)
+	}
+	publish("d-a", 3)
+	ev := again.AwaitEvent(t, wait, func(ev wstest.Event) bool { return strings.Contains(string(ev.Data), `"n":3`) })
+	if x, _ := url.ParseQuery(ev.ID); x.Get("r.d-b") != "" || x.Get("r.d-a") == "" {
+		t.Errorf("after leaving d-b the id is %q", ev.ID)
+	}
 }
 
 // TestFallbackStreamRefusals: a stream request is admitted like a
@@ -444,5 +458,42 @@ func TestFallbackCORS(t *testing.T) {
 	s := wstest.DialSSE(t, "http://"+m.Edge.Addr, m.Edge.Path(), "user=alice", http.Header{"Origin": {"https://app.example.com"}})
 	if got := s.Request(t, "echo", 1, wait); got.Type != "echo" {
 		t.Errorf("echo: %s", got.Type)
+	}
+}
+
+// panickyAuthorizer is application code that panics.
+type panickyAuthorizer struct{}
+
+func (panickyAuthorizer) AuthorizeJoin(context.Context, auth.JoinRequest) error {
+	panic("the application's join authorizer failed")
+}
+
+// TestFallbackPanicCostsOneSession: a panic while a POST's frames are
+// handled (here the application's join authorizer), on the edge that holds
+// the session or forwarded from another, closes that session with 1011,
+// is counted, and leaves the edge and its other clients serving.
+func TestFallbackPanicCostsOneSession(t *testing.T) {
+	t.Parallel()
+	cfg := edge.DefaultConfig()
+	cfg.Auth.PublicRooms = []string{"open-*"}
+	cfg.Auth.JoinAuthorizer = panickyAuthorizer{}
+	m := newMesh(t, cfg)
+	other := m.StartEdge(t, func() edge.Config { c := testenv.DevEdge(); c.Auth.PublicRooms = cfg.Auth.PublicRooms; return c }())
+	bystander := m.dial(t, "bystander")
+	for i, via := range []string{"http://" + m.Edge.Addr, "http://" + other.Addr} {
+		s := m.sse(t, fmt.Sprintf("victim%d", i), "")
+		status, _ := s.PostRaw(t, via, s.Session(), 1, []byte(`{"type":"$join","payload":{"room":"guarded"}}`))
+		if status != http.StatusInternalServerError {
+			t.Errorf("POST via %s: %d; want 500", via, status)
+		}
+		if code, _ := s.AwaitClose(t, wait); code != int(envelope.CloseServerError) {
+			t.Errorf("via %s: closed with %d; want 1011", via, code)
+		}
+	}
+	if n := m.Edge.Stats().Panics; n != 2 {
+		t.Errorf("panics counted: %d; want 2", n)
+	}
+	if got := bystander.Request(t, "echo", 1, wait); got.Type != "echo" {
+		t.Errorf("the bystander: %s", got.Type)
 	}
 }

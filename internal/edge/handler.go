@@ -62,15 +62,31 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 		c.closeWith(envelope.CloseInvalidUTF8, "invalid UTF-8", true)
 		return
 	}
+	b := msg.Bytes()
+	cid := func() string {
+		if c.protobuf && msg.Opcode == gws.OpcodeBinary {
+			return wire.CorrelationID(b)
+		}
+		return envelope.CorrelationID(b)
+	}
+	if !c.admit(len(b), cid) {
+		return
+	}
+	// Converted only once admitted: a client over its rate costs no
+	// protobuf work.
 	data, wrong := c.envelopeOf(msg)
-	c.receive(data, len(msg.Bytes()), wrong)
+	if wrong != "" {
+		c.sendError(cid(), envelope.CodeInvalidArgument, wrong)
+		return
+	}
+	c.handle(data)
 }
 
-// receive acts on one client frame of size bytes whose JSON envelope is
-// data (a WebSocket frame, or a line of a fallback POST), or refuses it
-// for the reason wrong: the connection's and the user's rate limits come
-// first.
-func (c *conn) receive(data []byte, size int, wrong string) {
+// admit counts one client frame of size bytes (a WebSocket frame, or a
+// line of a fallback POST) and takes it from the connection's and the
+// user's rate limits. A frame over a limit is answered with
+// RESOURCE_EXHAUSTED, to the request cid names, and admit reports false.
+func (c *conn) admit(size int, cid func() string) bool {
 	now := time.Now().UnixNano()
 	c.lastRead.Store(now)
 	c.lastData.Store(now)
@@ -78,17 +94,13 @@ func (c *conn) receive(data []byte, size int, wrong string) {
 	c.e.stats.bytesIn.Add(int64(size))
 	if wait, scope := c.rateLimited(time.Unix(0, now)); wait > 0 {
 		c.e.stats.rateLimited.Add(1)
-		c.send(c.refusal(envelope.CorrelationID(data), &envelope.ErrorPayload{
+		c.send(c.refusal(cid(), &envelope.ErrorPayload{
 			Code: envelope.CodeResourceExhausted, Message: scope + " rate limit exceeded",
 			RetryAfterMs: max(wait.Milliseconds(), 1),
 		}))
-		return
+		return false
 	}
-	if wrong != "" {
-		c.sendError(envelope.CorrelationID(data), envelope.CodeInvalidArgument, wrong)
-		return
-	}
-	c.handle(data)
+	return true
 }
 
 // protobufJSONGrowth bounds the JSON form of a natter.protobuf frame, in

@@ -138,6 +138,17 @@ func (c *Codec) FromProto(dir Direction, data []byte) (*envelope.Envelope, error
 	return env, nil
 }
 
+// CorrelationID returns the meta.correlationId of a protobuf envelope, or
+// "" when it has none or is not one: the envelope alone is decoded, not
+// its payload, for answering a frame refused before conversion.
+func CorrelationID(data []byte) string {
+	var pb natterv1.Envelope
+	if (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &pb) != nil {
+		return ""
+	}
+	return pb.GetMeta().GetCorrelationId()
+}
+
 // ProtoToJSON converts a protobuf envelope into the JSON form's bytes.
 func (c *Codec) ProtoToJSON(dir Direction, data []byte) ([]byte, error) {
 	env, err := c.FromProto(dir, data)
