@@ -354,8 +354,19 @@ func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame []by
 		_ = conn.NetConn().Close()
 		return fmt.Errorf("join: write: %s", errorKind(err))
 	}
+	if err := m.awaitJoined(ctx); err != nil {
+		_ = conn.WriteClose(1000, nil)
+		return err
+	}
+	return nil
+}
+
+// awaitJoined waits for the member's $joined; on failure the member is
+// marked closed by us, for the caller to close.
+func (m *member) awaitJoined(ctx context.Context) error {
 	t := time.NewTimer(joinTimeout)
 	defer t.Stop()
+	var err error
 	select {
 	case <-m.joined:
 		return nil
@@ -367,7 +378,6 @@ func (p *pool) join(ctx context.Context, d *dialer, i int, m *member, frame []by
 		err = ctx.Err()
 	}
 	m.byUs.Store(true)
-	_ = conn.WriteClose(1000, nil)
 	return err
 }
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -88,21 +87,11 @@ func (p *pool) joinSSE(ctx context.Context, d *dialer, i int, m *member) error {
 		return fmt.Errorf("handshake: HTTP %d", resp.StatusCode)
 	}
 	p.loops.Go(func() { m.readStream(resp) })
-	t := time.NewTimer(joinTimeout)
-	defer t.Stop()
-	select {
-	case <-m.joined:
-		return nil
-	case reason := <-m.failed:
-		err = errors.New(reason)
-	case <-t.C:
-		err = errors.New("join: no $joined in time")
-	case <-ctx.Done():
-		err = ctx.Err()
+	if err := m.awaitJoined(ctx); err != nil {
+		cancel()
+		return err
 	}
-	m.byUs.Store(true)
-	cancel()
-	return err
+	return nil
 }
 
 // readStream reads the events of m's stream until it ends: each data
