@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +21,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/edge"
 	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/internal/tap"
 	"github.com/natter/natter/internal/testenv"
 	"github.com/natter/natter/internal/wstest"
 	"github.com/natter/natter/pkg/envelope"
@@ -45,9 +49,16 @@ var deployRoles = map[string]string{
 // URL and the seed file of each role.
 func deployServer(t *testing.T) (string, map[string]string) {
 	t.Helper()
+	return deployServerFrom(t, deployConf, deployRoles)
+}
+
+// deployServerFrom is deployServer with the configuration file conf and
+// the users roles.
+func deployServerFrom(t *testing.T, conf string, roles map[string]string) (string, map[string]string) {
+	t.Helper()
 	dir := t.TempDir()
 	seeds := make(map[string]string)
-	for role, env := range deployRoles {
+	for role, env := range roles {
 		kp, err := nkeys.CreateUser()
 		if err != nil {
 			t.Fatal(err)
@@ -60,7 +71,7 @@ func deployServer(t *testing.T) (string, map[string]string) {
 			t.Fatal(err)
 		}
 	}
-	opts, err := server.ProcessConfigFile(deployConf)
+	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,3 +517,181 @@ func TestDeployConfigNeedsKeys(t *testing.T) {
 		})
 	}
 }
+
+// tapLines are the lines of natter.conf's tap user, which is off until
+// an operator removes their "#tap " prefixes.
+var tapLines = regexp.MustCompile(`(?m)^( *)#tap `)
+
+// deployServerWithTap is deployServer with the tap user of natter.conf
+// enabled as its comment says, and its seed in seeds["tap"].
+func deployServerWithTap(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	b, err := os.ReadFile(deployConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tapLines.FindAll(b, -1)) == 0 {
+		t.Fatalf("%s has no tap user (lines starting with #tap)", deployConf)
+	}
+	conf := filepath.Join(t.TempDir(), "natter.conf")
+	if err := os.WriteFile(conf, tapLines.ReplaceAll(b, []byte("$1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roles := maps.Clone(deployRoles)
+	roles["tap"] = "NATTER_TAP_NKEY"
+	return deployServerFrom(t, conf, roles)
+}
+
+// TestDeployTap runs the mesh against natter.conf with its tap user
+// enabled, and a tap (internal/tap, then the cmd/natter-tap binary) as
+// that user: it subscribes to everything it shows without a permission
+// violation, sees a room's traffic with payloads redacted, and may
+// publish nothing nor read replies.
+func TestDeployTap(t *testing.T) {
+	url, seeds := deployServerWithTap(t)
+	errs := &asyncErrors{}
+	t.Cleanup(func() {
+		if all := errs.all(); len(all) > 0 {
+			t.Errorf("NATS errors:\n%s", strings.Join(all, "\n"))
+		}
+	})
+	edgeNC := connectAs(t, url, seeds, "edge", errs.handler("edge"))
+	workerNC := connectAs(t, url, seeds, "worker", errs.handler("worker"))
+	serviceNC := connectAs(t, url, seeds, "service", errs.handler("service"))
+	tapNC := connectAs(t, url, seeds, "tap", errs.handler("tap"))
+	testenv.Worker(t, workerNC)
+	cfg := edge.DefaultConfig()
+	cfg.NATS.Conn = edgeNC
+	cfg.EdgeID = "edge1"
+	cfg.Auth.DevMode = true
+	e := testenv.StartEdge(t, cfg)
+
+	// No filter: every subscription a tap makes, events included.
+	tp, err := tap.New(tap.Config{Events: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &tapOutput{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := tp.Run(ctx, tapNC, out)
+		done <- err
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("tap: %v", err)
+		}
+	}()
+	ready, _ := envelope.New("tap.ready", nil)
+	readyBody, _ := envelope.Encode(ready)
+	testenv.Eventually(t, wait, "the tap shows a service's publish", func() bool {
+		_ = serviceNC.Publish("natter.out.room.lobby", readyBody)
+		_ = serviceNC.Flush()
+		time.Sleep(20 * time.Millisecond)
+		return out.has("out room:lobby type=tap.ready")
+	})
+
+	alice := wstest.Dial(t, e.URL+"?user=alice")
+	bob := wstest.Dial(t, e.URL+"?user=bob")
+	chatInLobby(t, alice, bob, "tap-secret")
+	for _, want := range []string{
+		"in  in type=chat.send conn=edge1.", // a client's request, with its identity
+		"out room:lobby type=chat.message",  // the room delivery
+		"ctl ctl:edge1.",                    // the worker's join request
+		"evt evt type=online conn=edge1.",   // a lifecycle event
+		"payload=<redacted ",                // payloads hidden
+	} {
+		testenv.Eventually(t, wait, "a tap line with "+want, func() bool { return out.has(want) })
+	}
+	if out.has("tap-secret") {
+		t.Fatalf("a payload was shown:\n%s", out.String())
+	}
+
+	// The binary, as the tap user, with a room filter and --json.
+	dir := testenv.Build(t, []string{"-race"}, "./cmd/natter-tap")
+	cmd := exec.Command(filepath.Join(dir, "natter-tap"), "--nats", url, "--nats-nkey", seeds["tap"],
+		"--room", "lobby", "--type", "tap.*", "--json", "--count", "1", "--duration", "30s")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	func() {
+		for {
+			_ = serviceNC.Publish("natter.out.room.elsewhere", readyBody) // another room: not shown
+			_ = serviceNC.Publish("natter.out.room.lobby", readyBody)
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Fatalf("natter-tap: %v\n%s", err, stderr.String())
+				}
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	var rec tap.Record
+	if err := json.Unmarshal([]byte(stdout.String()), &rec); err != nil || rec.Kind != "room" || rec.ID != "lobby" || rec.Type != "tap.ready" {
+		t.Fatalf("natter-tap printed %q (%v); stderr:\n%s", stdout.String(), err, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "NATS:") {
+		t.Fatalf("natter-tap stderr:\n%s", stderr.String())
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			what string
+			do   func(nc *nats.Conn) error
+		}{
+			{"publish natter.out.all", pub("natter.out.all")},
+			{"publish natter.in.x", pub("natter.in.x")},
+			{"publish natter.ctl.conn.e.1", pub("natter.ctl.conn.e.1")},
+			{"subscribe the edge's replies", sub("_INBOX_EDGE.>", "")},
+			{"subscribe natter.auth.>", sub("natter.auth.>", "")},
+			{"subscribe natter.work.>", sub("natter.work.>", "")},
+		} {
+			t.Run(tc.what, func(t *testing.T) {
+				refused := make(chan error, 4)
+				nc := connectAs(t, url, seeds, "tap", nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+					refused <- err
+				}))
+				if err := tc.do(nc); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case err := <-refused:
+					if !errors.Is(err, nats.ErrPermissionViolation) {
+						t.Fatalf("error %v, want a permissions violation", err)
+					}
+				case <-time.After(wait):
+					t.Fatal("not refused")
+				}
+			})
+		}
+	})
+}
+
+// tapOutput keeps what a tap wrote.
+type tapOutput struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (o *tapOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *tapOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+func (o *tapOutput) has(s string) bool { return strings.Contains(o.String(), s) }
