@@ -12,6 +12,9 @@
 //     with the .env nkeys.sh writes, and its HAProxy config routes to it;
 //   - every NATTER_* variable and config key names a real flag of the
 //     edge or worker binary;
+//   - every query of the Grafana dashboard (grafana/) parses with
+//     Prometheus's PromQL parser and selects only metrics, labels and
+//     label values a real edge's /metrics has;
 //   - the Dockerfile's targets, user and ports.
 //
 // The helm binary must be on PATH or in $HOME/go/bin:
