@@ -67,6 +67,20 @@ type outFrame struct {
 	json []byte // its payload: the JSON envelope
 	once sync.Once
 	bin  []byte // the binary frame; nil when the envelope does not convert
+	// pos is the durable room position the envelope carries, set by the
+	// durable rooms' delivery: fallback streams take it from here rather
+	// than from the JSON.
+	pos *framePos
+	// The fallback streams' form (sseFrame), made for the first of them.
+	sseOnce sync.Once
+	sse     []byte
+}
+
+// framePos is a durable delivery's position.
+type framePos struct {
+	room   string
+	offset uint64
+	epoch  string
 }
 
 func newOutFrame(env []byte) *outFrame {
@@ -97,6 +111,10 @@ func (f *outFrame) size() int { return max(len(f.text), len(f.bin)) }
 
 // sendOut queues f in the connection's wire.
 func (c *conn) sendOut(f *outFrame) {
+	if c.session != nil {
+		c.sendFrame(f.sseFrame())
+		return
+	}
 	if !c.protobuf {
 		c.sendFrame(f.text)
 		return

@@ -152,6 +152,7 @@ func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude strin
 	var frame *outFrame
 	if ok {
 		frame = newOutFrame(b)
+		frame.pos = &framePos{room: g.id, offset: seq, epoch: *d.epoch.Load()}
 	}
 	var ex []string
 	if exclude != "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -561,6 +562,59 @@ func (c *conn) takePost(seq uint64, body []byte) (status int, words string) {
 	return http.StatusNoContent, ""
 }
 
+// opSSE marks the frames of fallback streams' write queues that outFrame
+// made for them (sseFrame): an opcode RFC 6455 reserves, so that no
+// WebSocket frame is one, and that never leaves the edge.
+const opSSE = 0x3
+
+// sseFrame returns f as fallback streams queue it, made once for all of
+// them: its message event's data lines, already formatted, after its
+// durable position when it has one (the event's id depends on the
+// stream's other rooms, so each stream writes that line itself):
+//
+//	0 | data lines
+//	1 | offset (8 bytes, big endian) | len(room) | room | len(epoch) | epoch | data lines
+func (f *outFrame) sseFrame() []byte {
+	f.sseOnce.Do(func() {
+		var b []byte
+		if p := f.pos; p != nil && len(p.room) < 256 && len(p.epoch) < 256 {
+			b = append(b, 1)
+			b = binary.BigEndian.AppendUint64(b, p.offset)
+			b = append(b, byte(len(p.room)))
+			b = append(b, p.room...)
+			b = append(b, byte(len(p.epoch)))
+			b = append(b, p.epoch...)
+		} else {
+			b = append(b, 0)
+		}
+		f.sse = wsFrame(opSSE, dataLines(b, f.json))
+	})
+	return f.sse
+}
+
+// parseSSEFrame splits the payload of an sseFrame.
+func parseSSEFrame(p []byte) (pos *framePos, data []byte) {
+	if len(p) == 0 || p[0] == 0 || len(p) < 10 {
+		if len(p) > 0 {
+			p = p[1:]
+		}
+		return nil, p
+	}
+	pos = &framePos{offset: binary.BigEndian.Uint64(p[1:9])}
+	n := int(p[9])
+	rest := p[10:]
+	if len(rest) < n+1 {
+		return nil, nil
+	}
+	pos.room, rest = string(rest[:n]), rest[n:]
+	m := int(rest[0])
+	if len(rest) < m+1 {
+		return nil, nil
+	}
+	pos.epoch, data = string(rest[1:1+m]), rest[1+m:]
+	return pos, data
+}
+
 // sseSocket is a fallback stream as the write path sees it: each queued
 // WebSocket frame becomes an event. Only the connection's writeLoop
 // writes (direct is false), under mu, until the handler that serves the
@@ -605,6 +659,14 @@ func (s *sseSocket) write(frames [][]byte, timeout time.Duration, _ *[][]byte) (
 	for _, f := range frames {
 		n += len(f)
 		switch f[0] & 0x0F {
+		case opSSE:
+			pos, data := parseSSEFrame(framePayload(f))
+			if pos != nil && s.move(pos.room, pos.offset, pos.epoch, false) {
+				buf = append(buf, "id: "...)
+				buf = append(buf, s.lastEventID()...)
+				buf = append(buf, '\n')
+			}
+			buf = append(buf, data...)
 		case opText, opBinary:
 			buf = s.appendMessage(buf, framePayload(f))
 		case opPing:
@@ -714,13 +776,20 @@ func (s *sseSocket) track(env []byte) bool {
 		}
 		room, offset = e.Meta.Room, o
 	}
+	return s.move(room, offset, epoch, e.Type == envelope.TypeJoined)
+}
+
+// move records room's position; a $joined's (reset) replaces it, a
+// delivery's only moves it forward. It reports true: the event's id
+// changes, or confirms the position.
+func (s *sseSocket) move(room string, offset uint64, epoch string, reset bool) bool {
 	if epoch != s.epoch {
 		s.epoch, s.positions = epoch, nil // another history: the old positions mean nothing
 	}
 	if s.positions == nil {
 		s.positions = map[string]uint64{}
 	}
-	if offset > s.positions[room] || e.Type == envelope.TypeJoined {
+	if offset > s.positions[room] || reset {
 		s.positions[room] = offset
 	}
 	return true

@@ -110,3 +110,29 @@ func TestWireSmallReads(t *testing.T) {
 		t.Fatalf("a crash header through a 3-byte read: %d %v, refused %v", n, err, refused)
 	}
 }
+
+// TestSSEFrame: a fallback stream's shared frame carries the durable
+// position and the formatted data lines, and parses back; one without a
+// position carries the data alone.
+func TestSSEFrame(t *testing.T) {
+	env := []byte(`{"type":"line","meta":{"room":"log-1"},"payload":{"n":1}}`)
+	f := newOutFrame(env)
+	f.pos = &framePos{room: "log-1", offset: 1<<40 + 7, epoch: "e-1733"}
+	b := f.sseFrame()
+	if b[0]&0x0F != opSSE || &f.sseFrame()[0] != &b[0] {
+		t.Fatalf("opcode %x, or not made once", b[0]&0x0F)
+	}
+	pos, data := parseSSEFrame(framePayload(b))
+	if pos == nil || *pos != *f.pos || string(data) != "data: "+string(env)+"\n\n" {
+		t.Fatalf("parsed %+v %q", pos, data)
+	}
+	plain := newOutFrame(env)
+	if pos, data := parseSSEFrame(framePayload(plain.sseFrame())); pos != nil || string(data) != "data: "+string(env)+"\n\n" {
+		t.Fatalf("without a position: %+v %q", pos, data)
+	}
+	for _, bad := range [][]byte{{1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 'x'}, {1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 'x', 5, 'y'}} {
+		if pos, data := parseSSEFrame(bad); pos != nil || data != nil {
+			t.Errorf("%v parsed as %+v %q", bad, pos, data)
+		}
+	}
+}
