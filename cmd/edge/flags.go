@@ -51,6 +51,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&rc.DataDir, "data-dir", rc.DataDir, "embedded JetStream data directory (single-binary mode)")
 	fs.StringVar(&prefix, "prefix", prefix, "NATS subject prefix")
 	fs.StringVar(&e.EdgeID, "edge-id", e.EdgeID, "edge id in NATS headers (default random)")
+	fs.StringVar(&e.Tracing.NATSTraceDest, "nats-trace-dest", e.Tracing.NATSTraceDest, "with tracing on (the OTEL_* variables), ask nats-server for its hop-by-hop trace of every sampled message, published to this subject (Nats-Trace-Dest)")
 	fs.IntVar(&ws.MaxMessageSize, "max-message-size", ws.MaxMessageSize, "largest inbound frame in bytes; larger closes with 1009")
 	fs.IntVar(&ws.WriteQueueBytes, "write-queue-bytes", ws.WriteQueueBytes, "bytes queued per connection before it is closed as a slow consumer (4001)")
 	fs.DurationVar(&ws.WriteTimeout, "write-timeout", ws.WriteTimeout, "deadline of one socket write")

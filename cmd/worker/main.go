@@ -18,6 +18,7 @@ import (
 	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/internal/ops"
+	"github.com/natter/natter/internal/telemetry"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
 )
@@ -96,7 +97,18 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 		return fmt.Errorf("worker: connect NATS: %w", err)
 	}
 	defer nc.Close()
-	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: rc.queue, Logger: log, ID: rc.id})
+	// Tracing is the standard OTEL_* variables' to turn on
+	// (docs/design/tracing.md); the buffered spans are flushed at exit.
+	tp, stopTracing, err := telemetry.Setup(ctx, "natter-worker")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(fctx)
+	}()
+	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: rc.queue, Logger: log, ID: rc.id, TracerProvider: tp})
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/natter/natter/internal/ops"
 	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/internal/schema"
+	"github.com/natter/natter/internal/telemetry"
 	"github.com/natter/natter/internal/virtual"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/worker"
@@ -198,6 +199,27 @@ func Run(ctx context.Context, rc Config) error {
 	rc.Edge.Schemas = reg
 	log.Info("schemas loaded", "types", len(reg.Types()), "dirs", rc.SchemaDirs, "strict", rc.StrictTypes)
 
+	// Tracing is the standard OTEL_* variables' to turn on; off, the edge
+	// makes no spans (docs/design/tracing.md). The spans still buffered
+	// are flushed when Run returns.
+	if rc.Edge.Tracing.Provider == nil {
+		tp, stopTracing, err := telemetry.Setup(ctx, "natter-edge")
+		if err != nil {
+			return err
+		}
+		if tp != nil {
+			rc.Edge.Tracing.Provider = tp
+			defer func() {
+				fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := stopTracing(fctx); err != nil {
+					log.Warn("tracing: flushing spans failed", "err", err)
+				}
+			}()
+			log.Info("tracing on", "natsTraceDest", rc.Edge.Tracing.NATSTraceDest)
+		}
+	}
+
 	// setup bounds everything before the edge serves: it ends with ctx (a
 	// signal), after SetupTimeout, or at once with a permissions violation
 	// that NATS reports meanwhile (it comes to the error handler, not as
@@ -262,7 +284,7 @@ func Run(ctx context.Context, rc Config) error {
 
 	var w *worker.Worker
 	if single {
-		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log}); err != nil {
+		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log, TracerProvider: rc.Edge.Tracing.Provider}); err != nil {
 			return err
 		}
 		if err = chat.Register(w); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/presencekv"
@@ -57,10 +58,25 @@ type Config struct {
 	// Schemas validates payloads by type and direction. Default nil: no
 	// validation.
 	Schemas *schema.Registry
+	// Tracing makes spans of client messages and deliveries
+	// (docs/design/tracing.md). Trace context that clients and services
+	// send is propagated either way.
+	Tracing TracingConfig
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the edge's Prometheus metrics. Default nil: none.
 	Registerer prometheus.Registerer
+}
+
+// TracingConfig turns on the edge's spans.
+type TracingConfig struct {
+	// Provider makes the spans. nil (the default): none, and no cost on
+	// the message path beyond propagating a client's valid context.
+	Provider trace.TracerProvider
+	// NATSTraceDest, when set, asks nats-server for its hop-by-hop trace
+	// (ADR-41, the Nats-Trace-Dest header) of every message whose span is
+	// sampled, published to this subject.
+	NATSTraceDest string
 }
 
 // NATSConfig is the edge's side toward NATS: the connection and subject
@@ -369,6 +385,9 @@ func (c *Config) setDefaults() error {
 	}
 	if err := envelope.ValidateID(c.EdgeID); err != nil {
 		return fmt.Errorf("%w: EdgeID: %v", ErrInvalidConfig, err)
+	}
+	if d := c.Tracing.NATSTraceDest; d != "" && (strings.ContainsAny(d, "*> \t\r\n") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") || strings.Contains(d, "..")) {
+		return fmt.Errorf("%w: Tracing.NATSTraceDest %q is not a literal NATS subject", ErrInvalidConfig, d)
 	}
 
 	ws, dws := &c.WebSocket, d.WebSocket

@@ -8,10 +8,12 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 	"github.com/natter/natter/pkg/wire"
 )
 
@@ -41,12 +43,23 @@ func (e *Edge) outbound(msg *nats.Msg, room string) (*outFrame, []string, bool) 
 			}
 		}
 	}
+	// A message that carries trace context (a Traceparent header) gives
+	// it to the clients, as the delivery span's when tracing is on.
+	var span trace.Span
+	if tracing.HasContext(msg.Header) {
+		var sc trace.SpanContext
+		if sc, span = e.traceDeliver(msg.Header, env.Type); sc.IsValid() {
+			setMetaTrace(&env, sc)
+			forged = true
+		}
+	}
 	if forged || room != "" && env.Meta.Room != room {
 		if room != "" {
 			env.Meta.Room = room
 		}
 		var err error
 		if frame, err = envelope.Encode(&env); err != nil {
+			endSpan(span)
 			e.stats.dropped.Add(1)
 			return nil, nil, false
 		}
@@ -55,7 +68,9 @@ func (e *Edge) outbound(msg *nats.Msg, room string) (*outFrame, []string, bool) 
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
 		exclude = strings.Split(x, ",")
 	}
-	return newOutFrame(frame), exclude, true
+	f := newOutFrame(frame)
+	f.span = span
+	return f, exclude, true
 }
 
 // outFrame is one envelope on its way to clients, encoded once per wire:
@@ -74,7 +89,13 @@ type outFrame struct {
 	// The fallback streams' form (sseFrame), made for the first of them.
 	sseOnce sync.Once
 	sse     []byte
+	// span is the delivery span (trace.go) that the fan-out ends; nil: none.
+	span trace.Span
 }
+
+// delivered ends the delivery span once the frame is queued for every
+// local recipient.
+func (f *outFrame) delivered() { endSpan(f.span) }
 
 // framePos is a durable delivery's position.
 type framePos struct {
@@ -134,6 +155,7 @@ func (e *Edge) deliverGroup(g *group, msg *nats.Msg) {
 	if !ok {
 		return
 	}
+	defer frame.delivered()
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for c := range g.members {
@@ -173,6 +195,7 @@ func (e *Edge) deliverAll(msg *nats.Msg) {
 	if !ok {
 		return
 	}
+	defer frame.delivered()
 	e.conns.each(func(c *conn) {
 		if exclude == nil || !slices.Contains(exclude, c.id) {
 			c.sendOut(frame)
@@ -186,6 +209,7 @@ func (c *conn) onOut(msg *nats.Msg) {
 	if msg.Reply == "" {
 		if frame, _, ok := c.e.outbound(msg, ""); ok {
 			c.sendOut(frame)
+			frame.delivered()
 		}
 		return
 	}

@@ -51,6 +51,7 @@ import (
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // durableTimeout bounds one recovery or history query: below the
@@ -126,7 +127,7 @@ func (d *durable) isDurable(room string) bool {
 
 // frame encodes a stored message for delivery: meta.room, meta.offset and
 // meta.epoch set by the edge, whatever the publisher wrote there.
-func (d *durable) frame(room string, seq uint64, data []byte) ([]byte, bool) {
+func (d *durable) frame(room string, seq uint64, data []byte, h nats.Header) ([]byte, bool) {
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, data, d.e.cfg.NATS.MaxOutboundSize); err != nil {
 		d.e.stats.dropped.Add(1)
@@ -141,6 +142,11 @@ func (d *durable) frame(room string, seq uint64, data []byte) ([]byte, bool) {
 	}
 	env.Meta.Extra["offset"] = strconv.AppendUint(nil, seq, 10)
 	env.Meta.Extra["epoch"] = strconv.AppendQuote(nil, *d.epoch.Load())
+	// The stored context of the message (its publisher's), the same in a
+	// live delivery, a replay and a history page.
+	if sc := tracing.FromHeader(h); sc.IsValid() {
+		setMetaTrace(&env, sc)
+	}
 	b, err := envelope.Encode(&env)
 	if err != nil {
 		d.e.stats.dropped.Add(1)

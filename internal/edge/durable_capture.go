@@ -16,6 +16,7 @@ import (
 
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 const (
@@ -128,6 +129,13 @@ func (d *durable) captureMsg(msg *nats.Msg) {
 	out := &nats.Msg{Subject: subj.String(), Data: msg.Data}
 	if x := msg.Header.Get(envelope.HeaderExclude); x != "" {
 		out.Header = nats.Header{envelope.HeaderExclude: []string{x}}
+	}
+	if sc := tracing.FromHeader(msg.Header); sc.IsValid() {
+		// Stored with the message, for its live deliveries and replays.
+		if out.Header == nil {
+			out.Header = nats.Header{}
+		}
+		tracing.InjectContext(sc, out.Header)
 	}
 	if _, err := d.js.PublishMsgAsync(out); err != nil {
 		if d.e.logLimit.Allow() {

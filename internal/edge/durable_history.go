@@ -72,7 +72,7 @@ func (d *durable) pageAfter(ctx context.Context, r *pageReader, h *envelope.Hist
 			}
 			read++
 			from = seq + 1
-			b, ok := d.frame(h.Room, seq, m.Data)
+			b, ok := d.frame(h.Room, seq, m.Data, m.Header)
 			if !ok {
 				return
 			}
@@ -111,8 +111,9 @@ func (d *durable) pageBefore(ctx context.Context, r *pageReader, h *envelope.His
 	for upTo > 0 {
 		var seq uint64
 		var data []byte
+		var hdr nats.Header
 		if _, err := r.get(ctx, &directGet{MultiLast: []string{r.subj}, UpToSeq: upTo, Batch: 1}, func(s uint64, m *nats.Msg) {
-			seq, data = s, m.Data
+			seq, data, hdr = s, m.Data, m.Header
 		}); err != nil {
 			return err
 		}
@@ -127,7 +128,7 @@ func (d *durable) pageBefore(ctx context.Context, r *pageReader, h *envelope.His
 			break
 		}
 		upTo = seq - 1
-		b, ok := d.frame(h.Room, seq, data)
+		b, ok := d.frame(h.Room, seq, data, hdr)
 		if !ok {
 			continue
 		}

@@ -156,7 +156,7 @@ func (d *durable) join(c *conn, g *group, r *recovery, cid string, since *envelo
 		stopped := false
 		ferr := d.fetch(ctx, g.id, last+1, 0, func(seq uint64, data []byte, h nats.Header) bool {
 			if x := h.Get(envelope.HeaderExclude); x == "" || !slices.Contains(strings.Split(x, ","), c.id) {
-				if b, ok := d.frame(g.id, seq, data); ok {
+				if b, ok := d.frame(g.id, seq, data, h); ok {
 					if !c.waitRoom(ctx) {
 						stopped = true
 						return false

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 const (
@@ -83,7 +84,7 @@ func (d *durable) deliverLive(g *group, msg *nats.Msg) {
 			return
 		}
 	}
-	d.deliverStored(g, seq, msg.Data, msg.Header.Get(envelope.HeaderExclude))
+	d.deliverStored(g, seq, msg.Data, msg.Header)
 }
 
 // retryHeader marks a message the edge queues itself on a durable room's
@@ -112,7 +113,7 @@ func (d *durable) backfill(g *group, last, to uint64) bool {
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), backfillTimeout)
 		err = d.fetch(ctx, g.id, last+1, to, func(s uint64, data []byte, h nats.Header) bool {
-			d.deliverStored(g, s, data, h.Get(envelope.HeaderExclude))
+			d.deliverStored(g, s, data, h)
 			return true
 		})
 		cancel()
@@ -147,15 +148,19 @@ func (d *durable) backfill(g *group, last, to uint64) bool {
 // deliverStored delivers stored message seq to the group's members, in
 // sequence order: an older sequence than the last delivered is dropped.
 // Members still replaying get it buffered.
-func (d *durable) deliverStored(g *group, seq uint64, data []byte, exclude string) {
-	b, ok := d.frame(g.id, seq, data)
+func (d *durable) deliverStored(g *group, seq uint64, data []byte, h nats.Header) {
+	b, ok := d.frame(g.id, seq, data, h)
 	var frame *outFrame
 	if ok {
 		frame = newOutFrame(b)
 		frame.pos = &framePos{room: g.id, offset: seq, epoch: *d.epoch.Load()}
+		if d.e.tracer != nil && tracing.HasContext(h) {
+			_, frame.span = d.e.traceDeliver(h, "")
+			defer frame.delivered()
+		}
 	}
 	var ex []string
-	if exclude != "" {
+	if exclude := h.Get(envelope.HeaderExclude); exclude != "" {
 		ex = strings.Split(exclude, ",")
 	}
 	g.mu.Lock()

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/auth"
@@ -25,6 +26,7 @@ import (
 	"github.com/natter/natter/internal/routine"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/presence"
+	"github.com/natter/natter/pkg/tracing"
 	"github.com/natter/natter/pkg/wire"
 )
 
@@ -67,6 +69,8 @@ type Edge struct {
 	// Config.Registerer.
 	rpcLatency prometheus.Histogram
 	logLimit   *rate.Limiter // sampled warnings on the message path
+	// tracer makes the edge's spans (trace.go); nil when tracing is off.
+	tracer trace.Tracer
 
 	// Lifecycle: see Shutdown and the package doc.
 	//
@@ -119,6 +123,7 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		ns:       cfg.NATS.Namespace,
 		stopped:  make(chan struct{}),
 		logLimit: rate.NewLimiter(1, 1),
+		tracer:   tracing.Tracer(cfg.Tracing.Provider),
 	}
 	e.gaveUp, e.giveUp = context.WithCancel(context.Background())
 	e.conns.init()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/pkg/envelope"
@@ -217,21 +218,30 @@ func (c *conn) handle(data []byte) {
 			c.sendError(cid, envelope.CodeNotFound, "unknown system type "+env.Type)
 			return
 		}
-		if err := c.e.checkIn(&env); err != nil {
+		t, data := c.e.traceIn(&env, data)
+		defer t.end()
+		_, vs := c.e.child(t, "natter.edge.validate "+env.Type, trace.SpanKindInternal)
+		err := c.e.checkIn(&env)
+		if err != nil {
+			failed(vs, err)
+			failed(t.span, err)
+		}
+		endSpan(vs)
+		if err != nil {
 			c.sendErrorPayload(cid, err)
 			return
 		}
 		if c.e.work.isDurable(env.Type) {
-			c.e.work.store(c, &env, data)
+			c.e.work.store(c, &env, data, t)
 			return
 		}
-		c.forward(&env, data)
+		c.forward(&env, data, t)
 	}
 }
 
 // forward publishes an application message to <prefix>.in.<type>, with the
 // connection's identity in headers, or makes the NATS request of an RPC.
-func (c *conn) forward(env *envelope.Envelope, data []byte) {
+func (c *conn) forward(env *envelope.Envelope, data []byte, t inTrace) {
 	cid := env.Meta.CorrelationID
 	subj, err := c.e.ns.In(env.Type)
 	if err != nil {
@@ -251,17 +261,22 @@ func (c *conn) forward(env *envelope.Envelope, data []byte) {
 		return
 	}
 	if cid == "" {
+		span := c.e.traceOut(t, "natter.edge.publish "+env.Type, trace.SpanKindProducer, hdr)
 		// nats.go copies data into its buffer before PublishMsg returns.
 		if err := c.e.nc.PublishMsg(&nats.Msg{Subject: subj.String(), Header: hdr, Data: data}); err != nil {
+			failed(span, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: err.Error()})
+			endSpan(span)
 			c.sendError("", envelope.CodeUnavailable, "message bus unavailable")
 			return
 		}
+		endSpan(span)
 		c.e.stats.published.Add(1)
 		return
 	}
 	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.NATS.RPCTimeout, c.e.cfg.NATS.RPCMaxTimeout)
 	hdr[envelope.HeaderTimeout] = []string{strconv.FormatInt(timeout.Milliseconds(), 10)}
-	c.e.rpc.start(c, cid, timeout, &nats.Msg{Subject: subj.String(), Header: hdr, Data: data})
+	span := c.e.traceOut(t, "natter.edge.rpc "+env.Type, trace.SpanKindClient, hdr)
+	c.e.rpc.start(c, cid, timeout, &nats.Msg{Subject: subj.String(), Header: hdr, Data: data}, span)
 }
 
 func (c *conn) sendEnvelope(env *envelope.Envelope) {

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/internal/schema"
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // rpcMux carries every client request of the edge over one NATS inbox
@@ -36,6 +38,7 @@ type call struct {
 	start time.Time
 	mu    sync.Mutex // orders progress frames before the one reply
 	done  bool       // guarded by mu: the client got its one reply
+	span  trace.Span // the RPC span (trace.go), ended by finish; nil: none
 }
 
 func newRPCMux(e *Edge) (*rpcMux, error) {
@@ -53,23 +56,28 @@ func newRPCMux(e *Edge) (*rpcMux, error) {
 // in-flight bound, and refuses a correlation id already in flight on this
 // connection with an ERROR ALREADY_EXISTS that does not carry the id (see
 // refuseDuplicate).
-func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg) {
+func (m *rpcMux) start(c *conn, cid string, timeout time.Duration, msg *nats.Msg, span trace.Span) {
 	c.rpcMu.Lock()
 	switch {
 	case c.calls[cid] != nil:
 		c.rpcMu.Unlock()
+		endSpan(span)
 		c.refuseDuplicate(cid)
 		return
 	case len(c.calls) >= m.e.cfg.Limits.MaxInflightRPC:
 		c.rpcMu.Unlock()
-		c.sendErrorPayload(cid, &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100})
+		p := &envelope.ErrorPayload{Code: envelope.CodeResourceExhausted, Message: "too many requests in flight", RetryAfterMs: 100}
+		failed(span, p)
+		endSpan(span)
+		c.sendErrorPayload(cid, p)
 		return
 	case c.isClosed():
 		c.rpcMu.Unlock()
+		endSpan(span)
 		return
 	}
 	token := strconv.FormatUint(m.seq.Add(1), 36)
-	k := &call{c: c, cid: cid, reply: m.prefix + token, start: time.Now()}
+	k := &call{c: c, cid: cid, reply: m.prefix + token, start: time.Now(), span: span}
 	if c.calls == nil {
 		c.calls = make(map[string]*call)
 	}
@@ -101,7 +109,7 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 	case msg.Header.Get("Status") == "503":
 		m.finish(k, envelope.ErrorFrame(k.cid, envelope.CodeUnavailable, "no worker for this type"), false)
 	case msg.Header.Get(envelope.HeaderProgress) != "":
-		if frame, err := m.e.relay(k.cid, msg.Data, envelope.TypeRPCProgress); err == nil {
+		if frame, err := m.e.relay(k.cid, msg, envelope.TypeRPCProgress); err == nil {
 			k.mu.Lock()
 			if !k.done {
 				k.c.send(frame) // never blocks
@@ -109,7 +117,7 @@ func (m *rpcMux) onReply(msg *nats.Msg) {
 			k.mu.Unlock()
 		}
 	default:
-		frame, err := m.e.relay(k.cid, msg.Data, "")
+		frame, err := m.e.relay(k.cid, msg, "")
 		if err != nil {
 			frame = m.e.invalidReply(k.cid, err)
 		}
@@ -190,6 +198,18 @@ func (m *rpcMux) finish(k *call, frame []byte, abort bool) {
 			m.e.rpcLatency.Observe(time.Since(k.start).Seconds())
 		}
 	}
+	if k.span != nil {
+		if k.span.IsRecording() {
+			if frame == nil {
+				failed(k.span, &envelope.ErrorPayload{Code: envelope.CodeCanceled, Message: "connection closed"})
+			} else if env, err := envelope.Decode(frame, len(frame)); err == nil && (env.Type == envelope.TypeRPCError || env.Type == envelope.TypeError) {
+				var p envelope.ErrorPayload
+				_ = json.Unmarshal(env.Payload, &p)
+				failed(k.span, &p)
+			}
+		}
+		k.span.End()
+	}
 	if abort {
 		_ = m.e.nc.Publish(m.e.ns.Abort().String(), []byte(k.reply))
 	}
@@ -231,7 +251,8 @@ func (m *rpcMux) dropConn(c *conn) {
 // client must see it: carrying the client's correlation id, and of type typ
 // when typ is set. Server-direction schemas apply to replies. The error
 // says why an envelope is unfit.
-func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, error) {
+func (e *Edge) relay(cid string, msg *nats.Msg, typ string) ([]byte, error) {
+	data := msg.Data
 	var env envelope.Envelope
 	if err := envelope.DecodeInto(&env, data, e.cfg.NATS.MaxOutboundSize); err != nil {
 		e.stats.dropped.Add(1)
@@ -249,10 +270,16 @@ func (e *Edge) relay(cid string, data []byte, typ string) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("reply of type %q breaks its schema", env.Type)
 	}
-	if env.Meta.CorrelationID == cid {
+	// A reply that carries trace context (the worker's handler span)
+	// gives it to the client.
+	sc := tracing.FromHeader(msg.Header)
+	if env.Meta.CorrelationID == cid && !sc.IsValid() {
 		return data, nil
 	}
 	env.Meta.CorrelationID = cid
+	if sc.IsValid() {
+		setMetaTrace(&env, sc)
+	}
 	b, err := envelope.Encode(&env)
 	if err != nil {
 		return nil, err
@@ -265,11 +292,15 @@ type ask struct {
 	msg   *nats.Msg
 	timer *time.Timer
 	done  atomic.Bool
+	span  trace.Span // the delivery span of a traced request; nil: none
 }
 
 func (a *ask) finish(data []byte) {
 	if a.done.CompareAndSwap(false, true) {
-		a.timer.Stop()
+		if a.timer != nil {
+			a.timer.Stop()
+		}
+		endSpan(a.span)
 		_ = a.msg.Respond(data)
 	}
 }
@@ -285,21 +316,25 @@ func (c *conn) askClient(msg *nats.Msg, env *envelope.Envelope) {
 	timeout := rpc.ClampTimeout(ms, c.e.cfg.NATS.RPCTimeout, c.e.cfg.NATS.RPCMaxTimeout)
 	cid := "srv-" + strconv.FormatUint(c.e.rpc.seq.Add(1), 36)
 	env.Meta.CorrelationID = cid
+	sc, span := c.e.traceDeliver(msg.Header, env.Type)
+	if sc.IsValid() {
+		setMetaTrace(env, sc)
+	}
+	a := &ask{msg: msg, span: span}
 	frame, err := envelope.Encode(env)
 	if err != nil {
-		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
+		a.finish(envelope.RPCErrorFrame("", envelope.CodeInvalidArgument, err.Error()))
 		return
 	}
-	a := &ask{msg: msg}
 	c.rpcMu.Lock()
 	if c.isClosed() {
 		c.rpcMu.Unlock()
-		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
+		a.finish(envelope.RPCErrorFrame("", envelope.CodeUnavailable, "connection closed"))
 		return
 	}
 	if len(c.asks) >= c.e.cfg.Limits.MaxInflightRPC {
 		c.rpcMu.Unlock()
-		_ = msg.Respond(envelope.RPCErrorFrame("", envelope.CodeResourceExhausted, "too many questions waiting for this connection"))
+		a.finish(envelope.RPCErrorFrame("", envelope.CodeResourceExhausted, "too many questions waiting for this connection"))
 		return
 	}
 	if c.asks == nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/natsopt"
@@ -157,7 +158,7 @@ func (w *work) isDurable(typ string) bool { return w != nil && auth.Grants(w.pat
 // store sends a client message of a durable type to the work stream and
 // answers the client when the stream has acknowledged it. data is only
 // valid during the call.
-func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
+func (w *work) store(c *conn, env *envelope.Envelope, data []byte, t inTrace) {
 	cid := env.Meta.CorrelationID
 	key, err := env.Meta.IdempotencyKey()
 	if err != nil {
@@ -201,18 +202,23 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 	if c.user != "" {
 		hdr[envelope.HeaderUser] = []string{c.user}
 	}
+	// The stored message keeps the context: the worker that handles it,
+	// now or after a redelivery, continues the trace.
+	span := w.e.traceOut(t, "natter.edge.publish "+env.Type, trace.SpanKindProducer, hdr)
 	// The publisher keeps the message for its retries: a copy, not the
 	// socket's buffer.
 	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: bytes.Clone(data)}
 	f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(w.e.ns.WorkStream()))
 	if err != nil {
 		c.workPending.Add(-1)
+		endSpan(span)
 		w.refused(c, cid, err)
 		return
 	}
 	w.e.stats.workStored.Add(1)
 	wait := func() {
 		defer c.workPending.Add(-1)
+		defer endSpan(span)
 		select {
 		case ack := <-f.Ok():
 			if ack.Duplicate {
@@ -228,6 +234,7 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte) {
 		}
 	}
 	if !w.spawn(wait) {
+		endSpan(span)
 		c.workPending.Add(-1) // the edge is stopping: its connections are gone
 	}
 }

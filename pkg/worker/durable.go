@@ -423,6 +423,7 @@ func (p *puller) start(msg jetstream.Msg) {
 			}
 		}()
 		err := w.call(ctx, p.h, m)
+		m.endSpan(err)
 		cancel()
 		<-reporting
 		switch {

@@ -13,15 +13,25 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // Publisher reaches clients from any Go service: it publishes envelopes to
 // connections, users, rooms or everyone, and joins, removes or closes
 // connections. It is safe for concurrent use.
 type Publisher struct {
+	*publisher
+	// sc is the trace context its messages carry (WithContext).
+	sc trace.SpanContext
+}
+
+// publisher is the state that a Publisher and its copies of WithContext
+// share.
+type publisher struct {
 	nc *nats.Conn
 	ns envelope.Namespace
 
@@ -35,7 +45,20 @@ type Publisher struct {
 
 // NewPublisher returns a Publisher on nc for namespace ns.
 func NewPublisher(nc *nats.Conn, ns envelope.Namespace) *Publisher {
-	return &Publisher{nc: nc, ns: ns}
+	return &Publisher{publisher: &publisher{nc: nc, ns: ns}}
+}
+
+// WithContext returns a Publisher whose messages carry the trace context
+// of ctx (its active span) in the standard Traceparent and Tracestate
+// headers: the edges deliver it to clients in meta.traceparent, and trace
+// their delivery under it. Message.Publisher is one already, for the
+// handler's span. Without a valid span context in ctx it returns p.
+func (p *Publisher) WithContext(ctx context.Context) *Publisher {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return p
+	}
+	return &Publisher{publisher: p.publisher, sc: sc}
 }
 
 // ToConn delivers env to one connection: conn is its id as the edge gave
@@ -88,6 +111,13 @@ func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelop
 	msg, err := p.message(subj, env, exclude)
 	if err != nil {
 		return 0, err
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		// Stored with the message: every delivery and replay carries it.
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		tracing.InjectContext(sc, msg.Header)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -195,6 +225,12 @@ func (p *Publisher) message(subj envelope.Subject, env *envelope.Envelope, exclu
 			}
 		}
 		msg.Header = nats.Header{envelope.HeaderExclude: []string{strings.Join(exclude, ",")}}
+	}
+	if p.sc.IsValid() {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		tracing.InjectContext(p.sc, msg.Header)
 	}
 	return msg, nil
 }

@@ -26,9 +26,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // ErrInvalidConfig wraps every configuration error of this package.
@@ -56,6 +61,11 @@ type Config struct {
 	// ID names this worker process in logs and replies that report it.
 	// Default: a random NUID.
 	ID string
+	// TracerProvider makes a span per handler call, continuing the trace
+	// context of the message's Traceparent header
+	// (docs/design/tracing.md). Default: OpenTelemetry's global provider,
+	// which makes none until the application sets one.
+	TracerProvider trace.TracerProvider
 }
 
 // Handler handles one message. For a request (the client set
@@ -66,13 +76,14 @@ type Handler func(ctx context.Context, m *Message) error
 
 // Worker dispatches NATS messages to handlers.
 type Worker struct {
-	nc   *nats.Conn
-	cfg  Config
-	pub  *Publisher
-	sem  chan struct{}
-	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
+	nc     *nats.Conn
+	cfg    Config
+	pub    *Publisher
+	tracer trace.Tracer
+	sem    chan struct{}
+	wg     sync.WaitGroup
+	ctx    context.Context
+	stop   context.CancelFunc
 
 	mu       sync.Mutex
 	subs     []*subscription
@@ -116,11 +127,15 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	if cfg.ID == "" {
 		cfg.ID = nuid.Next()
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	w := &Worker{
 		nc:       nc,
 		cfg:      cfg,
 		pub:      NewPublisher(nc, cfg.Namespace),
+		tracer:   tracing.Tracer(cfg.TracerProvider),
 		sem:      make(chan struct{}, cfg.MaxConcurrent),
 		pullStop: make(chan struct{}),
 		durable:  map[string]bool{},
@@ -295,6 +310,7 @@ func (w *Worker) dispatch(h Handler, msg *nats.Msg) {
 			return // aborted or expired while waiting: nobody waits for the reply
 		}
 		err := w.call(ctx, h, m)
+		defer m.endSpan(err)
 		if !m.IsRequest() {
 			if err != nil {
 				w.cfg.Logger.Debug("worker: handler failed", "type", env.Type, "err", err)
@@ -319,8 +335,24 @@ func (w *Worker) deadline(msg *nats.Msg, env *envelope.Envelope) time.Duration {
 	return rpc.ClampTimeout(env.Meta.TimeoutMs, rpc.DefaultTimeout, w.cfg.MaxTimeout)
 }
 
-// call runs h, turning a panic into an INTERNAL error.
+// call runs h, turning a panic into an INTERNAL error. It starts the
+// handler's span, which the caller ends (Message.endSpan) once it has
+// replied.
 func (w *Worker) call(ctx context.Context, h Handler, m *Message) (err error) {
+	if sc := tracing.FromHeader(m.msg.Header); sc.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+	}
+	kind := trace.SpanKindConsumer
+	if m.IsRequest() {
+		kind = trace.SpanKindServer
+	}
+	ctx, m.span = w.tracer.Start(ctx, "natter.worker.handle "+m.Envelope.Type, trace.WithSpanKind(kind))
+	if m.span.IsRecording() {
+		m.span.SetAttributes(attribute.String("messaging.system", "natter"), attribute.String("natter.type", m.Envelope.Type))
+		if m.Attempt > 0 {
+			m.span.SetAttributes(attribute.Int("natter.attempt", m.Attempt))
+		}
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			w.cfg.Logger.Error("worker: handler panic", "type", m.Envelope.Type, "panic", p)
@@ -347,6 +379,33 @@ type Message struct {
 	pub     *Publisher
 	nc      *nats.Conn
 	replied atomic.Bool
+	span    trace.Span // the handler's span, from call
+}
+
+// endSpan ends the handler's span, failed with err's code if err is set.
+func (m *Message) endSpan(err error) {
+	if m.span == nil {
+		return
+	}
+	if err != nil && m.span.IsRecording() {
+		p := rpc.FromError(err).Payload()
+		m.span.SetAttributes(attribute.String("natter.error.code", string(p.Code)))
+		m.span.SetStatus(codes.Error, p.Message)
+	}
+	m.span.End()
+}
+
+// traceHeader returns h with the handler span's context added, for the
+// replies: the edge passes it to the client.
+func (m *Message) traceHeader(h nats.Header) nats.Header {
+	if m.span == nil || !m.span.SpanContext().IsValid() {
+		return h
+	}
+	if h == nil {
+		h = nats.Header{}
+	}
+	tracing.InjectContext(m.span.SpanContext(), h)
+	return h
 }
 
 // Progress sends a $ws:rpc-progress frame with payload to the requester,
@@ -368,7 +427,7 @@ func (m *Message) Progress(payload any) error {
 	if err != nil {
 		return err
 	}
-	return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: nats.Header{envelope.HeaderProgress: []string{"1"}}})
+	return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: m.traceHeader(nats.Header{envelope.HeaderProgress: []string{"1"}})})
 }
 
 // IsRequest reports whether the sender waits for exactly one reply.
@@ -387,8 +446,15 @@ func (m *Message) Bind(v any) error {
 	return nil
 }
 
-// Publisher returns the publisher, to reach other connections, users and rooms.
-func (m *Message) Publisher() *Publisher { return m.pub }
+// Publisher returns the publisher, to reach other connections, users and
+// rooms, in the handler's trace: what it publishes carries the handler
+// span's context (Publisher.WithContext).
+func (m *Message) Publisher() *Publisher {
+	if m.span == nil || !m.span.SpanContext().IsValid() {
+		return m.pub
+	}
+	return &Publisher{publisher: m.pub.publisher, sc: m.span.SpanContext()}
+}
 
 // Reply answers a request with an envelope of type typ carrying payload.
 // Only the first reply counts; later ones, and replies to messages that are
@@ -423,6 +489,9 @@ func (m *Message) respond(data []byte) error {
 	}
 	if !m.replied.CompareAndSwap(false, true) {
 		return errors.New("worker: already replied")
+	}
+	if h := m.traceHeader(nil); h != nil {
+		return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: h})
 	}
 	return m.msg.Respond(data)
 }
