@@ -14,8 +14,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 	"github.com/natter/natter/pkg/wire"
 )
 
@@ -237,6 +241,11 @@ type Options struct {
 	// .proto files the edge loads (LoadSchemas). Default nil: the schemas
 	// shipped with Natter, compiled by New. Unused on the JSON wire.
 	Schemas wire.Types
+	// TracerProvider makes a span per SendContext, SendDurable and Call,
+	// whose context the frame carries in meta.traceparent
+	// (docs/design/tracing.md). Default: OpenTelemetry's global provider,
+	// which makes none until the application sets one.
+	TracerProvider trace.TracerProvider
 }
 
 // Operations of a BackgroundError.
@@ -292,6 +301,7 @@ func StaticToken(tok string) func(context.Context) (string, error) {
 type Client struct {
 	url     string
 	opts    Options
+	tracer  trace.Tracer
 	codec   *wire.Codec // nil on the JSON wire
 	backoff Backoff
 	log     *slog.Logger
@@ -445,6 +455,9 @@ func New(rawURL string, opts Options) (*Client, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = otel.GetTracerProvider()
+	}
 	var codec *wire.Codec
 	switch opts.Wire {
 	case "", WireJSON:
@@ -467,6 +480,7 @@ func New(rawURL string, opts Options) (*Client, error) {
 	c := &Client{
 		url:        u.String(),
 		opts:       opts,
+		tracer:     tracing.Tracer(opts.TracerProvider),
 		codec:      codec,
 		backoff:    b.withDefaults(),
 		log:        opts.Logger,
@@ -558,6 +572,13 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // when Options.BufferSize frames wait, ErrTooLarge, ErrClosed, or an
 // envelope error for an invalid type or payload.
 func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
+	return c.SendContext(context.Background(), typ, payload, meta...)
+}
+
+// SendContext is Send in the trace of ctx: its span (natter.send <type>)
+// is a child of ctx's, and the frame carries its context to the edge and
+// the workers.
+func (c *Client) SendContext(ctx context.Context, typ string, payload any, meta ...envelope.Meta) (err error) {
 	env, err := envelope.New(typ, payload)
 	if err != nil {
 		return err
@@ -567,6 +588,12 @@ func (c *Client) Send(typ string, payload any, meta ...envelope.Meta) error {
 	}
 	if len(meta) > 0 {
 		env.Meta = meta[0]
+	}
+	if !envelope.IsSystemType(typ) {
+		var span trace.Span
+		ctx, span = c.startSpan(ctx, "natter.send", typ, trace.SpanKindProducer)
+		defer func() { endSpan(span, err) }()
+		withTrace(ctx, &env.Meta)
 	}
 	frame, err := envelope.Encode(env)
 	if err != nil {

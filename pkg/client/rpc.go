@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
 )
@@ -81,7 +83,7 @@ func WithProgress(f func(payload json.RawMessage)) CallOption {
 // handler's own code otherwise. A Call made while the client reconnects is
 // buffered like a Send; ErrBufferFull and ErrClosed also come wrapped with
 // an *rpc.Error (RESOURCE_EXHAUSTED, UNAVAILABLE).
-func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...CallOption) error {
+func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...CallOption) (err error) {
 	var o callOpts
 	for _, f := range opts {
 		f(&o)
@@ -89,6 +91,8 @@ func (c *Client) Call(ctx context.Context, typ string, req, resp any, opts ...Ca
 	if envelope.IsSystemType(typ) {
 		return fmt.Errorf("client: Call of system type %q: use the client's own methods", typ)
 	}
+	ctx, span := c.startSpan(ctx, "natter.rpc", typ, trace.SpanKindClient)
+	defer func() { endSpan(span, err) }()
 	env, err := c.request(ctx, typ, req, &o, nil)
 	if err != nil {
 		return err
@@ -111,6 +115,9 @@ func (c *Client) request(ctx context.Context, typ string, payload any, o *callOp
 		if _, err := env.Meta.IdempotencyKey(); err != nil {
 			return nil, err
 		}
+	}
+	if op == nil {
+		withTrace(ctx, &env.Meta)
 	}
 	deadline := time.Now().Add(c.opts.RPCTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {

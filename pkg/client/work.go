@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -31,7 +32,7 @@ const durableTimeout = 30 * time.Second
 // Duplicate true and the first one's Seq. (For a user; an anonymous
 // connection's keys hold only until it reconnects.) Other errors (INVALID_ARGUMENT,
 // a message too large) return at once.
-func (c *Client) SendDurable(ctx context.Context, typ string, payload any, opts ...CallOption) (envelope.Accepted, error) {
+func (c *Client) SendDurable(ctx context.Context, typ string, payload any, opts ...CallOption) (_ envelope.Accepted, err error) {
 	var o callOpts
 	for _, f := range opts {
 		f(&o)
@@ -39,6 +40,9 @@ func (c *Client) SendDurable(ctx context.Context, typ string, payload any, opts 
 	if envelope.IsSystemType(typ) {
 		return envelope.Accepted{}, fmt.Errorf("client: SendDurable of system type %q", typ)
 	}
+	// One span for the message, over its retries: each carries its context.
+	ctx, span := c.startSpan(ctx, "natter.send", typ, trace.SpanKindProducer)
+	defer func() { endSpan(span, err) }()
 	if o.key == "" {
 		o.key = nuid.Next()
 	}
