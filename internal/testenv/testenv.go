@@ -306,8 +306,22 @@ type Process struct {
 // args. Cleanup kills it if it is still running.
 func Start(t testing.TB, name string, args ...string) *Process {
 	t.Helper()
+	return StartEnv(t, nil, name, args...)
+}
+
+// StartEnv is Start with env added to the test's environment, from which
+// every OTEL_* variable is removed first: a process traces only when env
+// says so.
+func StartEnv(t testing.TB, env []string, name string, args ...string) *Process {
+	t.Helper()
 	cmd := exec.Command(binary(t, name), args...)
 	cmd.Dir = t.TempDir()
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "OTEL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

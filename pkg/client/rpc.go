@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // call is a request waiting for its one reply.
@@ -324,7 +326,23 @@ func (c *Client) serveRequest(s *session, env *envelope.Envelope) {
 		defer func() { <-c.sem }()
 		ctx, cancel := context.WithTimeout(s.ctx, timeout)
 		defer cancel()
-		s.sendCtrl(c.answer(ctx, h, env))
+		// The request's context (the edge's delivery span) is the parent
+		// of the handler's span, natter.handle <type>.
+		var tp, ts string
+		_ = json.Unmarshal(env.Meta.Extra[tracing.MetaTraceparent], &tp)
+		_ = json.Unmarshal(env.Meta.Extra[tracing.MetaTracestate], &ts)
+		if sc := tracing.Parse(tp, ts); sc.IsValid() {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+		}
+		ctx, span := c.startSpan(ctx, "natter.handle", env.Type, trace.SpanKindServer)
+		frame := c.answer(ctx, h, env)
+		if span.IsRecording() {
+			if e, err := envelope.Decode(frame, len(frame)); err == nil && e.Type == envelope.TypeRPCError {
+				span.SetStatus(codes.Error, string(e.Payload))
+			}
+		}
+		span.End()
+		s.sendCtrl(frame)
 	}()
 }
 
