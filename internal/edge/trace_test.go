@@ -364,3 +364,37 @@ func TestNATSMessageTrace(t *testing.T) {
 		t.Errorf("traced message's Traceparent %q is not the client's trace", tp)
 	}
 }
+
+// TestTraceContextOnProtobufWire: on natter.protobuf the trace keys travel
+// in Meta.extra, both ways.
+func TestTraceContextOnProtobufWire(t *testing.T) {
+	t.Parallel()
+	m, reg := protobufMesh(t)
+	sub, err := m.NC.SubscribeSync("natter.in.note.add")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := dialProtobuf(t, m, "carol", reg)
+	c.Send(t, "note.add", traceMeta("", "traceparent", quoted(sampledParent)), map[string]int{"n": 1})
+	msg, err := sub.NextMsg(wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Header.Get(tracing.HeaderTraceparent); got != sampledParent {
+		t.Fatalf("Traceparent %q from a protobuf client", got)
+	}
+	// And toward it: a service's Traceparent reaches the protobuf client.
+	out := nats.NewMsg("natter.out.conn." + c.ConnID(t))
+	out.Data = []byte(`{"type":"note.pushed","payload":{"n":2}}`)
+	out.Header.Set(tracing.HeaderTraceparent, sampledParent)
+	if err := m.NC.PublishMsg(out); err != nil {
+		t.Fatal(err)
+	}
+	got := c.AwaitType(t, "note.pushed", wait)
+	if metaTrace(got) != sampledParent {
+		t.Fatalf("protobuf delivery meta %v", got.Meta)
+	}
+}
