@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // Deadline defaults. A client's meta.timeoutMs is clamped to
@@ -122,7 +123,8 @@ func WithProgress(f func(payload json.RawMessage)) CallOption {
 // RPC_ERROR reply is returned as *Error; no worker listening is
 // ErrUnavailable at once, and ctx's deadline (DefaultTimeout when it has
 // none) gives ErrDeadlineExceeded. Cancelling ctx aborts the call: the
-// handler's context is cancelled too.
+// handler's context is cancelled too. The trace context of ctx (its
+// active span) travels in the Traceparent header.
 func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string, payload, out any, opts ...CallOption) error {
 	subj, err := ns.In(typ)
 	if err != nil {
@@ -139,7 +141,8 @@ func Call(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, typ string,
 // has no such connection, or, when the edge itself is gone, NATS has no
 // responders); a client that does not answer within ctx's deadline gives
 // ErrDeadlineExceeded; a client that answers with RPC_ERROR gives an
-// *Error with its code.
+// *Error with its code. The trace context of ctx travels in the
+// Traceparent header, to the edge's delivery span and the client.
 func Ask(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, conn, typ string, payload, out any, opts ...CallOption) error {
 	subj, err := ns.Conn(conn)
 	if err != nil {
@@ -181,6 +184,9 @@ func request(ctx context.Context, nc *nats.Conn, ns envelope.Namespace, subj env
 	msg := &nats.Msg{Subject: subj.String(), Reply: inbox, Data: data, Header: nats.Header{
 		envelope.HeaderTimeout: []string{strconv.FormatInt(ms, 10)},
 	}}
+	// The caller's trace goes on: to the worker's handler span, or to the
+	// edge's delivery span of a server-to-client request.
+	tracing.Inject(ctx, msg.Header)
 	if err := nc.PublishMsg(msg); err != nil {
 		return FromError(err)
 	}
