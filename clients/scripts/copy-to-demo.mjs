@@ -6,8 +6,8 @@
 // "./natter/x.js", and the modules it reaches become static/natter/*.js as
 // they are (they import each other from the same directory). The runtime
 // must import nothing but its own modules: type imports vanish at compile
-// time, any other import would break the embedded copy (the protobuf wire,
-// loaded on demand, is the exception: see OPTIONAL).
+// time, any other import would break the embedded copy (the protobuf wire
+// and OpenTelemetry, loaded on demand, are the exceptions: see OPTIONAL).
 import { readFileSync, writeFileSync, mkdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,11 +20,14 @@ const dir = "natter"; // static/natter/: the modules, generated as a whole
 // A static import or re-export with its specifier (tsc prints each on lines of its own).
 const FROM = /^(\s*(?:import|export)\b[^;]*?\bfrom\s*["'])([^"']+)(["'])|^(\s*import\s*["'])([^"']+)(["'])/gm;
 
-// The one dynamic import: the protobuf wire (connection.ts loads protobuf.js
-// for wire: "protobuf" only). It is not copied: protobuf.js imports
+// The two dynamic imports. The protobuf wire (connection.ts loads
+// protobuf.js for wire: "protobuf" only) is not copied: protobuf.js imports
 // @bufbuild/protobuf, which a page without a bundler cannot resolve, and the
 // demo uses the JSON wire; there the import fails and the client says so.
-const OPTIONAL = /\bimport\s*\(\s*["']\.\/protobuf\.js["']\s*\)/g;
+// @opentelemetry/api (tracing.ts tries it once, unless options.otel says):
+// a page without a bundler or import map cannot resolve it either, and the
+// client then makes no spans.
+const OPTIONAL = /\bimport\s*\(\s*["'](?:\.\/protobuf\.js|@opentelemetry\/api)["']\s*\)/g;
 
 /** The modules that a compiled module imports at run time, by file name. */
 function imports(name, js) {

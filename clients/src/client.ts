@@ -11,6 +11,7 @@ import { ListenersByKey } from "./listeners.js";
 import { Presence, type PresenceApi } from "./presence.js";
 import { Rooms, type JoinOptions } from "./rooms.js";
 import { Handlers, OUR_ID, SERVER_ID, type Handler, type HandlerReply, type RpcOptions } from "./rpc.js";
+import { Tracing, withImportedOtel } from "./tracing.js";
 
 export interface Client {
   readonly state: State;
@@ -83,6 +84,7 @@ class NatterClient implements Client {
   readonly #presence: Presence;
   readonly #handlers: Handlers;
   readonly #listeners = new ListenersByKey<[unknown, Envelope]>(); // by frame type, "*" for all
+  #tracing: Tracing | undefined; // undefined: no spans
 
   constructor(url: string, options: ConnectOptions) {
     this.#conn = new Connection(url, options, {
@@ -100,6 +102,9 @@ class NatterClient implements Client {
     this.#presence = new Presence(this.#conn, this.#rooms);
     this.presence = this.#presence.api;
     this.#handlers = new Handlers(this.#conn);
+    const { otel, tracerProvider } = options;
+    if (otel) this.#tracing = new Tracing(otel, tracerProvider);
+    else if (otel === undefined) withImportedOtel((api) => (this.#tracing = new Tracing(api, tracerProvider)));
     void this.#conn.dial();
   }
 
@@ -125,15 +130,34 @@ class NatterClient implements Client {
 
   send<T extends ClientType>(type: T, payload?: ClientPayload<T>, meta?: Meta): void {
     this.#conn.checkNotClosed();
-    this.#conn.outbox.enqueue({ type, meta, payload: encode(payload) });
+    const body = encode(payload);
+    const tracing = this.#tracing;
+    if (tracing === undefined || isSystemType(type)) return this.#conn.outbox.enqueue({ type, meta, payload: body });
+    // The span ends once the frame is written or buffered.
+    const span = tracing.send(type, meta);
+    try {
+      this.#conn.outbox.enqueue({ type, meta: span.meta, payload: body });
+    } catch (err) {
+      span.end(err);
+      throw err;
+    }
+    span.end();
   }
 
   rpc<T extends ClientType, R = unknown>(type: T, payload?: ClientPayload<T>, options: RpcOptions = {}): Promise<R> {
-    return this.#conn.requests.request(type, payload, options) as Promise<R>;
+    const tracing = this.#tracing;
+    if (tracing === undefined || isSystemType(type)) return this.#conn.requests.request(type, payload, options) as Promise<R>;
+    // The span ends when the reply, an error, the deadline or an abort settles the request.
+    const span = tracing.rpc(type);
+    return span.settle(this.#conn.requests.request(type, payload, { ...options, trace: span })) as Promise<R>;
   }
 
   sendDurable<T extends ClientType>(type: T, payload?: ClientPayload<T>, options: DurableOptions = {}): Promise<Accepted> {
-    return this.#durableMessages.send(type, payload, options);
+    const tracing = this.#tracing;
+    if (tracing === undefined || isSystemType(type)) return this.#durableMessages.send(type, payload, options);
+    // A send (as in the Go client) whose span lasts until the stream has stored it, resends included.
+    const span = tracing.send(type, undefined);
+    return span.settle(this.#durableMessages.send(type, payload, options, span));
   }
 
   handle<T extends ServerType>(type: T, fn: (payload: ServerPayload<T>, envelope: Envelope<ServerPayload<T>>) => HandlerReply | Promise<HandlerReply>): () => void {

@@ -19,6 +19,7 @@ import { Listeners } from "./listeners.js";
 import { Outbox, type BufferOptions, type SendRateOptions } from "./outbox.js";
 import { Requests } from "./rpc.js";
 import { dialSse } from "./sse.js";
+import { isOtelApi, type OtelApi, type OtelTracerProvider } from "./tracing.js";
 import type { Transport, TransportEvents, TransportName } from "./transport.js";
 import { dialWebSocket, type WebSocketConstructor } from "./websocket.js";
 import { jsonCodec, type Codec, type Schemas } from "./wire.js";
@@ -75,6 +76,18 @@ export interface ConnectOptions {
   fallbackMemoryMs?: number;
   /** fetch, for the sse transport. Default globalThis.fetch. */
   fetch?: typeof fetch;
+  /**
+   * OpenTelemetry (README.md, "Tracing"): the `@opentelemetry/api` module
+   * (`import * as otel from "@opentelemetry/api"`), for a span per send,
+   * sendDurable and rpc whose context the frame carries in
+   * meta.traceparent; false for none. Default: the client imports
+   * `@opentelemetry/api` itself, once per process, and traces when that
+   * import succeeds (sends and requests made before it completes, in the
+   * same tick as connect(), have no span); where it fails, there is none.
+   */
+  otel?: OtelApi | false;
+  /** The provider of the spans. Default the API's global one. */
+  tracerProvider?: OtelTracerProvider;
 }
 
 /** What a connection asks of the rest of the client (client.ts wires it). */
@@ -156,6 +169,9 @@ export class Connection {
     }
     if (options.wire !== undefined && options.wire !== "json" && options.wire !== "protobuf") {
       throw new TypeError(`natter: options.wire must be "json" or "protobuf"`);
+    }
+    if (options.otel !== undefined && options.otel !== false && !isOtelApi(options.otel)) {
+      throw new TypeError(`natter: options.otel must be the @opentelemetry/api module, or false`);
     }
     if (options.wire === "protobuf" && !options.schemas) {
       throw new TypeError(`natter: wire "protobuf" needs options.schemas (natterSchemas of the messages.gen.ts natter-gen-ts writes)`);

@@ -203,7 +203,8 @@ export class DurableMessages {
     this.#conn = conn;
   }
 
-  async send(type: string, payload: unknown, options: DurableOptions = {}): Promise<Accepted> {
+  /** Sends until stored (see Client.sendDurable); every attempt carries trace's context. */
+  async send(type: string, payload: unknown, options: DurableOptions = {}, trace?: RequestOptions["trace"]): Promise<Accepted> {
     const { signal, timeoutMs = DURABLE_TIMEOUT_MS } = options;
     const { requests } = this.#conn;
     // One key for every attempt: a resend of a message whose answer was
@@ -212,7 +213,7 @@ export class DurableMessages {
     const end = Date.now() + timeoutMs;
     const attemptMs = requests.timeoutMs;
     for (let refusals = 0; ;) {
-      const rpc: RequestOptions = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true };
+      const rpc: RequestOptions = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true, trace };
       if (signal) rpc.signal = signal;
       let err: NatterError;
       try {

@@ -25,6 +25,14 @@ export interface Meta {
   epoch?: string;
   /** A durable message's key: the edge's work stream stores one message per user, type and key within its dedupe window. */
   idempotencyKey?: string;
+  /**
+   * W3C trace context (docs/design/tracing.md): on a send or request, the
+   * client's span unless the application sets its own; on a delivery, what
+   * its NATS message carried (the edge's delivery span, the publisher's, or
+   * on a reply the worker's).
+   */
+  traceparent?: string;
+  tracestate?: string;
   [key: string]: unknown;
 }
 

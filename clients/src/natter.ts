@@ -26,3 +26,4 @@ export type { AbortSignalLike, HandlerReply, RpcOptions } from "./rpc.js";
 export type { JoinOptions } from "./rooms.js";
 export type { PresenceApi, PresenceEntry, RoomPage, UserInfo } from "./presence.js";
 export type { Accepted, DurableOptions, HistoryOptions, HistoryPage, Position, RecoveryInfo } from "./durable.js";
+export type { OtelApi, OtelContext, OtelSpan, OtelSpanContext, OtelTracer, OtelTracerProvider } from "./tracing.js";

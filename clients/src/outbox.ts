@@ -44,11 +44,12 @@ export interface OutboxConn {
 
 /**
  * What the outbox needs of the requests waiting for replies (rpc.ts:
- * Requests): a buffered request's deadline and key when it goes out (and
- * the socket it went out on, set here), and to settle one the buffer drops.
+ * Requests): a buffered request's deadline, key and trace context when it
+ * goes out (and the socket it went out on, set here), and to settle one the
+ * buffer drops.
  */
 export interface OutboxRequests {
-  get(cid: string): { readonly deadline: number; readonly key?: string | undefined; gen: number } | undefined;
+  get(cid: string): { readonly deadline: number; readonly key?: string | undefined; readonly meta?: Meta | undefined; gen: number } | undefined;
   settle(cid: string, err: NatterError): void;
 }
 
@@ -100,6 +101,7 @@ export class Outbox {
       // The edge's deadline counts from arrival: send what is left of ours.
       meta = { correlationId: q.cid, timeoutMs: Math.max(1, p.deadline - Date.now()) };
       if (p.key !== undefined) meta.idempotencyKey = p.key;
+      if (p.meta) Object.assign(meta, p.meta); // trace context
       p.gen = this.#conn.gen;
     }
     try {

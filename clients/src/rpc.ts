@@ -3,7 +3,7 @@
  * makes by itself), each waiting for its reply under a deadline, and the
  * answers to the edge's server-to-client requests (handle).
  */
-import { encode, type Envelope } from "./envelope.js";
+import { encode, type Envelope, type Meta } from "./envelope.js";
 import { fromPayload, lost, NatterError, toPayload } from "./errors.js";
 import { safely } from "./listeners.js";
 import type { Queued } from "./outbox.js";
@@ -48,12 +48,15 @@ export interface Pending {
   cleanup?: () => void;
   key?: string | undefined; // meta.idempotencyKey, on every send of it
   envelope?: boolean | undefined; // resolve with the reply's envelope, not its payload
+  meta?: Meta | undefined; // the trace context, on every send of it
 }
 
 /** A request's options, with the client's own. */
 export interface RequestOptions extends RpcOptions {
   /** Resolve with the reply's envelope rather than its payload. */
   envelope?: boolean;
+  /** The request's span (tracing.ts: TraceSpan): its meta goes out with the request, and it learns the correlation id. */
+  trace?: { readonly meta: Meta | undefined; correlate(cid: string): void } | undefined;
 }
 
 /** What the client's requests need of the connection (connection.ts: Connection). */
@@ -104,7 +107,7 @@ export class Requests {
   request(type: string, payload: unknown, options: RequestOptions = {}, direct = false): Promise<unknown> {
     return new Promise((resolve, reject) => {
       this.#conn.checkNotClosed();
-      const { signal, onProgress, idempotencyKey, envelope } = options;
+      const { signal, onProgress, idempotencyKey, envelope, trace } = options;
       if (signal?.aborted) throw new NatterError("CANCELLED", "aborted before it was sent");
       const timeoutMs = options.timeoutMs ?? this.timeoutMs;
       const body = encode(payload);
@@ -114,6 +117,10 @@ export class Requests {
         deadline: Date.now() + timeoutMs,
         timer: setTimeout(() => this.settle(cid, new NatterError("DEADLINE_EXCEEDED", `no reply within ${timeoutMs} ms`)), timeoutMs),
       };
+      if (trace) {
+        p.meta = trace.meta;
+        trace.correlate(cid);
+      }
       if (signal) {
         const onAbort = () => this.#abort(cid);
         signal.addEventListener("abort", onAbort, { once: true });

@@ -118,3 +118,14 @@ class TextOnly {
 }
 const T: WebSocketConstructor = TextOnly;
 void T;
+
+// Tracing, without @opentelemetry/api: off, and the W3C keys of meta.
+connect("ws://localhost:8080/ws", { otel: false });
+// @ts-expect-error the module or false
+connect("ws://localhost:8080/ws", { otel: true });
+c.on("chat.message", (_, env) => {
+  const tp: string | undefined = env.meta?.traceparent;
+  const ts: string | undefined = env.meta?.tracestate;
+  void [tp, ts];
+});
+c.send("chat.send", { room: "r", text: "t" }, { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" });

@@ -11,6 +11,7 @@ import { ListenersByKey } from "./listeners.js";
 import { Presence } from "./presence.js";
 import { Rooms } from "./rooms.js";
 import { Handlers, OUR_ID, SERVER_ID } from "./rpc.js";
+import { Tracing, withImportedOtel } from "./tracing.js";
 /** Connects to a Natter edge; the client reconnects by itself until close(). */
 export function connect(url, options = {}) {
     return new NatterClient(url, options);
@@ -24,6 +25,7 @@ class NatterClient {
     #presence;
     #handlers;
     #listeners = new ListenersByKey(); // by frame type, "*" for all
+    #tracing; // undefined: no spans
     constructor(url, options) {
         this.#conn = new Connection(url, options, {
             receive: (env) => this.#receive(env),
@@ -40,6 +42,11 @@ class NatterClient {
         this.#presence = new Presence(this.#conn, this.#rooms);
         this.presence = this.#presence.api;
         this.#handlers = new Handlers(this.#conn);
+        const { otel, tracerProvider } = options;
+        if (otel)
+            this.#tracing = new Tracing(otel, tracerProvider);
+        else if (otel === undefined)
+            withImportedOtel((api) => (this.#tracing = new Tracing(api, tracerProvider)));
         void this.#conn.dial();
     }
     get state() {
@@ -59,13 +66,36 @@ class NatterClient {
     }
     send(type, payload, meta) {
         this.#conn.checkNotClosed();
-        this.#conn.outbox.enqueue({ type, meta, payload: encode(payload) });
+        const body = encode(payload);
+        const tracing = this.#tracing;
+        if (tracing === undefined || isSystemType(type))
+            return this.#conn.outbox.enqueue({ type, meta, payload: body });
+        // The span ends once the frame is written or buffered.
+        const span = tracing.send(type, meta);
+        try {
+            this.#conn.outbox.enqueue({ type, meta: span.meta, payload: body });
+        }
+        catch (err) {
+            span.end(err);
+            throw err;
+        }
+        span.end();
     }
     rpc(type, payload, options = {}) {
-        return this.#conn.requests.request(type, payload, options);
+        const tracing = this.#tracing;
+        if (tracing === undefined || isSystemType(type))
+            return this.#conn.requests.request(type, payload, options);
+        // The span ends when the reply, an error, the deadline or an abort settles the request.
+        const span = tracing.rpc(type);
+        return span.settle(this.#conn.requests.request(type, payload, { ...options, trace: span }));
     }
     sendDurable(type, payload, options = {}) {
-        return this.#durableMessages.send(type, payload, options);
+        const tracing = this.#tracing;
+        if (tracing === undefined || isSystemType(type))
+            return this.#durableMessages.send(type, payload, options);
+        // A send (as in the Go client) whose span lasts until the stream has stored it, resends included.
+        const span = tracing.send(type, undefined);
+        return span.settle(this.#durableMessages.send(type, payload, options, span));
     }
     handle(type, fn) {
         return this.#handlers.handle(type, fn);

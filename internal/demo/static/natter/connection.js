@@ -19,6 +19,7 @@ import { Listeners } from "./listeners.js";
 import { Outbox } from "./outbox.js";
 import { Requests } from "./rpc.js";
 import { dialSse } from "./sse.js";
+import { isOtelApi } from "./tracing.js";
 import { dialWebSocket } from "./websocket.js";
 import { jsonCodec } from "./wire.js";
 const CONNECT_TIMEOUT_MS = 15000; // token() plus a handshake not done by then is given up and retried
@@ -81,6 +82,9 @@ export class Connection {
         }
         if (options.wire !== undefined && options.wire !== "json" && options.wire !== "protobuf") {
             throw new TypeError(`natter: options.wire must be "json" or "protobuf"`);
+        }
+        if (options.otel !== undefined && options.otel !== false && !isOtelApi(options.otel)) {
+            throw new TypeError(`natter: options.otel must be the @opentelemetry/api module, or false`);
         }
         if (options.wire === "protobuf" && !options.schemas) {
             throw new TypeError(`natter: wire "protobuf" needs options.schemas (natterSchemas of the messages.gen.ts natter-gen-ts writes)`);

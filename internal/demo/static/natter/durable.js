@@ -104,7 +104,8 @@ export class DurableMessages {
     constructor(conn) {
         this.#conn = conn;
     }
-    async send(type, payload, options = {}) {
+    /** Sends until stored (see Client.sendDurable); every attempt carries trace's context. */
+    async send(type, payload, options = {}, trace) {
         const { signal, timeoutMs = DURABLE_TIMEOUT_MS } = options;
         const { requests } = this.#conn;
         // One key for every attempt: a resend of a message whose answer was
@@ -113,7 +114,7 @@ export class DurableMessages {
         const end = Date.now() + timeoutMs;
         const attemptMs = requests.timeoutMs;
         for (let refusals = 0;;) {
-            const rpc = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true };
+            const rpc = { idempotencyKey: key, timeoutMs: Math.max(1, Math.min(attemptMs, end - Date.now())), envelope: true, trace };
             if (signal)
                 rpc.signal = signal;
             let err;

@@ -55,6 +55,8 @@ export class Outbox {
             meta = { correlationId: q.cid, timeoutMs: Math.max(1, p.deadline - Date.now()) };
             if (p.key !== undefined)
                 meta.idempotencyKey = p.key;
+            if (p.meta)
+                Object.assign(meta, p.meta); // trace context
             p.gen = this.#conn.gen;
         }
         try {

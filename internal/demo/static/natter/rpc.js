@@ -38,7 +38,7 @@ export class Requests {
     request(type, payload, options = {}, direct = false) {
         return new Promise((resolve, reject) => {
             this.#conn.checkNotClosed();
-            const { signal, onProgress, idempotencyKey, envelope } = options;
+            const { signal, onProgress, idempotencyKey, envelope, trace } = options;
             if (signal?.aborted)
                 throw new NatterError("CANCELLED", "aborted before it was sent");
             const timeoutMs = options.timeoutMs ?? this.timeoutMs;
@@ -49,6 +49,10 @@ export class Requests {
                 deadline: Date.now() + timeoutMs,
                 timer: setTimeout(() => this.settle(cid, new NatterError("DEADLINE_EXCEEDED", `no reply within ${timeoutMs} ms`)), timeoutMs),
             };
+            if (trace) {
+                p.meta = trace.meta;
+                trace.correlate(cid);
+            }
             if (signal) {
                 const onAbort = () => this.#abort(cid);
                 signal.addEventListener("abort", onAbort, { once: true });
