@@ -155,7 +155,9 @@ func TestTracesEndToEnd(t *testing.T) {
 	})
 
 	t.Run("server-to-client rpc", func(t *testing.T) {
-		c.Handle("trace.ask", func(ctx context.Context, env *envelope.Envelope) (any, error) { return map[string]bool{"ok": true}, nil })
+		c.Handle("trace.ask", func(ctx context.Context, env *envelope.Envelope) (any, error) {
+			return map[string]bool{"ok": true}, nil
+		})
 		ctx, span := svc.Start(context.Background(), "service.ask", trace.WithSpanKind(trace.SpanKindClient))
 		msg := nats.NewMsg("natter.out.conn." + c.ConnID())
 		msg.Data = []byte(`{"type":"trace.ask","payload":{}}`)
