@@ -82,16 +82,17 @@ exporters:
     trace_storage: mem
 `
 
-// binary finds the jaeger command: on PATH, then in $HOME/go/bin.
+// binary finds the jaeger command: in $HOME/go/bin, where .ci/run
+// installs the right version, then on PATH.
 func binary(t testing.TB) string {
-	if p, err := exec.LookPath("jaeger"); err == nil {
-		return p
-	}
 	if home, err := os.UserHomeDir(); err == nil {
 		p := filepath.Join(home, "go", "bin", "jaeger")
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
+	}
+	if p, err := exec.LookPath("jaeger"); err == nil {
+		return p
 	}
 	t.Fatalf("jaeger %s not found on PATH or in $HOME/go/bin; install it from the repository root with\n\t%s\n(.ci/run does)", Version, Install)
 	return ""
@@ -178,7 +179,7 @@ func Start(t testing.TB) *Jaeger {
 		}
 		select {
 		case <-exited:
-			t.Fatalf("jaeger exited at start:\n%s", out.String())
+			t.Fatal("jaeger exited at start (its output follows)")
 		case <-time.After(50 * time.Millisecond): // poll interval, with the deadline below
 		}
 		if time.Now().After(deadline) {
