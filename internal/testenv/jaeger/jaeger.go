@@ -52,6 +52,8 @@ const config = `service:
       level: none
     logs:
       level: warn
+    traces:
+      level: none
 extensions:
   jaeger_query:
     storage:
@@ -149,6 +151,8 @@ func Start(t testing.TB) *Jaeger {
 	}
 	cmd := exec.Command(bin, "--config=file:"+cfg)
 	cmd.Dir = dir
+	// Jaeger traces itself to localhost:4317 unless told not to.
+	cmd.Env = append(os.Environ(), "OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
 	var out logBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
