@@ -50,6 +50,12 @@
 //	/tmp/natter-bench -scenario fanout -wire json,sse -subs 100 -rate 50 -runs 3
 //	/tmp/natter-bench -scenario idle -wire json,sse -conns 2000 -runs 3
 //
+// Tracing's cost is measured with trace context on every message
+// (-traceparent) against edges started with and without the OTEL_*
+// variables (docs/benchmarks.md, "Issue 19: tracing cost"):
+//
+//	/tmp/natter-bench -scenario fanout,rpc -traceparent -subs 1000 -rate 100
+//
 // -server floor runs the same load against the floor: a bare gws broadcast
 // server with no broker and no envelope work, started by the bench as a
 // child process (this binary with -serve-floor) so that its RSS and CPU
@@ -78,6 +84,7 @@ func main() {
 	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf), sse (the fallback transport: GET <path>/sse?room=)")
 	flag.IntVar(&cfg.Messages, "messages", 100, "wirebytes: messages of each payload kind")
 	flag.StringVar(&cfg.FanoutPayload, "fanout-payload", "tick", "fanout: what each message carries besides its time and number: tick (-payload-size bytes of padding), dashboard (about 1 KB of a dashboard refresh, bench.dashtick)")
+	flag.BoolVar(&cfg.Traceparent, "traceparent", false, "fanout and rpc: give every message its own random sampled W3C trace context (fanout: a Traceparent NATS header; rpc: meta.traceparent), as a client or service that traces everything would")
 	flag.StringVar(&servers, "server", "natter", "comma-separated servers to load alike: natter (the edge at -url), floor (a bare gws broadcast server child)")
 	flag.IntVar(&cfg.Pid, "pid", 0, "the edge's pid (default: the process listening on -url's port)")
 	flag.IntVar(&cfg.Runs, "runs", 1, "runs of each scenario and server; more than 1 adds a median line")

@@ -82,6 +82,12 @@ type Config struct {
 	// "dashboard", about 1 KB of a dashboard refresh (bench.dashtick; the
 	// natter server only).
 	FanoutPayload string
+	// Traceparent gives every fanout message (a Traceparent NATS header)
+	// and every rpc request (meta.traceparent) its own random W3C trace
+	// context with the sampled flag, as a client or service that traces
+	// every message sends: what the edge propagates, and continues when
+	// it traces. Off (the default) nothing carries trace context.
+	Traceparent bool
 	// NATSURL is the edge's NATS: fanout publishes there and idlecost reads
 	// the JetStream streams' states there. Default nats://127.0.0.1:4222,
 	// a single-binary edge's default --nats-listen.

@@ -85,6 +85,14 @@
 // connection by default) caps it: max_errors counts the refusals; run the
 // edge with --rate-limit -1 for the maximum.
 //
+// Trace context: with Traceparent, every fanout message published on
+// NATS carries a Traceparent header and every rpc request (both phases) a
+// meta.traceparent after its correlationId, each a new random W3C
+// context (version 00, sampled flag set), and the lines say
+// traceparent=sampled. An edge propagates it, and with tracing on makes
+// its spans of it: a delivery span per fanout message (not per member),
+// receive, validate and rpc spans per request. Members do not read it.
+//
 // Wires: the members of idle, idlecost and fanout speak JSON (subprotocol
 // natter) or the binary wire (natter.protobuf: they offer it, join with a
 // natter.v1.Envelope binary frame, and read ticks from a bench.v1.Tick

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/tracing"
 )
 
 // The types of the fanout scenario's messages: a tick with padding, or
@@ -83,6 +84,7 @@ type natsPublisher struct {
 	nc      *nats.Conn
 	subject string
 	panel   []byte // with FanoutPayload "dashboard": the dashboard's JSON
+	traced  bool   // each message gets its own Traceparent header
 }
 
 func newNATSPublisher(cfg *Config) (*natsPublisher, error) {
@@ -98,7 +100,7 @@ func newNATSPublisher(cfg *Config) (*natsPublisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: connect NATS %s: %w", cfg.NATSURL, err)
 	}
-	p := &natsPublisher{nc: nc, subject: string(subject)}
+	p := &natsPublisher{nc: nc, subject: string(subject), traced: cfg.Traceparent}
 	if cfg.FanoutPayload == FanoutDashboard {
 		p.panel = dashboardPayload(15, -1)
 	}
@@ -122,6 +124,10 @@ func (p *natsPublisher) publish(ctx context.Context, start time.Time, rate int, 
 			b = appendTick(b, time.Now().UnixNano(), n, padding)
 		}
 		b = append(b, '}')
+		if p.traced {
+			h := nats.Header{tracing.HeaderTraceparent: []string{newTraceparent()}}
+			return p.nc.PublishMsg(&nats.Msg{Subject: p.subject, Header: h, Data: b}) // copies
+		}
 		return p.nc.Publish(p.subject, b) // copies b into its buffer
 	})
 	if err != nil {
@@ -313,6 +319,9 @@ func runFanout(ctx context.Context, cfg *Config, t *target, run int) (*Result, e
 	l.add("scenario", "fanout")
 	l.add("server", t.name)
 	l.add("wire", cfg.wire)
+	if cfg.Traceparent {
+		l.add("traceparent", "sampled")
+	}
 	if cfg.Runs > 1 {
 		l.int("run", int64(run))
 	}

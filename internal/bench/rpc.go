@@ -42,7 +42,9 @@ type collector struct {
 // closedLoop is the closed-loop phase: immutable once published, except
 // stop.
 type closedLoop struct {
-	frames        [][]byte // request frame of each slot
+	frames        [][]byte // request frame of each slot; nil when traced
+	traced        bool     // each request gets its own meta.traceparent
+	typ, payload  string   // what traced requests are made of
 	winLo, winHi  int64    // unix ns: replies arriving in [winLo, winHi) count
 	stop          atomic.Bool
 	inflightEnded atomic.Int64 // slots that stopped sending
@@ -112,9 +114,18 @@ func (c *rpcClient) loopReply(l *closedLoop, slot int, now time.Time, isErr bool
 		return
 	}
 	c.slots[slot].Store(time.Now().UnixNano())
-	if err := c.conn.WriteMessage(gws.OpcodeText, l.frames[slot]); err != nil {
+	if err := c.conn.WriteMessage(gws.OpcodeText, l.frame(slot)); err != nil {
 		l.inflightEnded.Add(1)
 	}
+}
+
+// frame returns the next request of slot: the slot's fixed frame, or a
+// new one with its own trace context when traced.
+func (l *closedLoop) frame(slot int) []byte {
+	if !l.traced {
+		return l.frames[slot]
+	}
+	return appendRPCFrame(nil, l.typ, "c"+strconv.Itoa(slot), true, l.payload)
 }
 
 func runRPC(ctx context.Context, cfg *Config, t *target, run int) (*Result, error) {
@@ -159,7 +170,7 @@ func runRPC(ctx context.Context, cfg *Config, t *target, run int) (*Result, erro
 						return
 					}
 					cid := fmt.Sprintf("%s%d-%d", prefix, i, n)
-					frame := `{"type":"` + cfg.Type + `","meta":{"correlationId":"` + cid + `"},"payload":` + payload + `}`
+					frame := string(appendRPCFrame(nil, cfg.Type, cid, cfg.Traceparent, payload))
 					c.mu.Lock()
 					c.sent[cid] = time.Now()
 					c.mu.Unlock()
@@ -207,6 +218,9 @@ func runRPC(ctx context.Context, cfg *Config, t *target, run int) (*Result, erro
 		l.int("run", int64(run))
 	}
 	l.add("type", cfg.Type)
+	if cfg.Traceparent {
+		l.add("traceparent", "sampled")
+	}
 	l.int("conns", int64(cfg.Conns))
 	l.add("rate", strconv.Itoa(cfg.Rate)+"/s")
 	l.add("duration", cfg.Duration.String())
@@ -248,10 +262,14 @@ func runClosedLoop(ctx context.Context, cfg *Config, t *target, clients []*rpcCl
 		winLo:      start.Add(cfg.Warmup).UnixNano(),
 		winHi:      start.Add(cfg.Warmup + cfg.Duration).UnixNano(),
 		totalSlots: int64(len(clients) * cfg.Inflight),
+		traced:     cfg.Traceparent,
+		typ:        cfg.Type,
+		payload:    payload,
 	}
-	for s := range cfg.Inflight {
-		cid := "c" + strconv.Itoa(s)
-		l.frames = append(l.frames, []byte(`{"type":"`+cfg.Type+`","meta":{"correlationId":"`+cid+`"},"payload":`+payload+`}`))
+	if !l.traced {
+		for s := range cfg.Inflight {
+			l.frames = append(l.frames, appendRPCFrame(nil, cfg.Type, "c"+strconv.Itoa(s), false, payload))
+		}
 	}
 	for _, c := range clients {
 		c.loop.Store(l)
@@ -259,7 +277,7 @@ func runClosedLoop(ctx context.Context, cfg *Config, t *target, clients []*rpcCl
 	for _, c := range clients {
 		for s := range cfg.Inflight {
 			c.slots[s].Store(time.Now().UnixNano())
-			if err := c.conn.WriteMessage(gws.OpcodeText, l.frames[s]); err != nil {
+			if err := c.conn.WriteMessage(gws.OpcodeText, l.frame(s)); err != nil {
 				l.inflightEnded.Add(1)
 			}
 		}
