@@ -67,6 +67,11 @@ func TestEdgeAdminListener(t *testing.T) {
 	if c.Closed() {
 		t.Fatal("the socket closed before the drain delay ended")
 	}
+	// A handshake during the drain delay is refused (deploy/README.md),
+	// not accepted and closed with 4000.
+	if status, body, h := wstest.Handshake(t, wstest.WSURL(m[1], m[2], "user=carol"), nil, ""); status != 503 || h.Get("Retry-After") == "" {
+		t.Fatalf("handshake while draining: %d %q (Retry-After %q), want 503 with Retry-After", status, body, h.Get("Retry-After"))
+	}
 	if code := c.WaitClose(t, wait); code != 4000 {
 		t.Fatalf("close code %d, want 4000", code)
 	}

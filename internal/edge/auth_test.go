@@ -258,6 +258,11 @@ func TestAuthCallout(t *testing.T) {
 			t.Fatalf("no responder: %d, want 503", status)
 		}
 	})
+	// The refusals above by reason, as natter_edge_handshakes_refused_total
+	// labels them: the 403 and the two 503s.
+	if by := e.Stats().RefusedBy; by["forbidden"] != 1 || by["auth_unavailable"] != 2 {
+		t.Fatalf("refused by reason %v, want 1 forbidden and 2 auth_unavailable", by)
+	}
 }
 
 func TestOriginPolicy(t *testing.T) {
@@ -288,6 +293,9 @@ func TestOriginPolicy(t *testing.T) {
 			if status, body, _ := wstest.Handshake(t, m.Edge.URL, bearer(tc.origin), ""); status != tc.status {
 				t.Errorf("origin %q: %d %q, want %d", tc.origin, status, body, tc.status)
 			}
+		}
+		if n := m.Edge.Stats().RefusedBy["origin"]; n != 3 {
+			t.Errorf("%d refusals counted as origin, want 3", n)
 		}
 	})
 	t.Run("same origin by default", func(t *testing.T) {
@@ -415,6 +423,9 @@ func TestConnectionLimits(t *testing.T) {
 		if status != 429 || body != "too many connections for this user" {
 			t.Fatalf("third connection: %d %q", status, body)
 		}
+		if n := m.Edge.Stats().RefusedBy["connection_limit"]; n != 1 {
+			t.Fatalf("%d refusals counted as connection_limit, want 1", n)
+		}
 		whoami(t, m.dialAs(t, token(t, "bob", time.Hour, nil))) // others unaffected
 		first.Close()
 		testenv.Eventually(t, wait, "the slot freed", func() bool {
@@ -476,6 +487,9 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		if fmt.Sprint(statuses) != "[101 101 429 429]" || retry == "" {
 			t.Fatalf("statuses %v, Retry-After %q", statuses, retry)
+		}
+		if n := m.Edge.Stats().RefusedBy["handshake_rate"]; n != 2 {
+			t.Fatalf("%d refusals counted as handshake_rate, want 2", n)
 		}
 		if status, _, _ := wstest.Handshake(t, m.Edge.URL, nil, "127.0.0.4"); status != 101 {
 			t.Fatalf("another address: %d", status)

@@ -33,7 +33,8 @@ import (
 //     then discards the close frame before the client reads it. Close
 //     lingers instead: it half-closes, stops handing data to gws, and the
 //     read loop's owner drains the input until the peer hangs up or has
-//     everything sent, for at most the write timeout (linger).
+//     everything sent, for at most closeLinger (or the write timeout, if
+//     shorter), and no longer than lingerStall without progress (linger).
 //
 // Only the connection's read loop calls Read; Write is called by gws under
 // its write lock. The edge's own frame writes go to the TCP connection

@@ -10,9 +10,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,6 +177,8 @@ func TestReadLoopPanicCostsOneConnection(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg := edge.DefaultConfig()
 	cfg.Registerer = reg
+	var logged lockedLog
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logged, testLogWriter{t}), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m := newMesh(t, cfg)
 	bystander := m.dial(t, "bob")
 	join(t, bystander, "lobby")
@@ -201,6 +205,40 @@ func TestReadLoopPanicCostsOneConnection(t *testing.T) {
 	if v := metricValue(t, reg, "natter_edge_read_panics_total", ""); v != 3 {
 		t.Fatalf("natter_edge_read_panics_total %v, want 3", v)
 	}
+	// Each is logged once, with the panic and the stack that raised it.
+	out := logged.String()
+	if n := strings.Count(out, "edge: panic handling a connection's frames"); n != 3 {
+		t.Fatalf("%d panic log lines, want 3:\n%s", n, out)
+	}
+	if !strings.Contains(out, "stack=") || !strings.Contains(out, "goroutine ") || !strings.Contains(out, "readLoop") {
+		t.Fatalf("the panic log has no stack through the read loop:\n%s", out)
+	}
+}
+
+// lockedLog collects log output written from several goroutines.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// testLogWriter writes to the test's log.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // metricValue gathers one counter from reg; label selects a reason label
