@@ -28,39 +28,48 @@ type inTrace struct {
 	span trace.Span      // the receive span; nil when tracing is off
 }
 
-// traceIn takes the client's trace context out of env's meta and starts
-// the receive span. It returns the envelope to forward: data, or data
-// re-encoded without the trace keys when the client sent any (the headers
-// carry the context; an invalid value is dropped, never forwarded).
+// traceIn reads the client's trace context from env's meta and starts
+// the receive span. It returns the envelope to forward: data as it came
+// when the client sent no trace keys, or valid ones that say what the
+// headers will say; otherwise data re-encoded without them, so that an
+// invalid value is never forwarded and the body never contradicts the
+// headers (which carry the edge's span when it records one).
 func (e *Edge) traceIn(env *envelope.Envelope, data []byte) (inTrace, []byte) {
 	var sc trace.SpanContext
+	strip := false
 	if len(env.Meta.Extra) > 0 {
-		tp, hasTP := env.Meta.Extra[tracing.MetaTraceparent]
-		ts, hasTS := env.Meta.Extra[tracing.MetaTracestate]
+		rawTP, hasTP := env.Meta.Extra[tracing.MetaTraceparent]
+		rawTS, hasTS := env.Meta.Extra[tracing.MetaTracestate]
 		if hasTP || hasTS {
-			delete(env.Meta.Extra, tracing.MetaTraceparent)
-			delete(env.Meta.Extra, tracing.MetaTracestate)
+			tp, ts := metaString(rawTP, tracing.MaxTraceparent), metaString(rawTS, tracing.MaxTracestate)
 			if hasTP {
-				sc = tracing.Parse(metaString(tp, tracing.MaxTraceparent), metaString(ts, tracing.MaxTracestate))
+				sc = tracing.Parse(tp, ts)
 			}
-			if b, err := envelope.Encode(env); err == nil {
-				data = b
-			}
+			// Kept only in the form the header takes: version 00, and the
+			// tracestate as parsed.
+			strip = !sc.IsValid() || len(tp) != 55 || tp[:2] != "00" || hasTS && (ts == "" || sc.TraceState().String() != ts)
 		}
 	}
 	var t inTrace
 	if sc.IsValid() {
 		t.ctx = trace.ContextWithRemoteSpanContext(context.Background(), sc)
 	}
-	if e.tracer == nil {
-		return t, data
+	if e.tracer != nil {
+		if t.ctx == nil {
+			t.ctx = context.Background()
+		}
+		t.ctx, t.span = e.tracer.Start(t.ctx, "natter.edge.receive "+env.Type, trace.WithSpanKind(trace.SpanKindServer))
+		if t.span.IsRecording() {
+			t.span.SetAttributes(attribute.String("messaging.system", "natter"), attribute.String("natter.type", env.Type))
+			strip = strip || sc.IsValid()
+		}
 	}
-	if t.ctx == nil {
-		t.ctx = context.Background()
-	}
-	t.ctx, t.span = e.tracer.Start(t.ctx, "natter.edge.receive "+env.Type, trace.WithSpanKind(trace.SpanKindServer))
-	if t.span.IsRecording() {
-		t.span.SetAttributes(attribute.String("messaging.system", "natter"), attribute.String("natter.type", env.Type))
+	if strip {
+		delete(env.Meta.Extra, tracing.MetaTraceparent)
+		delete(env.Meta.Extra, tracing.MetaTracestate)
+		if b, err := envelope.Encode(env); err == nil {
+			data = b
+		}
 	}
 	return t, data
 }

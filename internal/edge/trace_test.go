@@ -39,7 +39,8 @@ func quoted(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // TestTraceContextPropagatedWithTracingOff: without a tracer provider the
 // edge makes no spans but carries a client's valid context into the NATS
-// headers, and never forwards trace keys in the body, valid or not.
+// headers. The body keeps trace keys only when they are valid and say
+// what the headers say; anything else is removed, never forwarded.
 func TestTraceContextPropagatedWithTracingOff(t *testing.T) {
 	t.Parallel()
 	m := newMesh(t, edge.DefaultConfig())
@@ -56,17 +57,20 @@ func TestTraceContextPropagatedWithTracingOff(t *testing.T) {
 		meta       []string
 		wantParent string
 		wantState  string
+		bodyKeeps  bool
 	}{
-		{"valid with state", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("rojo=00f067aa0ba902b7")}, sampledParent, "rojo=00f067aa0ba902b7"},
-		{"valid, unsampled", []string{"traceparent", quoted("00-" + clientTraceID + "-" + clientSpanID + "-00")}, "00-" + clientTraceID + "-" + clientSpanID + "-00", ""},
-		{"state without parent", []string{"tracestate", quoted("rojo=1")}, "", ""},
-		{"upper case", []string{"traceparent", quoted(strings.ToUpper(sampledParent))}, "", ""},
-		{"zero trace id", []string{"traceparent", quoted("00-00000000000000000000000000000000-" + clientSpanID + "-01")}, "", ""},
-		{"not a string", []string{"traceparent", `{"x":1}`}, "", ""},
-		{"a number", []string{"traceparent", `12`}, "", ""},
-		{"oversized", []string{"traceparent", quoted("01" + sampledParent[2:] + "-" + strings.Repeat("a", 400))}, "", ""},
-		{"oversized state dropped alone", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("a=" + strings.Repeat("b", 600))}, sampledParent, ""},
-		{"invalid state dropped alone", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("no list")}, sampledParent, ""},
+		{"valid with state", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("rojo=00f067aa0ba902b7")}, sampledParent, "rojo=00f067aa0ba902b7", true},
+		{"valid, unsampled", []string{"traceparent", quoted("00-" + clientTraceID + "-" + clientSpanID + "-00")}, "00-" + clientTraceID + "-" + clientSpanID + "-00", "", true},
+		{"later version, read as 00", []string{"traceparent", quoted("01" + sampledParent[2:] + "-later")}, sampledParent, "", false},
+		{"state without parent", []string{"tracestate", quoted("rojo=1")}, "", "", false},
+		{"upper case", []string{"traceparent", quoted(strings.ToUpper(sampledParent))}, "", "", false},
+		{"zero trace id", []string{"traceparent", quoted("00-00000000000000000000000000000000-" + clientSpanID + "-01")}, "", "", false},
+		{"not a string", []string{"traceparent", `{"x":1}`}, "", "", false},
+		{"a number", []string{"traceparent", `12`}, "", "", false},
+		{"oversized", []string{"traceparent", quoted("01" + sampledParent[2:] + "-" + strings.Repeat("a", 400))}, "", "", false},
+		{"oversized state dropped alone", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("a=" + strings.Repeat("b", 600))}, sampledParent, "", false},
+		{"invalid state dropped alone", []string{"traceparent", quoted(sampledParent), "tracestate", quoted("no list")}, sampledParent, "", false},
+		{"state not a string", []string{"traceparent", quoted(sampledParent), "tracestate", `["a=1"]`}, sampledParent, "", false},
 	} {
 		c.Send(t, "note.add", traceMeta("", append(tc.meta, "keep", `"me"`)...), map[string]string{"case": tc.name})
 		msg, err := sub.NextMsg(wait)
@@ -86,11 +90,13 @@ func TestTraceContextPropagatedWithTracingOff(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := env.Meta.Extra["traceparent"]; ok {
-			t.Errorf("%s: body still carries meta.traceparent: %s", tc.name, msg.Data)
-		}
-		if _, ok := env.Meta.Extra["tracestate"]; ok {
-			t.Errorf("%s: body still carries meta.tracestate: %s", tc.name, msg.Data)
+		_, tp := env.Meta.Extra["traceparent"]
+		_, ts := env.Meta.Extra["tracestate"]
+		switch {
+		case !tc.bodyKeeps && (tp || ts):
+			t.Errorf("%s: body still carries trace keys: %s", tc.name, msg.Data)
+		case tc.bodyKeeps && (metaTrace(env) != tc.wantParent || tc.wantState != "" && !ts):
+			t.Errorf("%s: body lost its valid trace keys: %s", tc.name, msg.Data)
 		}
 		if string(env.Meta.Extra["keep"]) != `"me"` {
 			t.Errorf("%s: other meta keys must stay: %s", tc.name, msg.Data)
@@ -183,6 +189,11 @@ func TestTraceSpansOfRPC(t *testing.T) {
 	t.Parallel()
 	m, exp := tracedMesh(t, sdktrace.AlwaysSample(), edge.DefaultConfig(), map[string]worker.Handler{
 		"calc.add": func(ctx context.Context, msg *worker.Message) error {
+			// The edge recorded spans: the body must not carry the
+			// client's context, which the headers replaced.
+			if _, ok := msg.Envelope.Meta.Extra["traceparent"]; ok {
+				return rpc.Errorf(envelope.CodeInternal, "body carries meta.traceparent beside the edge's span")
+			}
 			if err := msg.Publisher().ToConn(msg.Conn, &envelope.Envelope{Type: "calc.note", Payload: json.RawMessage(`{"n":1}`)}); err != nil {
 				return err
 			}

@@ -395,17 +395,28 @@ func (m *Message) endSpan(err error) {
 	m.span.End()
 }
 
-// traceHeader returns h with the handler span's context added, for the
-// replies: the edge passes it to the client.
-func (m *Message) traceHeader(h nats.Header) nats.Header {
-	if m.span == nil || !m.span.SpanContext().IsValid() {
-		return h
+// traceReply adds the handler span's context, when it is recorded, to the
+// meta of a reply or progress frame, as meta.traceparent and meta.tracestate, unless the
+// handler set its own: the edge passes them to the client as they are
+// (docs/protocol.md, "Trace context").
+func (m *Message) traceReply(meta *envelope.Meta) {
+	if m.span == nil || !m.span.IsRecording() {
+		return // not traced here: nothing to add
 	}
-	if h == nil {
-		h = nats.Header{}
+	if _, ok := meta.Extra[tracing.MetaTraceparent]; ok {
+		return
 	}
-	tracing.InjectContext(m.span.SpanContext(), h)
-	return h
+	tp, ts := tracing.Format(m.span.SpanContext())
+	if tp == "" {
+		return
+	}
+	if meta.Extra == nil {
+		meta.Extra = make(map[string]json.RawMessage, 2)
+	}
+	meta.Extra[tracing.MetaTraceparent] = strconv.AppendQuote(nil, tp)
+	if ts != "" {
+		meta.Extra[tracing.MetaTracestate] = strconv.AppendQuote(nil, ts)
+	}
 }
 
 // Progress sends a $ws:rpc-progress frame with payload to the requester,
@@ -423,11 +434,12 @@ func (m *Message) Progress(payload any) error {
 		return err
 	}
 	env.Meta.CorrelationID = m.Envelope.Meta.CorrelationID
+	m.traceReply(&env.Meta)
 	data, err := envelope.Encode(env)
 	if err != nil {
 		return err
 	}
-	return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: m.traceHeader(nats.Header{envelope.HeaderProgress: []string{"1"}})})
+	return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: nats.Header{envelope.HeaderProgress: []string{"1"}}})
 }
 
 // IsRequest reports whether the sender waits for exactly one reply.
@@ -469,13 +481,14 @@ func (m *Message) Reply(typ string, payload any) error {
 
 // ReplyError answers a request with RPC_ERROR carrying err's code.
 func (m *Message) ReplyError(err error) error {
-	re := rpc.FromError(err)
-	data := envelope.EncodeError(m.Envelope.Meta.CorrelationID, re.Payload())
-	return m.respond(data)
+	env := &envelope.Envelope{Type: envelope.TypeRPCError}
+	env.Payload, _ = json.Marshal(rpc.FromError(err).Payload())
+	return m.reply(env)
 }
 
 func (m *Message) reply(env *envelope.Envelope) error {
 	env.Meta.CorrelationID = m.Envelope.Meta.CorrelationID
+	m.traceReply(&env.Meta)
 	data, err := envelope.Encode(env)
 	if err != nil {
 		return err
@@ -489,9 +502,6 @@ func (m *Message) respond(data []byte) error {
 	}
 	if !m.replied.CompareAndSwap(false, true) {
 		return errors.New("worker: already replied")
-	}
-	if h := m.traceHeader(nil); h != nil {
-		return m.nc.PublishMsg(&nats.Msg{Subject: m.msg.Reply, Data: data, Header: h})
 	}
 	return m.msg.Respond(data)
 }
