@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/config"
@@ -108,6 +109,9 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 		defer cancel()
 		_ = stopTracing(fctx)
 	}()
+	if tp == nil {
+		tp = noop.NewTracerProvider() // off: no span at all, the context still passed on
+	}
 	w, err := worker.New(nc, worker.Config{Namespace: ns, Queue: rc.queue, Logger: log, ID: rc.id, TracerProvider: tp})
 	if err != nil {
 		return err

@@ -20,6 +20,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
 	"github.com/natter/natter/internal/auth"
@@ -217,6 +219,8 @@ func Run(ctx context.Context, rc Config) error {
 				}
 			}()
 			log.Info("tracing on", "natsTraceDest", rc.Edge.Tracing.NATSTraceDest)
+		} else if rc.Edge.Tracing.NATSTraceDest != "" {
+			log.Warn("--nats-trace-dest has no effect with tracing off: set the OTEL_* variables (docs/protocol.md, \"Trace context\")")
 		}
 	}
 
@@ -284,7 +288,7 @@ func Run(ctx context.Context, rc Config) error {
 
 	var w *worker.Worker
 	if single {
-		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log, TracerProvider: rc.Edge.Tracing.Provider}); err != nil {
+		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log, TracerProvider: cmp.Or[trace.TracerProvider](rc.Edge.Tracing.Provider, noop.NewTracerProvider())}); err != nil {
 			return err
 		}
 		if err = chat.Register(w); err != nil {

@@ -220,7 +220,7 @@ func (c *conn) handle(data []byte) {
 		}
 		t, data := c.e.traceIn(&env, data)
 		defer t.end()
-		_, vs := c.e.child(t, "natter.edge.validate "+env.Type, trace.SpanKindInternal)
+		_, vs := c.e.child(t, "natter.edge.validate", env.Type, trace.SpanKindInternal)
 		err := c.e.checkIn(&env)
 		if err != nil {
 			failed(vs, err)
@@ -261,7 +261,7 @@ func (c *conn) forward(env *envelope.Envelope, data []byte, t inTrace) {
 		return
 	}
 	if cid == "" {
-		span := c.e.traceOut(t, "natter.edge.publish "+env.Type, trace.SpanKindProducer, hdr)
+		span := c.e.traceOut(t, "natter.edge.publish", env.Type, trace.SpanKindProducer, hdr)
 		// nats.go copies data into its buffer before PublishMsg returns.
 		if err := c.e.nc.PublishMsg(&nats.Msg{Subject: subj.String(), Header: hdr, Data: data}); err != nil {
 			failed(span, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: err.Error()})
@@ -275,7 +275,7 @@ func (c *conn) forward(env *envelope.Envelope, data []byte, t inTrace) {
 	}
 	timeout := rpc.ClampTimeout(env.Meta.TimeoutMs, c.e.cfg.NATS.RPCTimeout, c.e.cfg.NATS.RPCMaxTimeout)
 	hdr[envelope.HeaderTimeout] = []string{strconv.FormatInt(timeout.Milliseconds(), 10)}
-	span := c.e.traceOut(t, "natter.edge.rpc "+env.Type, trace.SpanKindClient, hdr)
+	span := c.e.traceOut(t, "natter.edge.rpc", env.Type, trace.SpanKindClient, hdr)
 	c.e.rpc.start(c, cid, timeout, &nats.Msg{Subject: subj.String(), Header: hdr, Data: data}, span)
 }
 

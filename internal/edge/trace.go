@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -24,8 +25,13 @@ import (
 // inTrace is the trace of one client message on its way in. The zero
 // value is no trace: the client sent no valid context and tracing is off.
 type inTrace struct {
-	ctx  context.Context // the receive span's, or the client's context; nil: none
-	span trace.Span      // the receive span; nil when tracing is off
+	ctx    context.Context // the receive span's, or the client's context; nil: none
+	span   trace.Span      // the receive span; nil when tracing is off
+	client context.Context // the client's own context; nil: it sent none
+	// tp and ts are the client's traceparent and tracestate as it sent
+	// them, set when they are valid and in the headers' form: copied into
+	// the headers as they are when the edge records no span.
+	tp, ts string
 }
 
 // traceIn reads the client's trace context from env's meta and starts
@@ -36,23 +42,31 @@ type inTrace struct {
 // headers (which carry the edge's span when it records one).
 func (e *Edge) traceIn(env *envelope.Envelope, data []byte) (inTrace, []byte) {
 	var sc trace.SpanContext
+	var tp, ts string
 	strip := false
 	if len(env.Meta.Extra) > 0 {
 		rawTP, hasTP := env.Meta.Extra[tracing.MetaTraceparent]
 		rawTS, hasTS := env.Meta.Extra[tracing.MetaTracestate]
 		if hasTP || hasTS {
-			tp, ts := metaString(rawTP, tracing.MaxTraceparent), metaString(rawTS, tracing.MaxTracestate)
+			tp, ts = metaString(rawTP, tracing.MaxTraceparent), metaString(rawTS, tracing.MaxTracestate)
 			if hasTP {
 				sc = tracing.Parse(tp, ts)
 			}
-			// Kept only in the form the header takes: version 00, and the
-			// tracestate as parsed.
-			strip = !sc.IsValid() || len(tp) != 55 || tp[:2] != "00" || hasTS && (ts == "" || sc.TraceState().String() != ts)
+			// Kept only in the form the header takes (version 00, the
+			// tracestate as parsed), and only when the frame holds each key
+			// once, unescaped: a parser that keeps the first of two, or
+			// reads an escaped key apart, must see the same value.
+			strip = !sc.IsValid() || len(tp) != 55 || tp[:2] != "00" || !rawIs(data, tracing.MetaTraceparent, tp) ||
+				hasTS && (ts == "" || sc.TraceState().String() != ts || !rawIs(data, tracing.MetaTracestate, ts))
 		}
 	}
 	var t inTrace
 	if sc.IsValid() {
 		t.ctx = trace.ContextWithRemoteSpanContext(context.Background(), sc)
+		t.client = t.ctx
+		if !strip {
+			t.tp, t.ts = tp, ts
+		}
 	}
 	if e.tracer != nil {
 		if t.ctx == nil {
@@ -65,6 +79,7 @@ func (e *Edge) traceIn(env *envelope.Envelope, data []byte) (inTrace, []byte) {
 		}
 	}
 	if strip {
+		t.tp, t.ts = "", ""
 		delete(env.Meta.Extra, tracing.MetaTraceparent)
 		delete(env.Meta.Extra, tracing.MetaTracestate)
 		if b, err := envelope.Encode(env); err == nil {
@@ -72,6 +87,23 @@ func (e *Edge) traceIn(env *envelope.Envelope, data []byte) (inTrace, []byte) {
 		}
 	}
 	return t, data
+}
+
+// rawIs reports whether the JSON frame data names key exactly once,
+// unescaped, with the plain string value want right after it. It scans
+// the frame, so it runs only for frames that carry trace keys.
+func rawIs(data []byte, key, want string) bool {
+	k := `"` + key + `"`
+	i := bytes.Index(data, []byte(k))
+	if i < 0 || bytes.Contains(data[i+len(k):], []byte(k)) {
+		return false
+	}
+	rest := bytes.TrimLeft(data[i+len(k):], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return false
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+	return len(rest) > len(want)+1 && rest[0] == '"' && string(rest[1:len(want)+1]) == want && rest[len(want)+1] == '"'
 }
 
 // metaString is the string a meta value holds, or "" when it is not a
@@ -91,13 +123,14 @@ func metaString(raw json.RawMessage, max int) string {
 // worth making.
 func (t inTrace) recording() bool { return t.span != nil && t.span.IsRecording() }
 
-// child starts a span under t's receive span when that one is recording,
-// and returns nil otherwise.
-func (e *Edge) child(t inTrace, name string, kind trace.SpanKind) (context.Context, trace.Span) {
+// child starts the span op+" "+typ under t's receive span when that one
+// is recording, and returns nil otherwise. Its name is made only then: an
+// untraced frame allocates nothing here.
+func (e *Edge) child(t inTrace, op, typ string, kind trace.SpanKind) (context.Context, trace.Span) {
 	if !t.recording() {
 		return t.ctx, nil
 	}
-	return e.tracer.Start(t.ctx, name, trace.WithSpanKind(kind))
+	return e.tracer.Start(t.ctx, op+" "+typ, trace.WithSpanKind(kind))
 }
 
 // end ends the receive span.
@@ -116,15 +149,37 @@ func failed(span trace.Span, p *envelope.ErrorPayload) {
 }
 
 // traceOut starts the publish or RPC span of a client message (when t is
-// recording) and writes its context, or the client's, into hdr. A sampled
+// recording) and writes its context into hdr; unrecorded, the client's
+// context (unsampled when the edge's sampler decided so), or else the
+// edge's unsampled root. A sampled
 // message also asks nats-server for its hop-by-hop trace, when the
 // operator named a destination. The span is nil when none was started.
-func (e *Edge) traceOut(t inTrace, name string, kind trace.SpanKind, hdr nats.Header) trace.Span {
+func (e *Edge) traceOut(t inTrace, op, typ string, kind trace.SpanKind, hdr nats.Header) trace.Span {
 	if t.ctx == nil {
 		return nil
 	}
-	ctx, span := e.child(t, name, kind)
-	tracing.Inject(ctx, hdr)
+	ctx, span := e.child(t, op, typ, kind)
+	switch {
+	case span != nil:
+		tracing.Inject(ctx, hdr)
+	case t.client == nil:
+		// The edge's own unsampled root: downstream samples none either.
+		tracing.Inject(ctx, hdr)
+	case e.tracer != nil:
+		// Not recorded by the edge's sampler: the client's span stays the
+		// parent, with the edge's decision (unsampled) for the rest.
+		sc := trace.SpanContextFromContext(t.client)
+		tracing.InjectContext(sc.WithTraceFlags(sc.TraceFlags().WithSampled(false)), hdr)
+	case t.tp != "":
+		// Tracing off: the client's own values go on as they came, the
+		// ones the forwarded body names too.
+		hdr[tracing.HeaderTraceparent] = []string{t.tp}
+		if t.ts != "" {
+			hdr[tracing.HeaderTracestate] = []string{t.ts}
+		}
+	default:
+		tracing.Inject(t.client, hdr)
+	}
 	if d := e.cfg.Tracing.NATSTraceDest; d != "" && trace.SpanContextFromContext(ctx).IsSampled() && e.tracer != nil {
 		hdr[tracing.HeaderNATSTraceDest] = []string{d}
 	}

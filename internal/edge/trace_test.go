@@ -1,12 +1,14 @@
 package edge_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/lxzan/gws"
 	"github.com/nats-io/nats.go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -100,6 +102,25 @@ func TestTraceContextPropagatedWithTracingOff(t *testing.T) {
 		}
 		if string(env.Meta.Extra["keep"]) != `"me"` {
 			t.Errorf("%s: other meta keys must stay: %s", tc.name, msg.Data)
+		}
+	}
+	// Keys written twice or escaped: JSON parsers differ on which value
+	// wins, so the body keeps neither; the header has the one the edge read.
+	for _, raw := range []string{
+		`{"type":"note.add","meta":{"traceparent":"` + strings.Repeat("x", 200) + `","trace\u0070arent":"` + sampledParent + `","keep":"me"}}`,
+		`{"type":"note.add","meta":{"trace\u0070arent":"` + sampledParent + `","keep":"me"}}`,
+		`{"type":"note.add","meta":{"traceparent":"` + sampledParent + `","traceparent":"` + sampledParent + `","keep":"me"}}`,
+	} {
+		c.SendRaw(t, gws.OpcodeText, []byte(raw))
+		msg, err := sub.NextMsg(wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := msg.Header.Get(tracing.HeaderTraceparent); got != sampledParent {
+			t.Errorf("%s: Traceparent %q", raw, got)
+		}
+		if bytes.Contains(msg.Data, []byte("trace")) || !bytes.Contains(msg.Data, []byte(`"keep":"me"`)) {
+			t.Errorf("%s: forwarded as %s", raw, msg.Data)
 		}
 	}
 	// A frame without trace context is forwarded as it came: no headers,
@@ -294,8 +315,8 @@ func TestTraceSampling(t *testing.T) {
 			t.Fatal(err)
 		}
 		sc := tracing.FromHeader(msg.Header)
-		if sc.TraceID().String() != clientTraceID || sc.IsSampled() {
-			t.Errorf("header context %v: want the client's trace, unsampled", sc)
+		if sc.TraceID().String() != clientTraceID || sc.SpanID().String() != clientSpanID || sc.IsSampled() {
+			t.Errorf("header context %v: want the client's span, unsampled", sc)
 		}
 		if msg.Header.Get(tracing.HeaderNATSTraceDest) != "" {
 			t.Error("Nats-Trace-Dest on an unsampled message")

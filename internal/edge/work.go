@@ -204,13 +204,14 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte, t inTrace) {
 	}
 	// The stored message keeps the context: the worker that handles it,
 	// now or after a redelivery, continues the trace.
-	span := w.e.traceOut(t, "natter.edge.publish "+env.Type, trace.SpanKindProducer, hdr)
+	span := w.e.traceOut(t, "natter.edge.publish", env.Type, trace.SpanKindProducer, hdr)
 	// The publisher keeps the message for its retries: a copy, not the
 	// socket's buffer.
 	msg := &nats.Msg{Subject: subj.String(), Header: hdr, Data: bytes.Clone(data)}
 	f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(w.e.ns.WorkStream()))
 	if err != nil {
 		c.workPending.Add(-1)
+		failed(span, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: err.Error()})
 		endSpan(span)
 		w.refused(c, cid, err)
 		return
@@ -229,6 +230,7 @@ func (w *work) store(c *conn, env *envelope.Envelope, data []byte, t inTrace) {
 				c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeAccepted, Meta: envelope.Meta{CorrelationID: cid}, Payload: payload})
 			}
 		case err := <-f.Err():
+			failed(span, &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: err.Error()})
 			w.e.stats.workStored.Add(-1)
 			w.refused(c, cid, err)
 		}

@@ -30,16 +30,24 @@ func Enabled(getenv func(string) string) (bool, error) {
 	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
 		return false, nil
 	}
-	switch exp := strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")); exp {
-	case "none":
-		return false, nil
-	case "otlp":
-		return true, nil
-	case "":
+	exp := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")))
+	if exp == "" {
 		return getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "", nil
-	default:
-		return false, fmt.Errorf("telemetry: OTEL_TRACES_EXPORTER=%q: Natter exports traces with otlp only (or none)", exp)
 	}
+	// A list, as the specification allows; Natter's processes export
+	// with otlp only.
+	otlp := false
+	for _, e := range strings.Split(exp, ",") {
+		switch strings.TrimSpace(e) {
+		case "none":
+			return false, nil
+		case "otlp":
+			otlp = true
+		default:
+			return false, fmt.Errorf("telemetry: OTEL_TRACES_EXPORTER=%q: Natter exports traces with otlp only (or none)", exp)
+		}
+	}
+	return otlp, nil
 }
 
 // Setup returns a tracer provider configured by the environment, and the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -52,9 +53,11 @@ func withTrace(ctx context.Context, meta *envelope.Meta) {
 		return
 	}
 	tp, ts := tracing.Format(sc)
-	if meta.Extra == nil {
-		meta.Extra = make(map[string]json.RawMessage, 2)
-	}
+	// A copy: the caller's map (a Meta it may reuse, or share between
+	// goroutines) is never written to.
+	extra := make(map[string]json.RawMessage, len(meta.Extra)+2)
+	maps.Copy(extra, meta.Extra)
+	meta.Extra = extra
 	meta.Extra[tracing.MetaTraceparent] = mustMarshal(tp)
 	if ts != "" {
 		meta.Extra[tracing.MetaTracestate] = mustMarshal(ts)

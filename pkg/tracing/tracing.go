@@ -77,10 +77,7 @@ func (h Header) Keys() []string {
 // FromHeader returns the span context h carries, or an invalid one. It
 // costs one map lookup when h has none.
 func FromHeader(h nats.Header) trace.SpanContext {
-	if len(h) == 0 {
-		return trace.SpanContext{}
-	}
-	tp := Header(h).Get(MetaTraceparent)
+	tp := traceparent(h)
 	if tp == "" {
 		return trace.SpanContext{}
 	}
@@ -88,8 +85,21 @@ func FromHeader(h nats.Header) trace.SpanContext {
 }
 
 // HasContext reports whether h carries a traceparent, without parsing it.
-func HasContext(h nats.Header) bool {
-	return len(h) > 0 && Header(h).Get(MetaTraceparent) != ""
+func HasContext(h nats.Header) bool { return traceparent(h) != "" }
+
+// traceparent is h's Traceparent (or traceparent) value: two map lookups
+// at most, none for a message without headers.
+func traceparent(h nats.Header) string {
+	if len(h) == 0 {
+		return ""
+	}
+	if v := h[HeaderTraceparent]; len(v) > 0 {
+		return v[0]
+	}
+	if v := h[MetaTraceparent]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // Parse returns the span context of a traceparent and a tracestate, or an

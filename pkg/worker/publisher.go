@@ -114,9 +114,12 @@ func (p *Publisher) ToDurableRoom(ctx context.Context, room string, env *envelop
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		// Stored with the message: every delivery and replay carries it.
+		// ctx's context wins over WithContext's, with its own tracestate
+		// or none.
 		if msg.Header == nil {
 			msg.Header = nats.Header{}
 		}
+		delete(msg.Header, tracing.HeaderTracestate)
 		tracing.InjectContext(sc, msg.Header)
 	}
 	if _, ok := ctx.Deadline(); !ok {

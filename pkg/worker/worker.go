@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/natter/natter/pkg/envelope"
 	"github.com/natter/natter/pkg/rpc"
@@ -64,7 +65,9 @@ type Config struct {
 	// TracerProvider makes a span per handler call, continuing the trace
 	// context of the message's Traceparent header
 	// (docs/design/tracing.md). Default: OpenTelemetry's global provider,
-	// which makes none until the application sets one.
+	// which makes none until the application sets one. With
+	// noop.NewTracerProvider() the worker makes no span at all and only
+	// passes the message's context on (the handler's ctx, its publishes).
 	TracerProvider trace.TracerProvider
 }
 
@@ -80,10 +83,13 @@ type Worker struct {
 	cfg    Config
 	pub    *Publisher
 	tracer trace.Tracer
-	sem    chan struct{}
-	wg     sync.WaitGroup
-	ctx    context.Context
-	stop   context.CancelFunc
+	// noSpans: the provider is OpenTelemetry's no-op one, so handlers get
+	// the message's context without a span made for nothing.
+	noSpans bool
+	sem     chan struct{}
+	wg      sync.WaitGroup
+	ctx     context.Context
+	stop    context.CancelFunc
 
 	mu       sync.Mutex
 	subs     []*subscription
@@ -130,12 +136,14 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
+	_, noSpans := cfg.TracerProvider.(noop.TracerProvider)
 	ctx, stop := context.WithCancel(context.Background())
 	w := &Worker{
 		nc:       nc,
 		cfg:      cfg,
 		pub:      NewPublisher(nc, cfg.Namespace),
 		tracer:   tracing.Tracer(cfg.TracerProvider),
+		noSpans:  noSpans,
 		sem:      make(chan struct{}, cfg.MaxConcurrent),
 		pullStop: make(chan struct{}),
 		durable:  map[string]bool{},
@@ -335,24 +343,36 @@ func (w *Worker) deadline(msg *nats.Msg, env *envelope.Envelope) time.Duration {
 	return rpc.ClampTimeout(env.Meta.TimeoutMs, rpc.DefaultTimeout, w.cfg.MaxTimeout)
 }
 
-// call runs h, turning a panic into an INTERNAL error. It starts the
-// handler's span, which the caller ends (Message.endSpan) once it has
-// replied.
+// call runs h (run) in the message's trace context. It starts the
+// handler's span, unless the provider is the no-op one; the caller ends
+// it (Message.endSpan) once it has replied.
 func (w *Worker) call(ctx context.Context, h Handler, m *Message) (err error) {
 	if sc := tracing.FromHeader(m.msg.Header); sc.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+		m.sc = sc
+	}
+	if w.noSpans {
+		// Tracing off: the context goes on (the handler's ctx and its
+		// publishes carry it), no span is made.
+		return w.run(ctx, h, m)
 	}
 	kind := trace.SpanKindConsumer
 	if m.IsRequest() {
 		kind = trace.SpanKindServer
 	}
 	ctx, m.span = w.tracer.Start(ctx, "natter.worker.handle "+m.Envelope.Type, trace.WithSpanKind(kind))
+	m.sc = m.span.SpanContext()
 	if m.span.IsRecording() {
 		m.span.SetAttributes(attribute.String("messaging.system", "natter"), attribute.String("natter.type", m.Envelope.Type))
 		if m.Attempt > 0 {
 			m.span.SetAttributes(attribute.Int("natter.attempt", m.Attempt))
 		}
 	}
+	return w.run(ctx, h, m)
+}
+
+// run runs h, turning a panic into an INTERNAL error.
+func (w *Worker) run(ctx context.Context, h Handler, m *Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.cfg.Logger.Error("worker: handler panic", "type", m.Envelope.Type, "panic", p)
@@ -379,7 +399,8 @@ type Message struct {
 	pub     *Publisher
 	nc      *nats.Conn
 	replied atomic.Bool
-	span    trace.Span // the handler's span, from call
+	span    trace.Span        // the handler's span, from call; nil: none
+	sc      trace.SpanContext // the span's context, or the message's when no span is made
 }
 
 // endSpan ends the handler's span, failed with err's code if err is set.
@@ -462,10 +483,10 @@ func (m *Message) Bind(v any) error {
 // rooms, in the handler's trace: what it publishes carries the handler
 // span's context (Publisher.WithContext).
 func (m *Message) Publisher() *Publisher {
-	if m.span == nil || !m.span.SpanContext().IsValid() {
+	if !m.sc.IsValid() {
 		return m.pub
 	}
-	return &Publisher{publisher: m.pub.publisher, sc: m.span.SpanContext()}
+	return &Publisher{publisher: m.pub.publisher, sc: m.sc}
 }
 
 // Reply answers a request with an envelope of type typ carrying payload.
