@@ -25,9 +25,9 @@ import (
 // inTrace is the trace of one client message on its way in. The zero
 // value is no trace: the client sent no valid context and tracing is off.
 type inTrace struct {
-	ctx    context.Context // the receive span's, or the client's context; nil: none
-	span   trace.Span      // the receive span; nil when tracing is off
-	client context.Context // the client's own context; nil: it sent none
+	ctx    context.Context   // the receive span's, or the client's context; nil: none
+	span   trace.Span        // the receive span; nil when tracing is off
+	client trace.SpanContext // the client's own context; invalid: it sent none
 	// tp and ts are the client's traceparent and tracestate as it sent
 	// them, set when they are valid and in the headers' form: copied into
 	// the headers as they are when the edge records no span.
@@ -62,15 +62,16 @@ func (e *Edge) traceIn(env *envelope.Envelope, data []byte) (inTrace, []byte) {
 	}
 	var t inTrace
 	if sc.IsValid() {
-		t.ctx = trace.ContextWithRemoteSpanContext(context.Background(), sc)
-		t.client = t.ctx
+		t.ctx = background // with tracing off, only a marker: no context is made
+		t.client = sc
 		if !strip {
 			t.tp, t.ts = tp, ts
 		}
 	}
 	if e.tracer != nil {
-		if t.ctx == nil {
-			t.ctx = context.Background()
+		t.ctx = context.Background()
+		if sc.IsValid() {
+			t.ctx = trace.ContextWithRemoteSpanContext(t.ctx, sc)
 		}
 		t.ctx, t.span = e.tracer.Start(t.ctx, "natter.edge.receive "+env.Type, trace.WithSpanKind(trace.SpanKindServer))
 		if t.span.IsRecording() {
@@ -106,11 +107,17 @@ func rawIs(data []byte, key, want string) bool {
 	return len(rest) > len(want)+1 && rest[0] == '"' && string(rest[1:len(want)+1]) == want && rest[len(want)+1] == '"'
 }
 
+// background marks an inTrace that has the client's context but no span.
+var background = context.Background()
+
 // metaString is the string a meta value holds, or "" when it is not a
 // JSON string of at most max bytes.
 func metaString(raw json.RawMessage, max int) string {
 	if len(raw) < 2 || len(raw) > 2*max+2 || raw[0] != '"' {
 		return ""
+	}
+	if len(raw)-2 <= max && raw[len(raw)-1] == '"' && bytes.IndexByte(raw[1:len(raw)-1], '\\') < 0 {
+		return string(raw[1 : len(raw)-1]) // no escapes: the bytes between the quotes (valid JSON, so no quote among them)
 	}
 	var s string
 	if json.Unmarshal(raw, &s) != nil || len(s) > max {
@@ -162,14 +169,13 @@ func (e *Edge) traceOut(t inTrace, op, typ string, kind trace.SpanKind, hdr nats
 	switch {
 	case span != nil:
 		tracing.Inject(ctx, hdr)
-	case t.client == nil:
+	case !t.client.IsValid():
 		// The edge's own unsampled root: downstream samples none either.
 		tracing.Inject(ctx, hdr)
 	case e.tracer != nil:
 		// Not recorded by the edge's sampler: the client's span stays the
 		// parent, with the edge's decision (unsampled) for the rest.
-		sc := trace.SpanContextFromContext(t.client)
-		tracing.InjectContext(sc.WithTraceFlags(sc.TraceFlags().WithSampled(false)), hdr)
+		tracing.InjectContext(t.client.WithTraceFlags(t.client.TraceFlags().WithSampled(false)), hdr)
 	case t.tp != "":
 		// Tracing off: the client's own values go on as they came, the
 		// ones the forwarded body names too.
@@ -178,7 +184,7 @@ func (e *Edge) traceOut(t inTrace, op, typ string, kind trace.SpanKind, hdr nats
 			hdr[tracing.HeaderTracestate] = []string{t.ts}
 		}
 	default:
-		tracing.Inject(t.client, hdr)
+		tracing.InjectContext(t.client, hdr)
 	}
 	if d := e.cfg.Tracing.NATSTraceDest; d != "" && trace.SpanContextFromContext(ctx).IsSampled() && e.tracer != nil {
 		hdr[tracing.HeaderNATSTraceDest] = []string{d}

@@ -113,11 +113,65 @@ func Parse(traceparent, tracestate string) trace.SpanContext {
 	if len(tracestate) > MaxTracestate {
 		tracestate = ""
 	}
+	if sc, ok := parse00(traceparent); ok {
+		// The common form, without the propagator's carrier and context
+		// allocations; FuzzParse checks that both agree on every input.
+		if tracestate != "" {
+			if ts, err := trace.ParseTraceState(tracestate); err == nil {
+				sc = sc.WithTraceState(ts)
+			}
+		}
+		return sc
+	}
 	c := propagation.MapCarrier{MetaTraceparent: traceparent}
 	if tracestate != "" {
 		c[MetaTracestate] = tracestate
 	}
 	return trace.SpanContextFromContext(w3c.Extract(context.Background(), c))
+}
+
+// parse00 reads a version 00 traceparent, the form every current
+// implementation sends: "00-" 32 lower-case hex digits "-" 16 "-" 2,
+// neither id all zeros. It reports false for anything else, which Parse
+// then leaves to the propagator.
+func parse00(v string) (trace.SpanContext, bool) {
+	if len(v) != 55 || v[0] != '0' || v[1] != '0' || v[2] != '-' || v[35] != '-' || v[52] != '-' {
+		return trace.SpanContext{}, false
+	}
+	var cfg trace.SpanContextConfig
+	var flags [1]byte
+	if !lowerHex(cfg.TraceID[:], v[3:35]) || !lowerHex(cfg.SpanID[:], v[36:52]) || !lowerHex(flags[:], v[53:55]) {
+		return trace.SpanContext{}, false
+	}
+	if flags[0] > 3 {
+		return trace.SpanContext{}, false // bits W3C has not defined: as the propagator says
+	}
+	cfg.TraceFlags = trace.TraceFlags(flags[0]) // sampled, and level 2's random
+	cfg.Remote = true
+	sc := trace.NewSpanContext(cfg)
+	return sc, sc.IsValid()
+}
+
+// lowerHex decodes s, lower-case hex digits only, into dst.
+func lowerHex(dst []byte, s string) bool {
+	for i := range dst {
+		hi, lo := unhex(s[2*i]), unhex(s[2*i+1])
+		if hi > 15 || lo > 15 {
+			return false
+		}
+		dst[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
 }
 
 // Format returns the traceparent and tracestate of sc; both are empty when

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -84,8 +85,20 @@ func TestHeaderRoundTrip(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(valid, "rojo=00f067aa0ba902b7")
 	f.Add("01"+valid[2:]+"-x", "")
+	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03", "")
+	f.Add("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "")
 	f.Fuzz(func(t *testing.T, tp, ts string) {
 		sc := Parse(tp, ts)
+		// The fast path agrees with OpenTelemetry's propagator.
+		if len(tp) <= MaxTraceparent && len(ts) <= MaxTracestate {
+			c := propagation.MapCarrier{MetaTraceparent: tp}
+			if ts != "" {
+				c[MetaTracestate] = ts
+			}
+			if want := trace.SpanContextFromContext(w3c.Extract(context.Background(), c)); !sc.Equal(want) {
+				t.Fatalf("Parse(%q, %q) = %v, the propagator says %v", tp, ts, sc, want)
+			}
+		}
 		if !sc.IsValid() {
 			return
 		}
