@@ -25,7 +25,14 @@ import (
 func rpcMesh(t *testing.T, cfg edge.Config, handlers map[string]worker.Handler) *mesh {
 	t.Helper()
 	m := newMesh(t, cfg)
-	w, err := worker.New(m.NC, worker.Config{Queue: "rpc-test", Logger: testenv.Logger(t)})
+	startWorker(t, m.NC, worker.Config{Queue: "rpc-test", Logger: testenv.Logger(t)}, handlers)
+	return m
+}
+
+// startWorker runs a worker of handlers on nc until the test ends.
+func startWorker(t *testing.T, nc *nats.Conn, cfg worker.Config, handlers map[string]worker.Handler) {
+	t.Helper()
+	w, err := worker.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +49,6 @@ func rpcMesh(t *testing.T, cfg edge.Config, handlers map[string]worker.Handler) 
 		defer cancel()
 		_ = w.Drain(ctx)
 	})
-	return m
 }
 
 // nextFrame returns the client's next frame other than the edge's $connected.

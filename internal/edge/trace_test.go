@@ -143,23 +143,7 @@ func tracedMesh(t *testing.T, sampler sdktrace.Sampler, cfg edge.Config, handler
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	cfg.Tracing.Provider = tp
 	m := newMesh(t, cfg)
-	w, err := worker.New(m.NC, worker.Config{Queue: "trace-test", Logger: testenv.Logger(t), TracerProvider: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for typ, h := range handlers {
-		if err := w.Handle(typ, h); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Flush(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = w.Drain(ctx)
-	})
+	startWorker(t, m.NC, worker.Config{Queue: "trace-test", Logger: testenv.Logger(t), TracerProvider: tp}, handlers)
 	return m, exp
 }
 
