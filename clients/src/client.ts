@@ -1,6 +1,7 @@
 /**
  * The client: connect() and the Client it returns, which puts the parts
- * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts) and
+ * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts,
+ * streams.ts) and
  * routes each frame the edge sends to them and then to the application.
  */
 import { Connection, type ConnectOptions, type State, type StateInfo } from "./connection.js";
@@ -11,6 +12,7 @@ import { ListenersByKey } from "./listeners.js";
 import { Presence, type PresenceApi } from "./presence.js";
 import { Rooms, type JoinOptions } from "./rooms.js";
 import { Handlers, OUR_ID, SERVER_ID, type Handler, type HandlerReply, type RpcOptions } from "./rpc.js";
+import { Streams, type NatterStream, type StreamOptions } from "./streams.js";
 import { Tracing, withImportedOtel } from "./tracing.js";
 
 export interface Client {
@@ -59,6 +61,14 @@ export interface Client {
   readonly presence: PresenceApi;
   /** Calls fn with the `$presence.diff` batches of a room joined with presence: true. */
   onPresence(room: string, fn: (diff: PresenceDiff) => void): () => void;
+  /**
+   * Joins a response stream (`$stream.join`) from options.offset (default
+   * 0) and reads its text: iterate the chunks, or await text(). After a
+   * reconnect the client joins it again from the last `meta.offset` seen,
+   * until its end; a join the edge refuses for now (UNAVAILABLE) is
+   * retried from the same offset. One reader per stream id at a time.
+   */
+  stream(id: string, options?: StreamOptions): NatterStream;
   /** Calls options.token() and sends the new token with `$auth.refresh`. */
   refreshToken(): Promise<void>;
   /** Calls fn when something the client does by itself fails (re-joins, automatic refreshes); returns the unsubscribe function. */
@@ -83,17 +93,28 @@ class NatterClient implements Client {
   readonly #durableMessages: DurableMessages;
   readonly #presence: Presence;
   readonly #handlers: Handlers;
+  readonly #streams: Streams;
   readonly #listeners = new ListenersByKey<[unknown, Envelope]>(); // by frame type, "*" for all
   #tracing: Tracing | undefined; // undefined: no spans
 
   constructor(url: string, options: ConnectOptions) {
     this.#conn = new Connection(url, options, {
       receive: (env) => this.#receive(env),
-      resync: (gen) => this.#rooms.resync(gen),
-      stop: () => this.#rooms.stop(),
+      resync: (gen) => {
+        // The rooms' sends are awaited before "open"; the streams' joins
+        // go out with them and are not.
+        const sends = this.#rooms.resync(gen);
+        this.#streams.resync(gen);
+        return sends;
+      },
+      stop: () => {
+        this.#rooms.stop();
+        this.#streams.stop();
+      },
       end: (err) => {
         this.#durableMessages.end(err);
         this.#rooms.end(err);
+        this.#streams.end(err);
       },
     });
     this.#durableRooms = new DurableRooms(this.#conn);
@@ -102,6 +123,7 @@ class NatterClient implements Client {
     this.#presence = new Presence(this.#conn, this.#rooms);
     this.presence = this.#presence.api;
     this.#handlers = new Handlers(this.#conn);
+    this.#streams = new Streams(this.#conn);
     const { otel, tracerProvider } = options;
     if (otel) this.#tracing = new Tracing(otel, tracerProvider);
     else if (otel === undefined) withImportedOtel((api) => (this.#tracing = new Tracing(api, tracerProvider)));
@@ -192,6 +214,10 @@ class NatterClient implements Client {
     return this.#presence.watch(room, fn);
   }
 
+  stream(id: string, options: StreamOptions = {}): NatterStream {
+    return this.#streams.open(id, options);
+  }
+
   refreshToken(): Promise<void> {
     return this.#conn.refreshToken();
   }
@@ -205,6 +231,9 @@ class NatterClient implements Client {
     // Joins and leaves made by a service, and durable rooms' positions,
     // before any listener sees the frame.
     this.#rooms.receive(env);
+    // Response streams: a join's $stream.joined before its reply settles,
+    // so that the chunks right after it are taken.
+    this.#streams.receive(env);
     this.#emit("*", env);
     const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
     if (isError) {

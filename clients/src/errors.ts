@@ -11,13 +11,16 @@ import type { ErrorCode, ErrorPayload } from "./envelope.js";
 export interface BackgroundErrorInfo {
   /**
    * A re-join ("join"), the presence state's re-send ("state"), an
-   * automatic token refresh ("refresh"), connecting ("connect"), or a frame
+   * automatic token refresh ("refresh"), connecting ("connect"), a frame
    * of the edge's that the client could not decode ("receive": a protobuf
-   * payload of a type options.schemas has no message for).
+   * payload of a type options.schemas has no message for), or a join of
+   * a response stream that the edge refused ("stream").
    */
-  op: "join" | "state" | "refresh" | "connect" | "receive";
+  op: "join" | "state" | "refresh" | "connect" | "receive" | "stream";
   /** The room, for "join". */
   room?: string;
+  /** The stream's id, for "stream". */
+  stream?: string;
   /** Whether the client tries again by itself (with backoff). */
   retrying: boolean;
 }

@@ -25,5 +25,6 @@ export type { BufferOptions, SendRateOptions } from "./outbox.js";
 export type { AbortSignalLike, HandlerReply, RpcOptions } from "./rpc.js";
 export type { JoinOptions } from "./rooms.js";
 export type { PresenceApi, PresenceEntry, RoomPage, UserInfo } from "./presence.js";
+export type { NatterStream, StreamChunk, StreamEnd, StreamOptions } from "./streams.js";
 export type { Accepted, DurableOptions, HistoryOptions, HistoryPage, Position, RecoveryInfo } from "./durable.js";
 export type { OtelApi, OtelContext, OtelSpan, OtelSpanContext, OtelTracer, OtelTracerProvider } from "./tracing.js";

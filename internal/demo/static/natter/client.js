@@ -1,7 +1,8 @@
 // Generated from clients/src/client.ts by `npm run build` in clients/. Do not edit.
 /**
  * The client: connect() and the Client it returns, which puts the parts
- * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts) and
+ * together (connection.ts, rooms.ts, presence.ts, durable.ts, rpc.ts,
+ * streams.ts) and
  * routes each frame the edge sends to them and then to the application.
  */
 import { Connection } from "./connection.js";
@@ -11,6 +12,7 @@ import { ListenersByKey } from "./listeners.js";
 import { Presence } from "./presence.js";
 import { Rooms } from "./rooms.js";
 import { Handlers, OUR_ID, SERVER_ID } from "./rpc.js";
+import { Streams } from "./streams.js";
 import { Tracing, withImportedOtel } from "./tracing.js";
 /** Connects to a Natter edge; the client reconnects by itself until close(). */
 export function connect(url, options = {}) {
@@ -24,16 +26,27 @@ class NatterClient {
     #durableMessages;
     #presence;
     #handlers;
+    #streams;
     #listeners = new ListenersByKey(); // by frame type, "*" for all
     #tracing; // undefined: no spans
     constructor(url, options) {
         this.#conn = new Connection(url, options, {
             receive: (env) => this.#receive(env),
-            resync: (gen) => this.#rooms.resync(gen),
-            stop: () => this.#rooms.stop(),
+            resync: (gen) => {
+                // The rooms' sends are awaited before "open"; the streams' joins
+                // go out with them and are not.
+                const sends = this.#rooms.resync(gen);
+                this.#streams.resync(gen);
+                return sends;
+            },
+            stop: () => {
+                this.#rooms.stop();
+                this.#streams.stop();
+            },
             end: (err) => {
                 this.#durableMessages.end(err);
                 this.#rooms.end(err);
+                this.#streams.end(err);
             },
         });
         this.#durableRooms = new DurableRooms(this.#conn);
@@ -42,6 +55,7 @@ class NatterClient {
         this.#presence = new Presence(this.#conn, this.#rooms);
         this.presence = this.#presence.api;
         this.#handlers = new Handlers(this.#conn);
+        this.#streams = new Streams(this.#conn);
         const { otel, tracerProvider } = options;
         if (otel)
             this.#tracing = new Tracing(otel, tracerProvider);
@@ -121,6 +135,9 @@ class NatterClient {
     onPresence(room, fn) {
         return this.#presence.watch(room, fn);
     }
+    stream(id, options = {}) {
+        return this.#streams.open(id, options);
+    }
     refreshToken() {
         return this.#conn.refreshToken();
     }
@@ -132,6 +149,9 @@ class NatterClient {
         // Joins and leaves made by a service, and durable rooms' positions,
         // before any listener sees the frame.
         this.#rooms.receive(env);
+        // Response streams: a join's $stream.joined before its reply settles,
+        // so that the chunks right after it are taken.
+        this.#streams.receive(env);
         this.#emit("*", env);
         const isError = env.type === "ERROR" || env.type === "RPC_ERROR";
         if (isError) {
