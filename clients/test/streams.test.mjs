@@ -487,3 +487,32 @@ test("streams (scripted): a re-join after a drop starts at the last offset; UNAV
   c.close();
   assert.equal((await rejection(closed.text())).code, "CANCELLED");
 });
+
+test("streams (scripted): a join not answered in time is left and joined again from the same offset; the late join's frames are dropped", async () => {
+  const WS = fakeWebSocket();
+  const c = connect("ws://edge.test/ws", { WebSocket: WS, transports: ["websocket"], rpcTimeoutMs: 50, reconnect: { initialDelayMs: 1, maxDelayMs: 5 } });
+  cleanup.push(() => c.close());
+  const errors = [];
+  c.onError((e, info) => errors.push([info.op, info.stream, e.code, info.retrying]));
+  const ws = await lastSocket(WS);
+  ws.open();
+  await waitState(c, "open");
+  const s = c.stream("s6", { offset: 4 });
+  const got = read(s);
+  const [first] = sent(ws, "$stream.join");
+  await until(() => sent(ws, "$stream.join").length === 2, 2000, "the second join");
+  const types = ws.sent.map((e) => e.type).filter((t) => t.startsWith("$stream."));
+  assert.deepEqual(types, ["$stream.join", "$stream.leave", "$stream.join"]);
+  const second = sent(ws, "$stream.join")[1];
+  assert.deepEqual(second.payload, { stream: "s6", offset: 4 });
+  assert.deepEqual(errors, [["stream", "s6", "DEADLINE_EXCEEDED", true]]);
+  // The late answer to the first join, and its chunk, before the edge takes the leave.
+  ws.serverSend({ type: "$stream.joined", meta: { correlationId: first.meta.correlationId }, payload: { stream: "s6", offset: 4 } });
+  ws.serverSend({ type: "$stream.chunk", meta: { stream: "s6", offset: 7 }, payload: "old" });
+  ws.serverSend({ type: "$stream.left", meta: { correlationId: sent(ws, "$stream.leave")[0].meta.correlationId }, payload: { stream: "s6" } });
+  ws.serverSend({ type: "$stream.joined", meta: { correlationId: second.meta.correlationId }, payload: { stream: "s6", offset: 4 } });
+  ws.serverSend({ type: "$stream.chunk", meta: { stream: "s6", offset: 7 }, payload: "new" });
+  ws.serverSend({ type: "$stream.end", meta: { stream: "s6", offset: 7 }, payload: { status: "done" } });
+  await got.done;
+  assert.deepEqual(got.chunks, [{ text: "new", offset: 7 }]);
+});
