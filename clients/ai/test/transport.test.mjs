@@ -68,9 +68,9 @@ test("a response streams into the assistant message, chunk by chunk, exactly", a
   assert.equal(chat.status, "ready");
   assert.equal(chat.error, undefined);
   assert.equal(chat.messages.length, 2);
-  const [user, reply] = chat.messages;
-  assert.equal(user.role, "user");
-  assert.equal(textOf(user), "Hallo");
+  const [question, reply] = chat.messages;
+  assert.equal(question.role, "user");
+  assert.equal(textOf(question), "Hallo");
   assert.equal(reply.role, "assistant");
   assert.equal(textOf(reply), FULL);
   const p = worker.latest(chatId);
