@@ -39,6 +39,8 @@ func parseFlags(args []string) (app.Config, error) {
 		pres       = edge.DefaultPresenceConfig()
 		rooms      = edge.DefaultDurableRoomsConfig()
 		msgs       = edge.DefaultDurableMessagesConfig()
+		streamsOn  = e.Streams != nil
+		streams    = edge.DefaultStreamsConfig()
 		replicas   = rooms.Replicas
 		ws, a, lim = &e.WebSocket, &e.Auth, &e.Limits
 	)
@@ -83,7 +85,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.Int64Var(&rooms.RoomMaxMsgs, "durable-room-max-msgs", rooms.RoomMaxMsgs, "messages kept per durable room (-1: unlimited)")
 	fs.Int64Var(&rooms.MaxMsgs, "durable-max-msgs", rooms.MaxMsgs, "messages kept in all durable rooms together (-1: unlimited)")
 	fs.Int64Var(&rooms.MaxBytes, "durable-max-bytes", rooms.MaxBytes, "bytes kept in all durable rooms together (-1: unlimited)")
-	fs.IntVar(&replicas, "durable-replicas", replicas, "replicas of the durable rooms stream and the durable messages work queue")
+	fs.IntVar(&replicas, "durable-replicas", replicas, "replicas of the durable rooms stream, the durable messages work queue and the response streams stream")
 	fs.BoolVar(&rooms.NoCapture, "durable-no-capture", rooms.NoCapture, "do not store core publishes to natter.out.room.<durable room> from this edge (another edge that holds the capture lease does)")
 	fs.Func("durable-types", "comma-separated patterns of durable message types: stored in the JetStream work queue natter_work until a worker acknowledges them, deduplicated by meta.idempotencyKey (default none)", func(v string) error {
 		msgs.Types = append(msgs.Types, config.SplitList(v)...)
@@ -92,6 +94,10 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.DurationVar(&msgs.MaxAge, "durable-work-max-age", msgs.MaxAge, "how long an unhandled durable message is kept (0: until handled)")
 	fs.Int64Var(&msgs.MaxBytes, "durable-work-max-bytes", msgs.MaxBytes, "bytes of unhandled durable messages kept; when full, new ones get RESOURCE_EXHAUSTED (-1: unlimited)")
 	fs.DurationVar(&msgs.DedupeWindow, "durable-dedupe-window", msgs.DedupeWindow, "how long an idempotency key of a durable message is remembered")
+	fs.BoolVar(&streamsOn, "streams", streamsOn, "serve response streams: producers write natter.stream.<id> in the JetStream stream natter_streams, clients read with $stream.join (needs JetStream)")
+	fs.DurationVar(&streams.MaxAge, "stream-max-age", streams.MaxAge, "how long a response stream is kept")
+	fs.Int64Var(&streams.MaxBytes, "stream-max-bytes", streams.MaxBytes, "bytes kept in all response streams together, oldest dropped first (-1: unlimited)")
+	fs.DurationVar(&streams.IdleCheck, "stream-idle-check", streams.IdleCheck, "ask the producer of a joined stream silent this long whether it is there; end the stream UNAVAILABLE when it is not")
 	fs.BoolVar(&ws.Compression, "compression", ws.Compression, "offer permessage-deflate")
 	fs.IntVar(&ws.ReadBufferSize, "read-buffer-size", ws.ReadBufferSize, "bytes of each connection's read buffer (larger frames are still read whole)")
 	fs.IntVar(&lim.MaxRoomsPerConn, "max-rooms", lim.MaxRoomsPerConn, "rooms one connection may be in; more joins get RESOURCE_EXHAUSTED")
@@ -171,7 +177,11 @@ func parseFlags(args []string) (app.Config, error) {
 	if presence {
 		e.Presence = pres
 	}
-	rooms.Replicas, msgs.Replicas = replicas, replicas
+	rooms.Replicas, msgs.Replicas, streams.Replicas = replicas, replicas, replicas
+	e.Streams = nil
+	if streamsOn {
+		e.Streams = streams
+	}
 	if len(rooms.Patterns) > 0 {
 		e.DurableRooms = rooms
 	}

@@ -468,6 +468,9 @@ func (rc *Config) setupError(ctx context.Context, err error) error {
 	if rc.Edge.DurableMessages != nil {
 		needs, off = append(needs, "durable messages"), append(off, "no --durable-types")
 	}
+	if rc.Edge.Streams != nil {
+		needs, off = append(needs, "response streams"), append(off, "--streams=false")
+	}
 	without := ""
 	if len(needs) > 0 {
 		without = fmt.Sprintf(" (or do without %s: %s)", strings.Join(needs, " and "), strings.Join(off, ", "))

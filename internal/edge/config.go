@@ -55,6 +55,10 @@ type Config struct {
 	// work queue until a worker acknowledges them. Needs JetStream. nil:
 	// off (the default).
 	DurableMessages *DurableMessagesConfig
+	// Streams lets clients read response streams from the
+	// <prefix>_streams stream (docs/design/streams.md). Needs JetStream.
+	// nil: off (DefaultConfig turns it on).
+	Streams *StreamsConfig
 	// Schemas validates payloads by type and direction. Default nil: no
 	// validation.
 	Schemas *schema.Registry
@@ -267,6 +271,28 @@ type DurableRoomsConfig struct {
 	NoCapture bool
 }
 
+// StreamsConfig configures response streams (docs/protocol.md, "Response
+// streams"): producers write them to the <prefix>_streams stream, which
+// the edge creates, and clients read them with $stream.join.
+type StreamsConfig struct {
+	// MaxAge bounds how long a stream is kept. Default 24h; positive.
+	MaxAge time.Duration
+	// MaxBytes bounds the bytes of all streams; the oldest messages go
+	// first. Default 1 GiB; negative: unlimited.
+	MaxBytes int64
+	// Replicas is the stream's replication. Default 1.
+	Replicas int
+	// IdleCheck is how long a joined stream may stay silent before the
+	// edge asks whether its producer is still there (and ends the stream
+	// UNAVAILABLE when it is not). Default 2s.
+	IdleCheck time.Duration
+}
+
+// DefaultStreamsConfig returns the defaults of StreamsConfig.
+func DefaultStreamsConfig() *StreamsConfig {
+	return &StreamsConfig{MaxAge: 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, IdleCheck: 2 * time.Second}
+}
+
 // DurableMessagesConfig configures durable message types
 // (docs/design/durable-messages.md): a client message of such a type is
 // stored in the work-queue stream <prefix>_work as <prefix>.work.<type>
@@ -328,6 +354,7 @@ func DefaultConfig() Config {
 			MaxInflightRPC:  64,
 		},
 		Presence: DefaultPresenceConfig(),
+		Streams:  DefaultStreamsConfig(),
 	}
 }
 
@@ -442,6 +469,14 @@ func (c *Config) setDefaults() error {
 		orDefault(&r.Replicas, dr.Replicas)
 		c.DurableRooms = &r
 	}
+	if c.Streams != nil {
+		st, ds := *c.Streams, DefaultStreamsConfig()
+		orDefault(&st.MaxAge, ds.MaxAge)
+		orDefault(&st.MaxBytes, ds.MaxBytes)
+		orDefault(&st.Replicas, ds.Replicas)
+		orDefault(&st.IdleCheck, ds.IdleCheck)
+		c.Streams = &st
+	}
 	if c.DurableMessages != nil {
 		m, dm := *c.DurableMessages, DefaultDurableMessagesConfig()
 		orDefault(&m.MaxBytes, dm.MaxBytes)
@@ -513,6 +548,9 @@ func (c *Config) validate() error {
 		if r.MaxAge < 0 || r.Replicas < 1 {
 			return invalid("DurableRooms.MaxAge %v must be positive and DurableRooms.Replicas %d positive", r.MaxAge, r.Replicas)
 		}
+	}
+	if st := c.Streams; st != nil && (st.MaxAge < 0 || st.Replicas < 1 || st.IdleCheck < 0) {
+		return invalid("Streams.MaxAge %v and Streams.IdleCheck %v must be positive and Streams.Replicas %d positive", st.MaxAge, st.IdleCheck, st.Replicas)
 	}
 	if m := c.DurableMessages; m != nil {
 		if len(m.Types) == 0 {

@@ -327,6 +327,9 @@ func (c *conn) unregister() {
 	c.release()
 	c.e.rpc.dropConn(c)
 	c.e.hub.leaveAll(c)
+	if c.e.streams != nil {
+		c.e.streams.dropConn(c)
+	}
 	if c.user != "" {
 		c.e.hub.removeUser(c)
 	}

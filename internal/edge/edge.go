@@ -61,6 +61,7 @@ type Edge struct {
 	presence  *presencekv.Service // nil when off
 	dur       *durable            // nil without durable rooms
 	work      *work               // nil without durable types
+	streams   *streams            // nil when response streams are off
 	stats     counters
 	writers   *writerPool
 	disp      *dispatcher
@@ -199,6 +200,12 @@ func New(ctx context.Context, cfg Config) (*Edge, error) {
 		if e.dur, err = startDurable(ctx, e); err != nil {
 			undo()
 			return nil, e.setupFailed(ctx, "durable rooms", err)
+		}
+	}
+	if cfg.Streams != nil {
+		if e.streams, err = startStreams(ctx, e); err != nil {
+			undo()
+			return nil, e.setupFailed(ctx, "response streams", err)
 		}
 	}
 	if cfg.DurableMessages != nil {
@@ -602,6 +609,9 @@ type Stats struct {
 	WorkStored     int64 // client messages of durable types stored in the work stream (duplicates included)
 	WorkDuplicates int64 // of those, resends the stream recognized by their idempotency key
 	WorkRefused    int64 // client messages of durable types the stream did not store
+	// Response streams.
+	StreamJoins  int64 // $stream.join answered $stream.joined
+	StreamsEnded int64 // streams this edge ended for a producer that was gone
 	// ProtobufEncodes counts deliveries encoded for natter.protobuf
 	// connections: once per message, however many such sockets it reaches.
 	ProtobufEncodes int64
@@ -623,6 +633,7 @@ type counters struct {
 	workStored, workDuplicates, workRefused                                                                                        atomic.Int64
 	refusedBy                                                                                                                      [numRefusals]atomic.Int64
 	panics                                                                                                                         atomic.Int64
+	streamJoins, streamsEnded                                                                                                      atomic.Int64
 	protobufEncodes                                                                                                                atomic.Int64
 	transports                                                                                                                     [numTransports]transportCounters
 }
@@ -646,6 +657,7 @@ func (e *Edge) Stats() Stats {
 		Backfills: s.backfills.Load(), BackfillFails: s.backfillFails.Load(), Captured: s.captured.Load(),
 		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
 		ProtobufEncodes: s.protobufEncodes.Load(),
+		StreamJoins:     s.streamJoins.Load(), StreamsEnded: s.streamsEnded.Load(),
 		Transports:      s.byTransport(),
 		RefusedBy:       s.refusals(), Panics: s.panics.Load(),
 	}

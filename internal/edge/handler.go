@@ -209,6 +209,8 @@ func (c *conn) handle(data []byte) {
 		c.queryPresence(cid, env.Payload)
 	case envelope.TypeHistory:
 		c.queryHistory(cid, env.Payload)
+	case envelope.TypeStreamJoin, envelope.TypeStreamLeave, envelope.TypeStreamCancel:
+		c.stream(env.Type, cid, env.Payload)
 	case envelope.TypePresenceState:
 		c.setState(cid, env.Payload)
 	case envelope.TypeHeartbeat:
@@ -356,5 +358,23 @@ func (c *conn) setState(cid string, payload json.RawMessage) {
 	c.e.setPresence(entry)
 	if cid != "" {
 		c.sendEnvelope(&envelope.Envelope{Type: envelope.TypePresenceState, Meta: envelope.Meta{CorrelationID: cid}, Payload: payload})
+	}
+}
+
+// stream answers $stream.join, $stream.leave and $stream.cancel
+// (streams.go).
+func (c *conn) stream(typ, cid string, payload json.RawMessage) {
+	s := c.e.streams
+	switch {
+	case s == nil:
+		c.sendError(cid, envelope.CodeUnimplemented, "response streams are off on this edge")
+	case typ == envelope.TypeStreamJoin && cid == "":
+		c.sendError("", envelope.CodeInvalidArgument, "$stream.join is a request: it needs meta.correlationId")
+	case typ == envelope.TypeStreamJoin:
+		s.join(c, cid, payload)
+	case typ == envelope.TypeStreamLeave:
+		s.leave(c, cid, payload)
+	default:
+		s.cancelStream(c, cid, payload)
 	}
 }

@@ -1,0 +1,577 @@
+package edge
+
+// Response streams, the reader's side (docs/protocol.md, "Response
+// streams"; docs/design/streams.md).
+//
+//   - The stream <prefix>_streams holds <prefix>.stream.<id>: the open,
+//     the chunks, and the end, a rollup holding the whole text. A
+//     position is a byte offset in the text, so it means the same before
+//     and after the rollup.
+//   - A $stream.join reads the stream's first message with a direct get
+//     (who may read it: the open's or the rollup's headers), acknowledges,
+//     then reads the subject with an ordered consumer from that message
+//     on: stored and live chunks come through one consumer in order, so
+//     there is no seam to stitch. A rollup that lands while the consumer
+//     is behind replaces chunks it has not read; its text from the
+//     reader's position on is what they held.
+//   - The consumer's callback adds text to the read's pending buffer; one
+//     goroutine per read sends it when the connection's queue has room.
+//     What piles up meanwhile goes out as one frame: a slow reader gets
+//     coalesced chunks, never a slow-consumer close.
+//   - While a read gets nothing for StreamsConfig.IdleCheck, the edge pings
+//     the producer on <prefix>.ctl.stream.<id>; no responders means it is
+//     gone, and the edge ends the stream UNAVAILABLE with a rollup expected
+//     right after the last message it read (so a late end of the
+//     producer's, or another edge's, wins).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natter/natter/internal/natsopt"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
+)
+
+const (
+	// streamFrameMax bounds the text of one $stream.chunk frame.
+	streamFrameMax = 64 << 10
+	// streamTimeout bounds the requests of a join, a cancel and an end
+	// the edge writes.
+	streamTimeout = 5 * time.Second
+)
+
+// streams is an edge's side of response streams; nil when they are off.
+type streams struct {
+	e      *Edge
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	name   string
+
+	mu    sync.Mutex
+	reads map[*conn]map[string]*streamRead
+}
+
+// startStreams creates the streams stream, or updates it to this edge's
+// config.
+func startStreams(ctx context.Context, e *Edge) (*streams, error) {
+	cfg, pfx := e.cfg.Streams, e.ns.Prefix()
+	s := &streams{e: e, name: e.ns.StreamsStream(), reads: map[*conn]map[string]*streamRead{}}
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		return nil, err
+	}
+	s.js = js
+	sc := jetstream.StreamConfig{
+		Name:        s.name,
+		Description: "Natter response streams: " + pfx + ".stream.<id>, chunks then a rollup of the whole text",
+		Subjects:    []string{pfx + ".stream.*"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.MaxAge,
+		MaxBytes:    cfg.MaxBytes,
+		MaxMsgSize:  int32(min(e.cfg.NATS.MaxOutboundSize, 1<<30)),
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  min(2*time.Minute, cfg.MaxAge),
+		AllowDirect: true,
+		AllowRollup: true,
+	}
+	if err := natsopt.Retry(ctx, e.cfg.Logger, "response streams stream", func(ctx context.Context) (err error) {
+		s.stream, err = js.CreateOrUpdateStream(ctx, sc)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("edge: response streams stream %s: %w", s.name, err)
+	}
+	return s, nil
+}
+
+// streamRead is one connection's read of one stream.
+type streamRead struct {
+	s      *streams
+	c      *conn
+	id     string
+	subj   string
+	first  *jetstream.RawStreamMsg // the stream's first message, when joined
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	room    *sync.Cond // the sender took pending
+	wake    chan struct{}
+	skip    int64  // the reader's offset: text before it is not sent
+	pos     int64  // bytes of the stream's text read so far
+	pending []byte // read, not sent yet; it ends at pos
+	end     *envelope.StreamEnd
+	lastSeq uint64    // the last message read
+	lastAt  time.Time // when it was read
+}
+
+// join answers a $stream.join: the stream's first message says who may
+// read it; then the read runs on a goroutine of its own.
+func (s *streams) join(c *conn, cid string, payload json.RawMessage) {
+	q, ok := streamQuery(c, cid, payload, true)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	mine := s.reads[c]
+	switch {
+	case mine[q.Stream] != nil:
+		s.mu.Unlock()
+		c.sendError(cid, envelope.CodeAlreadyExists, "stream "+q.Stream+" is joined already on this connection: leave it first")
+		return
+	case len(mine) >= envelope.MaxStreamJoins:
+		s.mu.Unlock()
+		c.sendError(cid, envelope.CodeResourceExhausted, fmt.Sprintf("at most %d streams joined at once", envelope.MaxStreamJoins))
+		return
+	}
+	subj, _ := s.e.ns.Stream(q.Stream)
+	r := &streamRead{s: s, c: c, id: q.Stream, subj: subj.String(), skip: q.Offset, wake: make(chan struct{}, 1), lastAt: time.Now()}
+	r.room = sync.NewCond(&r.mu)
+	r.ctx, r.cancel = context.WithCancel(c.ctx)
+	if mine == nil {
+		mine = map[string]*streamRead{}
+		s.reads[c] = mine
+	}
+	mine[q.Stream] = r // held while the join runs: a second join is refused
+	s.mu.Unlock()
+
+	first, to, err := s.authorize(r.ctx, c, q.Stream)
+	if err != nil {
+		s.forget(r)
+		c.sendErrorPayload(cid, rpc.FromError(err).Payload())
+		return
+	}
+	r.first = first
+	b, _ := json.Marshal(envelope.StreamJoined{Stream: q.Stream, Offset: q.Offset, To: to})
+	if !s.e.routines.Go(func(ctx context.Context) { r.run(ctx, cid, b) }) {
+		s.forget(r)
+		c.sendError(cid, envelope.CodeUnavailable, "edge shutting down")
+	}
+}
+
+// streamQuery decodes the payload of $stream.join, leave or cancel, or
+// answers INVALID_ARGUMENT.
+func streamQuery(c *conn, cid string, payload json.RawMessage, offset bool) (envelope.StreamQuery, bool) {
+	var q envelope.StreamQuery
+	err := json.Unmarshal(payload, &q)
+	if err == nil {
+		err = envelope.ValidateID(q.Stream)
+	}
+	if err != nil || q.Offset < 0 || (!offset && q.Offset != 0) {
+		want := `{"stream": id}`
+		if offset {
+			want = `{"stream": id, "offset"?: bytes >= 0}`
+		}
+		c.sendError(cid, envelope.CodeInvalidArgument, "payload must be "+want+", id 1-128 characters of [A-Za-z0-9_-]")
+		return q, false
+	}
+	return q, true
+}
+
+// authorize reads stream id's first message and checks that c may read
+// the stream: its user, a member of its room, or the connection itself.
+func (s *streams) authorize(ctx context.Context, c *conn, id string) (*jetstream.RawStreamMsg, envelope.StreamTo, error) {
+	var to envelope.StreamTo
+	subj, _ := s.e.ns.Stream(id)
+	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
+	defer cancel()
+	first, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj.String()))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, to, &rpc.Error{Code: envelope.CodeNotFound, Message: "stream " + id + " not found"}
+	case err != nil:
+		s.e.cfg.Logger.Warn("edge: stream lookup", "stream", id, "err", err)
+		return nil, to, &rpc.Error{Code: envelope.CodeUnavailable, Message: "stream unavailable; retry the join", RetryAfter: time.Second}
+	}
+	to = streamTo(first.Header)
+	allowed := false
+	switch {
+	case to.User != "":
+		allowed = c.user == to.User
+	case to.Conn != "":
+		allowed = c.id == to.Conn
+	case to.Room != "":
+		s.e.hub.mu.Lock()
+		allowed = c.rooms.has(to.Room)
+		s.e.hub.mu.Unlock()
+	default:
+		// Its open is gone (the stream's limits dropped it): what is
+		// left is not a whole response.
+		return nil, to, &rpc.Error{Code: envelope.CodeNotFound, Message: "stream " + id + " is incomplete"}
+	}
+	if !allowed {
+		return nil, to, &rpc.Error{Code: envelope.CodePermissionDenied, Message: "not allowed to read stream " + id}
+	}
+	return first, to, nil
+}
+
+func streamTo(h nats.Header) envelope.StreamTo {
+	return envelope.StreamTo{User: h.Get(envelope.HeaderStreamUser), Room: h.Get(envelope.HeaderStreamRoom), Conn: h.Get(envelope.HeaderStreamConn)}
+}
+
+// run acknowledges the join, reads the stream with an ordered consumer
+// and sends its text until the end, a leave, or the connection's close.
+func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
+	defer r.s.forget(r)
+	stop := context.AfterFunc(ctx, r.cancel) // the edge stopping
+	defer stop()
+	defer r.cancel()
+	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamJoined, Meta: envelope.Meta{CorrelationID: cid}, Payload: joined})
+	s := r.s
+	cons, err := s.js.OrderedConsumer(r.ctx, s.name, jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{r.subj},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       r.first.Sequence,
+		InactiveThreshold: 30 * time.Second,
+	})
+	var cc jetstream.ConsumeContext
+	if err == nil {
+		cc, err = cons.Consume(r.read)
+	}
+	if err != nil {
+		if r.ctx.Err() == nil {
+			s.e.cfg.Logger.Warn("edge: stream read", "stream", r.id, "err", err)
+			r.sendEnd(&envelope.StreamEnd{Status: envelope.StreamError, Error: &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "stream unavailable; join again from the last offset"}})
+		}
+		return
+	}
+	defer func() {
+		cc.Stop()
+		// The server would drop it after InactiveThreshold; at once
+		// is cheaper for an edge that serves many streams.
+		if info := cons.CachedInfo(); info != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
+			_ = s.js.DeleteConsumer(ctx, s.name, info.Name)
+			cancel()
+		}
+	}()
+	idle := time.NewTimer(s.e.cfg.Streams.IdleCheck)
+	defer idle.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.wake:
+		case <-idle.C:
+			r.checkProducer()
+			idle.Reset(s.e.cfg.Streams.IdleCheck)
+			continue
+		}
+		if !r.c.waitRoom(r.ctx) {
+			return
+		}
+		r.mu.Lock()
+		n := envelope.TextCut(r.pending, streamFrameMax)
+		text, end := r.pending[:n:n], r.end
+		r.pending = r.pending[n:]
+		rest := len(r.pending)
+		if rest > 0 {
+			r.signal()
+		} else {
+			r.pending = nil
+		}
+		sent := r.pos - int64(rest)
+		r.room.Broadcast()
+		r.mu.Unlock()
+		if len(text) > 0 {
+			r.sendChunk(text, sent)
+		}
+		if end != nil && rest == 0 {
+			r.sendEnd(end)
+			return
+		}
+		idle.Reset(s.e.cfg.Streams.IdleCheck)
+	}
+}
+
+// read takes one message of the ordered consumer, on its goroutine: it
+// adds the text the reader has not seen to pending, and waits while
+// pending holds more than the connection's queue would.
+func (r *streamRead) read(m jetstream.Msg) {
+	h := m.Headers()
+	var seq uint64
+	if md, err := m.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.end != nil {
+		return
+	}
+	for len(r.pending) > r.s.e.cfg.WebSocket.WriteQueueBytes && r.ctx.Err() == nil {
+		r.room.Wait()
+	}
+	r.lastSeq, r.lastAt = seq, time.Now()
+	switch ev := h.Get(envelope.HeaderStream); ev {
+	case envelope.StreamChunk:
+		r.addLocked(m.Data(), r.pos)
+	case envelope.StreamDone, envelope.StreamError:
+		// The rollup: the whole text, of which pos bytes were read.
+		r.addLocked(m.Data(), 0)
+		r.end = &envelope.StreamEnd{Status: ev}
+		if ev == envelope.StreamError {
+			r.end.Error = &envelope.ErrorPayload{Code: envelope.Code(h.Get(envelope.HeaderStreamCode)), Message: h.Get(envelope.HeaderStreamMessage)}
+			if r.end.Error.Code == "" {
+				r.end.Error.Code = envelope.CodeInternal
+			}
+		}
+	default:
+		return // the open, or something else: no text
+	}
+	r.signal()
+}
+
+// addLocked adds the part of text past pos, text starting at byte at of
+// the stream's text, and past the reader's offset, to pending.
+func (r *streamRead) addLocked(text []byte, at int64) {
+	end := at + int64(len(text))
+	if end <= r.pos {
+		return
+	}
+	from := max(r.pos, r.skip) - at
+	if r.pos < r.skip {
+		// The first text past the reader's offset: an offset inside a
+		// character starts at the next one.
+		for k := 0; k < utf8.UTFMax-1 && from < int64(len(text)) && !utf8.RuneStart(text[from]); k++ {
+			from++
+		}
+	}
+	if from < int64(len(text)) {
+		r.pending = append(r.pending, text[from:]...)
+	}
+	r.pos = end
+}
+
+func (r *streamRead) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *streamRead) sendChunk(text []byte, offset int64) {
+	payload, _ := json.Marshal(string(text))
+	meta := envelope.Meta{Extra: map[string]json.RawMessage{
+		"stream": strconv.AppendQuote(nil, r.id),
+		"offset": strconv.AppendInt(nil, offset, 10),
+	}}
+	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamChunk, Meta: meta, Payload: payload})
+}
+
+func (r *streamRead) sendEnd(end *envelope.StreamEnd) {
+	r.mu.Lock()
+	offset := r.pos
+	r.mu.Unlock()
+	payload, _ := json.Marshal(end)
+	meta := envelope.Meta{Extra: map[string]json.RawMessage{
+		"stream": strconv.AppendQuote(nil, r.id),
+		"offset": strconv.AppendInt(nil, offset, 10),
+	}}
+	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamEnd, Meta: meta, Payload: payload})
+}
+
+// checkProducer pings the producer of a read that got nothing for a
+// while; when it is gone, the edge ends the stream for it.
+func (r *streamRead) checkProducer() {
+	r.mu.Lock()
+	ended, quiet := r.end != nil, time.Since(r.lastAt)
+	r.mu.Unlock()
+	if ended || quiet < r.s.e.cfg.Streams.IdleCheck {
+		return
+	}
+	if r.s.producerGone(r.ctx, r.id) {
+		r.s.endForProducer(r.ctx, r.id, r.first.Header, &rpc.Error{Code: envelope.CodeUnavailable, Message: "the stream's producer is gone"})
+	}
+}
+
+// producerGone reports whether nobody answers on the stream's control
+// subject: NATS has no responders.
+func (s *streams) producerGone(ctx context.Context, id string) bool {
+	subj, _ := s.e.ns.StreamCtl(id)
+	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
+	defer cancel()
+	_, err := s.e.nc.RequestWithContext(ctx, subj.String(), []byte(`{"op":"ping"}`))
+	return errors.Is(err, nats.ErrNoResponders)
+}
+
+// endForProducer ends a stream whose producer is gone with err: a rollup
+// of the text stored so far, expected right after the last message, so
+// that it fails when the producer's end, or another edge's, landed
+// first. It reports whether the stream has an end now.
+func (s *streams) endForProducer(ctx context.Context, id string, h nats.Header, err *rpc.Error) bool {
+	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
+	defer cancel()
+	subj, _ := s.e.ns.Stream(id)
+	text, last, ended, rerr := s.readAll(ctx, subj.String())
+	if rerr != nil {
+		s.e.cfg.Logger.Warn("edge: stream read for its end", "stream", id, "err", rerr)
+		return false
+	}
+	if ended {
+		return true
+	}
+	msg := &nats.Msg{Subject: subj.String(), Header: nats.Header{}, Data: text}
+	msg.Header.Set(envelope.HeaderStream, envelope.StreamError)
+	msg.Header.Set(envelope.HeaderStreamCode, string(err.Code))
+	msg.Header.Set(envelope.HeaderStreamMessage, err.Message)
+	for _, k := range []string{envelope.HeaderStreamUser, envelope.HeaderStreamRoom, envelope.HeaderStreamConn} {
+		if v := h.Get(k); v != "" {
+			msg.Header.Set(k, v)
+		}
+	}
+	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	_, perr := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.name))
+	var apiErr *jetstream.APIError
+	switch {
+	case perr == nil:
+		s.e.stats.streamsEnded.Add(1)
+		return true
+	case errors.As(perr, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant):
+		return true // something came after what was read: the producer lives, or the stream was ended
+	default:
+		s.e.cfg.Logger.Warn("edge: end a stream whose producer is gone", "stream", id, "err", perr)
+		return false
+	}
+}
+
+// readAll reads a stream's text as stored now: the chunks concatenated,
+// or its end's text; the sequence of its last message; and whether it has
+// ended.
+func (s *streams) readAll(ctx context.Context, subj string) ([]byte, uint64, bool, error) {
+	last, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if ev := last.Header.Get(envelope.HeaderStream); ev == envelope.StreamDone || ev == envelope.StreamError {
+		return last.Data, last.Sequence, true, nil
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}, InactiveThreshold: 30 * time.Second})
+	if err != nil {
+		return nil, 0, false, err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, 0, false, err
+	}
+	defer func() {
+		it.Stop()
+		if info := cons.CachedInfo(); info != nil {
+			_ = s.js.DeleteConsumer(context.WithoutCancel(ctx), s.name, info.Name)
+		}
+	}()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	var text []byte
+	for {
+		m, err := it.Next()
+		if err != nil {
+			return nil, 0, false, err
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return nil, 0, false, err
+		}
+		switch m.Headers().Get(envelope.HeaderStream) {
+		case envelope.StreamChunk:
+			text = append(text, m.Data()...)
+		case envelope.StreamDone, envelope.StreamError:
+			return m.Data(), md.Sequence.Stream, true, nil
+		}
+		if md.Sequence.Stream >= last.Sequence {
+			return text, md.Sequence.Stream, false, nil
+		}
+	}
+}
+
+// cancel answers a $stream.cancel: it asks the producer to stop, or ends
+// the stream CANCELLED itself when the producer is gone.
+func (s *streams) cancelStream(c *conn, cid string, payload json.RawMessage) {
+	q, ok := streamQuery(c, cid, payload, false)
+	if !ok {
+		return
+	}
+	first, _, err := s.authorize(c.ctx, c, q.Stream)
+	if err != nil {
+		c.sendErrorPayload(cid, rpc.FromError(err).Payload())
+		return
+	}
+	if ev := first.Header.Get(envelope.HeaderStream); ev != envelope.StreamDone && ev != envelope.StreamError {
+		subj, _ := s.e.ns.StreamCtl(q.Stream)
+		ctx, cancel := context.WithTimeout(c.ctx, streamTimeout)
+		_, err = s.e.nc.RequestWithContext(ctx, subj.String(), []byte(`{"op":"cancel"}`))
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			if !s.endForProducer(c.ctx, q.Stream, first.Header, &rpc.Error{Code: envelope.CodeCanceled, Message: "stream cancelled"}) {
+				c.sendError(cid, envelope.CodeUnavailable, "the stream could not be ended; retry")
+				return
+			}
+		case err != nil:
+			c.sendError(cid, envelope.CodeUnavailable, "the producer did not answer: "+err.Error())
+			return
+		}
+	}
+	b, _ := json.Marshal(envelope.StreamQuery{Stream: q.Stream})
+	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamCancelled, Meta: envelope.Meta{CorrelationID: cid}, Payload: b})
+}
+
+// leave answers a $stream.leave: the read stops, without an end.
+func (s *streams) leave(c *conn, cid string, payload json.RawMessage) {
+	q, ok := streamQuery(c, cid, payload, false)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	r := s.reads[c][q.Stream]
+	s.mu.Unlock()
+	if r != nil {
+		r.stop()
+		s.forget(r)
+	}
+	b, _ := json.Marshal(envelope.StreamQuery{Stream: q.Stream})
+	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamLeft, Meta: envelope.Meta{CorrelationID: cid}, Payload: b})
+}
+
+// stop ends the read's goroutine and wakes a consumer callback waiting
+// for room.
+func (r *streamRead) stop() {
+	r.cancel()
+	r.mu.Lock()
+	r.room.Broadcast()
+	r.mu.Unlock()
+}
+
+// forget removes r from its connection's reads, unless another read of
+// the same stream replaced it.
+func (s *streams) forget(r *streamRead) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if mine := s.reads[r.c]; mine[r.id] == r {
+		delete(mine, r.id)
+		if len(mine) == 0 {
+			delete(s.reads, r.c)
+		}
+	}
+}
+
+// dropConn stops every read of a connection that is gone.
+func (s *streams) dropConn(c *conn) {
+	s.mu.Lock()
+	mine := s.reads[c]
+	delete(s.reads, c)
+	s.mu.Unlock()
+	for _, r := range mine {
+		r.stop()
+	}
+}
