@@ -658,8 +658,8 @@ func (e *Edge) Stats() Stats {
 		WorkStored: s.workStored.Load(), WorkDuplicates: s.workDuplicates.Load(), WorkRefused: s.workRefused.Load(),
 		ProtobufEncodes: s.protobufEncodes.Load(),
 		StreamJoins:     s.streamJoins.Load(), StreamsEnded: s.streamsEnded.Load(),
-		Transports:      s.byTransport(),
-		RefusedBy:       s.refusals(), Panics: s.panics.Load(),
+		Transports: s.byTransport(),
+		RefusedBy:  s.refusals(), Panics: s.panics.Load(),
 	}
 }
 
