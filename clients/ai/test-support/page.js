@@ -1,6 +1,6 @@
 // The Chromium page of test/browser.test.mjs: the AI SDK's chat over
 // NatterChatTransport with the Natter client, bundled by esbuild
-// (test-support/bundle-page.mjs) from their sources. The page keeps the
+// (test-support/bundle.mjs) from their sources. The page keeps the
 // chat's messages in localStorage on every change, as an app that
 // persists its chat would, so that a reload starts from them.
 import { connect } from "natter-client";

@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startEdge, until, withTimeout } from "../../test-support/edge.mjs";
 import { startWorker } from "../test-support/worker.mjs";
-import { bundlePage } from "../test-support/bundle-page.mjs";
+import { bundlePage } from "../test-support/bundle.mjs";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const CHUNKS = ["Grüß ", "dich", " — ", "ça va", " 🙂?", " Straße", " ✓", " end."];
