@@ -337,9 +337,10 @@ type Client struct {
 	// positions holds the last position seen per durable room, for the
 	// rooms remembered or being joined (see Position).
 	positions map[string]Position
-	pstate    json.RawMessage // remembered $presence.state, nil: none
-	connID    string          // the current connection's id, from its $connected; "" if none
-	info      CloseInfo       // why the client closed
+	pstate    json.RawMessage    // remembered $presence.state, nil: none
+	streams   map[string]*Stream // response streams read, by id
+	connID    string             // the current connection's id, from its $connected; "" if none
+	info      CloseInfo          // why the client closed
 	seq       uint64
 
 	hmu       sync.RWMutex

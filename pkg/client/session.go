@@ -154,6 +154,7 @@ func (c *Client) serve(s *session) (CloseInfo, time.Time) {
 	var opened time.Time
 	if c.awaitWelcome(s) && c.restore(s) {
 		opened = time.Now()
+		c.rejoinStreams()
 		c.setState(StateOpen, CloseInfo{})
 		select {
 		case <-c.opened:
@@ -681,6 +682,8 @@ func (c *Client) route(s *session, env *envelope.Envelope) {
 		if env.Meta.CorrelationID == "" {
 			c.serverMembership(env)
 		}
+	case envelope.TypeStreamChunk, envelope.TypeStreamEnd:
+		c.routeStream(env)
 	}
 	c.events.pushFrame(env, false)
 }
