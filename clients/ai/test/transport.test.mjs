@@ -294,7 +294,70 @@ test("another user cannot resume someone's stream", async () => {
   const other = new Chat({ id: chatId, transport: new NatterChatTransport({ client: client() }) });
   await withTimeout(other.resumeStream(), 10_000, "resumeStream");
   assert.equal(other.status, "error");
-  assert.match(other.error?.message ?? "", /./);
+  assert.match(other.error?.message ?? "", /permission|not allowed|may not|denied/i, `refused: ${other.error?.message}`);
   p.release();
   await p.ended;
+});
+
+test("regenerate() and request options: the worker gets the trigger, the message id and the body", async () => {
+  const chatId = newChatId();
+  const chat = new Chat({ id: chatId, transport: new NatterChatTransport({ client: client() }) });
+  worker.script = () => ({ chunks: ["one"] });
+  await withTimeout(chat.sendMessage({ text: "q" }, { body: { model: "small" }, metadata: { n: 1 } }), 20_000, "sendMessage");
+  const sent = worker.requests.filter((r) => r.payload.chatId === chatId);
+  assert.deepEqual(sent[0].payload.body, { model: "small" });
+  assert.deepEqual(sent[0].payload.metadata, { n: 1 });
+  const replyId = chat.lastMessage.id;
+
+  worker.script = () => ({ chunks: ["two"] });
+  await withTimeout(chat.regenerate({ messageId: replyId }), 20_000, "regenerate");
+  const again = worker.requests.filter((r) => r.payload.chatId === chatId)[1];
+  assert.equal(again.payload.trigger, "regenerate-message");
+  assert.equal(again.payload.messageId, replyId);
+  assert.equal(again.payload.messages.length, 1, "the history without the reply being regenerated");
+  assert.equal(again.payload.body, undefined, "no body: the key is absent");
+  assert.deepEqual(chat.messages.map((m) => [m.role, textOf(m)]), [["user", "q"], ["assistant", "two"]]);
+});
+
+test("no worker for the type: the chat is in error with the edge's UNAVAILABLE", async () => {
+  const chat = new Chat({ id: newChatId(), transport: new NatterChatTransport({ client: client(), sendType: "ai.nobody.send" }) });
+  await withTimeout(chat.sendMessage({ text: "anyone?" }), 20_000, "sendMessage");
+  assert.equal(chat.status, "error");
+  assert.equal(chat.error?.code, "UNAVAILABLE");
+});
+
+test("a reply that names no stream fails the request", async () => {
+  const sub = worker.nc.subscribe("natter.in.ai.bad.send", {
+    queue: "natter-workers",
+    callback: (_, m) => m.respond(new TextEncoder().encode(JSON.stringify({ type: "ai.chat.stream", payload: { nope: 1 } }))),
+  });
+  await worker.nc.flush();
+  try {
+    const chat = new Chat({ id: newChatId(), transport: new NatterChatTransport({ client: client(), sendType: "ai.bad.send" }) });
+    await withTimeout(chat.sendMessage({ text: "?" }), 20_000, "sendMessage");
+    assert.equal(chat.status, "error");
+    assert.match(chat.error?.message ?? "", /not \{stream: id \| null\}/);
+  } finally {
+    sub.unsubscribe();
+  }
+});
+
+test("another tab of the same user follows the answer; stop() in the first ends it there as CANCELLED", async () => {
+  const user = `tabs${Date.now()}`;
+  const chatId = newChatId();
+  worker.script = () => ({ chunks: CHUNKS, delayMs: 5, holdAfter: 2 });
+  const tab1 = new Chat({ id: chatId, transport: new NatterChatTransport({ client: client({ user }) }) });
+  const sent = tab1.sendMessage({ text: "two tabs" });
+  const p = await producer(chatId);
+  await untilText(tab1, CHUNKS.slice(0, 2).join(""), "tab 1 reads");
+  const tab2 = new Chat({ id: chatId, messages: structuredClone(tab1.messages.slice(0, 1)), transport: new NatterChatTransport({ client: client({ user }) }) });
+  const resumed = tab2.resumeStream();
+  await untilText(tab2, CHUNKS.slice(0, 2).join(""), "tab 2 reads");
+  await tab1.stop();
+  await withTimeout(Promise.all([sent, resumed]), 20_000, "both tabs settle");
+  assert.equal((await p.ended).code, "CANCELLED");
+  assert.equal(tab1.status, "ready");
+  assert.equal(tab2.status, "error");
+  assert.equal(tab2.error?.message, "stopped by the user");
+  assert.equal(textOf(tab2.lastMessage), CHUNKS.slice(0, 2).join(""));
 });
