@@ -37,6 +37,8 @@ func TestCluster(t *testing.T) {
 	t.Run("RPCSpreadAndWorkerKill", func(t *testing.T) { testRPCSpreadAndWorkerKill(t, c, fig) })
 	t.Run("DurableResumeThroughOtherEdge", func(t *testing.T) { testDurableResume(t, c, fig, false) })
 	t.Run("DurableResumeNATSNodeKilled", func(t *testing.T) { testDurableResume(t, c, fig, true) })
+	t.Run("StreamResumeThroughOtherEdge", func(t *testing.T) { testStreamResume(t, c, fig, false) })
+	t.Run("StreamNATSNodeKilled", func(t *testing.T) { testStreamResume(t, c, fig, true) })
 	t.Run("DurableMessagesNATSNodeKilled", func(t *testing.T) { testDurableMessagesNodeKilled(t, c, fig) })
 	t.Run("EdgeSIGKILLPresence", func(t *testing.T) { testEdgeSIGKILLPresence(t, c, fig) })
 	t.Run("NATSNodeKill", func(t *testing.T) { testNATSNodeKill(t, c, fig) })

@@ -116,6 +116,7 @@ func startCluster(t *testing.T) *Cluster {
 			// replica: the 1 GiB rooms stream already fills these
 			// nodes' 1 GB file stores.
 			"--durable-max-bytes", "268435456", "--durable-work-max-bytes", "134217728",
+			"--stream-max-bytes", "134217728",
 			// The resume tests publish 1,500 messages to one room and check
 			// the seam. With the default 1,000 per room, a client that
 			// re-joins late (CI once took until the 1,300th message after a

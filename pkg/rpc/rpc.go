@@ -64,6 +64,7 @@ var (
 	ErrPermissionDenied  = &Error{Code: envelope.CodePermissionDenied, Message: "permission denied"}
 	ErrResourceExhausted = &Error{Code: envelope.CodeResourceExhausted, Message: "resource exhausted"}
 	ErrCanceled          = &Error{Code: envelope.CodeCanceled, Message: "cancelled"}
+	ErrAlreadyExists     = &Error{Code: envelope.CodeAlreadyExists, Message: "already exists"}
 	ErrInternal          = &Error{Code: envelope.CodeInternal, Message: "internal error"}
 )
 

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if url := os.Getenv(crashWorkerEnv); url != "" {
 		os.Exit(runCrashWorker(url))
 	}
+	if url := os.Getenv(streamProducerEnv); url != "" {
+		os.Exit(runStreamProducer(url))
+	}
 	os.Exit(m.Run())
 }
 

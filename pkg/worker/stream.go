@@ -259,7 +259,7 @@ func (s *StreamWriter) storeEnd(fail error) error {
 	if err != nil {
 		return err // the chunks are not all stored: an edge ends it when it finds us gone
 	}
-	if cause := context.Cause(s.ctx); fail == nil && cause != nil && rpc.FromError(cause).Code == envelope.CodeCanceled {
+	if cause := context.Cause(s.ctx); cause != nil && rpc.FromError(cause).Code == envelope.CodeCanceled {
 		fail = cause
 	}
 	msg := s.message(envelope.StreamDone, text)
