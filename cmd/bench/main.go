@@ -56,6 +56,17 @@
 //
 //	/tmp/natter-bench -scenario fanout,rpc -traceparent -subs 1000 -rate 100
 //
+// Response streams (docs/benchmarks.md, "Issue 20: response streams"):
+// streams runs -streams concurrent streams written with the Go SDK's
+// StreamWriter at -chunk-rate chunks per second each, every stream read by
+// a connection of its own user (?user=u<i>, dev mode); resume joins one
+// stream again and again from an offset with -behind chunks stored after
+// it while it is being written. They run against natter only, after the
+// other scenarios:
+//
+//	/tmp/natter-bench -scenario streams -streams 1000 -chunk-rate 50 -runs 3
+//	/tmp/natter-bench -scenario resume -behind 10000 -joins 200 -runs 3
+//
 // -server floor runs the same load against the floor: a bare gws broadcast
 // server with no broker and no envelope work, started by the bench as a
 // child process (this binary with -serve-floor) so that its RSS and CPU
@@ -77,10 +88,11 @@ import (
 
 func main() {
 	cfg := bench.Config{Out: os.Stdout, Log: os.Stderr}
+	var sl bench.StreamLoad
 	var scenarios, servers, wires string
 	var median bool
 	flag.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "edge WebSocket URL")
-	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc, wirebytes")
+	flag.StringVar(&scenarios, "scenario", "rpc", "comma-separated scenarios: idle, idlecost, fanout, rpc, wirebytes, streams, resume (streams and resume run after the others)")
 	flag.StringVar(&wires, "wire", "json", "comma-separated wires the idle, idlecost and fanout members speak, each run in turn: json (subprotocol natter), protobuf (natter.protobuf), sse (the fallback transport: GET <path>/sse?room=)")
 	flag.IntVar(&cfg.Messages, "messages", 100, "wirebytes: messages of each payload kind")
 	flag.StringVar(&cfg.FanoutPayload, "fanout-payload", "tick", "fanout: what each message carries besides its time and number: tick (-payload-size bytes of padding), dashboard (about 1 KB of a dashboard refresh, bench.dashtick)")
@@ -113,6 +125,12 @@ func main() {
 		return nil
 	})
 	flag.StringVar(&cfg.Prefix, "prefix", "natter", "NATS subject prefix (the edge's --prefix)")
+	flag.IntVar(&sl.Streams, "streams", 0, "streams: concurrent response streams, each read by a connection of its own user (default 1000)")
+	flag.IntVar(&sl.ChunkRate, "chunk-rate", 0, "streams: chunks per second written to each stream; resume: to the stream while it is joined (default 50)")
+	flag.IntVar(&sl.ChunkSize, "chunk-size", 0, "streams, resume: bytes per chunk, at least 30 (default 32)")
+	flag.IntVar(&sl.Behind, "behind", 0, "resume: chunks stored after the offset each join starts from (default 10000)")
+	flag.IntVar(&sl.Read, "read", 0, "resume: chunks stored before the first join's offset, what the reader had read before its reload (default 0; the stream grows while joined, so later joins start later)")
+	flag.IntVar(&sl.Joins, "joins", 0, "resume: joins measured, each on a new connection (default 200)")
 	flag.BoolVar(&median, "median", false, "run nothing: read result lines on stdin (runs made by separate bench processes) and print the median line of each scenario and server")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -134,7 +152,14 @@ func main() {
 		}
 		return
 	}
-	cfg.Scenarios = config.SplitList(scenarios)
+	var streamScenarios []string
+	for _, s := range config.SplitList(scenarios) {
+		if bench.IsStreamScenario(s) {
+			streamScenarios = append(streamScenarios, s)
+		} else {
+			cfg.Scenarios = append(cfg.Scenarios, s)
+		}
+	}
 	cfg.Servers = config.SplitList(servers)
 	cfg.Wires = config.SplitList(wires)
 	exe, err := os.Executable()
@@ -143,8 +168,16 @@ func main() {
 		os.Exit(1)
 	}
 	cfg.FloorCommand = []string{exe, "-serve-floor", "127.0.0.1:0"}
-	if _, err := bench.Run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	if len(cfg.Scenarios) > 0 || len(streamScenarios) == 0 {
+		if _, err := bench.Run(ctx, cfg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	if len(streamScenarios) > 0 {
+		if _, err := bench.RunStreamScenarios(ctx, cfg, sl, streamScenarios); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
 }
