@@ -39,8 +39,11 @@ func TestNewWithoutJetStream(t *testing.T) {
 			c.Presence = nil
 			c.DurableRooms = edge.DefaultDurableRoomsConfig("dur-*")
 		}, []string{"durable rooms needs JetStream", "nats-server -js"}},
-		{"durable messages", noJS, func(c *edge.Config) {
+		{"response streams", noJS, func(c *edge.Config) {
 			c.Presence = nil
+		}, []string{"response streams needs JetStream", "nats-server -js"}},
+		{"durable messages", noJS, func(c *edge.Config) {
+			c.Presence, c.Streams = nil, nil
 			c.DurableMessages = edge.DefaultDurableMessagesConfig("job.*")
 		}, []string{"durable messages needs JetStream", "nats-server -js"}},
 		{"account without JetStream", "nats://edge:pw@" + strings.TrimPrefix(noJSAccount, "nats://"), func(*edge.Config) {},
