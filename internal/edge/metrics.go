@@ -33,6 +33,8 @@ var statDescs = []struct {
 	{prometheus.NewDesc("natter_edge_durable_backfills_total", "Holes in a durable room's live messages filled from the stream.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Backfills }},
 	{prometheus.NewDesc("natter_edge_durable_backfill_failures_total", "Attempts to fill a hole that failed (retried).", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.BackfillFails }},
 	{prometheus.NewDesc("natter_edge_durable_captured_total", "Core publishes to durable rooms this edge stored in the stream.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.Captured }},
+	{prometheus.NewDesc("natter_edge_stream_joins_total", "Joins of response streams answered $stream.joined.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.StreamJoins }},
+	{prometheus.NewDesc("natter_edge_streams_ended_total", "Response streams this edge ended UNAVAILABLE or CANCELLED because their producer was gone.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.StreamsEnded }},
 	{prometheus.NewDesc("natter_edge_durable_work_stored_total", "Client messages of durable types stored in the work stream, duplicates included.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.WorkStored }},
 	{prometheus.NewDesc("natter_edge_durable_work_duplicates_total", "Client messages of durable types recognized as resends by their idempotency key.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.WorkDuplicates }},
 	{prometheus.NewDesc("natter_edge_durable_work_refused_total", "Client messages of durable types the work stream did not store.", nil, nil), prometheus.CounterValue, func(s Stats) int64 { return s.WorkRefused }},

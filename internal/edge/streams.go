@@ -223,10 +223,11 @@ func streamTo(h nats.Header) envelope.StreamTo {
 // and sends its text until the end, a leave, or the connection's close.
 func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 	defer r.s.forget(r)
-	stop := context.AfterFunc(ctx, r.cancel) // the edge stopping
+	stop := context.AfterFunc(ctx, r.stop) // the edge stopping
 	defer stop()
-	defer r.cancel()
+	defer r.stop() // and a consumer callback waiting for room
 	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamJoined, Meta: envelope.Meta{CorrelationID: cid}, Payload: joined})
+	r.s.e.stats.streamJoins.Add(1)
 	s := r.s
 	cons, err := s.js.OrderedConsumer(r.ctx, s.name, jetstream.OrderedConsumerConfig{
 		FilterSubjects:    []string{r.subj},
