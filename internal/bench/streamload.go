@@ -2,7 +2,57 @@ package bench
 
 // The streams and resume scenarios: response streams (docs/protocol.md,
 // "Response streams") read by WebSocket clients of the edge, written by
-// producers in this process.
+// producers in this process. They run against natter only, through
+// RunStreamScenarios (cmd/bench runs them after Run's scenarios).
+//
+// Every chunk is ChunkSize bytes: "<send time, unix ns, 19 digits>|<its
+// number in the stream, 9 digits>|xxx...". Chunk k is bytes
+// [k*ChunkSize, (k+1)*ChunkSize) of the stream's text, so a reader finds
+// every chunk's head from a frame's meta.offset (the byte after it) and its
+// text, however the producer or the edge merged or cut the chunks; a frame
+// that does not start where the last one ended counts as a gap, a head that
+// does not parse or does not hold its own number as bad.
+//
+// Scenario streams: Streams streams are opened with the Go SDK
+// (worker.Publisher.OpenStream, StreamTo{User: "u<i>"}; a producer NATS
+// connection per 250 streams), and a reader connects per stream as its
+// user (?user=u<i>: a dev-mode edge) and joins it from offset 0
+// ($stream.join, waiting for $stream.joined) before anything is written.
+// Then one goroutine per 50 streams writes a chunk to each of its streams
+// every 1/ChunkRate s for Warmup+Duration (StreamWriter.Write; the groups'
+// ticks are spread over one interval; open loop: pub_lag_max says how late
+// a tick started). A chunk's time is taken just before its Write, so
+// latency = reader's receipt - Write: the writer's wait for the previous
+// chunk's acknowledgement, the JetStream store, the edge's consumer and the
+// WebSocket. As in fanout, the chunks written in the window after the
+// warm-up are measured: delivered by the last expected one or 2 s after the
+// window, late while they keep coming, lost the rest; chunks_per_s is
+// delivered over Duration; server_cpu_s is the edge's utime+stime over the
+// window and cpu_s_per_million that per million delivered chunks. Then every
+// stream is ended with Close (the rollup: one message holding the whole
+// text): js_kib_open and js_msgs_open are the natter_streams stream's
+// State.Bytes and State.Msgs just before, js_kib_ended and js_msgs_ended
+// just after the readers got their $stream.end (all_ended_s), both less the
+// state at the start of the run. ended counts readers that got an end;
+// ended_by_edge counts streams an edge had ended for their producer (found
+// gone), whose Close failed with ErrStreamEnded; how they were ended is
+// written to Log.
+//
+// Scenario resume: one stream (user resume<run>), written by the bench with
+// JetStream publishes as docs/protocol.md says (the SDK's StreamWriter
+// would merge chunks written while one is stored): Read+Behind chunks
+// pipelined, then one chunk every 1/ChunkRate s, each acknowledged, for as
+// long as the joins run. Joins times, each on a new connection: the offset
+// of the first chunk with Behind chunks acknowledged after it (so the
+// reader had read Read chunks or more); then $stream.join from it, timed
+// from its write to $stream.joined (joined_), to the first $stream.chunk
+// (first_; it must start at the offset and hold that chunk, or the join
+// fails), and to the byte that ends the Behind chunks (backlog_);
+// frames_p50 is the chunk frames that took. read_min and read_max are the
+// first joins' chunk numbers. server_cpu_s is the edge's CPU over the
+// joins, cpu_ms_per_join that per join. Then the stream is ended (a
+// rollup) and up to 50 joins of the ended stream from Behind chunks before
+// its end are timed alike (ended_).
 
 import (
 	"bytes"
@@ -261,6 +311,7 @@ var (
 	joinedPrefix = []byte(`{"type":"` + envelope.TypeStreamJoined + `"`)
 	endPrefix    = []byte(`{"type":"` + envelope.TypeStreamEnd + `"`)
 	errorPrefix  = []byte(`{"type":"` + envelope.TypeError + `"`)
+	rpcErrPrefix = []byte(`{"type":"` + envelope.TypeRPCError + `"`)
 	offsetKey    = []byte(`"offset":`)
 	payloadKey   = []byte(`,"payload":`)
 )
@@ -277,7 +328,7 @@ func parseStreamFrame(b []byte) (f streamFrame, ok bool) {
 		return streamFrame{kind: frameJoined}, true
 	case bytes.HasPrefix(b, endPrefix):
 		f.kind, f.text = frameEnd, b
-	case bytes.HasPrefix(b, errorPrefix):
+	case bytes.HasPrefix(b, errorPrefix), bytes.HasPrefix(b, rpcErrPrefix): // a join's refusal has its correlationId: RPC_ERROR
 		return streamFrame{kind: frameError, text: b}, true
 	default:
 		return streamFrame{kind: frameOther}, true
@@ -467,7 +518,15 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	}()
 	pubs := make([]*worker.Publisher, 0, (n+streamsPerConn-1)/streamsPerConn)
 	for range cap(pubs) {
-		nc, err := nats.Connect(cfg.NATSURL, nats.Name("natter-bench-producer"), nats.Timeout(5*time.Second))
+		nc, err := nats.Connect(cfg.NATSURL, nats.Name("natter-bench-producer"), nats.Timeout(5*time.Second),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil { // nil: closed by us
+					fmt.Fprintf(cfg.Log, "bench: streams: a producer's NATS connection dropped: %v\n", err)
+				}
+			}),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				fmt.Fprintf(cfg.Log, "bench: streams: a producer's NATS connection: %v\n", err)
+			}))
 		if err != nil {
 			return nil, fmt.Errorf("bench: connect NATS %s (-nats: the edge's NATS): %w", cfg.NATSURL, err)
 		}
@@ -638,14 +697,22 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 
 	// End every stream (the rollup), and wait for the readers' ends.
 	c0 := time.Now()
+	var edgeEnded errorCounts // how the edge ended the streams it ended for their producer
 	parallel(n, cfg.DialConcurrency, func(i int) {
-		if err := writers[i].Close(); err != nil {
+		err := writers[i].Close()
+		switch {
+		case errors.Is(err, worker.ErrStreamEnded):
+			edgeEnded.add(endedHow(ctx, js, ns, writers[i].ID()))
+		case err != nil:
 			errs.add("close: " + err.Error())
 		}
 	})
 	closeWall := time.Since(c0)
 	if k := errs.total(); k > 0 {
 		fmt.Fprintf(cfg.Log, "bench: streams: %d of %d streams did not end: %s\n", k, n, errs.String())
+	}
+	if k := edgeEnded.total(); k > 0 {
+		fmt.Fprintf(cfg.Log, "bench: streams: an edge ended %d of %d streams before their producer: %s\n", k, n, edgeEnded.String())
 	}
 	ended := func() int {
 		k := 0
@@ -721,12 +788,13 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 		l.add("cpu_s_per_million", "NaN")
 	}
 	l.num("bench_cpu_s", b1-b0, 2, "")
-	l.num("js_mib_open", mib(jsOpen.bytes-min(js0.bytes, jsOpen.bytes)), 2, "")
+	l.num("js_kib_open", kib(jsOpen.bytes-min(js0.bytes, jsOpen.bytes)), 0, "")
 	l.int("js_msgs_open", int64(jsOpen.msgs)-int64(js0.msgs))
-	l.num("js_mib_ended", mib(jsEnd.bytes-min(js0.bytes, jsEnd.bytes)), 2, "")
+	l.num("js_kib_ended", kib(jsEnd.bytes-min(js0.bytes, jsEnd.bytes)), 0, "")
 	l.int("js_msgs_ended", int64(jsEnd.msgs)-int64(js0.msgs))
 	l.num("end_s", closeWall.Seconds(), 2, "")
 	l.int("ended", int64(nEnded))
+	l.int("ended_by_edge", int64(edgeEnded.total()))
 	l.num("all_ended_s", endWall.Seconds(), 2, "")
 	return &Result{Scenario: ScenarioStreams, Server: t.name, Fields: l.fields, Latencies: lat}, nil
 }
@@ -741,7 +809,27 @@ func storeMax(v *atomic.Int64, x int64) {
 	}
 }
 
-func mib(b uint64) float64 { return float64(b) / (1 << 20) }
+// endedHow reads the end a stream has: its status, code and message.
+func endedHow(ctx context.Context, js jetstream.JetStream, ns envelope.Namespace, id string) string {
+	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
+	defer cancel()
+	subj, err := ns.Stream(id)
+	if err != nil {
+		return err.Error()
+	}
+	s, err := js.Stream(ctx, ns.StreamsStream())
+	if err != nil {
+		return "read the end: " + err.Error()
+	}
+	m, err := s.GetLastMsgForSubject(ctx, subj.String())
+	if err != nil {
+		return "read the end: " + err.Error()
+	}
+	h := m.Header
+	return h.Get(envelope.HeaderStream) + " " + h.Get(envelope.HeaderStreamCode) + " " + h.Get(envelope.HeaderStreamMessage)
+}
+
+func kib(b uint64) float64 { return float64(b) / 1024 }
 
 // parallel calls fn(0..n-1) on at most workers goroutines and waits.
 func parallel(n, workers int, fn func(i int)) {
