@@ -361,3 +361,29 @@ test("another tab of the same user follows the answer; stop() in the first ends 
   assert.equal(tab2.error?.message, "stopped by the user");
   assert.equal(textOf(tab2.lastMessage), CHUNKS.slice(0, 2).join(""));
 });
+
+test("a resume answered with a stream that has ended replays it into the same message", async () => {
+  const user = `ended${Date.now()}`;
+  const chatId = newChatId();
+  worker.script = () => ({ chunks: CHUNKS });
+  const chat1 = new Chat({ id: chatId, transport: new NatterChatTransport({ client: client({ user }) }) });
+  await withTimeout(chat1.sendMessage({ text: "done already" }), 20_000, "sendMessage");
+  const p = worker.latest(chatId);
+  assert.equal((await p.ended).status, "done");
+  // A worker that names the chat's last stream even after its end.
+  const sub = worker.nc.subscribe("natter.in.ai.ended.resume", {
+    queue: "natter-workers",
+    callback: (_, m) => m.respond(new TextEncoder().encode(JSON.stringify({ type: "ai.chat.stream", payload: { stream: p.id } }))),
+  });
+  await worker.nc.flush();
+  try {
+    for (const saved of [structuredClone(chat1.messages), structuredClone(chat1.messages.slice(0, 1))]) {
+      const chat2 = new Chat({ id: chatId, messages: saved, transport: new NatterChatTransport({ client: client({ user }), resumeType: "ai.ended.resume" }) });
+      await withTimeout(chat2.resumeStream(), 20_000, "resumeStream");
+      assert.equal(chat2.status, "ready");
+      assert.deepEqual(chat2.messages.map((m) => [m.id, m.role, textOf(m)]), chat1.messages.map((m) => [m.id, m.role, textOf(m)]));
+    }
+  } finally {
+    sub.unsubscribe();
+  }
+});
