@@ -368,3 +368,79 @@ func waitStored(t *testing.T, nc *nats.Conn, id string, n uint64) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStreamOnProtobuf: a natter.protobuf client joins and reads a stream
+// like a JSON one.
+func TestStreamOnProtobuf(t *testing.T) {
+	m, reg := protobufMesh(t)
+	s, err := worker.NewPublisher(m.NC, envelope.DefaultNamespace).OpenStream(context.Background(), worker.StreamTo{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = s.WriteString(word(1))
+	_, _ = s.WriteString(word(2))
+	_ = s.Close()
+	c := dialProtobuf(t, m, "alice", reg)
+	if got := joinStream(t, c, s.ID(), 0); got.Type != envelope.TypeStreamJoined {
+		t.Fatalf("join: %s %s", got.Type, got.Payload)
+	}
+	r := readStream(t, c, s.ID(), nil)
+	if r.text.String() != word(1)+word(2) || r.end.Status != envelope.StreamDone {
+		t.Fatalf("%q %+v", r.text.String(), r.end)
+	}
+}
+
+// TestStreamHostileRequests: malformed, oversized and repeated stream
+// requests get their documented errors and cost only their connection.
+func TestStreamHostileRequests(t *testing.T) {
+	m := newStreamMesh(t)
+	ctx := context.Background()
+	c := m.dial(t, "alice")
+	for _, p := range []any{
+		map[string]any{"stream": "s", "offset": -1},
+		map[string]any{"stream": "", "offset": 0},
+		map[string]any{"stream": strings.Repeat("x", 129)},
+		map[string]any{"stream": "a.b"},
+		map[string]any{"stream": 5},
+		"not an object",
+		map[string]any{"stream": "s", "offset": 1e30},
+	} {
+		assertRPCError(t, c.Request(t, envelope.TypeStreamJoin, p, wait), envelope.CodeInvalidArgument)
+	}
+	assertRPCError(t, c.Request(t, envelope.TypeStreamCancel, map[string]any{"stream": "s", "offset": 3}, wait), envelope.CodeInvalidArgument)
+	c.Send(t, envelope.TypeStreamJoin, envelope.Meta{}, envelope.StreamQuery{Stream: "s"})
+	if got := c.AwaitType(t, envelope.TypeError, wait); !strings.Contains(string(got.Payload), "INVALID_ARGUMENT") {
+		t.Fatalf("join without correlationId: %s", got.Payload)
+	}
+	if got := c.Request(t, envelope.TypeStreamLeave, envelope.StreamQuery{Stream: "never"}, wait); got.Type != envelope.TypeStreamLeft {
+		t.Fatalf("leave of a stream not joined: %s %s", got.Type, got.Payload)
+	}
+	assertRPCError(t, c.Request(t, envelope.TypeStreamCancel, envelope.StreamQuery{Stream: "never"}, wait), envelope.CodeNotFound)
+	// At most 16 joined at once.
+	var open []*worker.StreamWriter
+	for range envelope.MaxStreamJoins + 1 {
+		s, err := m.pub.OpenStream(ctx, worker.StreamTo{User: "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		open = append(open, s)
+	}
+	for i, s := range open {
+		got := joinStream(t, c, s.ID(), 0)
+		if i < envelope.MaxStreamJoins && got.Type != envelope.TypeStreamJoined {
+			t.Fatalf("join %d: %s %s", i, got.Type, got.Payload)
+		}
+		if i == envelope.MaxStreamJoins {
+			assertRPCError(t, got, envelope.CodeResourceExhausted)
+		}
+	}
+	// Another connection is unaffected.
+	other := m.dial(t, "alice")
+	if got := joinStream(t, other, open[0].ID(), 0); got.Type != envelope.TypeStreamJoined {
+		t.Fatalf("another connection: %s %s", got.Type, got.Payload)
+	}
+	if c.Closed() {
+		t.Fatal("the hostile connection was closed")
+	}
+}
