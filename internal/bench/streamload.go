@@ -34,8 +34,10 @@ package bench
 // State.Bytes and State.Msgs just before, js_kib_ended and js_msgs_ended
 // just after the readers got their $stream.end (all_ended_s), both less the
 // state at the start of the run. ended counts readers that got an end;
-// ended_by_edge counts streams an edge had ended for their producer (found
-// gone), whose Close failed with ErrStreamEnded; how they were ended is
+// end_refused counts Close calls that failed with ErrStreamEnded (JetStream
+// refused the rollup's expected last sequence), end_refused_own those of
+// them whose stream holds the producer's own end all the same (its message
+// id): an earlier attempt of the rollup was stored. How they ended is
 // written to Log.
 //
 // Scenario resume: one stream (user resume<run>), written by the bench with
@@ -697,12 +699,24 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 
 	// End every stream (the rollup), and wait for the readers' ends.
 	c0 := time.Now()
-	var edgeEnded errorCounts // how the edge ended the streams it ended for their producer
+	// Close fails with ErrStreamEnded when JetStream refused its rollup
+	// because the subject's last message is not its last chunk: an edge
+	// ended the stream for it (it thought the producer gone), or an
+	// earlier attempt of the same rollup was stored (nats-server checks
+	// the expected last sequence before the message id). The stored end
+	// tells which.
+	var refused, refusedOwn atomic.Int64
+	var endedAs errorCounts
 	parallel(n, cfg.DialConcurrency, func(i int) {
 		err := writers[i].Close()
 		switch {
 		case errors.Is(err, worker.ErrStreamEnded):
-			edgeEnded.add(endedHow(ctx, js, ns, writers[i].ID()))
+			refused.Add(1)
+			how, own := endedHow(ctx, js, ns, writers[i].ID())
+			if own {
+				refusedOwn.Add(1)
+			}
+			endedAs.add(how)
 		case err != nil:
 			errs.add("close: " + err.Error())
 		}
@@ -711,8 +725,8 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	if k := errs.total(); k > 0 {
 		fmt.Fprintf(cfg.Log, "bench: streams: %d of %d streams did not end: %s\n", k, n, errs.String())
 	}
-	if k := edgeEnded.total(); k > 0 {
-		fmt.Fprintf(cfg.Log, "bench: streams: an edge ended %d of %d streams before their producer: %s\n", k, n, edgeEnded.String())
+	if k := endedAs.total(); k > 0 {
+		fmt.Fprintf(cfg.Log, "bench: streams: Close of %d of %d streams failed with ErrStreamEnded; their stored ends: %s\n", k, n, endedAs.String())
 	}
 	ended := func() int {
 		k := 0
@@ -794,7 +808,8 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	l.int("js_msgs_ended", int64(jsEnd.msgs)-int64(js0.msgs))
 	l.num("end_s", closeWall.Seconds(), 2, "")
 	l.int("ended", int64(nEnded))
-	l.int("ended_by_edge", int64(edgeEnded.total()))
+	l.int("end_refused", refused.Load())
+	l.int("end_refused_own", refusedOwn.Load())
 	l.num("all_ended_s", endWall.Seconds(), 2, "")
 	return &Result{Scenario: ScenarioStreams, Server: t.name, Fields: l.fields, Latencies: lat}, nil
 }
@@ -809,24 +824,36 @@ func storeMax(v *atomic.Int64, x int64) {
 	}
 }
 
-// endedHow reads the end a stream has: its status, code and message.
-func endedHow(ctx context.Context, js jetstream.JetStream, ns envelope.Namespace, id string) string {
+// endedHow describes the last message stream id has (event, code,
+// message id), and reports whether it is the producer's own end (its
+// message id is <id>.end, as the StreamWriter writes it).
+func endedHow(ctx context.Context, js jetstream.JetStream, ns envelope.Namespace, id string) (string, bool) {
 	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
 	defer cancel()
 	subj, err := ns.Stream(id)
 	if err != nil {
-		return err.Error()
+		return err.Error(), false
 	}
 	s, err := js.Stream(ctx, ns.StreamsStream())
 	if err != nil {
-		return "read the end: " + err.Error()
+		return "read the end: " + err.Error(), false
 	}
 	m, err := s.GetLastMsgForSubject(ctx, subj.String())
 	if err != nil {
-		return "read the end: " + err.Error()
+		return "read the end: " + err.Error(), false
 	}
 	h := m.Header
-	return h.Get(envelope.HeaderStream) + " " + h.Get(envelope.HeaderStreamCode) + " " + h.Get(envelope.HeaderStreamMessage)
+	own := h.Get(jetstream.MsgIDHeader) == id+".end"
+	how := h.Get(envelope.HeaderStream)
+	if c := h.Get(envelope.HeaderStreamCode); c != "" {
+		how += " " + c
+	}
+	if own {
+		how += ", the producer's own (Nats-Msg-Id <id>.end)"
+	} else {
+		how += ", Nats-Msg-Id " + strconv.Quote(h.Get(jetstream.MsgIDHeader))
+	}
+	return how, own
 }
 
 func kib(b uint64) float64 { return float64(b) / 1024 }

@@ -34,7 +34,7 @@ func TestStreamScenarios(t *testing.T) {
 	checkLine(t, s, "streams", "natter", "p50", "p99", "max", "server_cpu_s", "cpu_s_per_million", "js_kib_open", "js_kib_ended")
 	wantEqual(t, s, map[string]float64{
 		"streams": 5, "expected": 50, "lost": 0, "gaps": 0, "bad": 0, "write_errors": 0, "closed": 0,
-		"ended": 5, "ended_by_edge": 0, "js_msgs_ended": 5, // one rollup per stream
+		"ended": 5, "end_refused": 0, "js_msgs_ended": 5, // one rollup per stream
 	})
 	if d, l := number(t, s, "delivered"), number(t, s, "late"); d+l != 50 || d == 0 {
 		t.Fatalf("delivered %v + late %v", d, l)
