@@ -5,9 +5,10 @@
 // with SIGKILL for the dead producer. The client's text is compared with
 // what the producer wrote: whole, once, in order, with byte offsets that
 // add up, from 0, from an offset, after the end (rolled up), across a
-// socket cut mid-stream, on both wires. Then the client's own logic
-// against a scripted WebSocket: frames before $stream.joined, retries of
-// UNAVAILABLE from the same offset, refusals on a re-join.
+// socket cut mid-stream, on both wires (and sse). Then the client's own
+// logic against a scripted WebSocket: frames before $stream.joined,
+// retries of UNAVAILABLE and of a join not answered in time from the same
+// offset, refusals on a re-join.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -46,7 +47,7 @@ after(async () => {
 
 /** A client for this file, closed at the end. */
 function client(user, { wire = "json", ...options } = {}) {
-  const wired = wire === "protobuf" ? { wire, schemas: natterSchemas, transports: ["websocket"] } : {};
+  const wired = wire === "protobuf" ? { wire, schemas: natterSchemas, transports: ["websocket"] } : wire === "sse" ? { transports: ["sse"] } : {};
   const c = connect(options.url ?? edge.url, { user, reconnect: fast, ...wired, ...options });
   cleanup.push(() => c.close());
   return c;
@@ -168,7 +169,7 @@ async function tcpProxy() {
   };
 }
 
-for (const wire of ["json", "protobuf"]) {
+for (const wire of ["json", "protobuf", "sse"]) {
   test(`streams (${wire}): a join from 0 reads the whole text once, in order, with offsets in bytes, then a done end`, async () => {
     const id = newId(`whole-${wire}`);
     const user = `s-ann-${wire}`;
