@@ -58,7 +58,8 @@ func TestEdgeNoAuthNamesFlags(t *testing.T) {
 // at once, says the server needs JetStream and names the flag that does
 // without what needed it, instead of retrying for 30s per set-up step;
 // the same for a NATS user that may not use the JetStream API. Following
-// the hint (--presence=false) starts an edge on the same server.
+// the hint (--presence=false --streams=false) starts an edge on the same
+// server.
 func TestEdgeWithoutJetStreamFailsAtOnce(t *testing.T) {
 	t.Parallel()
 	noJS := testenv.NATSServer(t, &server.Options{})
@@ -85,7 +86,9 @@ func TestEdgeWithoutJetStreamFailsAtOnce(t *testing.T) {
 			[]string{"JetStream", "nats-server -js", "--presence=false"}},
 		{"durable rooms, server without JetStream", noJS, []string{"--presence=false", "--durable-rooms", "support-*"},
 			[]string{"JetStream", "nats-server -js", "--durable-rooms"}},
-		{"durable messages, server without JetStream", noJS, []string{"--presence=false", "--durable-types", "orders.*"},
+		{"response streams, server without JetStream", noJS, []string{"--presence=false"},
+			[]string{"JetStream", "nats-server -js", "--streams=false"}},
+		{"durable messages, server without JetStream", noJS, []string{"--presence=false", "--streams=false", "--durable-types", "orders.*"},
 			[]string{"JetStream", "nats-server -js", "--durable-types"}},
 		{"presence, account without JetStream", noJSAccount, []string{"--nats-user", "edge", "--nats-password", "pw"},
 			[]string{"JetStream", "account", "--presence=false"}},
@@ -115,7 +118,7 @@ func TestEdgeWithoutJetStreamFailsAtOnce(t *testing.T) {
 	}
 	t.Run("following the hint", func(t *testing.T) {
 		t.Parallel()
-		p := testenv.Start(t, "edge", "--nats", noJS, "--insecure-dev-users", "--listen", "127.0.0.1:0", "--presence=false")
+		p := testenv.Start(t, "edge", "--nats", noJS, "--insecure-dev-users", "--listen", "127.0.0.1:0", "--presence=false", "--streams=false")
 		m := p.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
 		wstest.Dial(t, wstest.WSURL(m[1], m[2], "user=alice")).Close()
 	})
