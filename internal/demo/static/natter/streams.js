@@ -6,104 +6,106 @@ const RETRIED = new Set(["UNAVAILABLE", "DEADLINE_EXCEEDED"]);
 /** The streams this client reads, by id: joined or being joined, not ended. */
 export class Streams {
     #conn;
-    #readers = new Map();
+    #reads = new Map();
     constructor(conn) {
         this.#conn = conn;
     }
     /** Joins stream id (see Client.stream); sent now when open, else on the next socket (resync). */
     open(id, options = {}) {
         const { offset = 0, signal } = options;
-        const r = new Reader(id, offset, {
-            leave: () => this.#leave(r),
+        const reader = new Reader(id, offset, {
+            leave: () => this.#leave(read),
             cancel: () => this.#conn.requests.request("$stream.cancel", { stream: id }).then(() => undefined),
         });
+        const read = { reader, gen: 0, joining: false, attempt: 0 };
         try {
             this.#conn.checkNotClosed();
         }
         catch (err) {
-            r.finish({ error: err });
-            return r;
+            reader.finish({ error: err });
+            return reader;
         }
         if (!Number.isSafeInteger(offset) || offset < 0) {
-            r.finish({ error: new NatterError("INVALID_ARGUMENT", "offset must be a non-negative integer") });
-            return r;
+            reader.finish({ error: new NatterError("INVALID_ARGUMENT", "offset must be a non-negative integer") });
+            return reader;
         }
-        if (this.#readers.has(id)) {
-            r.finish({ error: new NatterError("ALREADY_EXISTS", `stream ${id} is read by this client already: leave it first`) });
-            return r;
+        if (this.#reads.has(id)) {
+            reader.finish({ error: new NatterError("ALREADY_EXISTS", `stream ${id} is read by this client already: leave it first`) });
+            return reader;
         }
-        this.#readers.set(id, r);
+        this.#reads.set(id, read);
         if (signal) {
             if (signal.aborted) {
-                r.leave();
-                return r;
+                reader.leave();
+                return reader;
             }
-            const onAbort = () => r.leave();
+            const onAbort = () => reader.leave();
             signal.addEventListener("abort", onAbort, { once: true });
-            void r.ended.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => { });
+            void reader.ended.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => { });
         }
         if (this.#conn.state === "open")
-            this.#join(r, this.#conn.gen);
-        return r;
+            this.#join(read, this.#conn.gen);
+        return reader;
     }
     /** Joins, on socket gen, every stream it has not been joined on, from its last offset. */
     resync(gen) {
-        for (const r of this.#readers.values()) {
-            if (r.gen === gen)
+        for (const read of this.#reads.values()) {
+            if (read.gen === gen)
                 continue;
-            clearTimeout(r.retry);
-            this.#join(r, gen);
+            clearTimeout(read.retry);
+            this.#join(read, gen);
         }
     }
     /**
      * Sees every frame: marks a stream joined at its `$stream.joined` (the
-     * answer to its current join, by correlation id), and hands it the
-     * chunks and the end that follow, by `meta.stream`.
+     * answer to its current join, by correlation id), and hands its reader
+     * the chunks and the end that follow, by `meta.stream`.
      */
     receive(env) {
         const gen = this.#conn.gen;
         if (env.type === "$stream.joined") {
             const id = env.payload?.stream;
-            const r = typeof id === "string" ? this.#readers.get(id) : undefined;
-            if (r && r.joining && r.gen === gen && r.cid === env.meta?.correlationId)
-                r.joining = false;
+            const read = typeof id === "string" ? this.#reads.get(id) : undefined;
+            if (read && read.joining && read.gen === gen && read.cid === env.meta?.correlationId)
+                read.joining = false;
             return;
         }
         if (env.type !== "$stream.chunk" && env.type !== "$stream.end")
             return;
         const meta = env.meta ?? {};
-        const r = typeof meta.stream === "string" ? this.#readers.get(meta.stream) : undefined;
+        const read = typeof meta.stream === "string" ? this.#reads.get(meta.stream) : undefined;
         // Only after $stream.joined, on the socket of the join.
-        if (!r || r.joining || r.gen !== gen)
+        if (!read || read.joining || read.gen !== gen)
             return;
+        const { reader } = read;
         const offset = Number.isSafeInteger(meta.offset) && meta.offset >= 0 ? meta.offset : undefined;
         if (env.type === "$stream.chunk") {
             // A chunk ends past the last offset seen; anything else was had already.
-            if (typeof env.payload === "string" && offset !== undefined && offset > r.offset)
-                r.chunk({ text: env.payload, offset });
+            if (typeof env.payload === "string" && offset !== undefined && offset > reader.offset)
+                reader.chunk({ text: env.payload, offset });
             return;
         }
-        this.#readers.delete(r.id);
+        this.#reads.delete(reader.id);
         const p = (env.payload ?? {});
-        const end = { status: p.status === "done" ? "done" : "error", offset: offset ?? r.offset };
+        const end = { status: p.status === "done" ? "done" : "error", offset: offset ?? reader.offset };
         if (end.status === "error") {
             const { code, message } = p.error ?? {};
             end.error = { code: typeof code === "string" && code ? code : "INTERNAL", message: typeof message === "string" ? message : "" };
         }
-        r.finish({ end });
+        reader.finish({ end });
     }
     /** Stops the retries waiting for their backoff: the socket is gone (the next one re-joins). */
     stop() {
-        for (const r of this.#readers.values())
-            clearTimeout(r.retry);
+        for (const read of this.#reads.values())
+            clearTimeout(read.retry);
     }
     /** Ends every stream with err: the client has closed. */
     end(err) {
-        const readers = [...this.#readers.values()];
-        this.#readers.clear();
-        for (const r of readers) {
-            clearTimeout(r.retry);
-            r.finish({ error: err });
+        const reads = [...this.#reads.values()];
+        this.#reads.clear();
+        for (const read of reads) {
+            clearTimeout(read.retry);
+            read.reader.finish({ error: err });
         }
     }
     /**
@@ -112,59 +114,54 @@ export class Streams {
      * after a backoff, on the same socket; a lost socket leaves it to the
      * next; any other refusal ends the reader with it.
      */
-    #join(r, gen, leaveFirst = false) {
+    #join(read, gen, leaveFirst = false) {
         const { requests } = this.#conn;
-        r.gen = gen;
-        r.joining = true;
+        const { id } = read.reader;
+        read.gen = gen;
+        read.joining = true;
         // A join that timed out may still be joined on the edge: leave it
         // first (not an error when it is not), and its frames are dropped
         // until the new join's $stream.joined.
         if (leaveFirst)
-            requests.request("$stream.leave", { stream: r.id }, {}, true).catch(() => { });
-        const options = { trace: { meta: undefined, correlate: (cid) => (r.cid = cid) } };
-        requests.request("$stream.join", { stream: r.id, offset: r.offset }, options, true).then(() => {
-            if (r.gen === gen)
-                r.attempt = 0;
+            requests.request("$stream.leave", { stream: id }, {}, true).catch(() => { });
+        // The correlation id tells this join's $stream.joined from a late one's.
+        const options = { trace: { meta: undefined, correlate: (cid) => (read.cid = cid) } };
+        const current = () => this.#reads.get(id) === read && read.gen === gen; // not left, ended, or joined again since
+        requests.request("$stream.join", { stream: id, offset: read.reader.offset }, options, true).then(() => {
+            if (current())
+                read.attempt = 0;
         }, (e) => {
             const err = e;
-            if (this.#readers.get(r.id) !== r || r.gen !== gen)
-                return; // left, ended, or joined again since
-            if (gen !== this.#conn.gen || isLost(err))
-                return; // the next socket joins it again
-            const info = { op: "stream", stream: r.id, retrying: RETRIED.has(err.code) };
+            if (!current() || gen !== this.#conn.gen || isLost(err))
+                return; // a lost socket: the next one joins it again
+            const info = { op: "stream", stream: id, retrying: RETRIED.has(err.code) };
             this.#conn.report(err, info);
             if (info.retrying) {
-                r.retry = setTimeout(() => {
-                    if (this.#readers.get(r.id) === r && r.gen === gen && gen === this.#conn.gen)
-                        this.#join(r, gen, err.code === "DEADLINE_EXCEEDED");
-                }, this.#conn.backoff(r.attempt++, err));
+                read.retry = setTimeout(() => {
+                    if (current() && gen === this.#conn.gen)
+                        this.#join(read, gen, err.code === "DEADLINE_EXCEEDED");
+                }, this.#conn.backoff(read.attempt++, err));
                 return;
             }
-            this.#readers.delete(r.id);
-            r.finish({ error: err });
+            this.#reads.delete(id);
+            read.reader.finish({ error: err });
         });
     }
-    /** Forgets a reader; a socket it was joined on (or is being joined on) is sent `$stream.leave`. */
-    #leave(r) {
-        if (this.#readers.get(r.id) !== r)
+    /** Forgets a read; a socket it was joined on (or is being joined on) is sent `$stream.leave`. */
+    #leave(read) {
+        const { id } = read.reader;
+        if (this.#reads.get(id) !== read)
             return;
-        this.#readers.delete(r.id);
-        clearTimeout(r.retry);
-        if (r.gen === this.#conn.gen)
-            this.#conn.requests.request("$stream.leave", { stream: r.id }, {}, true).catch(() => { });
+        this.#reads.delete(id);
+        clearTimeout(read.retry);
+        if (read.gen === this.#conn.gen)
+            this.#conn.requests.request("$stream.leave", { stream: id }, {}, true).catch(() => { });
     }
 }
-/** One stream as the application reads it, and its state in Streams. */
+/** One stream as the application reads it: its chunks, its finish, its iterator. */
 class Reader {
     id;
     ended;
-    // Streams' part: the socket of the last join, whether its
-    // $stream.joined is awaited, its correlation id, the retry.
-    gen = 0;
-    joining = false;
-    cid;
-    attempt = 0;
-    retry;
     #actions;
     #offset;
     // The chunks not read yet, from #head on; bounded by the text, which a
