@@ -127,6 +127,7 @@ func main() {
 	flag.StringVar(&cfg.Prefix, "prefix", "natter", "NATS subject prefix (the edge's --prefix)")
 	flag.IntVar(&sl.Streams, "streams", 0, "streams: concurrent response streams, each read by a connection of its own user (default 1000)")
 	flag.IntVar(&sl.ChunkRate, "chunk-rate", 0, "streams: chunks per second written to each stream; resume: to the stream while it is joined (default 50)")
+	flag.BoolVar(&sl.NoReaders, "no-readers", false, "streams: join no reader: what the producers and JetStream cost alone")
 	flag.IntVar(&sl.ChunkSize, "chunk-size", 0, "streams, resume: bytes per chunk, at least 30 (default 32)")
 	flag.IntVar(&sl.Behind, "behind", 0, "resume: chunks stored after the offset each join starts from (default 10000)")
 	flag.IntVar(&sl.Read, "read", 0, "resume: chunks stored before the first join's offset, what the reader had read before its reload (default 0; the stream grows while joined, so later joins start later)")

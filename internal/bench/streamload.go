@@ -38,7 +38,14 @@ package bench
 // refused the rollup's expected last sequence), end_refused_own those of
 // them whose stream holds the producer's own end all the same (its message
 // id): an earlier attempt of the rollup was stored. How they ended is
-// written to Log.
+// written to Log. written is the chunks written in all (warm-up and window),
+// chunk_msgs the messages they were stored as (js_msgs_open less the
+// opens): the StreamWriter stores what was written while a chunk was being
+// stored as one chunk, so chunks_per_msg = written / chunk_msgs is above 1
+// when a stream's stores take longer than its interval.
+// cpu_s_per_million_written is server_cpu_s per million chunks written in
+// the window. With NoReaders no reader joins: the cost of the producers
+// and JetStream alone.
 //
 // Scenario resume: one stream (user resume<run>), written by the bench with
 // JetStream publishes as docs/protocol.md says (the SDK's StreamWriter
@@ -110,6 +117,9 @@ type StreamLoad struct {
 	// the reader had read before its reload; 0 (the default) or more.
 	// Later joins start later: the stream grows while it is joined.
 	Read int
+	// NoReaders runs the streams scenario without readers: what the
+	// producers and JetStream cost alone (no latency is measured).
+	NoReaders bool
 	// Joins is resume's measured joins, each on a new connection; default
 	// 200.
 	Joins int
@@ -574,7 +584,11 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	if measured < 1 {
 		return nil, fmt.Errorf("%w: chunk-rate x duration gives no chunk to measure", ErrInvalidConfig)
 	}
-	readers := make([]*chunkReader, n)
+	nr := n // readers
+	if sl.NoReaders {
+		nr = 0
+	}
+	readers := make([]*chunkReader, nr)
 	var loops sync.WaitGroup
 	defer func() {
 		for _, r := range readers {
@@ -586,7 +600,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 		waitBounded(&loops, closeWait)
 	}()
 	dial0 := time.Now()
-	parallel(n, cfg.DialConcurrency, func(i int) {
+	parallel(nr, cfg.DialConcurrency, func(i int) {
 		if ctx.Err() != nil {
 			return
 		}
@@ -621,7 +635,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	start := time.Now().Add(100 * time.Millisecond)
 	ticks := warm + measured
 	groups := (n + streamsPerTicker - 1) / streamsPerTicker
-	var lagNs, writeErrs atomic.Int64
+	var lagNs, writeErrs, written atomic.Int64
 	pctx, cancelPub := context.WithCancel(ctx)
 	var writing sync.WaitGroup
 	for g := range groups {
@@ -642,6 +656,8 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 					buf = appendChunk(buf[:0], time.Now().UnixNano(), k, sl.ChunkSize)
 					if _, err := w.Write(buf); err != nil {
 						writeErrs.Add(1)
+					} else {
+						written.Add(1)
 					}
 				}
 			}
@@ -662,7 +678,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	}
 	b0 := selfCPUSeconds()
 	w0 := time.Now()
-	expected := int64(n) * measured
+	expected := int64(nr) * measured
 	got := func() int64 {
 		var k int64
 		for _, r := range readers {
@@ -670,7 +686,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 		}
 		return k
 	}
-	for deadline := start.Add(cfg.Warmup + cfg.Duration + drainWait); got() < expected && time.Now().Before(deadline); {
+	for deadline := start.Add(cfg.Warmup + cfg.Duration + drainWait); (nr == 0 || got() < expected) && time.Now().Before(deadline); {
 		if !sleepCtx(ctx, 5*time.Millisecond) {
 			return nil, ctx.Err()
 		}
@@ -737,7 +753,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 		}
 		return k
 	}
-	for deadline := time.Now().Add(closeWait); ended() < n && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(closeWait); ended() < nr && time.Now().Before(deadline); {
 		if !sleepCtx(ctx, 20*time.Millisecond) {
 			return nil, ctx.Err()
 		}
@@ -777,6 +793,7 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 		l.int("run", int64(run))
 	}
 	l.int("streams", int64(n))
+	l.int("readers", int64(nr))
 	l.add("chunk_rate", strconv.Itoa(sl.ChunkRate)+"/s")
 	l.int("chunk_bytes", int64(sl.ChunkSize))
 	l.add("duration", cfg.Duration.String())
@@ -801,7 +818,12 @@ func runStreamLoad(ctx context.Context, cfg *Config, sl *StreamLoad, t *target, 
 	} else {
 		l.add("cpu_s_per_million", "NaN")
 	}
+	l.num("cpu_s_per_million_written", serverCPU/float64(int64(n)*measured)*1e6, 2, "")
 	l.num("bench_cpu_s", b1-b0, 2, "")
+	l.int("written", written.Load())
+	chunkMsgs := int64(jsOpen.msgs) - int64(js0.msgs) - int64(n) // less the opens
+	l.int("chunk_msgs", chunkMsgs)
+	l.num("chunks_per_msg", float64(written.Load())/float64(chunkMsgs), 2, "")
 	l.num("js_kib_open", kib(jsOpen.bytes-min(js0.bytes, jsOpen.bytes)), 0, "")
 	l.int("js_msgs_open", int64(jsOpen.msgs)-int64(js0.msgs))
 	l.num("js_kib_ended", kib(jsEnd.bytes-min(js0.bytes, jsEnd.bytes)), 0, "")
