@@ -1,9 +1,11 @@
-// Command worker runs Natter's built-in handlers (echo, ping, chat) as a
+// Command worker runs Natter's built-in handlers (echo, ping, chat, and the
+// demo's assistant, which keeps its current answer in memory) as a
 // separate, stateless process on a NATS server or cluster.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/natter/natter/internal/assistant"
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/config"
 	"github.com/natter/natter/internal/natsopt"
@@ -119,6 +122,10 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 	if err := chat.Register(w); err != nil {
 		return err
 	}
+	asst, err := assistant.Register(w, assistant.Config{Logger: log})
+	if err != nil {
+		return err
+	}
 	if err := w.Flush(ctx); err != nil {
 		return err
 	}
@@ -141,7 +148,7 @@ func run(ctx context.Context, log *slog.Logger, rc runConfig) error {
 	log.Info("worker draining")
 	dctx, cancel := context.WithTimeout(context.Background(), rc.drainFor)
 	defer cancel()
-	err = w.Drain(dctx)
+	err = errors.Join(w.Drain(dctx), asst.Close(dctx))
 	// Replies already handed to the connection go out before it closes.
 	if derr := nc.Drain(); derr == nil {
 		select {

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
+	"github.com/natter/natter/internal/assistant"
 	"github.com/natter/natter/internal/auth"
 	"github.com/natter/natter/internal/chat"
 	"github.com/natter/natter/internal/demo"
@@ -287,11 +288,15 @@ func Run(ctx context.Context, rc Config) error {
 		"joinCallout", rc.JoinCallout, "anonymous", rc.Edge.Auth.Anonymous || rc.Edge.Auth.DevMode)
 
 	var w *worker.Worker
+	var asst *assistant.Assistant // the demo's "assistant" room
 	if single {
 		if w, err = worker.New(nc, worker.Config{Namespace: rc.Edge.NATS.Namespace, Logger: log, TracerProvider: cmp.Or[trace.TracerProvider](rc.Edge.Tracing.Provider, noop.NewTracerProvider())}); err != nil {
 			return err
 		}
 		if err = chat.Register(w); err != nil {
+			return err
+		}
+		if asst, err = assistant.Register(w, assistant.Config{Logger: log}); err != nil {
 			return err
 		}
 	}
@@ -422,7 +427,7 @@ func Run(ctx context.Context, rc Config) error {
 	errs = append(errs, e.Shutdown(sctx))
 	errs = append(errs, <-srvDone)
 	if w != nil {
-		errs = append(errs, w.Drain(sctx))
+		errs = append(errs, w.Drain(sctx), asst.Close(sctx))
 	}
 	errs = append(errs, drain(sctx, nc))
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
