@@ -1,9 +1,12 @@
 // The Natter demo: one connection, a few rooms, messages, who is online and
-// who is typing. Plain DOM, no framework; every user-supplied string goes
-// through textContent.
+// who is typing, and an "assistant" room whose long answers are response
+// streams that survive reloads and reach every tab. Plain DOM, no
+// framework; every user-supplied string goes through textContent.
 import { connect } from "./natter.js";
 
-const DEFAULT_ROOMS = ["general", "random"];
+const ASSISTANT = "assistant"; // the room of the built-in assistant worker (internal/assistant)
+const DEFAULT_ROOMS = ["general", "random", ASSISTANT];
+const ROOM_KEY = "natter-demo-room"; // sessionStorage: the room on screen, kept across a reload of this tab
 const ID = /^[A-Za-z0-9_-]{1,128}$/; // user and room ids (docs/protocol.md)
 const TYPING_IDLE_MS = 3000; // typing state clears after this long without a keystroke
 const MAX_MESSAGES = 500; // per room, oldest dropped
@@ -22,12 +25,16 @@ let typingTimer;
 let everOpen = false;
 let following = true; // the message list was at its end before this frame's new messages: scroll there again
 let scrollQueued = false; // a frame callback will scroll the message list (if following)
+/** @type {Map<string, Message>} the assistant's answers on the page, by stream id */
+const answers = new Map();
 const me = new URLSearchParams(location.search).get("user");
 
 /**
  * @typedef {{conn: string, user?: string, state?: any}} Member
  * @typedef {{user: string, text: string, ts: number, mine?: boolean, status?: string, notice?: boolean,
- *   recovery?: "recovered" | "gap", node?: Element}} Message
+ *   recovery?: "recovered" | "gap", node?: Element,
+ *   answer?: {id: string, question: string, stream?: any, textNode?: Text}}} Message
+ *   An answer's status is "streaming", "done", "cancelled" or "error" (msg.error says which).
  * @typedef {{name: string, custom: boolean, joined: boolean, joining?: Promise<void>,
  *   members: Map<string, Member>, more: number, messages: Message[], unread: number,
  *   offPresence?: () => void}} Room
@@ -66,10 +73,12 @@ function start(user) {
     everOpen = true;
   });
   client.on("chat.message", receive);
+  client.on("assistant.answer", follow);
   client.onRecovery(recovery);
 
   for (const name of DEFAULT_ROOMS) addRoom(name, false);
-  show(DEFAULT_ROOMS[0]);
+  const saved = remembered();
+  show(saved && ID.test(saved) ? saved : DEFAULT_ROOMS[0]);
   wireForms();
 }
 
@@ -89,11 +98,34 @@ function show(name) {
   const room = addRoom(name, !DEFAULT_ROOMS.includes(name));
   if (current !== name) stopTyping();
   current = name;
+  remember(name);
   room.unread = 0;
   renderRooms();
   renderRoom();
-  join(room);
-  el("message-input").focus();
+  const joining = join(room);
+  if (name === ASSISTANT) {
+    // Whatever the assistant is writing now (or wrote last): after a
+    // reload, or when it began while we were elsewhere.
+    Promise.resolve(joining).then(() => room.joined && loadCurrent());
+    el("question-input").focus();
+  } else {
+    el("message-input").focus();
+  }
+}
+
+// remember keeps the room on screen for a reload of this tab.
+function remember(name) {
+  try {
+    sessionStorage.setItem(ROOM_KEY, name);
+  } catch {} // storage off: a reload shows the first room
+}
+
+function remembered() {
+  try {
+    return sessionStorage.getItem(ROOM_KEY);
+  } catch {
+    return null;
+  }
 }
 
 // join joins a room with presence diffs and loads its member list. The
@@ -154,6 +186,9 @@ function afterReconnect() {
     if (room.joined) notice(room, "reconnected");
     if (room.joined) loadMembers(room).catch((err) => showError(`Could not reload ${room.name}: ${describe(err)}`));
   }
+  // An answer announced while we were away; those we read, the client
+  // re-joins itself from the last offset seen.
+  if (rooms.get(ASSISTANT)?.joined) loadCurrent();
 }
 
 // applyDiff applies a $presence.diff: each connection appears once, as its
@@ -193,7 +228,7 @@ function recovery({ room: name, recovered }) {
 
 function add(room, msg) {
   room.messages.push(msg);
-  if (room.messages.length > MAX_MESSAGES) room.messages.shift().node?.remove();
+  if (room.messages.length > MAX_MESSAGES) forget(room.messages.shift());
   if (room.name === current) {
     appendMessage(msg);
   } else if (!msg.notice) {
@@ -219,6 +254,83 @@ async function send(text) {
     msg.error = describe(err);
   }
   if (msg.node) renderMessage(msg, msg.node);
+}
+
+function forget(msg) {
+  msg.node?.remove();
+  if (!msg.answer) return;
+  answers.delete(msg.answer.id);
+  msg.answer.stream?.leave();
+}
+
+// ---- the assistant ----------------------------------------------------------
+//
+// The assistant worker writes each answer into a response stream readable
+// by the room's members, and announces it to the room ("assistant.answer").
+// The page reads every answer it learns of from offset 0: the client hands
+// the text out in order, and after a reconnect re-joins from the last
+// offset it saw, so each answer shows whole and once.
+
+// ask sends a question; the answer shows when its announcement (or the
+// reply, whichever comes first) names its stream.
+async function ask(question) {
+  const room = rooms.get(ASSISTANT);
+  try {
+    await join(room);
+    const reply = await client.rpc("assistant.ask", { question }, { timeoutMs: 10_000 });
+    follow({ stream: reply.stream, question, user: me });
+  } catch (err) {
+    showError(`The assistant did not take the question: ${describe(err)}`);
+    el("question-input").value ||= question;
+  }
+}
+
+// loadCurrent follows the answer the assistant writes now, or wrote last.
+async function loadCurrent() {
+  try {
+    const cur = await client.rpc("assistant.current", {}, { timeoutMs: 10_000 });
+    if (cur?.stream) follow(cur);
+  } catch (err) {
+    showError(`Could not ask the assistant what it is writing: ${describe(err)}`);
+  }
+}
+
+// follow shows the answer of stream (once per stream) and reads it.
+function follow({ stream: id, question, user }) {
+  if (typeof id !== "string" || answers.has(id)) return;
+  const msg = { user: user || "anonymous", text: "", ts: Date.now(), status: "streaming", answer: { id, question: question ?? "" } };
+  answers.set(id, msg);
+  add(addRoom(ASSISTANT, false), msg);
+  read(msg);
+}
+
+async function read(msg) {
+  const a = msg.answer;
+  const stream = (a.stream = client.stream(a.id));
+  try {
+    for await (const chunk of stream) {
+      msg.text += chunk.text;
+      a.textNode?.appendData(chunk.text);
+      if (current === ASSISTANT) queueScroll();
+    }
+    const end = await stream.ended; // rejects when left (dropped from the page)
+    msg.status = end.status === "done" ? "done" : "error";
+  } catch (err) {
+    msg.status = err?.code === "CANCELLED" ? "cancelled" : "error";
+    msg.error = describe(err);
+  }
+  a.stream = undefined;
+  if (msg.node) renderAnswer(msg, msg.node);
+}
+
+// stop asks the assistant to stop writing: every reader gets the end
+// CANCELLED, and the answer so far.
+async function stop(msg) {
+  try {
+    await msg.answer.stream?.cancel();
+  } catch (err) {
+    showError(`Could not stop the answer: ${describe(err)}`);
+  }
 }
 
 // ---- typing ---------------------------------------------------------------
@@ -285,9 +397,15 @@ function renderRooms() {
 function renderRoom() {
   const room = rooms.get(current);
   el("room-title").replaceChildren(h("span", { className: "hash" }, "#"), room.name);
+  const assistant = room.name === ASSISTANT;
+  el("composer").hidden = assistant;
+  el("ask-form").hidden = !assistant;
   const list = el("messages");
   list.replaceChildren();
-  if (room.messages.length === 0) {
+  if (assistant && room.messages.length === 0) {
+    list.append(h("li", { className: "empty", "data-testid": "empty" },
+      "Ask the assistant something. Its answer streams in word by word: reload the page, or open it in another tab, mid-answer."));
+  } else if (room.messages.length === 0) {
     const guest = `guest-${Math.floor(1000 + Math.random() * 9000)}`;
     list.append(h("li", { className: "empty", "data-testid": "empty" },
       `No messages in #${room.name} yet. Say hi, or `,
@@ -302,23 +420,62 @@ function renderRoom() {
 function appendMessage(msg) {
   const list = el("messages");
   list.querySelector(".empty")?.remove();
-  if (!scrollQueued) {
-    // Once per frame, before its first new message: reading the scroll
-    // position lays out the whole list (several ms with hundreds of
-    // messages), too slow to do per message in a busy room.
-    following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    scrollQueued = true;
-    requestAnimationFrame(() => {
-      scrollQueued = false;
-      if (following) list.scrollTop = list.scrollHeight;
-    });
-  }
+  queueScroll();
   msg.node = renderMessage(msg, h("li"));
   list.append(msg.node);
   if (msg.mine) following = true;
 }
 
+// queueScroll scrolls the message list to its end in the next frame if it
+// was there before this frame's changes.
+function queueScroll() {
+  if (scrollQueued) return;
+  // Once per frame, before its first change: reading the scroll position
+  // lays out the whole list (several ms with hundreds of messages), too
+  // slow to do per message in a busy room.
+  const list = el("messages");
+  following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    if (following) list.scrollTop = list.scrollHeight;
+  });
+}
+
+const ANSWER_STATUS = { streaming: "writing…", done: "done", cancelled: "stopped", error: "failed" };
+
+// renderAnswer shows a question and its answer so far; read() appends
+// the text that comes to answer.textNode.
+function renderAnswer(msg, node) {
+  const a = msg.answer;
+  node.className = "answer " + msg.status;
+  node.dataset.testid = "answer";
+  node.dataset.stream = a.id;
+  node.dataset.status = msg.status;
+  a.textNode = document.createTextNode(msg.text);
+  node.replaceChildren(
+    h("div", { className: "question" },
+      h("span", { className: "avatar", hue: hue(msg.user) }, msg.user.slice(0, 1).toUpperCase()),
+      h("div", { className: "body" },
+        h("div", { className: "meta" }, h("span", { className: "author" }, msg.user === me ? `${msg.user} (you)` : msg.user), " asked"),
+        h("p", { className: "text", "data-testid": "answer-question" }, a.question))),
+    h("div", { className: "reply" },
+      h("span", { className: "avatar bot" }, "✦"),
+      h("div", { className: "body" },
+        h("div", { className: "meta" },
+          h("span", { className: "author" }, "assistant"),
+          h("span", { className: "status", "data-testid": "answer-status", "data-status": msg.status, title: msg.error ?? "" },
+            ANSWER_STATUS[msg.status] ?? msg.status),
+          msg.status === "streaming"
+            ? h("button", { type: "button", className: "stop", "data-testid": "stop-button", onclick: (ev) => { ev.currentTarget.disabled = true; stop(msg); } }, "stop")
+            : null),
+        h("p", { className: "text", "data-testid": "answer-text" }, a.textNode))),
+  );
+  return node;
+}
+
 function renderMessage(msg, node) {
+  if (msg.answer) return renderAnswer(msg, node);
   const time = new Date(msg.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   if (msg.notice) {
     node.className = "notice" + (msg.recovery === "gap" ? " gap" : "");
@@ -401,6 +558,7 @@ function showState(state, info) {
   badge.title = detail;
   el("chat").dataset.conn = state; // the lists go grey while they may be stale
   el("message-input").disabled = el("send-button").disabled = state === "closed";
+  el("question-input").disabled = el("ask-button").disabled = state === "closed";
 }
 
 let errorTimer;
@@ -439,6 +597,13 @@ function wireForms() {
     if (!text) return;
     input.value = "";
     send(text);
+  });
+  el("ask-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const question = ev.target.question.value.trim();
+    if (!question) return;
+    ev.target.question.value = "";
+    ask(question);
   });
 }
 

@@ -1,0 +1,95 @@
+package demo_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/natter/natter/internal/assistant"
+	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/pkg/worker"
+)
+
+// TestBrowserAssistant runs browser-test/assistant.test.mjs: the demo's
+// "assistant" room in Chromium against a real edge process, with the
+// assistant worker in this process (a word every 40 ms: an answer takes
+// about ten seconds). The page asks; one tab reloads mid-answer and two
+// more join mid-answer (the same user's second tab, another user), and
+// every tab must end with the whole answer, once, in order, and "done";
+// then a stop cancels an answer for every tab. The expected answers are
+// assistant.Answer's, handed to the script.
+func TestBrowserAssistant(t *testing.T) {
+	chromium := cmp.Or(os.Getenv("CHROMIUM"), "/usr/bin/chromium")
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("the browser test needs Debian's Chromium at %s: apt-get install chromium (.ci/run does)", chromium)
+	}
+	ns := testenv.NATS(t)
+	w, err := worker.New(testenv.Connect(t, ns.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	asst, err := assistant.Register(w, assistant.Config{WordDelay: 40 * time.Millisecond, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := w.Drain(ctx); err != nil {
+			t.Errorf("worker drain: %v", err)
+		}
+		if err := asst.Close(ctx); err != nil {
+			t.Errorf("assistant close: %v", err)
+		}
+	})
+	addr := freeAddr(t)
+	edge := startEdgeProcess(t, []string{"--nats", ns.ClientURL(), "--insecure-dev-users", "--listen", addr, "--shutdown-spread", "10ms"})
+
+	type qa struct {
+		Question string `json:"question"`
+		Answer   string `json:"answer"`
+	}
+	cases := map[string]qa{}
+	for name, q := range map[string]string{
+		"reload": "How does an answer survive a reload?",
+		"stop":   "Will you stop when I ask? (naïve “question”)",
+	} {
+		cases[name] = qa{Question: q, Answer: assistant.Answer(q)}
+	}
+	casesJSON, err := json.Marshal(cases)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dir, err := filepath.Abs("browser-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	npmCI(t, dir)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "--test", "--test-reporter=spec", "assistant.test.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NO_COLOR=1", "CHROMIUM="+chromium,
+		"ASSISTANT_DEMO_URL=http://"+addr, "ASSISTANT_CASES="+string(casesJSON))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node --test assistant.test.mjs: %v\n%s\nedge log (last lines):\n%s", err, out, lastLog(edge.Log(), 30))
+	}
+	t.Logf("node --test assistant.test.mjs:\n%s", out)
+}
+
+// lastLog is the last n lines of a process's log.
+func lastLog(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
