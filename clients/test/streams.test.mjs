@@ -262,18 +262,17 @@ test("streams: after the end the subject holds one message (rolled up), and join
   assert.equal((await past.ended).status, "done");
 });
 
-// docs/protocol.md: "an offset inside a UTF-8 character is refused
-// (INVALID_ARGUMENT)". The edge (d8d2461) starts at the next character
-// instead: a todo until the doc and the edge agree.
-test("streams: a join from an offset inside a UTF-8 character is refused INVALID_ARGUMENT", { todo: "the edge starts at the next character; docs/protocol.md says INVALID_ARGUMENT" }, async () => {
+// docs/protocol.md: "an offset inside a UTF-8 character starts at the
+// next character".
+test("streams: a join from an offset inside a UTF-8 character starts at the next character", async () => {
   const id = newId("inside");
   const user = "s-ida";
   const p = await produce(id, ["user", user]);
   await p.chunk("βeta");
   await p.done();
   const inside = client(user).stream(id, { offset: 1 }); // inside β (two bytes)
-  assert.equal((await rejection(inside.text())).code, "INVALID_ARGUMENT");
-  assert.equal((await rejection(inside.ended)).code, "INVALID_ARGUMENT");
+  assert.equal(await withTimeout(inside.text(), 10_000, "from inside β"), "eta");
+  assert.deepEqual(await inside.ended, { status: "done", offset: bytes("βeta") });
 });
 
 for (const wire of ["json", "protobuf"]) {
