@@ -1,6 +1,6 @@
 // Compile-time checks of the public API's types (npm run typecheck): the
 // generated payload types apply to known types, unknown to the others.
-import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage, type Accepted, type DurableOptions, type Schemas, type TransportName } from "natter-client";
+import { connect, NatterError, type WebSocketConstructor, type RoomPage, type Position, type RecoveryInfo, type HistoryPage, type Accepted, type DurableOptions, type Schemas, type TransportName, type NatterStream, type StreamChunk, type StreamEnd } from "natter-client";
 import { natterSchemas } from "natter-client/schemas";
 
 const W: WebSocketConstructor = WebSocket; // the browser's constructor fits
@@ -129,3 +129,24 @@ c.on("chat.message", (_, env) => {
   void [tp, ts];
 });
 c.send("chat.send", { room: "r", text: "t" }, { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" });
+
+// Response streams: an async iterator of text chunks with their offsets.
+async function readAnswer(id: string, saved: number): Promise<string> {
+  const st: NatterStream = c.stream(id, { offset: saved, signal: ac.signal });
+  let text = "";
+  for await (const chunk of st) {
+    const piece: StreamChunk = chunk;
+    const at: number = piece.offset;
+    text += piece.text;
+    void at;
+  }
+  const end: StreamEnd = await st.ended;
+  const code: string | undefined = end.error?.code;
+  void code;
+  // @ts-expect-error offsets are numbers
+  c.stream(id, { offset: "12" });
+  await st.cancel();
+  st.leave();
+  return text + (await c.stream(id).text());
+}
+void readAnswer;
