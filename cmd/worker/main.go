@@ -1,6 +1,7 @@
 // Command worker runs Natter's built-in handlers (echo, ping, chat, and the
-// demo's assistant, which keeps its current answer in memory) as a
-// separate, stateless process on a NATS server or cluster.
+// demo's assistant) as a separate process on a NATS server or cluster. All
+// but the assistant are stateless; the assistant keeps the answer it is
+// writing in memory (internal/assistant), so the demo runs one worker.
 package main
 
 import (
