@@ -117,6 +117,8 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
   readonly #timeoutMs: number | undefined;
   /** Counts reconnectToStream calls per chat, to tell a superseded resume from stop(). */
   readonly #resumes = new Map<string, number>();
+  /** The reads in progress by stream id: a client reads a stream once at a time. */
+  readonly #reading = new Map<string, (how: "leave") => void>();
 
   constructor({ client, sendType = DEFAULT_SEND_TYPE, resumeType = DEFAULT_RESUME_TYPE, timeoutMs }: NatterChatTransportOptions) {
     if (client == null) throw new TypeError("NatterChatTransport: options.client is required");
@@ -173,16 +175,25 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
    * caller's own synchronous reaction, cancels the stream or leaves it.
    */
   #read(reply: StreamReply, offset: number, signal: AbortSignal | undefined, onAbort: () => "cancel" | "leave"): ReadableStream<UIMessageChunk> {
-    const stream = this.#client.stream(reply.stream as string, { offset });
+    const id = reply.stream as string;
+    // A newer read of the same stream (a resume while this transport still
+    // reads it) takes over: the older one ends without a finish.
+    this.#reading.get(id)?.("leave");
+    const stream = this.#client.stream(id, { offset });
     const iterator = stream[Symbol.asyncIterator]();
     const textId = `text-${stream.id}`;
     let finished = false; // the reading ended: by the stream's end, an abort or a cancel of the ReadableStream
     let controllerRef: ReadableStreamDefaultController<UIMessageChunk> | undefined;
 
-    const stopReading = (how: "cancel" | "leave") => {
-      if (finished) return;
+    const reading = this.#reading;
+    const done = () => {
       finished = true;
       signal?.removeEventListener("abort", aborted);
+      if (reading.get(id) === stopReading) reading.delete(id);
+    };
+    const stopReading = (how: "cancel" | "leave") => {
+      if (finished) return;
+      done();
       if (how === "cancel") cancelThenLeave(stream);
       else stream.leave();
       try { controllerRef?.close(); } catch { /* closed or cancelled already */ }
@@ -193,6 +204,8 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
       // the same chat follows its abort synchronously.
       queueMicrotask(() => stopReading(onAbort()));
     };
+
+    reading.set(id, stopReading);
 
     return new ReadableStream<UIMessageChunk>({
       start(controller) {
@@ -209,8 +222,7 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
           next = await iterator.next();
         } catch (err) {
           if (finished) return;
-          finished = true;
-          signal?.removeEventListener("abort", aborted);
+          done();
           controller.enqueue({ type: "text-end", id: textId });
           controller.enqueue({ type: "error", errorText: errorText(err) });
           controller.close();
@@ -218,8 +230,7 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
         }
         if (finished) return;
         if (next.done) {
-          finished = true;
-          signal?.removeEventListener("abort", aborted);
+          done();
           controller.enqueue({ type: "text-end", id: textId });
           controller.enqueue({ type: "finish", finishReason: "stop" });
           controller.close();
@@ -231,8 +242,7 @@ export class NatterChatTransport<UI_MESSAGE extends UIMessage> implements ChatTr
         // The chat stopped reading (after an abort, or a resume it no
         // longer wants): stop receiving; an abort has decided already.
         if (finished) return;
-        finished = true;
-        signal?.removeEventListener("abort", aborted);
+        done();
         stream.leave();
       },
     });

@@ -387,3 +387,21 @@ test("a resume answered with a stream that has ended replays it into the same me
     sub.unsubscribe();
   }
 });
+
+test("resumeStream() while the same chat still reads the answer: the newer read takes over, the text is once", async () => {
+  const chatId = newChatId();
+  worker.script = () => ({ chunks: CHUNKS, delayMs: 5, holdAfter: 3 });
+  const chat = new Chat({ id: chatId, transport: new NatterChatTransport({ client: client() }) });
+  const sent = chat.sendMessage({ text: "read twice" });
+  const p = await producer(chatId);
+  await untilText(chat, CHUNKS.slice(0, 3).join(""), "three chunks");
+  const resumed = chat.resumeStream(); // as a remounted component with resume: true would
+  await until(() => worker.requests.some((r) => r.type === "ai.chat.resume" && r.payload.chatId === chatId), 10_000, "the resume request");
+  await untilText(chat, CHUNKS.slice(0, 3).join(""), "the replay");
+  p.release();
+  await withTimeout(Promise.all([sent, resumed]), 20_000, "both requests");
+  assert.equal(chat.status, "ready");
+  assert.equal(chat.error, undefined);
+  assert.deepEqual(chat.messages.map((m) => [m.role, textOf(m)]), [["user", "read twice"], ["assistant", FULL]]);
+  assert.ok(!p.ctl.includes("cancel"));
+});
