@@ -1,13 +1,17 @@
 package demo_test
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"os"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,10 +24,12 @@ import (
 // "assistant" room in Chromium against a real edge process, with the
 // assistant worker in this process (a word every 40 ms: an answer takes
 // about ten seconds). The page asks; one tab reloads mid-answer and two
-// more join mid-answer (the same user's second tab, another user), and
-// every tab must end with the whole answer, once, in order, and "done";
-// then a stop cancels an answer for every tab. The expected answers are
-// assistant.Answer's, handed to the script.
+// more join mid-answer (the same user's second tab, another user); then
+// the edge restarts (SIGTERM, started again on the same port, which the
+// script asks for with POST <control>/restart-edge) and the tabs
+// reconnect; every tab must end with the whole answer, once, in order,
+// and "done". Then a stop cancels an answer for every tab. The expected
+// answers are assistant.Answer's, handed to the script.
 func TestBrowserAssistant(t *testing.T) {
 	chromium := cmp.Or(os.Getenv("CHROMIUM"), "/usr/bin/chromium")
 	if _, err := os.Stat(chromium); err != nil {
@@ -52,7 +58,30 @@ func TestBrowserAssistant(t *testing.T) {
 		}
 	})
 	addr := freeAddr(t)
-	edge := startEdgeProcess(t, []string{"--nats", ns.ClientURL(), "--insecure-dev-users", "--listen", addr, "--shutdown-spread", "10ms"})
+	edgeArgs := []string{"--nats", ns.ClientURL(), "--insecure-dev-users", "--listen", addr, "--shutdown-spread", "10ms"}
+	edge := startEdgeProcess(t, edgeArgs)
+
+	// The script's restarts are done here, on the test's goroutine; the
+	// handler waits for them (or for the script to go away).
+	restarts := make(chan chan struct{})
+	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/restart-edge" {
+			http.NotFound(w, r)
+			return
+		}
+		done := make(chan struct{})
+		select {
+		case restarts <- done:
+		case <-r.Context().Done():
+			return
+		}
+		select {
+		case <-done:
+			w.WriteHeader(http.StatusNoContent)
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(control.Close)
 
 	type qa struct {
 		Question string `json:"question"`
@@ -80,12 +109,35 @@ func TestBrowserAssistant(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "node", "--test", "--test-reporter=spec", "assistant.test.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "NO_COLOR=1", "CHROMIUM="+chromium,
-		"ASSISTANT_DEMO_URL=http://"+addr, "ASSISTANT_CASES="+string(casesJSON))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("node --test assistant.test.mjs: %v\n%s\nedge log (last lines):\n%s", err, out, lastLog(edge.Log(), 30))
+		"ASSISTANT_DEMO_URL=http://"+addr, "ASSISTANT_CONTROL_URL="+control.URL, "ASSISTANT_CASES="+string(casesJSON))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("node: %v (the browser test needs Node 20+)", err)
 	}
-	t.Logf("node --test assistant.test.mjs:\n%s", out)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for err = nil; ; {
+		select {
+		case done := <-restarts:
+			if err := edge.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := edge.Wait(t, 15*time.Second); code != 0 {
+				t.Fatalf("edge exited with %d after SIGTERM:\n%s", code, lastLog(edge.Log(), 30))
+			}
+			edge = startEdgeProcess(t, edgeArgs)
+			t.Log("edge restarted")
+			close(done)
+			continue
+		case err = <-exited:
+		}
+		break
+	}
+	if err != nil {
+		t.Fatalf("node --test assistant.test.mjs: %v\n%s\nedge log (last lines):\n%s", err, out.String(), lastLog(edge.Log(), 30))
+	}
+	t.Logf("node --test assistant.test.mjs:\n%s", out.String())
 }
 
 // lastLog is the last n lines of a process's log.

@@ -7,6 +7,8 @@
 // (assistant_browser_test.go), which starts NATS, the assistant worker and
 // the edge, and passes
 //   ASSISTANT_DEMO_URL  the edge's base URL (dev users: ?user=)
+//   ASSISTANT_CONTROL_URL  the Go test's: POST /restart-edge stops the edge
+//                       (SIGTERM) and answers once it listens again
 //   ASSISTANT_CASES     {"reload": {question, answer}, "stop": {question, answer}}:
 //                       questions and the whole answers the worker writes
 //                       for them (assistant.Answer)
@@ -22,14 +24,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 const artifacts = join(here, "artifacts");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const BASE = process.env.ASSISTANT_DEMO_URL;
+const CONTROL = process.env.ASSISTANT_CONTROL_URL;
 const CASES = process.env.ASSISTANT_CASES ? JSON.parse(process.env.ASSISTANT_CASES) : undefined;
-if (!BASE || !CASES?.reload || !CASES?.stop) {
-  throw new Error("assistant.test.mjs needs ASSISTANT_DEMO_URL and ASSISTANT_CASES: run it with go test ./internal/demo -run TestBrowserAssistant");
+if (!BASE || !CONTROL || !CASES?.reload || !CASES?.stop) {
+  throw new Error("assistant.test.mjs needs ASSISTANT_DEMO_URL, ASSISTANT_CONTROL_URL and ASSISTANT_CASES: run it with go test ./internal/demo -run TestBrowserAssistant");
 }
 const WAIT = 30_000; // for any one thing
 const ANSWER_WAIT = 90_000; // for an answer to end (about ten seconds of writing)
 
-test("the assistant's answers across a reload and tabs, and stop", { timeout: 300_000 }, async (t) => {
+test("the assistant's answers across a reload, tabs and an edge restart, and stop", { timeout: 300_000 }, async (t) => {
   await mkdir(artifacts, { recursive: true });
   for (const f of await readdir(artifacts)) if (f.startsWith("failure-assistant-")) await rm(join(artifacts, f)); // of an earlier run
   const browser = await chromium.launch({
@@ -39,7 +42,8 @@ test("the assistant's answers across a reload and tabs, and stop", { timeout: 30
     timeout: WAIT,
   });
   const pages = {}; // name -> page
-  const pageErrors = [];
+  const pageErrors = []; // uncaught exceptions in the pages fail the test
+  const consoleErrors = []; // printed on failure only: refused connections while the edge is down are expected
   let failed = true;
   try {
     const alice = await browser.newContext({ viewport: { width: 1100, height: 700 } });
@@ -48,7 +52,7 @@ test("the assistant's answers across a reload and tabs, and stop", { timeout: 30
       context.setDefaultTimeout(WAIT);
       const page = await context.newPage();
       page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.stack ?? err}`));
-      page.on("console", (msg) => { if (msg.type() === "error") console.error(`${name} console: ${msg.text()}`); });
+      page.on("console", (msg) => { if (msg.type() === "error") consoleErrors.push(`${name}: ${msg.text()}`); });
       await page.goto(`${BASE}/?user=${user}`);
       await connected(page);
       pages[name] = page;
@@ -79,6 +83,16 @@ test("the assistant's answers across a reload and tabs, and stop", { timeout: 30
     await enterAssistant(b, "bob");
     await midAnswer(b, id, answer, "bob (opened mid-answer)");
 
+    // The edge restarts: every tab reconnects, and the client re-joins the
+    // stream from the last offset it saw.
+    const restart = await fetch(`${CONTROL}/restart-edge`, { method: "POST" });
+    assert.equal(restart.status, 204, "the Go test restarted the edge");
+    for (const [name, page] of Object.entries(pages)) {
+      await page.locator('[data-testid="conn-state"][data-state="open"]').waitFor({ timeout: 60_000 }); // the client's backoff
+      await page.locator('[data-testid="notice"]').filter({ hasText: "reconnected" }).first().waitFor();
+      t.diagnostic(`${name} reconnected at ${(await answerText(page, id)).length} bytes, ${await status(page, id)}`);
+    }
+
     for (const [name, page] of Object.entries(pages)) {
       await waitStatus(page, id, "done", ANSWER_WAIT);
       const text = await answerText(page, id);
@@ -88,7 +102,7 @@ test("the assistant's answers across a reload and tabs, and stop", { timeout: 30
       assert.equal(await page.locator(answerSel(id)).getByTestId("answer-question").textContent(), question);
       assert.equal(await page.locator(answerSel(id)).getByTestId("stop-button").count(), 0, `${name}: no stop button after the end`);
     }
-    t.diagnostic(`${answer.length} bytes in every tab: alice-1 (reloaded mid-answer), alice-2 and bob (opened mid-answer)`);
+    t.diagnostic(`${answer.length} bytes in every tab: alice-1 (reloaded mid-answer), alice-2 and bob (opened mid-answer), all across the edge's restart`);
 
     // ---- stop ----
     const stop = CASES.stop;
@@ -120,6 +134,7 @@ test("the assistant's answers across a reload and tabs, and stop", { timeout: 30
         await page.screenshot({ path: join(artifacts, `failure-assistant-${name}.png`) }).catch(() => {});
       }
       if (pageErrors.length) console.error(`page errors:\n${pageErrors.join("\n")}`);
+      if (consoleErrors.length) console.error(`console errors:\n${consoleErrors.join("\n")}`);
     }
     await browser.close();
   }
