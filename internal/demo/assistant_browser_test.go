@@ -17,6 +17,8 @@ import (
 
 	"github.com/natter/natter/internal/assistant"
 	"github.com/natter/natter/internal/testenv"
+	"github.com/natter/natter/pkg/envelope"
+	"github.com/natter/natter/pkg/rpc"
 	"github.com/natter/natter/pkg/worker"
 )
 
@@ -26,16 +28,20 @@ import (
 // about ten seconds). The page asks; one tab reloads mid-answer and two
 // more join mid-answer (the same user's second tab, another user); then
 // the edge restarts (SIGTERM, started again on the same port, which the
-// script asks for with POST <control>/restart-edge) and the tabs
-// reconnect; every tab must end with the whole answer, once, in order,
-// and "done". Then a stop cancels an answer for every tab. The expected
-// answers are assistant.Answer's, handed to the script.
+// script asks for with POST <control>/restart-edge?ask=<question>) and
+// the tabs reconnect. While the edge is down a service asks another
+// question, whose announcement no tab gets: they find it with
+// assistant.current after the reconnect. Every tab must end with both
+// whole answers, once, in order, and "done". Then a stop cancels an
+// answer for every tab. The expected answers are assistant.Answer's,
+// handed to the script.
 func TestBrowserAssistant(t *testing.T) {
 	chromium := cmp.Or(os.Getenv("CHROMIUM"), "/usr/bin/chromium")
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("the browser test needs Debian's Chromium at %s: apt-get install chromium (.ci/run does)", chromium)
 	}
 	ns := testenv.NATS(t)
+	svc := testenv.Connect(t, ns.ClientURL()) // a service's connection
 	w, err := worker.New(testenv.Connect(t, ns.ClientURL()), worker.Config{Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +69,11 @@ func TestBrowserAssistant(t *testing.T) {
 
 	// The script's restarts are done here, on the test's goroutine; the
 	// handler waits for them (or for the script to go away).
-	restarts := make(chan chan struct{})
+	type restart struct {
+		ask  string // a question to ask while the edge is down
+		done chan struct{}
+	}
+	restarts := make(chan restart)
 	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.URL.Path != "/restart-edge" {
 			http.NotFound(w, r)
@@ -71,7 +81,7 @@ func TestBrowserAssistant(t *testing.T) {
 		}
 		done := make(chan struct{})
 		select {
-		case restarts <- done:
+		case restarts <- restart{ask: r.URL.Query().Get("ask"), done: done}:
 		case <-r.Context().Done():
 			return
 		}
@@ -90,6 +100,7 @@ func TestBrowserAssistant(t *testing.T) {
 	cases := map[string]qa{}
 	for name, q := range map[string]string{
 		"reload": "How does an answer survive a reload?",
+		"away":   "Who asks while the edge is down?",
 		"stop":   "Will you stop when I ask? (naïve “question”)",
 	} {
 		cases[name] = qa{Question: q, Answer: assistant.Answer(q)}
@@ -119,16 +130,24 @@ func TestBrowserAssistant(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	for err = nil; ; {
 		select {
-		case done := <-restarts:
+		case r := <-restarts:
 			if err := edge.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			if code := edge.Wait(t, 15*time.Second); code != 0 {
 				t.Fatalf("edge exited with %d after SIGTERM:\n%s", code, lastLog(edge.Log(), 30))
 			}
+			if r.ask != "" {
+				// As a service (no connection): allowed without the room.
+				var reply struct{ Stream string }
+				if err := rpc.Call(ctx, svc, envelope.DefaultNamespace, assistant.TypeAsk, map[string]string{"question": r.ask}, &reply); err != nil {
+					t.Fatalf("ask while the edge is down: %v", err)
+				}
+				t.Logf("asked %q while the edge was down: stream %s", r.ask, reply.Stream)
+			}
 			edge = startEdgeProcess(t, edgeArgs)
 			t.Log("edge restarted")
-			close(done)
+			close(r.done)
 			continue
 		case err = <-exited:
 		}

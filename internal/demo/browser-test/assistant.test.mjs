@@ -7,9 +7,11 @@
 // (assistant_browser_test.go), which starts NATS, the assistant worker and
 // the edge, and passes
 //   ASSISTANT_DEMO_URL  the edge's base URL (dev users: ?user=)
-//   ASSISTANT_CONTROL_URL  the Go test's: POST /restart-edge stops the edge
-//                       (SIGTERM) and answers once it listens again
-//   ASSISTANT_CASES     {"reload": {question, answer}, "stop": {question, answer}}:
+//   ASSISTANT_CONTROL_URL  the Go test's: POST /restart-edge?ask=<question>
+//                       stops the edge (SIGTERM), asks the question as a
+//                       service while it is down, starts the edge again and
+//                       answers once it listens
+//   ASSISTANT_CASES     {"reload" | "away" | "stop": {question, answer}}:
 //                       questions and the whole answers the worker writes
 //                       for them (assistant.Answer)
 // Not part of `npm test`: without them it fails.
@@ -26,7 +28,7 @@ const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const BASE = process.env.ASSISTANT_DEMO_URL;
 const CONTROL = process.env.ASSISTANT_CONTROL_URL;
 const CASES = process.env.ASSISTANT_CASES ? JSON.parse(process.env.ASSISTANT_CASES) : undefined;
-if (!BASE || !CONTROL || !CASES?.reload || !CASES?.stop) {
+if (!BASE || !CONTROL || !CASES?.reload || !CASES?.away || !CASES?.stop) {
   throw new Error("assistant.test.mjs needs ASSISTANT_DEMO_URL, ASSISTANT_CONTROL_URL and ASSISTANT_CASES: run it with go test ./internal/demo -run TestBrowserAssistant");
 }
 const WAIT = 30_000; // for any one thing
@@ -84,34 +86,44 @@ test("the assistant's answers across a reload, tabs and an edge restart, and sto
     await midAnswer(b, id, answer, "bob (opened mid-answer)");
 
     // The edge restarts: every tab reconnects, and the client re-joins the
-    // stream from the last offset it saw.
-    const restart = await fetch(`${CONTROL}/restart-edge`, { method: "POST" });
+    // stream from the last offset it saw. Meanwhile a service asks: no
+    // tab hears of it but by assistant.current after the reconnect.
+    const away = CASES.away;
+    const restart = await fetch(`${CONTROL}/restart-edge?${new URLSearchParams({ ask: away.question })}`, { method: "POST" });
     assert.equal(restart.status, 204, "the Go test restarted the edge");
+    let awayId;
     for (const [name, page] of Object.entries(pages)) {
       await page.locator('[data-testid="conn-state"][data-state="open"]').waitFor({ timeout: 60_000 }); // the client's backoff
       await page.locator('[data-testid="notice"]').filter({ hasText: "reconnected" }).first().waitFor();
       t.diagnostic(`${name} reconnected at ${(await answerText(page, id)).length} bytes, ${await status(page, id)}`);
+      const found = answerFor(page, away.question);
+      await found.waitFor();
+      awayId ??= await found.getAttribute("data-stream");
+      assert.equal(await found.getAttribute("data-stream"), awayId, `${name}: the answer asked while away`);
     }
 
     for (const [name, page] of Object.entries(pages)) {
-      await waitStatus(page, id, "done", ANSWER_WAIT);
-      const text = await answerText(page, id);
-      assert.equal(text.length, answer.length, `${name}: the answer's length`);
-      assert.equal(text, answer, `${name}: the whole answer, once, in order`);
-      assert.equal(await page.locator(answerSel(id)).count(), 1, `${name}: the answer shows once`);
-      assert.equal(await page.locator(answerSel(id)).getByTestId("answer-question").textContent(), question);
-      assert.equal(await page.locator(answerSel(id)).getByTestId("stop-button").count(), 0, `${name}: no stop button after the end`);
+      for (const [sid, c] of [[id, CASES.reload], [awayId, away]]) {
+        await waitStatus(page, sid, "done", ANSWER_WAIT);
+        const text = await answerText(page, sid);
+        assert.equal(text.length, c.answer.length, `${name}: the answer's length`);
+        assert.equal(text, c.answer, `${name}: the whole answer, once, in order`);
+        assert.equal(await page.locator(answerSel(sid)).count(), 1, `${name}: the answer shows once`);
+        assert.equal(await page.locator(answerSel(sid)).getByTestId("answer-question").textContent(), c.question);
+        assert.equal(await page.locator(answerSel(sid)).getByTestId("stop-button").count(), 0, `${name}: no stop button after the end`);
+      }
     }
-    t.diagnostic(`${answer.length} bytes in every tab: alice-1 (reloaded mid-answer), alice-2 and bob (opened mid-answer), all across the edge's restart`);
+    t.diagnostic(`${answer.length} bytes in every tab: alice-1 (reloaded mid-answer), alice-2 and bob (opened mid-answer), all across the edge's restart; ` +
+      `and the ${away.answer.length} of the answer asked while the edge was down`);
 
     // ---- stop ----
     const stop = CASES.stop;
     await a1.getByTestId("question-input").fill(stop.question);
     await a1.getByTestId("ask-button").click();
-    const second = a1.getByTestId("answer").nth(1);
-    await second.waitFor();
-    const sid = await second.getAttribute("data-stream");
-    assert.ok(sid && sid !== id, "a second stream");
+    const stopped = answerFor(a1, stop.question);
+    await stopped.waitFor();
+    const sid = await stopped.getAttribute("data-stream");
+    assert.ok(sid && sid !== id && sid !== awayId, "a stream of its own");
     for (const page of Object.values(pages)) await textLongerThan(page, sid, 100); // the others learn of it from the room
     await a1.locator(answerSel(sid)).getByTestId("stop-button").click();
     const texts = {};
@@ -141,6 +153,11 @@ test("the assistant's answers across a reload, tabs and an edge restart, and sto
 });
 
 const answerSel = (id) => `[data-testid="answer"][data-stream="${id}"]`;
+
+// answerFor is the page's answer to question.
+function answerFor(page, question) {
+  return page.getByTestId("answer").filter({ has: page.getByTestId("answer-question").getByText(question, { exact: true }) });
+}
 
 async function connected(page) {
   await page.locator('[data-testid="conn-state"][data-state="open"]').waitFor();
