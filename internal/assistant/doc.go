@@ -7,7 +7,8 @@
 // (Config.WordDelay).
 //
 // Types (clients must be members of the room "assistant"; others get
-// PERMISSION_DENIED "join room assistant before asking"):
+// PERMISSION_DENIED "join room assistant before asking". Services, whose
+// messages come without a connection, may ask too):
 //
 //	assistant.ask      {"question": 1-500 bytes of UTF-8} -> reply {"stream": id}.
 //	                   Opens a response stream readable by the room's members,
