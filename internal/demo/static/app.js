@@ -330,6 +330,7 @@ async function stop(msg) {
     await msg.answer.stream?.cancel();
   } catch (err) {
     showError(`Could not stop the answer: ${describe(err)}`);
+    if (msg.node && msg.status === "streaming") renderAnswer(msg, msg.node); // the stop button again
   }
 }
 
