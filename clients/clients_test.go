@@ -19,7 +19,7 @@ func TestTypeScriptClient(t *testing.T) {
 	before := demoCopy(t)
 	// npm test builds (tsc, then the copy the demo page embeds), type-checks
 	// the generated payload types and runs the tests.
-	testenv.NPM(t, "clients", "test", 5*time.Minute)
+	testenv.NPM(t, "clients", "test", 10*time.Minute) // beside clients/ai and the other packages under go test ./..., 5 min was once too short
 	after := demoCopy(t)
 	for _, name := range slices.Sorted(maps.Keys(after)) {
 		if old, ok := before[name]; !ok {
