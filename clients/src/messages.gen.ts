@@ -2,6 +2,75 @@
 // Source: the .proto schemas (natter.v1 client_type / server_type options).
 
 /**
+ * Answer tells the members of the room "assistant" that an answer begins.
+ * @see natter.assistant.v1.Answer
+ */
+export interface Answer {
+  /**
+   * question is the question asked.
+   */
+  question?: string;
+  /**
+   * stream is the id of the answer's response stream.
+   */
+  stream?: string;
+  /**
+   * user asked it; empty for a service.
+   */
+  user?: string;
+}
+
+/**
+ * Ask asks the assistant a question. The sender must be a member of the
+ * room "assistant"; the reply (AskReply) names the answer's response
+ * stream, which the room's members may read.
+ * @see natter.assistant.v1.Ask
+ */
+export interface Ask {
+  /**
+   * question: 1-500 bytes of UTF-8, not only spaces (the handler's check).
+   */
+  question: string;
+}
+
+/**
+ * AskReply answers Ask.
+ * @see natter.assistant.v1.AskReply
+ */
+export interface AskReply {
+  /**
+   * stream is the id of the answer's response stream ($stream.join).
+   */
+  stream?: string;
+}
+
+/**
+ * Current answers CurrentQuery.
+ * @see natter.assistant.v1.Current
+ */
+export interface Current {
+  /**
+   * question is the answer's question.
+   */
+  question?: string;
+  /**
+   * stream is the answer's stream id; null before the first answer.
+   */
+  stream?: string;
+  /**
+   * user asked it; empty for a service.
+   */
+  user?: string;
+}
+
+/**
+ * CurrentQuery asks which answer the assistant is writing, or wrote last.
+ * @see natter.assistant.v1.CurrentQuery
+ */
+export interface CurrentQuery {
+}
+
+/**
  * ChatMessage is what room members receive for a SendMessage.
  * @see natter.chat.v1.ChatMessage
  */
@@ -103,6 +172,8 @@ export interface Sent {
 
 /** Payloads a client sends, by envelope type. */
 export interface ClientMessages {
+  "assistant.ask": Ask;
+  "assistant.current": CurrentQuery;
   "chat.join": JoinRoom;
   "chat.leave": LeaveRoom;
   "chat.send": SendMessage;
@@ -111,6 +182,9 @@ export interface ClientMessages {
 
 /** Payloads a client receives, by envelope type. */
 export interface ServerMessages {
+  "assistant.answer": Answer;
+  "assistant.ask": AskReply;
+  "assistant.current": Current;
   "chat.join": JoinRoom;
   "chat.message": ChatMessage;
   "chat.sent": Sent;
@@ -1071,37 +1145,49 @@ export const natterSchemas: {
     "VHlwZXNiBnByb3RvMwqNAgoXbmF0dGVyL3YxL29wdGlvbnMucHJvdG8SCW5hdHRlci52MRogZ29vZ2xlL3Byb3RvYnVmL2Rlc2Ny",
     "aXB0b3IucHJvdG86QgoLY2xpZW50X3R5cGUSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYuI4DIAMoCVIKY2xpZW50",
     "VHlwZTpCCgtzZXJ2ZXJfdHlwZRIfLmdvb2dsZS5wcm90b2J1Zi5NZXNzYWdlT3B0aW9ucxi5jgMgAygJUgpzZXJ2ZXJUeXBlOjUK",
-    "BG9wZW4SHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYuo4DIAEoCFIEb3BlbmIGcHJvdG8zCvoEChluYXR0ZXIvY2hh",
-    "dC92MS9jaGF0LnByb3RvEg5uYXR0ZXIuY2hhdC52MRobYnVmL3ZhbGlkYXRlL3ZhbGlkYXRlLnByb3RvGhduYXR0ZXIvdjEvb3B0",
-    "aW9ucy5wcm90byIQCgRQaW5nOgjC8xgEcGluZyI8CgRQb25nEhIKBHRpbWUYASABKANSBHRpbWUSFgoGd29ya2VyGAIgASgJUgZ3",
-    "b3JrZXI6CMrzGARwb25nIlgKCEpvaW5Sb29tEjAKBHJvb20YASABKAlCHLpIGXIXEAEYgAEyEF5bQS1aYS16MC05Xy1dKyRSBHJv",
-    "b206GsLzGAljaGF0LmpvaW7K8xgJY2hhdC5qb2luIk0KCUxlYXZlUm9vbRIwCgRyb29tGAEgASgJQhy6SBlyFxABGIABMhBeW0Et",
-    "WmEtejAtOV8tXSskUgRyb29tOg7C8xgKY2hhdC5sZWF2ZSJuCgtTZW5kTWVzc2FnZRIwCgRyb29tGAEgASgJQhy6SBlyFxABGIAB",
-    "MhBeW0EtWmEtejAtOV8tXSskUgRyb29tEh4KBHRleHQYAiABKAlCCrpIB3IFEAEogCBSBHRleHQ6DcLzGAljaGF0LnNlbmQifwoL",
-    "Q2hhdE1lc3NhZ2USEgoEcm9vbRgBIAEoCVIEcm9vbRISCgR0ZXh0GAIgASgJUgR0ZXh0EhIKBHVzZXIYAyABKAlSBHVzZXISEgoE",
-    "Y29ubhgEIAEoCVIEY29ubhIOCgJ0cxgFIAEoA1ICdHM6EMrzGAxjaGF0Lm1lc3NhZ2UiJQoEU2VudBIOCgJ0cxgBIAEoA1ICdHM6",
-    "DcrzGAljaGF0LnNlbnRiBnByb3RvMwqLBAoYbmF0dGVyL3YxL2VudmVsb3BlLnByb3RvEgluYXR0ZXIudjEifQoIRW52ZWxvcGUS",
-    "EgoEdHlwZRgBIAEoCVIEdHlwZRIjCgRtZXRhGAIgASgLMg8ubmF0dGVyLnYxLk1ldGFSBG1ldGESGgoHcGF5bG9hZBgDIAEoDEgA",
-    "UgdwYXlsb2FkEhQKBGpzb24YBCABKAlIAFIEanNvbkIGCgRib2R5Iq4CCgRNZXRhEioKDmNvcnJlbGF0aW9uX2lkGAEgASgJSABS",
-    "DWNvcnJlbGF0aW9uSWSIAQESIgoKdGltZW91dF9tcxgCIAEoA0gBUgl0aW1lb3V0TXOIAQESIQoJdGltZXN0YW1wGAMgASgDSAJS",
-    "CXRpbWVzdGFtcIgBARIXCgRyb29tGAQgASgJSANSBHJvb22IAQESGwoGb2Zmc2V0GAUgASgESARSBm9mZnNldIgBARIZCgVlcG9j",
-    "aBgGIAEoCUgFUgVlcG9jaIgBARIUCgVleHRyYRgPIAEoCVIFZXh0cmFCEQoPX2NvcnJlbGF0aW9uX2lkQg0KC190aW1lb3V0X21z",
-    "QgwKCl90aW1lc3RhbXBCBwoFX3Jvb21CCQoHX29mZnNldEIICgZfZXBvY2hCLFoqZ2l0aHViLmNvbS9uYXR0ZXIvbmF0dGVyL3Br",
-    "Zy93aXJlL25hdHRlcnYxYgZwcm90bzMK2AMKFm5hdHRlci92MS9lcnJvcnMucHJvdG8SCW5hdHRlci52MRobYnVmL3ZhbGlkYXRl",
-    "L3ZhbGlkYXRlLnByb3RvGhxnb29nbGUvcHJvdG9idWYvc3RydWN0LnByb3RvIu8CCgxFcnJvclBheWxvYWQS4wEKBGNvZGUYASAB",
-    "KAlCzgG6SMoBcscBUhBJTlZBTElEX0FSR1VNRU5UUg9VTkFVVEhFTlRJQ0FURURSEVBFUk1JU1NJT05fREVOSUVEUglOT1RfRk9V",
-    "TkRSDkFMUkVBRFlfRVhJU1RTUhJSRVNPVVJDRV9FWEhBVVNURURSE0ZBSUxFRF9QUkVDT05ESVRJT05SB0FCT1JURURSCUNBTkNF",
-    "TExFRFILVU5BVkFJTEFCTEVSEURFQURMSU5FX0VYQ0VFREVEUg1VTklNUExFTUVOVEVEUghJTlRFUk5BTFIEY29kZRIYCgdtZXNz",
-    "YWdlGAIgASgJUgdtZXNzYWdlEjAKB2RldGFpbHMYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVSB2RldGFpbHMSLQoOcmV0",
-    "cnlfYWZ0ZXJfbXMYBCABKANCB7pIBCICKABSDHJldHJ5QWZ0ZXJNc2IGcHJvdG8z",
+    "BG9wZW4SHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYuo4DIAEoCFIEb3BlbmIGcHJvdG8zCvoDCiNuYXR0ZXIvYXNz",
+    "aXN0YW50L3YxL2Fzc2lzdGFudC5wcm90bxITbmF0dGVyLmFzc2lzdGFudC52MRobYnVmL3ZhbGlkYXRlL3ZhbGlkYXRlLnByb3Rv",
+    "GhduYXR0ZXIvdjEvb3B0aW9ucy5wcm90byJACgNBc2sSJgoIcXVlc3Rpb24YASABKAlCCrpIB3IFEAEo9ANSCHF1ZXN0aW9uOhHC",
+    "8xgNYXNzaXN0YW50LmFzayI1CghBc2tSZXBseRIWCgZzdHJlYW0YASABKAlSBnN0cmVhbToRyvMYDWFzc2lzdGFudC5hc2siJQoM",
+    "Q3VycmVudFF1ZXJ5OhXC8xgRYXNzaXN0YW50LmN1cnJlbnQieAoHQ3VycmVudBIbCgZzdHJlYW0YASABKAlIAFIGc3RyZWFtiAEB",
+    "EhoKCHF1ZXN0aW9uGAIgASgJUghxdWVzdGlvbhISCgR1c2VyGAMgASgJUgR1c2VyOhXK8xgRYXNzaXN0YW50LmN1cnJlbnRCCQoH",
+    "X3N0cmVhbSJmCgZBbnN3ZXISFgoGc3RyZWFtGAEgASgJUgZzdHJlYW0SGgoIcXVlc3Rpb24YAiABKAlSCHF1ZXN0aW9uEhIKBHVz",
+    "ZXIYAyABKAlSBHVzZXI6FMrzGBBhc3Npc3RhbnQuYW5zd2VyYgZwcm90bzMK+gQKGW5hdHRlci9jaGF0L3YxL2NoYXQucHJvdG8S",
+    "Dm5hdHRlci5jaGF0LnYxGhtidWYvdmFsaWRhdGUvdmFsaWRhdGUucHJvdG8aF25hdHRlci92MS9vcHRpb25zLnByb3RvIhAKBFBp",
+    "bmc6CMLzGARwaW5nIjwKBFBvbmcSEgoEdGltZRgBIAEoA1IEdGltZRIWCgZ3b3JrZXIYAiABKAlSBndvcmtlcjoIyvMYBHBvbmci",
+    "WAoISm9pblJvb20SMAoEcm9vbRgBIAEoCUIcukgZchcQARiAATIQXltBLVphLXowLTlfLV0rJFIEcm9vbToawvMYCWNoYXQuam9p",
+    "bsrzGAljaGF0LmpvaW4iTQoJTGVhdmVSb29tEjAKBHJvb20YASABKAlCHLpIGXIXEAEYgAEyEF5bQS1aYS16MC05Xy1dKyRSBHJv",
+    "b206DsLzGApjaGF0LmxlYXZlIm4KC1NlbmRNZXNzYWdlEjAKBHJvb20YASABKAlCHLpIGXIXEAEYgAEyEF5bQS1aYS16MC05Xy1d",
+    "KyRSBHJvb20SHgoEdGV4dBgCIAEoCUIKukgHcgUQASiAIFIEdGV4dDoNwvMYCWNoYXQuc2VuZCJ/CgtDaGF0TWVzc2FnZRISCgRy",
+    "b29tGAEgASgJUgRyb29tEhIKBHRleHQYAiABKAlSBHRleHQSEgoEdXNlchgDIAEoCVIEdXNlchISCgRjb25uGAQgASgJUgRjb25u",
+    "Eg4KAnRzGAUgASgDUgJ0czoQyvMYDGNoYXQubWVzc2FnZSIlCgRTZW50Eg4KAnRzGAEgASgDUgJ0czoNyvMYCWNoYXQuc2VudGIG",
+    "cHJvdG8zCosEChhuYXR0ZXIvdjEvZW52ZWxvcGUucHJvdG8SCW5hdHRlci52MSJ9CghFbnZlbG9wZRISCgR0eXBlGAEgASgJUgR0",
+    "eXBlEiMKBG1ldGEYAiABKAsyDy5uYXR0ZXIudjEuTWV0YVIEbWV0YRIaCgdwYXlsb2FkGAMgASgMSABSB3BheWxvYWQSFAoEanNv",
+    "bhgEIAEoCUgAUgRqc29uQgYKBGJvZHkirgIKBE1ldGESKgoOY29ycmVsYXRpb25faWQYASABKAlIAFINY29ycmVsYXRpb25JZIgB",
+    "ARIiCgp0aW1lb3V0X21zGAIgASgDSAFSCXRpbWVvdXRNc4gBARIhCgl0aW1lc3RhbXAYAyABKANIAlIJdGltZXN0YW1wiAEBEhcK",
+    "BHJvb20YBCABKAlIA1IEcm9vbYgBARIbCgZvZmZzZXQYBSABKARIBFIGb2Zmc2V0iAEBEhkKBWVwb2NoGAYgASgJSAVSBWVwb2No",
+    "iAEBEhQKBWV4dHJhGA8gASgJUgVleHRyYUIRCg9fY29ycmVsYXRpb25faWRCDQoLX3RpbWVvdXRfbXNCDAoKX3RpbWVzdGFtcEIH",
+    "CgVfcm9vbUIJCgdfb2Zmc2V0QggKBl9lcG9jaEIsWipnaXRodWIuY29tL25hdHRlci9uYXR0ZXIvcGtnL3dpcmUvbmF0dGVydjFi",
+    "BnByb3RvMwrYAwoWbmF0dGVyL3YxL2Vycm9ycy5wcm90bxIJbmF0dGVyLnYxGhtidWYvdmFsaWRhdGUvdmFsaWRhdGUucHJvdG8a",
+    "HGdvb2dsZS9wcm90b2J1Zi9zdHJ1Y3QucHJvdG8i7wIKDEVycm9yUGF5bG9hZBLjAQoEY29kZRgBIAEoCULOAbpIygFyxwFSEElO",
+    "VkFMSURfQVJHVU1FTlRSD1VOQVVUSEVOVElDQVRFRFIRUEVSTUlTU0lPTl9ERU5JRURSCU5PVF9GT1VORFIOQUxSRUFEWV9FWElT",
+    "VFNSElJFU09VUkNFX0VYSEFVU1RFRFITRkFJTEVEX1BSRUNPTkRJVElPTlIHQUJPUlRFRFIJQ0FOQ0VMTEVEUgtVTkFWQUlMQUJM",
+    "RVIRREVBRExJTkVfRVhDRUVERURSDVVOSU1QTEVNRU5URURSCElOVEVSTkFMUgRjb2RlEhgKB21lc3NhZ2UYAiABKAlSB21lc3Nh",
+    "Z2USMAoHZGV0YWlscxgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZVIHZGV0YWlscxItCg5yZXRyeV9hZnRlcl9tcxgEIAEo",
+    "A0IHukgEIgIoAFIMcmV0cnlBZnRlck1zYgZwcm90bzM=",
   ].join(""),
   client: {
+    "assistant.ask": "natter.assistant.v1.Ask",
+    "assistant.current": "natter.assistant.v1.CurrentQuery",
     "chat.join": "natter.chat.v1.JoinRoom",
     "chat.leave": "natter.chat.v1.LeaveRoom",
     "chat.send": "natter.chat.v1.SendMessage",
     "ping": "natter.chat.v1.Ping",
   },
   server: {
+    "assistant.answer": "natter.assistant.v1.Answer",
+    "assistant.ask": "natter.assistant.v1.AskReply",
+    "assistant.current": "natter.assistant.v1.Current",
     "chat.join": "natter.chat.v1.JoinRoom",
     "chat.message": "natter.chat.v1.ChatMessage",
     "chat.sent": "natter.chat.v1.Sent",

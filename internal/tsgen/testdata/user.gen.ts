@@ -100,6 +100,75 @@ export interface Wrapper {
 }
 
 /**
+ * Answer tells the members of the room "assistant" that an answer begins.
+ * @see natter.assistant.v1.Answer
+ */
+export interface Answer {
+  /**
+   * question is the question asked.
+   */
+  question?: string;
+  /**
+   * stream is the id of the answer's response stream.
+   */
+  stream?: string;
+  /**
+   * user asked it; empty for a service.
+   */
+  user?: string;
+}
+
+/**
+ * Ask asks the assistant a question. The sender must be a member of the
+ * room "assistant"; the reply (AskReply) names the answer's response
+ * stream, which the room's members may read.
+ * @see natter.assistant.v1.Ask
+ */
+export interface Ask {
+  /**
+   * question: 1-500 bytes of UTF-8, not only spaces (the handler's check).
+   */
+  question: string;
+}
+
+/**
+ * AskReply answers Ask.
+ * @see natter.assistant.v1.AskReply
+ */
+export interface AskReply {
+  /**
+   * stream is the id of the answer's response stream ($stream.join).
+   */
+  stream?: string;
+}
+
+/**
+ * Current answers CurrentQuery.
+ * @see natter.assistant.v1.Current
+ */
+export interface Current {
+  /**
+   * question is the answer's question.
+   */
+  question?: string;
+  /**
+   * stream is the answer's stream id; null before the first answer.
+   */
+  stream?: string;
+  /**
+   * user asked it; empty for a service.
+   */
+  user?: string;
+}
+
+/**
+ * CurrentQuery asks which answer the assistant is writing, or wrote last.
+ * @see natter.assistant.v1.CurrentQuery
+ */
+export interface CurrentQuery {
+}
+
+/**
  * ChatMessage is what room members receive for a SendMessage.
  * @see natter.chat.v1.ChatMessage
  */
@@ -206,6 +275,8 @@ export interface ClientMessages {
   "acme.order.v2": Order;
   "acme.tight": Tight;
   "acme.wrapper": Wrapper;
+  "assistant.ask": Ask;
+  "assistant.current": CurrentQuery;
   "chat.join": JoinRoom;
   "chat.leave": LeaveRoom;
   "chat.send": SendMessage;
@@ -215,6 +286,9 @@ export interface ClientMessages {
 /** Payloads a client receives, by envelope type. */
 export interface ServerMessages {
   "acme.order": Receipt;
+  "assistant.answer": Answer;
+  "assistant.ask": AskReply;
+  "assistant.current": Current;
   "chat.join": JoinRoom;
   "chat.message": ChatMessage;
   "chat.sent": Sent;
@@ -1198,29 +1272,36 @@ export const natterSchemas: {
     "ukgEcgIQAVIEbmFtZRIbCgNxdHkYAiABKAVCCbpIBhoEGGQoAVIDcXR5IlcKB0FkZHJlc3MSKAoLc3RyZWV0X2xpbmUYASABKAlC",
     "B7pIBHICEAFSCnN0cmVldExpbmUSIgoHY291bnRyeRgCIAEoCUIIukgFcgOYAQJSB2NvdW50cnkiNAoHUmVjZWlwdBIZCghvcmRl",
     "cl9pZBgBIAEoCVIHb3JkZXJJZDoOyvMYCmFjbWUub3JkZXIqSQoIUHJpb3JpdHkSGAoUUFJJT1JJVFlfVU5TUEVDSUZJRUQQABIQ",
-    "CgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAJiBnByb3RvMwr6BAoZbmF0dGVyL2NoYXQvdjEvY2hhdC5wcm90bxIO",
-    "bmF0dGVyLmNoYXQudjEaG2J1Zi92YWxpZGF0ZS92YWxpZGF0ZS5wcm90bxoXbmF0dGVyL3YxL29wdGlvbnMucHJvdG8iEAoEUGlu",
-    "ZzoIwvMYBHBpbmciPAoEUG9uZxISCgR0aW1lGAEgASgDUgR0aW1lEhYKBndvcmtlchgCIAEoCVIGd29ya2VyOgjK8xgEcG9uZyJY",
-    "CghKb2luUm9vbRIwCgRyb29tGAEgASgJQhy6SBlyFxABGIABMhBeW0EtWmEtejAtOV8tXSskUgRyb29tOhrC8xgJY2hhdC5qb2lu",
-    "yvMYCWNoYXQuam9pbiJNCglMZWF2ZVJvb20SMAoEcm9vbRgBIAEoCUIcukgZchcQARiAATIQXltBLVphLXowLTlfLV0rJFIEcm9v",
-    "bToOwvMYCmNoYXQubGVhdmUibgoLU2VuZE1lc3NhZ2USMAoEcm9vbRgBIAEoCUIcukgZchcQARiAATIQXltBLVphLXowLTlfLV0r",
-    "JFIEcm9vbRIeCgR0ZXh0GAIgASgJQgq6SAdyBRABKIAgUgR0ZXh0Og3C8xgJY2hhdC5zZW5kIn8KC0NoYXRNZXNzYWdlEhIKBHJv",
-    "b20YASABKAlSBHJvb20SEgoEdGV4dBgCIAEoCVIEdGV4dBISCgR1c2VyGAMgASgJUgR1c2VyEhIKBGNvbm4YBCABKAlSBGNvbm4S",
-    "DgoCdHMYBSABKANSAnRzOhDK8xgMY2hhdC5tZXNzYWdlIiUKBFNlbnQSDgoCdHMYASABKANSAnRzOg3K8xgJY2hhdC5zZW50YgZw",
-    "cm90bzMKiwQKGG5hdHRlci92MS9lbnZlbG9wZS5wcm90bxIJbmF0dGVyLnYxIn0KCEVudmVsb3BlEhIKBHR5cGUYASABKAlSBHR5",
-    "cGUSIwoEbWV0YRgCIAEoCzIPLm5hdHRlci52MS5NZXRhUgRtZXRhEhoKB3BheWxvYWQYAyABKAxIAFIHcGF5bG9hZBIUCgRqc29u",
-    "GAQgASgJSABSBGpzb25CBgoEYm9keSKuAgoETWV0YRIqCg5jb3JyZWxhdGlvbl9pZBgBIAEoCUgAUg1jb3JyZWxhdGlvbklkiAEB",
-    "EiIKCnRpbWVvdXRfbXMYAiABKANIAVIJdGltZW91dE1ziAEBEiEKCXRpbWVzdGFtcBgDIAEoA0gCUgl0aW1lc3RhbXCIAQESFwoE",
-    "cm9vbRgEIAEoCUgDUgRyb29tiAEBEhsKBm9mZnNldBgFIAEoBEgEUgZvZmZzZXSIAQESGQoFZXBvY2gYBiABKAlIBVIFZXBvY2iI",
-    "AQESFAoFZXh0cmEYDyABKAlSBWV4dHJhQhEKD19jb3JyZWxhdGlvbl9pZEINCgtfdGltZW91dF9tc0IMCgpfdGltZXN0YW1wQgcK",
-    "BV9yb29tQgkKB19vZmZzZXRCCAoGX2Vwb2NoQixaKmdpdGh1Yi5jb20vbmF0dGVyL25hdHRlci9wa2cvd2lyZS9uYXR0ZXJ2MWIG",
-    "cHJvdG8zCtgDChZuYXR0ZXIvdjEvZXJyb3JzLnByb3RvEgluYXR0ZXIudjEaG2J1Zi92YWxpZGF0ZS92YWxpZGF0ZS5wcm90bxoc",
-    "Z29vZ2xlL3Byb3RvYnVmL3N0cnVjdC5wcm90byLvAgoMRXJyb3JQYXlsb2FkEuMBCgRjb2RlGAEgASgJQs4BukjKAXLHAVIQSU5W",
-    "QUxJRF9BUkdVTUVOVFIPVU5BVVRIRU5USUNBVEVEUhFQRVJNSVNTSU9OX0RFTklFRFIJTk9UX0ZPVU5EUg5BTFJFQURZX0VYSVNU",
-    "U1ISUkVTT1VSQ0VfRVhIQVVTVEVEUhNGQUlMRURfUFJFQ09ORElUSU9OUgdBQk9SVEVEUglDQU5DRUxMRURSC1VOQVZBSUxBQkxF",
-    "UhFERUFETElORV9FWENFRURFRFINVU5JTVBMRU1FTlRFRFIISU5URVJOQUxSBGNvZGUSGAoHbWVzc2FnZRgCIAEoCVIHbWVzc2Fn",
-    "ZRIwCgdkZXRhaWxzGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlUgdkZXRhaWxzEi0KDnJldHJ5X2FmdGVyX21zGAQgASgD",
-    "Qge6SAQiAigAUgxyZXRyeUFmdGVyTXNiBnByb3RvMw==",
+    "CgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAJiBnByb3RvMwr6AwojbmF0dGVyL2Fzc2lzdGFudC92MS9hc3Npc3Rh",
+    "bnQucHJvdG8SE25hdHRlci5hc3Npc3RhbnQudjEaG2J1Zi92YWxpZGF0ZS92YWxpZGF0ZS5wcm90bxoXbmF0dGVyL3YxL29wdGlv",
+    "bnMucHJvdG8iQAoDQXNrEiYKCHF1ZXN0aW9uGAEgASgJQgq6SAdyBRABKPQDUghxdWVzdGlvbjoRwvMYDWFzc2lzdGFudC5hc2si",
+    "NQoIQXNrUmVwbHkSFgoGc3RyZWFtGAEgASgJUgZzdHJlYW06EcrzGA1hc3Npc3RhbnQuYXNrIiUKDEN1cnJlbnRRdWVyeToVwvMY",
+    "EWFzc2lzdGFudC5jdXJyZW50IngKB0N1cnJlbnQSGwoGc3RyZWFtGAEgASgJSABSBnN0cmVhbYgBARIaCghxdWVzdGlvbhgCIAEo",
+    "CVIIcXVlc3Rpb24SEgoEdXNlchgDIAEoCVIEdXNlcjoVyvMYEWFzc2lzdGFudC5jdXJyZW50QgkKB19zdHJlYW0iZgoGQW5zd2Vy",
+    "EhYKBnN0cmVhbRgBIAEoCVIGc3RyZWFtEhoKCHF1ZXN0aW9uGAIgASgJUghxdWVzdGlvbhISCgR1c2VyGAMgASgJUgR1c2VyOhTK",
+    "8xgQYXNzaXN0YW50LmFuc3dlcmIGcHJvdG8zCvoEChluYXR0ZXIvY2hhdC92MS9jaGF0LnByb3RvEg5uYXR0ZXIuY2hhdC52MRob",
+    "YnVmL3ZhbGlkYXRlL3ZhbGlkYXRlLnByb3RvGhduYXR0ZXIvdjEvb3B0aW9ucy5wcm90byIQCgRQaW5nOgjC8xgEcGluZyI8CgRQ",
+    "b25nEhIKBHRpbWUYASABKANSBHRpbWUSFgoGd29ya2VyGAIgASgJUgZ3b3JrZXI6CMrzGARwb25nIlgKCEpvaW5Sb29tEjAKBHJv",
+    "b20YASABKAlCHLpIGXIXEAEYgAEyEF5bQS1aYS16MC05Xy1dKyRSBHJvb206GsLzGAljaGF0LmpvaW7K8xgJY2hhdC5qb2luIk0K",
+    "CUxlYXZlUm9vbRIwCgRyb29tGAEgASgJQhy6SBlyFxABGIABMhBeW0EtWmEtejAtOV8tXSskUgRyb29tOg7C8xgKY2hhdC5sZWF2",
+    "ZSJuCgtTZW5kTWVzc2FnZRIwCgRyb29tGAEgASgJQhy6SBlyFxABGIABMhBeW0EtWmEtejAtOV8tXSskUgRyb29tEh4KBHRleHQY",
+    "AiABKAlCCrpIB3IFEAEogCBSBHRleHQ6DcLzGAljaGF0LnNlbmQifwoLQ2hhdE1lc3NhZ2USEgoEcm9vbRgBIAEoCVIEcm9vbRIS",
+    "CgR0ZXh0GAIgASgJUgR0ZXh0EhIKBHVzZXIYAyABKAlSBHVzZXISEgoEY29ubhgEIAEoCVIEY29ubhIOCgJ0cxgFIAEoA1ICdHM6",
+    "EMrzGAxjaGF0Lm1lc3NhZ2UiJQoEU2VudBIOCgJ0cxgBIAEoA1ICdHM6DcrzGAljaGF0LnNlbnRiBnByb3RvMwqLBAoYbmF0dGVy",
+    "L3YxL2VudmVsb3BlLnByb3RvEgluYXR0ZXIudjEifQoIRW52ZWxvcGUSEgoEdHlwZRgBIAEoCVIEdHlwZRIjCgRtZXRhGAIgASgL",
+    "Mg8ubmF0dGVyLnYxLk1ldGFSBG1ldGESGgoHcGF5bG9hZBgDIAEoDEgAUgdwYXlsb2FkEhQKBGpzb24YBCABKAlIAFIEanNvbkIG",
+    "CgRib2R5Iq4CCgRNZXRhEioKDmNvcnJlbGF0aW9uX2lkGAEgASgJSABSDWNvcnJlbGF0aW9uSWSIAQESIgoKdGltZW91dF9tcxgC",
+    "IAEoA0gBUgl0aW1lb3V0TXOIAQESIQoJdGltZXN0YW1wGAMgASgDSAJSCXRpbWVzdGFtcIgBARIXCgRyb29tGAQgASgJSANSBHJv",
+    "b22IAQESGwoGb2Zmc2V0GAUgASgESARSBm9mZnNldIgBARIZCgVlcG9jaBgGIAEoCUgFUgVlcG9jaIgBARIUCgVleHRyYRgPIAEo",
+    "CVIFZXh0cmFCEQoPX2NvcnJlbGF0aW9uX2lkQg0KC190aW1lb3V0X21zQgwKCl90aW1lc3RhbXBCBwoFX3Jvb21CCQoHX29mZnNl",
+    "dEIICgZfZXBvY2hCLFoqZ2l0aHViLmNvbS9uYXR0ZXIvbmF0dGVyL3BrZy93aXJlL25hdHRlcnYxYgZwcm90bzMK2AMKFm5hdHRl",
+    "ci92MS9lcnJvcnMucHJvdG8SCW5hdHRlci52MRobYnVmL3ZhbGlkYXRlL3ZhbGlkYXRlLnByb3RvGhxnb29nbGUvcHJvdG9idWYv",
+    "c3RydWN0LnByb3RvIu8CCgxFcnJvclBheWxvYWQS4wEKBGNvZGUYASABKAlCzgG6SMoBcscBUhBJTlZBTElEX0FSR1VNRU5UUg9V",
+    "TkFVVEhFTlRJQ0FURURSEVBFUk1JU1NJT05fREVOSUVEUglOT1RfRk9VTkRSDkFMUkVBRFlfRVhJU1RTUhJSRVNPVVJDRV9FWEhB",
+    "VVNURURSE0ZBSUxFRF9QUkVDT05ESVRJT05SB0FCT1JURURSCUNBTkNFTExFRFILVU5BVkFJTEFCTEVSEURFQURMSU5FX0VYQ0VF",
+    "REVEUg1VTklNUExFTUVOVEVEUghJTlRFUk5BTFIEY29kZRIYCgdtZXNzYWdlGAIgASgJUgdtZXNzYWdlEjAKB2RldGFpbHMYAyAB",
+    "KAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVSB2RldGFpbHMSLQoOcmV0cnlfYWZ0ZXJfbXMYBCABKANCB7pIBCICKABSDHJldHJ5",
+    "QWZ0ZXJNc2IGcHJvdG8z",
   ].join(""),
   client: {
     "acme.note": "acme.v1.Note",
@@ -1228,6 +1309,8 @@ export const natterSchemas: {
     "acme.order.v2": "acme.v1.Order",
     "acme.tight": "acme.v1.Tight",
     "acme.wrapper": "acme.v1.Wrapper",
+    "assistant.ask": "natter.assistant.v1.Ask",
+    "assistant.current": "natter.assistant.v1.CurrentQuery",
     "chat.join": "natter.chat.v1.JoinRoom",
     "chat.leave": "natter.chat.v1.LeaveRoom",
     "chat.send": "natter.chat.v1.SendMessage",
@@ -1235,6 +1318,9 @@ export const natterSchemas: {
   },
   server: {
     "acme.order": "acme.v1.Receipt",
+    "assistant.answer": "natter.assistant.v1.Answer",
+    "assistant.ask": "natter.assistant.v1.AskReply",
+    "assistant.current": "natter.assistant.v1.Current",
     "chat.join": "natter.chat.v1.JoinRoom",
     "chat.message": "natter.chat.v1.ChatMessage",
     "chat.sent": "natter.chat.v1.Sent",
