@@ -344,16 +344,29 @@ func (c *conn) unregister() {
 // send queues one JSON envelope for this connection alone, as a text
 // frame, or converted to a binary one on natter.protobuf.
 func (c *conn) send(env []byte) {
+	if frame, ok := c.frameOf(env); ok {
+		c.sendFrame(frame)
+	}
+}
+
+// offer is send for a frame that may wait: when it does not fit the
+// write queue now, offer reports false and the connection stays open
+// (response streams send it later, with what came meanwhile).
+func (c *conn) offer(env []byte) bool {
+	frame, ok := c.frameOf(env)
+	return !ok || c.queueFrame(frame, false)
+}
+
+func (c *conn) frameOf(env []byte) ([]byte, bool) {
 	if !c.protobuf {
-		c.sendFrame(wsFrame(opText, env))
-		return
+		return wsFrame(opText, env), true
 	}
 	b, err := c.e.codec.JSONToProto(wire.Server, env, len(env))
 	if err != nil {
 		c.e.cfg.Logger.Error("edge: an envelope of the edge's does not convert to protobuf", "err", err)
-		return
+		return nil, false
 	}
-	c.sendFrame(wsFrame(opBinary, b))
+	return wsFrame(opBinary, b), true
 }
 
 // sendFrame queues one complete frame (see wsFrame), which may be shared
@@ -361,24 +374,33 @@ func (c *conn) send(env []byte) {
 // pass Config.WebSocket.WriteQueueBytes is closed as a slow consumer instead. A frame
 // always fits an empty queue, so no valid frame by itself closes a client
 // that keeps up.
-func (c *conn) sendFrame(frame []byte) {
+func (c *conn) sendFrame(frame []byte) { c.queueFrame(frame, true) }
+
+// queueFrame queues frame, or, when it would pass the bound, closes the
+// connection as a slow consumer (slowClose) or leaves it be; it reports
+// whether frame was queued (true on a closing connection: nothing will be).
+func (c *conn) queueFrame(frame []byte, slowClose bool) bool {
 	c.wmu.Lock()
 	if c.isClosing() {
 		c.wmu.Unlock()
-		return
+		return true
 	}
 	n := len(frame) + frameOverhead
 	if c.pending > 0 && c.pending+n > c.e.cfg.WebSocket.WriteQueueBytes {
 		c.wmu.Unlock()
+		if !slowClose {
+			return false
+		}
 		c.e.stats.slow.Add(1)
 		c.e.cfg.Logger.Debug("edge: slow consumer", "conn", c.id, "pending", c.pending)
 		c.closeWith(envelope.CloseSlowConsumer, "slow consumer", true)
-		return
+		return false
 	}
 	c.queue = append(c.queue, frame)
 	c.pending += n
 	c.startWriterLocked()
 	c.wmu.Unlock()
+	return true
 }
 
 // waitRoom waits until the connection's queue is below half its bound, so

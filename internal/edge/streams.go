@@ -25,6 +25,7 @@ package edge
 //     producer's, or another edge's, wins).
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -103,6 +104,11 @@ type streamRead struct {
 	first  *jetstream.RawStreamMsg // the stream's first message, when joined
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// sendMu orders the read's frames with its stop: once stopped (a
+	// leave, the connection's close), no frame of it goes out.
+	sendMu  sync.Mutex
+	stopped bool
 
 	mu      sync.Mutex
 	room    *sync.Cond // the sender took pending
@@ -186,6 +192,12 @@ func (s *streams) authorize(ctx context.Context, c *conn, id string) (*jetstream
 	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
 	defer cancel()
 	first, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj.String()))
+	if errors.Is(err, jetstream.ErrMsgNotFound) && s.e.cfg.Streams.Replicas > 1 {
+		// A follower answered the direct get, and may not have the open
+		// its producer has just been told is stored: once more, shortly.
+		time.Sleep(100 * time.Millisecond)
+		first, err = s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj.String()))
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return nil, to, &rpc.Error{Code: envelope.CodeNotFound, Message: "stream " + id + " not found"}
@@ -242,7 +254,8 @@ func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 	if err != nil {
 		if r.ctx.Err() == nil {
 			s.e.cfg.Logger.Warn("edge: stream read", "stream", r.id, "err", err)
-			r.sendEnd(&envelope.StreamEnd{Status: envelope.StreamError, Error: &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "stream unavailable; join again from the last offset"}})
+			payload, _ := json.Marshal(&envelope.StreamEnd{Status: envelope.StreamError, Error: &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "stream unavailable; join again from the last offset"}})
+			r.emit(r.frame(envelope.TypeStreamEnd, r.skip, payload))
 		}
 		return
 	}
@@ -268,31 +281,87 @@ func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 			idle.Reset(s.e.cfg.Streams.IdleCheck)
 			continue
 		}
-		if !r.c.waitRoom(r.ctx) {
-			return
-		}
-		r.mu.Lock()
-		n := envelope.TextCut(r.pending, streamFrameMax)
-		text, end := r.pending[:n:n], r.end
-		r.pending = r.pending[n:]
-		rest := len(r.pending)
-		if rest > 0 {
-			r.signal()
-		} else {
-			r.pending = nil
-		}
-		sent := r.pos - int64(rest)
-		r.room.Broadcast()
-		r.mu.Unlock()
-		if len(text) > 0 {
-			r.sendChunk(text, sent)
-		}
-		if end != nil && rest == 0 {
-			r.sendEnd(end)
+		if r.flush() {
 			return
 		}
 		idle.Reset(s.e.cfg.Streams.IdleCheck)
 	}
+}
+
+// flush sends what pending holds, in frames of at most streamFrameMax
+// bytes of text, each when the connection's queue has room for it, then
+// the end once it came; it reports whether the read is over.
+func (r *streamRead) flush() bool {
+	for {
+		if !r.c.waitRoom(r.ctx) {
+			return true
+		}
+		r.mu.Lock()
+		n := envelope.TextCut(r.pending, streamFrameMax)
+		text, end := r.pending[:n:n], r.end
+		rest := len(r.pending) - n
+		offset := r.pos - int64(rest)
+		r.mu.Unlock()
+		if n > 0 {
+			sent, over := r.emit(r.frame(envelope.TypeStreamChunk, offset, jsonString(text)))
+			if over {
+				return true
+			}
+			if !sent {
+				continue // no room after all (other frames came first): wait again
+			}
+			r.mu.Lock()
+			if r.pending = r.pending[n:]; len(r.pending) == 0 {
+				r.pending = nil
+			}
+			r.room.Broadcast()
+			r.mu.Unlock()
+		}
+		if rest > 0 {
+			continue
+		}
+		if end == nil {
+			return false
+		}
+		payload, _ := json.Marshal(end)
+		for {
+			sent, over := r.emit(r.frame(envelope.TypeStreamEnd, offset, payload))
+			if sent || over || !r.c.waitRoom(r.ctx) {
+				return true
+			}
+		}
+	}
+}
+
+// emit queues env unless the read stopped (over) or the queue has no
+// room for it now (not sent).
+func (r *streamRead) emit(env []byte) (sent, over bool) {
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	if r.stopped {
+		return false, true
+	}
+	return r.c.offer(env), false
+}
+
+// frame encodes a $stream.chunk or $stream.end of the read's stream.
+func (r *streamRead) frame(typ string, offset int64, payload []byte) []byte {
+	meta := envelope.Meta{Extra: map[string]json.RawMessage{
+		"stream": strconv.AppendQuote(nil, r.id),
+		"offset": strconv.AppendInt(nil, offset, 10),
+	}}
+	b, _ := envelope.Encode(&envelope.Envelope{Type: typ, Meta: meta, Payload: payload})
+	return b
+}
+
+// jsonString is text as a JSON string, with <, > and & as they are:
+// escaping them would make a frame up to six times its text.
+func jsonString(text []byte) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(string(text))
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 // read takes one message of the ordered consumer, on its goroutine: it
@@ -306,7 +375,7 @@ func (r *streamRead) read(m jetstream.Msg) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.end != nil {
+	if r.end != nil || r.ctx.Err() != nil {
 		return
 	}
 	for len(r.pending) > r.s.e.cfg.WebSocket.WriteQueueBytes && r.ctx.Err() == nil {
@@ -360,27 +429,6 @@ func (r *streamRead) signal() {
 	}
 }
 
-func (r *streamRead) sendChunk(text []byte, offset int64) {
-	payload, _ := json.Marshal(string(text))
-	meta := envelope.Meta{Extra: map[string]json.RawMessage{
-		"stream": strconv.AppendQuote(nil, r.id),
-		"offset": strconv.AppendInt(nil, offset, 10),
-	}}
-	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamChunk, Meta: meta, Payload: payload})
-}
-
-func (r *streamRead) sendEnd(end *envelope.StreamEnd) {
-	r.mu.Lock()
-	offset := r.pos
-	r.mu.Unlock()
-	payload, _ := json.Marshal(end)
-	meta := envelope.Meta{Extra: map[string]json.RawMessage{
-		"stream": strconv.AppendQuote(nil, r.id),
-		"offset": strconv.AppendInt(nil, offset, 10),
-	}}
-	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamEnd, Meta: meta, Payload: payload})
-}
-
 // checkProducer pings the producer of a read that got nothing for a
 // while; when it is gone, the edge ends the stream for it.
 func (r *streamRead) checkProducer() {
@@ -389,6 +437,16 @@ func (r *streamRead) checkProducer() {
 	r.mu.Unlock()
 	if ended || quiet < r.s.e.cfg.Streams.IdleCheck {
 		return
+	}
+	// Twice, a second apart: a producer whose NATS connection is
+	// reconnecting has no subscription for a moment either.
+	if !r.s.producerGone(r.ctx, r.id) {
+		return
+	}
+	select {
+	case <-r.ctx.Done():
+		return
+	case <-time.After(time.Second):
 	}
 	if r.s.producerGone(r.ctx, r.id) {
 		r.s.endForProducer(r.ctx, r.id, r.first.Header, &rpc.Error{Code: envelope.CodeUnavailable, Message: "the stream's producer is gone"})
@@ -405,26 +463,43 @@ func (s *streams) producerGone(ctx context.Context, id string) bool {
 	return errors.Is(err, nats.ErrNoResponders)
 }
 
+// endOutcome is what endForProducer did.
+type endOutcome int
+
+const (
+	endFailed endOutcome = iota // JetStream did not answer: try again later
+	ended                       // the stream has an end now (this one, or one before it)
+	endRaced                    // something was stored after what was read: the producer lives
+)
+
 // endForProducer ends a stream whose producer is gone with err: a rollup
 // of the text stored so far, expected right after the last message, so
 // that it fails when the producer's end, or another edge's, landed
-// first. It reports whether the stream has an end now.
-func (s *streams) endForProducer(ctx context.Context, id string, h nats.Header, err *rpc.Error) bool {
+// first. A text longer than a NATS message (a producer whose own end was
+// refused for its size) is cut, on a character, to what fits.
+func (s *streams) endForProducer(ctx context.Context, id string, h nats.Header, err *rpc.Error) endOutcome {
 	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
 	defer cancel()
 	subj, _ := s.e.ns.Stream(id)
-	text, last, ended, rerr := s.readAll(ctx, subj.String())
+	text, last, done, rerr := s.readAll(ctx, subj.String())
 	if rerr != nil {
 		s.e.cfg.Logger.Warn("edge: stream read for its end", "stream", id, "err", rerr)
-		return false
+		return endFailed
 	}
-	if ended {
-		return true
+	if done {
+		return ended
 	}
-	msg := &nats.Msg{Subject: subj.String(), Header: nats.Header{}, Data: text}
+	msg := &nats.Msg{Subject: subj.String(), Header: nats.Header{}}
+	message := err.Message
+	if limit := int(s.e.nc.MaxPayload()) - streamHeaderRoom; len(text) > limit {
+		n := envelope.TextCut(text, limit)
+		message += fmt.Sprintf("; its %d bytes do not fit one message: cut at %d", len(text), n)
+		text = text[:n]
+	}
+	msg.Data = text
 	msg.Header.Set(envelope.HeaderStream, envelope.StreamError)
 	msg.Header.Set(envelope.HeaderStreamCode, string(err.Code))
-	msg.Header.Set(envelope.HeaderStreamMessage, err.Message)
+	msg.Header.Set(envelope.HeaderStreamMessage, message)
 	for _, k := range []string{envelope.HeaderStreamUser, envelope.HeaderStreamRoom, envelope.HeaderStreamConn} {
 		if v := h.Get(k); v != "" {
 			msg.Header.Set(k, v)
@@ -437,14 +512,18 @@ func (s *streams) endForProducer(ctx context.Context, id string, h nats.Header, 
 	switch {
 	case perr == nil:
 		s.e.stats.streamsEnded.Add(1)
-		return true
+		return ended
 	case errors.As(perr, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant):
-		return true // something came after what was read: the producer lives, or the stream was ended
+		return endRaced
 	default:
 		s.e.cfg.Logger.Warn("edge: end a stream whose producer is gone", "stream", id, "err", perr)
-		return false
+		return endFailed
 	}
 }
+
+// streamHeaderRoom is what the headers of an end may take of a NATS
+// message, at most.
+const streamHeaderRoom = 8 << 10
 
 // readAll reads a stream's text as stored now: the chunks concatenated,
 // or its end's text; the sequence of its last message; and whether it has
@@ -495,27 +574,38 @@ func (s *streams) readAll(ctx context.Context, subj string) ([]byte, uint64, boo
 	}
 }
 
-// cancel answers a $stream.cancel: it asks the producer to stop, or ends
-// the stream CANCELLED itself when the producer is gone.
+// cancelStream answers a $stream.cancel, on a goroutine of its own: it
+// asks the producer to stop, or ends the stream CANCELLED itself when the
+// producer is gone.
 func (s *streams) cancelStream(c *conn, cid string, payload json.RawMessage) {
 	q, ok := streamQuery(c, cid, payload, false)
 	if !ok {
 		return
 	}
-	first, _, err := s.authorize(c.ctx, c, q.Stream)
+	if !s.e.routines.Go(func(context.Context) { s.cancel(c, cid, q.Stream) }) {
+		c.sendError(cid, envelope.CodeUnavailable, "edge shutting down")
+	}
+}
+
+func (s *streams) cancel(c *conn, cid, id string) {
+	first, _, err := s.authorize(c.ctx, c, id)
 	if err != nil {
 		c.sendErrorPayload(cid, rpc.FromError(err).Payload())
 		return
 	}
 	if ev := first.Header.Get(envelope.HeaderStream); ev != envelope.StreamDone && ev != envelope.StreamError {
-		subj, _ := s.e.ns.StreamCtl(q.Stream)
+		subj, _ := s.e.ns.StreamCtl(id)
 		ctx, cancel := context.WithTimeout(c.ctx, streamTimeout)
 		_, err = s.e.nc.RequestWithContext(ctx, subj.String(), []byte(`{"op":"cancel"}`))
 		cancel()
 		switch {
 		case errors.Is(err, nats.ErrNoResponders):
-			if !s.endForProducer(c.ctx, q.Stream, first.Header, &rpc.Error{Code: envelope.CodeCanceled, Message: "stream cancelled"}) {
+			switch s.endForProducer(c.ctx, id, first.Header, &rpc.Error{Code: envelope.CodeCanceled, Message: "stream cancelled"}) {
+			case endFailed:
 				c.sendError(cid, envelope.CodeUnavailable, "the stream could not be ended; retry")
+				return
+			case endRaced:
+				c.sendErrorPayload(cid, (&rpc.Error{Code: envelope.CodeUnavailable, Message: "the producer is back; retry the cancel", RetryAfter: time.Second}).Payload())
 				return
 			}
 		case err != nil:
@@ -523,7 +613,7 @@ func (s *streams) cancelStream(c *conn, cid string, payload json.RawMessage) {
 			return
 		}
 	}
-	b, _ := json.Marshal(envelope.StreamQuery{Stream: q.Stream})
+	b, _ := json.Marshal(envelope.StreamQuery{Stream: id})
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamCancelled, Meta: envelope.Meta{CorrelationID: cid}, Payload: b})
 }
 
@@ -547,6 +637,9 @@ func (s *streams) leave(c *conn, cid string, payload json.RawMessage) {
 // stop ends the read's goroutine and wakes a consumer callback waiting
 // for room.
 func (r *streamRead) stop() {
+	r.sendMu.Lock()
+	r.stopped = true
+	r.sendMu.Unlock()
 	r.cancel()
 	r.mu.Lock()
 	r.room.Broadcast()

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,6 +60,7 @@ type StreamTo = envelope.StreamTo
 type StreamWriter struct {
 	p      *publisher
 	id     string
+	nonce  string // this writer's: its message ids are <nonce>.open, <nonce>.<n>, <nonce>.end
 	subj   string
 	to     StreamTo
 	hdr    nats.Header // the trace context stored with every message
@@ -108,7 +110,7 @@ func (p *Publisher) OpenStreamID(ctx context.Context, id string, to StreamTo) (*
 		return nil, p.jsErr
 	}
 	wctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	s := &StreamWriter{p: p.publisher, id: id, subj: subj.String(), to: to, ctx: wctx, cancel: cancel, flushed: make(chan struct{})}
+	s := &StreamWriter{p: p.publisher, id: id, nonce: nuid.Next(), subj: subj.String(), to: to, ctx: wctx, cancel: cancel, flushed: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	sc := trace.SpanContextFromContext(ctx)
 	if !sc.IsValid() {
@@ -133,7 +135,7 @@ func (p *Publisher) OpenStreamID(ctx context.Context, id string, to StreamTo) (*
 		ctx, cancelOpen = context.WithTimeout(ctx, rpc.DefaultTimeout)
 		defer cancelOpen()
 	}
-	seq, err := s.store(ctx, open, id+".open")
+	seq, err := s.store(ctx, open, s.nonce+".open")
 	if err != nil {
 		_ = s.ctl.Unsubscribe()
 		cancel(err)
@@ -209,12 +211,21 @@ func (s *StreamWriter) Write(p []byte) (int, error) {
 		return 0, s.err
 	case s.ending:
 		return 0, ErrStreamEnded
+	case len(s.text)+len(p) > s.maxText():
+		// The end holds the whole text in one message.
+		return 0, rpc.Errorf(envelope.CodeResourceExhausted, "stream %s: the whole text must fit one NATS message (%d bytes); end this stream and go on in another", s.id, s.maxText())
 	}
 	s.pending = append(s.pending, p...)
 	s.text = append(s.text, p...)
 	s.cond.Broadcast()
 	return len(p), nil
 }
+
+// maxText is the longest text a stream may have: its end is one message.
+func (s *StreamWriter) maxText() int { return int(s.p.nc.MaxPayload()) - streamHeaderRoom }
+
+// streamHeaderRoom is what the headers of the end may take, at most.
+const streamHeaderRoom = 8 << 10
 
 // WriteString is Write of a string.
 func (s *StreamWriter) WriteString(text string) (int, error) {
@@ -274,7 +285,7 @@ func (s *StreamWriter) storeEnd(fail error) error {
 	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
 	ctx, cancel := context.WithTimeout(context.Background(), dupWindow)
 	defer cancel()
-	if _, err := s.store(ctx, msg, s.id+".end"); err != nil {
+	if _, err := s.store(ctx, msg, s.nonce+".end"); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && wrongLastSeq(apiErr) {
 			return fmt.Errorf("%w: ended by an edge meanwhile", ErrStreamEnded)
@@ -290,41 +301,74 @@ func (s *StreamWriter) flush() {
 	defer close(s.flushed)
 	for {
 		s.mu.Lock()
-		for len(s.pending) == 0 && !s.ending {
+		n := s.sendable()
+		for n == 0 && !s.ending {
 			s.cond.Wait()
+			n = s.sendable()
 		}
-		if len(s.pending) == 0 {
+		if n == 0 && len(s.pending) > 0 {
+			n = len(s.pending) // ending: what is left, whole characters or not
+		}
+		if n == 0 {
 			s.mu.Unlock()
 			return
 		}
-		n := envelope.TextCut(s.pending, streamChunkMax)
 		chunk := s.pending[:n:n]
 		s.chunks++
-		id := s.id + "." + strconv.Itoa(s.chunks)
+		id := s.nonce + "." + strconv.Itoa(s.chunks)
+		msg := s.message(envelope.StreamChunk, chunk)
+		// Right after what this writer stored: a chunk after an end an
+		// edge wrote, for a producer it thought gone, is refused.
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(s.lastSeq, 10))
 		s.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), dupWindow)
-		seq, err := s.store(ctx, s.message(envelope.StreamChunk, chunk), id)
+		seq, err := s.store(ctx, msg, id)
 		cancel()
 
 		s.mu.Lock()
-		s.pending = s.pending[n:]
-		if len(s.pending) == 0 {
+		if s.pending = s.pending[n:]; len(s.pending) == 0 {
 			s.pending = nil // let the stored text go
 		}
-		if err != nil {
-			s.err = fmt.Errorf("worker: stream %s: store chunk: %w", s.id, err)
-			s.pending = nil
-		} else {
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
 			s.lastSeq = seq
+		case errors.As(err, &apiErr) && wrongLastSeq(apiErr):
+			s.err = fmt.Errorf("%w: ended by an edge, which found the producer gone", ErrStreamEnded)
+		default:
+			s.err = fmt.Errorf("worker: stream %s: store chunk: %w", s.id, err)
+		}
+		if err != nil {
+			s.pending = nil
 		}
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		if err != nil {
-			s.cancel(err)
+			s.cancel(s.err)
 			return
 		}
 	}
+}
+
+// sendable is how much of pending goes in the next chunk: at most
+// streamChunkMax bytes, and not a character Write has only begun (the
+// rest of it comes with the next Write), so that no chunk ends inside
+// one. s.mu is held.
+func (s *StreamWriter) sendable() int {
+	n := envelope.TextCut(s.pending, streamChunkMax)
+	if n < len(s.pending) {
+		return n
+	}
+	for i := n - 1; i >= 0 && i >= n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s.pending[i]) {
+			if !utf8.FullRune(s.pending[i:n]) {
+				return i
+			}
+			break
+		}
+	}
+	return n
 }
 
 func (s *StreamWriter) message(event string, data []byte) *nats.Msg {
@@ -359,6 +403,15 @@ func (s *StreamWriter) store(ctx context.Context, msg *nats.Msg, id string) (uin
 			return ack.Sequence, nil
 		}
 		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && wrongLastSeq(apiErr) {
+			// A retry of a message that was stored while its
+			// acknowledgement was lost: JetStream checks the expected
+			// sequence before the message id. Ours, if the last one is.
+			if seq, ok := s.storedLast(ctx, id); ok {
+				return seq, nil
+			}
+			return 0, err
+		}
 		if errors.As(err, &apiErr) && apiErr.Code != 503 || errors.Is(err, nats.ErrMaxPayload) {
 			return 0, err
 		}
@@ -368,6 +421,20 @@ func (s *StreamWriter) store(ctx context.Context, msg *nats.Msg, id string) (uin
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// storedLast reports the sequence of the stream's last message when it
+// has message id id.
+func (s *StreamWriter) storedLast(ctx context.Context, id string) (uint64, bool) {
+	st, err := s.p.js.Stream(ctx, s.p.ns.StreamsStream())
+	if err != nil {
+		return 0, false
+	}
+	m, err := st.GetLastMsgForSubject(ctx, s.subj)
+	if err != nil || m.Header.Get(jetstream.MsgIDHeader) != id {
+		return 0, false
+	}
+	return m.Sequence, true
 }
 
 func wrongLastSeq(e *jetstream.APIError) bool {
