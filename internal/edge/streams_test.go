@@ -444,3 +444,48 @@ func TestStreamHostileRequests(t *testing.T) {
 		t.Fatal("the hostile connection was closed")
 	}
 }
+
+// TestStreamNothingAfterLeft: once $stream.left is sent, no frame of that
+// stream follows, however fast the producer writes; a join again reads
+// from the offset given.
+func TestStreamNothingAfterLeft(t *testing.T) {
+	m := newStreamMesh(t)
+	s, err := m.pub.OpenStream(context.Background(), worker.StreamTo{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = s.WriteString(word(i))
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	c := m.dial(t, "alice")
+	for range 20 {
+		joinStream(t, c, s.ID(), 0)
+		readStream(t, c, s.ID(), func(r *streamRead) bool { return true })
+		if got := c.Request(t, envelope.TypeStreamLeave, envelope.StreamQuery{Stream: s.ID()}, wait); got.Type != envelope.TypeStreamLeft {
+			t.Fatalf("leave: %s %s", got.Type, got.Payload)
+		}
+		// Frames queued before the $stream.left were consumed by Request;
+		// none may come after it.
+		deadline := time.Now().Add(30 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			b, ok := c.NextRaw(time.Until(deadline))
+			if !ok {
+				break
+			}
+			if strings.Contains(string(b), `"$stream.`) {
+				t.Fatalf("after $stream.left: %s", b)
+			}
+		}
+	}
+}

@@ -637,6 +637,9 @@ func (s *session) OnMessage(_ *gws.Conn, m *gws.Message) {
 // route hands a frame to the request it answers, the server request
 // handler, or the callbacks.
 func (c *Client) route(s *session, env *envelope.Envelope) {
+	if env.Type == envelope.TypeStreamJoined {
+		c.streamJoined(env)
+	}
 	if cid := env.Meta.CorrelationID; cid != "" {
 		if c.deliverReply(env) {
 			c.events.pushFrame(env, true)

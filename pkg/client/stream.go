@@ -35,6 +35,9 @@ type Stream struct {
 	offset int64 // the end of the last chunk received
 	end    error // io.EOF for done, an *rpc.Error for an error end; nil: not ended
 	left   bool
+	// live: the edge acknowledged this Stream's join; frames before that
+	// belong to an earlier read of the same id (one Closed just now).
+	live bool
 }
 
 // Stream joins response stream id from byte offset (0: its start) and
@@ -58,6 +61,11 @@ func (c *Client) Stream(ctx context.Context, id string, offset int64) (*Stream, 
 	c.mu.Unlock()
 	if err := st.join(ctx); err != nil {
 		c.forgetStream(st)
+		var re *rpc.Error
+		if !errors.As(err, &re) {
+			// Given up before the edge answered: it may join later.
+			_ = c.Send(envelope.TypeStreamLeave, envelope.StreamQuery{Stream: id})
+		}
 		return nil, err
 	}
 	return st, nil
@@ -192,7 +200,7 @@ func (c *Client) routeStream(env *envelope.Envelope) {
 		return
 	}
 	st.mu.Lock()
-	if st.end != nil || st.left {
+	if st.end != nil || st.left || !st.live {
 		st.mu.Unlock()
 		return
 	}
@@ -220,6 +228,23 @@ func (c *Client) routeStream(env *envelope.Envelope) {
 	st.signal()
 	if env.Type == envelope.TypeStreamEnd {
 		c.forgetStream(st)
+	}
+}
+
+// streamJoined marks the stream a $stream.joined names live, on the
+// session's read goroutine, before the frames that follow it.
+func (c *Client) streamJoined(env *envelope.Envelope) {
+	var p envelope.StreamJoined
+	if json.Unmarshal(env.Payload, &p) != nil {
+		return
+	}
+	c.mu.Lock()
+	st := c.streams[p.Stream]
+	c.mu.Unlock()
+	if st != nil {
+		st.mu.Lock()
+		st.live = true
+		st.mu.Unlock()
 	}
 }
 
