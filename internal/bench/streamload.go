@@ -848,7 +848,7 @@ func storeMax(v *atomic.Int64, x int64) {
 
 // endedHow describes the last message stream id has (event, code,
 // message id), and reports whether it is the producer's own end (its
-// message id is <id>.end, as the StreamWriter writes it).
+// message id ends in .end, as the StreamWriter writes it).
 func endedHow(ctx context.Context, js jetstream.JetStream, ns envelope.Namespace, id string) (string, bool) {
 	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
 	defer cancel()
@@ -865,13 +865,15 @@ func endedHow(ctx context.Context, js jetstream.JetStream, ns envelope.Namespace
 		return "read the end: " + err.Error(), false
 	}
 	h := m.Header
-	own := h.Get(jetstream.MsgIDHeader) == id+".end"
+	// The StreamWriter's end has the message id <nonce>.end (<id>.end
+	// before 2400837); an edge's end has none.
+	own := strings.HasSuffix(h.Get(jetstream.MsgIDHeader), ".end")
 	how := h.Get(envelope.HeaderStream)
 	if c := h.Get(envelope.HeaderStreamCode); c != "" {
 		how += " " + c
 	}
 	if own {
-		how += ", the producer's own (Nats-Msg-Id <id>.end)"
+		how += ", the producer's own (Nats-Msg-Id " + strconv.Quote(h.Get(jetstream.MsgIDHeader)) + ")"
 	} else {
 		how += ", Nats-Msg-Id " + strconv.Quote(h.Get(jetstream.MsgIDHeader))
 	}
