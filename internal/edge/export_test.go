@@ -11,3 +11,7 @@ func FailBackfills(e *Edge, n int32) { e.dur.failFetch.Store(n) }
 // SetCheckFrames turns the frame header checks off (or back on) for every
 // edge of the test binary, to reach a panic inside gws.
 func SetCheckFrames(on bool) { skipFrameChecks.Store(!on) }
+
+// DropLiveStreamMessages makes e lose the next n live messages of
+// response streams, as a lost republish would.
+func DropLiveStreamMessages(e *Edge, n int32) { e.streams.dropLive.Store(n) }

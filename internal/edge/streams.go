@@ -7,17 +7,27 @@ package edge
 //     the chunks, and the end, a rollup holding the whole text. A
 //     position is a byte offset in the text, so it means the same before
 //     and after the rollup.
+//   - The stream republishes every stored message to
+//     <prefix>.streamlive.<id> with Nats-Sequence and Nats-Last-Sequence
+//     (the subject's previous sequence), as durable rooms do.
 //   - A $stream.join reads the stream's first message with a direct get
-//     (who may read it: the open's or the rollup's headers), acknowledges,
-//     then reads the subject with an ordered consumer from that message
-//     on: stored and live chunks come through one consumer in order, so
-//     there is no seam to stitch. A rollup that lands while the consumer
-//     is behind replaces chunks it has not read; its text from the
-//     reader's position on is what they held.
-//   - The consumer's callback adds text to the read's pending buffer; one
-//     goroutine per read sends it when the connection's queue has room.
-//     What piles up meanwhile goes out as one frame: a slow reader gets
-//     coalesced chunks, never a slow-consumer close.
+//     (who may read it: the open's or the rollup's headers), subscribes to
+//     the live subject, reads the subject's last sequence, acknowledges,
+//     and catches up to that sequence with an ordered consumer; then it
+//     follows the live subject. A live message whose previous sequence is
+//     not the last one read shows a hole (a republish lost, the live
+//     queue full while the client was slow): the read catches up from
+//     JetStream again. A consumer per read lives only while it catches
+//     up: nats-server would otherwise search past every other stream's
+//     messages for each waiting consumer at every new message.
+//   - The text the reader has not seen waits in the read's buffer until
+//     the connection's queue has room; what piles up meanwhile goes out
+//     as one frame: a slow reader gets coalesced chunks, never a
+//     slow-consumer close.
+//   - An end (a rollup: the whole text) is taken whatever its previous
+//     sequence: a rollup that lands while the read is behind replaces
+//     chunks it has not read, and its text from the reader's position on
+//     is what they held.
 //   - While a read gets nothing for StreamsConfig.IdleCheck, the edge pings
 //     the producer on <prefix>.ctl.stream.<id>; no responders means it is
 //     gone, and the edge ends the stream UNAVAILABLE with a rollup expected
@@ -32,6 +42,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -60,6 +71,10 @@ type streams struct {
 
 	mu    sync.Mutex
 	reads map[*conn]map[string]*streamRead
+
+	// dropLive makes the next live messages vanish, as a lost republish
+	// or a full live queue would; tests set it (export_test.go).
+	dropLive atomic.Int32
 }
 
 // startStreams creates the streams stream, or updates it to this edge's
@@ -74,7 +89,7 @@ func startStreams(ctx context.Context, e *Edge) (*streams, error) {
 	s.js = js
 	sc := jetstream.StreamConfig{
 		Name:        s.name,
-		Description: "Natter response streams: " + pfx + ".stream.<id>, chunks then a rollup of the whole text",
+		Description: "Natter response streams: " + pfx + ".stream.<id>, chunks then a rollup of the whole text, republished to " + pfx + ".streamlive.<id>",
 		Subjects:    []string{pfx + ".stream.*"},
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
@@ -85,6 +100,7 @@ func startStreams(ctx context.Context, e *Edge) (*streams, error) {
 		Duplicates:  min(2*time.Minute, cfg.MaxAge),
 		AllowDirect: true,
 		AllowRollup: true,
+		RePublish:   &jetstream.RePublish{Source: pfx + ".stream.*", Destination: pfx + ".streamlive.{{wildcard(1)}}"},
 	}
 	if err := natsopt.Retry(ctx, e.cfg.Logger, "response streams stream", func(ctx context.Context) (err error) {
 		s.stream, err = js.CreateOrUpdateStream(ctx, sc)
@@ -110,12 +126,10 @@ type streamRead struct {
 	sendMu  sync.Mutex
 	stopped bool
 
-	mu      sync.Mutex
-	room    *sync.Cond // the sender took pending
-	wake    chan struct{}
-	skip    int64  // the reader's offset: text before it is not sent
-	pos     int64  // bytes of the stream's text read so far
-	pending []byte // read, not sent yet; it ends at pos
+	mu      sync.Mutex // pending, pos, end: the run goroutine writes, cancels read
+	skip    int64      // the reader's offset: text before it is not sent
+	pos     int64      // bytes of the stream's text read so far
+	pending []byte     // read, not sent yet; it ends at pos
 	end     *envelope.StreamEnd
 	lastSeq uint64    // the last message read
 	lastAt  time.Time // when it was read
@@ -141,8 +155,7 @@ func (s *streams) join(c *conn, cid string, payload json.RawMessage) {
 		return
 	}
 	subj, _ := s.e.ns.Stream(q.Stream)
-	r := &streamRead{s: s, c: c, id: q.Stream, subj: subj.String(), skip: q.Offset, wake: make(chan struct{}, 1), lastAt: time.Now()}
-	r.room = sync.NewCond(&r.mu)
+	r := &streamRead{s: s, c: c, id: q.Stream, subj: subj.String(), skip: q.Offset, lastAt: time.Now()}
 	r.ctx, r.cancel = context.WithCancel(c.ctx)
 	if mine == nil {
 		mine = map[string]*streamRead{}
@@ -231,61 +244,191 @@ func streamTo(h nats.Header) envelope.StreamTo {
 	return envelope.StreamTo{User: h.Get(envelope.HeaderStreamUser), Room: h.Get(envelope.HeaderStreamRoom), Conn: h.Get(envelope.HeaderStreamConn)}
 }
 
-// run acknowledges the join, reads the stream with an ordered consumer
-// and sends its text until the end, a leave, or the connection's close.
+// streamLiveQueue is how many live messages a read holds while its
+// client is slow; past it NATS drops them, and the read catches up from
+// the stream.
+const streamLiveQueue = 1024
+
+// run subscribes to the stream's live subject, acknowledges the join,
+// catches up from the stream and follows the live subject, sending the
+// text until the end, a leave, or the connection's close.
 func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 	defer r.s.forget(r)
 	stop := context.AfterFunc(ctx, r.stop) // the edge stopping
 	defer stop()
-	defer r.stop() // and a consumer callback waiting for room
-	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamJoined, Meta: envelope.Meta{CorrelationID: cid}, Payload: joined})
-	r.s.e.stats.streamJoins.Add(1)
+	defer r.stop()
 	s := r.s
-	cons, err := s.js.OrderedConsumer(r.ctx, s.name, jetstream.OrderedConsumerConfig{
-		FilterSubjects:    []string{r.subj},
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       r.first.Sequence,
-		InactiveThreshold: 30 * time.Second,
-	})
-	var cc jetstream.ConsumeContext
+	live := make(chan *nats.Msg, streamLiveQueue)
+	subj, _ := s.e.ns.StreamLive(r.id)
+	sub, err := s.e.nc.ChanSubscribe(subj.String(), live)
+	var last uint64
 	if err == nil {
-		cc, err = cons.Consume(r.read)
+		defer func() { _ = sub.Unsubscribe() }()
+		last, err = r.lastSeqAfterSubscribe()
 	}
-	if err != nil {
-		if r.ctx.Err() == nil {
-			s.e.cfg.Logger.Warn("edge: stream read", "stream", r.id, "err", err)
-			payload, _ := json.Marshal(&envelope.StreamEnd{Status: envelope.StreamError, Error: &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "stream unavailable; join again from the last offset"}})
-			r.emit(r.frame(envelope.TypeStreamEnd, r.skip, payload))
-		}
-		return
+	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamJoined, Meta: envelope.Meta{CorrelationID: cid}, Payload: joined})
+	s.e.stats.streamJoins.Add(1)
+	if err == nil {
+		err = r.catchUp(r.first.Sequence, last)
 	}
-	defer func() {
-		cc.Stop()
-		// The server would drop it after InactiveThreshold; at once
-		// is cheaper for an edge that serves many streams.
-		if info := cons.CachedInfo(); info != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
-			_ = s.js.DeleteConsumer(ctx, s.name, info.Name)
-			cancel()
-		}
-	}()
 	idle := time.NewTimer(s.e.cfg.Streams.IdleCheck)
 	defer idle.Stop()
 	for {
-		select {
-		case <-r.ctx.Done():
+		if err != nil {
+			if r.ctx.Err() == nil {
+				s.e.cfg.Logger.Warn("edge: stream read", "stream", r.id, "err", err)
+				r.mu.Lock()
+				offset := r.pos
+				r.mu.Unlock()
+				payload, _ := json.Marshal(&envelope.StreamEnd{Status: envelope.StreamError, Error: &envelope.ErrorPayload{Code: envelope.CodeUnavailable, Message: "stream unavailable; join again from the last offset"}})
+				r.emit(r.frame(envelope.TypeStreamEnd, offset, payload))
+			}
 			return
-		case <-r.wake:
-		case <-idle.C:
-			r.checkProducer()
-			idle.Reset(s.e.cfg.Streams.IdleCheck)
-			continue
 		}
 		if r.flush() {
 			return
 		}
-		idle.Reset(s.e.cfg.Streams.IdleCheck)
+		select {
+		case <-r.ctx.Done():
+			return
+		case m := <-live:
+			err = r.live(m)
+			for more := err == nil; more; { // what else came: one frame for all
+				select {
+				case m := <-live:
+					err = r.live(m)
+					more = err == nil
+				default:
+					more = false
+				}
+			}
+			idle.Reset(s.e.cfg.Streams.IdleCheck)
+		case <-idle.C:
+			r.checkProducer()
+			idle.Reset(s.e.cfg.Streams.IdleCheck)
+		}
 	}
+}
+
+// lastSeqAfterSubscribe makes sure the live subscription is in place and
+// returns the stream's last sequence on the subject: every message after
+// it comes live.
+func (r *streamRead) lastSeqAfterSubscribe() (uint64, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, streamTimeout)
+	defer cancel()
+	if err := r.s.e.nc.FlushWithContext(ctx); err != nil {
+		return 0, err
+	}
+	m, err := r.s.stream.GetLastMsgForSubject(ctx, r.subj)
+	if err != nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// live takes one republished message: in order, after catching up from
+// the stream when the live subject lost some.
+func (r *streamRead) live(m *nats.Msg) error {
+	if r.s.dropLive.Load() > 0 && r.s.dropLive.Add(-1) >= 0 {
+		return nil
+	}
+	seq := headerSeq(m.Header, jetstream.SequenceHeader)
+	if seq == 0 || seq <= r.lastSeq {
+		return nil // read already (caught up past it)
+	}
+	ev := m.Header.Get(envelope.HeaderStream)
+	if ev != envelope.StreamDone && ev != envelope.StreamError && headerSeq(m.Header, "Nats-Last-Sequence") != r.lastSeq {
+		if err := r.catchUp(r.lastSeq+1, seq-1); err != nil {
+			return err
+		}
+		if seq <= r.lastSeq {
+			return nil
+		}
+	}
+	r.take(seq, m.Header, m.Data)
+	return nil
+}
+
+// catchUp reads the stream's messages on the subject from sequence from
+// up to to with an ordered consumer (a rollup past to ends it too), and
+// deletes the consumer after. Failed attempts are tried again, a second
+// apart, up to three times.
+func (r *streamRead) catchUp(from, to uint64) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-r.ctx.Done():
+				return r.ctx.Err()
+			case <-time.After(time.Second):
+			}
+			from = max(from, r.lastSeq+1)
+		}
+		if to < from || r.ended() {
+			return nil
+		}
+		if err = r.fetch(from, to); err == nil || r.ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+func (r *streamRead) fetch(from, to uint64) error {
+	s := r.s
+	ctx, cancel := context.WithTimeout(r.ctx, durableTimeout)
+	defer cancel()
+	cons, err := s.js.OrderedConsumer(ctx, s.name, jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{r.subj},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       from,
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		it.Stop()
+		// The server would drop it after InactiveThreshold; at once is
+		// cheaper for an edge that serves many streams.
+		if info := cons.CachedInfo(); info != nil {
+			dctx, dcancel := context.WithTimeout(context.Background(), streamTimeout)
+			_ = s.js.DeleteConsumer(dctx, s.name, info.Name)
+			dcancel()
+		}
+	}()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return err
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		seq := md.Sequence.Stream
+		if seq > r.lastSeq {
+			r.take(seq, m.Headers(), m.Data())
+		}
+		if seq >= to || r.ended() {
+			return nil
+		}
+	}
+}
+
+func (r *streamRead) ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.end != nil
 }
 
 // flush sends what pending holds, in frames of at most streamFrameMax
@@ -293,6 +436,12 @@ func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 // the end once it came; it reports whether the read is over.
 func (r *streamRead) flush() bool {
 	for {
+		r.mu.Lock()
+		idle := len(r.pending) == 0 && r.end == nil
+		r.mu.Unlock()
+		if idle {
+			return false
+		}
 		if !r.c.waitRoom(r.ctx) {
 			return true
 		}
@@ -314,7 +463,6 @@ func (r *streamRead) flush() bool {
 			if r.pending = r.pending[n:]; len(r.pending) == 0 {
 				r.pending = nil
 			}
-			r.room.Broadcast()
 			r.mu.Unlock()
 		}
 		if rest > 0 {
@@ -364,30 +512,21 @@ func jsonString(text []byte) []byte {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
-// read takes one message of the ordered consumer, on its goroutine: it
-// adds the text the reader has not seen to pending, and waits while
-// pending holds more than the connection's queue would.
-func (r *streamRead) read(m jetstream.Msg) {
-	h := m.Headers()
-	var seq uint64
-	if md, err := m.Metadata(); err == nil {
-		seq = md.Sequence.Stream
-	}
+// take adds the text of stored message seq that the reader has not seen
+// to pending; an end also ends the read.
+func (r *streamRead) take(seq uint64, h nats.Header, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.end != nil || r.ctx.Err() != nil {
+	if r.end != nil {
 		return
-	}
-	for len(r.pending) > r.s.e.cfg.WebSocket.WriteQueueBytes && r.ctx.Err() == nil {
-		r.room.Wait()
 	}
 	r.lastSeq, r.lastAt = seq, time.Now()
 	switch ev := h.Get(envelope.HeaderStream); ev {
 	case envelope.StreamChunk:
-		r.addLocked(m.Data(), r.pos)
+		r.addLocked(data, r.pos)
 	case envelope.StreamDone, envelope.StreamError:
 		// The rollup: the whole text, of which pos bytes were read.
-		r.addLocked(m.Data(), 0)
+		r.addLocked(data, 0)
 		r.end = &envelope.StreamEnd{Status: ev}
 		if ev == envelope.StreamError {
 			r.end.Error = &envelope.ErrorPayload{Code: envelope.Code(h.Get(envelope.HeaderStreamCode)), Message: h.Get(envelope.HeaderStreamMessage)}
@@ -395,10 +534,7 @@ func (r *streamRead) read(m jetstream.Msg) {
 				r.end.Error.Code = envelope.CodeInternal
 			}
 		}
-	default:
-		return // the open, or something else: no text
 	}
-	r.signal()
 }
 
 // addLocked adds the part of text past pos, text starting at byte at of
@@ -420,13 +556,6 @@ func (r *streamRead) addLocked(text []byte, at int64) {
 		r.pending = append(r.pending, text[from:]...)
 	}
 	r.pos = end
-}
-
-func (r *streamRead) signal() {
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
 }
 
 // checkProducer pings the producer of a read that got nothing for a
@@ -634,16 +763,13 @@ func (s *streams) leave(c *conn, cid string, payload json.RawMessage) {
 	c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamLeft, Meta: envelope.Meta{CorrelationID: cid}, Payload: b})
 }
 
-// stop ends the read's goroutine and wakes a consumer callback waiting
-// for room.
+// stop ends the read: no frame of it goes out from here on, and its
+// goroutine returns.
 func (r *streamRead) stop() {
 	r.sendMu.Lock()
 	r.stopped = true
 	r.sendMu.Unlock()
 	r.cancel()
-	r.mu.Lock()
-	r.room.Broadcast()
-	r.mu.Unlock()
 }
 
 // forget removes r from its connection's reads, unless another read of

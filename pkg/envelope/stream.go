@@ -20,6 +20,11 @@ func (n Namespace) StreamsStream() string {
 	return strings.ReplaceAll(n.prefix, ".", "_") + "_streams"
 }
 
+// StreamLive is <prefix>.streamlive.<id>: the streams stream republishes
+// every stored message of stream id here, with Nats-Sequence and
+// Nats-Last-Sequence; edges with readers listen.
+func (n Namespace) StreamLive(id string) (Subject, error) { return n.idSubject(".streamlive.", id) }
+
 // StreamCtl is <prefix>.ctl.stream.<id>: requests to a stream's producer,
 // {"op":"ping"} and {"op":"cancel"}, answered {"ok":true}.
 func (n Namespace) StreamCtl(id string) (Subject, error) { return n.idSubject(".ctl.stream.", id) }
