@@ -269,7 +269,7 @@ func (r *streamRead) run(ctx context.Context, cid string, joined []byte) {
 	r.c.sendEnvelope(&envelope.Envelope{Type: envelope.TypeStreamJoined, Meta: envelope.Meta{CorrelationID: cid}, Payload: joined})
 	s.e.stats.streamJoins.Add(1)
 	if err == nil {
-		err = r.catchUp(r.first.Sequence, last)
+		err = r.catchUp(r.seek(last), last)
 	}
 	idle := time.NewTimer(s.e.cfg.Streams.IdleCheck)
 	defer idle.Stop()
@@ -324,6 +324,55 @@ func (r *streamRead) lastSeqAfterSubscribe() (uint64, error) {
 		return 0, err
 	}
 	return m.Sequence, nil
+}
+
+// seek finds where a join from the reader's offset starts reading: the
+// chunk that holds the offset, by a binary search of direct gets over the
+// stream's sequences, when chunks say where they start
+// (HeaderStreamOffset, as the Go SDK writes); else the stream's first
+// message, and the text before the offset is read and dropped.
+func (r *streamRead) seek(last uint64) uint64 {
+	from := r.first.Sequence
+	if r.skip == 0 || r.first.Header.Get(envelope.HeaderStream) != envelope.StreamOpen {
+		return from
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, streamTimeout)
+	defer cancel()
+	// Invariant: the chunk found at or after lo starts at or before the
+	// offset; hi is past every such chunk.
+	lo, hi := from+1, last+1
+	var found *jetstream.RawStreamMsg
+	var at int64
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		m, err := r.s.stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject(r.subj))
+		if err != nil || m.Sequence > last {
+			if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return from // no answer: read from the start
+			}
+			hi = mid
+			continue
+		}
+		if m.Header.Get(envelope.HeaderStream) != envelope.StreamChunk {
+			return from // the end (a rollup): read it whole
+		}
+		off, err := strconv.ParseInt(m.Header.Get(envelope.HeaderStreamOffset), 10, 64)
+		if err != nil {
+			return from // a producer that does not say: read from the start
+		}
+		if off <= r.skip {
+			found, at, lo = m, off, m.Sequence+1
+		} else {
+			hi = mid
+		}
+	}
+	if found == nil {
+		return from
+	}
+	r.mu.Lock()
+	r.pos, r.lastSeq = at, found.Sequence-1
+	r.mu.Unlock()
+	return found.Sequence
 }
 
 // live takes one republished message: in order, after catching up from

@@ -524,3 +524,40 @@ func TestStreamLiveHoleFilled(t *testing.T) {
 		t.Fatalf("after the end: %q %+v", end.text.String(), end.end)
 	}
 }
+
+// TestStreamJoinSeeksOffset: a join from an offset starts at the chunk
+// that holds it when chunks say where they start (Natter-Stream-Offset),
+// without reading the text before it. Chunk 0 here is two bytes longer
+// than the offsets say: a read from the start would be two bytes off.
+func TestStreamJoinSeeksOffset(t *testing.T) {
+	m := newStreamMesh(t)
+	js, _ := jetstream.New(m.NC)
+	subj := "natter.stream.seek"
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: subj, Header: nats.Header{"Natter-Stream": {"open"}, "Natter-Stream-User": {"alice"}}}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := func(i int) string { return fmt.Sprintf("c%04d ", i) }
+	for i := range 1000 {
+		text := chunk(i)
+		if i == 0 {
+			text = "XX" + text
+		}
+		h := nats.Header{"Natter-Stream": {"chunk"}, "Natter-Stream-Offset": {fmt.Sprint(6 * i)}}
+		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: subj, Header: h, Data: []byte(text)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	for _, at := range []int{1, 400, 999} {
+		c := m.dial(t, "alice")
+		joinStream(t, c, "seek", int64(6*at+2))
+		var want strings.Builder
+		for i := at; i < 1000; i++ {
+			want.WriteString(chunk(i))
+		}
+		r := readStream(t, c, "seek", func(r *streamRead) bool { return r.text.Len() >= want.Len()-2 })
+		if got := r.text.String(); got != want.String()[2:] {
+			t.Fatalf("from the offset of chunk %d + 2: %q..., want %q...", at, got[:min(12, len(got))], want.String()[2:14])
+		}
+	}
+}

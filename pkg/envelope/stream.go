@@ -50,6 +50,11 @@ const (
 	HeaderStreamUser = "Natter-Stream-User"
 	HeaderStreamRoom = "Natter-Stream-Room"
 	HeaderStreamConn = "Natter-Stream-Conn"
+	// HeaderStreamOffset on a chunk is the byte offset of its start in
+	// the stream's text (optional): an edge that finds it on every chunk
+	// starts a join from an offset at the chunk that holds it, instead of
+	// reading the text before it.
+	HeaderStreamOffset = "Natter-Stream-Offset"
 	// An error end's code and message.
 	HeaderStreamCode    = "Natter-Stream-Code"
 	HeaderStreamMessage = "Natter-Stream-Message"

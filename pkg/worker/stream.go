@@ -76,6 +76,7 @@ type StreamWriter struct {
 	err     error      // the first failure to store: the stream is broken
 	lastSeq uint64     // the stream sequence of the last stored message
 	chunks  int        // stored chunks: the next message id
+	stored  int64      // bytes of text stored in chunks
 	flushed chan struct{}
 	endOnce sync.Once
 	endErr  error
@@ -320,6 +321,7 @@ func (s *StreamWriter) flush() {
 		// Right after what this writer stored: a chunk after an end an
 		// edge wrote, for a producer it thought gone, is refused.
 		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(s.lastSeq, 10))
+		msg.Header.Set(envelope.HeaderStreamOffset, strconv.FormatInt(s.stored, 10))
 		s.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), dupWindow)
@@ -334,6 +336,7 @@ func (s *StreamWriter) flush() {
 		switch {
 		case err == nil:
 			s.lastSeq = seq
+			s.stored += int64(n)
 		case errors.As(err, &apiErr) && wrongLastSeq(apiErr):
 			s.err = fmt.Errorf("%w: ended by an edge, which found the producer gone", ErrStreamEnded)
 		default:
