@@ -94,7 +94,11 @@ func (s *rawStream) chunk(n int64) (*nats.Msg, jetstream.PublishOpt) {
 	s.text = appendChunk(s.text, time.Now().UnixNano(), n, s.size)
 	b := s.text[at:len(s.text):len(s.text)]
 	s.mu.Unlock()
-	return s.msg(envelope.StreamChunk, b), jetstream.WithMsgID(s.id + "." + strconv.FormatInt(n+1, 10))
+	m := s.msg(envelope.StreamChunk, b)
+	// Where the chunk starts, as docs/protocol.md recommends: the edge
+	// starts a join at the chunk that holds its offset.
+	m.Header.Set(envelope.HeaderStreamOffset, strconv.Itoa(at))
+	return m, jetstream.WithMsgID(s.id + "." + strconv.FormatInt(n+1, 10))
 }
 
 // prefill stores chunks 0..count-1, pipelined in batches: one
