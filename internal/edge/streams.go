@@ -123,8 +123,10 @@ type streamRead struct {
 
 	// sendMu orders the read's frames with its stop: once stopped (a
 	// leave, the connection's close), no frame of it goes out.
-	sendMu  sync.Mutex
-	stopped bool
+	sendMu   sync.Mutex
+	stopped  bool
+	over     bool // the run goroutine's: the end was sent
+	sentText bool // the run goroutine's: a chunk frame was sent
 
 	mu      sync.Mutex // pending, pos, end: the run goroutine writes, cancels read
 	skip    int64      // the reader's offset: text before it is not sent
@@ -471,7 +473,21 @@ func (r *streamRead) fetch(from, to uint64) error {
 		if seq >= to || r.ended() {
 			return nil
 		}
+		// The text so far goes out while the rest is read: the first
+		// chunk a reader missed comes at once, not after the backlog.
+		// With the client behind, waitRoom paces the read.
+		if n := r.buffered(); n > 0 && (!r.sentText || md.NumPending == 0 || n >= streamFrameMax) {
+			if r.flush() {
+				return nil
+			}
+		}
 	}
+}
+
+func (r *streamRead) buffered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
 }
 
 func (r *streamRead) ended() bool {
@@ -485,6 +501,9 @@ func (r *streamRead) ended() bool {
 // the end once it came; it reports whether the read is over.
 func (r *streamRead) flush() bool {
 	for {
+		if r.over {
+			return true
+		}
 		r.mu.Lock()
 		idle := len(r.pending) == 0 && r.end == nil
 		r.mu.Unlock()
@@ -508,6 +527,7 @@ func (r *streamRead) flush() bool {
 			if !sent {
 				continue // no room after all (other frames came first): wait again
 			}
+			r.sentText = true
 			r.mu.Lock()
 			if r.pending = r.pending[n:]; len(r.pending) == 0 {
 				r.pending = nil
@@ -521,6 +541,7 @@ func (r *streamRead) flush() bool {
 			return false
 		}
 		payload, _ := json.Marshal(end)
+		r.over = true
 		for {
 			sent, over := r.emit(r.frame(envelope.TypeStreamEnd, offset, payload))
 			if sent || over || !r.c.waitRoom(r.ctx) {
