@@ -384,11 +384,7 @@ func (r *streamRead) live(m *nats.Msg) error {
 		return nil
 	}
 	seq := headerSeq(m.Header, jetstream.SequenceHeader)
-	if seq == 0 {
-		r.direct(m)
-		return nil
-	}
-	if seq <= r.lastSeq {
+	if seq == 0 || seq <= r.lastSeq {
 		return nil // read already (caught up past it)
 	}
 	ev := m.Header.Get(envelope.HeaderStream)
@@ -402,25 +398,6 @@ func (r *streamRead) live(m *nats.Msg) error {
 	}
 	r.take(seq, m.Header, m.Data)
 	return nil
-}
-
-// direct takes a producer's copy of a chunk sent before it was stored:
-// its text past the read's position when it starts at or before it. One
-// that starts further on is dropped: its stored copy comes in order.
-func (r *streamRead) direct(m *nats.Msg) {
-	if m.Header.Get(envelope.HeaderStream) != envelope.StreamChunk {
-		return
-	}
-	at, err := strconv.ParseInt(m.Header.Get(envelope.HeaderStreamOffset), 10, 64)
-	if err != nil || at < 0 {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.end == nil && at <= r.pos {
-		r.addLocked(m.Data, at)
-		r.lastAt = time.Now()
-	}
 }
 
 // catchUp reads the stream's messages on the subject from sequence from
@@ -538,9 +515,6 @@ func (r *streamRead) flush() bool {
 		}
 		r.mu.Lock()
 		n := envelope.TextCut(r.pending, streamFrameMax)
-		if n == len(r.pending) && r.end == nil {
-			n = completeText(r.pending) // a producer's copy may end inside a character
-		}
 		text, end := r.pending[:n:n], r.end
 		rest := len(r.pending) - n
 		offset := r.pos - int64(rest)
@@ -560,7 +534,7 @@ func (r *streamRead) flush() bool {
 			}
 			r.mu.Unlock()
 		}
-		if rest > 0 && n > 0 {
+		if rest > 0 {
 			continue
 		}
 		if end == nil {
@@ -598,21 +572,6 @@ func (r *streamRead) frame(typ string, offset int64, payload []byte) []byte {
 	return b
 }
 
-// completeText is how much of text ends on a whole character: all of it,
-// or up to the last character begun and not finished.
-func completeText(text []byte) int {
-	n := len(text)
-	for i := n - 1; i >= 0 && i >= n-utf8.UTFMax; i-- {
-		if utf8.RuneStart(text[i]) {
-			if !utf8.FullRune(text[i:]) {
-				return i
-			}
-			break
-		}
-	}
-	return n
-}
-
 // jsonString is text as a JSON string, with <, > and & as they are:
 // escaping them would make a frame up to six times its text.
 func jsonString(text []byte) []byte {
@@ -634,13 +593,7 @@ func (r *streamRead) take(seq uint64, h nats.Header, data []byte) {
 	r.lastSeq, r.lastAt = seq, time.Now()
 	switch ev := h.Get(envelope.HeaderStream); ev {
 	case envelope.StreamChunk:
-		// Where it starts: its offset, when it says (the producer's copy
-		// may have brought it already), else where the last one ended.
-		at := r.pos
-		if off, err := strconv.ParseInt(h.Get(envelope.HeaderStreamOffset), 10, 64); err == nil && off >= 0 && off < at {
-			at = off
-		}
-		r.addLocked(data, at)
+		r.addLocked(data, r.pos)
 	case envelope.StreamDone, envelope.StreamError:
 		// The rollup: the whole text, of which pos bytes were read.
 		r.addLocked(data, 0)

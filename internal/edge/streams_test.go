@@ -492,77 +492,36 @@ func TestStreamNothingAfterLeft(t *testing.T) {
 
 // TestStreamLiveHoleFilled: live messages the edge lost (a republish
 // lost, a live queue full) are read from the stream: the reader gets the
-// whole text once, in order. The producer stores chunks only (no copies
-// before the store), so only the catch-up can fill the hole.
+// whole text once, in order.
 func TestStreamLiveHoleFilled(t *testing.T) {
 	m := newStreamMesh(t)
-	js, _ := jetstream.New(m.NC)
-	ctx := context.Background()
-	subj := "natter.stream.hole"
-	pub := func(h nats.Header, body string) {
-		t.Helper()
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: subj, Header: h, Data: []byte(body)}); err != nil {
-			t.Fatal(err)
-		}
+	s, err := m.pub.OpenStream(context.Background(), worker.StreamTo{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	pub(nats.Header{"Natter-Stream": {"open"}, "Natter-Stream-User": {"alice"}}, "")
 	c := m.dial(t, "alice")
-	joinStream(t, c, "hole", 0)
+	joinStream(t, c, s.ID(), 0)
 	var want strings.Builder
 	for i := range 5 {
 		want.WriteString(word(i))
-		pub(nats.Header{"Natter-Stream": {"chunk"}}, word(i))
+		_, _ = s.WriteString(word(i))
 	}
-	readStream(t, c, "hole", func(r *streamRead) bool { return r.text.Len() >= want.Len() })
+	readStream(t, c, s.ID(), func(r *streamRead) bool { return r.text.Len() >= want.Len() })
 	edge.DropLiveStreamMessages(m.Edge.Edge, 3)
 	rest := want.Len()
 	for i := 5; i < 40; i++ {
 		want.WriteString(word(i))
-		pub(nats.Header{"Natter-Stream": {"chunk"}}, word(i))
+		_, _ = s.WriteString(word(i))
+		time.Sleep(2 * time.Millisecond) // one chunk each
 	}
 	// Before the end (whose rollup would bring the whole text anyway).
-	r := readStream(t, c, "hole", func(r *streamRead) bool { return r.text.Len() >= want.Len()-rest })
+	r := readStream(t, c, s.ID(), func(r *streamRead) bool { return r.text.Len() >= want.Len()-rest })
 	if got := r.text.String(); got != want.String()[rest:] {
 		t.Fatalf("after the hole: %q, want %q", got, want.String()[rest:])
 	}
-}
-
-// TestStreamDirectCopies: a producer's copy of a chunk, published core to
-// natter.streamlive.<id> before it is stored, reaches the reader at once
-// when it continues its text; a copy that starts further on is dropped,
-// and the stored copies that follow add nothing twice.
-func TestStreamDirectCopies(t *testing.T) {
-	m := newStreamMesh(t)
-	js, _ := jetstream.New(m.NC)
-	ctx := context.Background()
-	store := func(h nats.Header, body string) {
-		t.Helper()
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: "natter.stream.direct", Header: h, Data: []byte(body)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	direct := func(at int, body string) {
-		t.Helper()
-		h := nats.Header{"Natter-Stream": {"chunk"}, "Natter-Stream-Offset": {fmt.Sprint(at)}}
-		if err := m.NC.PublishMsg(&nats.Msg{Subject: "natter.streamlive.direct", Header: h, Data: []byte(body)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	store(nats.Header{"Natter-Stream": {"open"}, "Natter-Stream-User": {"alice"}}, "")
-	c := m.dial(t, "alice")
-	joinStream(t, c, "direct", 0)
-	direct(0, "héllo ")
-	r := readStream(t, c, "direct", func(r *streamRead) bool { return true })
-	if r.text.String() != "héllo " {
-		t.Fatalf("the producer's copy, not stored yet: %q", r.text.String())
-	}
-	direct(100, "junk")
-	store(nats.Header{"Natter-Stream": {"chunk"}, "Natter-Stream-Offset": {"0"}}, "héllo ")
-	store(nats.Header{"Natter-Stream": {"chunk"}, "Natter-Stream-Offset": {"7"}}, "world")
-	store(nats.Header{"Natter-Stream": {"done"}, "Natter-Stream-User": {"alice"}, "Nats-Rollup": {"sub"}}, "héllo world")
-	rest := readStream(t, c, "direct", nil)
-	if got := r.text.String() + rest.text.String(); got != "héllo world" || rest.end.Status != envelope.StreamDone {
-		t.Fatalf("%q %+v", got, rest.end)
+	_ = s.Close()
+	if end := readStream(t, c, s.ID(), nil); end.text.Len() != 0 || end.end.Status != envelope.StreamDone {
+		t.Fatalf("after the end: %q %+v", end.text.String(), end.end)
 	}
 }
 

@@ -62,7 +62,6 @@ type StreamWriter struct {
 	id     string
 	nonce  string // this writer's: its message ids are <nonce>.open, <nonce>.<n>, <nonce>.end
 	subj   string
-	live   string // <prefix>.streamlive.<id>: each Write's text, before it is stored
 	to     StreamTo
 	hdr    nats.Header // the trace context stored with every message
 	ctx    context.Context
@@ -114,9 +113,6 @@ func (p *Publisher) OpenStreamID(ctx context.Context, id string, to StreamTo) (*
 	wctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	s := &StreamWriter{p: p.publisher, id: id, nonce: nuid.Next(), subj: subj.String(), to: to, ctx: wctx, cancel: cancel, flushed: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
-	if live, err := p.ns.StreamLive(id); err == nil {
-		s.live = live.String()
-	}
 	sc := trace.SpanContextFromContext(ctx)
 	if !sc.IsValid() {
 		sc = p.sc
@@ -219,19 +215,6 @@ func (s *StreamWriter) Write(p []byte) (int, error) {
 	case len(s.text)+len(p) > s.maxText():
 		// The end holds the whole text in one message.
 		return 0, rpc.Errorf(envelope.CodeResourceExhausted, "stream %s: the whole text must fit one NATS message (%d bytes); end this stream and go on in another", s.id, s.maxText())
-	}
-	// Readers get the text at once, before it is stored (docs/protocol.md,
-	// "Writing a stream", step 4): a core publish with its offset, which
-	// the edges take when it continues what they have, and drop when the
-	// stored copy came first. Under s.mu, so that they are sent in order.
-	if len(p) > 0 && s.live != "" {
-		h := make(nats.Header, len(s.hdr)+2)
-		for k, v := range s.hdr {
-			h[k] = v
-		}
-		h.Set(envelope.HeaderStream, envelope.StreamChunk)
-		h.Set(envelope.HeaderStreamOffset, strconv.Itoa(len(s.text)))
-		_ = s.p.nc.PublishMsg(&nats.Msg{Subject: s.live, Header: h, Data: p})
 	}
 	s.pending = append(s.pending, p...)
 	s.text = append(s.text, p...)
