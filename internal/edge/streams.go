@@ -249,7 +249,7 @@ func streamTo(h nats.Header) envelope.StreamTo {
 // streamLiveQueue is how many live messages a read holds while its
 // client is slow; past it NATS drops them, and the read catches up from
 // the stream.
-const streamLiveQueue = 1024
+const streamLiveQueue = 4096
 
 // run subscribes to the stream's live subject, acknowledges the join,
 // catches up from the stream and follows the live subject, sending the
