@@ -213,7 +213,7 @@ func testDurableResume(t *testing.T, c *Cluster, fig *figures, killNode bool) {
 func restartEdge(t *testing.T, c *Cluster, e *edgeProc) {
 	t.Helper()
 	e.proc = testenv.Start(c.t, "edge", e.args...)
-	m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
+	m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, edgeSetup)
 	e.addr, e.url = m[1], "ws://"+m[1]+m[2]
 }
 

@@ -30,7 +30,13 @@ import (
 const (
 	// wait bounds every wait for an event: generous, for a 2-core machine
 	// running race-enabled binaries.
-	wait        = 30 * time.Second
+	wait = 30 * time.Second
+	// edgeSetup bounds an edge's start: it creates five R3 JetStream
+	// streams and buckets one after the other (presence, durable rooms,
+	// the capture lease, response streams, durable messages), and on a
+	// fresh cluster the first request for each new one often waits out
+	// its 5 s attempt while the group elects a leader; the retry finds it.
+	edgeSetup   = 90 * time.Second
 	clusterName = "natter-cluster-test"
 	// svcUser is the NATS user of connections without credentials
 	// (no_auth_user): the test's own services.
@@ -127,7 +133,7 @@ func startCluster(t *testing.T) *Cluster {
 		c.edges = append(c.edges, &edgeProc{id: id, args: args, proc: testenv.Start(t, "edge", args...)})
 	}
 	for _, e := range c.edges {
-		m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, wait)
+		m := e.proc.WaitLog(t, `msg="edge listening" addr=(\S+) path=(\S+)`, edgeSetup)
 		e.addr, e.url = m[1], "ws://"+m[1]+m[2]
 	}
 	for _, w := range c.workers {
