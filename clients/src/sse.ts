@@ -114,6 +114,8 @@ export interface SseOptions {
   token?: string | undefined;
   fetch: typeof fetch;
   events: TransportEvents;
+  /** How long one POST may go unanswered before it is sent again under its seq (POST_TIMEOUT_MS). */
+  postTimeoutMs?: number | undefined;
 }
 
 // The edge takes at most 256 envelopes and 4 x --max-message-size per POST;
@@ -124,6 +126,11 @@ const MAX_BATCH = 256;
 const MAX_BATCH_BYTES = 64 * 1024;
 const GONE_GRACE_MS = 1000; // after a 404, the stream's own close event has this long to give the close code
 const CLOSE_GRACE_MS = 2000; // close() lets the POSTs under way finish for this long before it ends the stream
+// A POST that a proxy or the network holds without an answer would hold
+// every later frame (one POST at a time): after this long it is given up
+// and sent again under the same seq. The edge acts on a seq once, and
+// answers 409 while the first attempt is still in progress.
+const POST_TIMEOUT_MS = 10_000;
 
 /** Opens the event stream; the transport is writable once its `session` event has come. */
 export function dialSse(options: SseOptions): Transport {
@@ -256,15 +263,23 @@ class SseTransport implements Transport {
           url.searchParams.set("seq", String(seq));
           const headers: Record<string, string> = { "Content-Type": "text/plain" };
           if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
+          const attemptCtl = new AbortController();
+          const giveUp = () => attemptCtl.abort();
+          const timer = setTimeout(giveUp, this.#o.postTimeoutMs ?? POST_TIMEOUT_MS);
+          this.#posts.signal.addEventListener("abort", giveUp, { once: true });
           let res: Response;
+          let text: string;
           try {
-            res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store", credentials: "include" });
+            res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: attemptCtl.signal, cache: "no-store", credentials: "include" });
+            text = await res.text().catch(() => "");
           } catch {
             if (this.#posts.signal.aborted) return;
-            await this.#sleep(retryDelay(attempt)); // the same seq again: the edge acts on it once
+            await this.#sleep(retryDelay(attempt)); // failed or unanswered: the same seq again, which the edge acts on once
             continue;
+          } finally {
+            clearTimeout(timer);
+            this.#posts.signal.removeEventListener("abort", giveUp);
           }
-          const text = await res.text().catch(() => "");
           if (res.ok) break;
           if (res.status === 413 && batch.length > 1) {
             // Too large for this edge: the first half now, the rest next, under the same seq.

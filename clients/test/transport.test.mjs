@@ -1,7 +1,7 @@
 // The sse transport's own machinery against a scripted fetch: the session
 // event, one POST at a time with what queued meanwhile, seq, retries under
 // the same seq, the 413 split, 404 and the stream's close event, close().
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { dialSse } from "../dist/sse.js";
 
@@ -67,10 +67,16 @@ async function until(check, ms = 2000) {
 }
 const SESSION = 'event: session\ndata: {"session":"e.1.secret","send":"/ws/send"}\n\n';
 
+// A transport whose POST is unanswered retries it every postTimeoutMs:
+// each test's transport is closed at the end, or Node would not exit.
+const dialed = [];
+after(() => dialed.forEach((t) => t.close()));
+
 async function opened(options = {}) {
   const f = scriptedFetch();
   const ev = recorder();
-  const t = dialSse({ url: "http://edge.test/ws?user=u", token: options.token, fetch: f, events: ev.events });
+  const t = dialSse({ url: "http://edge.test/ws?user=u", token: options.token, fetch: f, events: ev.events, postTimeoutMs: options.postTimeoutMs });
+  dialed.push(t);
   await until(() => f.streams.length === 1);
   assert.equal(t.writable, false, "not before the session event");
   f.emit(SESSION);
@@ -122,6 +128,30 @@ test("sse transport: a POST that fails on the network, or is answered 409, 429 o
   f.posts[3].answer(204);
   await until(() => f.posts.length === 5);
   assert.deepEqual([f.posts[4].seq, f.posts[4].body], ["2", '{"type":"b"}']);
+});
+
+test("sse transport: a POST left unanswered is given up after postTimeoutMs and goes again under the same seq; later frames follow", async () => {
+  const { f, ev, t } = await opened({ postTimeoutMs: 200 });
+  t.send({ type: "a" });
+  await until(() => f.posts.length === 1);
+  t.send({ type: "b" });
+  // The first attempt hangs (a proxy that holds it): nothing else is sent meanwhile.
+  await tick(100);
+  assert.equal(f.posts.length, 1, "one POST at a time");
+  await until(() => f.posts.length === 2, 3000);
+  assert.deepEqual([f.posts[1].seq, f.posts[1].body], ["1", '{"type":"a"}'], "the same seq and batch again");
+  f.posts[1].answer(409, "seq in progress"); // the edge still works on the first
+  await until(() => f.posts.length === 3, 3000);
+  assert.equal(f.posts[2].seq, "1");
+  f.posts[2].answer(204);
+  await until(() => f.posts.length === 4);
+  assert.deepEqual([f.posts[3].seq, f.posts[3].body], ["2", '{"type":"b"}']);
+  f.posts[3].answer(204);
+  f.posts[0].answer(204); // the first attempt's late answer changes nothing
+  await tick(300);
+  assert.equal(f.posts.length, 4);
+  assert.deepEqual(ev.closes, []);
+  t.close();
 });
 
 test("sse transport: a 413 halves the batch under the same seq; a single frame over every limit closes 1009", async () => {
@@ -182,7 +212,7 @@ test("sse transport: the stream's close event gives the code; a 404 waits for it
 test("sse transport: a refused stream closes 1006 with the status; a 400 POST is a protocol error (1002), a 502 is retried", async () => {
   const f = scriptedFetch({ status: 401 });
   const ev = recorder();
-  dialSse({ url: "http://edge.test/ws", fetch: f, events: ev.events });
+  dialed.push(dialSse({ url: "http://edge.test/ws", fetch: f, events: ev.events }));
   await until(() => ev.closes.length === 1);
   assert.deepEqual(ev.closes, [[1006, "event stream refused: 401 refused"]]);
   assert.equal(ev.opened, 0);

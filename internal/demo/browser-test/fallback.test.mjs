@@ -148,11 +148,13 @@ async function run(mode) {
       const shot = join(artifacts, `failure-fallback-${mode}-${user}.png`);
       await page.screenshot({ path: shot }).then(() => console.log(`failure screenshot: ${shot}`), () => {});
       const states = await page.evaluate(() => globalThis.testStates).catch(() => undefined);
-      console.log(`${user} states: ${JSON.stringify(states)}`);
+      const id = await page.evaluate(() => globalThis.natter?.connectionId).catch(() => undefined);
+      console.log(`${user} (connection ${id}) states: ${JSON.stringify(states)}`);
     }
     for (const e of pageErrors) console.log(`page error: ${e}`);
     for (const e of consoleErrors) console.log(`console error: ${e}`);
-    if (proxy) console.log(`proxy: ${JSON.stringify(proxy.counts)} ${proxy.log.slice(-20).join("\n  ")}`);
+    if (proxy) console.log(`proxy: ${JSON.stringify(proxy.counts)} ${proxy.log.slice(-40).join("\n  ")}`);
+    if (proxy) console.log(`proxy requests in flight:\n  ${proxy.inflight().join("\n  ")}`);
     if (edge) console.log(`edge log (last lines):\n${edge.log.slice(-30).join("\n")}`);
     throw err;
   } finally {
@@ -240,8 +242,12 @@ async function startProxy(edgePort, mode) {
   const streamsBy = new Map(); // ?user= -> event streams
   const log = [];
   const sockets = new Set();
+  const inflight = new Set(); // requests not yet ended, printed on failure
   const server = createHTTPServer((req, res) => {
     const url = new URL(req.url, "http://proxy");
+    const entry = { what: `${req.method} ${url.pathname}${url.search.slice(0, 40)}`, started: Date.now(), status: "no answer from the edge yet" };
+    inflight.add(entry);
+    res.on("close", () => inflight.delete(entry));
     if (req.method === "POST") counts.posts++;
     if (url.pathname.endsWith("/sse")) {
       counts.streams++;
@@ -249,7 +255,8 @@ async function startProxy(edgePort, mode) {
       streamsBy.set(user, (streamsBy.get(user) ?? 0) + 1);
     }
     const up = request({ host: "127.0.0.1", port: edgePort, method: req.method, path: req.url, headers: req.headers }, (r) => {
-      if (url.pathname.endsWith("/sse") || req.method === "POST") log.push(`${req.method} ${url.pathname}${url.search.slice(0, 40)} -> ${r.statusCode}`);
+      entry.status = `the edge answered ${r.statusCode}`;
+      if (url.pathname.endsWith("/sse") || req.method === "POST") log.push(`${req.method} ${url.pathname}${url.search.slice(0, 40)} -> ${r.statusCode} (${Date.now() - entry.started} ms)`);
       res.writeHead(r.statusCode, r.headers);
       res.flushHeaders();
       r.pipe(res);
@@ -281,6 +288,7 @@ async function startProxy(edgePort, mode) {
     counts,
     log,
     streams: (user) => streamsBy.get(user) ?? 0,
+    inflight: () => [...inflight].map((e) => `${e.what}: ${Date.now() - e.started} ms, ${e.status}`),
     cut() {
       log.push(`cut ${sockets.size} connections`);
       for (const s of sockets) s.destroy();

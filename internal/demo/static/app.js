@@ -162,12 +162,27 @@ async function leave(room) {
 }
 
 // loadMembers replaces a room's member list with the edge's current page,
-// retrying a few times (the connection may drop meanwhile).
+// retrying a few times (the connection may drop meanwhile). The page may
+// have been read before a diff that arrives while it is on its way (a
+// member who joined meanwhile), so the diffs received during the load are
+// applied again on top of it, in order: each says a connection's last
+// change, so one the page already holds changes nothing.
 async function loadMembers(room) {
+  const during = [];
+  (room.loads ??= new Set()).add(during);
+  try {
+    await loadPage(room, during);
+  } finally {
+    room.loads.delete(during);
+  }
+}
+
+async function loadPage(room, during) {
   for (let attempt = 0; ; attempt++) {
     try {
       const page = await client.presence.room(room.name);
       room.members = new Map(page.members.map((m) => [m.conn, m]));
+      for (const diff of during) applyTo(room.members, diff);
       room.more = page.next ? page.count - page.members.length : 0; // beyond the first page: not listed
       if (room.name === current) renderPresence();
       return;
@@ -195,13 +210,18 @@ function afterReconnect() {
 // last change made it.
 function applyDiff(room, diff) {
   const before = usersOf(room);
-  for (const m of diff.joins ?? []) room.members.set(m.conn, m);
-  for (const m of diff.states ?? []) room.members.set(m.conn, m);
-  for (const m of diff.leaves ?? []) room.members.delete(m.conn);
+  applyTo(room.members, diff);
+  for (const during of room.loads ?? []) during.push(diff);
   const after = usersOf(room);
   for (const u of after.keys()) if (!before.has(u) && u !== me) notice(room, `${u} joined`);
   for (const u of before.keys()) if (!after.has(u) && u !== me) notice(room, `${u} left`);
   if (room.name === current) renderPresence();
+}
+
+function applyTo(members, diff) {
+  for (const m of diff.joins ?? []) members.set(m.conn, m);
+  for (const m of diff.states ?? []) members.set(m.conn, m);
+  for (const m of diff.leaves ?? []) members.delete(m.conn);
 }
 
 // ---- messages -------------------------------------------------------------

@@ -98,6 +98,11 @@ const MAX_BATCH = 256;
 const MAX_BATCH_BYTES = 64 * 1024;
 const GONE_GRACE_MS = 1000; // after a 404, the stream's own close event has this long to give the close code
 const CLOSE_GRACE_MS = 2000; // close() lets the POSTs under way finish for this long before it ends the stream
+// A POST that a proxy or the network holds without an answer would hold
+// every later frame (one POST at a time): after this long it is given up
+// and sent again under the same seq. The edge acts on a seq once, and
+// answers 409 while the first attempt is still in progress.
+const POST_TIMEOUT_MS = 10_000;
 /** Opens the event stream; the transport is writable once its `session` event has come. */
 export function dialSse(options) {
     const t = new SseTransport(options);
@@ -235,17 +240,26 @@ class SseTransport {
                     const headers = { "Content-Type": "text/plain" };
                     if (this.#o.token)
                         headers.Authorization = `Bearer ${this.#o.token}`;
+                    const attemptCtl = new AbortController();
+                    const giveUp = () => attemptCtl.abort();
+                    const timer = setTimeout(giveUp, this.#o.postTimeoutMs ?? POST_TIMEOUT_MS);
+                    this.#posts.signal.addEventListener("abort", giveUp, { once: true });
                     let res;
+                    let text;
                     try {
-                        res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: this.#posts.signal, cache: "no-store", credentials: "include" });
+                        res = await this.#fetch(url.toString(), { method: "POST", headers, body: batch.join("\n"), signal: attemptCtl.signal, cache: "no-store", credentials: "include" });
+                        text = await res.text().catch(() => "");
                     }
                     catch {
                         if (this.#posts.signal.aborted)
                             return;
-                        await this.#sleep(retryDelay(attempt)); // the same seq again: the edge acts on it once
+                        await this.#sleep(retryDelay(attempt)); // failed or unanswered: the same seq again, which the edge acts on once
                         continue;
                     }
-                    const text = await res.text().catch(() => "");
+                    finally {
+                        clearTimeout(timer);
+                        this.#posts.signal.removeEventListener("abort", giveUp);
+                    }
                     if (res.ok)
                         break;
                     if (res.status === 413 && batch.length > 1) {
