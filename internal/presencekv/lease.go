@@ -160,6 +160,13 @@ func (s *Service) retryDirty(now time.Time) time.Time {
 		s.dirtyMu.Unlock()
 		return due
 	}
+	if !s.cfg.NATS.IsConnected() {
+		// Nothing is published while disconnected (publishOwn): look again
+		// a gap later.
+		s.dirtyAt = now
+		s.dirtyMu.Unlock()
+		return now.Add(s.retryGap())
+	}
 	ids := s.dirty
 	s.dirty = make(map[string]struct{})
 	s.dirtyMu.Unlock()

@@ -375,6 +375,56 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	})
 }
 
+// An edge cut off from NATS sends nothing stale when it is back: a
+// connection that came and went during the cut never appears to the
+// others (nats.go would have buffered its writes, and every retry of them,
+// and sent them after the reconnect: its user online, then offline, after
+// the fact), and one that came and stayed does, once.
+func TestPartitionedEdgeSendsNoStaleWrites(t *testing.T) {
+	t.Parallel()
+	srv := testenv.NATS(t)
+	const ttl = 30 * time.Second // no lapse: only the writes made during the cut are under test
+	px := testenv.StartProxy(t, srv.ClientURL())
+	a := startNode(t, px.URL(), "edgeA", ttl, nats.ReconnectWait(50*time.Millisecond))
+	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
+	svc := testenv.Connect(t, srv.ClientURL())
+	a.Set(presence.Entry{Conn: "s1", User: "su1"})
+	testenv.Eventually(t, 10*time.Second, "mirrored", func() bool { return b.User("su1").Online })
+
+	px.Cut()
+	testenv.Eventually(t, 5*time.Second, "edgeA disconnected", func() bool { return !a.nc.IsConnected() })
+	a.Set(presence.Entry{Conn: "gone", User: "flicker"})
+	a.Update(presence.Entry{Conn: "gone", User: "flicker", Rooms: []string{"r"}, Seq: 1})
+	a.Set(presence.Entry{Conn: "stays", User: "newcomer"})
+	// Long enough for the keeper's retries (a second apart) to have run.
+	time.Sleep(2500 * time.Millisecond)
+	a.Remove("gone")
+	px.Restore()
+
+	testenv.Eventually(t, 15*time.Second, "the connection that stayed is seen", func() bool {
+		_, ok := b.Conn("stays")
+		return ok
+	})
+	// The last of edgeA's writes after the reconnect: whatever it had
+	// buffered is stored before it.
+	a.Set(presence.Entry{Conn: "sentinel", User: "su1"})
+	testenv.Eventually(t, 10*time.Second, "the sentinel is seen", func() bool {
+		_, ok := b.Conn("sentinel")
+		return ok
+	})
+	drained(t, a, b)
+	stored := storedEvents(t, svc)
+	if on, off := countStored(stored, presence.EventOnline, "flicker", ""), countStored(stored, presence.EventOffline, "flicker", ""); on != 0 || off != 0 {
+		t.Errorf("flicker, whose connection came and went during the cut: online %d, offline %d; want none", on, off)
+	}
+	if on, off := countStored(stored, presence.EventOnline, "newcomer", ""), countStored(stored, presence.EventOffline, "newcomer", ""); on != 1 || off != 0 {
+		t.Errorf("newcomer: online %d, offline %d; want 1 and 0", on, off)
+	}
+	if on := countStored(stored, presence.EventOnline, "su1", ""); on != 1 {
+		t.Errorf("su1: online %d; want 1", on)
+	}
+}
+
 // An edge whose process stalls (its lease refreshes stop, its watcher goes
 // on) longer than a TTL sees its lease expire and its keys removed; when it
 // runs again it takes the lease and rewrites them.

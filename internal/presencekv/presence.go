@@ -433,9 +433,7 @@ func (s *Service) put(e *presence.Entry) {
 	b, _ := json.Marshal(e)
 	m := nats.NewMsg(s.prefix + "conn." + e.Conn)
 	m.Data = b
-	if _, err := s.js.PublishMsgAsync(m); err != nil {
-		s.writeFailed(s.js, m, err)
-	}
+	s.publishOwn(m, e.Conn)
 }
 
 // del publishes a delete marker for conn; ownMu is held. No rollup: the
@@ -444,6 +442,23 @@ func (s *Service) put(e *presence.Entry) {
 func (s *Service) del(conn string) {
 	m := nats.NewMsg(s.prefix + "conn." + conn)
 	m.Header.Set(kvOperation, kvDel)
+	s.publishOwn(m, conn)
+}
+
+// publishOwn publishes a write of own connection id; ownMu is held.
+//
+// While the NATS connection is down it publishes nothing and leaves the
+// key to the keeper, which writes it as it is once connected again.
+// nats.go would buffer the write and send it after the reconnect however
+// stale it is by then, with every retry of it: a connection that came and
+// went during a partition, or whose key the other edges removed
+// meanwhile, would read as its user coming online and going offline
+// again, after the fact.
+func (s *Service) publishOwn(m *nats.Msg, id string) {
+	if !s.cfg.NATS.IsConnected() {
+		s.markDirty(id)
+		return
+	}
 	if _, err := s.js.PublishMsgAsync(m); err != nil {
 		s.writeFailed(s.js, m, err)
 	}
@@ -471,10 +486,14 @@ func (s *Service) writeFailed(_ jetstream.JetStream, m *nats.Msg, err error) {
 		return
 	}
 	s.warnf("presence: write failed; retrying", m, err)
-	id, ok := strings.CutPrefix(m.Subject, s.prefix+"conn.")
-	if !ok {
-		return
+	if id, ok := strings.CutPrefix(m.Subject, s.prefix+"conn."); ok {
+		s.markDirty(id)
 	}
+}
+
+// markDirty leaves own key id to the keeper, to be written again as it is
+// then.
+func (s *Service) markDirty(id string) {
 	s.dirtyMu.Lock()
 	if len(s.dirty) == 0 {
 		s.dirtyAt = time.Now()
