@@ -36,8 +36,17 @@ import (
 )
 
 // Logger returns a logger that writes to the test log at warn and above.
+// A fuzz test's logger writes to standard error instead: testing.F panics
+// on a Log while its fuzz function runs, which the components' own
+// goroutines cannot know (a warning from one of them killed every
+// fuzzing worker after a few thousand inputs, silently: a worker's output
+// is discarded).
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var w io.Writer = tlogWriter{t}
+	if _, fuzz := t.(*testing.F); fuzz {
+		w = os.Stderr
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 type tlogWriter struct{ t testing.TB }
