@@ -15,3 +15,7 @@ func SetCheckFrames(on bool) { skipFrameChecks.Store(!on) }
 // DropLiveStreamMessages makes e lose the next n live messages of
 // response streams, as a lost republish would.
 func DropLiveStreamMessages(e *Edge, n int32) { e.streams.dropLive.Store(n) }
+
+// StreamEndRuns returns how many times e read a stream to end it for a
+// producer that is gone.
+func StreamEndRuns(e *Edge) int64 { return e.streams.endRuns.Load() }

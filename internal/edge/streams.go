@@ -48,6 +48,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/natter/natter/internal/natsopt"
 	"github.com/natter/natter/pkg/envelope"
@@ -71,6 +72,12 @@ type streams struct {
 
 	mu    sync.Mutex
 	reads map[*conn]map[string]*streamRead
+
+	// ending runs one endForProducer per stream at a time: cancels of a
+	// stream whose producer is gone, from any number of connections, and
+	// the idle check's end share one read of the text and one rollup.
+	ending  singleflight.Group
+	endRuns atomic.Int64 // how many ran (tests)
 
 	// dropLive makes the next live messages vanish, as a lost republish
 	// or a full live queue would; tests set it (export_test.go).
@@ -677,6 +684,13 @@ const (
 // first. A text longer than a NATS message (a producer whose own end was
 // refused for its size) is cut, on a character, to what fits.
 func (s *streams) endForProducer(ctx context.Context, id string, h nats.Header, err *rpc.Error) endOutcome {
+	v, _, _ := s.ending.Do(id, func() (any, error) { return s.endNow(ctx, id, h, err), nil })
+	return v.(endOutcome)
+}
+
+// endNow is endForProducer's work, one at a time per stream.
+func (s *streams) endNow(ctx context.Context, id string, h nats.Header, err *rpc.Error) endOutcome {
+	s.endRuns.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
 	defer cancel()
 	subj, _ := s.e.ns.Stream(id)

@@ -314,6 +314,47 @@ func TestStreamProducerGone(t *testing.T) {
 	}
 }
 
+// TestStreamCancelsShareOneEnd: many cancels at once of a stream whose
+// producer is gone each get their answer, and share one read of the text
+// and one rollup instead of one each.
+func TestStreamCancelsShareOneEnd(t *testing.T) {
+	m := newStreamMesh(t)
+	nc := testenv.Connect(t, m.URL)
+	s, err := worker.NewPublisher(nc, envelope.DefaultNamespace).OpenStream(context.Background(), worker.StreamTo{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Repeat("a long answer ", 20_000) // up to 280 kB to read for the end
+	_, _ = s.WriteString(text)
+	waitStored(t, m.NC, s.ID(), 2)
+	nc.Close()
+	const n = 20
+	conns := make([]*wstest.Client, n)
+	for i := range conns {
+		conns[i] = m.dial(t, "alice")
+	}
+	before := edge.StreamEndRuns(m.Edge.Edge)
+	for i, c := range conns {
+		c.Send(t, envelope.TypeStreamCancel, envelope.Meta{CorrelationID: fmt.Sprintf("c%d", i)}, envelope.StreamQuery{Stream: s.ID()})
+	}
+	for i, c := range conns {
+		got := c.Await(t, wait, func(e *envelope.Envelope) bool { return e.Meta.CorrelationID == fmt.Sprintf("c%d", i) })
+		if got.Type != envelope.TypeStreamCancelled {
+			t.Fatalf("cancel %d: %s %s", i, got.Type, got.Payload)
+		}
+	}
+	if runs := edge.StreamEndRuns(m.Edge.Edge) - before; runs > 3 {
+		t.Fatalf("%d cancels read the stream to end it %d times", n, runs)
+	}
+	c := conns[0]
+	joinStream(t, c, s.ID(), 0)
+	r := readStream(t, c, s.ID(), nil)
+	// What was stored before the producer's connection closed.
+	if r.end.Error == nil || r.end.Error.Code != envelope.CodeCanceled || r.text.Len() == 0 || !strings.HasPrefix(text, r.text.String()) {
+		t.Fatalf("end %+v %+v after %d bytes", r.end, r.end.Error, r.text.Len())
+	}
+}
+
 // TestStreamPlainNATSProducer writes a stream with nothing but NATS
 // publishes, following docs/protocol.md.
 func TestStreamPlainNATSProducer(t *testing.T) {
