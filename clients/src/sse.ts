@@ -263,6 +263,7 @@ class SseTransport implements Transport {
           url.searchParams.set("seq", String(seq));
           const headers: Record<string, string> = { "Content-Type": "text/plain" };
           if (this.#o.token) headers.Authorization = `Bearer ${this.#o.token}`;
+          if (this.#posts.signal.aborted) return; // stopped while waiting to retry
           const attemptCtl = new AbortController();
           const giveUp = () => attemptCtl.abort();
           const timer = setTimeout(giveUp, this.#o.postTimeoutMs ?? POST_TIMEOUT_MS);

@@ -28,6 +28,7 @@ function scriptedFetch({ status = 200 } = {}) {
     return new Promise((resolve, reject) => {
       const u = new URL(url);
       posts.push({
+        at: Date.now(),
         seq: u.searchParams.get("seq"),
         session: u.searchParams.get("session"),
         path: u.pathname,
@@ -152,6 +153,28 @@ test("sse transport: a POST left unanswered is given up after postTimeoutMs and 
   assert.equal(f.posts.length, 4);
   assert.deepEqual(ev.closes, []);
   t.close();
+});
+
+test("sse transport: after close() has given up on the POSTs, a retry waiting for its turn sends nothing", async () => {
+  const { f, t } = await opened();
+  t.send({ type: "a" });
+  let failing = true;
+  const failer = (async () => {
+    for (let seen = 0; failing; await tick(5)) {
+      for (; seen < f.posts.length; seen++) f.posts[seen].fail(); // the network fails every attempt
+    }
+  })();
+  await until(() => f.posts.length === 1);
+  const closed = Date.now();
+  t.close(); // the POST under way gets CLOSE_GRACE_MS (2 s) to go through, then everything stops
+  await tick(4500); // past the grace and the longest retry delay (2 s)
+  failing = false;
+  await failer;
+  // Retries 100, 200, 400 and 800 ms apart: the last within the grace is
+  // about 1.5 s after the close; the retry waiting when the grace ends
+  // must not go out.
+  const late = f.posts.filter((p) => p.at - closed >= 1900).map((p) => p.at - closed);
+  assert.deepEqual(late, [], "ms after close() of POSTs sent after the transport stopped");
 });
 
 test("sse transport: a 413 halves the batch under the same seq; a single frame over every limit closes 1009", async () => {

@@ -240,6 +240,8 @@ class SseTransport {
                     const headers = { "Content-Type": "text/plain" };
                     if (this.#o.token)
                         headers.Authorization = `Bearer ${this.#o.token}`;
+                    if (this.#posts.signal.aborted)
+                        return; // stopped while waiting to retry
                     const attemptCtl = new AbortController();
                     const giveUp = () => attemptCtl.abort();
                     const timer = setTimeout(giveUp, this.#o.postTimeoutMs ?? POST_TIMEOUT_MS);
