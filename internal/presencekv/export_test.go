@@ -42,3 +42,14 @@ func (s *Service) Pause() (resume func()) {
 func (s *Service) Drained() bool {
 	return len(s.events) == 0 && s.evjs.PublishAsyncPending() == 0
 }
+
+// SetEventQueue sets the event queue of services started from now on,
+// and returns a function that restores it.
+func SetEventQueue(n int) (restore func()) {
+	old := eventQueue
+	eventQueue = n
+	return func() { eventQueue = old }
+}
+
+// QueueFull counts the events that found the event queue full.
+func (s *Service) QueueFull() int64 { return s.queueFull.Load() }

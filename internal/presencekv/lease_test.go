@@ -375,6 +375,49 @@ func TestPartitionedEdgeReasserts(t *testing.T) {
 	})
 }
 
+// TestCrashBurstLosesNoEvent: an edge dies with many more connections
+// than the survivor's event queue holds; every event of its death is
+// stored, once. Not parallel: it shrinks the queue of the services it
+// starts, and restores it before the parallel tests run.
+func TestCrashBurstLosesNoEvent(t *testing.T) {
+	restore := presencekv.SetEventQueue(8)
+	defer restore()
+	srv := testenv.NATS(t)
+	const ttl = 2 * time.Second
+	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
+	dead := startNode(t, srv.ClientURL(), "edgeA", ttl)
+	b.SetBackup(0)
+	svc := testenv.Connect(t, srv.ClientURL())
+	const n = 300
+	for i := range n {
+		dead.Set(presence.Entry{Conn: fmt.Sprintf("c%03d", i), User: fmt.Sprintf("u%03d", i), Rooms: []string{"r"}})
+	}
+	testenv.Eventually(t, 10*time.Second, "the survivor's mirror", func() bool { return b.Room("r", "", 1).Count == n })
+	dead.kill()
+	testenv.Eventually(t, ttl+10*time.Second, "the dead edge's connections gone", func() bool { return b.Room("r", "", 1).Count == 0 })
+	drained(t, b)
+	stored := storedEvents(t, svc)
+	lost := 0
+	for i := range n {
+		user, conn := fmt.Sprintf("u%03d", i), fmt.Sprintf("c%03d", i)
+		for _, name := range []string{presence.EventOffline, presence.EventDisconnect, presence.EventLeave} {
+			if got := countStored(stored, name, user, conn); got != 1 {
+				lost++
+				if lost <= 5 {
+					t.Errorf("%s of %s: %d stored, want 1", name, conn, got)
+				}
+			}
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d events not stored once", lost, 3*n)
+	}
+	if b.QueueFull() == 0 {
+		t.Error("the burst never filled the queue: the test tests nothing")
+	}
+	b.Stop()
+}
+
 // An edge cut off from NATS sends nothing stale when it is back: a
 // connection that came and went during the cut never appears to the
 // others (nats.go would have buffered its writes, and every retry of them,

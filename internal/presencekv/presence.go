@@ -71,6 +71,10 @@ const (
 	kvPurge     = "PURGE"
 )
 
+// eventQueue is how many derived events wait for the publisher before the
+// watcher waits instead (a variable for the tests).
+var eventQueue = 65536
+
 // Service is one edge's presence.
 type Service struct {
 	cfg    Config
@@ -100,6 +104,7 @@ type Service struct {
 	// edge's keys waits before it removes what is left (nanoseconds).
 	backup    atomic.Int64
 	conflicts atomic.Int64 // removals refused because the key changed
+	queueFull atomic.Int64 // events that found the event queue full and waited
 
 	// The keeper's own state (Start's before the keeper runs).
 	leaseRev uint64    // revision of the last lease write, 0 when unknown
@@ -169,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	bucket := name + "_presence"
 	s := &Service{
 		cfg:      cfg,
-		events:   make(chan presence.Event, 65536),
+		events:   make(chan presence.Event, eventQueue),
 		prefix:   "$KV." + bucket + ".",
 		warn:     rate.NewLimiter(1, 5), // one line per failed write is too many
 		own:      make(map[string]*ownEntry),
