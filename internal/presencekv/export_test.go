@@ -53,3 +53,7 @@ func SetEventQueue(n int) (restore func()) {
 
 // QueueFull counts the events that found the event queue full.
 func (s *Service) QueueFull() int64 { return s.queueFull.Load() }
+
+// SetSlowWatcher makes s's watcher sleep d per change, as a watcher that
+// lags behind the bucket under load.
+func (s *Service) SetSlowWatcher(d time.Duration) { s.slowApply.Store(int64(d)) }

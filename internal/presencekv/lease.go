@@ -264,7 +264,7 @@ func (s *Service) sweep(now time.Time) time.Time {
 		count := make(map[string]int)
 		s.mu.RLock()
 		for id, r := range s.conns {
-			if _, ok := reap[r.Edge]; ok {
+			if _, ok := reap[r.Edge]; ok && !r.refused {
 				dels = append(dels, removal{id, r.rev})
 				count[r.Edge]++
 			}

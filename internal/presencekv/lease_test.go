@@ -418,6 +418,50 @@ func TestCrashBurstLosesNoEvent(t *testing.T) {
 	b.Stop()
 }
 
+// TestLaggingWatcherSendsRefusedRemovalsOnce: two survivors remove a dead
+// edge's keys at once, and one of them has a watcher that lags. A removal
+// refused because the key changed since (the other survivor's won) is not
+// sent again while the lagging mirror still shows the key: each survivor
+// sends each removal, and each purge of a marker, about once.
+func TestLaggingWatcherSendsRefusedRemovalsOnce(t *testing.T) {
+	t.Parallel()
+	srv := testenv.NATS(t)
+	const ttl = 2 * time.Second
+	b := startNode(t, srv.ClientURL(), "edgeB", ttl)
+	c := startNode(t, srv.ClientURL(), "edgeC", ttl)
+	dead := startNode(t, srv.ClientURL(), "edgeA", ttl)
+	b.SetBackup(0)
+	c.SetBackup(0)
+	const n = 200
+	for i := range n {
+		dead.Set(presence.Entry{Conn: fmt.Sprintf("l%03d", i), User: fmt.Sprintf("lu%03d", i)})
+	}
+	testenv.Eventually(t, 10*time.Second, "the survivors' mirrors", func() bool {
+		return len(b.User("lu199").Connections) == 1 && len(c.User("lu199").Connections) == 1
+	})
+	c.SetSlowWatcher(20 * time.Millisecond) // 200 removals take c's mirror 4 s: six sweep rounds
+	dead.kill()
+	testenv.Eventually(t, 30*time.Second, "both mirrors without the dead edge's connections", func() bool {
+		for i := range n {
+			u := fmt.Sprintf("lu%03d", i)
+			if b.User(u).Online || c.User(u).Online {
+				return false
+			}
+		}
+		return true
+	})
+	// And their delete markers purged: a TTL after they were seen, plus
+	// the lagging mirror's delay.
+	time.Sleep(3 * ttl) // the window the purges are sent in, refused ones included
+	refused := b.Conflicts() + c.Conflicts()
+	t.Logf("refused removals and purges: %d (edgeB %d, edgeC %d) for %d keys", refused, b.Conflicts(), c.Conflicts(), n)
+	// Each key: one delete and one purge each from two survivors, one of
+	// each pair refused: about 2n refusals; resent ones would add n a round.
+	if refused > 3*n {
+		t.Fatalf("%d removals refused for %d keys: refused ones were sent again", refused, n)
+	}
+}
+
 // An edge cut off from NATS sends nothing stale when it is back: a
 // connection that came and went during the cut never appears to the
 // others (nats.go would have buffered its writes, and every retry of them,

@@ -19,6 +19,11 @@ import (
 type record struct {
 	presence.Entry
 	rev uint64
+	// refused: a removal of rev was refused because the key changed
+	// since (another edge removed it first, or its edge wrote it again).
+	// The watcher will bring the change; until then removing it again
+	// is refused again.
+	refused bool
 }
 
 // edgeState is what the mirror knows of one edge: every edge with a lease
@@ -119,6 +124,9 @@ func (s *Service) resync(ctx context.Context, w jetstream.KeyWatcher) {
 // events and room diffs. Only the watcher goroutine (and Start, before it
 // runs) calls it.
 func (s *Service) apply(kve jetstream.KeyValueEntry, live bool) {
+	if d := s.slowApply.Load(); d > 0 {
+		time.Sleep(time.Duration(d)) // a lagging watcher (tests)
+	}
 	key := kve.Key()
 	if id, ok := strings.CutPrefix(key, "conn."); ok {
 		s.applyConn(kve, id, live)

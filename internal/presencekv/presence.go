@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,6 +105,7 @@ type Service struct {
 	// edge's keys waits before it removes what is left (nanoseconds).
 	backup    atomic.Int64
 	conflicts atomic.Int64 // removals refused because the key changed
+	slowApply atomic.Int64 // the watcher sleeps this long per change (tests: a lagging watcher)
 	queueFull atomic.Int64 // events that found the event queue full and waited
 
 	// The keeper's own state (Start's before the keeper runs).
@@ -485,6 +487,7 @@ func (s *Service) writeFailed(_ jetstream.JetStream, m *nats.Msg, err error) {
 	if m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) != "" {
 		if wrongLastSeq(err) {
 			s.conflicts.Add(1)
+			s.refused(m)
 			return
 		}
 		s.warnf("presence: removal failed", m, err)
@@ -493,6 +496,34 @@ func (s *Service) writeFailed(_ jetstream.JetStream, m *nats.Msg, err error) {
 	s.warnf("presence: write failed; retrying", m, err)
 	if id, ok := strings.CutPrefix(m.Subject, s.prefix+"conn."); ok {
 		s.markDirty(id)
+	}
+}
+
+// refused records that removal m was refused because its key changed
+// since the revision the mirror holds: the key was removed by another
+// edge, purged, or written again, and the watcher will show which. Until
+// then the sweep does not send it again: a watcher that lags under load
+// would otherwise have every edge resend every refused removal each
+// round, which adds to the load that makes it lag.
+func (s *Service) refused(m *nats.Msg) {
+	id, ok := strings.CutPrefix(m.Subject, s.prefix+"conn.")
+	if !ok {
+		return
+	}
+	rev, err := strconv.ParseUint(m.Header.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.Header.Get(kvOperation) == kvPurge {
+		if tb := s.tombs[id]; tb != nil && tb.rev == rev {
+			delete(s.tombs, id) // purged already, or written again
+		}
+		return
+	}
+	if r := s.conns[id]; r != nil && r.rev == rev {
+		r.refused = true
 	}
 }
 
