@@ -246,9 +246,15 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("presence: event stream: %w", err)
 	}
-	// The watch is the watcher goroutine's: it ends with the loops.
-	w, err := s.kv.WatchAll(s.loops.Context())
-	if err != nil {
+	// The watch is the watcher goroutine's: it ends with the loops. Its
+	// consumer's creation is retried like the other steps: a busy
+	// cluster (the reconnect of a dead edge's connections) makes one
+	// attempt time out, which ended the edge's start.
+	var w jetstream.KeyWatcher
+	if err := natsopt.Retry(ctx, cfg.Logger, "presence", func(context.Context) (err error) {
+		w, err = s.kv.WatchAll(s.loops.Context())
+		return err
+	}); err != nil {
 		s.loops.Stop()
 		return nil, fmt.Errorf("presence: watch: %w", err)
 	}
