@@ -40,15 +40,15 @@ func (s *Service) Pause() (resume func()) {
 // Drained reports whether every event derived so far is published and
 // acknowledged by the event stream.
 func (s *Service) Drained() bool {
-	return s.events.len() == 0 && s.evjs.PublishAsyncPending() == 0
+	return len(s.events) == 0 && s.evjs.PublishAsyncPending() == 0
 }
 
 // SetEventQueue sets the event queue of services started from now on,
 // and returns a function that restores it.
 func SetEventQueue(n int) (restore func()) {
-	old := eventQueueMax
-	eventQueueMax = n
-	return func() { eventQueueMax = old }
+	old := eventQueue
+	eventQueue = n
+	return func() { eventQueue = old }
 }
 
 // QueueFull counts the events that found the event queue full.

@@ -72,16 +72,16 @@ const (
 	kvPurge     = "PURGE"
 )
 
-// eventQueueMax is how many derived events may wait for the publisher
-// before the watcher waits instead (a variable for the tests).
-var eventQueueMax = 1 << 20
+// eventQueue is how many derived events wait for the publisher before the
+// watcher waits instead (a variable for the tests).
+var eventQueue = 65536
 
 // Service is one edge's presence.
 type Service struct {
 	cfg    Config
 	js     jetstream.JetStream // KV writes
 	evjs   jetstream.JetStream // event publishes, so they never wait behind KV writes
-	events *eventQueue         // derived events, published by one goroutine
+	events chan presence.Event // derived events, published by one goroutine
 	kv     jetstream.KeyValue
 	prefix string // "$KV.<bucket>." for raw publishes
 	warn   *rate.Limiter
@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	bucket := name + "_presence"
 	s := &Service{
 		cfg:      cfg,
-		events:   newEventQueue(eventQueueMax),
+		events:   make(chan presence.Event, eventQueue),
 		prefix:   "$KV." + bucket + ".",
 		warn:     rate.NewLimiter(1, 5), // one line per failed write is too many
 		own:      make(map[string]*ownEntry),
@@ -329,7 +329,7 @@ func (s *Service) stop() {
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 wait:
-	for s.mirrorHasOwn() || s.events.len() > 0 {
+	for s.mirrorHasOwn() || len(s.events) > 0 {
 		select {
 		case <-s.progress:
 		case <-t.C:
