@@ -3,6 +3,7 @@ package presencekv
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"time"
 
@@ -33,7 +34,9 @@ func (s *Service) publish(e presence.Event) {
 }
 
 // publishEvents publishes the queued events with the message id
-// <revision>.<event>.<room>, which the event stream deduplicates.
+// <revision>.<event>.<room>, which the event stream deduplicates. A
+// publish refused because too many await their acknowledgement is tried
+// again rather than dropped.
 func (s *Service) publishEvents(ctx context.Context) {
 	for {
 		select {
@@ -41,8 +44,15 @@ func (s *Service) publishEvents(ctx context.Context) {
 			b, _ := json.Marshal(e)
 			id := strconv.FormatUint(e.Revision, 10) + "." + e.Event + "." + e.Room
 			subj := s.cfg.Namespace.Prefix() + ".evtq." + e.Event
-			if _, err := s.evjs.PublishAsync(subj, b, jetstream.WithMsgID(id)); err != nil {
-				s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+			for {
+				_, err := s.evjs.PublishAsync(subj, b, jetstream.WithMsgID(id))
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+				if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+					s.cfg.Logger.Warn("presence: event", "event", e.Event, "err", err)
+					break
+				}
 			}
 			s.progressed()
 		case <-ctx.Done():
